@@ -1,0 +1,617 @@
+#include "server/coordinator.h"
+
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "server/job_builder.h"
+
+namespace quantd::server {
+namespace {
+
+using quantd::v1::Job;
+using quantd::v1::JobState;
+
+std::string RandomId(std::string_view prefix) {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^
+                                          static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())));
+  return absl::StrCat(prefix, absl::Hex(rng(), absl::kZeroPad16));
+}
+
+int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+bool Terminal(JobState s) {
+  return s == quantd::v1::JOB_STATE_SUCCEEDED || s == quantd::v1::JOB_STATE_FAILED ||
+         s == quantd::v1::JOB_STATE_CANCELLED;
+}
+
+std::string KindName(quantd::v1::TaskKind k) {
+  switch (k) {
+    case quantd::v1::TASK_KIND_HESSIAN: return "hessian";
+    case quantd::v1::TASK_KIND_QUANTIZE: return "quantize";
+    case quantd::v1::TASK_KIND_EVAL: return "eval";
+    default: return "unknown";
+  }
+}
+
+// Errors that will recur on any worker: the job fails at once instead of retrying.
+bool Deterministic(absl::StatusCode c) {
+  return c == absl::StatusCode::kInvalidArgument || c == absl::StatusCode::kFailedPrecondition ||
+         c == absl::StatusCode::kOutOfRange || c == absl::StatusCode::kUnimplemented;
+}
+
+}  // namespace
+
+Coordinator::Coordinator(const CoordinatorOptions& options, Metrics* metrics)
+    : options_(options),
+      metrics_(metrics),
+      registry_(JoinPath(options.data_dir, "registry")) {}
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& options,
+                                                                 Metrics* metrics) {
+  std::unique_ptr<Coordinator> c(new Coordinator(options, metrics));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(options.data_dir, "jobs")));
+  QUANTD_RETURN_IF_ERROR(c->registry_.Init());
+  QUANTD_ASSIGN_OR_RETURN(c->store_, JobStore::Open(JoinPath(options.data_dir, "quantd.db")));
+  QUANTD_RETURN_IF_ERROR(c->Recover());
+  c->engine_ = std::thread([p = c.get()] { p->EngineLoop(); });
+  return c;
+}
+
+Coordinator::~Coordinator() {
+  {
+    absl::MutexLock l(&engine_mu_);
+    stop_ = true;
+  }
+  if (engine_.joinable()) engine_.join();
+}
+
+std::string Coordinator::JobDir(const std::string& job_id) const {
+  return JoinPath(JoinPath(options_.data_dir, "jobs"), job_id);
+}
+
+absl::Status Coordinator::Recover() {
+  QUANTD_ASSIGN_OR_RETURN(std::vector<JobRow> rows, store_->LoadAll());
+  absl::MutexLock l(&mu_);
+  for (JobRow& row : rows) {
+    JobEntry e;
+    e.job = std::move(row.job);
+    e.phase = row.phase;
+    for (TaskRow& t : row.tasks) {
+      TaskState ts;
+      ts.row = std::move(t);
+      e.tasks.push_back(std::move(ts));
+    }
+    const std::string id = e.job.id();
+    by_request_[e.job.request_id()] = id;
+    job_order_.push_back(id);
+    if (!Terminal(e.job.state())) UpdateProgressLocked(e);
+    jobs_.emplace(id, std::move(e));
+  }
+  return absl::OkStatus();
+}
+
+void Coordinator::UpdateProgressLocked(JobEntry& e) {
+  int done = 0;
+  for (const TaskState& t : e.tasks) done += t.row.state == TaskRowState::kDone;
+  e.job.set_tasks_done(done);
+  e.job.set_tasks_total(static_cast<int32_t>(e.tasks.size()));
+  // The publish step counts as one more unit so a job is at 100% only when it is done.
+  e.job.set_progress(e.job.state() == quantd::v1::JOB_STATE_SUCCEEDED
+                         ? 1.0
+                         : static_cast<double>(done) / (e.tasks.size() + 1));
+  e.job.set_updated_unix_ms(NowMs());
+  if (Terminal(e.job.state())) {
+    metrics_->RemoveJobProgress(e.job.id());
+  } else {
+    metrics_->SetJobProgress(e.job.id(), e.job.progress());
+  }
+}
+
+absl::Status Coordinator::FailJobLocked(JobEntry& e, const std::string& error) {
+  e.job.set_state(quantd::v1::JOB_STATE_FAILED);
+  e.job.set_error(error);
+  e.job.set_phase("done");
+  std::vector<const TaskRow*> changed;
+  for (TaskState& t : e.tasks) {
+    t.leased = false;
+    if (t.row.state == TaskRowState::kPending) {
+      t.row.state = TaskRowState::kCancelled;
+      changed.push_back(&t.row);
+    }
+  }
+  UpdateProgressLocked(e);
+  return store_->UpdateJobAndTasks(e.job, e.phase, changed);
+}
+
+void Coordinator::Notify(const Job& job) {
+  absl::MutexLock l(&watch_mu_);
+  for (auto& [id, w] : watchers_) {
+    if (w.job_id == job.id()) w.listener(job);
+  }
+}
+
+void Coordinator::PublishJobCounts() {
+  std::map<std::string, int> counts = {
+      {"queued", 0}, {"running", 0}, {"succeeded", 0}, {"failed", 0}, {"cancelled", 0}};
+  int live = 0, lost = 0;
+  {
+    absl::MutexLock l(&mu_);
+    for (const auto& [id, e] : jobs_) {
+      switch (e.job.state()) {
+        case quantd::v1::JOB_STATE_QUEUED: counts["queued"]++; break;
+        case quantd::v1::JOB_STATE_RUNNING: counts["running"]++; break;
+        case quantd::v1::JOB_STATE_SUCCEEDED: counts["succeeded"]++; break;
+        case quantd::v1::JOB_STATE_FAILED: counts["failed"]++; break;
+        case quantd::v1::JOB_STATE_CANCELLED: counts["cancelled"]++; break;
+        default: break;
+      }
+    }
+    for (const auto& [id, w] : workers_) (w.lost ? lost : live)++;
+  }
+  metrics_->SetJobsByState(counts);
+  metrics_->SetWorkers(live, lost);
+}
+
+// ------------------------------------------------------------------------------------------
+// QuantService
+
+absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::Submit(
+    const quantd::v1::SubmitJobRequest& in) {
+  quantd::v1::SubmitJobRequest req = in;
+  absl::MutexLock submit_lock(&submit_mu_);
+  if (!req.request_id().empty()) {
+    absl::MutexLock l(&mu_);
+    auto it = by_request_.find(req.request_id());
+    if (it != by_request_.end()) {
+      quantd::v1::SubmitJobResponse resp;
+      *resp.mutable_job() = jobs_.at(it->second).job;
+      resp.set_created(false);
+      return resp;
+    }
+  }
+  QUANTD_RETURN_IF_ERROR(ValidateAndDefault(&req));
+  if (req.request_id().empty()) req.set_request_id(RandomId("r-"));
+  const std::string job_id = RandomId("j-");
+  const std::string dir = JobDir(job_id);
+  auto row = BuildJob(req, job_id, dir, options_.max_hessian_shards);
+  if (!row.ok()) {
+    RemoveAll(dir).IgnoreError();
+    return row.status();
+  }
+  row->job.set_created_unix_ms(NowMs());
+  row->job.set_updated_unix_ms(row->job.created_unix_ms());
+  absl::Status s = store_->InsertJob(*row);
+  if (!s.ok()) {
+    RemoveAll(dir).IgnoreError();
+    return s;
+  }
+  JobEntry e;
+  e.job = row->job;
+  e.phase = row->phase;
+  for (TaskRow& t : row->tasks) {
+    TaskState ts;
+    ts.row = std::move(t);
+    e.tasks.push_back(std::move(ts));
+  }
+  quantd::v1::SubmitJobResponse resp;
+  {
+    absl::MutexLock l(&mu_);
+    UpdateProgressLocked(e);
+    resp.set_created(true);
+    *resp.mutable_job() = e.job;
+    by_request_[req.request_id()] = job_id;
+    job_order_.push_back(job_id);
+    jobs_.emplace(job_id, std::move(e));
+  }
+  PublishJobCounts();
+  return resp;
+}
+
+absl::StatusOr<Job> Coordinator::GetJob(const std::string& id) {
+  absl::MutexLock l(&mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
+  return it->second.job;
+}
+
+absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
+    const quantd::v1::ListJobsRequest& req) {
+  int size = req.page_size() <= 0 ? 50 : req.page_size();
+  if (size > 500) size = 500;
+  size_t start = 0;
+  if (!req.page_token().empty()) {
+    uint64_t v = 0;
+    if (!absl::SimpleAtoi(req.page_token(), &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("bad page_token '", req.page_token(), "'"));
+    }
+    start = v;
+  }
+  quantd::v1::ListJobsResponse resp;
+  absl::MutexLock l(&mu_);
+  size_t i = start;
+  for (; i < job_order_.size() && resp.jobs_size() < size; ++i) {
+    *resp.add_jobs() = jobs_.at(job_order_[i]).job;
+  }
+  if (i < job_order_.size()) resp.set_next_page_token(std::to_string(i));
+  return resp;
+}
+
+absl::StatusOr<Job> Coordinator::Cancel(const std::string& id) {
+  Job out;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
+    JobEntry& e = it->second;
+    if (Terminal(e.job.state())) return e.job;
+    e.job.set_state(quantd::v1::JOB_STATE_CANCELLED);
+    e.job.set_phase("done");
+    std::vector<const TaskRow*> changed;
+    for (TaskState& t : e.tasks) {
+      t.leased = false;
+      if (t.row.state == TaskRowState::kPending) {
+        t.row.state = TaskRowState::kCancelled;
+        changed.push_back(&t.row);
+      }
+    }
+    UpdateProgressLocked(e);
+    QUANTD_RETURN_IF_ERROR(store_->UpdateJobAndTasks(e.job, e.phase, changed));
+    out = e.job;
+  }
+  RemoveAll(registry_.StagingDir(id)).IgnoreError();
+  RemoveAll(JobDir(id)).IgnoreError();
+  Notify(out);
+  PublishJobCounts();
+  return out;
+}
+
+absl::StatusOr<Job> Coordinator::Watch(const std::string& id, JobListener listener,
+                                       int64_t* sub) {
+  absl::MutexLock wl(&watch_mu_);
+  Job current;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = jobs_.find(id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
+    current = it->second.job;
+  }
+  *sub = next_watch_++;
+  watchers_[*sub] = Watcher{id, std::move(listener)};
+  return current;
+}
+
+void Coordinator::Unwatch(int64_t sub) {
+  absl::MutexLock l(&watch_mu_);
+  watchers_.erase(sub);
+}
+
+// ------------------------------------------------------------------------------------------
+// WorkerService
+
+absl::StatusOr<quantd::v1::RegisterResponse> Coordinator::Register(
+    const quantd::v1::RegisterRequest& req) {
+  if (req.api_version() != kWorkerApiVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("worker speaks API version ",
+                                                      req.api_version(), ", coordinator ",
+                                                      kWorkerApiVersion));
+  }
+  if (req.worker_name().empty() || req.worker_name().size() > 128) {
+    return absl::InvalidArgumentError("worker_name must have 1-128 characters");
+  }
+  quantd::v1::RegisterResponse resp;
+  resp.set_worker_id(RandomId("w-"));
+  resp.set_heartbeat_interval_ms(
+      static_cast<int32_t>(absl::ToInt64Milliseconds(options_.heartbeat_interval)));
+  resp.set_lease_timeout_ms(static_cast<int32_t>(absl::ToInt64Milliseconds(options_.lease_timeout)));
+  {
+    absl::MutexLock l(&mu_);
+    // A worker that re-registers under the same name replaces its old entry.
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->second.info.worker_name() == req.worker_name()) {
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    workers_[resp.worker_id()] = WorkerEntry{req, absl::Now(), false};
+  }
+  PublishJobCounts();
+  return resp;
+}
+
+absl::StatusOr<quantd::v1::HeartbeatResponse> Coordinator::Heartbeat(
+    const quantd::v1::HeartbeatRequest& req) {
+  quantd::v1::HeartbeatResponse resp;
+  absl::MutexLock l(&mu_);
+  auto w = workers_.find(req.worker_id());
+  if (w == workers_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown worker ", req.worker_id(), ": register again"));
+  }
+  w->second.last_seen = absl::Now();
+  w->second.lost = false;
+  for (const std::string& lease : req.lease_ids()) {
+    bool alive = false;
+    for (auto& [id, e] : jobs_) {
+      if (Terminal(e.job.state())) continue;
+      for (TaskState& t : e.tasks) {
+        if (t.leased && t.lease_id == lease && t.worker_id == req.worker_id()) {
+          t.lease_expiry = absl::Now() + options_.lease_timeout;
+          alive = true;
+        }
+      }
+    }
+    if (!alive) resp.add_cancelled_lease_ids(lease);
+  }
+  return resp;
+}
+
+absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
+    const quantd::v1::LeaseTaskRequest& req) {
+  quantd::v1::LeaseTaskResponse resp;
+  Job changed;
+  bool notify = false;
+  {
+    absl::MutexLock l(&mu_);
+    auto w = workers_.find(req.worker_id());
+    if (w == workers_.end()) {
+      return absl::NotFoundError(absl::StrCat("unknown worker ", req.worker_id(), ": register again"));
+    }
+    w->second.last_seen = absl::Now();
+    for (const std::string& id : job_order_) {
+      JobEntry& e = jobs_.at(id);
+      if (Terminal(e.job.state())) continue;
+      for (TaskState& t : e.tasks) {
+        if (t.row.phase != e.phase || t.leased || t.row.state != TaskRowState::kPending) continue;
+        t.leased = true;
+        t.lease_id = RandomId("l-");
+        t.worker_id = req.worker_id();
+        t.lease_expiry = absl::Now() + options_.lease_timeout;
+        resp.set_found(true);
+        *resp.mutable_task() = t.row.task;
+        resp.mutable_task()->set_lease_id(t.lease_id);
+        if (e.job.state() == quantd::v1::JOB_STATE_QUEUED) {
+          e.job.set_state(quantd::v1::JOB_STATE_RUNNING);
+          UpdateProgressLocked(e);
+          QUANTD_RETURN_IF_ERROR(store_->UpdateJob(e.job, e.phase));
+          changed = e.job;
+          notify = true;
+        }
+        break;
+      }
+      if (resp.found()) break;
+    }
+  }
+  if (notify) {
+    Notify(changed);
+    PublishJobCounts();
+  }
+  return resp;
+}
+
+absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
+                                                  const std::string& name) {
+  if (name.empty() || name.find("..") != std::string::npos || name.front() == '/' ||
+      name.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("bad blob name '", name, "'"));
+  }
+  {
+    absl::MutexLock l(&mu_);
+    if (jobs_.find(job_id) == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  }
+  if (name.rfind("staging/", 0) == 0) {
+    return JoinPath(registry_.StagingDir(job_id), name.substr(8));
+  }
+  if (name.rfind("inputs/", 0) == 0 || name.rfind("hessians/", 0) == 0) {
+    return JoinPath(JobDir(job_id), name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("blob '", name, "' is not readable by workers"));
+}
+
+absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const std::string& data) {
+  std::string result_path;
+  quantd::v1::TaskKind kind;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = jobs_.find(h.job_id());
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", h.job_id()));
+    JobEntry& e = it->second;
+    if (h.task_id() < 0 || h.task_id() >= static_cast<int64_t>(e.tasks.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("job ", h.job_id(), " has no task ", h.task_id()));
+    }
+    TaskState& t = e.tasks[h.task_id()];
+    if (Terminal(e.job.state()) || !t.leased || t.lease_id != h.lease_id()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("lease ", h.lease_id(), " is no longer valid (job ", h.job_id(),
+                       " task ", h.task_id(), "): result dropped"));
+    }
+    kind = t.row.task.kind();
+    if (h.ok() && kind == quantd::v1::TASK_KIND_HESSIAN) {
+      result_path = JoinPath(JobDir(h.job_id()), HessianShardResult(h.task_id()));
+    } else if (h.ok() && kind == quantd::v1::TASK_KIND_QUANTIZE) {
+      result_path = JoinPath(JobDir(h.job_id()), QuantizedResult(h.task_id()));
+    }
+  }
+  if (h.ok() && !result_path.empty()) {
+    if (data.size() != h.result_size() || Sha256Hex(data) != h.result_sha256()) {
+      return absl::DataLossError(absl::StrCat("task ", h.task_id(), " result: got ", data.size(),
+                                              " bytes that do not match the header's size/sha256"));
+    }
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(result_path, data));
+  }
+  Job snapshot;
+  std::string worker_name;
+  {
+    absl::MutexLock l(&mu_);
+    auto it = jobs_.find(h.job_id());
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", h.job_id()));
+    JobEntry& e = it->second;
+    TaskState& t = e.tasks[h.task_id()];
+    if (Terminal(e.job.state()) || !t.leased || t.lease_id != h.lease_id()) {
+      return absl::FailedPreconditionError("lease was cancelled while the result was stored");
+    }
+    auto w = workers_.find(h.worker_id());
+    if (w != workers_.end()) worker_name = w->second.info.worker_name();
+    t.leased = false;
+    t.row.attempts++;
+    if (h.ok()) {
+      t.row.state = TaskRowState::kDone;
+      t.row.result = h;
+      UpdateProgressLocked(e);
+      QUANTD_RETURN_IF_ERROR(store_->UpdateJobAndTasks(e.job, e.phase, {&t.row}));
+      metrics_->TaskFinished(KindName(kind), "ok", h.seconds());
+      if (!worker_name.empty()) metrics_->WorkerTaskCompleted(worker_name);
+      if (kind == quantd::v1::TASK_KIND_HESSIAN) metrics_->HessianTokens(h.tokens());
+    } else {
+      metrics_->TaskFinished(KindName(kind), "error", h.seconds());
+      auto code = static_cast<absl::StatusCode>(h.error_code());
+      std::string what = absl::StrCat(KindName(kind), " task ", h.task_id(),
+                                      t.row.task.tensor_name().empty() ? "" : " (",
+                                      t.row.task.tensor_name(),
+                                      t.row.task.tensor_name().empty() ? "" : ")", ": ", h.error());
+      if (Deterministic(code) || t.row.attempts >= options_.max_attempts) {
+        QUANTD_RETURN_IF_ERROR(FailJobLocked(e, what));
+      } else {
+        QUANTD_RETURN_IF_ERROR(store_->UpdateTask(e.job.id(), t.row));
+      }
+    }
+    snapshot = e.job;
+  }
+  Notify(snapshot);
+  {
+    absl::MutexLock l(&engine_mu_);
+    kick_ = true;
+  }
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------------------------------------
+// Engine
+
+void Coordinator::EngineLoop() {
+  for (;;) {
+    {
+      absl::MutexLock l(&engine_mu_);
+      auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu_) { return stop_ || kick_; };
+      engine_mu_.AwaitWithTimeout(absl::Condition(&woken), absl::Milliseconds(250));
+      if (stop_) return;
+      kick_ = false;
+    }
+    EngineStep();
+  }
+}
+
+void Coordinator::EngineStep() {
+  // 1. Lease expiry and worker liveness.
+  std::vector<Job> changed;
+  {
+    absl::MutexLock l(&mu_);
+    const absl::Time now = absl::Now();
+    for (auto& [wid, w] : workers_) {
+      if (!w.lost && now - w.last_seen > 3 * options_.heartbeat_interval + options_.lease_timeout) {
+        w.lost = true;
+      }
+    }
+    for (auto& [id, e] : jobs_) {
+      if (Terminal(e.job.state())) continue;
+      for (TaskState& t : e.tasks) {
+        if (!t.leased || t.lease_expiry > now) continue;
+        t.leased = false;
+        t.row.attempts++;
+        metrics_->LeaseExpired();
+        if (t.row.attempts >= options_.max_attempts) {
+          FailJobLocked(e, absl::StrCat("task ", t.row.task_id, " lost its lease ",
+                                        t.row.attempts, " times (workers died or hung)"))
+              .IgnoreError();
+          changed.push_back(e.job);
+          break;
+        }
+        store_->UpdateTask(e.job.id(), t.row).IgnoreError();
+      }
+    }
+  }
+  // 2. Phase transitions, one job at a time, without holding mu_ during file work.
+  struct Pending {
+    Job job;
+    int phase;
+    std::vector<TaskRow> tasks;
+  };
+  std::vector<Pending> ready;
+  {
+    absl::MutexLock l(&mu_);
+    for (const std::string& id : job_order_) {
+      JobEntry& e = jobs_.at(id);
+      if (Terminal(e.job.state()) || e.job.state() == quantd::v1::JOB_STATE_QUEUED) continue;
+      bool all_done = true;
+      for (const TaskState& t : e.tasks) {
+        if (t.row.phase <= e.phase && t.row.state != TaskRowState::kDone) all_done = false;
+      }
+      if (!all_done) continue;
+      Pending p{e.job, e.phase, {}};
+      for (const TaskState& t : e.tasks) p.tasks.push_back(t.row);
+      ready.push_back(std::move(p));
+    }
+  }
+  for (Pending& p : ready) {
+    absl::Status s;
+    int published_version = 0;
+    if (p.phase == kPhaseHessian) {
+      s = MergeHessians(p.job, p.tasks);
+    } else if (p.phase == kPhaseQuantize) {
+      s = Assemble(p.job, p.tasks);
+    } else if (p.phase == kPhaseEvaluate) {
+      auto v = Publish(p.job, p.tasks);
+      s = v.status();
+      if (v.ok()) published_version = *v;
+    }
+    absl::MutexLock l(&mu_);
+    JobEntry& e = jobs_.at(p.job.id());
+    if (Terminal(e.job.state()) || e.phase != p.phase) continue;  // cancelled meanwhile
+    if (!s.ok()) {
+      FailJobLocked(e, absl::StrCat(PhaseName(p.phase + 1 > kPhasePublish ? kPhasePublish : p.phase),
+                                    " step failed: ", s.ToString()))
+          .IgnoreError();
+    } else {
+      e.phase = p.phase + 1;
+      e.job.set_phase(PhaseName(e.phase));
+      if (e.phase == kPhasePublish) {
+        e.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
+        e.job.set_version(published_version);
+        e.job.set_phase("done");
+      }
+      double sum = 0;
+      int n = 0;
+      for (const TaskState& t : e.tasks) {
+        const auto& r = t.row.result;
+        if (t.row.task.kind() == quantd::v1::TASK_KIND_QUANTIZE && t.row.state == TaskRowState::kDone) {
+          sum += r.proxy_loss();
+          ++n;
+        }
+        if (t.row.task.kind() == quantd::v1::TASK_KIND_EVAL && t.row.state == TaskRowState::kDone) {
+          if (t.row.task.eval_target() == "fp") e.job.set_fp_ppl(r.ppl());
+          if (t.row.task.eval_target() == "quantized") e.job.set_quant_ppl(r.ppl());
+        }
+      }
+      if (n > 0) e.job.set_mean_proxy_loss(sum / n);
+      UpdateProgressLocked(e);
+      absl::Status st = store_->UpdateJob(e.job, e.phase);
+      if (!st.ok()) FailJobLocked(e, st.ToString()).IgnoreError();
+    }
+    changed.push_back(e.job);
+  }
+  for (const Job& j : changed) Notify(j);
+  if (!changed.empty()) PublishJobCounts();
+  // Free the work directory of finished jobs.
+  for (const Job& j : changed) {
+    if (Terminal(j.state())) {
+      RemoveAll(JobDir(j.id())).IgnoreError();
+      if (j.state() != quantd::v1::JOB_STATE_SUCCEEDED) {
+        RemoveAll(registry_.StagingDir(j.id())).IgnoreError();
+      }
+    }
+  }
+}
+
+}  // namespace quantd::server

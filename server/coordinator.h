@@ -1,0 +1,136 @@
+// Coordinator: the job engine of quantd. It validates and records jobs, turns each into tasks
+// (Hessian shards, one quantize task per weight matrix, evaluations), leases tasks to workers
+// with heartbeats, re-queues expired leases, merges Hessian shards in shard order, assembles the
+// artifact in the registry's staging directory and publishes it.
+//
+// Durability: every job and task state change is written to the JobStore before the call that
+// caused it returns; a restarted coordinator resumes each unfinished job from its finished tasks.
+// Thread-safety: thread-safe. One internal engine thread runs lease expiry and phase changes.
+#ifndef QUANTD_SERVER_COORDINATOR_H_
+#define QUANTD_SERVER_COORDINATOR_H_
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/quantd.pb.h"
+#include "server/job_store.h"
+#include "server/metrics.h"
+#include "server/registry.h"
+
+namespace quantd::server {
+
+inline constexpr int kWorkerApiVersion = 1;
+
+struct CoordinatorOptions {
+  std::string data_dir = "./var";                     // Default: ./var (job store + registry)
+  absl::Duration lease_timeout = absl::Seconds(20);   // Default: 20 s without a heartbeat
+  absl::Duration heartbeat_interval = absl::Seconds(2);  // Default: 2 s (told to workers)
+  int max_attempts = 3;                               // Default: 3 tries per task
+  int max_hessian_shards = 8;                         // Default: 8 shards per job
+};
+
+class Coordinator {
+ public:
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(const CoordinatorOptions& options,
+                                                             Metrics* metrics);
+  ~Coordinator();
+
+  // --- QuantService ---
+  absl::StatusOr<quantd::v1::SubmitJobResponse> Submit(const quantd::v1::SubmitJobRequest& req);
+  absl::StatusOr<quantd::v1::Job> GetJob(const std::string& id);
+  absl::StatusOr<quantd::v1::ListJobsResponse> ListJobs(const quantd::v1::ListJobsRequest& req);
+  absl::StatusOr<quantd::v1::Job> Cancel(const std::string& id);
+
+  // Calls `listener` with every later change of job `id` (from arbitrary threads, never two
+  // calls at once for one subscription) until Unwatch. Returns the current job and the
+  // subscription id through `sub`.
+  using JobListener = std::function<void(const quantd::v1::Job&)>;
+  absl::StatusOr<quantd::v1::Job> Watch(const std::string& id, JobListener listener,
+                                        int64_t* sub);
+  // After Unwatch returns, the listener is not running and will not be called again.
+  void Unwatch(int64_t sub);
+
+  // --- WorkerService ---
+  absl::StatusOr<quantd::v1::RegisterResponse> Register(const quantd::v1::RegisterRequest& req);
+  absl::StatusOr<quantd::v1::HeartbeatResponse> Heartbeat(const quantd::v1::HeartbeatRequest& req);
+  absl::StatusOr<quantd::v1::LeaseTaskResponse> Lease(const quantd::v1::LeaseTaskRequest& req);
+  // Absolute path of a job blob (inputs/..., hessians/..., staging/...). NOT_FOUND / INVALID_ARGUMENT.
+  absl::StatusOr<std::string> BlobPath(const std::string& job_id, const std::string& name);
+  absl::Status Report(const quantd::v1::TaskReportHeader& header, const std::string& data);
+
+  Registry& registry() { return registry_; }
+  Metrics& metrics() { return *metrics_; }
+
+ private:
+  struct TaskState {
+    TaskRow row;
+    bool leased = false;
+    std::string lease_id;
+    std::string worker_id;
+    absl::Time lease_expiry;
+  };
+  struct JobEntry {
+    quantd::v1::Job job;
+    int phase = 0;
+    std::vector<TaskState> tasks;
+  };
+  struct WorkerEntry {
+    quantd::v1::RegisterRequest info;
+    absl::Time last_seen;
+    bool lost = false;
+  };
+  struct Watcher {
+    std::string job_id;
+    JobListener listener;
+  };
+
+  Coordinator(const CoordinatorOptions& options, Metrics* metrics);
+  absl::Status Recover();
+  void EngineLoop();
+  void EngineStep();
+  // Phase work, run on the engine thread without mu_ held.
+  absl::Status MergeHessians(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
+  absl::Status Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
+  absl::StatusOr<int> Publish(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
+
+  void UpdateProgressLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FailJobLocked(JobEntry& e, const std::string& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Notify(const quantd::v1::Job& job);
+  void PublishJobCounts() ABSL_LOCKS_EXCLUDED(mu_);
+  std::string JobDir(const std::string& job_id) const;
+
+  CoordinatorOptions options_;
+  Metrics* metrics_;
+  Registry registry_;
+  std::unique_ptr<JobStore> store_;
+
+  absl::Mutex mu_;
+  std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // creation order
+  std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex submit_mu_;  // serializes Submit so a request id is validated and stored once
+
+  absl::Mutex watch_mu_;
+  std::map<int64_t, Watcher> watchers_ ABSL_GUARDED_BY(watch_mu_);
+  int64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
+
+  absl::Mutex engine_mu_;
+  bool stop_ ABSL_GUARDED_BY(engine_mu_) = false;
+  bool kick_ ABSL_GUARDED_BY(engine_mu_) = false;
+  std::thread engine_;
+};
+
+}  // namespace quantd::server
+
+#endif  // QUANTD_SERVER_COORDINATOR_H_

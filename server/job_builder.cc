@@ -1,0 +1,345 @@
+#include "server/job_builder.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "server/registry.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/config.h"
+#include "worker/model/tokenizer_llama2c.h"
+#include "worker/model/tokens.h"
+#include "worker/model/weights.h"
+#include "worker/quant/quantize.h"
+
+namespace quantd::server {
+namespace fs = std::filesystem;
+using quantd::v1::SubmitJobRequest;
+
+std::string PhaseName(int phase) {
+  switch (phase) {
+    case kPhaseHessian: return "hessian";
+    case kPhaseQuantize: return "quantize";
+    case kPhaseEvaluate: return "evaluate";
+    case kPhasePublish: return "publish";
+  }
+  return "done";
+}
+
+std::string HessianShardResult(int64_t task_id) {
+  return absl::StrCat("results/hessian_", task_id, ".safetensors");
+}
+std::string MergedHessianBlob(int layer, std::string_view group) {
+  return absl::StrCat("hessians/L", layer, ".", group, ".safetensors");
+}
+std::string QuantizedResult(int64_t task_id) { return absl::StrCat("results/quant_", task_id, ".qpm"); }
+
+absl::Status ValidateAndDefault(SubmitJobRequest* req) {
+  if (req->request_id().size() > 256) {
+    return absl::InvalidArgumentError("request_id is longer than 256 bytes");
+  }
+  if (!IsValidModelName(req->name())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid model name '", absl::CHexEscape(req->name().substr(0, 200)),
+        "': use 1-128 characters [A-Za-z0-9._-], starting with a letter or digit"));
+  }
+  auto method = quant::ParseMethod(req->spec().method());
+  if (!method.ok()) return method.status();
+  quant::QuantSpec spec;
+  spec.method = *method;
+  spec.bits = req->spec().bits();
+  spec.seed = req->spec().seed();
+  spec.group_size = req->spec().group_size();
+  spec.mse_clip = req->spec().mse_clip();
+  spec.greedy_passes = req->spec().greedy_passes();
+  spec.codebook_scale = req->spec().codebook_scale();
+  if (req->spec().damp() == 0) req->mutable_spec()->set_damp(0.01);
+  spec.damp = req->spec().damp();
+  QUANTD_RETURN_IF_ERROR(quant::ValidateSpec(spec));
+  if (req->calib_seq_len() == 0) req->set_calib_seq_len(512);
+  if (req->calib_seq_len() < 8 || req->calib_seq_len() > 1 << 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("calib_seq_len ", req->calib_seq_len(), " is outside [8, 65536]"));
+  }
+  if (req->max_calib_seqs() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_calib_seqs ", req->max_calib_seqs(), " < 0"));
+  }
+  if (req->eval_context() == 0) req->set_eval_context(512);
+  if (req->eval_context() < 8 || req->eval_context() > 1 << 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval_context ", req->eval_context(), " is outside [8, 65536]"));
+  }
+  if (req->model_dir().empty()) return absl::InvalidArgumentError("model_dir is empty");
+  if (req->calib_path().empty()) return absl::InvalidArgumentError("calib_path is empty");
+  for (const std::string* p : {&req->model_dir(), &req->calib_path(), &req->eval_path()}) {
+    if (p->find('\0') != std::string::npos || p->size() > 4096) {
+      return absl::InvalidArgumentError("a path contains NUL or is longer than 4096 bytes");
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Copies (or hard-links) `src` to `dst`.
+absl::Status SnapshotFile(const std::string& src, const std::string& dst) {
+  if (::link(src.c_str(), dst.c_str()) == 0) return absl::OkStatus();
+  std::error_code ec;
+  fs::copy_file(src, dst, fs::copy_options::overwrite_existing, ec);
+  if (ec) return absl::InternalError(absl::StrCat("copy ", src, " -> ", dst, ": ", ec.message()));
+  return absl::OkStatus();
+}
+
+// Finds a llama2.c tokenizer in the model directory.
+std::string FindTokenizer(const std::string& model_dir) {
+  for (const char* n : {"tokenizer.bin", "tok512.bin"}) {
+    std::string p = JoinPath(model_dir, n);
+    if (fs::exists(p)) return p;
+  }
+  return "";
+}
+
+// Reads calibration/evaluation data: token files directly, text through the model's tokenizer
+// (one document per "<|endoftext|>"-separated or blank-line-separated chunk, each with BOS).
+absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const std::string& what,
+                                                const std::string& model_dir, int vocab) {
+  if (!fs::exists(path)) return absl::NotFoundError(absl::StrCat(what, " file ", path, " does not exist"));
+  std::vector<int32_t> tokens;
+  if (absl::EndsWith(path, ".txt")) {
+    std::string tok_path = FindTokenizer(model_dir);
+    if (tok_path.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " file ", path, " is text, but the model directory has no tokenizer.bin to encode it"));
+    }
+    QUANTD_ASSIGN_OR_RETURN(auto tok, model::Llama2cTokenizer::Load(tok_path));
+    QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(path, uint64_t{1} << 30));
+    const std::string sep = absl::StrContains(text, "<|endoftext|>") ? "<|endoftext|>" : "\n\n";
+    size_t pos = 0;
+    while (pos <= text.size()) {
+      size_t end = text.find(sep, pos);
+      if (end == std::string::npos) end = text.size();
+      std::string_view doc(text.data() + pos, end - pos);
+      while (!doc.empty() && isspace(static_cast<unsigned char>(doc.front()))) doc.remove_prefix(1);
+      while (!doc.empty() && isspace(static_cast<unsigned char>(doc.back()))) doc.remove_suffix(1);
+      if (!doc.empty()) {
+        QUANTD_ASSIGN_OR_RETURN(auto ids, tok->Encode(doc, /*bos=*/true));
+        tokens.insert(tokens.end(), ids.begin(), ids.end());
+      }
+      pos = end + sep.size();
+    }
+  } else {
+    auto loaded = model::LoadTokenFile(path);
+    if (!loaded.ok()) {
+      return absl::Status(loaded.status().code(),
+                          absl::StrCat(what, " file: ", loaded.status().message()));
+    }
+    tokens = std::move(*loaded);
+  }
+  absl::Status s = model::ValidateTokens(tokens, vocab);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(what, " file ", path, ": ", s.message()));
+  return tokens;
+}
+
+std::string TokensToU32(const std::vector<int32_t>& t) {
+  std::string out(t.size() * 4, '\0');
+  for (size_t i = 0; i < t.size(); ++i) {
+    uint32_t v = static_cast<uint32_t>(t[i]);
+    for (int b = 0; b < 4; ++b) out[4 * i + b] = static_cast<char>((v >> (8 * b)) & 0xff);
+  }
+  return out;
+}
+
+// Checks the shape of every tensor a job reads, from the headers only.
+absl::Status CheckShapes(const model::Checkpoint& ckpt, const model::LlamaConfig& c) {
+  auto check = [&](const std::string& name, std::vector<int64_t> want) -> absl::Status {
+    auto t = ckpt.Get(name);
+    if (!t.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("model is missing tensor ", name, ": ",
+                                                     t.status().message()));
+    }
+    if (t->shape != want) {
+      auto dims = [](const std::vector<int64_t>& v) {
+        std::string s = "[";
+        for (size_t i = 0; i < v.size(); ++i) absl::StrAppend(&s, i ? "," : "", v[i]);
+        return s + "]";
+      };
+      return absl::InvalidArgumentError(absl::StrCat(name, " has shape ", dims(t->shape),
+                                                     ", config.json says ", dims(want)));
+    }
+    return absl::OkStatus();
+  };
+  const int64_t h = c.hidden_size, q = int64_t{c.num_heads} * c.head_dim,
+                kv = int64_t{c.num_kv_heads} * c.head_dim, f = c.intermediate_size;
+  QUANTD_RETURN_IF_ERROR(check("model.embed_tokens.weight", {c.vocab_size, h}));
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::pair<model::Linear, std::vector<int64_t>> shapes[] = {
+        {model::Linear::kQ, {q, h}},    {model::Linear::kK, {kv, h}},
+        {model::Linear::kV, {kv, h}},   {model::Linear::kO, {h, q}},
+        {model::Linear::kGate, {f, h}}, {model::Linear::kUp, {f, h}},
+        {model::Linear::kDown, {h, f}}};
+    for (const auto& [lin, want] : shapes) {
+      QUANTD_RETURN_IF_ERROR(check(model::LinearTensorName(l, lin), want));
+    }
+  }
+  return absl::OkStatus();
+}
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+}  // namespace
+
+absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& job_id,
+                                const std::string& job_dir, int max_hessian_shards) {
+  const std::string& model_dir = req.model_dir();
+  if (!fs::is_directory(model_dir)) {
+    return absl::NotFoundError(absl::StrCat("model directory ", model_dir, " does not exist"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(model_dir));
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
+  // Shape check of every tensor we will read, without loading the weights.
+  QUANTD_RETURN_IF_ERROR(CheckShapes(*ckpt, cfg));
+  QUANTD_ASSIGN_OR_RETURN(auto calib, ReadTokens(req.calib_path(), "calibration", model_dir, cfg.vocab_size));
+  std::vector<int32_t> eval;
+  if (!req.eval_path().empty()) {
+    QUANTD_ASSIGN_OR_RETURN(eval, ReadTokens(req.eval_path(), "evaluation", model_dir, cfg.vocab_size));
+    if (eval.size() < 2) return absl::InvalidArgumentError("evaluation data has fewer than 2 tokens");
+  }
+  const int seq_len = std::min(req.calib_seq_len(), cfg.max_position_embeddings);
+  int64_t nseq = static_cast<int64_t>(calib.size()) / seq_len;
+  if (req.max_calib_seqs() > 0) nseq = std::min<int64_t>(nseq, req.max_calib_seqs());
+  if (nseq < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("calibration data has ", calib.size(),
+                                                   " tokens, fewer than one sequence of ", seq_len));
+  }
+  if (req.eval_context() > cfg.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("eval_context ", req.eval_context(),
+                                                   " exceeds the model's max_position_embeddings ",
+                                                   cfg.max_position_embeddings));
+  }
+
+  // Snapshot inputs.
+  const std::string in_model = JoinPath(job_dir, "inputs/model");
+  QUANTD_RETURN_IF_ERROR(MakeDirs(in_model));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(job_dir, "results")));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(job_dir, "hessians")));
+  std::vector<std::string> model_files;
+  for (const auto& e : fs::directory_iterator(model_dir)) {
+    if (!e.is_regular_file()) continue;
+    std::string n = e.path().filename().string();
+    if (absl::EndsWith(n, ".safetensors") || absl::EndsWith(n, ".json") ||
+        n == "tokenizer.bin" || n == "tok512.bin" || n == "tokenizer.model") {
+      model_files.push_back(n);
+    }
+  }
+  std::sort(model_files.begin(), model_files.end());
+  std::string fp_material;
+  for (const std::string& n : model_files) {
+    QUANTD_RETURN_IF_ERROR(SnapshotFile(JoinPath(model_dir, n), JoinPath(in_model, n)));
+    QUANTD_ASSIGN_OR_RETURN(std::string d, Sha256File(JoinPath(in_model, n)));
+    absl::StrAppend(&fp_material, n, " ", d, "\n");
+  }
+  calib.resize(static_cast<size_t>(nseq * seq_len));
+  std::string calib_bytes = TokensToU32(calib);
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, "inputs/calib.u32"), calib_bytes));
+  if (!eval.empty()) {
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, "inputs/eval.u32"), TokensToU32(eval)));
+  }
+
+  JobRow row;
+  quantd::v1::Job& job = row.job;
+  job.set_id(job_id);
+  job.set_request_id(req.request_id());
+  job.set_name(req.name());
+  job.set_state(quantd::v1::JOB_STATE_QUEUED);
+  *job.mutable_spec() = req.spec();
+  job.set_model_dir(model_dir);
+  job.set_calib_path(req.calib_path());
+  job.set_eval_path(req.eval_path());
+  job.set_phase(PhaseName(kPhaseHessian));
+  job.set_calib_seq_len(seq_len);
+  job.set_max_calib_seqs(req.max_calib_seqs());
+  job.set_eval_context(req.eval_context());
+  job.set_model_fingerprint(Sha256Hex(fp_material));
+  job.set_calib_fingerprint(Sha256Hex(calib_bytes));
+
+  auto model_inputs = [&](quantd::v1::Task* t) {
+    for (const std::string& n : model_files) t->add_inputs()->set_name("inputs/model/" + n);
+  };
+  int64_t next_id = 0;
+  const int64_t shards = std::min<int64_t>(nseq, std::max(1, max_hessian_shards));
+  for (int64_t s = 0; s < shards; ++s) {
+    TaskRow t;
+    t.task_id = next_id++;
+    t.phase = kPhaseHessian;
+    t.task.set_job_id(job_id);
+    t.task.set_task_id(t.task_id);
+    t.task.set_kind(quantd::v1::TASK_KIND_HESSIAN);
+    model_inputs(&t.task);
+    t.task.add_inputs()->set_name("inputs/calib.u32");
+    t.task.set_token_begin(nseq * s / shards * seq_len);
+    t.task.set_token_end(nseq * (s + 1) / shards * seq_len);
+    t.task.set_seq_len(seq_len);
+    row.tasks.push_back(std::move(t));
+  }
+  if (!eval.empty()) {
+    TaskRow t;
+    t.task_id = next_id++;
+    t.phase = kPhaseHessian;
+    t.task.set_job_id(job_id);
+    t.task.set_task_id(t.task_id);
+    t.task.set_kind(quantd::v1::TASK_KIND_EVAL);
+    model_inputs(&t.task);
+    t.task.add_inputs()->set_name("inputs/eval.u32");
+    t.task.set_eval_target("fp");
+    t.task.set_eval_context(req.eval_context());
+    row.tasks.push_back(std::move(t));
+  }
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (model::Linear lin : {model::Linear::kQ, model::Linear::kK, model::Linear::kV,
+                              model::Linear::kO, model::Linear::kGate, model::Linear::kUp,
+                              model::Linear::kDown}) {
+      TaskRow t;
+      t.task_id = next_id++;
+      t.phase = kPhaseQuantize;
+      t.task.set_job_id(job_id);
+      t.task.set_task_id(t.task_id);
+      t.task.set_kind(quantd::v1::TASK_KIND_QUANTIZE);
+      *t.task.mutable_spec() = req.spec();
+      model_inputs(&t.task);
+      t.task.add_inputs()->set_name(
+          MergedHessianBlob(l, std::string(model::GroupName(model::GroupOf(lin)))));
+      t.task.set_layer(l);
+      t.task.set_linear(std::string(model::LinearName(lin)));
+      t.task.set_tensor_name(model::LinearTensorName(l, lin));
+      t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
+      row.tasks.push_back(std::move(t));
+    }
+  }
+  if (!eval.empty()) {
+    TaskRow t;
+    t.task_id = next_id++;
+    t.phase = kPhaseEvaluate;
+    t.task.set_job_id(job_id);
+    t.task.set_task_id(t.task_id);
+    t.task.set_kind(quantd::v1::TASK_KIND_EVAL);
+    t.task.add_inputs()->set_name("staging/config.json");
+    t.task.add_inputs()->set_name("staging/model.safetensors");
+    t.task.add_inputs()->set_name("inputs/eval.u32");
+    t.task.set_eval_target("quantized");
+    t.task.set_eval_context(req.eval_context());
+    row.tasks.push_back(std::move(t));
+  }
+  job.set_tasks_total(static_cast<int32_t>(row.tasks.size()));
+  return row;
+}
+
+}  // namespace quantd::server

@@ -1,0 +1,197 @@
+// The coordinator's own steps between task phases: merging Hessian shards, assembling the
+// artifact in staging, writing the manifest and publishing. Each step is idempotent: after a
+// crash the engine runs it again from the stored task results.
+#include <filesystem>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "server/coordinator.h"
+#include "server/job_builder.h"
+#include "worker/artifact/artifact.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/safetensors.h"
+#include "worker/quant/quantize.h"
+
+namespace quantd::server {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job,
+                                        const std::vector<TaskRow>& tasks) {
+  // Sum shard results in task-id order (fixed order: the merged bytes do not depend on which
+  // worker finished first).
+  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<double>>> sums;
+  std::map<std::string, int64_t> tokens;
+  for (const TaskRow& t : tasks) {
+    if (t.task.kind() != quantd::v1::TASK_KIND_HESSIAN) continue;
+    const std::string path = JoinPath(JobDir(job.id()), HessianShardResult(t.task_id));
+    QUANTD_ASSIGN_OR_RETURN(auto file, model::SafetensorsFile::Open(path));
+    for (const std::string& name : file->Names()) {
+      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, file->Get(name));
+      if (absl::EndsWith(name, ".sum")) {
+        if (v.dtype != model::DType::kF64) {
+          return absl::DataLossError(absl::StrCat("shard ", t.task_id, " tensor ", name, " is not F64"));
+        }
+        const std::string key = name.substr(0, name.size() - 4);
+        auto& slot = sums[key];
+        const size_t n = v.data.size() / sizeof(double);
+        if (slot.second.empty()) {
+          slot.first = v.shape;
+          slot.second.assign(n, 0.0);
+        } else if (slot.first != v.shape) {
+          return absl::DataLossError(absl::StrCat("shard ", t.task_id, " tensor ", name,
+                                                  " has a different shape than earlier shards"));
+        }
+        const double* src = reinterpret_cast<const double*>(v.data.data());
+        for (size_t i = 0; i < n; ++i) slot.second[i] += src[i];
+      } else if (absl::EndsWith(name, ".tokens")) {
+        if (v.dtype != model::DType::kI64 || v.data.size() != 8) {
+          return absl::DataLossError(absl::StrCat("shard ", t.task_id, " tensor ", name, " is not one I64"));
+        }
+        int64_t n;
+        memcpy(&n, v.data.data(), 8);
+        tokens[name.substr(0, name.size() - 7)] += n;
+      }
+    }
+  }
+  for (auto& [key, slot] : sums) {
+    // key = "L<layer>.<group>"
+    size_t dot = key.find('.');
+    if (key.size() < 3 || key[0] != 'L' || dot == std::string::npos) {
+      return absl::DataLossError(absl::StrCat("unexpected Hessian tensor ", key));
+    }
+    int layer = std::stoi(key.substr(1, dot - 1));
+    std::vector<model::TensorToWrite> out(2);
+    out[0].name = "sum";
+    out[0].dtype = model::DType::kF64;
+    out[0].shape = slot.first;
+    out[0].data.assign(reinterpret_cast<const char*>(slot.second.data()),
+                       slot.second.size() * sizeof(double));
+    out[1].name = "tokens";
+    out[1].dtype = model::DType::kI64;
+    out[1].shape = {1};
+    int64_t n = tokens[key];
+    out[1].data.assign(reinterpret_cast<const char*>(&n), 8);
+    QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(
+        JoinPath(JobDir(job.id()), MergedHessianBlob(layer, key.substr(dot + 1))), out));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks) {
+  const std::string staging = registry_.StagingDir(job.id());
+  RemoveAll(staging).IgnoreError();
+  QUANTD_RETURN_IF_ERROR(MakeDirs(staging));
+  const std::string src_dir = JoinPath(JobDir(job.id()), "inputs/model");
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(src_dir));
+  std::map<std::string, std::string> packed;
+  for (const TaskRow& t : tasks) {
+    if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes,
+                            ReadFile(JoinPath(JobDir(job.id()), QuantizedResult(t.task_id))));
+    packed[t.task.tensor_name()] = std::move(bytes);
+  }
+  QUANTD_RETURN_IF_ERROR(
+      artifact::WriteArtifactModel(*ckpt, packed, JoinPath(staging, "model.safetensors")));
+  for (const auto& e : fs::directory_iterator(src_dir)) {
+    const std::string n = e.path().filename().string();
+    if (absl::EndsWith(n, ".safetensors") || n == "model.safetensors.index.json") continue;
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path().string()));
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(staging, n), bytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
+                                         const std::vector<TaskRow>& tasks) {
+  // A crash between the rename and the job update leaves a published version that names this
+  // job: adopt it instead of publishing twice.
+  if (auto versions = registry_.List(job.name()); versions.ok()) {
+    for (const auto& mv : *versions) {
+      json m = json::parse(mv.manifest_json(), nullptr, false);
+      if (!m.is_discarded() && m.value("job_id", "") == job.id()) return mv.version();
+    }
+  }
+  const std::string staging = registry_.StagingDir(job.id());
+  json m;
+  m["format_version"] = 1;
+  m["name"] = job.name();
+  m["job_id"] = job.id();
+  m["quantd_version"] = QUANTD_VERSION;
+  m["created_unix_ms"] = absl::ToUnixMillis(absl::Now());
+  m["method"] = job.spec().method();
+  m["bits"] = job.spec().bits();
+  m["spec"] = {{"method", job.spec().method()},
+               {"bits", job.spec().bits()},
+               {"seed", job.spec().seed()},
+               {"group_size", job.spec().group_size()},
+               {"mse_clip", job.spec().mse_clip()},
+               {"greedy_passes", job.spec().greedy_passes()},
+               {"codebook_scale", job.spec().codebook_scale()},
+               {"damp", job.spec().damp()}};
+  m["source"] = {{"model_dir", job.model_dir()}, {"fingerprint", job.model_fingerprint()}};
+  int64_t calib_tokens = 0;
+  json tensors = json::array();
+  json perplexity = json::object();
+  double loss_sum = 0;
+  int loss_n = 0;
+  for (const TaskRow& t : tasks) {
+    const auto& r = t.result;
+    switch (t.task.kind()) {
+      case quantd::v1::TASK_KIND_HESSIAN:
+        calib_tokens += r.tokens();
+        break;
+      case quantd::v1::TASK_KIND_QUANTIZE: {
+        json e = {{"name", t.task.tensor_name()},
+                  {"stored_as", artifact::QuantizedTensorName(t.task.tensor_name())},
+                  {"proxy_loss", r.proxy_loss()},
+                  {"packed_bytes", r.result_size()},
+                  {"seconds", r.seconds()}};
+        if (!r.note().empty()) e["note"] = r.note();
+        tensors.push_back(e);
+        loss_sum += r.proxy_loss();
+        ++loss_n;
+        break;
+      }
+      case quantd::v1::TASK_KIND_EVAL:
+        perplexity[t.task.eval_target()] = r.ppl();
+        perplexity["targets"] = r.targets();
+        break;
+      default:
+        break;
+    }
+  }
+  m["calibration"] = {{"path", job.calib_path()},
+                      {"fingerprint", job.calib_fingerprint()},
+                      {"tokens", calib_tokens},
+                      {"seq_len", job.calib_seq_len()}};
+  if (!job.eval_path().empty()) {
+    perplexity["eval_path"] = job.eval_path();
+    perplexity["context"] = job.eval_context();
+    m["perplexity"] = perplexity;
+  }
+  m["mean_proxy_loss"] = loss_n ? loss_sum / loss_n : 0.0;
+  m["tensors"] = tensors;
+  json files = json::array();
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(staging)) {
+    if (e.is_regular_file() && e.path().filename() != "manifest.json") {
+      names.push_back(e.path().filename().string());
+    }
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& n : names) {
+    const std::string p = JoinPath(staging, n);
+    QUANTD_ASSIGN_OR_RETURN(std::string digest, Sha256File(p));
+    QUANTD_ASSIGN_OR_RETURN(uint64_t size, FileSize(p));
+    files.push_back({{"path", n}, {"size", size}, {"sha256", digest}});
+  }
+  m["files"] = files;
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(staging, "manifest.json"), m.dump(2) + "\n"));
+  return registry_.Publish(job.name(), staging);
+}
+
+}  // namespace quantd::server

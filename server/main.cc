@@ -1,0 +1,41 @@
+// quantd: the coordinator daemon. Parses flags and runs quantd::server::RunServer.
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "gRPC address for clients and workers");
+ABSL_FLAG(std::string, worker_listen, "",
+          "optional second gRPC address for remote workers (e.g. 0.0.0.0:7071)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics address; empty disables");
+ABSL_FLAG(std::string, data_dir, "./var", "job store and registry directory");
+ABSL_FLAG(int, local_workers, -1,
+          "worker processes to spawn and supervise; -1 = one per GPU, else one CPU worker");
+ABSL_FLAG(std::string, worker_binary, "", "quantd-worker path; default: next to quantd");
+ABSL_FLAG(std::string, device, "auto", "device for local workers: auto | cpu | cuda:N");
+ABSL_FLAG(int, lease_timeout_s, 20, "seconds without heartbeat before a task is re-queued");
+ABSL_FLAG(std::string, port_file, "", "write the bound client port here (for tests)");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("quantd: quantization-as-a-service coordinator");
+  absl::ParseCommandLine(argc, argv);
+  quantd::server::ServerOptions o;
+  o.listen = absl::GetFlag(FLAGS_listen);
+  o.worker_listen = absl::GetFlag(FLAGS_worker_listen);
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.coordinator.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.coordinator.lease_timeout = absl::Seconds(absl::GetFlag(FLAGS_lease_timeout_s));
+  o.local_workers = absl::GetFlag(FLAGS_local_workers);
+  o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
+  o.device = absl::GetFlag(FLAGS_device);
+  o.port_file = absl::GetFlag(FLAGS_port_file);
+  absl::Status s = quantd::server::RunServer(o);
+  if (!s.ok()) {
+    std::fprintf(stderr, "quantd: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

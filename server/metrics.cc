@@ -1,0 +1,123 @@
+#include "server/metrics.h"
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::server {
+namespace {
+
+const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
+  static const auto* b = new prometheus::Histogram::BucketBoundaries{
+      0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600};
+  return *b;
+}
+
+}  // namespace
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      jobs_(prometheus::BuildGauge().Name("quantd_jobs").Help("Jobs by state").Register(*registry_)),
+      progress_(prometheus::BuildGauge()
+                    .Name("quantd_job_progress_ratio")
+                    .Help("Fraction of a running job's tasks that are done")
+                    .Register(*registry_)),
+      tasks_(prometheus::BuildCounter()
+                 .Name("quantd_tasks_total")
+                 .Help("Tasks finished, by kind and outcome")
+                 .Register(*registry_)),
+      task_seconds_(prometheus::BuildHistogram()
+                        .Name("quantd_task_duration_seconds")
+                        .Help("Task run time reported by workers")
+                        .Register(*registry_)),
+      workers_(prometheus::BuildGauge()
+                   .Name("quantd_workers")
+                   .Help("Registered workers by state")
+                   .Register(*registry_)),
+      worker_tasks_(prometheus::BuildCounter()
+                        .Name("quantd_worker_tasks_completed_total")
+                        .Help("Tasks completed successfully, by worker name")
+                        .Register(*registry_)),
+      lease_expirations_(prometheus::BuildCounter()
+                             .Name("quantd_lease_expirations_total")
+                             .Help("Task leases that expired and were re-queued")
+                             .Register(*registry_)
+                             .Add({})),
+      hessian_tokens_(prometheus::BuildCounter()
+                          .Name("quantd_hessian_tokens_total")
+                          .Help("Calibration tokens pushed through Hessian accumulation")
+                          .Register(*registry_)
+                          .Add({})),
+      weights_quantized_(prometheus::BuildCounter()
+                             .Name("quantd_weights_quantized_total")
+                             .Help("Weights (matrix entries) quantized")
+                             .Register(*registry_)
+                             .Add({})),
+      bytes_served_(prometheus::BuildCounter()
+                        .Name("quantd_artifact_bytes_served_total")
+                        .Help("Artifact bytes streamed by FetchArtifact")
+                        .Register(*registry_)
+                        .Add({})) {
+  prometheus::BuildGauge()
+      .Name("quantd_build_info")
+      .Help("Build information")
+      .Register(*registry_)
+      .Add({{"version", QUANTD_VERSION}})
+      .Set(1);
+  for (const char* s : {"queued", "running", "succeeded", "failed", "cancelled"}) {
+    jobs_.Add({{"state", s}}).Set(0);
+  }
+  for (const char* s : {"live", "lost"}) workers_.Add({{"state", s}}).Set(0);
+}
+
+absl::Status Metrics::Serve(const std::string& listen) {
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(listen);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+  }
+  exposer_->RegisterCollectable(registry_);
+  return absl::OkStatus();
+}
+
+void Metrics::SetJobsByState(const std::map<std::string, int>& counts) {
+  for (const auto& [state, n] : counts) jobs_.Add({{"state", state}}).Set(n);
+}
+
+void Metrics::SetJobProgress(const std::string& job_id, double ratio) {
+  absl::MutexLock l(&mu_);
+  auto it = progress_by_job_.find(job_id);
+  if (it == progress_by_job_.end()) {
+    it = progress_by_job_.emplace(job_id, &progress_.Add({{"job", job_id}})).first;
+  }
+  it->second->Set(ratio);
+}
+
+void Metrics::RemoveJobProgress(const std::string& job_id) {
+  absl::MutexLock l(&mu_);
+  auto it = progress_by_job_.find(job_id);
+  if (it == progress_by_job_.end()) return;
+  progress_.Remove(it->second);
+  progress_by_job_.erase(it);
+}
+
+void Metrics::TaskFinished(const std::string& kind, const std::string& outcome, double seconds) {
+  tasks_.Add({{"kind", kind}, {"outcome", outcome}}).Increment();
+  if (seconds >= 0) task_seconds_.Add({{"kind", kind}}, DurationBuckets()).Observe(seconds);
+}
+
+void Metrics::WorkerTaskCompleted(const std::string& worker_name) {
+  worker_tasks_.Add({{"worker", worker_name}}).Increment();
+}
+
+void Metrics::SetWorkers(int live, int lost) {
+  workers_.Add({{"state", "live"}}).Set(live);
+  workers_.Add({{"state", "lost"}}).Set(lost);
+}
+
+void Metrics::LeaseExpired() { lease_expirations_.Increment(); }
+void Metrics::HessianTokens(int64_t n) { hessian_tokens_.Increment(static_cast<double>(n)); }
+void Metrics::WeightsQuantized(int64_t n) { weights_quantized_.Increment(static_cast<double>(n)); }
+void Metrics::BytesServed(int64_t n) { bytes_served_.Increment(static_cast<double>(n)); }
+
+}  // namespace quantd::server

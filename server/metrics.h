@@ -1,0 +1,67 @@
+// Metrics: the one injected object that owns the prometheus-cpp registry and every quantd_*
+// metric family (no global singleton). Label values are bounded: job ids appear only on the
+// progress gauge and are removed when the job ends; worker names come from the finite set of
+// registered workers.
+// Thread-safety: all methods are thread-safe (prometheus-cpp metrics are atomic; the maps here
+// are guarded by a mutex).
+#ifndef QUANTD_SERVER_METRICS_H_
+#define QUANTD_SERVER_METRICS_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "prometheus/counter.h"
+#include "prometheus/exposer.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace quantd::server {
+
+class Metrics {
+ public:
+  Metrics();
+
+  // Serves /metrics on `listen` ("host:port"). Returns INVALID_ARGUMENT/UNAVAILABLE when the
+  // address cannot be bound. Optional: without it the metrics are only counted.
+  absl::Status Serve(const std::string& listen);
+
+  void SetJobsByState(const std::map<std::string, int>& counts);
+  void SetJobProgress(const std::string& job_id, double ratio);
+  void RemoveJobProgress(const std::string& job_id);
+  void TaskFinished(const std::string& kind, const std::string& outcome, double seconds);
+  void WorkerTaskCompleted(const std::string& worker_name);
+  void SetWorkers(int live, int lost);
+  void LeaseExpired();
+  void HessianTokens(int64_t n);
+  void WeightsQuantized(int64_t n);
+  void BytesServed(int64_t n);
+
+  prometheus::Registry& registry() { return *registry_; }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Gauge>& jobs_;
+  prometheus::Family<prometheus::Gauge>& progress_;
+  prometheus::Family<prometheus::Counter>& tasks_;
+  prometheus::Family<prometheus::Histogram>& task_seconds_;
+  prometheus::Family<prometheus::Gauge>& workers_;
+  prometheus::Family<prometheus::Counter>& worker_tasks_;
+  prometheus::Counter& lease_expirations_;
+  prometheus::Counter& hessian_tokens_;
+  prometheus::Counter& weights_quantized_;
+  prometheus::Counter& bytes_served_;
+
+  absl::Mutex mu_;
+  std::map<std::string, prometheus::Gauge*> progress_by_job_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace quantd::server
+
+#endif  // QUANTD_SERVER_METRICS_H_

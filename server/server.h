@@ -1,0 +1,29 @@
+// RunServer: assembles the coordinator, the gRPC services (plus grpc.health.v1 and reflection),
+// the metrics endpoint and the local worker pool, and runs until SIGINT/SIGTERM.
+#ifndef QUANTD_SERVER_SERVER_H_
+#define QUANTD_SERVER_SERVER_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "server/coordinator.h"
+
+namespace quantd::server {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:7070";          // Default: 127.0.0.1:7070
+  std::string worker_listen;                      // Default: none (workers use `listen`)
+  std::string metrics_listen = "127.0.0.1:9464";  // Default: 127.0.0.1:9464; empty = off
+  CoordinatorOptions coordinator;
+  int local_workers = -1;   // Default: -1 = one per GPU, else one CPU worker
+  std::string worker_binary;  // Default: quantd-worker next to this executable
+  std::string device = "auto";
+  std::string port_file;    // Default: none
+};
+
+// Blocks until a termination signal; returns the first startup error otherwise.
+absl::Status RunServer(const ServerOptions& options);
+
+}  // namespace quantd::server
+
+#endif  // QUANTD_SERVER_SERVER_H_

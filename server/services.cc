@@ -1,0 +1,292 @@
+#include "server/services.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "server/grpc_status.h"
+
+namespace quantd::server {
+namespace {
+
+using grpc::CallbackServerContext;
+using grpc::ServerUnaryReactor;
+
+// Finishes a unary call with the status of `s`, copying the value into `resp` when ok.
+template <typename T>
+ServerUnaryReactor* Reply(CallbackServerContext* ctx, absl::StatusOr<T> s, T* resp) {
+  auto* r = ctx->DefaultReactor();
+  if (s.ok()) *resp = std::move(*s);
+  r->Finish(ToGrpc(s.status()));
+  return r;
+}
+
+// Streams a file from an offset in <= 2 MiB chunks. Owns the fd.
+class FileStreamReactor : public grpc::ServerWriteReactor<quantd::v1::Chunk> {
+ public:
+  FileStreamReactor(const std::string& path, uint64_t offset, Metrics* metrics)
+      : offset_(offset), metrics_(metrics) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+      Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("cannot open ", path)));
+      return;
+    }
+    off_t size = ::lseek(fd_, 0, SEEK_END);
+    if (size < 0 || offset > static_cast<uint64_t>(size)) {
+      Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                          absl::StrCat("offset ", offset, " is past the end (", size, " bytes)")));
+      return;
+    }
+    Next();
+  }
+  explicit FileStreamReactor(const grpc::Status& error) { Finish(error); }
+  ~FileStreamReactor() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
+      return;
+    }
+    Next();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void Next() {
+    chunk_.set_offset(offset_);
+    std::string* buf = chunk_.mutable_data();
+    buf->resize(kChunkBytes);
+    ssize_t n;
+    do {
+      n = ::pread(fd_, buf->data(), buf->size(), static_cast<off_t>(offset_));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read error"));
+      return;
+    }
+    if (n == 0) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    buf->resize(static_cast<size_t>(n));
+    offset_ += static_cast<uint64_t>(n);
+    if (metrics_) metrics_->BytesServed(n);
+    StartWrite(&chunk_);
+  }
+
+  int fd_ = -1;
+  uint64_t offset_ = 0;
+  Metrics* metrics_ = nullptr;
+  quantd::v1::Chunk chunk_;
+};
+
+bool TerminalState(quantd::v1::JobState s) {
+  return s == quantd::v1::JOB_STATE_SUCCEEDED || s == quantd::v1::JOB_STATE_FAILED ||
+         s == quantd::v1::JOB_STATE_CANCELLED;
+}
+
+// Sends the job now and after every change; finishes after a terminal state was written.
+class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
+ public:
+  WatchReactor(Coordinator* c, const std::string& id) : c_(c) {
+    auto job = c_->Watch(id, [this](const quantd::v1::Job& j) { OnChange(j); }, &sub_);
+    if (!job.ok()) {
+      sub_ = 0;
+      Finish(ToGrpc(job.status()));
+      return;
+    }
+    OnChange(*job);
+  }
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock l(&mu_);
+    if (!ok) {
+      finishing_ = true;
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
+      return;
+    }
+    if (sent_terminal_) {
+      finishing_ = true;
+      Finish(grpc::Status::OK);
+      return;
+    }
+    if (has_pending_) {
+      WriteLocked();
+    } else {
+      writing_ = false;
+    }
+  }
+  void OnCancel() override {}
+  void OnDone() override {
+    if (sub_) c_->Unwatch(sub_);
+    delete this;
+  }
+
+ private:
+  void OnChange(const quantd::v1::Job& job) {
+    absl::MutexLock l(&mu_);
+    if (finishing_ || sent_terminal_) return;
+    *pending_.mutable_job() = job;
+    pending_.set_message(absl::StrCat(job.phase(), " ", job.tasks_done(), "/", job.tasks_total()));
+    has_pending_ = true;
+    if (!writing_) WriteLocked();
+  }
+  void WriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = true;
+    has_pending_ = false;
+    out_ = pending_;
+    sent_terminal_ = TerminalState(out_.job().state());
+    StartWrite(&out_);
+  }
+
+  Coordinator* c_;
+  int64_t sub_ = 0;
+  absl::Mutex mu_;
+  quantd::v1::JobEvent pending_ ABSL_GUARDED_BY(mu_);
+  quantd::v1::JobEvent out_ ABSL_GUARDED_BY(mu_);
+  bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool sent_terminal_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Reads a task report: a header, then the result bytes.
+class ReportReactor : public grpc::ServerReadReactor<quantd::v1::TaskReport> {
+ public:
+  explicit ReportReactor(Coordinator* c) : c_(c) { StartRead(&msg_); }
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // client finished sending
+      if (!have_header_) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "report without a header"));
+        return;
+      }
+      Finish(ToGrpc(c_->Report(header_, data_)));
+      return;
+    }
+    if (msg_.has_header()) {
+      if (have_header_) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "two report headers"));
+        return;
+      }
+      header_ = msg_.header();
+      have_header_ = true;
+      if (header_.result_size() > (uint64_t{8} << 30)) {
+        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "result larger than 8 GiB"));
+        return;
+      }
+      data_.reserve(header_.result_size());
+    } else {
+      if (!have_header_ || data_.size() + msg_.data().size() > header_.result_size()) {
+        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "report data before the header or beyond result_size"));
+        return;
+      }
+      data_ += msg_.data();
+    }
+    StartRead(&msg_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  Coordinator* c_;
+  quantd::v1::TaskReport msg_;
+  quantd::v1::TaskReportHeader header_;
+  bool have_header_ = false;
+  std::string data_;
+};
+
+}  // namespace
+
+// --- QuantService ---
+
+ServerUnaryReactor* QuantServiceImpl::SubmitJob(CallbackServerContext* ctx,
+                                                const quantd::v1::SubmitJobRequest* req,
+                                                quantd::v1::SubmitJobResponse* resp) {
+  return Reply(ctx, c_->Submit(*req), resp);
+}
+
+ServerUnaryReactor* QuantServiceImpl::GetJob(CallbackServerContext* ctx,
+                                             const quantd::v1::GetJobRequest* req,
+                                             quantd::v1::Job* resp) {
+  return Reply(ctx, c_->GetJob(req->id()), resp);
+}
+
+ServerUnaryReactor* QuantServiceImpl::ListJobs(CallbackServerContext* ctx,
+                                               const quantd::v1::ListJobsRequest* req,
+                                               quantd::v1::ListJobsResponse* resp) {
+  return Reply(ctx, c_->ListJobs(*req), resp);
+}
+
+grpc::ServerWriteReactor<quantd::v1::JobEvent>* QuantServiceImpl::WatchJob(
+    CallbackServerContext* ctx, const quantd::v1::WatchJobRequest* req) {
+  return new WatchReactor(c_, req->id());
+}
+
+ServerUnaryReactor* QuantServiceImpl::CancelJob(CallbackServerContext* ctx,
+                                                const quantd::v1::CancelJobRequest* req,
+                                                quantd::v1::Job* resp) {
+  return Reply(ctx, c_->Cancel(req->id()), resp);
+}
+
+// --- RegistryService ---
+
+ServerUnaryReactor* RegistryServiceImpl::ListModels(CallbackServerContext* ctx,
+                                                    const quantd::v1::ListModelsRequest* req,
+                                                    quantd::v1::ListModelsResponse* resp) {
+  auto list = c_->registry().List(req->name());
+  absl::StatusOr<quantd::v1::ListModelsResponse> out = list.status();
+  if (list.ok()) {
+    quantd::v1::ListModelsResponse r;
+    for (auto& mv : *list) *r.add_models() = std::move(mv);
+    out = std::move(r);
+  }
+  return Reply(ctx, std::move(out), resp);
+}
+
+ServerUnaryReactor* RegistryServiceImpl::GetModel(CallbackServerContext* ctx,
+                                                  const quantd::v1::GetModelRequest* req,
+                                                  quantd::v1::ModelVersion* resp) {
+  return Reply(ctx, c_->registry().Get(req->name(), req->version()), resp);
+}
+
+grpc::ServerWriteReactor<quantd::v1::Chunk>* RegistryServiceImpl::FetchArtifact(
+    CallbackServerContext* ctx, const quantd::v1::FetchArtifactRequest* req) {
+  auto path = c_->registry().VerifiedFile(req->name(), req->version(), req->path());
+  if (!path.ok()) return new FileStreamReactor(ToGrpc(path.status()));
+  return new FileStreamReactor(*path, req->offset(), &c_->metrics());
+}
+
+// --- WorkerService ---
+
+ServerUnaryReactor* WorkerServiceImpl::Register(CallbackServerContext* ctx,
+                                                const quantd::v1::RegisterRequest* req,
+                                                quantd::v1::RegisterResponse* resp) {
+  return Reply(ctx, c_->Register(*req), resp);
+}
+
+ServerUnaryReactor* WorkerServiceImpl::Heartbeat(CallbackServerContext* ctx,
+                                                 const quantd::v1::HeartbeatRequest* req,
+                                                 quantd::v1::HeartbeatResponse* resp) {
+  return Reply(ctx, c_->Heartbeat(*req), resp);
+}
+
+ServerUnaryReactor* WorkerServiceImpl::LeaseTask(CallbackServerContext* ctx,
+                                                 const quantd::v1::LeaseTaskRequest* req,
+                                                 quantd::v1::LeaseTaskResponse* resp) {
+  return Reply(ctx, c_->Lease(*req), resp);
+}
+
+grpc::ServerWriteReactor<quantd::v1::Chunk>* WorkerServiceImpl::FetchBlob(
+    CallbackServerContext* ctx, const quantd::v1::FetchBlobRequest* req) {
+  auto path = c_->BlobPath(req->job_id(), req->name());
+  if (!path.ok()) return new FileStreamReactor(ToGrpc(path.status()));
+  return new FileStreamReactor(*path, req->offset(), nullptr);
+}
+
+grpc::ServerReadReactor<quantd::v1::TaskReport>* WorkerServiceImpl::ReportTask(
+    CallbackServerContext* ctx, quantd::v1::TaskReportResponse* resp) {
+  return new ReportReactor(c_);
+}
+
+}  // namespace quantd::server

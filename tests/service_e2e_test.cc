@@ -1,0 +1,199 @@
+// End-to-end: real quantd + 2 real worker processes + quantctl, on the bundled real model.
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/process_util.h"
+#include "worker/artifact/artifact.h"
+#include "worker/model/perplexity.h"
+#include "worker/model/tokens.h"
+
+namespace quantd::testing {
+namespace {
+
+using json = nlohmann::json;
+
+std::string Model() { return SourceDir() + "/examples/stories260K"; }
+std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
+std::string Eval() { return SourceDir() + "/examples/tinystories/eval_stories_500_999.u16"; }
+
+json ParseJson(const std::string& s) {
+  json j = json::parse(s, nullptr, false);
+  return j;
+}
+
+// Submits and returns the job JSON (not waiting).
+json Submit(const Daemon& d, std::vector<std::string> args) {
+  std::vector<std::string> a = {"submit"};
+  a.insert(a.end(), args.begin(), args.end());
+  a.push_back("--json");
+  CommandResult r = d.Quantctl(a);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  json j = ParseJson(r.out);
+  EXPECT_FALSE(j.is_discarded()) << r.out;
+  return j;
+}
+
+json Status(const Daemon& d, const std::string& id) {
+  CommandResult r = d.Quantctl({"status", id, "--json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return ParseJson(r.out);
+}
+
+class ServiceE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { daemon_ = new Daemon(2); }
+  static void TearDownTestSuite() {
+    delete daemon_;
+    daemon_ = nullptr;
+  }
+  static Daemon* daemon_;
+};
+Daemon* ServiceE2E::daemon_ = nullptr;
+
+TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
+  const Daemon& d = *daemon_;
+  ASSERT_TRUE(d.ok()) << d.Log();
+  json job = Submit(d, {Model(), "--calib", Calib(), "--eval", Eval(), "--method", "quip-sharp",
+                        "--bits", "2", "--name", "e2e-qs2"});
+  const std::string id = job["id"];
+  CommandResult w = d.Quantctl({"watch", id});
+  ASSERT_EQ(w.exit_code, 0) << w.out << w.err << d.Log();
+  json st = Status(d, id);
+  EXPECT_EQ(st["state"], "JOB_STATE_SUCCEEDED");
+  EXPECT_EQ(st["version"], 1);
+
+  // The registry directory holds the version with a manifest whose checksums match the files.
+  const std::string vdir = d.data_dir() + "/registry/e2e-qs2/1";
+  auto manifest_text = ReadFile(vdir + "/manifest.json");
+  ASSERT_TRUE(manifest_text.ok());
+  json m = ParseJson(*manifest_text);
+  ASSERT_TRUE(m["files"].is_array());
+  ASSERT_GE(m["files"].size(), 2u);
+  for (const auto& f : m["files"]) {
+    auto digest = Sha256File(vdir + "/" + f["path"].get<std::string>());
+    ASSERT_TRUE(digest.ok());
+    EXPECT_EQ(*digest, f["sha256"].get<std::string>()) << f["path"];
+  }
+  ASSERT_EQ(m["tensors"].size(), 35u);
+  for (const auto& t : m["tensors"]) {
+    EXPECT_GT(t["proxy_loss"].get<double>(), 0.0);
+    EXPECT_LT(t["proxy_loss"].get<double>(), 0.5) << t["name"];
+  }
+  const double fp = m["perplexity"]["fp"], q = m["perplexity"]["quantized"];
+  EXPECT_NEAR(fp, 5.4540, 5e-3);
+  EXPECT_GT(q, fp);
+  EXPECT_TRUE(std::isfinite(q));
+
+  // quantctl fetch verifies checksums; a fresh evaluation of the fetched model equals the
+  // perplexity in the manifest.
+  const std::string out = MakeTempDir("fetch") + "/model";
+  CommandResult f = d.Quantctl({"fetch", "e2e-qs2", "-o", out});
+  ASSERT_EQ(f.exit_code, 0) << f.out << f.err;
+  model::LlamaConfig cfg;
+  auto weights = artifact::LoadArtifactWeights(out, &cfg);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto tokens = model::LoadTokenFile(Eval());
+  ASSERT_TRUE(tokens.ok());
+  auto ppl = model::Perplexity(cfg, *weights, *tokens, {});
+  ASSERT_TRUE(ppl.ok());
+  EXPECT_NEAR(ppl->ppl, q, 1e-6 * q);
+
+  // Both workers completed tasks.
+  std::string metrics = HttpGet(d.metrics_port(), "/metrics");
+  for (const char* w : {"local-0", "local-1"}) {
+    std::regex re(std::string("quantd_worker_tasks_completed_total\\{worker=\"") + w +
+                  "\"\\} ([0-9.e+]+)");
+    std::smatch mm;
+    ASSERT_TRUE(std::regex_search(metrics, mm, re)) << w << "\n" << metrics;
+    EXPECT_GT(std::stod(mm[1]), 0) << w;
+  }
+  EXPECT_NE(metrics.find("quantd_tasks_total{kind=\"quantize\",outcome=\"ok\"} 35"),
+            std::string::npos)
+      << metrics;
+}
+
+TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
+  const Daemon& d = *daemon_;
+  ASSERT_TRUE(d.ok());
+  std::vector<std::string> args = {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4",
+                                   "--name", "e2e-versions", "--max-calib-seqs", "4"};
+  auto with_id = args;
+  with_id.insert(with_id.end(), {"--request-id", "same-id-1"});
+  json a = Submit(d, with_id);
+  json b = Submit(d, with_id);
+  EXPECT_EQ(a["id"], b["id"]);
+  ASSERT_EQ(d.Quantctl({"watch", a["id"]}).exit_code, 0);
+  json c = Submit(d, args);
+  EXPECT_NE(c["id"], a["id"]);
+  ASSERT_EQ(d.Quantctl({"watch", c["id"]}).exit_code, 0);
+  EXPECT_EQ(Status(d, a["id"])["version"], 1);
+  EXPECT_EQ(Status(d, c["id"])["version"], 2);
+}
+
+TEST_F(ServiceE2E, CancelPublishesNothing) {
+  const Daemon& d = *daemon_;
+  ASSERT_TRUE(d.ok());
+  json j = Submit(d, {Model(), "--calib", Calib(), "--eval", Eval(), "--method", "quip-sharp",
+                      "--bits", "4", "--name", "e2e-cancel"});
+  const std::string id = j["id"];
+  CommandResult c = d.Quantctl({"cancel", id});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  CommandResult w = d.Quantctl({"watch", id});
+  EXPECT_EQ(w.exit_code, 1);
+  EXPECT_EQ(Status(d, id)["state"], "JOB_STATE_CANCELLED");
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_FALSE(std::filesystem::exists(d.data_dir() + "/registry/e2e-cancel/1"));
+  EXPECT_FALSE(std::filesystem::exists(d.data_dir() + "/registry/.staging/" + id));
+}
+
+TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
+  const Daemon& d = *daemon_;
+  ASSERT_TRUE(d.ok());
+  const std::string tmp = MakeTempDir("bad");
+  // A non-Llama config.
+  std::filesystem::create_directories(tmp + "/gpt2");
+  std::ofstream(tmp + "/gpt2/config.json") << R"({"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"})";
+  // A truncated safetensors file.
+  std::filesystem::create_directories(tmp + "/trunc");
+  std::filesystem::copy_file(Model() + "/config.json", tmp + "/trunc/config.json");
+  {
+    auto bytes = ReadFile(Model() + "/model.safetensors");
+    ASSERT_TRUE(bytes.ok());
+    std::ofstream(tmp + "/trunc/model.safetensors", std::ios::binary)
+        << bytes->substr(0, bytes->size() / 2);
+  }
+  struct Case {
+    std::string what;
+    std::vector<std::string> args;
+  };
+  const std::vector<Case> cases = {
+      {"missing model dir", {tmp + "/nope", "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"non-llama config", {tmp + "/gpt2", "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"truncated safetensors", {tmp + "/trunc", "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"calibration of the wrong type", {Model(), "--calib", Model() + "/model.safetensors", "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"unknown method", {Model(), "--calib", Calib(), "--method", "magic", "--bits", "4", "--name", "x"}},
+      {"bits = 7", {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "7", "--name", "x"}},
+      {"name with /", {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "a/b"}},
+      {"name ..", {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", ".."}},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> a = {"submit"};
+    a.insert(a.end(), c.args.begin(), c.args.end());
+    CommandResult r = d.Quantctl(a);
+    EXPECT_EQ(r.exit_code, 1) << c.what << ": " << r.out << r.err;
+    EXPECT_TRUE(r.err.find("INVALID_ARGUMENT") != std::string::npos ||
+                r.err.find("NOT_FOUND") != std::string::npos)
+        << c.what << ": " << r.err;
+  }
+  // A name with NUL cannot pass through argv; the server-side check is in registry_test.
+  CommandResult jobs = d.Quantctl({"jobs"});
+  EXPECT_EQ(jobs.exit_code, 0) << jobs.err;
+}
+
+}  // namespace
+}  // namespace quantd::testing

@@ -1,0 +1,191 @@
+#include "worker/runner/executor.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "worker/artifact/artifact.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/config.h"
+#include "worker/model/forward.h"
+#include "worker/model/hessian_capture.h"
+#include "worker/model/perplexity.h"
+#include "worker/model/safetensors.h"
+#include "worker/model/tokens.h"
+#include "worker/model/weights.h"
+#include "worker/quant/quantize.h"
+
+namespace quantd::runner {
+namespace {
+
+using quantd::v1::Task;
+
+// Directory holding the resolved model inputs ("inputs/model/...").
+absl::StatusOr<std::string> ModelDir(const Task& task, const BlobResolver& blobs,
+                                     const std::string& prefix) {
+  std::string dir;
+  for (const auto& in : task.inputs()) {
+    if (in.name().rfind(prefix, 0) != 0) continue;
+    QUANTD_ASSIGN_OR_RETURN(std::string p, blobs(in.name()));
+    dir = std::filesystem::path(p).parent_path().string();
+  }
+  if (dir.empty()) return absl::InvalidArgumentError(absl::StrCat("task has no ", prefix, " inputs"));
+  return dir;
+}
+
+absl::StatusOr<std::string> InputPath(const Task& task, const BlobResolver& blobs,
+                                      std::string_view name_prefix) {
+  for (const auto& in : task.inputs()) {
+    if (in.name().rfind(name_prefix, 0) == 0) return blobs(in.name());
+  }
+  return absl::InvalidArgumentError(absl::StrCat("task has no input ", name_prefix));
+}
+
+// Serializes all captured Hessians as one safetensors blob: L<l>.<group>.sum (F64 [n,n]) and
+// L<l>.<group>.tokens (I64 [1]).
+absl::StatusOr<std::string> SerializeCapture(const model::LlamaConfig& cfg,
+                                             const model::HessianCapture& cap) {
+  std::vector<model::TensorToWrite> out;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (model::LinearGroup g : {model::LinearGroup::kQkv, model::LinearGroup::kO,
+                                 model::LinearGroup::kGateUp, model::LinearGroup::kDown}) {
+      const std::string key = absl::StrCat("L", l, ".", model::GroupName(g));
+      const MatrixD& h = cap.Sum(l, g);
+      model::TensorToWrite s;
+      s.name = key + ".sum";
+      s.dtype = model::DType::kF64;
+      s.shape = {h.rows(), h.cols()};
+      s.data.assign(reinterpret_cast<const char*>(h.data()), h.size() * sizeof(double));
+      model::TensorToWrite t;
+      t.name = key + ".tokens";
+      t.dtype = model::DType::kI64;
+      t.shape = {1};
+      int64_t n = cap.Tokens(l, g);
+      t.data.assign(reinterpret_cast<const char*>(&n), 8);
+      out.push_back(std::move(s));
+      out.push_back(std::move(t));
+    }
+  }
+  char tmpl[] = "/tmp/quantd_shard_XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
+  const std::string path = JoinPath(tmpl, "shard.safetensors");
+  absl::Status s = model::WriteSafetensors(path, out);
+  absl::StatusOr<std::string> bytes = s.ok() ? ReadFile(path) : absl::StatusOr<std::string>(s);
+  RemoveAll(tmpl).IgnoreError();
+  return bytes;
+}
+
+absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blobs,
+                                      const std::atomic<bool>& cancelled) {
+  QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
+  QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
+  QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::LoadLlamaWeights(*ckpt, cfg));
+  QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, "inputs/calib"));
+  QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));
+  const int64_t begin = task.token_begin(), end = task.token_end(), len = task.seq_len();
+  if (begin < 0 || end > static_cast<int64_t>(tokens.size()) || begin >= end || len <= 0 ||
+      (end - begin) % len != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("bad token range [", begin, ", ", end,
+                                                   ") for ", tokens.size(), " tokens"));
+  }
+  model::HessianCapture capture(cfg);
+  const int64_t nseq = (end - begin) / len;
+  // Sequences run one after another so the fp64 sums are added in a fixed order: a retried
+  // task produces the same bytes on any worker (Forward itself may use threads).
+  for (int64_t s = 0; s < nseq && !cancelled.load(); ++s) {
+    absl::Span<const int32_t> seq(tokens.data() + begin + s * len, static_cast<size_t>(len));
+    QUANTD_RETURN_IF_ERROR(model::Forward(cfg, w, seq, &capture).status());
+  }
+  if (cancelled.load()) return absl::CancelledError("task cancelled");
+  TaskResult r;
+  QUANTD_ASSIGN_OR_RETURN(r.data, SerializeCapture(cfg, capture));
+  r.header.set_tokens(end - begin);
+  return r;
+}
+
+absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blobs,
+                                       quant::Device& device) {
+  QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
+  QUANTD_ASSIGN_OR_RETURN(MatrixF w, ckpt->ReadMatrix(task.tensor_name()));
+  QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, "hessians/"));
+  QUANTD_ASSIGN_OR_RETURN(auto hfile, model::SafetensorsFile::Open(hpath));
+  QUANTD_ASSIGN_OR_RETURN(model::TensorView sum, hfile->Get("sum"));
+  QUANTD_ASSIGN_OR_RETURN(model::TensorView tok, hfile->Get("tokens"));
+  if (sum.dtype != model::DType::kF64 || sum.shape.size() != 2 || sum.shape[0] != sum.shape[1] ||
+      sum.shape[1] != w.cols() || tok.dtype != model::DType::kI64 || tok.data.size() != 8) {
+    return absl::InvalidArgumentError(absl::StrCat("Hessian for ", task.tensor_name(),
+                                                   " does not match the weight's ", w.cols(),
+                                                   " input features"));
+  }
+  int64_t ntok;
+  memcpy(&ntok, tok.data.data(), 8);
+  if (ntok <= 0) return absl::FailedPreconditionError("Hessian was built from zero tokens");
+  const int64_t n = sum.shape[0];
+  MatrixD h = Eigen::Map<const MatrixD>(reinterpret_cast<const double*>(sum.data.data()), n, n);
+  h /= static_cast<double>(ntok);
+  quant::QuantSpec spec;
+  QUANTD_ASSIGN_OR_RETURN(spec.method, quant::ParseMethod(task.spec().method()));
+  spec.bits = task.spec().bits();
+  spec.seed = task.seed();
+  spec.group_size = task.spec().group_size();
+  spec.mse_clip = task.spec().mse_clip();
+  spec.greedy_passes = task.spec().greedy_passes();
+  spec.codebook_scale = task.spec().codebook_scale();
+  spec.damp = task.spec().damp() > 0 ? task.spec().damp() : 0.01;
+  QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
+                          quant::QuantizeMatrix(device, w, h, spec, task.tensor_name()));
+  TaskResult r;
+  r.data = std::move(q.packed);
+  r.header.set_proxy_loss(q.proxy_loss);
+  r.header.set_note(q.note);
+  return r;
+}
+
+absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) {
+  model::LlamaConfig cfg;
+  model::LlamaWeights w;
+  if (task.eval_target() == "fp") {
+    QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
+    QUANTD_ASSIGN_OR_RETURN(cfg, model::LoadLlamaConfig(dir));
+    QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
+    QUANTD_ASSIGN_OR_RETURN(w, model::LoadLlamaWeights(*ckpt, cfg));
+  } else if (task.eval_target() == "quantized") {
+    QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "staging/"));
+    QUANTD_ASSIGN_OR_RETURN(w, artifact::LoadArtifactWeights(dir, &cfg));
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown eval target '", task.eval_target(), "'"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(std::string eval_path, InputPath(task, blobs, "inputs/eval"));
+  QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(eval_path));
+  model::PerplexityOptions opts;
+  opts.context = task.eval_context() > 0 ? task.eval_context() : 512;
+  QUANTD_ASSIGN_OR_RETURN(model::PerplexityResult p, model::Perplexity(cfg, w, tokens, opts));
+  TaskResult r;
+  r.header.set_ppl(p.ppl);
+  r.header.set_mean_nll(p.mean_nll);
+  r.header.set_targets(p.targets);
+  return r;
+}
+
+}  // namespace
+
+absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blobs,
+                                       quant::Device& device, const std::atomic<bool>& cancelled) {
+  const absl::Time start = absl::Now();
+  absl::StatusOr<TaskResult> r;
+  switch (task.kind()) {
+    case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, cancelled); break;
+    case quantd::v1::TASK_KIND_QUANTIZE: r = RunQuantize(task, blobs, device); break;
+    case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs); break;
+    default:
+      return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));
+  }
+  if (r.ok()) r->header.set_seconds(absl::ToDoubleSeconds(absl::Now() - start));
+  return r;
+}
+
+}  // namespace quantd::runner

@@ -1,0 +1,241 @@
+#include "worker/runner/worker.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "grpcpp/create_channel.h"
+#include "server/grpc_status.h"
+#include "worker/runner/executor.h"
+
+namespace quantd::runner {
+namespace {
+
+constexpr int kApiVersion = 1;
+constexpr size_t kChunkBytes = 2 << 20;
+
+std::string DefaultName() {
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  return absl::StrCat(host, "-", ::getpid());
+}
+
+void Log(const std::string& name, const std::string& msg) {
+  std::fprintf(stderr, "quantd-worker[%s]: %s\n", name.c_str(), msg.c_str());
+}
+
+}  // namespace
+
+Worker::Worker(WorkerOptions options) : options_(std::move(options)) {
+  if (options_.name.empty()) options_.name = DefaultName();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  stub_ = quantd::v1::WorkerService::NewStub(grpc::CreateCustomChannel(
+      options_.coordinator, grpc::InsecureChannelCredentials(), args));
+  device_ = quant::MakeCpuDevice(options_.threads);
+}
+
+absl::Status Worker::RegisterLoop() {
+  absl::Duration backoff = absl::Milliseconds(100);
+  while (!stop_.load()) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    quantd::v1::RegisterRequest req;
+    req.set_api_version(kApiVersion);
+    req.set_worker_name(options_.name);
+    req.set_device(device_->name());
+    req.set_threads(options_.threads);
+    quantd::v1::RegisterResponse resp;
+    grpc::Status s = stub_->Register(&ctx, req, &resp);
+    if (s.ok()) {
+      absl::MutexLock l(&mu_);
+      worker_id_ = resp.worker_id();
+      heartbeat_ms_ = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 2000;
+      Log(options_.name, absl::StrCat("registered as ", worker_id_, " on ", device_->name()));
+      return absl::OkStatus();
+    }
+    if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+        s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+      return FromGrpc(s);
+    }
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+  return absl::CancelledError("stopped");
+}
+
+void Worker::HeartbeatLoop() {
+  while (!stop_.load()) {
+    absl::SleepFor(absl::Milliseconds(heartbeat_ms_));
+    quantd::v1::HeartbeatRequest req;
+    {
+      absl::MutexLock l(&mu_);
+      if (worker_id_.empty()) continue;
+      req.set_worker_id(worker_id_);
+      if (!current_lease_.empty()) req.add_lease_ids(current_lease_);
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    quantd::v1::HeartbeatResponse resp;
+    grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      absl::MutexLock l(&mu_);
+      worker_id_.clear();  // the main loop re-registers
+      continue;
+    }
+    if (s.ok() && resp.cancelled_lease_ids_size() > 0) {
+      absl::MutexLock l(&mu_);
+      for (const auto& id : resp.cancelled_lease_ids()) {
+        if (id == current_lease_) cancelled_.store(true);
+      }
+    }
+  }
+}
+
+absl::StatusOr<std::string> Worker::FetchBlob(const std::string& job_id, const std::string& name) {
+  if (name.find("..") != std::string::npos || name.empty() || name.front() == '/') {
+    return absl::InvalidArgumentError(absl::StrCat("bad blob name ", name));
+  }
+  const std::string path = JoinPath(JoinPath(options_.cache_dir, job_id), name);
+  if (std::filesystem::exists(path)) return path;  // blobs are immutable once complete
+  QUANTD_RETURN_IF_ERROR(MakeDirs(std::filesystem::path(path).parent_path().string()));
+  const std::string part = path + ".part";
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    uint64_t offset = 0;
+    if (auto sz = FileSize(part); sz.ok()) offset = *sz;
+    std::ofstream out(part, std::ios::binary | std::ios::app);
+    grpc::ClientContext ctx;
+    quantd::v1::FetchBlobRequest req;
+    req.set_job_id(job_id);
+    req.set_name(name);
+    req.set_offset(offset);
+    auto reader = stub_->FetchBlob(&ctx, req);
+    quantd::v1::Chunk chunk;
+    while (reader->Read(&chunk)) {
+      if (chunk.offset() != offset) {
+        return absl::DataLossError(absl::StrCat("blob ", name, ": chunk at ", chunk.offset(),
+                                                ", expected ", offset));
+      }
+      out.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+      offset += chunk.data().size();
+    }
+    out.close();
+    grpc::Status s = reader->Finish();
+    if (s.ok()) {
+      if (std::rename(part.c_str(), path.c_str()) != 0) {
+        return absl::InternalError(absl::StrCat("rename ", part));
+      }
+      return path;
+    }
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      RemoveAll(part).IgnoreError();
+      return FromGrpc(s);
+    }
+    absl::SleepFor(absl::Milliseconds(200 * (attempt + 1)));
+  }
+  return absl::UnavailableError(absl::StrCat("could not fetch blob ", name));
+}
+
+absl::Status Worker::RunTask(const quantd::v1::Task& task) {
+  cancelled_.store(false);
+  {
+    absl::MutexLock l(&mu_);
+    current_lease_ = task.lease_id();
+  }
+  BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
+  absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
+  {
+    absl::MutexLock l(&mu_);
+    current_lease_.clear();
+  }
+  if (cancelled_.load()) {
+    Log(options_.name, absl::StrCat("task ", task.task_id(), " of ", task.job_id(), " cancelled"));
+    return absl::OkStatus();
+  }
+  quantd::v1::TaskReportHeader h;
+  if (r.ok()) h = r->header;
+  {
+    absl::MutexLock l(&mu_);
+    h.set_worker_id(worker_id_);
+  }
+  h.set_lease_id(task.lease_id());
+  h.set_job_id(task.job_id());
+  h.set_task_id(task.task_id());
+  h.set_ok(r.ok());
+  if (!r.ok()) {
+    h.set_error_code(static_cast<int>(r.status().code()));
+    h.set_error(std::string(r.status().message()));
+    Log(options_.name, absl::StrCat("task ", task.task_id(), " failed: ", r.status().ToString()));
+  } else {
+    h.set_result_size(r->data.size());
+    h.set_result_sha256(Sha256Hex(r->data));
+  }
+  grpc::ClientContext ctx;
+  quantd::v1::TaskReportResponse resp;
+  auto writer = stub_->ReportTask(&ctx, &resp);
+  quantd::v1::TaskReport msg;
+  *msg.mutable_header() = h;
+  bool ok = writer->Write(msg);
+  if (r.ok()) {
+    for (size_t off = 0; ok && off < r->data.size(); off += kChunkBytes) {
+      quantd::v1::TaskReport chunk;
+      chunk.set_data(r->data.substr(off, kChunkBytes));
+      ok = writer->Write(chunk);
+    }
+  }
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  if (!s.ok()) {
+    Log(options_.name, absl::StrCat("report of task ", task.task_id(), " refused: ", s.error_message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Worker::Run() {
+  QUANTD_RETURN_IF_ERROR(MakeDirs(options_.cache_dir));
+  std::thread hb([this] { HeartbeatLoop(); });
+  absl::Status result = absl::OkStatus();
+  while (!stop_.load()) {
+    std::string id;
+    {
+      absl::MutexLock l(&mu_);
+      id = worker_id_;
+    }
+    if (id.empty()) {
+      absl::Status s = RegisterLoop();
+      if (!s.ok()) {
+        if (!stop_.load()) result = s;
+        break;
+      }
+      continue;
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    quantd::v1::LeaseTaskRequest req;
+    req.set_worker_id(id);
+    quantd::v1::LeaseTaskResponse resp;
+    grpc::Status s = stub_->LeaseTask(&ctx, req, &resp);
+    if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
+      absl::MutexLock l(&mu_);
+      worker_id_.clear();
+      continue;
+    }
+    if (!s.ok() || !resp.found()) {
+      absl::SleepFor(absl::Milliseconds(s.ok() ? 100 : 500));
+      continue;
+    }
+    RunTask(resp.task()).IgnoreError();
+  }
+  stop_.store(true);
+  hb.join();
+  return result;
+}
+
+}  // namespace quantd::runner

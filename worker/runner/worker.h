@@ -1,0 +1,54 @@
+// Worker: the quantd-worker process loop. Registers with the coordinator (API version
+// handshake), heartbeats on its own thread, leases one task at a time, fetches the task's input
+// blobs into a local cache (resuming partial downloads), executes the task and streams the
+// result back. A task whose lease the coordinator reports as cancelled is abandoned.
+// Thread-safety: Run() from one thread; Stop() from any thread (e.g. a signal watcher).
+#ifndef QUANTD_WORKER_RUNNER_WORKER_H_
+#define QUANTD_WORKER_RUNNER_WORKER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/quantd.grpc.pb.h"
+#include "worker/quant/device.h"
+
+namespace quantd::runner {
+
+struct WorkerOptions {
+  std::string coordinator = "127.0.0.1:7070";  // Default: 127.0.0.1:7070
+  std::string name;                            // Default: hostname-pid
+  std::string cache_dir = "/tmp/quantd-worker";  // Default: /tmp/quantd-worker
+  std::string device = "auto";                 // Default: auto (GPU if present, else CPU)
+  int threads = 0;                             // Default: 0 = all cores
+};
+
+class Worker {
+ public:
+  explicit Worker(WorkerOptions options);
+  // Runs until Stop(). Returns an error only for unrecoverable conditions (API mismatch).
+  absl::Status Run();
+  void Stop() { stop_.store(true); }
+
+ private:
+  absl::Status RegisterLoop();
+  void HeartbeatLoop();
+  absl::Status RunTask(const quantd::v1::Task& task);
+  absl::StatusOr<std::string> FetchBlob(const std::string& job_id, const std::string& name);
+
+  WorkerOptions options_;
+  std::unique_ptr<quantd::v1::WorkerService::Stub> stub_;
+  std::unique_ptr<quant::Device> device_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> cancelled_{false};
+  absl::Mutex mu_;
+  std::string worker_id_ ABSL_GUARDED_BY(mu_);
+  std::string current_lease_ ABSL_GUARDED_BY(mu_);
+  int heartbeat_ms_ = 2000;
+};
+
+}  // namespace quantd::runner
+
+#endif  // QUANTD_WORKER_RUNNER_WORKER_H_
