@@ -1,0 +1,123 @@
+// Quality floors on the bundled real model (stories260K), calibration = TinyStories stories
+// 0-499, evaluation = stories 500-999, 512-token windows. Runs the same libraries the workers
+// run, in-process, for every method x bits, and prints the table recorded in
+// docs/benchmarks.md. The floors come from the service issue (independent numpy references).
+#include <cmath>
+#include <cstdio>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/process_util.h"
+#include "worker/model/checkpoint.h"
+#include "worker/model/config.h"
+#include "worker/model/forward.h"
+#include "worker/model/hessian_capture.h"
+#include "worker/model/perplexity.h"
+#include "worker/model/tokens.h"
+#include "worker/model/weights.h"
+#include "worker/quant/device.h"
+#include "worker/quant/quantize.h"
+
+namespace quantd::testing {
+namespace {
+
+constexpr model::Linear kLinears[] = {model::Linear::kQ,    model::Linear::kK, model::Linear::kV,
+                                      model::Linear::kO,    model::Linear::kGate,
+                                      model::Linear::kUp,   model::Linear::kDown};
+
+struct Outcome {
+  std::vector<double> proxy;  // per matrix, in layer-major order
+  double mean_proxy = 0;
+  double ppl = 0;
+  double seconds = 0;
+};
+
+TEST(QualityFloors, Stories260K) {
+  const std::string dir = SourceDir() + "/examples/stories260K";
+  auto cfg = model::LoadLlamaConfig(dir);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  auto ckpt = model::Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok());
+  auto fp = model::LoadLlamaWeights(**ckpt, *cfg);
+  ASSERT_TRUE(fp.ok());
+  auto calib = model::LoadTokenFile(SourceDir() + "/examples/tinystories/calib_stories_0_499.u16");
+  auto eval = model::LoadTokenFile(SourceDir() + "/examples/tinystories/eval_stories_500_999.u16");
+  ASSERT_TRUE(calib.ok() && eval.ok());
+
+  model::HessianCapture cap(*cfg);
+  const size_t len = 512;
+  for (size_t s = 0; s + len <= calib->size(); s += len) {
+    ASSERT_TRUE(model::Forward(*cfg, *fp, absl::MakeConstSpan(calib->data() + s, len), &cap).ok());
+  }
+  auto fp_ppl = model::Perplexity(*cfg, *fp, *eval, {});
+  ASSERT_TRUE(fp_ppl.ok());
+  EXPECT_NEAR(fp_ppl->ppl, 5.4540, 5e-3);
+
+  auto device = quant::MakeCpuDevice(0);
+  auto run = [&](const std::string& method, int bits) {
+    Outcome o;
+    model::LlamaWeights w = *fp;
+    quant::QuantSpec spec;
+    spec.method = *quant::ParseMethod(method);
+    spec.bits = bits;
+    const absl::Time start = absl::Now();
+    for (int l = 0; l < cfg->num_layers; ++l) {
+      for (model::Linear lin : kLinears) {
+        const model::LinearGroup g = model::GroupOf(lin);
+        MatrixD h = cap.Sum(l, g) / static_cast<double>(cap.Tokens(l, g));
+        spec.seed = static_cast<uint64_t>(l * 16 + static_cast<int>(lin));
+        const std::string name = model::LinearTensorName(l, lin);
+        auto q = quant::QuantizeMatrix(*device, model::GetLinear(*fp, l, lin), h, spec, name);
+        EXPECT_TRUE(q.ok()) << name << ": " << q.status();
+        if (!q.ok()) return o;
+        auto deq = quant::DequantizeMatrix(q->packed);
+        EXPECT_TRUE(deq.ok()) << deq.status();
+        if (!deq.ok()) return o;
+        model::MutableLinear(w, l, lin) = *deq;
+        o.proxy.push_back(q->proxy_loss);
+        o.mean_proxy += q->proxy_loss;
+      }
+    }
+    o.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    o.mean_proxy /= o.proxy.size();
+    auto p = model::Perplexity(*cfg, w, *eval, {});
+    EXPECT_TRUE(p.ok());
+    o.ppl = p.ok() ? p->ppl : NAN;
+    return o;
+  };
+
+  std::map<std::string, Outcome> r;
+  for (const auto& [method, bits] : std::vector<std::pair<std::string, int>>{
+           {"rtn", 2}, {"rtn", 3}, {"rtn", 4}, {"gptq", 2}, {"gptq", 3}, {"gptq", 4},
+           {"quip", 2}, {"quip-sharp", 2}, {"quip-sharp", 4}}) {
+    const std::string key = absl::StrCat(method, "/", bits);
+    r[key] = run(method, bits);
+    ASSERT_EQ(r[key].proxy.size(), 35u) << key;
+  }
+  std::printf("\n| method | bits | mean rel. proxy loss | ppl (fp %.4f) | quantize s |\n|---|---|---|---|---|\n",
+              fp_ppl->ppl);
+  for (const auto& [k, o] : r) {
+    std::printf("| %s | %s | %.5f | %.4f | %.2f |\n", k.substr(0, k.find('/')).c_str(),
+                k.substr(k.find('/') + 1).c_str(), o.mean_proxy, o.ppl, o.seconds);
+    EXPECT_TRUE(std::isfinite(o.ppl)) << k;
+  }
+  // Per matrix, every LDLQ-based method's proxy loss <= RTN's at the same bits.
+  for (const auto& [ldlq, rtn] : std::vector<std::pair<std::string, std::string>>{
+           {"gptq/2", "rtn/2"}, {"gptq/3", "rtn/3"}, {"gptq/4", "rtn/4"}, {"quip/2", "rtn/2"},
+           {"quip-sharp/2", "rtn/2"}, {"quip-sharp/4", "rtn/4"}}) {
+    for (size_t i = 0; i < 35; ++i) {
+      EXPECT_LE(r[ldlq].proxy[i], r[rtn].proxy[i]) << ldlq << " vs " << rtn << " matrix " << i;
+    }
+  }
+  EXPECT_LT(r["quip-sharp/2"].mean_proxy, r["quip/2"].mean_proxy);
+  EXPECT_LT(r["quip/2"].mean_proxy, r["gptq/2"].mean_proxy);
+  EXPECT_LT(r["gptq/3"].ppl, r["rtn/3"].ppl);
+  EXPECT_LT(r["gptq/4"].ppl, 1.25 * fp_ppl->ppl);
+  EXPECT_LT(r["quip-sharp/2"].ppl, 0.5 * r["rtn/2"].ppl);
+  EXPECT_LT(r["quip-sharp/4"].ppl, 2.0 * fp_ppl->ppl);
+}
+
+}  // namespace
+}  // namespace quantd::testing
