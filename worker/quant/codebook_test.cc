@@ -1,5 +1,6 @@
 #include "worker/quant/codebook.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -98,8 +99,12 @@ TEST(CodebookTest, CodesInRangeAndDecodeMatchesQuantizeBitExactly) {
         const float s = (k % 4 == 0) ? 4.0f : 1.0f;
         for (float& e : x) e = s * gauss(rng);
         cb->Quantize(x.data(), codes.data(), xhat.data());
-        if (std::string(name) == "scalar2") ASSERT_LT(codes[0], 4);
-        if (std::string(name) == "rvq3") ASSERT_LT(codes[1], E8OneBitTable::kSize);
+        if (std::string(name) == "scalar2") {
+          ASSERT_LT(codes[0], 4);
+        }
+        if (std::string(name) == "rvq3") {
+          ASSERT_LT(codes[1], E8OneBitTable::kSize);
+        }
         cb->Decode(codes.data(), again.data());
         ASSERT_EQ(std::memcmp(xhat.data(), again.data(), g * sizeof(float)), 0) << name;
         for (float e : xhat) ASSERT_TRUE(std::isfinite(e));
@@ -130,6 +135,19 @@ TEST(E8OneBitTableTest, Has256DistinctE8PointsOfNormAtMost4) {
   }
   EXPECT_EQ(n_le2, 241);
   EXPECT_EQ(n4, 15);
+  // Rows 0..112 (integer) and 113..240 (half-integer) are each in ascending lexicographic order.
+  auto less = [&](int a, int b) {
+    return std::lexicographical_compare(t.point(a), t.point(a) + 8, t.point(b), t.point(b) + 8);
+  };
+  for (int j = 1; j < 241; ++j) {
+    if (j != 113) {
+      EXPECT_TRUE(less(j - 1, j)) << "row " << j;
+    }
+  }
+  EXPECT_EQ(std::round(t.point(112)[0]), t.point(112)[0]);
+  EXPECT_EQ(t.point(113)[0], -0.5f);
+  EXPECT_EQ(t.point(241)[0], 2.0f);
+  EXPECT_EQ(t.point(255)[6], -2.0f);
 }
 
 TEST(CodebookMseTest, E8PAtBestScale) {

@@ -32,11 +32,12 @@ E8OneBitTable::E8OneBitTable() {
     }
     if (nz == 0 || nz == 2) add(v);
   }
-  // Half-integer points {+-1/2}^8 with an even number of negatives (bit set = -1/2, MSB first).
+  // Half-integer points {+-1/2}^8 with an even number of negatives, lexicographic: bit set =
+  // +1/2, coordinate 0 in the most significant bit (negatives = 8 - popcount, same parity).
   for (int t = 0; t < 256; ++t) {
     if (__builtin_popcount(t) & 1) continue;
     float v[kE8PDim];
-    for (int i = 0; i < kE8PDim; ++i) v[i] = ((t >> (kE8PDim - 1 - i)) & 1) ? -0.5f : 0.5f;
+    for (int i = 0; i < kE8PDim; ++i) v[i] = ((t >> (kE8PDim - 1 - i)) & 1) ? 0.5f : -0.5f;
     add(v);
   }
   for (int s = 0; s < 2; ++s) {
