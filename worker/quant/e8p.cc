@@ -15,6 +15,24 @@ constexpr char kNorm12[29][9] = {
     "33113331"};
 
 constexpr int kShiftBit = 7;
+constexpr int kLanes = 8;
+
+// Index of the first minimum of v[0..kE8PSourceSize); writes the minimum to *min. Lane-wise
+// minima first so the compiler can vectorize the pass over all 256 values.
+int ArgMin(const float* v, float* min) {
+  float lane[kLanes];
+  for (int l = 0; l < kLanes; ++l) lane[l] = v[l];
+  for (int j = kLanes; j < kE8PSourceSize; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] = v[j + l] < lane[l] ? v[j + l] : lane[l];
+  }
+  float m = lane[0];
+  for (int l = 1; l < kLanes; ++l) m = lane[l] < m ? lane[l] : m;
+  *min = m;
+  for (int j = 0; j < kE8PSourceSize; ++j) {
+    if (v[j] == m) return j;
+  }
+  return 0;  // only when v holds NaN
+}
 
 }  // namespace
 
@@ -79,7 +97,7 @@ uint16_t E8PLattice::Encode(const float* x, float* sq_dist) const {
     const float offset = shift ? -0.25f : 0.25f;
     float a[kE8PDim];
     unsigned neg = 0;
-      float a2 = 0;
+    float a2 = 0;
     for (int i = 0; i < kE8PDim; ++i) {
       const float y = x[i] - offset;
       neg |= static_cast<unsigned>(y < 0) << i;
@@ -102,14 +120,16 @@ uint16_t E8PLattice::Encode(const float* x, float* sq_dist) const {
     }
     const float* pen = penalty_[__builtin_popcount(neg) & 1];
     for (int j = 0; j < kE8PSourceSize; ++j) {
-      const float cost = a2 + (norm2_[j] - 2.0f * dot[j] + pen[j] * mn[j]);
-      if (cost < best) {
-        best = cost;
-        best_j = j;
-        best_shift = shift;
-        best_neg = neg;
-        for (int i = 0; i < kE8PDim; ++i) best_a[i] = a[i];
-      }
+      dot[j] = a2 + (norm2_[j] - 2.0f * dot[j] + pen[j] * mn[j]);  // now the cost
+    }
+    float cost;
+    const int j = ArgMin(dot, &cost);
+    if (cost < best) {
+      best = cost;
+      best_j = j;
+      best_shift = shift;
+      best_neg = neg;
+      for (int i = 0; i < kE8PDim; ++i) best_a[i] = a[i];
     }
   }
   if ((__builtin_popcount(best_neg) & 1) != odd_[best_j]) {
