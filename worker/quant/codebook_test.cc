@@ -113,6 +113,22 @@ TEST(CodebookTest, CodesInRangeAndDecodeMatchesQuantizeBitExactly) {
   }
 }
 
+TEST(CodebookTest, NonFiniteInputGivesValidCodes) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const char* name : {"e8p", "rvq3", "rvq4", "scalar2"}) {
+    auto cb = Make(name);
+    ASSERT_NE(cb, nullptr);
+    for (float bad : {nan, inf, -inf}) {
+      std::vector<float> x(cb->dim(), 0.5f), xhat(cb->dim());
+      x[0] = bad;
+      std::vector<uint16_t> codes(cb->codes_per_vector());
+      cb->Quantize(x.data(), codes.data(), xhat.data());
+      for (float e : xhat) EXPECT_TRUE(std::isfinite(e)) << name << " " << bad;
+    }
+  }
+}
+
 TEST(E8OneBitTableTest, Has256DistinctE8PointsOfNormAtMost4) {
   const E8OneBitTable& t = E8OneBitTable::Get();
   int n_le2 = 0, n4 = 0;
