@@ -1,0 +1,306 @@
+#include "worker/quant/quantize.h"
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "worker/quant/block_ldlq.h"
+#include "worker/quant/codebook.h"
+#include "worker/quant/damping.h"
+#include "worker/quant/ldlq.h"
+#include "worker/quant/packed_matrix.h"
+#include "worker/quant/rht.h"
+#include "worker/quant/rtn.h"
+
+namespace quantd::quant {
+namespace {
+
+// The output-side RHT uses seed ^ kOutSeedMix so that square matrices get independent signs.
+constexpr uint64_t kOutSeedMix = 0xC2B2AE3D27D4EB4Full;
+constexpr int kMaxDim = 1 << 24;
+
+const char* CodebookForBits(int bits) {
+  switch (bits) {
+    case 2: return "e8p";
+    case 3: return "rvq3";
+    default: return "rvq4";
+  }
+}
+
+// One grid for the whole matrix (QuIP scalar grid).
+class FixedGridRounder : public ColumnRounder {
+ public:
+  explicit FixedGridRounder(ScalarGrid g) : g_(g) {}
+  int Round(int, int, double x, double* xhat) override {
+    const int q = g_.Code(x);
+    *xhat = g_.Dequant(q);
+    return q;
+  }
+
+ private:
+  ScalarGrid g_;
+};
+
+// GPTQ grids: per output channel fit on the whole (dead-column-zeroed) row, or per group fit on
+// the error-fed columns when the group is reached.
+class GptqRounder : public ColumnRounder {
+ public:
+  GptqRounder(const MatrixD& w, const RtnParams& p)
+      : p_(p), groups_(NumGroups(static_cast<int>(w.cols()), p.group_size)),
+        gs_(groups_ == 1 ? 0 : p.group_size), grids_(static_cast<size_t>(w.rows()) * groups_) {
+    if (gs_ == 0) {
+      for (int r = 0; r < w.rows(); ++r) grids_[r] = FitMinMaxGrid(&w(r, 0), w.cols(), p_);
+    }
+  }
+  int group_size() const override { return gs_; }
+  void BeginGroup(int k, const MatrixD& block) override {
+    const int g = k / gs_;
+    for (int r = 0; r < block.rows(); ++r) {
+      grids_[static_cast<size_t>(r) * groups_ + g] =
+          FitMinMaxGrid(&block(r, 0), static_cast<int>(block.cols()), p_);
+    }
+  }
+  int Round(int row, int col, double x, double* xhat) override {
+    const ScalarGrid& g = grids_[static_cast<size_t>(row) * groups_ + (gs_ ? col / gs_ : 0)];
+    const int q = g.Code(x);
+    *xhat = g.Dequant(q);
+    return q;
+  }
+  std::vector<ScalarGrid> TakeGrids() { return std::move(grids_); }
+
+ private:
+  RtnParams p_;
+  int groups_;
+  int gs_;
+  std::vector<ScalarGrid> grids_;
+};
+
+double Rms(const MatrixD& w) {
+  return w.size() == 0 ? 0.0 : std::sqrt(w.squaredNorm() / static_cast<double>(w.size()));
+}
+
+// Builds both RHTs and checks stored signs against them.
+absl::Status MakeRhts(int m, int n, uint64_t seed, std::unique_ptr<Rht>* out_rht,
+                      std::unique_ptr<Rht>* in_rht) {
+  QUANTD_ASSIGN_OR_RETURN(Rht o, MakeRht(m, seed ^ kOutSeedMix));
+  QUANTD_ASSIGN_OR_RETURN(Rht i, MakeRht(n, seed));
+  *out_rht = std::make_unique<Rht>(std::move(o));
+  *in_rht = std::make_unique<Rht>(std::move(i));
+  return absl::OkStatus();
+}
+
+void AppendNote(std::string* note, std::string_view more) {
+  if (more.empty()) return;
+  if (!note->empty()) note->append("; ");
+  note->append(more);
+}
+
+}  // namespace
+
+absl::StatusOr<Method> ParseMethod(std::string_view name) {
+  if (name == "rtn") return Method::kRtn;
+  if (name == "gptq") return Method::kGptq;
+  if (name == "quip") return Method::kQuip;
+  if (name == "quip-sharp") return Method::kQuipSharp;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown method \"", std::string(name), "\" (want rtn, gptq, quip or quip-sharp)"));
+}
+
+std::string_view MethodName(Method m) {
+  switch (m) {
+    case Method::kRtn: return "rtn";
+    case Method::kGptq: return "gptq";
+    case Method::kQuip: return "quip";
+    case Method::kQuipSharp: return "quip-sharp";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateSpec(const QuantSpec& s) {
+  const int mv = static_cast<int>(s.method);
+  if (mv < 1 || mv > 4) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
+  const std::string_view name = MethodName(s.method);
+  const bool scalar_grid = s.method == Method::kRtn || s.method == Method::kGptq;
+  const bool bits_ok = scalar_grid ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
+                                   : (s.bits >= 2 && s.bits <= 4);
+  if (!bits_ok) {
+    return absl::InvalidArgumentError(absl::StrCat("bits = ", s.bits, " is not supported by ", std::string(name),
+                                                   scalar_grid ? " (2, 3, 4, 8)" : " (2, 3, 4)"));
+  }
+  if (s.group_size < 0 || (s.group_size > 0 && !scalar_grid)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group_size = ", s.group_size, " is invalid for ", std::string(name)));
+  }
+  if (s.mse_clip && !scalar_grid) {
+    return absl::InvalidArgumentError(absl::StrCat("mse_clip is not supported by ", std::string(name)));
+  }
+  if (s.greedy_passes < 0 || s.greedy_passes > 100 ||
+      (s.greedy_passes > 0 && s.method != Method::kQuipSharp)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("greedy_passes = ", s.greedy_passes, " is invalid for ", std::string(name)));
+  }
+  if (!std::isfinite(s.codebook_scale) || s.codebook_scale < 0 ||
+      (s.codebook_scale != 0 && s.method != Method::kQuipSharp)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("codebook_scale = ", s.codebook_scale, " is invalid for ", std::string(name)));
+  }
+  if (!(s.damp > 0 && s.damp <= 10)) {
+    return absl::InvalidArgumentError(absl::StrCat("damp = ", s.damp, " must be in (0, 10]"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, const MatrixD& h,
+                                               const QuantSpec& spec,
+                                               std::string_view layer_name) {
+  QUANTD_RETURN_IF_ERROR(ValidateSpec(spec));
+  const int m = static_cast<int>(w.rows()), n = static_cast<int>(w.cols());
+  if (m <= 0 || n <= 0 || m > kMaxDim || n > kMaxDim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", std::string(layer_name), ": weight shape [", m, ",", n, "] is out of range"));
+  }
+  QUANTD_RETURN_IF_ERROR(CheckFiniteInputs(w, h, layer_name));
+
+  QuantizedMatrix result;
+  PackedContents c;
+  c.method = static_cast<uint8_t>(spec.method);
+  c.bits = spec.bits;
+  c.m = m;
+  c.n = n;
+  c.n_padded = n;
+  c.seed = spec.seed;
+  MatrixD wd = w.cast<double>();
+  MatrixD hd = h;
+
+  if (spec.method == Method::kRtn) {
+    c.group_size = spec.group_size;
+    RtnParams p{spec.bits, false, spec.group_size, spec.mse_clip};
+    QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, p));
+    c.grids = std::move(r.grids);
+    c.codes.assign(r.codes.begin(), r.codes.end());
+  } else {
+    const int dead = FixDeadColumns(&hd, &wd);
+    if (dead > 0) {
+      AppendNote(&result.note, absl::StrCat(dead, " dead input columns (H_ii = 0) zeroed"));
+    }
+    if (spec.method == Method::kGptq) {
+      c.group_size = spec.group_size;
+      QUANTD_ASSIGN_OR_RETURN(DampedHessian dh,
+                              DampAndFactor(dev, hd, spec.damp, DampStyle::kGptq, layer_name));
+      AppendNote(&result.note, dh.note);
+      GptqRounder rounder(wd, RtnParams{spec.bits, false, spec.group_size, spec.mse_clip});
+      QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.lower, rounder));
+      c.grids = rounder.TakeGrids();
+      c.codes = std::move(r.codes);
+    } else {
+      // Incoherence processing; quip-sharp first pads n to a multiple of 8 (zero columns, H_ii = 1).
+      if (spec.method == Method::kQuipSharp && n % 8 != 0) {
+        c.n_padded = (n + 7) / 8 * 8;
+        MatrixD wp = MatrixD::Zero(m, c.n_padded);
+        wp.leftCols(n) = wd;
+        MatrixD hp = MatrixD::Identity(c.n_padded, c.n_padded);
+        hp.topLeftCorner(n, n) = hd;
+        wd = std::move(wp);
+        hd = std::move(hp);
+      }
+      std::unique_ptr<Rht> out_rht, in_rht;
+      QUANTD_RETURN_IF_ERROR(MakeRhts(m, c.n_padded, spec.seed, &out_rht, &in_rht));
+      RhtWeight(*out_rht, *in_rht, &wd);
+      RhtHessian(*in_rht, &hd);
+      c.rht = true;
+      c.signs_m = out_rht->signs();
+      c.signs_n = in_rht->signs();
+      QUANTD_ASSIGN_OR_RETURN(DampedHessian dh, DampAndFactor(dev, hd, spec.damp,
+                                                              DampStyle::kQuipSharp, layer_name));
+      AppendNote(&result.note, dh.note);
+      if (spec.method == Method::kQuip) {
+        c.grids = {QuipGrid(Rms(wd), spec.bits)};
+        FixedGridRounder rounder(c.grids[0]);
+        QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.lower, rounder));
+        c.codes = std::move(r.codes);
+      } else {
+        c.codebook = CodebookForBits(spec.bits);
+        c.codebook_scale = spec.codebook_scale;
+        QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<VectorCodebook> cb,
+                                MakeCodebook(c.codebook, c.codebook_scale));
+        if (cb->bits_per_weight() != spec.bits || c.n_padded % cb->dim() != 0) {
+          return absl::InternalError(absl::StrCat("codebook ", c.codebook, " spends ",
+                                                  cb->bits_per_weight(), " bits/weight in blocks of ",
+                                                  cb->dim(), ", expected ", spec.bits, " and 8"));
+        }
+        c.vector_dim = cb->dim();
+        c.codes_per_vector = cb->codes_per_vector();
+        const double rms = Rms(wd);
+        c.weight_scale = rms > 0 ? static_cast<float>(rms) : 1.0f;
+        wd /= static_cast<double>(c.weight_scale);
+        QUANTD_ASSIGN_OR_RETURN(
+            BlockLdlqResult r,
+            BlockLdlq(dev, wd, dh.h, dh.lower, *cb, BlockLdlqParams{spec.greedy_passes}));
+        c.codes = std::move(r.codes);
+      }
+    }
+  }
+  QUANTD_ASSIGN_OR_RETURN(result.packed, EncodePacked(c));
+  // The loss is measured on exactly what a reader of `packed` gets back.
+  QUANTD_ASSIGN_OR_RETURN(MatrixF what, DequantizeMatrix(result.packed));
+  result.proxy_loss = RelativeProxyLoss(w.cast<double>(), what.cast<double>(), h);
+  return result;
+}
+
+absl::StatusOr<MatrixF> DequantizeMatrix(std::string_view packed) {
+  QUANTD_ASSIGN_OR_RETURN(PackedContents c, DecodePacked(packed));
+  const Method method = static_cast<Method>(c.method);
+  const int m = c.m, n = c.n, np = c.n_padded;
+  if (method == Method::kRtn || method == Method::kGptq) {
+    const int groups = NumGroups(n, c.group_size);
+    const int gs = groups == 1 ? n : c.group_size;
+    MatrixF out(m, n);
+    for (int r = 0; r < m; ++r) {
+      for (int col = 0; col < n; ++col) {
+        out(r, col) = c.grids[static_cast<size_t>(r) * groups + col / gs].Dequant(
+            c.codes[static_cast<size_t>(r) * n + col]);
+      }
+    }
+    return out;
+  }
+  if (!c.rht) return absl::DataLossError("packed quip/quip-sharp matrix has no RHT signs");
+  MatrixD wt(m, np);
+  if (method == Method::kQuip) {
+    for (int64_t i = 0; i < wt.size(); ++i) wt.data()[i] = c.grids[0].Dequant(c.codes[i]);
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<VectorCodebook> cb,
+                            MakeCodebook(c.codebook, c.codebook_scale));
+    const int g = cb->dim(), cpv = cb->codes_per_vector();
+    if (g != c.vector_dim || cpv != c.codes_per_vector || g > 64) {
+      return absl::DataLossError(absl::StrCat("packed codebook ", c.codebook, " layout ",
+                                              c.vector_dim, "x", c.codes_per_vector,
+                                              " does not match the built-in ", g, "x", cpv));
+    }
+    const int blocks = np / g;
+    float xhat[64];
+    for (int r = 0; r < m; ++r) {
+      for (int b = 0; b < blocks; ++b) {
+        cb->Decode(&c.codes[(static_cast<size_t>(r) * blocks + b) * cpv], xhat);
+        for (int j = 0; j < g; ++j) {
+          wt(r, b * g + j) = static_cast<double>(c.weight_scale) * static_cast<double>(xhat[j]);
+        }
+      }
+    }
+  }
+  std::unique_ptr<Rht> out_rht, in_rht;
+  QUANTD_RETURN_IF_ERROR(MakeRhts(m, np, c.seed, &out_rht, &in_rht));
+  if (out_rht->signs() != c.signs_m || in_rht->signs() != c.signs_n) {
+    return absl::DataLossError("packed RHT signs do not match the ones derived from the seed");
+  }
+  InverseRhtWeight(*out_rht, *in_rht, &wt);
+  return MatrixF(wt.leftCols(n).cast<float>());
+}
+
+absl::StatusOr<PackedInfo> InspectPacked(std::string_view packed) {
+  QUANTD_ASSIGN_OR_RETURN(PackedContents c, DecodePacked(packed));
+  return PackedInfo{static_cast<Method>(c.method), c.bits, c.m, c.n, c.seed};
+}
+
+}  // namespace quantd::quant

@@ -1,0 +1,65 @@
+// The entry point the worker calls: quantize one linear layer's weight with one of four methods
+// (RTN, GPTQ, QuIP, QuIP#) given its proxy Hessian, and turn the self-describing packed bytes
+// (docs/formats/packed_matrix.md) back into weights.
+// Thread-safety: all functions are thread-safe as long as each concurrent call uses its own
+// Device (see device.h).
+#ifndef QUANTD_WORKER_QUANT_QUANTIZE_H_
+#define QUANTD_WORKER_QUANT_QUANTIZE_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/matrix.h"
+#include "worker/quant/device.h"
+
+namespace quantd::quant {
+
+enum class Method : uint8_t { kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4 };
+
+// "rtn", "gptq", "quip", "quip-sharp"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<Method> ParseMethod(std::string_view name);
+std::string_view MethodName(Method m);
+
+struct QuantSpec {
+  Method method = Method::kQuipSharp;  // Default: quip-sharp
+  int bits = 2;              // Default: 2. rtn/gptq: 2,3,4,8; quip: 2,3,4; quip-sharp: 2 (e8p), 3 (rvq3), 4 (rvq4)
+  uint64_t seed = 0;         // Default: 0. Seeds RHT signs.
+  int group_size = 0;        // Default: 0 = per output channel (rtn, gptq only)
+  bool mse_clip = false;     // Default: false (rtn, gptq)
+  int greedy_passes = 0;     // Default: 0 (quip-sharp)
+  double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp)
+  double damp = 0.01;        // Default: 0.01 (relative)
+};
+
+// INVALID_ARGUMENT with the bad value (bits for the method, negative group size, group size or
+// mse_clip with a method that ignores them, greedy passes outside 0..100, non-finite or
+// negative codebook scale, damp outside (0, 10]).
+absl::Status ValidateSpec(const QuantSpec& spec);
+
+struct QuantizedMatrix {
+  std::string packed;      // self-describing, docs/formats/packed_matrix.md
+  double proxy_loss = 0;   // relative, measured in the ORIGINAL basis against the undamped H
+  std::string note;        // e.g. "damping raised to 0.1 after failed Cholesky"; empty normally
+};
+
+// w: [m×n] fp32 row-major (out×in); h: [n×n] fp64 = E[x xᵀ] (undamped). layer_name is used in
+// errors. INVALID_ARGUMENT for a bad spec, mismatched shapes or NaN/Inf in w or h;
+// FAILED_PRECONDITION when h cannot be damped into positive definite; UNIMPLEMENTED when the
+// codebook for quip-sharp is not built in. The same inputs and seed give the same bytes.
+absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, const MatrixD& h,
+                                               const QuantSpec& spec, std::string_view layer_name);
+
+// Returns the [m×n] fp32 dequantized weight. DATA_LOSS / INVALID_ARGUMENT for truncated or
+// corrupt input.
+absl::StatusOr<MatrixF> DequantizeMatrix(std::string_view packed);
+
+struct PackedInfo { Method method; int bits; int m; int n; uint64_t seed; };
+// Header fields of a packed matrix (the whole input is checksummed first).
+absl::StatusOr<PackedInfo> InspectPacked(std::string_view packed);
+
+}  // namespace quantd::quant
+
+#endif  // QUANTD_WORKER_QUANT_QUANTIZE_H_
