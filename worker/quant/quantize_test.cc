@@ -1,0 +1,226 @@
+#include "worker/quant/quantize.h"
+
+#include <limits>
+#include <memory>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/quant/codebook.h"
+#include "worker/quant/ldlq.h"
+#include "worker/quant/synthetic.h"
+
+namespace quantd::quant {
+namespace {
+
+using ::testing::HasSubstr;
+
+bool CodebooksBuilt() { return MakeCodebook("e8p").ok(); }
+
+struct Combo {
+  Method method;
+  int bits;
+  int group_size;
+};
+
+std::vector<Combo> AllCombos() {
+  std::vector<Combo> out;
+  for (int b : {2, 3, 4, 8}) out.push_back({Method::kRtn, b, 0});
+  for (int b : {2, 3, 4, 8}) out.push_back({Method::kGptq, b, 0});
+  out.push_back({Method::kRtn, 4, 64});
+  out.push_back({Method::kGptq, 4, 64});
+  out.push_back({Method::kGptq, 3, 128});
+  for (int b : {2, 3, 4}) out.push_back({Method::kQuip, b, 0});
+  for (int b : {2, 3, 4}) out.push_back({Method::kQuipSharp, b, 0});
+  return out;
+}
+
+TEST(QuantizeTest, MethodNamesRoundTrip) {
+  for (Method m : {Method::kRtn, Method::kGptq, Method::kQuip, Method::kQuipSharp}) {
+    EXPECT_EQ(*ParseMethod(MethodName(m)), m);
+  }
+  EXPECT_EQ(ParseMethod("awq").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(QuantizeTest, ValidateSpecNamesTheBadValue) {
+  EXPECT_TRUE(ValidateSpec(QuantSpec{}).ok());
+  QuantSpec s;
+  s.bits = 8;
+  EXPECT_THAT(ValidateSpec(s).message(), HasSubstr("bits = 8"));
+  s = QuantSpec{};
+  s.group_size = 64;
+  EXPECT_EQ(ValidateSpec(s).code(), absl::StatusCode::kInvalidArgument);
+  s.method = Method::kGptq;
+  EXPECT_TRUE(ValidateSpec(s).ok());
+  s.group_size = -1;
+  EXPECT_THAT(ValidateSpec(s).message(), HasSubstr("-1"));
+  s = QuantSpec{};
+  s.damp = 0;
+  EXPECT_EQ(ValidateSpec(s).code(), absl::StatusCode::kInvalidArgument);
+  s = QuantSpec{};
+  s.codebook_scale = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(ValidateSpec(s).code(), absl::StatusCode::kInvalidArgument);
+  s = QuantSpec{};
+  s.greedy_passes = -2;
+  EXPECT_EQ(ValidateSpec(s).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(QuantizeTest, AllMethodsRoundTripOnAllShapes) {
+  auto dev = MakeCpuDevice(2);
+  const bool have_cb = CodebooksBuilt();
+  struct Shape { int m, n; };
+  for (Shape sh : {Shape{64, 64}, Shape{32, 64}, Shape{172, 64}, Shape{64, 172}, Shape{16, 97}}) {
+    MatrixF w = SyntheticWeight(sh.m, sh.n, sh.m * 1000 + sh.n);
+    MatrixD h = SyntheticHessian(sh.n, sh.n);
+    for (const Combo& c : AllCombos()) {
+      if (c.method == Method::kQuipSharp && !have_cb) continue;
+      QuantSpec spec;
+      spec.method = c.method;
+      spec.bits = c.bits;
+      spec.group_size = c.group_size;
+      spec.seed = 42;
+      const std::string what = std::string(MethodName(c.method)) + " b" + std::to_string(c.bits) +
+                               " g" + std::to_string(c.group_size) + " " + std::to_string(sh.m) +
+                               "x" + std::to_string(sh.n);
+      absl::StatusOr<QuantizedMatrix> q = QuantizeMatrix(*dev, w, h, spec, "layer");
+      ASSERT_TRUE(q.ok()) << what << ": " << q.status();
+      // Bit-exact determinism.
+      absl::StatusOr<QuantizedMatrix> q2 = QuantizeMatrix(*dev, w, h, spec, "layer");
+      ASSERT_TRUE(q2.ok());
+      EXPECT_EQ(q->packed, q2->packed) << what;
+      // The proxy loss is the loss of exactly what DequantizeMatrix returns.
+      absl::StatusOr<MatrixF> wq = DequantizeMatrix(q->packed);
+      ASSERT_TRUE(wq.ok()) << what << ": " << wq.status();
+      ASSERT_EQ(wq->rows(), sh.m);
+      ASSERT_EQ(wq->cols(), sh.n);
+      EXPECT_EQ(RelativeProxyLoss(w.cast<double>(), wq->cast<double>(), h), q->proxy_loss) << what;
+      EXPECT_GT(q->proxy_loss, 0) << what;
+      EXPECT_LT(q->proxy_loss, c.bits == 2 ? 0.5 : 0.2) << what;
+      absl::StatusOr<PackedInfo> info = InspectPacked(q->packed);
+      ASSERT_TRUE(info.ok());
+      EXPECT_EQ(info->method, c.method);
+      EXPECT_EQ(info->bits, c.bits);
+      EXPECT_EQ(info->m, sh.m);
+      EXPECT_EQ(info->n, sh.n);
+      EXPECT_EQ(info->seed, 42u);
+      EXPECT_TRUE(q->note.empty()) << what << ": " << q->note;
+    }
+  }
+}
+
+TEST(QuantizeTest, MoreBitsLowerLossAndHessianMethodsBeatRtn) {
+  auto dev = MakeCpuDevice(2);
+  MatrixF w = SyntheticWeight(64, 128, 1);
+  MatrixD h = SyntheticHessian(128, 2);
+  auto loss = [&](Method m, int bits) {
+    QuantSpec s;
+    s.method = m;
+    s.bits = bits;
+    return QuantizeMatrix(*dev, w, h, s, "l")->proxy_loss;
+  };
+  for (int b : {2, 3, 4}) {
+    EXPECT_LT(loss(Method::kGptq, b), loss(Method::kRtn, b)) << b;
+    EXPECT_LT(loss(Method::kQuip, b), loss(Method::kRtn, b)) << b;
+  }
+  EXPECT_LT(loss(Method::kGptq, 4), loss(Method::kGptq, 2));
+  EXPECT_LT(loss(Method::kQuip, 4), loss(Method::kQuip, 2));
+  if (CodebooksBuilt()) {
+    EXPECT_LT(loss(Method::kQuipSharp, 2), loss(Method::kQuip, 2));
+    EXPECT_LT(loss(Method::kQuipSharp, 4), loss(Method::kQuipSharp, 2));
+  }
+}
+
+TEST(QuantizeTest, CorruptOrTruncatedPackedIsRejected) {
+  auto dev = MakeCpuDevice(1);
+  MatrixF w = SyntheticWeight(32, 64, 3);
+  MatrixD h = SyntheticHessian(64, 4);
+  QuantSpec s;
+  s.method = Method::kQuip;
+  absl::StatusOr<QuantizedMatrix> q = QuantizeMatrix(*dev, w, h, s, "l");
+  ASSERT_TRUE(q.ok());
+  const std::string& p = q->packed;
+  for (size_t cut : {size_t{0}, size_t{3}, size_t{12}, p.size() / 2, p.size() - 1}) {
+    absl::StatusOr<MatrixF> r = DequantizeMatrix(p.substr(0, cut));
+    EXPECT_FALSE(r.ok()) << cut;
+    EXPECT_TRUE(r.status().code() == absl::StatusCode::kDataLoss ||
+                r.status().code() == absl::StatusCode::kInvalidArgument)
+        << r.status();
+  }
+  for (size_t pos : {size_t{6}, size_t{20}, size_t{40}, p.size() - 10, p.size() - 2}) {
+    std::string bad = p;
+    bad[pos] ^= 0x04;
+    EXPECT_EQ(DequantizeMatrix(bad).status().code(), absl::StatusCode::kDataLoss) << pos;
+    EXPECT_EQ(InspectPacked(bad).status().code(), absl::StatusCode::kDataLoss) << pos;
+  }
+  std::string magic = p;
+  magic[0] = 'X';
+  EXPECT_EQ(DequantizeMatrix(magic).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DequantizeMatrix(p + "x").status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(QuantizeTest, BadInputsNameTheLayer) {
+  auto dev = MakeCpuDevice(1);
+  MatrixF w = SyntheticWeight(8, 16, 5);
+  MatrixD h = SyntheticHessian(16, 6);
+  QuantSpec s;
+  s.method = Method::kGptq;
+  MatrixF wn = w;
+  wn(2, 2) = std::numeric_limits<float>::quiet_NaN();
+  absl::StatusOr<QuantizedMatrix> q = QuantizeMatrix(*dev, wn, h, s, "l7.v_proj");
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(q.status().message(), HasSubstr("l7.v_proj"));
+  MatrixD hn = h;
+  hn(1, 0) = std::numeric_limits<double>::infinity();
+  q = QuantizeMatrix(*dev, w, hn, s, "l7.v_proj");
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  for (Method m : {Method::kGptq, Method::kQuip}) {
+    s.method = m;
+    q = QuantizeMatrix(*dev, w, MatrixD(-h), s, "l8.gate_proj");
+    EXPECT_EQ(q.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(q.status().message(), HasSubstr("l8.gate_proj"));
+  }
+  q = QuantizeMatrix(*dev, w, MatrixD::Identity(15, 15), s, "l9");
+  EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(QuantizeTest, DeadColumnsAndRaisedDampingAreNoted) {
+  auto dev = MakeCpuDevice(1);
+  MatrixF w = SyntheticWeight(16, 32, 9);
+  MatrixD h = SyntheticHessian(32, 10);
+  h.row(5).setZero();
+  h.col(5).setZero();
+  QuantSpec s;
+  s.method = Method::kGptq;
+  s.bits = 4;
+  absl::StatusOr<QuantizedMatrix> q = QuantizeMatrix(*dev, w, h, s, "l");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_THAT(q->note, HasSubstr("1 dead input column"));
+  MatrixD hi = SyntheticHessian(32, 11);
+  hi.diagonal().array() -= 0.05 * hi.diagonal().mean();
+  q = QuantizeMatrix(*dev, w, hi, s, "l");
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_THAT(q->note, HasSubstr("damping raised"));
+}
+
+TEST(QuantizeTest, QuipSharpOptions) {
+  if (!CodebooksBuilt()) GTEST_SKIP() << "codebooks not built yet";
+  auto dev = MakeCpuDevice(2);
+  MatrixF w = SyntheticWeight(32, 64, 12);
+  MatrixD h = SyntheticHessian(64, 13);
+  QuantSpec s;
+  const double base = QuantizeMatrix(*dev, w, h, s, "l")->proxy_loss;
+  s.greedy_passes = 3;
+  absl::StatusOr<QuantizedMatrix> g = QuantizeMatrix(*dev, w, h, s, "l");
+  ASSERT_TRUE(g.ok());
+  EXPECT_LT(g->proxy_loss, base * 1.1);
+  s.greedy_passes = 0;
+  s.codebook_scale = 0.9;
+  absl::StatusOr<QuantizedMatrix> sc = QuantizeMatrix(*dev, w, h, s, "l");
+  ASSERT_TRUE(sc.ok());
+  EXPECT_NE(sc->packed, QuantizeMatrix(*dev, w, h, QuantSpec{}, "l")->packed);
+  EXPECT_EQ(DequantizeMatrix(sc->packed)->rows(), 32);
+  s.seed = 7;
+  EXPECT_NE(QuantizeMatrix(*dev, w, h, s, "l")->packed, sc->packed);
+}
+
+}  // namespace
+}  // namespace quantd::quant
