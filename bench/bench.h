@@ -1,0 +1,38 @@
+// The quantd-bench subcommands. Each runs one measurement, prints one JSON object per line on
+// stdout and returns a process exit code (0 ok, 2 bad flags, 1 failure).
+// Thread-safety: run from main() only.
+#ifndef QUANTD_BENCH_BENCH_H_
+#define QUANTD_BENCH_BENCH_H_
+
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace quantd::bench {
+
+// --key value pairs after the subcommand.
+class Flags {
+ public:
+  // INVALID_ARGUMENT for a flag without a value or not starting with "--".
+  static absl::StatusOr<Flags> Parse(int argc, char** argv, int first);
+  bool Has(const std::string& key) const { return values_.count(key) > 0; }
+  std::string Get(const std::string& key, const std::string& def) const;
+  // INVALID_ARGUMENT when present but not a number.
+  absl::StatusOr<long long> GetInt(const std::string& key, long long def) const;
+  absl::StatusOr<double> GetDouble(const std::string& key, double def) const;
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+// quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]
+int RunCodebook(const Flags& flags);
+// quantd-bench hessian --n 4096 --tokens 8192
+int RunHessian(const Flags& flags);
+// quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096
+int RunLayer(const Flags& flags);
+
+}  // namespace quantd::bench
+
+#endif  // QUANTD_BENCH_BENCH_H_

@@ -1,0 +1,71 @@
+// quantd-bench: parses the subcommand and its flags and calls bench/*.cc.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "bench/bench.h"
+
+namespace quantd::bench {
+
+absl::StatusOr<Flags> Flags::Parse(int argc, char** argv, int first) {
+  Flags f;
+  for (int i = first; i < argc; i += 2) {
+    const std::string key = argv[i];
+    if (key.rfind("--", 0) != 0 || i + 1 >= argc) {
+      return absl::InvalidArgumentError("expected --flag value, got \"" + key + "\"");
+    }
+    f.values_[key.substr(2)] = argv[i + 1];
+  }
+  return f;
+}
+
+std::string Flags::Get(const std::string& key, const std::string& def) const {
+  auto it = values_.find(key);
+  return it == values_.end() ? def : it->second;
+}
+
+absl::StatusOr<long long> Flags::GetInt(const std::string& key, long long def) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return def;
+  int64_t v;
+  if (!absl::SimpleAtoi(it->second, &v)) {
+    return absl::InvalidArgumentError("--" + key + " must be an integer, got " + it->second);
+  }
+  return static_cast<long long>(v);
+}
+
+absl::StatusOr<double> Flags::GetDouble(const std::string& key, double def) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return def;
+  double v;
+  if (!absl::SimpleAtod(it->second, &v)) {
+    return absl::InvalidArgumentError("--" + key + " must be a number, got " + it->second);
+  }
+  return v;
+}
+
+}  // namespace quantd::bench
+
+int main(int argc, char** argv) {
+  using quantd::bench::Flags;
+  const char* usage =
+      "usage: quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]\n"
+      "       quantd-bench hessian --n 4096 --tokens 8192\n"
+      "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096\n";
+  if (argc < 2) {
+    std::fputs(usage, stderr);
+    return 2;
+  }
+  absl::StatusOr<Flags> flags = Flags::Parse(argc, argv, 2);
+  if (!flags.ok()) {
+    std::fprintf(stderr, "%s\n%s", std::string(flags.status().message()).c_str(), usage);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "codebook") return quantd::bench::RunCodebook(*flags);
+  if (cmd == "hessian") return quantd::bench::RunHessian(*flags);
+  if (cmd == "layer") return quantd::bench::RunLayer(*flags);
+  std::fputs(usage, stderr);
+  return 2;
+}
