@@ -1,0 +1,292 @@
+#include "client/command_line.h"
+
+#include <filesystem>
+#include <limits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "client/cli_args.h"
+#include "common/status_macros.h"
+
+namespace quantd::client {
+namespace {
+
+constexpr int32_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+std::string Absolute(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path, ec);
+  if (ec) return path;
+  return p.lexically_normal().string();
+}
+
+absl::Status Usage(absl::string_view msg) { return absl::InvalidArgumentError(msg); }
+
+absl::Status ExpectPositionals(const ParsedArgs& a, absl::string_view command, size_t min,
+                               size_t max, absl::string_view what) {
+  if (a.positional.size() < min) {
+    return Usage(absl::StrCat(command, ": missing ", what));
+  }
+  if (a.positional.size() > max) {
+    return Usage(absl::StrCat(command, ": unexpected argument \"", a.positional[max], "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> Required(const ParsedArgs& a, absl::string_view command,
+                                     const std::string& flag) {
+  if (!a.Has(flag)) return Usage(absl::StrCat(command, ": ", flag, " is required"));
+  std::string v = a.Get(flag);
+  if (v.empty()) return Usage(absl::StrCat(command, ": ", flag, " must not be empty"));
+  return v;
+}
+
+absl::StatusOr<int32_t> OptionalInt(const ParsedArgs& a, const std::string& flag, int32_t min,
+                                    int32_t fallback) {
+  if (!a.Has(flag)) return fallback;
+  QUANTD_ASSIGN_OR_RETURN(int64_t v, ParseInt(flag, a.Get(flag), min, kInt32Max));
+  return static_cast<int32_t>(v);
+}
+
+absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
+  QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, "submit", 1, 1, "MODEL_DIR"));
+  quantd::v1::SubmitJobRequest& r = inv->submit;
+  r.set_model_dir(Absolute(a.positional[0]));
+  QUANTD_ASSIGN_OR_RETURN(std::string calib, Required(a, "submit", "--calib"));
+  r.set_calib_path(Absolute(calib));
+  if (a.Has("--eval")) {
+    if (a.Get("--eval").empty()) return Usage("submit: --eval must not be empty");
+    r.set_eval_path(Absolute(a.Get("--eval")));
+  }
+  QUANTD_ASSIGN_OR_RETURN(std::string name, Required(a, "submit", "--name"));
+  r.set_name(name);
+  if (a.Has("--request-id")) {
+    if (a.Get("--request-id").empty()) return Usage("submit: --request-id must not be empty");
+    r.set_request_id(a.Get("--request-id"));
+  }
+  // method and bits are checked by the server (one list of what is valid); here only their form.
+  quantd::v1::QuantSpec* spec = r.mutable_spec();
+  QUANTD_ASSIGN_OR_RETURN(std::string method, Required(a, "submit", "--method"));
+  spec->set_method(method);
+  QUANTD_ASSIGN_OR_RETURN(std::string bits_text, Required(a, "submit", "--bits"));
+  QUANTD_ASSIGN_OR_RETURN(int64_t bits, ParseInt("--bits", bits_text, 1, 64));
+  spec->set_bits(static_cast<int32_t>(bits));
+  if (a.Has("--seed")) {
+    QUANTD_ASSIGN_OR_RETURN(uint64_t seed, ParseUint64("--seed", a.Get("--seed")));
+    spec->set_seed(seed);
+  }
+  QUANTD_ASSIGN_OR_RETURN(int32_t group_size, OptionalInt(a, "--group-size", 0, 0));
+  spec->set_group_size(group_size);
+  QUANTD_ASSIGN_OR_RETURN(int32_t passes, OptionalInt(a, "--greedy-passes", 0, 0));
+  spec->set_greedy_passes(passes);
+  spec->set_mse_clip(a.Has("--mse-clip"));
+  if (a.Has("--damp")) {
+    QUANTD_ASSIGN_OR_RETURN(double damp, ParseDouble("--damp", a.Get("--damp")));
+    if (damp < 0) return Usage("--damp must be >= 0");
+    spec->set_damp(damp);
+  }
+  if (a.Has("--codebook-scale")) {
+    QUANTD_ASSIGN_OR_RETURN(double scale,
+                            ParseDouble("--codebook-scale", a.Get("--codebook-scale")));
+    if (scale < 0) return Usage("--codebook-scale must be >= 0");
+    spec->set_codebook_scale(scale);
+  }
+  QUANTD_ASSIGN_OR_RETURN(int32_t seq_len, OptionalInt(a, "--calib-seq-len", 1, 0));
+  r.set_calib_seq_len(seq_len);
+  QUANTD_ASSIGN_OR_RETURN(int32_t max_seqs, OptionalInt(a, "--max-calib-seqs", 0, 0));
+  r.set_max_calib_seqs(max_seqs);
+  QUANTD_ASSIGN_OR_RETURN(int32_t eval_ctx, OptionalInt(a, "--eval-context", 1, 0));
+  r.set_eval_context(eval_ctx);
+
+  inv->wait = a.Has("--wait");
+  if (a.Has("--max-ppl-ratio")) {
+    QUANTD_ASSIGN_OR_RETURN(double ratio,
+                            ParseDouble("--max-ppl-ratio", a.Get("--max-ppl-ratio")));
+    if (ratio <= 0) return Usage("--max-ppl-ratio must be > 0");
+    if (!inv->wait) return Usage("submit: --max-ppl-ratio needs --wait");
+    if (r.eval_path().empty()) {
+      return Usage("submit: --max-ppl-ratio needs --eval (no perplexity without evaluation data)");
+    }
+    inv->max_ppl_ratio = ratio;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseFetch(const ParsedArgs& a, Invocation* inv) {
+  QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, "fetch", 1, 1, "NAME[@VERSION]"));
+  QUANTD_ASSIGN_OR_RETURN(ModelRef ref, ParseModelRef(a.positional[0]));
+  inv->model_name = ref.name;
+  inv->model_version = ref.version;
+  QUANTD_ASSIGN_OR_RETURN(std::string dir, Required(a, "fetch", "-o"));
+  inv->out_dir = Absolute(dir);
+  const std::string format = a.Get("--format", "native");
+  if (format == "hf") {
+    return Usage("fetch: --format hf is not implemented yet; use --format native (the default)");
+  }
+  if (format != "native") {
+    return Usage(absl::StrCat("fetch: unknown --format \"", format, "\"; expected native"));
+  }
+  return absl::OkStatus();
+}
+
+struct CommandSpec {
+  const char* name;
+  Command command;
+  std::vector<FlagSpec> flags;  // besides --addr and --help
+};
+
+const std::vector<CommandSpec>& Commands() {
+  static const auto* commands = new std::vector<CommandSpec>{
+      {"submit",
+       Command::kSubmit,
+       {{"--calib", true},
+        {"--eval", true},
+        {"--method", true},
+        {"--bits", true},
+        {"--name", true},
+        {"--request-id", true},
+        {"--seed", true},
+        {"--group-size", true},
+        {"--greedy-passes", true},
+        {"--mse-clip", false},
+        {"--damp", true},
+        {"--codebook-scale", true},
+        {"--calib-seq-len", true},
+        {"--max-calib-seqs", true},
+        {"--eval-context", true},
+        {"--wait", false},
+        {"--json", false},
+        {"--max-ppl-ratio", true}}},
+      {"watch", Command::kWatch, {{"--json", false}}},
+      {"jobs", Command::kJobs, {{"--json", false}}},
+      {"status", Command::kStatus, {{"--json", false}}},
+      {"cancel", Command::kCancel, {{"--json", false}}},
+      {"models", Command::kModels, {{"--json", false}}},
+      {"fetch", Command::kFetch, {{"-o", true}, {"--format", true}}},
+  };
+  return *commands;
+}
+
+}  // namespace
+
+absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args,
+                                            const char* env_addr) {
+  Invocation inv;
+  if (env_addr != nullptr && env_addr[0] != '\0') inv.addr = env_addr;
+  // Global flags may come before the command: quantctl --addr H:P jobs.
+  size_t i = 0;
+  std::vector<std::string> global;
+  while (i < args.size() && !args[i].empty() && args[i][0] == '-') {
+    global.push_back(args[i]);
+    if (args[i] == "--addr" && i + 1 < args.size()) global.push_back(args[++i]);
+    ++i;
+  }
+  QUANTD_ASSIGN_OR_RETURN(
+      ParsedArgs g, ParseArgs(global, {{"--addr", true}, {"--help", false}, {"-h", false}}));
+  if (g.Has("--help") || g.Has("-h") || i == args.size()) {
+    if (i == args.size() && !g.Has("--help") && !g.Has("-h")) {
+      return Usage("missing command");
+    }
+    inv.command = Command::kHelp;
+    return inv;
+  }
+  const std::string& name = args[i];
+  if (name == "help") {
+    inv.command = Command::kHelp;
+    return inv;
+  }
+  const CommandSpec* spec = nullptr;
+  for (const CommandSpec& c : Commands()) {
+    if (name == c.name) spec = &c;
+  }
+  if (spec == nullptr) return Usage(absl::StrCat("unknown command \"", name, "\""));
+  std::vector<FlagSpec> flags = spec->flags;
+  flags.push_back({"--addr", true});
+  flags.push_back({"--help", false});
+  flags.push_back({"-h", false});
+  std::vector<std::string> rest(args.begin() + i + 1, args.end());
+  auto parsed = ParseArgs(rest, flags);
+  if (!parsed.ok()) return Usage(absl::StrCat(name, ": ", parsed.status().message()));
+  ParsedArgs& a = *parsed;
+  if (a.Has("--help") || a.Has("-h")) {
+    inv.command = Command::kHelp;
+    return inv;
+  }
+  if (g.Has("--addr") && a.Has("--addr")) return Usage("--addr given twice");
+  const std::string addr = a.Has("--addr") ? a.Get("--addr") : g.Get("--addr", inv.addr);
+  if (addr.empty()) return Usage("--addr must not be empty");
+  inv.addr = addr;
+  inv.command = spec->command;
+  inv.json = a.Has("--json");
+  switch (inv.command) {
+    case Command::kSubmit:
+      QUANTD_RETURN_IF_ERROR(ParseSubmit(a, &inv));
+      break;
+    case Command::kWatch:
+    case Command::kStatus:
+    case Command::kCancel:
+      QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, name, 1, 1, "JOB"));
+      inv.job_id = a.positional[0];
+      if (inv.job_id.empty()) return Usage(absl::StrCat(name, ": JOB must not be empty"));
+      break;
+    case Command::kJobs:
+      QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, name, 0, 0, ""));
+      break;
+    case Command::kModels:
+      QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, name, 0, 1, ""));
+      if (!a.positional.empty()) inv.model_name = a.positional[0];
+      break;
+    case Command::kFetch:
+      QUANTD_RETURN_IF_ERROR(ParseFetch(a, &inv));
+      break;
+    case Command::kHelp:
+      break;
+  }
+  return inv;
+}
+
+const char* UsageText() {
+  return R"(usage: quantctl [--addr HOST:PORT] COMMAND [ARGS]
+
+Talks to a quantd coordinator at --addr HOST:PORT, else $QUANTD_ADDR, else 127.0.0.1:7070.
+Flags may be written "--flag VALUE" or "--flag=VALUE"; "--" ends the flags.
+
+commands:
+  submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp}
+         --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
+         [--greedy-passes N] [--mse-clip] [--damp X] [--codebook-scale X]
+         [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
+         [--wait] [--json] [--max-ppl-ratio R]
+      Submits a quantization job and prints its id (or, with --json, the job). Paths are made
+      absolute. Without --request-id a random one is used (the same id returns the same job).
+      The server validates method, bits and name. --wait then watches the job like `watch`
+      and exits by its outcome; --max-ppl-ratio R (needs --wait and --eval) exits 3 if
+      quant_ppl / fp_ppl > R.
+  watch JOB [--json]     Streams progress until the job ends; prints state, version and
+                         perplexities. Re-attaches if the connection breaks (up to 120 s).
+  jobs [--json]          Lists every job.
+  status JOB [--json]    Shows one job.
+  cancel JOB [--json]    Cancels a job.
+  models [NAME] [--json] Lists published model versions (name, version, method, bits, ppl).
+  fetch NAME[@VERSION] -o DIR [--format native]
+      Downloads a model version (default: latest) into DIR, resuming broken transfers and
+      verifying each file's size and sha256; writes DIR/manifest.json last.
+      (--format hf is not implemented yet.)
+  help, --help, -h       This text.
+
+--json: stdout holds exactly one JSON document: a Job (submit, watch, status, cancel) or an
+array of Jobs (jobs) / ModelVersions (models), with proto field names (snake_case), every field
+present, enums by name (e.g. "JOB_STATE_SUCCEEDED") and 64-bit integers as strings.
+Progress and messages go to stderr.
+
+exit codes:
+  0  success
+  1  job failed or cancelled, or the server refused the request (NOT_FOUND,
+     INVALID_ARGUMENT, DATA_LOSS, ...); printed to stderr as "quantctl: CODE: message"
+  2  usage error
+  3  quality gate failed (--max-ppl-ratio)
+  4  server unavailable (UNAVAILABLE or DEADLINE_EXCEEDED; connect timeout 5 s)
+)";
+}
+
+}  // namespace quantd::client

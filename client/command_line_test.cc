@@ -1,0 +1,155 @@
+#include "client/command_line.h"
+
+#include <filesystem>
+
+#include "gtest/gtest.h"
+
+namespace quantd::client {
+namespace {
+
+std::vector<std::string> SubmitArgs() {
+  return {"submit", "rel/model", "--calib", "c.u16", "--method", "quip-sharp", "--bits", "2",
+          "--name", "m"};
+}
+
+TEST(CommandLine, SubmitMakesPathsAbsoluteAndFillsTheRequest) {
+  auto args = SubmitArgs();
+  args.insert(args.end(), {"--eval", "/abs/e.u16", "--seed", "7", "--group-size", "64",
+                           "--greedy-passes", "2", "--calib-seq-len", "256", "--max-calib-seqs",
+                           "4", "--request-id", "rid", "--json"});
+  auto inv = ParseCommandLine(args, nullptr);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kSubmit);
+  EXPECT_EQ(inv->addr, kDefaultAddr);
+  const auto& r = inv->submit;
+  const std::string cwd = std::filesystem::current_path().string();
+  EXPECT_EQ(r.model_dir(), cwd + "/rel/model");
+  EXPECT_EQ(r.calib_path(), cwd + "/c.u16");
+  EXPECT_EQ(r.eval_path(), "/abs/e.u16");
+  EXPECT_EQ(r.name(), "m");
+  EXPECT_EQ(r.request_id(), "rid");
+  EXPECT_EQ(r.spec().method(), "quip-sharp");
+  EXPECT_EQ(r.spec().bits(), 2);
+  EXPECT_EQ(r.spec().seed(), 7u);
+  EXPECT_EQ(r.spec().group_size(), 64);
+  EXPECT_EQ(r.spec().greedy_passes(), 2);
+  EXPECT_EQ(r.calib_seq_len(), 256);
+  EXPECT_EQ(r.max_calib_seqs(), 4);
+  EXPECT_TRUE(inv->json);
+  EXPECT_FALSE(inv->wait);
+}
+
+TEST(CommandLine, SubmitRequiredFlagsAndForms) {
+  for (const char* drop : {"--calib", "--method", "--bits", "--name"}) {
+    auto args = SubmitArgs();
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (args[i] == drop) {
+        args.erase(args.begin() + i, args.begin() + i + 2);
+        break;
+      }
+    }
+    auto inv = ParseCommandLine(args, nullptr);
+    ASSERT_FALSE(inv.ok()) << drop;
+    EXPECT_NE(inv.status().message().find(drop), std::string::npos) << inv.status();
+  }
+  auto no_dir = ParseCommandLine({"submit", "--calib", "c", "--method", "rtn", "--bits", "4",
+                                  "--name", "m"},
+                                 nullptr);
+  EXPECT_FALSE(no_dir.ok());
+  auto bad_bits = SubmitArgs();
+  bad_bits[7] = "two";
+  EXPECT_FALSE(ParseCommandLine(bad_bits, nullptr).ok());
+  // Values the server must judge (method, bits) pass through, so its INVALID_ARGUMENT is what
+  // the user sees (exit 1), and there is one list of valid methods.
+  auto magic = SubmitArgs();
+  magic[5] = "magic";
+  magic[7] = "7";
+  auto inv = ParseCommandLine(magic, nullptr);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->submit.spec().method(), "magic");
+  EXPECT_EQ(inv->submit.spec().bits(), 7);
+}
+
+TEST(CommandLine, QualityGateNeedsWaitAndEval) {
+  auto args = SubmitArgs();
+  args.insert(args.end(), {"--max-ppl-ratio", "1.2"});
+  EXPECT_FALSE(ParseCommandLine(args, nullptr).ok());
+  args.push_back("--wait");
+  EXPECT_FALSE(ParseCommandLine(args, nullptr).ok());  // no --eval
+  args.insert(args.end(), {"--eval", "e.u16"});
+  auto inv = ParseCommandLine(args, nullptr);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  ASSERT_TRUE(inv->max_ppl_ratio.has_value());
+  EXPECT_DOUBLE_EQ(*inv->max_ppl_ratio, 1.2);
+  EXPECT_TRUE(inv->wait);
+  args.back() = "e.u16";
+  auto zero = args;
+  zero[zero.size() - 4] = "0";
+  EXPECT_FALSE(ParseCommandLine(zero, nullptr).ok());
+}
+
+TEST(CommandLine, AddressPrecedence) {
+  EXPECT_EQ(ParseCommandLine({"jobs"}, nullptr)->addr, "127.0.0.1:7070");
+  EXPECT_EQ(ParseCommandLine({"jobs"}, "")->addr, "127.0.0.1:7070");
+  EXPECT_EQ(ParseCommandLine({"jobs"}, "h:1")->addr, "h:1");
+  EXPECT_EQ(ParseCommandLine({"--addr", "h:2", "jobs"}, "h:1")->addr, "h:2");
+  EXPECT_EQ(ParseCommandLine({"jobs", "--addr=h:3"}, "h:1")->addr, "h:3");
+  EXPECT_FALSE(ParseCommandLine({"--addr", "a:1", "jobs", "--addr", "b:2"}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"--addr"}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"jobs", "--addr="}, nullptr).ok());
+}
+
+TEST(CommandLine, JobCommands) {
+  for (auto [name, cmd] : std::vector<std::pair<std::string, Command>>{
+           {"watch", Command::kWatch}, {"status", Command::kStatus}, {"cancel", Command::kCancel}}) {
+    auto inv = ParseCommandLine({name, "job-1", "--json"}, nullptr);
+    ASSERT_TRUE(inv.ok()) << name << inv.status();
+    EXPECT_EQ(inv->command, cmd);
+    EXPECT_EQ(inv->job_id, "job-1");
+    EXPECT_TRUE(inv->json);
+    EXPECT_FALSE(ParseCommandLine({name}, nullptr).ok()) << name;
+    EXPECT_FALSE(ParseCommandLine({name, "a", "b"}, nullptr).ok()) << name;
+  }
+  EXPECT_EQ(ParseCommandLine({"jobs", "--json"}, nullptr)->command, Command::kJobs);
+  EXPECT_FALSE(ParseCommandLine({"jobs", "x"}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"jobs", "--wait"}, nullptr).ok());
+}
+
+TEST(CommandLine, ModelsAndFetch) {
+  auto all = ParseCommandLine({"models"}, nullptr);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->model_name, "");
+  EXPECT_EQ(ParseCommandLine({"models", "m", "--json"}, nullptr)->model_name, "m");
+
+  auto f = ParseCommandLine({"fetch", "m@2", "-o", "/tmp/out"}, nullptr);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->command, Command::kFetch);
+  EXPECT_EQ(f->model_name, "m");
+  EXPECT_EQ(f->model_version, 2);
+  EXPECT_EQ(f->out_dir, "/tmp/out");
+  EXPECT_TRUE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "native"}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"fetch", "m"}, nullptr).ok());  // no -o
+  auto hf = ParseCommandLine({"fetch", "m", "-o", "d", "--format", "hf"}, nullptr);
+  ASSERT_FALSE(hf.ok());
+  EXPECT_NE(hf.status().message().find("not implemented"), std::string::npos);
+  EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "gguf"}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"fetch", "m@0", "-o", "d"}, nullptr).ok());
+}
+
+TEST(CommandLine, HelpAndUnknown) {
+  EXPECT_EQ(ParseCommandLine({"--help"}, nullptr)->command, Command::kHelp);
+  EXPECT_EQ(ParseCommandLine({"-h"}, nullptr)->command, Command::kHelp);
+  EXPECT_EQ(ParseCommandLine({"help"}, nullptr)->command, Command::kHelp);
+  EXPECT_EQ(ParseCommandLine({"fetch", "--help"}, nullptr)->command, Command::kHelp);
+  EXPECT_FALSE(ParseCommandLine({}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"frobnicate"}, nullptr).ok());
+  EXPECT_FALSE(ParseCommandLine({"--json", "jobs"}, nullptr).ok());
+  const std::string usage = UsageText();
+  for (const char* s : {"submit", "watch", "jobs", "status", "cancel", "models", "fetch",
+                        "exit codes", "QUANTD_ADDR"}) {
+    EXPECT_NE(usage.find(s), std::string::npos) << s;
+  }
+}
+
+}  // namespace
+}  // namespace quantd::client

@@ -1,0 +1,176 @@
+#include "client/commands.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/client.h"
+#include "client/command_line.h"
+#include "client/output.h"
+
+namespace quantd::client {
+namespace {
+
+namespace v1 = quantd::v1;
+
+int Fail(const Streams& io, const absl::Status& st) {
+  io.err << "quantctl: " << absl::StatusCodeToString(st.code()) << ": " << st.message() << "\n";
+  return ExitCodeFor(st);
+}
+
+// 128 random bits as hex: unique enough that two submits never share an idempotency key.
+std::string RandomRequestId() {
+  std::random_device rd;
+  std::string id = "quantctl-";
+  for (int i = 0; i < 4; ++i) absl::StrAppend(&id, absl::Hex(rd(), absl::kZeroPad8));
+  return id;
+}
+
+// Watches `id` to the end, printing progress to the human stream (stderr with --json).
+// Returns the exit code by outcome and quality gate.
+int WatchToEnd(QuantdClient& client, const Invocation& inv, const std::string& id,
+               const Streams& io) {
+  std::ostream& human = inv.json ? io.err : io.out;
+  ProgressPrinter progress(human, inv.json ? io.err_is_tty : io.out_is_tty);
+  absl::StatusOr<v1::Job> job = client.Watch(
+      id, [&progress](const v1::JobEvent& e) { progress.OnEvent(e); },
+      [&progress](const absl::Status& st) {
+        progress.Note(absl::StrCat("connection lost (", st.message(), "); re-attaching"));
+      });
+  progress.Finish();
+  if (!job.ok()) return Fail(io, job.status());
+  if (inv.json) io.out << ToJson(*job) << "\n";
+  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+    io.err << "quantctl: " << FinalJobLine(*job) << "\n";
+    return kExitFailed;
+  }
+  human << FinalJobLine(*job) << "\n";
+  if (inv.max_ppl_ratio) {
+    const double fp = job->fp_ppl(), q = job->quant_ppl();
+    if (!(fp > 0) || !(q > 0)) {
+      io.err << "quantctl: quality gate: the job has no perplexity (fp " << fp << ", quantized "
+             << q << ")\n";
+      return kExitQualityGate;
+    }
+    const double ratio = q / fp;
+    const std::string line =
+        absl::StrFormat("quantized perplexity %.4f / fp perplexity %.4f = %.4f", q, fp, ratio);
+    if (ratio > *inv.max_ppl_ratio) {
+      io.err << "quantctl: quality gate failed: " << line << " > "
+             << absl::StrFormat("%g", *inv.max_ppl_ratio) << "\n";
+      return kExitQualityGate;
+    }
+    human << "quality gate passed: " << line << " <= "
+          << absl::StrFormat("%g", *inv.max_ppl_ratio) << "\n";
+  }
+  return kExitOk;
+}
+
+int Submit(QuantdClient& client, const Invocation& inv, const Streams& io) {
+  v1::SubmitJobRequest req = inv.submit;
+  if (req.request_id().empty()) req.set_request_id(RandomRequestId());
+  absl::StatusOr<v1::SubmitJobResponse> resp = client.Submit(req);
+  if (!resp.ok()) return Fail(io, resp.status());
+  const v1::Job& job = resp->job();
+  if (!resp->created()) {
+    io.err << "quantctl: request id " << req.request_id() << " matched existing job " << job.id()
+           << "\n";
+  }
+  if (!inv.wait) {
+    io.out << (inv.json ? ToJson(job) : job.id()) << "\n";
+    return kExitOk;
+  }
+  (inv.json ? io.err : io.out) << job.id() << "\n";
+  return WatchToEnd(client, inv, job.id(), io);
+}
+
+int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
+  FetchOptions opts;
+  opts.on_file = [&io](const std::string& path, uint64_t size, uint64_t resumed_from,
+                       bool already_present) {
+    io.out << "  " << path << "  " << size << " bytes";
+    if (already_present) {
+      io.out << " (already present, verified)";
+    } else if (resumed_from > 0) {
+      io.out << " (resumed at byte " << resumed_from << ")";
+    }
+    io.out << "  sha256 ok\n";
+    io.out.flush();
+  };
+  opts.on_retry = [&io](const std::string& path, const absl::Status& st) {
+    io.err << "quantctl: " << path << ": stream broke (" << st.message() << "); resuming\n";
+  };
+  absl::StatusOr<v1::ModelVersion> mv =
+      client.Fetch(inv.model_name, inv.model_version, inv.out_dir, opts);
+  if (!mv.ok()) return Fail(io, mv.status());
+  io.out << "fetched " << mv->name() << " version " << mv->version() << " (" << mv->files_size()
+         << " files) to " << inv.out_dir << "\n";
+  return kExitOk;
+}
+
+int Run(QuantdClient& client, const Invocation& inv, const Streams& io) {
+  switch (inv.command) {
+    case Command::kSubmit:
+      return Submit(client, inv, io);
+    case Command::kWatch:
+      return WatchToEnd(client, inv, inv.job_id, io);
+    case Command::kJobs: {
+      auto jobs = client.ListJobs();
+      if (!jobs.ok()) return Fail(io, jobs.status());
+      io.out << (inv.json ? ToJsonArray(*jobs) + "\n" : JobsTable(*jobs));
+      return kExitOk;
+    }
+    case Command::kStatus: {
+      auto job = client.GetJob(inv.job_id);
+      if (!job.ok()) return Fail(io, job.status());
+      io.out << (inv.json ? ToJson(*job) + "\n" : DescribeJob(*job));
+      return kExitOk;
+    }
+    case Command::kCancel: {
+      auto job = client.Cancel(inv.job_id);
+      if (!job.ok()) return Fail(io, job.status());
+      io.out << (inv.json ? ToJson(*job)
+                          : absl::StrCat("job ", job->id(), ": ", StateName(job->state())))
+             << "\n";
+      return kExitOk;
+    }
+    case Command::kModels: {
+      auto models = client.ListModels(inv.model_name);
+      if (!models.ok()) return Fail(io, models.status());
+      io.out << (inv.json ? ToJsonArray(*models) + "\n" : ModelsTable(*models));
+      return kExitOk;
+    }
+    case Command::kFetch:
+      return Fetch(client, inv, io);
+    case Command::kHelp:
+      break;
+  }
+  io.out << UsageText();
+  return kExitOk;
+}
+
+}  // namespace
+
+int ExitCodeFor(const absl::Status& status) {
+  if (status.ok()) return kExitOk;
+  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) return kExitUnavailable;
+  return kExitFailed;
+}
+
+int RunQuantctl(const std::vector<std::string>& args, const char* env_addr, const Streams& io) {
+  absl::StatusOr<Invocation> inv = ParseCommandLine(args, env_addr);
+  if (!inv.ok()) {
+    io.err << "quantctl: " << inv.status().message() << "\n"
+           << "Run 'quantctl --help' for usage.\n";
+    return kExitUsage;
+  }
+  if (inv->command == Command::kHelp) {
+    io.out << UsageText();
+    return kExitOk;
+  }
+  absl::StatusOr<std::unique_ptr<QuantdClient>> client = QuantdClient::Connect(inv->addr);
+  if (!client.ok()) return Fail(io, client.status());
+  return Run(**client, *inv, io);
+}
+
+}  // namespace quantd::client

@@ -1,0 +1,17 @@
+// quantctl: command-line client of quantd. Collects argv, $QUANTD_ADDR and whether stdout /
+// stderr are terminals, and hands them to the client library (commands.h).
+#include <unistd.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "client/commands.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  quantd::client::Streams io{std::cout, std::cerr, isatty(STDOUT_FILENO) == 1,
+                             isatty(STDERR_FILENO) == 1};
+  return quantd::client::RunQuantctl(args, std::getenv("QUANTD_ADDR"), io);
+}

@@ -1,0 +1,215 @@
+#include "client/output.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "google/protobuf/util/json_util.h"
+#include "nlohmann/json.hpp"
+
+namespace quantd::client {
+namespace {
+
+namespace v1 = quantd::v1;
+using ojson = nlohmann::ordered_json;
+
+ojson ToOrderedJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.preserve_proto_field_names = true;
+  opts.always_print_primitive_fields = true;
+  opts.always_print_enums_as_ints = false;
+  std::string text;
+  auto st = google::protobuf::util::MessageToJsonString(message, &text, opts);
+  if (!st.ok()) return ojson{{"error", std::string(st.message())}};
+  return ojson::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
+std::string Ppl(const std::optional<double>& v) {
+  return v ? absl::StrFormat("%.4f", *v) : std::string("-");
+}
+
+std::string PplOrDash(double v) { return v > 0 ? absl::StrFormat("%.4f", v) : std::string("-"); }
+
+}  // namespace
+
+std::string ToJson(const google::protobuf::Message& message) {
+  return ToOrderedJson(message).dump(2);
+}
+
+std::string ToJsonArrayOf(const std::vector<const google::protobuf::Message*>& messages) {
+  ojson arr = ojson::array();
+  for (const auto* m : messages) arr.push_back(ToOrderedJson(*m));
+  return arr.dump(2);
+}
+
+std::string StateName(v1::JobState state) {
+  std::string name = v1::JobState_Name(state);
+  if (name.empty()) return absl::StrCat("STATE_", static_cast<int>(state));
+  return std::string(absl::StripPrefix(name, "JOB_STATE_"));
+}
+
+ManifestSummary SummarizeManifest(const std::string& manifest_json) {
+  ManifestSummary s;
+  nlohmann::json j = nlohmann::json::parse(manifest_json, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return s;
+  if (auto it = j.find("method"); it != j.end() && it->is_string()) s.method = it->get<std::string>();
+  if (auto it = j.find("bits"); it != j.end() && it->is_number_integer()) s.bits = it->get<int>();
+  if (auto p = j.find("perplexity"); p != j.end() && p->is_object()) {
+    if (auto it = p->find("fp"); it != p->end() && it->is_number()) s.fp_ppl = it->get<double>();
+    if (auto it = p->find("quantized"); it != p->end() && it->is_number()) {
+      s.quant_ppl = it->get<double>();
+    }
+  }
+  return s;
+}
+
+std::string FormatTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width(header.size(), 0);
+  auto measure = [&width](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+      width[i] = std::max(width[i], row[i].size());
+    }
+  };
+  measure(header);
+  for (const auto& r : rows) measure(r);
+  std::string out;
+  auto emit = [&](const std::vector<std::string>& row) {
+    std::string line;
+    for (size_t i = 0; i < width.size(); ++i) {
+      const std::string cell = i < row.size() ? row[i] : "";
+      if (i + 1 < width.size()) {
+        absl::StrAppend(&line, cell, std::string(width[i] - cell.size() + 2, ' '));
+      } else {
+        absl::StrAppend(&line, cell);
+      }
+    }
+    absl::StrAppend(&out, line, "\n");
+  };
+  emit(header);
+  for (const auto& r : rows) emit(r);
+  return out;
+}
+
+std::string JobsTable(const std::vector<v1::Job>& jobs) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Job& j : jobs) {
+    rows.push_back({j.id(), StateName(j.state()), j.name(),
+                    absl::StrCat(j.spec().method(), "/", j.spec().bits()),
+                    j.phase().empty() ? "-" : j.phase(),
+                    absl::StrFormat("%.0f%%", 100.0 * j.progress()),
+                    j.version() > 0 ? absl::StrCat(j.version()) : "-", PplOrDash(j.fp_ppl()),
+                    PplOrDash(j.quant_ppl())});
+  }
+  return FormatTable(
+      {"ID", "STATE", "NAME", "METHOD/BITS", "PHASE", "PROGRESS", "VERSION", "FP_PPL", "Q_PPL"},
+      rows);
+}
+
+std::string ModelsTable(const std::vector<v1::ModelVersion>& models) {
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::ModelVersion& m : models) {
+    ManifestSummary s = SummarizeManifest(m.manifest_json());
+    rows.push_back({m.name(), absl::StrCat(m.version()), s.method.value_or("-"),
+                    s.bits ? absl::StrCat(*s.bits) : "-", Ppl(s.fp_ppl), Ppl(s.quant_ppl)});
+  }
+  return FormatTable({"NAME", "VERSION", "METHOD", "BITS", "FP_PPL", "Q_PPL"}, rows);
+}
+
+std::string DescribeJob(const v1::Job& j) {
+  std::string out;
+  auto kv = [&out](absl::string_view k, const std::string& v) {
+    absl::StrAppend(&out, absl::StrFormat("%-12s %s\n", absl::StrCat(k, ":"), v));
+  };
+  kv("id", j.id());
+  kv("name", j.name());
+  kv("state", StateName(j.state()));
+  kv("method", absl::StrCat(j.spec().method(), ", ", j.spec().bits(), " bits"));
+  kv("phase", j.phase().empty() ? "-" : j.phase());
+  kv("progress", absl::StrFormat("%d/%d tasks, %.1f%%", j.tasks_done(), j.tasks_total(),
+                                 100.0 * j.progress()));
+  if (j.version() > 0) kv("version", absl::StrCat(j.version()));
+  if (j.fp_ppl() > 0) kv("fp_ppl", absl::StrFormat("%.4f", j.fp_ppl()));
+  if (j.quant_ppl() > 0) kv("quant_ppl", absl::StrFormat("%.4f", j.quant_ppl()));
+  if (!j.error().empty()) kv("error", j.error());
+  kv("model_dir", j.model_dir());
+  kv("calib_path", j.calib_path());
+  if (!j.eval_path().empty()) kv("eval_path", j.eval_path());
+  kv("request_id", j.request_id());
+  return out;
+}
+
+std::string FinalJobLine(const v1::Job& j) {
+  std::string line = absl::StrCat("job ", j.id(), " ", StateName(j.state()));
+  if (j.state() == v1::JOB_STATE_SUCCEEDED) {
+    absl::StrAppend(&line, ": ", j.name(), " version ", j.version());
+    if (j.fp_ppl() > 0 || j.quant_ppl() > 0) {
+      absl::StrAppend(&line, absl::StrFormat(", perplexity fp %.4f -> quantized %.4f", j.fp_ppl(),
+                                             j.quant_ppl()));
+    } else {
+      absl::StrAppend(&line, ", no perplexity evaluation");
+    }
+  } else if (!j.error().empty()) {
+    absl::StrAppend(&line, ": ", j.error());
+  }
+  return line;
+}
+
+std::string ProgressText(const v1::Job& j) {
+  std::string s = StateName(j.state());
+  if (!j.phase().empty()) absl::StrAppend(&s, " ", j.phase());
+  if (j.tasks_total() > 0) absl::StrAppend(&s, " ", j.tasks_done(), "/", j.tasks_total());
+  absl::StrAppend(&s, absl::StrFormat(" %.1f%%", 100.0 * j.progress()));
+  return s;
+}
+
+void ProgressPrinter::ClearLine() {
+  if (tty_ && drawn_width_ > 0) {
+    out_ << '\r' << std::string(drawn_width_, ' ') << '\r';
+    drawn_width_ = 0;
+  }
+}
+
+void ProgressPrinter::OnEvent(const v1::JobEvent& event) {
+  const v1::Job& j = event.job();
+  if (!event.message().empty() && event.message() != last_message_) {
+    last_message_ = event.message();
+    Note(event.message());
+  }
+  const std::string text = ProgressText(j);
+  if (tty_) {
+    constexpr int kBar = 24;
+    const double p = std::clamp(j.progress(), 0.0, 1.0);
+    const int filled = static_cast<int>(p * kBar + 0.5);
+    const std::string line = absl::StrCat(
+        "[", std::string(filled, '#'), std::string(kBar - filled, '.'), "] ", text);
+    out_ << '\r' << line;
+    if (line.size() < drawn_width_) out_ << std::string(drawn_width_ - line.size(), ' ');
+    drawn_width_ = std::max(drawn_width_, line.size());
+    out_.flush();
+    return;
+  }
+  const std::string key = absl::StrCat(j.state(), "|", j.phase(), "|", j.tasks_done(), "|",
+                                       j.tasks_total());
+  if (key == last_key_) return;
+  last_key_ = key;
+  out_ << text << "\n";
+  out_.flush();
+}
+
+void ProgressPrinter::Note(const std::string& text) {
+  ClearLine();
+  out_ << text << "\n";
+  out_.flush();
+}
+
+void ProgressPrinter::Finish() {
+  if (tty_ && drawn_width_ > 0) {
+    out_ << "\n";
+    drawn_width_ = 0;
+    out_.flush();
+  }
+}
+
+}  // namespace quantd::client

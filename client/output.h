@@ -1,0 +1,79 @@
+// How quantctl prints things: --json documents, human tables, the watch progress line and the
+// summary of a registry manifest. Pure formatting; commands.cc decides where it goes.
+// Thread-safety: pure functions, except ProgressPrinter (one per watch, not shared).
+#ifndef QUANTD_CLIENT_OUTPUT_H_
+#define QUANTD_CLIENT_OUTPUT_H_
+
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "google/protobuf/message.h"
+#include "proto/quantd.pb.h"
+
+namespace quantd::client {
+
+// The message as JSON with proto field names (snake_case), every primitive field printed even
+// when it has its default value, enums by name, int64/uint64 as strings (proto3 JSON mapping);
+// 2-space indented, fields in proto order.
+std::string ToJson(const google::protobuf::Message& message);
+// A JSON array of such objects.
+std::string ToJsonArrayOf(const std::vector<const google::protobuf::Message*>& messages);
+template <typename M>
+std::string ToJsonArray(const std::vector<M>& messages) {
+  std::vector<const google::protobuf::Message*> ptrs;
+  for (const M& m : messages) ptrs.push_back(&m);
+  return ToJsonArrayOf(ptrs);
+}
+
+// "SUCCEEDED" for JOB_STATE_SUCCEEDED, etc.
+std::string StateName(quantd::v1::JobState state);
+
+// Fields quantctl shows from a manifest_json; absent when missing or of the wrong type.
+struct ManifestSummary {
+  std::optional<std::string> method;
+  std::optional<int> bits;
+  std::optional<double> fp_ppl;
+  std::optional<double> quant_ppl;
+};
+// Lenient: malformed JSON or missing keys give empty fields, never an error.
+ManifestSummary SummarizeManifest(const std::string& manifest_json);
+
+// Fixed-width table: header row, then rows; columns separated by two spaces.
+std::string FormatTable(const std::vector<std::string>& header,
+                        const std::vector<std::vector<std::string>>& rows);
+std::string JobsTable(const std::vector<quantd::v1::Job>& jobs);
+std::string ModelsTable(const std::vector<quantd::v1::ModelVersion>& models);
+// Multi-line "key: value" description of one job.
+std::string DescribeJob(const quantd::v1::Job& job);
+// One line: "job ID SUCCEEDED: NAME version 3, perplexity fp 5.4540 -> quantized 5.9000".
+std::string FinalJobLine(const quantd::v1::Job& job);
+
+// "RUNNING quantize 12/35 34.3%" (parts that are unset are left out).
+std::string ProgressText(const quantd::v1::Job& job);
+
+// Prints watch progress to one stream. On a terminal: one line redrawn with '\r' and a bar;
+// otherwise: a plain line each time state, phase or task counts change. Event messages are
+// printed on their own line when they change.
+class ProgressPrinter {
+ public:
+  ProgressPrinter(std::ostream& out, bool is_tty) : out_(out), tty_(is_tty) {}
+  void OnEvent(const quantd::v1::JobEvent& event);
+  // A line of its own (e.g. "re-attaching"), keeping the bar intact on a terminal.
+  void Note(const std::string& text);
+  // Ends the progress line on a terminal; idempotent.
+  void Finish();
+
+ private:
+  void ClearLine();
+  std::ostream& out_;
+  bool tty_;
+  std::string last_key_;
+  std::string last_message_;
+  size_t drawn_width_ = 0;
+};
+
+}  // namespace quantd::client
+
+#endif  // QUANTD_CLIENT_OUTPUT_H_
