@@ -43,8 +43,9 @@ class FakeRegistry final : public v1::RegistryService::Service {
       c.set_offset(off);
       c.set_data(data.substr(off, 1000));
       writer->Write(c);
-      if (do_break) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator restarting");
+      if (do_break) break;
     }
+    if (do_break) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "coordinator restarting");
     return grpc::Status::OK;
   }
 };
