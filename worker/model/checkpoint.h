@@ -1,0 +1,50 @@
+// A Hugging Face model directory's weights: either one model.safetensors or shards listed in
+// model.safetensors.index.json ("weight_map": tensor name -> shard file in the same directory).
+// Thread-safety: immutable after Open(); safe to share between threads. TensorViews point into
+// the memory-mapped shards and live as long as the Checkpoint.
+#ifndef QUANTD_WORKER_MODEL_CHECKPOINT_H_
+#define QUANTD_WORKER_MODEL_CHECKPOINT_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/matrix.h"
+#include "worker/model/safetensors.h"
+
+namespace quantd::model {
+
+class Checkpoint {
+ public:
+  // Opens `dir` (or a single .safetensors file path). NOT_FOUND if neither file exists;
+  // INVALID_ARGUMENT for a malformed index (shard names with '/', tensors missing from the
+  // named shard) or malformed shards.
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir);
+
+  std::vector<std::string> Names() const;                        // sorted
+  absl::StatusOr<TensorView> Get(std::string_view name) const;  // NOT_FOUND if absent
+
+  // Converts a F64/F32/F16/BF16 tensor to fp32: 2-D [r,c] -> r x c, 1-D [n] -> 1 x n.
+  // INVALID_ARGUMENT for other dtypes or ranks.
+  absl::StatusOr<MatrixF> ReadMatrix(std::string_view name) const;
+
+ private:
+  Checkpoint() = default;
+  std::string dir_;
+  std::vector<std::unique_ptr<SafetensorsFile>> shards_;
+  std::map<std::string, const SafetensorsFile*, std::less<>> where_;
+};
+
+// Converts raw little-endian half-precision bits to float.
+float HalfToFloat(uint16_t h);
+float BFloat16ToFloat(uint16_t h);
+// Round-to-nearest-even conversions from float (NaN stays NaN).
+uint16_t FloatToHalf(float f);
+uint16_t FloatToBFloat16(float f);
+
+}  // namespace quantd::model
+
+#endif  // QUANTD_WORKER_MODEL_CHECKPOINT_H_

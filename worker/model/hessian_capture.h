@@ -1,0 +1,45 @@
+// An ActivationSink that accumulates, per (layer, linear group), the fp64 sum H = Σ xᵀx over
+// every token row x fed to that group, plus the number of rows. H / Tokens() (times 2 in the
+// GPTQ convention) is the layer-wise proxy Hessian used by GPTQ/LDLQ.
+// Thread-safety: OnLinearInput is thread-safe (one mutex per slot), so Forward may run on
+// several threads with one capture. Sum()/Tokens() must not race with OnLinearInput.
+#ifndef QUANTD_WORKER_MODEL_HESSIAN_CAPTURE_H_
+#define QUANTD_WORKER_MODEL_HESSIAN_CAPTURE_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "common/matrix.h"
+#include "worker/model/config.h"
+#include "worker/model/forward.h"
+
+namespace quantd::model {
+
+class HessianCapture : public ActivationSink {
+ public:
+  // Allocates zeroed in x in sums (in = GroupInputDim) for every layer and group.
+  explicit HessianCapture(const LlamaConfig& cfg);
+
+  // Adds xᵀx (fp64) to slot (layer, group). Ignores calls with an out-of-range layer or a
+  // column count that does not match the group (cannot happen with Forward).
+  void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
+
+  const MatrixD& Sum(int layer, LinearGroup g) const;  // [in x in], symmetric
+  int64_t Tokens(int layer, LinearGroup g) const;      // rows accumulated
+
+ private:
+  struct Slot {
+    absl::Mutex mu;
+    MatrixD sum ABSL_GUARDED_BY(mu);
+    int64_t tokens ABSL_GUARDED_BY(mu) = 0;
+  };
+  Slot& At(int layer, LinearGroup g) const;
+  std::vector<std::unique_ptr<Slot>> slots_;  // layer * kNumGroups + group
+};
+
+}  // namespace quantd::model
+
+#endif  // QUANTD_WORKER_MODEL_HESSIAN_CAPTURE_H_
