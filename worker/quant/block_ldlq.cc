@@ -9,6 +9,9 @@ namespace quantd::quant {
 namespace {
 
 constexpr int kBatchColumns = 128;
+// Fewer rows than this are quantized on one thread: tiny OpenMP regions cost more than they save
+// (and spin badly on an oversubscribed machine).
+constexpr int kMinParallelRows = 256;
 
 // Quantizes every row of x [m×g] with the codebook into what(:, c0:c0+g) and codes.
 void QuantizeBlock(const MatrixD& x, int block, int c0, const VectorCodebook& cb, MatrixD* what,
@@ -16,7 +19,7 @@ void QuantizeBlock(const MatrixD& x, int block, int c0, const VectorCodebook& cb
   const int g = cb.dim(), cpv = cb.codes_per_vector();
   const int m = static_cast<int>(x.rows());
   const int blocks = static_cast<int>(what->cols()) / g;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m >= kMinParallelRows)
   for (int r = 0; r < m; ++r) {
     float in[64], out[64];
     for (int j = 0; j < g; ++j) in[j] = static_cast<float>(x(r, j));

@@ -97,7 +97,7 @@ class CpuDevice : public Device {
     }
     const double norm = 1.0 / std::sqrt(static_cast<double>(len));
     const int64_t r = rows->rows();
-#pragma omp parallel for num_threads(threads_) schedule(static)
+#pragma omp parallel for num_threads(threads_) schedule(static) if (r * len >= (int64_t{1} << 16))
     for (int64_t i = 0; i < r; ++i) {
       double* x = rows->data() + i * len;
       Fwht(x, len);

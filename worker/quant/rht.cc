@@ -98,7 +98,7 @@ void Rht::ApplyOne(double* x, double* scratch, bool transpose) const {
 void Rht::Run(MatrixD* rows, bool inverse) const {
   if (rows->cols() != n_) return;
   const int64_t r = rows->rows();
-#pragma omp parallel
+#pragma omp parallel if (r * n_ >= (int64_t{1} << 16))
   {
     std::vector<double> scratch(n_);
 #pragma omp for schedule(static)
