@@ -19,25 +19,25 @@ absl::Status CheckShapes(const MatrixD& w, const MatrixD& h) {
   return absl::OkStatus();
 }
 
-// Upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) from the lower factor of H.
-absl::StatusOr<MatrixD> UpperCholOfInverse(Device& dev, const MatrixD& lower) {
-  const int n = static_cast<int>(lower.rows());
-  MatrixD linv = MatrixD::Identity(n, n);
-  QUANTD_RETURN_IF_ERROR(dev.SolveLower(lower, false, &linv));  // L⁻¹
-  MatrixD hinv;
-  QUANTD_RETURN_IF_ERROR(dev.Gemm(MatrixD(linv.transpose()), linv, &hinv));  // L⁻ᵀ L⁻¹
-  MatrixD l2;
-  QUANTD_RETURN_IF_ERROR(dev.Cholesky(hinv, &l2));
-  return MatrixD(l2.transpose());
+// Upper Cholesky factor R of H⁻¹ (H⁻¹ = Rᵀ R): with J the reversal, J H J = Lr Lrᵀ gives
+// H = Ũ Ũᵀ for the upper Ũ = J Lr J, so R = Ũ⁻¹ = J Lr⁻¹ J. One Cholesky and one triangular
+// solve; no explicit inverse of H.
+absl::StatusOr<MatrixD> UpperCholOfInverse(Device& dev, const MatrixD& h) {
+  const int n = static_cast<int>(h.rows());
+  MatrixD lr;
+  QUANTD_RETURN_IF_ERROR(dev.Cholesky(MatrixD(h.reverse()), &lr));
+  MatrixD inv = MatrixD::Identity(n, n);
+  QUANTD_RETURN_IF_ERROR(dev.SolveLower(lr, false, &inv));
+  return MatrixD(inv.reverse());
 }
 
 }  // namespace
 
-absl::StatusOr<LdlqResult> LdlqGptq(Device& dev, const MatrixD& w_in, const MatrixD& lower,
+absl::StatusOr<LdlqResult> LdlqGptq(Device& dev, const MatrixD& w_in, const MatrixD& h,
                                     ColumnRounder& rounder) {
-  QUANTD_RETURN_IF_ERROR(CheckShapes(w_in, lower));
+  QUANTD_RETURN_IF_ERROR(CheckShapes(w_in, h));
   const int m = static_cast<int>(w_in.rows()), n = static_cast<int>(w_in.cols());
-  QUANTD_ASSIGN_OR_RETURN(MatrixD u, UpperCholOfInverse(dev, lower));
+  QUANTD_ASSIGN_OR_RETURN(MatrixD u, UpperCholOfInverse(dev, h));
   // Batches hold whole groups so that a group's grid is fit on fully updated columns.
   const int gs = rounder.group_size();
   int batch = kLazyBatch;

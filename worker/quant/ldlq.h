@@ -34,9 +34,9 @@ struct LdlqResult {
   std::vector<uint16_t> codes; // m·n, row-major
 };
 
-// GPTQ formulation. h: damped n×n PD Hessian, `lower` its Cholesky factor (h = L Lᵀ).
-// FAILED_PRECONDITION when H⁻¹ is not numerically PD; INVALID_ARGUMENT on shape mismatch.
-absl::StatusOr<LdlqResult> LdlqGptq(Device& dev, const MatrixD& w, const MatrixD& lower,
+// GPTQ formulation. h: damped n×n PD Hessian.
+// FAILED_PRECONDITION when h is not numerically PD; INVALID_ARGUMENT on shape mismatch.
+absl::StatusOr<LdlqResult> LdlqGptq(Device& dev, const MatrixD& w, const MatrixD& h,
                                     ColumnRounder& rounder);
 
 // Explicit form (reference, O(m·n²)); ignores group_size (use fixed grids with it).

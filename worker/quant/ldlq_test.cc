@@ -62,7 +62,7 @@ TEST(LdlqTest, GptqFormEqualsExplicitLdlq) {
     absl::StatusOr<DampedHessian> d = DampAndFactor(*dev, h, 0.01, DampStyle::kGptq, "t");
     ASSERT_TRUE(d.ok());
     RowGridRounder r1(w, 3), r2(w, 3);
-    absl::StatusOr<LdlqResult> g = LdlqGptq(*dev, w, d->lower, r1);
+    absl::StatusOr<LdlqResult> g = LdlqGptq(*dev, w, d->h, r1);
     absl::StatusOr<LdlqResult> e = LdlqExplicit(*dev, w, d->h, r2);
     ASSERT_TRUE(g.ok() && e.ok());
     EXPECT_LT((g->what - e->what).cwiseAbs().maxCoeff(), 1e-9) << n;
@@ -82,7 +82,7 @@ TEST(LdlqTest, BeatsRtnOnCorrelatedActivations) {
       const double rtn = RelativeProxyLoss(w, QuantizeRtn(w, p)->what, h);
       absl::StatusOr<DampedHessian> d = DampAndFactor(*dev, h, 0.01, DampStyle::kGptq, "t");
       RowGridRounder r(w, bits);
-      const double ldlq = RelativeProxyLoss(w, LdlqGptq(*dev, w, d->lower, r)->what, h);
+      const double ldlq = RelativeProxyLoss(w, LdlqGptq(*dev, w, d->h, r)->what, h);
       EXPECT_LT(ldlq, rtn) << "seed " << seed << " bits " << bits;
     }
   }
@@ -109,7 +109,7 @@ TEST(LdlqTest, RhtPlusLdlqNoWorseOnAverageAt2Bits) {
       ScalarGrid g_;
     };
     Fixed f1(QuipGrid(rms, 2));
-    plain_sum += RelativeProxyLoss(w, LdlqGptq(*dev, w, d->lower, f1)->what, h);
+    plain_sum += RelativeProxyLoss(w, LdlqGptq(*dev, w, d->h, f1)->what, h);
     // Same after the RHT, measured back in the original basis.
     Rht rm = *MakeRht(m, seed + 1), rn = *MakeRht(n, seed + 2);
     MatrixD wt = w, ht = h;
@@ -117,7 +117,7 @@ TEST(LdlqTest, RhtPlusLdlqNoWorseOnAverageAt2Bits) {
     RhtHessian(rn, &ht);
     absl::StatusOr<DampedHessian> dt = DampAndFactor(*dev, ht, 0.01, DampStyle::kQuipSharp, "t");
     Fixed f2(QuipGrid(std::sqrt(wt.squaredNorm() / wt.size()), 2));
-    MatrixD what = LdlqGptq(*dev, wt, dt->lower, f2)->what;
+    MatrixD what = LdlqGptq(*dev, wt, dt->h, f2)->what;
     InverseRhtWeight(rm, rn, &what);
     rht_sum += RelativeProxyLoss(w, what, h);
   }

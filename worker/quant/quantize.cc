@@ -191,7 +191,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
                               DampAndFactor(dev, hd, spec.damp, DampStyle::kGptq, layer_name));
       AppendNote(&result.note, dh.note);
       GptqRounder rounder(wd, RtnParams{spec.bits, false, spec.group_size, spec.mse_clip});
-      QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.lower, rounder));
+      QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
       c.grids = rounder.TakeGrids();
       c.codes = std::move(r.codes);
     } else {
@@ -218,7 +218,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
       if (spec.method == Method::kQuip) {
         c.grids = {QuipGrid(Rms(wd), spec.bits)};
         FixedGridRounder rounder(c.grids[0]);
-        QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.lower, rounder));
+        QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
         c.codes = std::move(r.codes);
       } else {
         c.codebook = CodebookForBits(spec.bits);
