@@ -124,19 +124,12 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
       vh = v.middleCols(kvh * hd, hd);
       scores.noalias() = (qh * kh.transpose()) * scale;
       for (int t = 0; t < T; ++t) {
-        float* s = scores.row(t).data();
-        float mx = s[0];
-        for (int j = 1; j <= t; ++j) mx = std::max(mx, s[j]);
-        float sum = 0;
-        for (int j = 0; j <= t; ++j) {
-          s[j] = std::exp(s[j] - mx);
-          sum += s[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int j = 0; j <= t; ++j) s[j] *= inv;
-        for (int j = t + 1; j < T; ++j) s[j] = 0.0f;
+        auto row = scores.row(t);
+        auto live = row.head(t + 1).array();
+        live = (live - live.maxCoeff()).exp();  // vectorized exp
+        live *= 1.0f / live.sum();
       }
-      attn.middleCols(head * hd, hd).noalias() = scores * vh;
+      attn.middleCols(head * hd, hd).noalias() = scores.triangularView<Eigen::Lower>() * vh;
     }
     if (sink) sink->OnLinearInput(layer, LinearGroup::kO, attn);
     x.noalias() += attn * lw.o.transpose();
@@ -145,7 +138,7 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     if (sink) sink->OnLinearInput(layer, LinearGroup::kGateUp, h);
     g.noalias() = h * lw.gate.transpose();
     u.noalias() = h * lw.up.transpose();
-    g = g.unaryExpr([](float z) { return z / (1.0f + std::exp(-z)); }).cwiseProduct(u);
+    g.array() = g.array() / (1.0f + (-g.array()).exp()) * u.array();  // silu(g) * u
     if (sink) sink->OnLinearInput(layer, LinearGroup::kDown, g);
     x.noalias() += g * lw.down.transpose();
   }

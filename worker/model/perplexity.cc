@@ -64,9 +64,9 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, const LlamaW
     for (int64_t p = win.score_from; p < win.end; ++p) {
       const auto row = logits->row(p - win.begin);
       const float mx = row.maxCoeff();
-      double z = 0;
-      for (Eigen::Index j = 0; j < row.size(); ++j) z += std::exp(static_cast<double>(row[j] - mx));
-      sum += std::log(z) + mx - row[tokens[p + 1]];
+      // exp in fp32 (vectorized), accumulation and log in fp64.
+      const double z = (row.array() - mx).exp().template cast<double>().sum();
+      sum += std::log(z) + static_cast<double>(mx) - static_cast<double>(row[tokens[p + 1]]);
     }
     nll[i] = sum;
   }
