@@ -195,12 +195,14 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
       c.grids = rounder.TakeGrids();
       c.codes = std::move(r.codes);
     } else {
-      // Incoherence processing; quip-sharp first pads n to a multiple of 8 (zero columns, H_ii = 1).
+      // Incoherence processing; quip-sharp first pads n to a multiple of 8 with zero columns.
       if (spec.method == Method::kQuipSharp && n % 8 != 0) {
         c.n_padded = (n + 7) / 8 * 8;
         MatrixD wp = MatrixD::Zero(m, c.n_padded);
         wp.leftCols(n) = wd;
-        MatrixD hp = MatrixD::Identity(c.n_padded, c.n_padded);
+        // Padded inputs get H_ii = mean(diag H), i.e. 1 after the QuIP# normalization.
+        const double mean_diag = hd.diagonal().mean();
+        MatrixD hp = MatrixD::Identity(c.n_padded, c.n_padded) * (mean_diag > 0 ? mean_diag : 1.0);
         hp.topLeftCorner(n, n) = hd;
         wd = std::move(wp);
         hd = std::move(hp);
