@@ -105,6 +105,16 @@ class FakeQuant final : public v1::QuantService::Service {
 
 class FakeRegistry final : public v1::RegistryService::Service {
  public:
+  grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest* req,
+                        v1::ModelVersion* mv) override {
+    if (req->name() != "evil") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no model " + req->name());
+    mv->set_name("evil");
+    mv->set_version(1);
+    v1::ArtifactFile* f = mv->add_files();
+    f->set_path("../../outside");
+    f->set_size(1);
+    return grpc::Status::OK;
+  }
   grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* resp) override {
     v1::ModelVersion* a = resp->add_models();
@@ -282,6 +292,18 @@ TEST_F(CommandsTest, ModelsTableIsLenientAboutManifests) {
   r = Run({"models", "--json"});
   ASSERT_EQ(r.code, 0);
   EXPECT_EQ(json::parse(r.out)[0]["name"], "stories-qs2");
+}
+
+TEST_F(CommandsTest, FetchRefusesTraversalAndReportsNotFound) {
+  const std::string dir = ::testing::TempDir() + "/quantd_commands_fetch";
+  Result r = Run({"fetch", "evil", "-o", dir});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("quantctl: INVALID_ARGUMENT: server sent an unsafe file path \"../../outside\""),
+            std::string::npos)
+      << r.err;
+  r = Run({"fetch", "nope@2", "-o", dir});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "quantctl: NOT_FOUND: no model nope\n");
 }
 
 TEST_F(CommandsTest, UsageErrorsExit2AndUnreachableServerExit4) {
