@@ -18,7 +18,7 @@ namespace quantd {
 namespace {
 
 absl::Status ErrnoStatus(std::string_view what, const std::string& path, int err) {
-  std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(err));
+  std::string msg = absl::StrCat(std::string(what), " ", path, ": ", std::strerror(err));
   if (err == ENOENT) return absl::NotFoundError(msg);
   if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(msg);
   if (err == EACCES || err == EPERM) return absl::PermissionDeniedError(msg);
@@ -177,8 +177,8 @@ absl::StatusOr<uint64_t> FileSize(const std::string& path) {
 
 std::string JoinPath(std::string_view a, std::string_view b) {
   if (a.empty()) return std::string(b);
-  if (a.back() == '/') return absl::StrCat(a, b);
-  return absl::StrCat(a, "/", b);
+  if (a.back() == '/') return std::string(a) + std::string(b);
+  return std::string(a) + "/" + std::string(b);
 }
 
 }  // namespace quantd

@@ -7,6 +7,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_builder.h"
+#include "worker/quant/quantize.h"
 
 namespace quantd::server {
 namespace {
@@ -17,7 +18,7 @@ using quantd::v1::JobState;
 std::string RandomId(std::string_view prefix) {
   static thread_local std::mt19937_64 rng(std::random_device{}() ^
                                           static_cast<uint64_t>(absl::ToUnixNanos(absl::Now())));
-  return absl::StrCat(prefix, absl::Hex(rng(), absl::kZeroPad16));
+  return absl::StrCat(std::string(prefix), absl::Hex(rng(), absl::kZeroPad16));
 }
 
 int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
@@ -464,6 +465,11 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
       metrics_->TaskFinished(KindName(kind), "ok", h.seconds());
       if (!worker_name.empty()) metrics_->WorkerTaskCompleted(worker_name);
       if (kind == quantd::v1::TASK_KIND_HESSIAN) metrics_->HessianTokens(h.tokens());
+      if (kind == quantd::v1::TASK_KIND_QUANTIZE) {
+        if (auto info = quant::InspectPacked(data); info.ok()) {
+          metrics_->WeightsQuantized(int64_t{info->m} * info->n);
+        }
+      }
     } else {
       metrics_->TaskFinished(KindName(kind), "error", h.seconds());
       auto code = static_cast<absl::StatusCode>(h.error_code());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -35,7 +36,7 @@ std::string HessianShardResult(int64_t task_id) {
   return absl::StrCat("results/hessian_", task_id, ".safetensors");
 }
 std::string MergedHessianBlob(int layer, std::string_view group) {
-  return absl::StrCat("hessians/L", layer, ".", group, ".safetensors");
+  return absl::StrCat("hessians/L", layer, ".", std::string(group), ".safetensors");
 }
 std::string QuantizedResult(int64_t task_id) { return absl::StrCat("results/quant_", task_id, ".qpm"); }
 

@@ -34,7 +34,7 @@ class Stmt {
   int rc_;
 };
 
-absl::Status SqlError(sqlite3* db, std::string_view what) {
+absl::Status SqlError(sqlite3* db, const std::string& what) {
   return absl::InternalError(absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db)));
 }
 

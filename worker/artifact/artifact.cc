@@ -10,10 +10,9 @@
 namespace quantd::artifact {
 
 std::string QuantizedTensorName(std::string_view weight_name) {
-  if (absl::EndsWith(weight_name, ".weight")) {
-    return absl::StrCat(weight_name.substr(0, weight_name.size() - 7), ".qweight");
-  }
-  return absl::StrCat(weight_name, ".qweight");
+  std::string name(weight_name);
+  if (absl::EndsWith(name, ".weight")) name.resize(name.size() - 7);
+  return name + ".qweight";
 }
 
 absl::Status WriteArtifactModel(const model::Checkpoint& src,
@@ -75,6 +74,7 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
       const std::string name = model::LinearTensorName(l, lin);
       const std::string qname = QuantizedTensorName(name);
       MatrixF& dst = model::MutableLinear(w, l, lin);
+      const auto [rows, cols] = model::LinearShape(cfg, lin);
       if (auto q = ckpt->Get(qname); q.ok()) {
         auto m = quant::DequantizeMatrix(q->data);
         if (!m.ok()) {
@@ -84,10 +84,19 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
       } else {
         QUANTD_ASSIGN_OR_RETURN(dst, ckpt->ReadMatrix(name));
       }
+      if (dst.rows() != rows || dst.cols() != cols) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ", l, " ", std::string(model::LinearName(lin)),
+                                                       ": weight has shape [", dst.rows(), ",",
+                                                       dst.cols(), "], config.json says [", rows,
+                                                       ",", cols, "]"));
+      }
     }
   }
-  // Let the model library check every shape against the config.
-  QUANTD_RETURN_IF_ERROR(model::ValidateLlamaWeights(w, cfg));
+  if (w.embed.rows() != cfg.vocab_size || w.embed.cols() != cfg.hidden_size) {
+    return absl::InvalidArgumentError(absl::StrCat("embedding has shape [", w.embed.rows(), ",",
+                                                   w.embed.cols(), "], config.json says [",
+                                                   cfg.vocab_size, ",", cfg.hidden_size, "]"));
+  }
   if (config != nullptr) *config = cfg;
   return w;
 }

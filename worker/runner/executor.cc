@@ -40,7 +40,7 @@ absl::StatusOr<std::string> InputPath(const Task& task, const BlobResolver& blob
   for (const auto& in : task.inputs()) {
     if (in.name().rfind(name_prefix, 0) == 0) return blobs(in.name());
   }
-  return absl::InvalidArgumentError(absl::StrCat("task has no input ", name_prefix));
+  return absl::InvalidArgumentError(absl::StrCat("task has no input ", std::string(name_prefix)));
 }
 
 // Serializes all captured Hessians as one safetensors blob: L<l>.<group>.sum (F64 [n,n]) and
@@ -51,7 +51,7 @@ absl::StatusOr<std::string> SerializeCapture(const model::LlamaConfig& cfg,
   for (int l = 0; l < cfg.num_layers; ++l) {
     for (model::LinearGroup g : {model::LinearGroup::kQkv, model::LinearGroup::kO,
                                  model::LinearGroup::kGateUp, model::LinearGroup::kDown}) {
-      const std::string key = absl::StrCat("L", l, ".", model::GroupName(g));
+      const std::string key = absl::StrCat("L", l, ".", std::string(model::GroupName(g)));
       const MatrixD& h = cap.Sum(l, g);
       model::TensorToWrite s;
       s.name = key + ".sum";
