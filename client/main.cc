@@ -8,9 +8,13 @@
 #include <vector>
 
 #include "client/commands.h"
+#include "client/eval_command.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "eval") {  // local command: no server involved
+    return quantd::client::RunEvalCommand({args.begin() + 1, args.end()}, std::cout, std::cerr);
+  }
   quantd::client::Streams io{std::cout, std::cerr, isatty(STDOUT_FILENO) == 1,
                              isatty(STDERR_FILENO) == 1};
   return quantd::client::RunQuantctl(args, std::getenv("QUANTD_ADDR"), io);

@@ -26,6 +26,8 @@ endfunction()
 function(quantd_cc_binary)
   cmake_parse_arguments(Q "" "NAME" "SRCS;DEPS" ${ARGN})
   add_executable(${Q_NAME} ${Q_SRCS})
+  # Binaries land in the build root: build/quantd, build/quantd-worker, build/quantctl, ...
+  set_target_properties(${Q_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR})
   target_link_libraries(${Q_NAME} PRIVATE ${Q_DEPS})
   target_compile_options(${Q_NAME} PRIVATE -Wall -Wextra -Wno-unused-parameter)
 endfunction()

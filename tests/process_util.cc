@@ -115,12 +115,12 @@ Daemon::Daemon(int local_workers, std::vector<std::string> extra_flags, std::str
   metrics_port_ = FreePort();
   const std::string port_file = data_dir_ + "/port";
   ::unlink(port_file.c_str());
-  std::vector<std::string> argv = {BinaryDir() + "/server/quantd",
+  std::vector<std::string> argv = {BinaryDir() + "/quantd",
                                    "--listen=127.0.0.1:0",
                                    "--metrics_listen=127.0.0.1:" + std::to_string(metrics_port_),
                                    "--data_dir=" + data_dir_,
                                    "--port_file=" + port_file,
-                                   "--worker_binary=" + BinaryDir() + "/worker/runner/quantd-worker",
+                                   "--worker_binary=" + BinaryDir() + "/quantd-worker",
                                    "--local_workers=" + std::to_string(local_workers)};
   for (auto& f : extra_flags) argv.push_back(f);
   int log_fd = ::open((data_dir_ + "/quantd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -163,7 +163,7 @@ void Daemon::Kill(int sig) {
 std::string Daemon::addr() const { return "127.0.0.1:" + std::to_string(port_); }
 
 CommandResult Daemon::Quantctl(const std::vector<std::string>& args, int timeout_s) const {
-  std::vector<std::string> argv = {BinaryDir() + "/client/quantctl", "--addr", addr()};
+  std::vector<std::string> argv = {BinaryDir() + "/quantctl", "--addr", addr()};
   argv.insert(argv.end(), args.begin(), args.end());
   return Run(argv, {}, timeout_s);
 }

@@ -1,0 +1,75 @@
+#include "client/eval_command.h"
+
+#include <cstdio>
+
+#include "absl/strings/numbers.h"
+#include "worker/artifact/artifact.h"
+#include "worker/model/perplexity.h"
+#include "worker/model/tokens.h"
+
+namespace quantd::client {
+
+int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  std::string dir, data;
+  int context = 512;
+  bool json = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](std::string* v) {
+      if (i + 1 >= args.size()) return false;
+      *v = args[++i];
+      return true;
+    };
+    std::string v;
+    if (a == "--data") {
+      if (!value(&data)) break;
+    } else if (a == "--context") {
+      if (!value(&v) || !absl::SimpleAtoi(v, &context) || context < 2) {
+        err << "quantctl: --context needs an integer >= 2\n";
+        return 2;
+      }
+    } else if (a == "--json") {
+      json = true;
+    } else if (!a.empty() && a[0] != '-' && dir.empty()) {
+      dir = a;
+    } else {
+      err << "quantctl: eval: unexpected argument '" << a << "'\n";
+      return 2;
+    }
+  }
+  if (dir.empty() || data.empty()) {
+    err << "usage: quantctl eval MODEL_DIR --data TOKENS [--context N] [--json]\n";
+    return 2;
+  }
+  model::LlamaConfig cfg;
+  auto weights = artifact::LoadArtifactWeights(dir, &cfg);
+  if (!weights.ok()) {
+    err << "quantctl: " << weights.status().ToString() << "\n";
+    return 1;
+  }
+  auto tokens = model::LoadTokenFile(data);
+  if (!tokens.ok()) {
+    err << "quantctl: " << tokens.status().ToString() << "\n";
+    return 1;
+  }
+  model::PerplexityOptions opts;
+  opts.context = context;
+  auto p = model::Perplexity(cfg, *weights, *tokens, opts);
+  if (!p.ok()) {
+    err << "quantctl: " << p.status().ToString() << "\n";
+    return 1;
+  }
+  char buf[256];
+  if (json) {
+    std::snprintf(buf, sizeof(buf),
+                  "{\"ppl\": %.6f, \"mean_nll\": %.8f, \"targets\": %lld, \"context\": %d}\n",
+                  p->ppl, p->mean_nll, static_cast<long long>(p->targets), context);
+  } else {
+    std::snprintf(buf, sizeof(buf), "perplexity %.4f (mean NLL %.6f over %lld targets, context %d)\n",
+                  p->ppl, p->mean_nll, static_cast<long long>(p->targets), context);
+  }
+  out << buf;
+  return 0;
+}
+
+}  // namespace quantd::client
