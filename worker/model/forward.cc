@@ -117,19 +117,25 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     v.noalias() = h * lw.v.transpose();
     ApplyRope(cos, sin, nh, hd, &q);
     ApplyRope(cos, sin, nkv, hd, &k);
+    q *= scale;
+    // Causal attention in row blocks: block [r0, r0+rows) only sees keys [0, r0+rows).
+    constexpr int kBlock = 64;
     for (int head = 0; head < nh; ++head) {
       const int kvh = head / group;
       qh = q.middleCols(head * hd, hd);
       kh = k.middleCols(kvh * hd, hd);
       vh = v.middleCols(kvh * hd, hd);
-      scores.noalias() = (qh * kh.transpose()) * scale;
-      for (int t = 0; t < T; ++t) {
-        auto row = scores.row(t);
-        auto live = row.head(t + 1).array();
-        live = (live - live.maxCoeff()).exp();  // vectorized exp
-        live *= 1.0f / live.sum();
+      for (int r0 = 0; r0 < T; r0 += kBlock) {
+        const int rows = std::min(kBlock, T - r0), cols = r0 + rows;
+        scores.noalias() = qh.middleRows(r0, rows) * kh.topRows(cols).transpose();
+        for (int i = 0; i < rows; ++i) {
+          auto live = scores.row(i).head(r0 + i + 1).array();
+          live = (live - live.maxCoeff()).exp();  // vectorized exp
+          live *= 1.0f / live.sum();
+          scores.row(i).tail(rows - i - 1).setZero();
+        }
+        attn.block(r0, head * hd, rows, hd).noalias() = scores * vh.topRows(cols);
       }
-      attn.middleCols(head * hd, hd).noalias() = scores.triangularView<Eigen::Lower>() * vh;
     }
     if (sink) sink->OnLinearInput(layer, LinearGroup::kO, attn);
     x.noalias() += attn * lw.o.transpose();
