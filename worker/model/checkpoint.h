@@ -38,13 +38,6 @@ class Checkpoint {
   std::map<std::string, const SafetensorsFile*, std::less<>> where_;
 };
 
-// Converts raw little-endian half-precision bits to float.
-float HalfToFloat(uint16_t h);
-float BFloat16ToFloat(uint16_t h);
-// Round-to-nearest-even conversions from float (NaN stays NaN).
-uint16_t FloatToHalf(float f);
-uint16_t FloatToBFloat16(float f);
-
 }  // namespace quantd::model
 
 #endif  // QUANTD_WORKER_MODEL_CHECKPOINT_H_

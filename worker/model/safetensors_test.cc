@@ -8,6 +8,7 @@
 
 #include "common/file_util.h"
 #include "worker/model/checkpoint.h"
+#include "worker/model/float16.h"
 #include "worker/model/test_util.h"
 
 namespace quantd::model {
