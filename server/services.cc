@@ -235,11 +235,13 @@ ServerUnaryReactor* RegistryServiceImpl::ListModels(CallbackServerContext* ctx,
                                                     const quantd::v1::ListModelsRequest* req,
                                                     quantd::v1::ListModelsResponse* resp) {
   auto list = c_->registry().List(req->name());
-  absl::StatusOr<quantd::v1::ListModelsResponse> out = list.status();
+  absl::StatusOr<quantd::v1::ListModelsResponse> out;
   if (list.ok()) {
     quantd::v1::ListModelsResponse r;
     for (auto& mv : *list) *r.add_models() = std::move(mv);
     out = std::move(r);
+  } else {
+    out = list.status();
   }
   return Reply(ctx, std::move(out), resp);
 }

@@ -1,6 +1,7 @@
 #include "server/worker_pool.h"
 
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,6 +34,8 @@ pid_t WorkerPool::Spawn(int index) {
                                    absl::StrCat("--threads=", threads)};
   pid_t pid = ::fork();
   if (pid == 0) {
+    // A worker must not outlive its coordinator, even after a kill -9.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
