@@ -112,8 +112,12 @@ void Coordinator::UpdateProgressLocked(JobEntry& e) {
 }
 
 absl::Status Coordinator::FailJobLocked(JobEntry& e, const std::string& error) {
-  e.job.set_state(quantd::v1::JOB_STATE_FAILED);
   e.job.set_error(error);
+  return EndJobLocked(e, quantd::v1::JOB_STATE_FAILED);
+}
+
+absl::Status Coordinator::EndJobLocked(JobEntry& e, quantd::v1::JobState state) {
+  e.job.set_state(state);
   e.job.set_phase("done");
   std::vector<const TaskRow*> changed;
   for (TaskState& t : e.tasks) {
@@ -248,18 +252,7 @@ absl::StatusOr<Job> Coordinator::Cancel(const std::string& id) {
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
     JobEntry& e = it->second;
     if (Terminal(e.job.state())) return e.job;
-    e.job.set_state(quantd::v1::JOB_STATE_CANCELLED);
-    e.job.set_phase("done");
-    std::vector<const TaskRow*> changed;
-    for (TaskState& t : e.tasks) {
-      t.leased = false;
-      if (t.row.state == TaskRowState::kPending) {
-        t.row.state = TaskRowState::kCancelled;
-        changed.push_back(&t.row);
-      }
-    }
-    UpdateProgressLocked(e);
-    QUANTD_RETURN_IF_ERROR(store_->UpdateJobAndTasks(e.job, e.phase, changed));
+    QUANTD_RETURN_IF_ERROR(EndJobLocked(e, quantd::v1::JOB_STATE_CANCELLED));
     out = e.job;
   }
   RemoveAll(registry_.StagingDir(id)).IgnoreError();

@@ -105,6 +105,9 @@ class Coordinator {
   void UpdateProgressLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FailJobLocked(JobEntry& e, const std::string& error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves the job to a terminal state, drops its leases, cancels pending tasks, persists.
+  absl::Status EndJobLocked(JobEntry& e, quantd::v1::JobState state)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const quantd::v1::Job& job);
   void PublishJobCounts() ABSL_LOCKS_EXCLUDED(mu_);
   std::string JobDir(const std::string& job_id) const;
