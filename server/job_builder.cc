@@ -276,14 +276,19 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     for (const std::string& n : model_files) t->add_inputs()->set_name("inputs/model/" + n);
   };
   int64_t next_id = 0;
-  const int64_t shards = std::min<int64_t>(nseq, std::max(1, max_hessian_shards));
-  for (int64_t s = 0; s < shards; ++s) {
+  // A task row with its identity filled in; the caller adds kind-specific fields and pushes it.
+  auto new_task = [&](int phase, quantd::v1::TaskKind kind) {
     TaskRow t;
     t.task_id = next_id++;
-    t.phase = kPhaseHessian;
+    t.phase = phase;
     t.task.set_job_id(job_id);
     t.task.set_task_id(t.task_id);
-    t.task.set_kind(quantd::v1::TASK_KIND_HESSIAN);
+    t.task.set_kind(kind);
+    return t;
+  };
+  const int64_t shards = std::min<int64_t>(nseq, std::max(1, max_hessian_shards));
+  for (int64_t s = 0; s < shards; ++s) {
+    TaskRow t = new_task(kPhaseHessian, quantd::v1::TASK_KIND_HESSIAN);
     model_inputs(&t.task);
     t.task.add_inputs()->set_name("inputs/calib.u32");
     t.task.set_token_begin(nseq * s / shards * seq_len);
@@ -292,12 +297,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     row.tasks.push_back(std::move(t));
   }
   if (!eval.empty()) {
-    TaskRow t;
-    t.task_id = next_id++;
-    t.phase = kPhaseHessian;
-    t.task.set_job_id(job_id);
-    t.task.set_task_id(t.task_id);
-    t.task.set_kind(quantd::v1::TASK_KIND_EVAL);
+    TaskRow t = new_task(kPhaseHessian, quantd::v1::TASK_KIND_EVAL);
     model_inputs(&t.task);
     t.task.add_inputs()->set_name("inputs/eval.u32");
     t.task.set_eval_target("fp");
@@ -308,12 +308,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     for (model::Linear lin : {model::Linear::kQ, model::Linear::kK, model::Linear::kV,
                               model::Linear::kO, model::Linear::kGate, model::Linear::kUp,
                               model::Linear::kDown}) {
-      TaskRow t;
-      t.task_id = next_id++;
-      t.phase = kPhaseQuantize;
-      t.task.set_job_id(job_id);
-      t.task.set_task_id(t.task_id);
-      t.task.set_kind(quantd::v1::TASK_KIND_QUANTIZE);
+      TaskRow t = new_task(kPhaseQuantize, quantd::v1::TASK_KIND_QUANTIZE);
       *t.task.mutable_spec() = req.spec();
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(
@@ -326,12 +321,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     }
   }
   if (!eval.empty()) {
-    TaskRow t;
-    t.task_id = next_id++;
-    t.phase = kPhaseEvaluate;
-    t.task.set_job_id(job_id);
-    t.task.set_task_id(t.task_id);
-    t.task.set_kind(quantd::v1::TASK_KIND_EVAL);
+    TaskRow t = new_task(kPhaseEvaluate, quantd::v1::TASK_KIND_EVAL);
     t.task.add_inputs()->set_name("staging/config.json");
     t.task.add_inputs()->set_name("staging/model.safetensors");
     t.task.add_inputs()->set_name("inputs/eval.u32");
