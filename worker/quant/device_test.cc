@@ -13,7 +13,7 @@ TEST(CpuDeviceTest, GramGemmCholeskySolveHadamard) {
   MatrixD h = MatrixD::Zero(16, 16);
   ASSERT_TRUE(dev->AccumulateGram(x, &h).ok());
   MatrixD xd = x.cast<double>();
-  EXPECT_LT((h - xd.transpose() * xd).cwiseAbs().maxCoeff(), 1e-10);
+  EXPECT_LT((h - xd.transpose() * xd).cwiseAbs().maxCoeff(), 1e-4);  // fp32 blocks (hessian_test: bound)
   MatrixD wrong(3, 3);
   EXPECT_EQ(dev->AccumulateGram(x, &wrong).code(), absl::StatusCode::kInvalidArgument);
 
