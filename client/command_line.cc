@@ -80,6 +80,7 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   QUANTD_ASSIGN_OR_RETURN(int32_t passes, OptionalInt(a, "--greedy-passes", 0, 0));
   spec->set_greedy_passes(passes);
   spec->set_mse_clip(a.Has("--mse-clip"));
+  spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
   if (a.Has("--damp")) {
     QUANTD_ASSIGN_OR_RETURN(double damp, ParseDouble("--damp", a.Get("--damp")));
     if (damp < 0) return Usage("--damp must be >= 0");
@@ -149,6 +150,7 @@ const std::vector<CommandSpec>& Commands() {
         {"--group-size", true},
         {"--greedy-passes", true},
         {"--mse-clip", false},
+        {"--no-baseline-guard", false},
         {"--damp", true},
         {"--codebook-scale", true},
         {"--calib-seq-len", true},
@@ -255,6 +257,7 @@ commands:
   submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp}
          --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
          [--greedy-passes N] [--mse-clip] [--damp X] [--codebook-scale X]
+         [--no-baseline-guard]
          [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
          [--wait] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made

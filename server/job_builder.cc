@@ -59,6 +59,7 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   spec.mse_clip = req->spec().mse_clip();
   spec.greedy_passes = req->spec().greedy_passes();
   spec.codebook_scale = req->spec().codebook_scale();
+  spec.baseline_guard = !req->spec().no_baseline_guard();
   if (req->spec().damp() == 0) req->mutable_spec()->set_damp(0.01);
   spec.damp = req->spec().damp();
   QUANTD_RETURN_IF_ERROR(quant::ValidateSpec(spec));

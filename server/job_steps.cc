@@ -131,7 +131,8 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                {"mse_clip", job.spec().mse_clip()},
                {"greedy_passes", job.spec().greedy_passes()},
                {"codebook_scale", job.spec().codebook_scale()},
-               {"damp", job.spec().damp()}};
+               {"damp", job.spec().damp()},
+               {"baseline_guard", !job.spec().no_baseline_guard()}};
   m["source"] = {{"model_dir", job.model_dir()}, {"fingerprint", job.model_fingerprint()}};
   int64_t calib_tokens = 0;
   json tensors = json::array();
@@ -151,6 +152,10 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                   {"packed_bytes", r.result_size()},
                   {"seconds", r.seconds()}};
         if (!r.note().empty()) e["note"] = r.note();
+        if (!r.stored_method().empty()) {
+          e["stored_method"] = r.stored_method();
+          e["rotated_proxy_loss"] = r.rotated_proxy_loss();
+        }
         tensors.push_back(e);
         loss_sum += r.proxy_loss();
         ++loss_n;

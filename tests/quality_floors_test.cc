@@ -29,6 +29,8 @@ constexpr model::Linear kLinears[] = {model::Linear::kQ,    model::Linear::kK, m
 
 struct Outcome {
   std::vector<double> proxy;  // per matrix, in layer-major order
+  std::vector<double> rotated_proxy;  // the requested method's own loss (before the baseline guard)
+  int guarded = 0;                    // matrices stored as the unrotated gptq baseline
   double mean_proxy = 0;
   double ppl = 0;
   double seconds = 0;
@@ -77,6 +79,8 @@ TEST(QualityFloors, Stories260K) {
         if (!deq.ok()) return o;
         model::MutableLinear(w, l, lin) = *deq;
         o.proxy.push_back(q->proxy_loss);
+        o.rotated_proxy.push_back(q->rotated_proxy_loss);
+        o.guarded += q->stored_method != spec.method;
         o.mean_proxy += q->proxy_loss;
       }
     }
@@ -91,7 +95,8 @@ TEST(QualityFloors, Stories260K) {
   std::map<std::string, Outcome> r;
   for (const auto& [method, bits] : std::vector<std::pair<std::string, int>>{
            {"rtn", 2}, {"rtn", 3}, {"rtn", 4}, {"gptq", 2}, {"gptq", 3}, {"gptq", 4},
-           {"quip", 2}, {"quip-sharp", 2}, {"quip-sharp", 4}}) {
+           {"quip", 2}, {"quip", 3}, {"quip", 4}, {"quip-sharp", 2}, {"quip-sharp", 3},
+           {"quip-sharp", 4}}) {
     const std::string key = absl::StrCat(method, "/", bits);
     r[key] = run(method, bits);
     ASSERT_EQ(r[key].proxy.size(), 35u) << key;
@@ -108,17 +113,21 @@ TEST(QualityFloors, Stories260K) {
     const std::string g = absl::StrCat("gptq/", bits), t = absl::StrCat("rtn/", bits);
     for (size_t i = 0; i < 35; ++i) EXPECT_LE(r[g].proxy[i], r[t].proxy[i]) << g << " matrix " << i;
   }
-  // The rotated methods (quip, quip-sharp) beat RTN on average. Per matrix they do not always:
-  // on layer-0 q/k (and a few others) RTN's grid keeps the many near-zero weights exactly, which
-  // the Hadamard rotation spreads out. Print the matrices where that happens.
-  for (const auto& [rot, rtn] : std::vector<std::pair<std::string, std::string>>{
-           {"quip/2", "rtn/2"}, {"quip-sharp/2", "rtn/2"}, {"quip-sharp/4", "rtn/4"}}) {
-    // 4-bit RVQ without greedy passes sits level with 4-bit RTN here (0.0092 vs 0.0086; the
-    // issue's numpy reference: 0.008-0.011): only the 2-bit means are asserted.
-    if (rot != "quip-sharp/4") EXPECT_LT(r[rot].mean_proxy, r[rtn].mean_proxy) << rot;
-    int worse = 0;
-    for (size_t i = 0; i < 35; ++i) worse += r[rot].proxy[i] > r[rtn].proxy[i];
-    std::printf("%s: proxy loss above %s on %d of 35 matrices\n", rot.c_str(), rtn.c_str(), worse);
+  // The rotated methods (quip, quip-sharp) beat RTN on average, and with the baseline guard
+  // (default on) never lose to it per matrix. Their own rotated results alone do lose on a few
+  // matrices: layer q/k, whose input energy sits on outlier channels that RTN's per-channel grid
+  // keeps and the Hadamard rotation spreads out. Print how many, and how many the guard kept.
+  for (int bits : {2, 3, 4}) {
+    const std::string t = absl::StrCat("rtn/", bits);
+    for (const char* m : {"quip", "quip-sharp"}) {
+      const std::string rot = absl::StrCat(m, "/", bits);
+      for (size_t i = 0; i < 35; ++i) EXPECT_LE(r[rot].proxy[i], r[t].proxy[i]) << rot << " matrix " << i;
+      int worse = 0;
+      for (size_t i = 0; i < 35; ++i) worse += r[rot].rotated_proxy[i] > r[t].proxy[i];
+      std::printf("%s: rotated result above %s on %d of 35 matrices; guard kept gptq on %d\n",
+                  rot.c_str(), t.c_str(), worse, r[rot].guarded);
+      if (bits == 2) EXPECT_LT(r[rot].mean_proxy, r[t].mean_proxy) << rot;
+    }
   }
   EXPECT_LT(r["quip-sharp/2"].mean_proxy, r["quip/2"].mean_proxy);
   EXPECT_LT(r["quip/2"].mean_proxy, r["gptq/2"].mean_proxy);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "worker/quant/block_ldlq.h"
 #include "worker/quant/codebook.h"
@@ -95,6 +96,18 @@ void AppendNote(std::string* note, std::string_view more) {
   if (more.empty()) return;
   if (!note->empty()) note->append("; ");
   note->append(more);
+}
+
+// The unrotated LDLQ baseline the guard compares a rotated method against: gptq at the same bits,
+// per output channel, same damping; no guard of its own.
+QuantSpec BaselineSpec(const QuantSpec& spec) {
+  QuantSpec b;
+  b.method = Method::kGptq;
+  b.bits = spec.bits;
+  b.seed = spec.seed;
+  b.damp = spec.damp;
+  b.baseline_guard = false;
+  return b;
 }
 
 }  // namespace
@@ -248,6 +261,20 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
   // The loss is measured on exactly what a reader of `packed` gets back.
   QUANTD_ASSIGN_OR_RETURN(MatrixF what, DequantizeMatrix(result.packed));
   result.proxy_loss = RelativeProxyLoss(w.cast<double>(), what.cast<double>(), h);
+  result.rotated_proxy_loss = result.proxy_loss;
+  result.stored_method = spec.method;
+  if (spec.baseline_guard && c.rht) {
+    QUANTD_ASSIGN_OR_RETURN(QuantizedMatrix baseline, QuantizeMatrix(dev, w, h, BaselineSpec(spec),
+                                                                      layer_name));
+    if (baseline.proxy_loss < result.proxy_loss) {
+      AppendNote(&baseline.note,
+                 absl::StrFormat("kept the unrotated gptq baseline: proxy loss %.6g < %s's %.6g",
+                                 baseline.proxy_loss, std::string(MethodName(spec.method)),
+                                 result.proxy_loss));
+      baseline.rotated_proxy_loss = result.proxy_loss;
+      return baseline;
+    }
+  }
   return result;
 }
 

@@ -32,6 +32,11 @@ struct QuantSpec {
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
   double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp)
   double damp = 0.01;        // Default: 0.01 (relative)
+  // Default: true. Rotated methods (quip, quip-sharp) also run the unrotated LDLQ baseline
+  // (gptq, same bits, per channel) and keep it for a matrix where its proxy loss is lower, so a
+  // matrix is never stored worse than the baseline (e.g. q/k layers whose energy sits on a few
+  // outlier input channels, which the rotation spreads out). QuantizedMatrix says which was kept.
+  bool baseline_guard = true;
 };
 
 // INVALID_ARGUMENT with the bad value (bits for the method, negative group size, group size or
@@ -43,6 +48,9 @@ struct QuantizedMatrix {
   std::string packed;      // self-describing, docs/formats/packed_matrix.md
   double proxy_loss = 0;   // relative, measured in the ORIGINAL basis against the undamped H
   std::string note;        // e.g. "damping raised to 0.1 after failed Cholesky"; empty normally
+  Method stored_method = Method::kRtn;  // the method of `packed`: spec.method, or kGptq when the
+                                        // baseline guard kept the baseline
+  double rotated_proxy_loss = 0;        // guard used: the rotated method's own loss; else = proxy_loss
 };
 
 // w: [m×n] fp32 row-major (out×in); h: [n×n] fp64 = E[x xᵀ] (undamped). layer_name is used in

@@ -78,6 +78,7 @@ TEST(QuantizeTest, AllMethodsRoundTripOnAllShapes) {
       spec.bits = c.bits;
       spec.group_size = c.group_size;
       spec.seed = 42;
+      spec.baseline_guard = false;  // each method's own pipeline; the guard has its own test
       const std::string what = std::string(MethodName(c.method)) + " b" + std::to_string(c.bits) +
                                " g" + std::to_string(c.group_size) + " " + std::to_string(sh.m) +
                                "x" + std::to_string(sh.n);
@@ -115,6 +116,7 @@ TEST(QuantizeTest, MoreBitsLowerLossAndHessianMethodsBeatRtn) {
     QuantSpec s;
     s.method = m;
     s.bits = bits;
+    s.baseline_guard = false;
     return QuantizeMatrix(*dev, w, h, s, "l")->proxy_loss;
   };
   for (int b : {2, 3, 4}) {
@@ -221,6 +223,62 @@ TEST(QuantizeTest, QuipSharpOptions) {
   s.seed = 7;
   EXPECT_NE(QuantizeMatrix(*dev, w, h, s, "l")->packed, sc->packed);
 }
+
+// The guard keeps min(rotated, unrotated gptq) by proxy loss and says which it stored.
+TEST(QuantizeTest, BaselineGuardKeepsTheLowerLossAndRecordsIt) {
+  auto dev = MakeCpuDevice(2);
+  int kept_baseline = 0, kept_rotated = 0;
+  for (int seed = 0; seed < 6; ++seed) {
+    MatrixF w = SyntheticWeight(48, 64, 100 + seed);
+    MatrixD h = SyntheticHessian(64, 200 + seed);
+    if (seed % 2 == 1) {
+      // q/k-like: the energy of x sits on one outlier channel the weights barely use.
+      h.row(3) *= 30.0;
+      h.col(3) *= 30.0;
+      w.col(3) *= 0.02f;
+    }
+    for (Method m : {Method::kQuip, Method::kQuipSharp}) {
+      if (m == Method::kQuipSharp && !CodebooksBuilt()) continue;
+      QuantSpec on;
+      on.method = m;
+      on.bits = 2;
+      on.seed = seed;
+      QuantSpec off = on;
+      off.baseline_guard = false;
+      QuantSpec gptq;
+      gptq.method = Method::kGptq;
+      gptq.bits = 2;
+      gptq.seed = seed;
+      auto q_on = QuantizeMatrix(*dev, w, h, on, "l");
+      auto q_off = QuantizeMatrix(*dev, w, h, off, "l");
+      auto q_gptq = QuantizeMatrix(*dev, w, h, gptq, "l");
+      ASSERT_TRUE(q_on.ok() && q_off.ok() && q_gptq.ok());
+      EXPECT_EQ(q_on->proxy_loss, std::min(q_off->proxy_loss, q_gptq->proxy_loss));
+      EXPECT_EQ(q_on->rotated_proxy_loss, q_off->proxy_loss);
+      auto info = InspectPacked(q_on->packed);
+      ASSERT_TRUE(info.ok());
+      EXPECT_EQ(info->method, q_on->stored_method);
+      if (q_gptq->proxy_loss < q_off->proxy_loss) {
+        ++kept_baseline;
+        EXPECT_EQ(q_on->stored_method, Method::kGptq);
+        EXPECT_EQ(q_on->packed, q_gptq->packed);
+        EXPECT_NE(q_on->note.find("kept the unrotated gptq baseline"), std::string::npos);
+      } else {
+        ++kept_rotated;
+        EXPECT_EQ(q_on->stored_method, m);
+        EXPECT_EQ(q_on->packed, q_off->packed);
+      }
+      // Dequantization is what the loss says, whichever was kept.
+      auto wq = DequantizeMatrix(q_on->packed);
+      ASSERT_TRUE(wq.ok());
+      EXPECT_EQ(RelativeProxyLoss(w.cast<double>(), wq->cast<double>(), h), q_on->proxy_loss);
+    }
+  }
+  // Both branches were exercised, so the test above checked each of them.
+  EXPECT_GT(kept_baseline, 0);
+  EXPECT_GT(kept_rotated, 0);
+}
+
 
 }  // namespace
 }  // namespace quantd::quant

@@ -135,6 +135,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   spec.mse_clip = task.spec().mse_clip();
   spec.greedy_passes = task.spec().greedy_passes();
   spec.codebook_scale = task.spec().codebook_scale();
+  spec.baseline_guard = !task.spec().no_baseline_guard();
   spec.damp = task.spec().damp() > 0 ? task.spec().damp() : 0.01;
   QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
                           quant::QuantizeMatrix(device, w, h, spec, task.tensor_name()));
@@ -142,6 +143,8 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   r.data = std::move(q.packed);
   r.header.set_proxy_loss(q.proxy_loss);
   r.header.set_note(q.note);
+  r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
+  r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
   return r;
 }
 
