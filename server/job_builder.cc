@@ -17,6 +17,7 @@
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
 #include "worker/quant/quantize.h"
+#include "worker/runner/quant_spec.h"
 
 namespace quantd::server {
 namespace fs = std::filesystem;
@@ -49,20 +50,9 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
         "invalid model name '", absl::CHexEscape(req->name().substr(0, 200)),
         "': use 1-128 characters [A-Za-z0-9._-], starting with a letter or digit"));
   }
-  auto method = quant::ParseMethod(req->spec().method());
-  if (!method.ok()) return method.status();
-  quant::QuantSpec spec;
-  spec.method = *method;
-  spec.bits = req->spec().bits();
-  spec.seed = req->spec().seed();
-  spec.group_size = req->spec().group_size();
-  spec.mse_clip = req->spec().mse_clip();
-  spec.greedy_passes = req->spec().greedy_passes();
-  spec.codebook_scale = req->spec().codebook_scale();
-  spec.baseline_guard = !req->spec().no_baseline_guard();
+  QUANTD_RETURN_IF_ERROR(runner::QuantSpecFromProto(req->spec()).status());
+  // Stored with its default filled in, so the manifest shows the damping that was used.
   if (req->spec().damp() == 0) req->mutable_spec()->set_damp(0.01);
-  spec.damp = req->spec().damp();
-  QUANTD_RETURN_IF_ERROR(quant::ValidateSpec(spec));
   if (req->calib_seq_len() == 0) req->set_calib_seq_len(512);
   if (req->calib_seq_len() < 8 || req->calib_seq_len() > 1 << 16) {
     return absl::InvalidArgumentError(

@@ -16,6 +16,7 @@
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
 #include "worker/quant/quantize.h"
+#include "worker/runner/quant_spec.h"
 
 namespace quantd::runner {
 namespace {
@@ -127,16 +128,8 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   const int64_t n = sum.shape[0];
   MatrixD h = Eigen::Map<const MatrixD>(reinterpret_cast<const double*>(sum.data.data()), n, n);
   h /= static_cast<double>(ntok);
-  quant::QuantSpec spec;
-  QUANTD_ASSIGN_OR_RETURN(spec.method, quant::ParseMethod(task.spec().method()));
-  spec.bits = task.spec().bits();
-  spec.seed = task.seed();
-  spec.group_size = task.spec().group_size();
-  spec.mse_clip = task.spec().mse_clip();
-  spec.greedy_passes = task.spec().greedy_passes();
-  spec.codebook_scale = task.spec().codebook_scale();
-  spec.baseline_guard = !task.spec().no_baseline_guard();
-  spec.damp = task.spec().damp() > 0 ? task.spec().damp() : 0.01;
+  QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, QuantSpecFromProto(task.spec()));
+  spec.seed = task.seed();  // this matrix's seed, derived by the coordinator from the job's
   QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
                           quant::QuantizeMatrix(device, w, h, spec, task.tensor_name()));
   TaskResult r;
