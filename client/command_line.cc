@@ -77,8 +77,10 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   }
   QUANTD_ASSIGN_OR_RETURN(int32_t group_size, OptionalInt(a, "--group-size", 0, 0));
   spec->set_group_size(group_size);
-  QUANTD_ASSIGN_OR_RETURN(int32_t passes, OptionalInt(a, "--greedy-passes", 0, 0));
-  spec->set_greedy_passes(passes);
+  if (a.Has("--greedy-passes")) {  // unset: the server's default for the method
+    QUANTD_ASSIGN_OR_RETURN(int32_t passes, OptionalInt(a, "--greedy-passes", 0, 0));
+    spec->set_greedy_passes(passes);
+  }
   spec->set_mse_clip(a.Has("--mse-clip"));
   spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
   if (a.Has("--damp")) {

@@ -50,9 +50,10 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
         "invalid model name '", absl::CHexEscape(req->name().substr(0, 200)),
         "': use 1-128 characters [A-Za-z0-9._-], starting with a letter or digit"));
   }
-  QUANTD_RETURN_IF_ERROR(runner::QuantSpecFromProto(req->spec()).status());
-  // Stored with its default filled in, so the manifest shows the damping that was used.
-  if (req->spec().damp() == 0) req->mutable_spec()->set_damp(0.01);
+  QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, runner::QuantSpecFromProto(req->spec()));
+  // Stored with defaults filled in, so the manifest shows the settings that were used.
+  req->mutable_spec()->set_damp(spec.damp);
+  req->mutable_spec()->set_greedy_passes(spec.greedy_passes);
   if (req->calib_seq_len() == 0) req->set_calib_seq_len(512);
   if (req->calib_seq_len() < 8 || req->calib_seq_len() > 1 << 16) {
     return absl::InvalidArgumentError(

@@ -21,6 +21,7 @@ TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   EXPECT_TRUE(s->mse_clip);
   EXPECT_EQ(s->damp, 0.01);  // wire 0 = default
   EXPECT_TRUE(s->baseline_guard);
+  EXPECT_EQ(s->greedy_passes, 0);  // not quip-sharp
 
   p.Clear();
   p.set_method("quip-sharp");
@@ -35,6 +36,10 @@ TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   EXPECT_EQ(s->codebook_scale, 0.9);
   EXPECT_EQ(s->damp, 0.05);
   EXPECT_FALSE(s->baseline_guard);
+  p.clear_greedy_passes();
+  EXPECT_EQ(QuantSpecFromProto(p)->greedy_passes, kDefaultGreedyPasses);
+  p.set_greedy_passes(0);  // explicitly none
+  EXPECT_EQ(QuantSpecFromProto(p)->greedy_passes, 0);
 }
 
 TEST(QuantSpecFromProtoTest, RejectsUnknownMethodAndBadBits) {
