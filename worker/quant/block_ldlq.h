@@ -9,6 +9,7 @@
 #define QUANTD_WORKER_QUANT_BLOCK_LDLQ_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,6 +33,15 @@ struct BlockLdlqResult {
 absl::StatusOr<BlockLdlqResult> BlockLdlq(Device& dev, const MatrixD& w, const MatrixD& h,
                                           const MatrixD& lower, const VectorCodebook& cb,
                                           const BlockLdlqParams& params);
+
+// The same algorithm with any quantizer of whole column blocks: quantize(x, b, &q) must write
+// q [m×g], the quantized value of the feedback-corrected block x [m×g] (columns b·g .. b·g+g−1),
+// and remember whatever codes it produced (the last call for a block wins). QTIP uses it with
+// g = 16 and 16×16 trellis tiles. Returns Ŵ [m×n].
+using BlockQuantizeFn = std::function<void(const MatrixD& x, int block, MatrixD* q)>;
+absl::StatusOr<MatrixD> BlockLdlqWith(Device& dev, const MatrixD& w, const MatrixD& h,
+                                      const MatrixD& lower, int g, int greedy_passes,
+                                      const BlockQuantizeFn& quantize);
 
 // Plain nearest rounding of every row g-vector (the no-feedback baseline).
 BlockLdlqResult RoundToCodebook(const MatrixD& w, const VectorCodebook& cb);

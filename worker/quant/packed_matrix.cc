@@ -11,11 +11,18 @@ constexpr char kMagic[4] = {'Q', 'D', 'P', 'M'};
 constexpr uint8_t kFlagRht = 1;
 constexpr uint32_t kMaxDim = 1u << 24;
 // Method values that use scalar grids per (row, group) / one global grid / a vector codebook.
-constexpr uint8_t kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4;
+constexpr uint8_t kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5;
+constexpr uint8_t kTrellisHyb = 3;
+constexpr int kTile = 16, kTileWeights = kTile * kTile, kHybValues = 1024;
 
 bool IsVector(const PackedContents& c) { return c.method == kQuipSharp; }
+bool HasWeightScale(const PackedContents& c) { return c.method == kQuipSharp || c.method == kQtip; }
 
 int64_t NumCodes(const PackedContents& c) {
+  if (c.method == kQtip) {
+    const int64_t tiles = static_cast<int64_t>((c.m + kTile - 1) / kTile) * ((c.n + kTile - 1) / kTile);
+    return c.trellis_v > 0 ? tiles * (kTileWeights / c.trellis_v) : 0;
+  }
   if (IsVector(c)) {
     return static_cast<int64_t>(c.m) * (c.n_padded / c.vector_dim) * c.codes_per_vector;
   }
@@ -23,6 +30,7 @@ int64_t NumCodes(const PackedContents& c) {
 }
 
 int64_t CodeBytes(const PackedContents& c) {
+  if (c.method == kQtip) return PackedBytes(NumCodes(c), CodeBits(c, 0));
   if (!IsVector(c)) return PackedBytes(NumCodes(c), c.bits);
   int64_t bits_per_vector = 0;
   for (int j = 0; j < c.codes_per_vector; ++j) bits_per_vector += CodeBits(c, j);
@@ -53,6 +61,7 @@ int64_t ExpectedGrids(const PackedContents& c) {
 }
 
 int CodeBits(const PackedContents& c, int j) {
+  if (c.method == kQtip) return c.bits * c.trellis_v;
   if (!IsVector(c)) return c.bits;
   const int total = c.bits * c.vector_dim;
   if (c.codes_per_vector == 1) return total;
@@ -63,7 +72,9 @@ absl::StatusOr<std::string> EncodePacked(const PackedContents& c) {
   if (static_cast<int64_t>(c.codes.size()) != NumCodes(c) ||
       static_cast<int64_t>(c.grids.size()) != ExpectedGrids(c) ||
       (c.rht && (static_cast<int>(c.signs_m.size()) != c.m ||
-                 static_cast<int>(c.signs_n.size()) != c.n_padded))) {
+                 static_cast<int>(c.signs_n.size()) != c.n_padded)) ||
+      (c.method == kQtip &&
+       c.hyb_table.size() != (c.trellis_code == kTrellisHyb ? size_t{kHybValues} : size_t{0}))) {
     return absl::InternalError("packed matrix contents have inconsistent sizes");
   }
   std::string out;
@@ -85,6 +96,13 @@ absl::StatusOr<std::string> EncodePacked(const PackedContents& c) {
     w.U8(static_cast<uint8_t>(c.vector_dim));
     w.U8(static_cast<uint8_t>(c.codes_per_vector));
   }
+  if (c.method == kQtip) {
+    w.U8(c.trellis_code);
+    w.U8(static_cast<uint8_t>(c.trellis_l));
+    w.U8(static_cast<uint8_t>(c.trellis_v));
+    w.F64(c.trellis_scale);
+    for (float v : c.hyb_table) w.F32(v);
+  }
   if (c.rht) {
     PutSigns(w, c.signs_m);
     PutSigns(w, c.signs_n);
@@ -93,7 +111,7 @@ absl::StatusOr<std::string> EncodePacked(const PackedContents& c) {
     w.F32(g.scale);
     w.F32(g.zero);
   }
-  if (IsVector(c)) w.F32(c.weight_scale);
+  if (HasWeightScale(c)) w.F32(c.weight_scale);
   BitWriter bw;
   for (size_t i = 0; i < c.codes.size(); ++i) {
     const int bits = CodeBits(c, static_cast<int>(i % c.codes_per_vector));
@@ -134,7 +152,7 @@ absl::StatusOr<PackedContents> DecodePacked(std::string_view bytes) {
   QUANTD_ASSIGN_OR_RETURN(uint32_t gs, r.U32("group_size"));
   QUANTD_ASSIGN_OR_RETURN(uint8_t flags, r.U8("flags"));
   QUANTD_ASSIGN_OR_RETURN(uint8_t name_len, r.U8("codebook name length"));
-  if (c.method < kRtn || c.method > kQuipSharp || bits < 1 || bits > 8 || m == 0 || n == 0 ||
+  if (c.method < kRtn || c.method > kQtip || bits < 1 || bits > 8 || m == 0 || n == 0 ||
       m > kMaxDim || n > kMaxDim || np < n || np > kMaxDim || gs > kMaxDim ||
       (c.method == kQuipSharp) != (name_len > 0)) {
     return absl::DataLossError(absl::StrCat("packed matrix header is inconsistent: method ",
@@ -160,12 +178,31 @@ absl::StatusOr<PackedContents> DecodePacked(std::string_view bytes) {
     c.vector_dim = dim;
     c.codes_per_vector = cpv;
   }
+  if (c.method == kQtip) {
+    QUANTD_ASSIGN_OR_RETURN(c.trellis_code, r.U8("trellis code"));
+    QUANTD_ASSIGN_OR_RETURN(uint8_t l, r.U8("trellis L"));
+    QUANTD_ASSIGN_OR_RETURN(uint8_t v, r.U8("trellis V"));
+    QUANTD_ASSIGN_OR_RETURN(c.trellis_scale, r.F64("trellis scale"));
+    if (c.trellis_code < 1 || c.trellis_code > kTrellisHyb || l < 8 || l > 20 || v < 1 || v > 2 ||
+        bits * v >= l || np != n || !c.rht) {
+      return absl::DataLossError(absl::StrCat("packed qtip header is inconsistent: code ",
+                                              c.trellis_code, ", L ", l, ", V ", v, ", bits ", bits));
+    }
+    c.trellis_l = l;
+    c.trellis_v = v;
+    if (c.trellis_code == kTrellisHyb) {
+      c.hyb_table.resize(kHybValues);
+      for (float& x : c.hyb_table) {
+        QUANTD_ASSIGN_OR_RETURN(x, r.F32("HYB table"));
+      }
+    }
+  }
   if (c.rht) {
     QUANTD_ASSIGN_OR_RETURN(c.signs_m, GetSigns(r, c.m, "output signs"));
     QUANTD_ASSIGN_OR_RETURN(c.signs_n, GetSigns(r, c.n_padded, "input signs"));
   }
   const int64_t grids = ExpectedGrids(c);
-  const int64_t need = grids * 8 + (IsVector(c) ? 4 : 0) + CodeBytes(c);
+  const int64_t need = grids * 8 + (HasWeightScale(c) ? 4 : 0) + CodeBytes(c);
   if (static_cast<int64_t>(r.remaining()) != need) {
     return absl::DataLossError(absl::StrCat("packed matrix body has ", r.remaining(),
                                             " bytes, header implies ", need));
@@ -176,7 +213,7 @@ absl::StatusOr<PackedContents> DecodePacked(std::string_view bytes) {
     QUANTD_ASSIGN_OR_RETURN(g.scale, r.F32("grid scale"));
     QUANTD_ASSIGN_OR_RETURN(g.zero, r.F32("grid zero"));
   }
-  if (IsVector(c)) {
+  if (HasWeightScale(c)) {
     QUANTD_ASSIGN_OR_RETURN(c.weight_scale, r.F32("weight scale"));
   }
   QUANTD_ASSIGN_OR_RETURN(std::string_view code_bytes, r.Bytes(CodeBytes(c), "codes"));

@@ -32,7 +32,15 @@ struct PackedContents {
   int vector_dim = 1;        // vector codebooks only
   std::vector<int8_t> signs_m, signs_n;  // m and n_padded entries of ±1 when rht
   std::vector<ScalarGrid> grids;         // scalar methods: rows·groups (rtn/gptq) or 1 (quip)
-  float weight_scale = 1;                // quip-sharp: RMS the weights were divided by
+  float weight_scale = 1;                // quip-sharp, qtip: RMS the weights were divided by
+  // qtip only: the trellis (TrellisCode value, L, V), the input scale the unit-RMS weights were
+  // multiplied by before encoding, and the HYB table (2^9 × 2 floats) for code hyb. Codes are
+  // (ceil(m/16)·ceil(n/16)) tiles × (256/V) steps of bits·V bits, tiles row-major.
+  uint8_t trellis_code = 0;
+  int trellis_l = 0;
+  int trellis_v = 0;
+  double trellis_scale = 0;
+  std::vector<float> hyb_table;
   std::vector<uint16_t> codes;           // scalar: m·n_padded; vector: m·(n_padded/dim)·cpv
 };
 

@@ -14,6 +14,7 @@
 #include "worker/quant/packed_matrix.h"
 #include "worker/quant/rht.h"
 #include "worker/quant/rtn.h"
+#include "worker/quant/trellis.h"
 
 namespace quantd::quant {
 namespace {
@@ -98,6 +99,96 @@ void AppendNote(std::string* note, std::string_view more) {
   note->append(more);
 }
 
+// QTIP works on 16×16 tiles of the incoherence-processed weight.
+constexpr int kTile = 16;
+int RoundUpToTile(int x) { return (x + kTile - 1) / kTile * kTile; }
+
+// Input scale for unit-RMS weights, measured on N(0,1) at L = 16, k = 2 (quantd-bench codebook
+// --codebook trellis-*; docs/benchmarks.md): 1MAD's values have unit variance, 3INST's ≈ 1.55.
+double DefaultTrellisScale(TrellisCode code) {
+  switch (code) {
+    case TrellisCode::k1Mad: return 0.95;
+    case TrellisCode::k3Inst: return 1.2;
+    case TrellisCode::kHyb: return 1.05;
+  }
+  return 1.0;
+}
+
+absl::StatusOr<Trellis> TrellisOf(const PackedContents& c) {
+  TrellisConfig t{static_cast<TrellisCode>(c.trellis_code), c.trellis_l, c.bits, c.trellis_v};
+  return Trellis::Make(t, c.hyb_table);
+}
+
+// QTIP after the RHT: pads W̃ [m×n] and the damped H̃ to multiples of 16 (zero weights; padded
+// inputs get H_ii = mean diag, independent of the rest), runs block LDLQ with g = 16 whose block
+// quantizer encodes each 16×16 tile with the tail-biting trellis, and fills c's codes.
+absl::Status QuantizeQtip(Device& dev, const QuantSpec& spec, const MatrixD& w, const MatrixD& h,
+                          const MatrixD& lower, PackedContents* c) {
+  const int m = static_cast<int>(w.rows()), n = static_cast<int>(w.cols());
+  const int mp = RoundUpToTile(m), np = RoundUpToTile(n);
+  const double rms = Rms(w);
+  c->weight_scale = rms > 0 ? static_cast<float>(rms) : 1.0f;
+  c->trellis_code = static_cast<uint8_t>(spec.trellis_code);
+  c->trellis_l = spec.trellis_l;
+  c->trellis_v = spec.trellis_code == TrellisCode::kHyb ? 2 : 1;
+  c->trellis_scale =
+      spec.codebook_scale > 0 ? spec.codebook_scale : DefaultTrellisScale(spec.trellis_code);
+  if (spec.trellis_code == TrellisCode::kHyb) c->hyb_table = DefaultHybTable();
+  QUANTD_ASSIGN_OR_RETURN(Trellis trellis, TrellisOf(*c));
+  const double to_unit = c->trellis_scale / static_cast<double>(c->weight_scale);
+  MatrixD y = MatrixD::Zero(mp, np);
+  y.topLeftCorner(m, n) = w * to_unit;
+  MatrixD hp = MatrixD::Zero(np, np), lp = MatrixD::Zero(np, np);
+  const double pad_diag = h.diagonal().mean() > 0 ? h.diagonal().mean() : 1.0;
+  hp.topLeftCorner(n, n) = h;
+  lp.topLeftCorner(n, n) = lower;
+  for (int i = n; i < np; ++i) {
+    hp(i, i) = pad_diag;
+    lp(i, i) = std::sqrt(pad_diag);
+  }
+  const int row_tiles = mp / kTile, col_tiles = np / kTile, V = c->trellis_v;
+  const int steps = kTile * kTile / V;
+  c->codes.assign(static_cast<size_t>(row_tiles) * col_tiles * steps, 0);
+  auto quantize = [&](const MatrixD& x, int block, MatrixD* q) {
+    q->resize(x.rows(), x.cols());
+#pragma omp parallel for schedule(dynamic)
+    for (int t = 0; t < row_tiles; ++t) {
+      float in[kTile * kTile], out[kTile * kTile];
+      for (int i = 0; i < kTile; ++i) {
+        for (int j = 0; j < kTile; ++j) in[i * kTile + j] = static_cast<float>(x(t * kTile + i, j));
+      }
+      uint16_t* codes = &c->codes[(static_cast<size_t>(t) * col_tiles + block) * steps];
+      trellis.EncodeTailBiting(in, kTile * kTile, codes, out);
+      for (int i = 0; i < kTile; ++i) {
+        for (int j = 0; j < kTile; ++j) (*q)(t * kTile + i, j) = out[i * kTile + j];
+      }
+    }
+  };
+  return BlockLdlqWith(dev, y, hp, lp, kTile, 0, quantize).status();
+}
+
+// The incoherence-processed weight W̃ [m×n] a qtip packed matrix decodes to.
+absl::StatusOr<MatrixD> DequantizeQtip(const PackedContents& c) {
+  QUANTD_ASSIGN_OR_RETURN(Trellis trellis, TrellisOf(c));
+  const int row_tiles = RoundUpToTile(c.m) / kTile, col_tiles = RoundUpToTile(c.n) / kTile;
+  const int steps = kTile * kTile / c.trellis_v;
+  const double from_unit = static_cast<double>(c.weight_scale) / c.trellis_scale;
+  MatrixD wt(c.m, c.n);
+  float out[kTile * kTile];
+  for (int t = 0; t < row_tiles; ++t) {
+    for (int b = 0; b < col_tiles; ++b) {
+      trellis.DecodeTailBiting(&c.codes[(static_cast<size_t>(t) * col_tiles + b) * steps],
+                               kTile * kTile, out);
+      for (int i = 0; i < kTile && t * kTile + i < c.m; ++i) {
+        for (int j = 0; j < kTile && b * kTile + j < c.n; ++j) {
+          wt(t * kTile + i, b * kTile + j) = out[i * kTile + j] * from_unit;
+        }
+      }
+    }
+  }
+  return wt;
+}
+
 // The unrotated LDLQ baseline the guard compares a rotated method against: gptq at the same bits,
 // per output channel, same damping; no guard of its own.
 QuantSpec BaselineSpec(const QuantSpec& spec) {
@@ -117,8 +208,9 @@ absl::StatusOr<Method> ParseMethod(std::string_view name) {
   if (name == "gptq") return Method::kGptq;
   if (name == "quip") return Method::kQuip;
   if (name == "quip-sharp") return Method::kQuipSharp;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown method \"", std::string(name), "\" (want rtn, gptq, quip or quip-sharp)"));
+  if (name == "qtip") return Method::kQtip;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown method \"", std::string(name), "\" (want rtn, gptq, quip, quip-sharp or qtip)"));
 }
 
 std::string_view MethodName(Method m) {
@@ -127,13 +219,14 @@ std::string_view MethodName(Method m) {
     case Method::kGptq: return "gptq";
     case Method::kQuip: return "quip";
     case Method::kQuipSharp: return "quip-sharp";
+    case Method::kQtip: return "qtip";
   }
   return "unknown";
 }
 
 absl::Status ValidateSpec(const QuantSpec& s) {
   const int mv = static_cast<int>(s.method);
-  if (mv < 1 || mv > 4) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
+  if (mv < 1 || mv > 5) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
   const std::string_view name = MethodName(s.method);
   const bool scalar_grid = s.method == Method::kRtn || s.method == Method::kGptq;
   const bool bits_ok = scalar_grid ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
@@ -155,9 +248,13 @@ absl::Status ValidateSpec(const QuantSpec& s) {
         absl::StrCat("greedy_passes = ", s.greedy_passes, " is invalid for ", std::string(name)));
   }
   if (!std::isfinite(s.codebook_scale) || s.codebook_scale < 0 ||
-      (s.codebook_scale != 0 && s.method != Method::kQuipSharp)) {
+      (s.codebook_scale != 0 && s.method != Method::kQuipSharp && s.method != Method::kQtip)) {
     return absl::InvalidArgumentError(
         absl::StrCat("codebook_scale = ", s.codebook_scale, " is invalid for ", std::string(name)));
+  }
+  if (s.method == Method::kQtip) {
+    TrellisConfig t{s.trellis_code, s.trellis_l, s.bits, s.trellis_code == TrellisCode::kHyb ? 2 : 1};
+    QUANTD_RETURN_IF_ERROR(ValidateTrellisConfig(t));
   }
   if (!(s.damp > 0 && s.damp <= 10)) {
     return absl::InvalidArgumentError(absl::StrCat("damp = ", s.damp, " must be in (0, 10]"));
@@ -230,7 +327,9 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
       QUANTD_ASSIGN_OR_RETURN(DampedHessian dh, DampAndFactor(dev, hd, spec.damp,
                                                               DampStyle::kQuipSharp, layer_name));
       AppendNote(&result.note, dh.note);
-      if (spec.method == Method::kQuip) {
+      if (spec.method == Method::kQtip) {
+        QUANTD_RETURN_IF_ERROR(QuantizeQtip(dev, spec, wd, dh.h, dh.lower, &c));
+      } else if (spec.method == Method::kQuip) {
         c.grids = {QuipGrid(Rms(wd), spec.bits)};
         FixedGridRounder rounder(c.grids[0]);
         QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
@@ -294,9 +393,11 @@ absl::StatusOr<MatrixF> DequantizeMatrix(std::string_view packed) {
     }
     return out;
   }
-  if (!c.rht) return absl::DataLossError("packed quip/quip-sharp matrix has no RHT signs");
+  if (!c.rht) return absl::DataLossError("packed quip/quip-sharp/qtip matrix has no RHT signs");
   MatrixD wt(m, np);
-  if (method == Method::kQuip) {
+  if (method == Method::kQtip) {
+    QUANTD_ASSIGN_OR_RETURN(wt, DequantizeQtip(c));
+  } else if (method == Method::kQuip) {
     for (int64_t i = 0; i < wt.size(); ++i) wt.data()[i] = c.grids[0].Dequant(c.codes[i]);
   } else {
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<VectorCodebook> cb,

@@ -14,23 +14,26 @@
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
 #include "worker/quant/device.h"
+#include "worker/quant/trellis.h"
 
 namespace quantd::quant {
 
-enum class Method : uint8_t { kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4 };
+enum class Method : uint8_t { kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5 };
 
-// "rtn", "gptq", "quip", "quip-sharp"; INVALID_ARGUMENT otherwise.
+// "rtn", "gptq", "quip", "quip-sharp", "qtip"; INVALID_ARGUMENT otherwise.
 absl::StatusOr<Method> ParseMethod(std::string_view name);
 std::string_view MethodName(Method m);
 
 struct QuantSpec {
   Method method = Method::kQuipSharp;  // Default: quip-sharp
-  int bits = 2;              // Default: 2. rtn/gptq: 2,3,4,8; quip: 2,3,4; quip-sharp: 2 (e8p), 3 (rvq3), 4 (rvq4)
+  int bits = 2;              // Default: 2. rtn/gptq: 2,3,4,8; quip: 2,3,4; quip-sharp: 2 (e8p), 3 (rvq3), 4 (rvq4); qtip: 2,3,4 (= k)
   uint64_t seed = 0;         // Default: 0. Seeds RHT signs.
   int group_size = 0;        // Default: 0 = per output channel (rtn, gptq only)
   bool mse_clip = false;     // Default: false (rtn, gptq)
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
-  double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp)
+  double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp; qtip: trellis input scale)
+  TrellisCode trellis_code = TrellisCode::k1Mad;  // Default: 1mad (qtip)
+  int trellis_l = 16;                              // Default: 16 state bits (qtip; 8..20)
   double damp = 0.01;        // Default: 0.01 (relative)
   // Default: true. Rotated methods (quip, quip-sharp) also run the unrotated LDLQ baseline
   // (gptq, same bits, per channel) and keep it for a matrix where its proxy loss is lower, so a
