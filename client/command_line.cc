@@ -83,6 +83,11 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   }
   spec->set_mse_clip(a.Has("--mse-clip"));
   spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
+  spec->set_trellis_code(a.Get("--trellis-code", ""));
+  if (a.Has("--trellis-l")) {
+    QUANTD_ASSIGN_OR_RETURN(int32_t l, OptionalInt(a, "--trellis-l", 0, 0));
+    spec->set_trellis_l(l);
+  }
   if (a.Has("--damp")) {
     QUANTD_ASSIGN_OR_RETURN(double damp, ParseDouble("--damp", a.Get("--damp")));
     if (damp < 0) return Usage("--damp must be >= 0");
@@ -153,6 +158,8 @@ const std::vector<CommandSpec>& Commands() {
         {"--greedy-passes", true},
         {"--mse-clip", false},
         {"--no-baseline-guard", false},
+        {"--trellis-code", true},
+        {"--trellis-l", true},
         {"--damp", true},
         {"--codebook-scale", true},
         {"--calib-seq-len", true},
@@ -256,10 +263,10 @@ Talks to a quantd coordinator at --addr HOST:PORT, else $QUANTD_ADDR, else 127.0
 Flags may be written "--flag VALUE" or "--flag=VALUE"; "--" ends the flags.
 
 commands:
-  submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp}
+  submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip}
          --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
          [--greedy-passes N] [--mse-clip] [--damp X] [--codebook-scale X]
-         [--no-baseline-guard]
+         [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}] [--trellis-l L]
          [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
          [--wait] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made

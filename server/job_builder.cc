@@ -54,6 +54,10 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   // Stored with defaults filled in, so the manifest shows the settings that were used.
   req->mutable_spec()->set_damp(spec.damp);
   req->mutable_spec()->set_greedy_passes(spec.greedy_passes);
+  if (spec.method == quant::Method::kQtip) {
+    req->mutable_spec()->set_trellis_code(std::string(quant::TrellisCodeName(spec.trellis_code)));
+    req->mutable_spec()->set_trellis_l(spec.trellis_l);
+  }
   if (req->calib_seq_len() == 0) req->set_calib_seq_len(512);
   if (req->calib_seq_len() < 8 || req->calib_seq_len() > 1 << 16) {
     return absl::InvalidArgumentError(

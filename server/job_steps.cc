@@ -133,6 +133,10 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                {"codebook_scale", job.spec().codebook_scale()},
                {"damp", job.spec().damp()},
                {"baseline_guard", !job.spec().no_baseline_guard()}};
+  if (job.spec().method() == "qtip") {
+    m["spec"]["trellis_code"] = job.spec().trellis_code();
+    m["spec"]["trellis_l"] = job.spec().trellis_l();
+  }
   m["source"] = {{"model_dir", job.model_dir()}, {"fingerprint", job.model_fingerprint()}};
   int64_t calib_tokens = 0;
   json tensors = json::array();

@@ -35,7 +35,7 @@ struct QuantSpec {
   TrellisCode trellis_code = TrellisCode::k1Mad;  // Default: 1mad (qtip)
   int trellis_l = 16;                              // Default: 16 state bits (qtip; 8..20)
   double damp = 0.01;        // Default: 0.01 (relative)
-  // Default: true. Rotated methods (quip, quip-sharp) also run the unrotated LDLQ baseline
+  // Default: true. Rotated methods (quip, quip-sharp, qtip) also run the unrotated LDLQ baseline
   // (gptq, same bits, per channel) and keep it for a matrix where its proxy loss is lower, so a
   // matrix is never stored worse than the baseline (e.g. q/k layers whose energy sits on a few
   // outlier input channels, which the rotation spreads out). QuantizedMatrix says which was kept.

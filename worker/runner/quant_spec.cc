@@ -1,5 +1,6 @@
 #include "worker/runner/quant_spec.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace quantd::runner {
@@ -17,6 +18,14 @@ absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec&
   spec.codebook_scale = p.codebook_scale();
   spec.damp = p.damp() == 0 ? 0.01 : p.damp();
   spec.baseline_guard = !p.no_baseline_guard();
+  if (!p.trellis_code().empty()) {
+    QUANTD_ASSIGN_OR_RETURN(spec.trellis_code, quant::ParseTrellisCode(p.trellis_code()));
+  }
+  if (p.trellis_l() != 0) spec.trellis_l = p.trellis_l();
+  if ((!p.trellis_code().empty() || p.trellis_l() != 0) && spec.method != quant::Method::kQtip) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trellis_code / trellis_l apply to method qtip only, not ", p.method()));
+  }
   QUANTD_RETURN_IF_ERROR(quant::ValidateSpec(spec));
   return spec;
 }

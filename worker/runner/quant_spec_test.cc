@@ -42,6 +42,32 @@ TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   EXPECT_EQ(QuantSpecFromProto(p)->greedy_passes, 0);
 }
 
+TEST(QuantSpecFromProtoTest, QtipOptions) {
+  quantd::v1::QuantSpec p;
+  p.set_method("qtip");
+  p.set_bits(2);
+  auto s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->method, quant::Method::kQtip);
+  EXPECT_EQ(s->trellis_code, quant::TrellisCode::k1Mad);
+  EXPECT_EQ(s->trellis_l, 16);
+  EXPECT_EQ(s->greedy_passes, 0);
+  p.set_trellis_code("hyb");
+  p.set_trellis_l(12);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->trellis_code, quant::TrellisCode::kHyb);
+  EXPECT_EQ(s->trellis_l, 12);
+  p.set_trellis_code("5mad");
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_trellis_code("1mad");
+  p.set_trellis_l(31);
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_trellis_l(0);
+  p.set_method("gptq");  // trellis options on another method
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(QuantSpecFromProtoTest, RejectsUnknownMethodAndBadBits) {
   quantd::v1::QuantSpec p;
   p.set_method("awq");
