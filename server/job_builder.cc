@@ -13,7 +13,7 @@
 #include "server/registry.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/config.h"
-#include "worker/model/tokenizer_llama2c.h"
+#include "worker/model/tokenizer.h"
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
 #include "worker/quant/quantize.h"
@@ -92,28 +92,21 @@ absl::Status SnapshotFile(const std::string& src, const std::string& dst) {
   return absl::OkStatus();
 }
 
-// Finds a llama2.c tokenizer in the model directory.
-std::string FindTokenizer(const std::string& model_dir) {
-  for (const char* n : {"tokenizer.bin", "tok512.bin"}) {
-    std::string p = JoinPath(model_dir, n);
-    if (fs::exists(p)) return p;
-  }
-  return "";
-}
-
 // Reads calibration/evaluation data: token files directly, text through the model's tokenizer
-// (one document per "<|endoftext|>"-separated or blank-line-separated chunk, each with BOS).
+// (one document per "<|endoftext|>"-separated or blank-line-separated chunk, each with BOS, or
+// for tokenizer.json whatever its post_processor puts around a sequence).
 absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const std::string& what,
                                                 const std::string& model_dir, int vocab) {
   if (!fs::exists(path)) return absl::NotFoundError(absl::StrCat(what, " file ", path, " does not exist"));
   std::vector<int32_t> tokens;
   if (absl::EndsWith(path, ".txt")) {
-    std::string tok_path = FindTokenizer(model_dir);
-    if (tok_path.empty()) {
+    // tokenizer.json if present, else llama2.c tokenizer.bin / tok512.bin (model/tokenizer.h).
+    if (model::FindTokenizerFile(model_dir).empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          what, " file ", path, " is text, but the model directory has no tokenizer.bin to encode it"));
+          what, " file ", path,
+          " is text, but the model directory has no tokenizer.json or tokenizer.bin to encode it"));
     }
-    QUANTD_ASSIGN_OR_RETURN(auto tok, model::Llama2cTokenizer::Load(tok_path));
+    QUANTD_ASSIGN_OR_RETURN(auto tok, model::LoadTokenizerForModel(model_dir));
     QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(path, uint64_t{1} << 30));
     const std::string sep = absl::StrContains(text, "<|endoftext|>") ? "<|endoftext|>" : "\n\n";
     size_t pos = 0;
@@ -232,6 +225,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   for (const auto& e : fs::directory_iterator(model_dir)) {
     if (!e.is_regular_file()) continue;
     std::string n = e.path().filename().string();
+    // ".json" includes tokenizer.json and tokenizer_config.json.
     if (absl::EndsWith(n, ".safetensors") || absl::EndsWith(n, ".json") ||
         n == "tokenizer.bin" || n == "tok512.bin" || n == "tokenizer.model") {
       model_files.push_back(n);

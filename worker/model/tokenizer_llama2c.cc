@@ -5,6 +5,7 @@
 #include <queue>
 
 #include "absl/strings/str_cat.h"
+#include "worker/model/bytes_unicode.h"
 #include "worker/model/str_util.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
@@ -128,6 +129,26 @@ absl::StatusOr<std::vector<int32_t>> Llama2cTokenizer::Encode(std::string_view t
     push(p.left, next[p.left]);
   }
   for (int i = 0; i >= 0 && i < n; i = next[i]) out.push_back(sym[i]);
+  return out;
+}
+
+absl::StatusOr<std::string> Llama2cTokenizer::Decode(absl::Span<const int32_t> ids) const {
+  std::string out;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int32_t id = ids[i];
+    if (id < 0 || id >= vocab_size()) {
+      return absl::InvalidArgumentError(internal::Cat("decode: id ", id, " at position ", i,
+                                                      " is outside [0, ", vocab_size(), ")"));
+    }
+    std::string_view piece = pieces_[id];
+    if ((i == 0 || ids[i - 1] == kBos) && !piece.empty() && piece[0] == ' ') piece.remove_prefix(1);
+    const int byte = ParseByteToken(piece);
+    if (byte >= 0) {
+      out.push_back(static_cast<char>(byte));
+    } else {
+      out.append(piece.data(), piece.size());
+    }
+  }
   return out;
 }
 

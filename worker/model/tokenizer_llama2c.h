@@ -3,6 +3,8 @@
 // optional BOS (id 1), a " " dummy prefix for non-empty text, one token per UTF-8 code point
 // (byte fallback to id byte+3 when the code point is not in the vocabulary), then repeated
 // merging of the adjacent pair with the highest score (leftmost on ties).
+// Decode() concatenates pieces, turns <0xNN> pieces into bytes and drops the dummy-prefix space
+// of the first piece after BOS (or at the start), like run.c's decode.
 // Thread-safety: immutable after Load(); thread-safe.
 #ifndef QUANTD_WORKER_MODEL_TOKENIZER_LLAMA2C_H_
 #define QUANTD_WORKER_MODEL_TOKENIZER_LLAMA2C_H_
@@ -15,10 +17,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/model/tokenizer.h"
 
 namespace quantd::model {
 
-class Llama2cTokenizer {
+class Llama2cTokenizer : public Tokenizer {
  public:
   // NOT_FOUND if absent; INVALID_ARGUMENT (naming the file and token index) if truncated or
   // malformed, or if fewer than 259 tokens (ids 3..258 must be the byte fallbacks).
@@ -26,9 +29,12 @@ class Llama2cTokenizer {
 
   // Token ids for `text` (raw bytes, normally UTF-8). No EOS is appended. Invalid UTF-8 is
   // encoded through the byte fallback, never an error; the StatusOr is for future limits.
-  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool bos) const;
+  absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool bos) const override;
 
-  int vocab_size() const { return static_cast<int>(pieces_.size()); }
+  // INVALID_ARGUMENT naming the first id outside [0, vocab_size()).
+  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids) const override;
+
+  int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   const std::string& Piece(int id) const { return pieces_[id]; }
 
  private:
