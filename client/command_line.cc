@@ -22,6 +22,24 @@ std::string Absolute(const std::string& path) {
 
 absl::Status Usage(absl::string_view msg) { return absl::InvalidArgumentError(msg); }
 
+// Flags every command accepts, before or after the command name.
+constexpr const char* kConnectionFlags[] = {"--addr", "--token-file", "--tls-ca", "--tls-cert",
+                                            "--tls-key"};
+
+bool IsConnectionFlag(const std::string& arg) {
+  for (const char* f : kConnectionFlags) {
+    if (arg == f) return true;
+  }
+  return false;
+}
+
+std::string* ConnectionPath(Invocation* inv, const std::string& flag) {
+  if (flag == "--token-file") return &inv->token_file;
+  if (flag == "--tls-ca") return &inv->tls_ca;
+  if (flag == "--tls-cert") return &inv->tls_cert;
+  return &inv->tls_key;
+}
+
 absl::Status ExpectPositionals(const ParsedArgs& a, absl::string_view command, size_t min,
                                size_t max, absl::string_view what) {
   if (a.positional.size() < min) {
@@ -128,11 +146,17 @@ absl::Status ParseFetch(const ParsedArgs& a, Invocation* inv) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, Required(a, "fetch", "-o"));
   inv->out_dir = Absolute(dir);
   const std::string format = a.Get("--format", "native");
-  if (format == "hf") {
-    return Usage("fetch: --format hf is not implemented yet; use --format native (the default)");
+  if (format != "native" && format != "hf") {
+    return Usage(absl::StrCat("fetch: unknown --format \"", format, "\"; expected native or hf"));
   }
-  if (format != "native") {
-    return Usage(absl::StrCat("fetch: unknown --format \"", format, "\"; expected native"));
+  inv->hf_format = format == "hf";
+  if (a.Has("--dtype")) {
+    if (!inv->hf_format) return Usage("fetch: --dtype applies only to --format hf");
+    inv->hf_dtype = a.Get("--dtype");
+    if (inv->hf_dtype != "f16" && inv->hf_dtype != "bf16" && inv->hf_dtype != "f32") {
+      return Usage(absl::StrCat("fetch: unknown --dtype \"", inv->hf_dtype,
+                                "\"; expected f16, bf16 or f32"));
+    }
   }
   return absl::OkStatus();
 }
@@ -173,7 +197,7 @@ const std::vector<CommandSpec>& Commands() {
       {"status", Command::kStatus, {{"--json", false}}},
       {"cancel", Command::kCancel, {{"--json", false}}},
       {"models", Command::kModels, {{"--json", false}}},
-      {"fetch", Command::kFetch, {{"-o", true}, {"--format", true}}},
+      {"fetch", Command::kFetch, {{"-o", true}, {"--format", true}, {"--dtype", true}}},
   };
   return *commands;
 }
@@ -189,11 +213,12 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
   std::vector<std::string> global;
   while (i < args.size() && !args[i].empty() && args[i][0] == '-') {
     global.push_back(args[i]);
-    if (args[i] == "--addr" && i + 1 < args.size()) global.push_back(args[++i]);
+    if (IsConnectionFlag(args[i]) && i + 1 < args.size()) global.push_back(args[++i]);
     ++i;
   }
-  QUANTD_ASSIGN_OR_RETURN(
-      ParsedArgs g, ParseArgs(global, {{"--addr", true}, {"--help", false}, {"-h", false}}));
+  std::vector<FlagSpec> global_specs = {{"--help", false}, {"-h", false}};
+  for (const char* f : kConnectionFlags) global_specs.push_back({f, true});
+  QUANTD_ASSIGN_OR_RETURN(ParsedArgs g, ParseArgs(global, global_specs));
   if (g.Has("--help") || g.Has("-h") || i == args.size()) {
     if (i == args.size() && !g.Has("--help") && !g.Has("-h")) {
       return Usage("missing command");
@@ -212,7 +237,7 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
   }
   if (spec == nullptr) return Usage(absl::StrCat("unknown command \"", name, "\""));
   std::vector<FlagSpec> flags = spec->flags;
-  flags.push_back({"--addr", true});
+  for (const char* f : kConnectionFlags) flags.push_back({f, true});
   flags.push_back({"--help", false});
   flags.push_back({"-h", false});
   std::vector<std::string> rest(args.begin() + i + 1, args.end());
@@ -227,6 +252,15 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
   const std::string addr = a.Has("--addr") ? a.Get("--addr") : g.Get("--addr", inv.addr);
   if (addr.empty()) return Usage("--addr must not be empty");
   inv.addr = addr;
+  for (const char* f : {"--token-file", "--tls-ca", "--tls-cert", "--tls-key"}) {
+    if (g.Has(f) && a.Has(f)) return Usage(absl::StrCat(f, " given twice"));
+    const std::string path = a.Has(f) ? a.Get(f) : g.Get(f);
+    if ((a.Has(f) || g.Has(f)) && path.empty()) return Usage(absl::StrCat(f, " must not be empty"));
+    if (!path.empty()) *ConnectionPath(&inv, f) = Absolute(path);
+  }
+  if (inv.tls_cert.empty() != inv.tls_key.empty()) {
+    return Usage("--tls-cert and --tls-key must be given together");
+  }
   inv.command = spec->command;
   inv.json = a.Has("--json");
   switch (inv.command) {
@@ -257,10 +291,19 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
 }
 
 const char* UsageText() {
-  return R"(usage: quantctl [--addr HOST:PORT] COMMAND [ARGS]
+  return R"(usage: quantctl [--addr HOST:PORT] [--token-file FILE]
+                [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] COMMAND [ARGS]
 
 Talks to a quantd coordinator at --addr HOST:PORT, else $QUANTD_ADDR, else 127.0.0.1:7070.
 Flags may be written "--flag VALUE" or "--flag=VALUE"; "--" ends the flags.
+
+connection flags (before or after the command):
+  --token-file FILE   send the first token in FILE as "authorization: Bearer <token>";
+                      else the token in $QUANTD_TOKEN. FILE must not be readable by others.
+  --tls-ca FILE       dial TLS and verify the server certificate with this CA bundle
+                      (else $QUANTD_TLS_CA); the certificate must name the --addr host.
+  --tls-cert FILE --tls-key FILE
+                      client certificate for mutual TLS (else $QUANTD_TLS_CERT/_KEY).
 
 commands:
   submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip}
@@ -280,10 +323,13 @@ commands:
   status JOB [--json]    Shows one job.
   cancel JOB [--json]    Cancels a job.
   models [NAME] [--json] Lists published model versions (name, version, method, bits, ppl).
-  fetch NAME[@VERSION] -o DIR [--format native]
+  fetch NAME[@VERSION] -o DIR [--format native|hf] [--dtype f16|bf16|f32]
       Downloads a model version (default: latest) into DIR, resuming broken transfers and
       verifying each file's size and sha256; writes DIR/manifest.json last.
-      (--format hf is not implemented yet.)
+      --format hf downloads the native files into DIR/.quantd-native (resumable, verified),
+      then writes a Hugging Face checkpoint into DIR: model.safetensors with every quantized
+      matrix dequantized (--dtype, default f16), config.json and the tokenizer files;
+      the manifest is kept as quantd_manifest.json.
   help, --help, -h       This text.
 
 --json: stdout holds exactly one JSON document: a Job (submit, watch, status, cancel) or an
@@ -294,10 +340,12 @@ Progress and messages go to stderr.
 exit codes:
   0  success
   1  job failed or cancelled, or the server refused the request (NOT_FOUND,
-     INVALID_ARGUMENT, DATA_LOSS, ...); printed to stderr as "quantctl: CODE: message"
+     INVALID_ARGUMENT, DATA_LOSS, ...; UNAUTHENTICATED = no token sent,
+     PERMISSION_DENIED = token rejected); printed to stderr as "quantctl: CODE: message"
   2  usage error
   3  quality gate failed (--max-ppl-ratio)
-  4  server unavailable (UNAVAILABLE or DEADLINE_EXCEEDED; connect timeout 5 s)
+  4  server unavailable (UNAVAILABLE or DEADLINE_EXCEEDED; connect timeout 5 s), including
+     a failed TLS handshake (plaintext vs TLS, unknown CA, missing client certificate)
 )";
 }
 

@@ -24,6 +24,12 @@ struct Invocation {
   Command command = Command::kHelp;
   std::string addr = kDefaultAddr;  // --addr, else $QUANTD_ADDR, else kDefaultAddr
   bool json = false;                // --json (submit, watch, jobs, status, cancel, models)
+  // Connection security, absolute paths; empty = not given (commands.h then looks at
+  // $QUANTD_TOKEN and $QUANTD_TLS_CA / _CERT / _KEY).
+  std::string token_file;  // --token-file: first token of the file is sent as a bearer token
+  std::string tls_ca;      // --tls-ca: dial TLS, verifying the server with this CA bundle
+  std::string tls_cert;    // --tls-cert / --tls-key: client certificate for mutual TLS
+  std::string tls_key;
   std::string job_id;               // watch, status, cancel
 
   // submit: the request with absolute paths. request_id empty = generate one when sending.
@@ -34,6 +40,8 @@ struct Invocation {
   std::string model_name;     // models (empty = all), fetch
   int32_t model_version = 0;  // fetch NAME@VERSION; 0 = latest
   std::string out_dir;        // fetch -o, absolute
+  bool hf_format = false;     // fetch --format hf (else native)
+  std::string hf_dtype = "f16";  // fetch --dtype f16|bf16|f32 (hf only)
 };
 
 // Parses argv without the program name. `env_addr` is $QUANTD_ADDR (nullptr or empty = unset).

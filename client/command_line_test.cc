@@ -129,9 +129,18 @@ TEST(CommandLine, ModelsAndFetch) {
   EXPECT_EQ(f->out_dir, "/tmp/out");
   EXPECT_TRUE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "native"}, nullptr).ok());
   EXPECT_FALSE(ParseCommandLine({"fetch", "m"}, nullptr).ok());  // no -o
+  EXPECT_FALSE(f->hf_format);
   auto hf = ParseCommandLine({"fetch", "m", "-o", "d", "--format", "hf"}, nullptr);
-  ASSERT_FALSE(hf.ok());
-  EXPECT_NE(hf.status().message().find("not implemented"), std::string::npos);
+  ASSERT_TRUE(hf.ok()) << hf.status();
+  EXPECT_TRUE(hf->hf_format);
+  EXPECT_EQ(hf->hf_dtype, "f16");
+  auto bf = ParseCommandLine({"fetch", "m", "-o", "d", "--format", "hf", "--dtype", "bf16"}, nullptr);
+  ASSERT_TRUE(bf.ok()) << bf.status();
+  EXPECT_EQ(bf->hf_dtype, "bf16");
+  EXPECT_FALSE(
+      ParseCommandLine({"fetch", "m", "-o", "d", "--format", "hf", "--dtype", "f8"}, nullptr).ok());
+  // --dtype only means something for the HF export.
+  EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--dtype", "f32"}, nullptr).ok());
   EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "gguf"}, nullptr).ok());
   EXPECT_FALSE(ParseCommandLine({"fetch", "m@0", "-o", "d"}, nullptr).ok());
 }

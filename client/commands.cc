@@ -1,12 +1,16 @@
 #include "client/commands.h"
 
+#include <cstdlib>
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/client.h"
 #include "client/command_line.h"
+#include "client/connection_security.h"
 #include "client/output.h"
+#include "common/file_util.h"
+#include "worker/artifact/artifact.h"
 
 namespace quantd::client {
 namespace {
@@ -100,11 +104,25 @@ int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
   opts.on_retry = [&io](const std::string& path, const absl::Status& st) {
     io.err << "quantctl: " << path << ": stream broke (" << st.message() << "); resuming\n";
   };
+  // --format hf: the verified native files go to a hidden subdirectory (so a broken download
+  // resumes there), then the HF checkpoint is written beside it.
+  const std::string native_dir =
+      inv.hf_format ? JoinPath(inv.out_dir, ".quantd-native") : inv.out_dir;
   absl::StatusOr<v1::ModelVersion> mv =
-      client.Fetch(inv.model_name, inv.model_version, inv.out_dir, opts);
+      client.Fetch(inv.model_name, inv.model_version, native_dir, opts);
   if (!mv.ok()) return Fail(io, mv.status());
   io.out << "fetched " << mv->name() << " version " << mv->version() << " (" << mv->files_size()
-         << " files) to " << inv.out_dir << "\n";
+         << " files) to " << native_dir << "\n";
+  if (inv.hf_format) {
+    const artifact::HfDType dtype = inv.hf_dtype == "bf16"  ? artifact::HfDType::kBF16
+                                    : inv.hf_dtype == "f32" ? artifact::HfDType::kF32
+                                                            : artifact::HfDType::kF16;
+    if (absl::Status st = artifact::ExportHfModel(native_dir, inv.out_dir, dtype); !st.ok()) {
+      return Fail(io, st);
+    }
+    if (absl::Status st = RemoveAll(native_dir); !st.ok()) return Fail(io, st);
+    io.out << "wrote Hugging Face checkpoint (" << inv.hf_dtype << ") to " << inv.out_dir << "\n";
+  }
   return kExitOk;
 }
 
@@ -168,7 +186,14 @@ int RunQuantctl(const std::vector<std::string>& args, const char* env_addr, cons
     io.out << UsageText();
     return kExitOk;
   }
-  absl::StatusOr<std::unique_ptr<QuantdClient>> client = QuantdClient::Connect(inv->addr);
+  absl::StatusOr<auth::ChannelSecurity> security = ResolveChannelSecurity(*inv, std::getenv);
+  if (!security.ok()) return Fail(io, security.status());
+  if (std::string w = auth::PlaintextTokenWarning(inv->addr, *security); !w.empty()) {
+    io.err << "quantctl: " << w << "\n";
+  }
+  ClientOptions options;
+  options.security = *std::move(security);
+  absl::StatusOr<std::unique_ptr<QuantdClient>> client = QuantdClient::Connect(inv->addr, options);
   if (!client.ok()) return Fail(io, client.status());
   return Run(**client, *inv, io);
 }

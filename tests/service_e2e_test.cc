@@ -104,6 +104,20 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   ASSERT_TRUE(ppl.ok());
   EXPECT_NEAR(ppl->ppl, q, 1e-6 * q);
 
+  // --format hf: a plain Hugging Face checkpoint (fp16, dequantized) whose perplexity follows
+  // the native model's within fp16 rounding, with the tokenizer beside it.
+  const std::string hf = MakeTempDir("fetch-hf") + "/model";
+  CommandResult fh = d.Quantctl({"fetch", "e2e-qs2", "-o", hf, "--format", "hf"});
+  ASSERT_EQ(fh.exit_code, 0) << fh.out << fh.err;
+  EXPECT_TRUE(std::filesystem::exists(hf + "/tok512.bin"));
+  EXPECT_TRUE(std::filesystem::exists(hf + "/quantd_manifest.json"));
+  EXPECT_FALSE(std::filesystem::exists(hf + "/.quantd-native"));
+  auto hf_weights = artifact::LoadArtifactWeights(hf, nullptr);
+  ASSERT_TRUE(hf_weights.ok()) << hf_weights.status();
+  auto hf_ppl = model::Perplexity(cfg, *hf_weights, *tokens, {});
+  ASSERT_TRUE(hf_ppl.ok());
+  EXPECT_NEAR(hf_ppl->ppl, q, 2e-3 * q);
+
   // Both workers completed tasks.
   std::string metrics = HttpGet(d.metrics_port(), "/metrics");
   for (const char* w : {"local-0", "local-1"}) {

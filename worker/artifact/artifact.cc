@@ -1,9 +1,16 @@
 #include "worker/artifact/artifact.h"
 
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "worker/model/float16.h"
 #include "worker/model/safetensors.h"
 #include "worker/quant/quantize.h"
 
@@ -99,6 +106,136 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
   }
   if (config != nullptr) *config = cfg;
   return w;
+}
+
+namespace {
+
+bool IsFloat(model::DType d) {
+  return d == model::DType::kF64 || d == model::DType::kF32 || d == model::DType::kF16 ||
+         d == model::DType::kBF16;
+}
+
+// Encodes fp32 values as `dtype`. INVALID_ARGUMENT naming `name` when a finite value overflows
+// fp16 (it would silently become infinity).
+absl::StatusOr<std::string> EncodeFloats(const float* v, int64_t n, HfDType dtype,
+                                         const std::string& name) {
+  std::string out;
+  if (dtype == HfDType::kF32) {
+    out.resize(n * sizeof(float));
+    std::memcpy(out.data(), v, out.size());
+    return out;
+  }
+  out.resize(n * 2);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    if (dtype == HfDType::kF16) {
+      if (std::isfinite(v[i]) && std::fabs(v[i]) > 65504.0f) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", name, ": value ", v[i], " does not fit fp16; export with bf16 or f32"));
+      }
+      h = model::FloatToHalf(v[i]);
+    } else {
+      h = model::FloatToBFloat16(v[i]);
+    }
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
+}
+
+// Tensor `t` (any float dtype, any rank) as fp32 values.
+std::vector<float> ToFloats(const model::TensorView& t) {
+  const size_t n = t.data.size() / model::DTypeSize(t.dtype);
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const char* p = t.data.data() + i * model::DTypeSize(t.dtype);
+    switch (t.dtype) {
+      case model::DType::kF64: {
+        double d;
+        std::memcpy(&d, p, 8);
+        v[i] = static_cast<float>(d);
+        break;
+      }
+      case model::DType::kF32:
+        std::memcpy(&v[i], p, 4);
+        break;
+      case model::DType::kF16:
+      case model::DType::kBF16: {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        v[i] = t.dtype == model::DType::kF16 ? model::HalfToFloat(h) : model::BFloat16ToFloat(h);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
+                           HfDType dtype) {
+  QUANTD_ASSIGN_OR_RETURN(std::string config_text,
+                          ReadFile(JoinPath(native_dir, "config.json")));
+  nlohmann::json config = nlohmann::json::parse(config_text, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(JoinPath(native_dir, "config.json"), ": not a JSON object"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
+  const model::DType out_dtype = dtype == HfDType::kF16    ? model::DType::kF16
+                                 : dtype == HfDType::kBF16 ? model::DType::kBF16
+                                                           : model::DType::kF32;
+  std::vector<model::TensorToWrite> out;
+  for (const std::string& name : ckpt->Names()) {
+    QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
+    model::TensorToWrite t;
+    if (absl::EndsWith(name, ".qweight")) {
+      auto m = quant::DequantizeMatrix(v.data);
+      if (!m.ok()) {
+        return absl::DataLossError(absl::StrCat("tensor ", name, ": ", m.status().message()));
+      }
+      t.name = name.substr(0, name.size() - 8) + ".weight";
+      t.shape = {m->rows(), m->cols()};
+      // MatrixF is row-major, matching safetensors' layout.
+      QUANTD_ASSIGN_OR_RETURN(t.data, EncodeFloats(m->data(), m->size(), dtype, t.name));
+      t.dtype = out_dtype;
+    } else if (IsFloat(v.dtype)) {
+      const std::vector<float> f = ToFloats(v);
+      t.name = name;
+      t.shape = v.shape;
+      QUANTD_ASSIGN_OR_RETURN(t.data, EncodeFloats(f.data(), f.size(), dtype, name));
+      t.dtype = out_dtype;
+    } else {
+      t.name = name;
+      t.dtype = v.dtype;
+      t.shape = v.shape;
+      t.data = std::string(v.data);
+    }
+    out.push_back(std::move(t));
+  }
+  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
+  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), out));
+  // Tokenizer and other files, copied as they are.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(native_dir, ec)) {
+    const std::string fname = e.path().filename().string();
+    if (!e.is_regular_file() || fname == "model.safetensors" || fname == "config.json" ||
+        fname == "model.safetensors.index.json" || fname[0] == '.') {
+      continue;
+    }
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path().string()));
+    const std::string dst = fname == "manifest.json" ? "quantd_manifest.json" : fname;
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, dst), bytes));
+  }
+  if (ec) {
+    return absl::InternalError(absl::StrCat("listing ", native_dir, ": ", ec.message()));
+  }
+  config["torch_dtype"] = dtype == HfDType::kF16 ? "float16"
+                          : dtype == HfDType::kBF16 ? "bfloat16" : "float32";
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
+  return SyncDir(out_dir);
 }
 
 }  // namespace quantd::artifact

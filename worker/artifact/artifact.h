@@ -32,6 +32,19 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                         model::LlamaConfig* config);
 
+// Output precision of ExportHfModel's floating-point tensors.
+enum class HfDType { kF16, kBF16, kF32 };
+
+// Writes a Hugging Face checkpoint directory `out_dir` (created if missing) from the native
+// artifact directory `native_dir`: model.safetensors with every .qweight dequantized back to its
+// "<prefix>.weight" name and every floating-point tensor converted to `dtype` (integer tensors
+// are copied), config.json with "torch_dtype" set to match, every other file of the artifact
+// (tokenizer files) copied unchanged, and manifest.json kept as quantd_manifest.json for
+// provenance. Files are written atomically; config.json is written last. INVALID_ARGUMENT when a
+// value does not fit fp16 (use kBF16 or kF32), DATA_LOSS for corrupt packed tensors.
+absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
+                           HfDType dtype = HfDType::kF16);
+
 }  // namespace quantd::artifact
 
 #endif  // QUANTD_WORKER_ARTIFACT_ARTIFACT_H_
