@@ -1,16 +1,19 @@
 #include "client/eval_command.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/numbers.h"
+#include "common/file_util.h"
 #include "worker/artifact/artifact.h"
+#include "worker/model/forward.h"
 #include "worker/model/perplexity.h"
 #include "worker/model/tokens.h"
 
 namespace quantd::client {
 
 int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  std::string dir, data;
+  std::string dir, data, logits_out;
   int context = 512;
   bool json = false;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -28,6 +31,8 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
         err << "quantctl: --context needs an integer >= 2\n";
         return 2;
       }
+    } else if (a == "--logits-out") {
+      if (!value(&logits_out)) break;
     } else if (a == "--json") {
       json = true;
     } else if (!a.empty() && a[0] != '-' && dir.empty()) {
@@ -38,7 +43,7 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
     }
   }
   if (dir.empty() || data.empty()) {
-    err << "usage: quantctl eval MODEL_DIR --data TOKENS [--context N] [--json]\n";
+    err << "usage: quantctl eval MODEL_DIR --data TOKENS [--context N] [--json] [--logits-out FILE]\n";
     return 2;
   }
   model::LlamaConfig cfg;
@@ -51,6 +56,21 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
   if (!tokens.ok()) {
     err << "quantctl: " << tokens.status().ToString() << "\n";
     return 1;
+  }
+  if (!logits_out.empty()) {
+    // The logits of the first window, [T x vocab] little-endian f32: for comparing our forward
+    // pass with another implementation (tests/hf_transformers_test.py).
+    const size_t t = std::min<size_t>(tokens->size(), static_cast<size_t>(context));
+    auto logits = model::Forward(cfg, *weights, absl::MakeConstSpan(tokens->data(), t));
+    if (!logits.ok()) {
+      err << "quantctl: " << logits.status().ToString() << "\n";
+      return 1;
+    }
+    std::string bytes(reinterpret_cast<const char*>(logits->data()), logits->size() * sizeof(float));
+    if (absl::Status st = WriteFileAtomic(logits_out, bytes); !st.ok()) {
+      err << "quantctl: " << st.ToString() << "\n";
+      return 1;
+    }
   }
   model::PerplexityOptions opts;
   opts.context = context;
