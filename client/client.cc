@@ -28,11 +28,16 @@ bool IsTerminal(v1::JobState state) {
 
 absl::StatusOr<std::unique_ptr<QuantdClient>> QuantdClient::Connect(const std::string& addr,
                                                                     const ClientOptions& options) {
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials());
+  QUANTD_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::Channel> channel,
+      auth::MakeChannel(addr, options.security, grpc::ChannelArguments(), "--tls-"));
   if (!channel->WaitForConnected(DeadlineIn(options.connect_timeout))) {
-    return absl::UnavailableError(absl::StrCat("cannot reach quantd at ", addr, " within ",
-                                               absl::FormatDuration(options.connect_timeout)));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot reach quantd at ", addr, " within ", absl::FormatDuration(options.connect_timeout),
+        options.security.tls()
+            ? " (TLS: is the server serving TLS, does its certificate name this host and is it "
+              "signed by --tls-ca; with mutual TLS, is --tls-cert signed by the server's client CA?)"
+            : ""));
   }
   return std::make_unique<QuantdClient>(std::move(channel), options);
 }

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "auth/channel.h"
 #include "client/model_fetcher.h"
 #include "grpcpp/channel.h"
 #include "proto/quantd.grpc.pb.h"
@@ -29,6 +30,8 @@ struct ClientOptions {
   // Watch: how long to keep re-attaching after the stream broke with UNAVAILABLE before giving
   // up; the clock restarts with every event received. Default: 120 s.
   absl::Duration reattach_timeout = absl::Seconds(120);
+  // TLS files and bearer token for Connect. Default: plaintext, no token.
+  auth::ChannelSecurity security;
 };
 
 // True for SUCCEEDED, FAILED and CANCELLED.
@@ -36,8 +39,9 @@ bool IsTerminal(quantd::v1::JobState state);
 
 class QuantdClient {
  public:
-  // Opens an insecure channel to `addr` ("HOST:PORT") and waits up to
-  // options.connect_timeout for it to connect. UNAVAILABLE naming the address if it does not.
+  // Opens a channel to `addr` ("HOST:PORT") with options.security and waits up to
+  // options.connect_timeout for it to connect. UNAVAILABLE naming the address if it does not
+  // (with TLS this includes a failed handshake); INVALID_ARGUMENT / NOT_FOUND for bad TLS files.
   static absl::StatusOr<std::unique_ptr<QuantdClient>> Connect(const std::string& addr,
                                                                const ClientOptions& options = {});
 

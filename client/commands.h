@@ -33,7 +33,8 @@ struct Streams {
 };
 
 // Runs quantctl with `args` (argv without the program name). `env_addr` is $QUANTD_ADDR or
-// nullptr. Returns the process exit code.
+// nullptr; $QUANTD_TOKEN and $QUANTD_TLS_* are read with std::getenv (connection_security.h).
+// Returns the process exit code.
 int RunQuantctl(const std::vector<std::string>& args, const char* env_addr, const Streams& io);
 
 }  // namespace quantd::client
