@@ -19,6 +19,8 @@
 #include "worker/model/gguf_test_util.h"
 #include "worker/model/gguf_tokenizer.h"
 #include "worker/model/test_util.h"
+#include "worker/model/tokenizer_hf.h"
+#include "worker/model/tokenizer_llama2c.h"
 #include "worker/model/tokens.h"
 
 namespace quantd::model {
@@ -241,6 +243,18 @@ TEST(GgufConvertTest, Stories260KRoundTripsAndReproducesReferenceLogits) {
   }
   EXPECT_EQ(tj["added_tokens"].size(), 3u);
   EXPECT_EQ(tj["added_tokens"][1]["content"], "<s>");
+  // It encodes like the original llama2.c tokenizer (through the in-tree tokenizer.json reader).
+  auto hf_tok = HfTokenizer::Load(dir + "/hf/tokenizer.json");
+  auto l2c_tok = Llama2cTokenizer::Load(ExamplePath("stories260K/tok512.bin"));
+  ASSERT_TRUE(hf_tok.ok()) << hf_tok.status();
+  ASSERT_TRUE(l2c_tok.ok()) << l2c_tok.status();
+  for (const char* text : {"Once upon a time, there was a little girl named Lily.",
+                           "She loved to play outside.  \"Wow!\" said Tom, 3 times; caf\xc3\xa9"}) {
+    auto a = (*hf_tok)->Encode(text, /*bos=*/true);
+    auto b = (*l2c_tok)->Encode(text, /*bos=*/true);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(*a, *b) << text;
+  }
   auto tc = nlohmann::json::parse(*ReadFile(dir + "/hf/tokenizer_config.json"));
   EXPECT_EQ(tc["bos_token"], "<s>");
   EXPECT_EQ(tc["eos_token"], "</s>");
