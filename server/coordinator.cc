@@ -459,6 +459,7 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
       if (!worker_name.empty()) metrics_->WorkerTaskCompleted(worker_name);
       if (kind == quantd::v1::TASK_KIND_HESSIAN) metrics_->HessianTokens(h.tokens());
       if (kind == quantd::v1::TASK_KIND_QUANTIZE) {
+        metrics_->MatrixProxyLoss(h.proxy_loss());
         if (auto info = quant::InspectPacked(data); info.ok()) {
           metrics_->WeightsQuantized(int64_t{info->m} * info->n);
         }

@@ -13,6 +13,11 @@ const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
   return *b;
 }
 
+// Relative proxy loss: ~0.001 (8 bit) to ~0.1 (2 bit) on real models; > 1 means worse than zero.
+prometheus::Histogram::BucketBoundaries ProxyLossBuckets() {
+  return {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1};
+}
+
 }  // namespace
 
 Metrics::Metrics()
@@ -53,6 +58,12 @@ Metrics::Metrics()
                              .Help("Weights (matrix entries) quantized")
                              .Register(*registry_)
                              .Add({})),
+      matrix_proxy_loss_(prometheus::BuildHistogram()
+                             .Name("quantd_matrix_proxy_loss")
+                             .Help("Relative proxy loss of each quantized matrix, observed when "
+                                   "its quantize task's report is accepted")
+                             .Register(*registry_)
+                             .Add({}, ProxyLossBuckets())),
       bytes_served_(prometheus::BuildCounter()
                         .Name("quantd_artifact_bytes_served_total")
                         .Help("Artifact bytes streamed by FetchArtifact")
@@ -118,6 +129,7 @@ void Metrics::SetWorkers(int live, int lost) {
 void Metrics::LeaseExpired() { lease_expirations_.Increment(); }
 void Metrics::HessianTokens(int64_t n) { hessian_tokens_.Increment(static_cast<double>(n)); }
 void Metrics::WeightsQuantized(int64_t n) { weights_quantized_.Increment(static_cast<double>(n)); }
+void Metrics::MatrixProxyLoss(double loss) { matrix_proxy_loss_.Observe(loss); }
 void Metrics::BytesServed(int64_t n) { bytes_served_.Increment(static_cast<double>(n)); }
 
 }  // namespace quantd::server

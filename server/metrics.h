@@ -40,6 +40,8 @@ class Metrics {
   void LeaseExpired();
   void HessianTokens(int64_t n);
   void WeightsQuantized(int64_t n);
+  // One quantized matrix's relative proxy loss (tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), unitless).
+  void MatrixProxyLoss(double loss);
   void BytesServed(int64_t n);
 
   prometheus::Registry& registry() { return *registry_; }
@@ -56,6 +58,7 @@ class Metrics {
   prometheus::Counter& lease_expirations_;
   prometheus::Counter& hessian_tokens_;
   prometheus::Counter& weights_quantized_;
+  prometheus::Histogram& matrix_proxy_loss_;
   prometheus::Counter& bytes_served_;
 
   absl::Mutex mu_;
