@@ -5,6 +5,13 @@ pkgs=(build-essential cmake ninja-build pkg-config
       libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
       libabsl-dev libeigen3-dev prometheus-cpp-dev libsqlite3-dev libssl-dev
       nlohmann-json3-dev libgtest-dev libgmock-dev)
+# Test-only: python3 + PyYAML + venv (deploy files test, Python client test) and prometheus
+# (the real-Prometheus integration test; ~23 s and ~100 MB to install, so on by default).
+# QUANTD_BUILD_ONLY=1 (the Dockerfile) skips them; QUANTD_NO_PROMETHEUS=1 skips prometheus.
+if [ "${QUANTD_BUILD_ONLY:-0}" != 1 ]; then
+  pkgs+=(python3 python3-yaml python3-venv)
+  [ "${QUANTD_NO_PROMETHEUS:-0}" = 1 ] || pkgs+=(prometheus)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
