@@ -18,6 +18,13 @@ ABSL_FLAG(std::string, worker_binary, "", "quantd-worker path; default: next to 
 ABSL_FLAG(std::string, device, "auto", "device for local workers: auto | cpu | cuda:N");
 ABSL_FLAG(int, lease_timeout_s, 20, "seconds without heartbeat before a task is re-queued");
 ABSL_FLAG(std::string, port_file, "", "write the bound client port here (for tests)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "require 'authorization: Bearer <token>' on every RPC (grpc.health.v1 exempt); the file "
+          "holds one token per line, optionally followed by a name; must not be world-readable");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS on the gRPC ports");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require client certificates signed by it (mutual TLS)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd: quantization-as-a-service coordinator");
@@ -32,6 +39,10 @@ int main(int argc, char** argv) {
   o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   o.device = absl::GetFlag(FLAGS_device);
   o.port_file = absl::GetFlag(FLAGS_port_file);
+  o.auth_token_file = absl::GetFlag(FLAGS_auth_token_file);
+  o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   absl::Status s = quantd::server::RunServer(o);
   if (!s.ok()) {
     std::fprintf(stderr, "quantd: %s\n", s.ToString().c_str());

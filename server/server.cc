@@ -8,6 +8,9 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "auth/channel.h"
+#include "auth/server_credentials.h"
+#include "auth/token_file.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
@@ -31,6 +34,51 @@ int CountGpus() {
   return n;
 }
 
+// Credentials for the gRPC ports, and what local workers need to pass them: a token made for
+// them at startup (in a 0600 file under the data dir, added to the accepted tokens) and, with
+// TLS, the CA that signed the server certificate (--tls_client_ca if given, else --tls_cert,
+// which then must hold the chain up to its root) plus, with mutual TLS, the server's own
+// certificate as their client certificate.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ConfigureSecurity(
+    const ServerOptions& options, WorkerPoolOptions* local) {
+  auth::ServerSecurityOptions sec;
+  sec.tls_cert_file = options.tls_cert;
+  sec.tls_key_file = options.tls_key;
+  sec.tls_client_ca_file = options.tls_client_ca;
+  if (!options.auth_token_file.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(std::vector<auth::TokenEntry> entries,
+                            auth::LoadTokenFile(options.auth_token_file));
+    auto tokens = std::make_shared<auth::TokenSet>(entries);
+    QUANTD_ASSIGN_OR_RETURN(std::string local_token, auth::RandomToken());
+    tokens->Add(local_token, "quantd local workers");
+    local->auth_token_file = JoinPath(options.coordinator.data_dir, "local-worker.token");
+    QUANTD_RETURN_IF_ERROR(auth::WritePrivateFile(
+        local->auth_token_file,
+        absl::StrCat("# written by quantd at startup for its local workers\n", local_token,
+                     " quantd-local-workers\n")));
+    sec.tokens = std::move(tokens);
+    std::fprintf(stderr, "quantd: auth: %zu token(s) from %s; grpc.health.v1 needs none\n",
+                 entries.size(), options.auth_token_file.c_str());
+    const bool tls = !options.tls_cert.empty();
+    for (const std::string& addr : {options.listen, options.worker_listen}) {
+      if (!tls && !addr.empty() && !auth::IsLoopbackAddress(addr)) {
+        std::fprintf(stderr,
+                     "quantd: warning: bearer tokens on %s travel in plaintext; anyone on the "
+                     "network path can read them (add --tls_cert/--tls_key)\n",
+                     addr.c_str());
+      }
+    }
+  }
+  if (!options.tls_cert.empty()) {
+    local->tls_ca = options.tls_client_ca.empty() ? options.tls_cert : options.tls_client_ca;
+    if (!options.tls_client_ca.empty()) {
+      local->tls_cert = options.tls_cert;
+      local->tls_key = options.tls_key;
+    }
+  }
+  return auth::MakeServerCredentials(sec);
+}
+
 }  // namespace
 
 absl::Status RunServer(const ServerOptions& options) {
@@ -43,6 +91,9 @@ absl::Status RunServer(const ServerOptions& options) {
   ::signal(SIGPIPE, SIG_IGN);
 
   QUANTD_RETURN_IF_ERROR(MakeDirs(options.coordinator.data_dir));
+  WorkerPoolOptions wo;
+  QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                          ConfigureSecurity(options, &wo));
   Metrics metrics;
   if (!options.metrics_listen.empty()) QUANTD_RETURN_IF_ERROR(metrics.Serve(options.metrics_listen));
   QUANTD_ASSIGN_OR_RETURN(auto coordinator, Coordinator::Create(options.coordinator, &metrics));
@@ -55,9 +106,9 @@ absl::Status RunServer(const ServerOptions& options) {
   grpc::ServerBuilder builder;
   int port = 0;
   int worker_port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, creds, &port);
   if (!options.worker_listen.empty()) {
-    builder.AddListeningPort(options.worker_listen, grpc::InsecureServerCredentials(), &worker_port);
+    builder.AddListeningPort(options.worker_listen, creds, &worker_port);
   }
   builder.RegisterService(&quant);
   builder.RegisterService(&registry);
@@ -70,7 +121,10 @@ absl::Status RunServer(const ServerOptions& options) {
   std::string host = options.listen.substr(0, options.listen.rfind(':'));
   if (host.empty() || host == "0.0.0.0" || host == "[::]") host = "127.0.0.1";
   const std::string self_addr = absl::StrCat(host, ":", port);
-  std::fprintf(stderr, "quantd: serving gRPC on %s, metrics on %s, data in %s\n",
+  std::fprintf(stderr, "quantd: serving gRPC (%s) on %s, metrics on %s, data in %s\n",
+               options.tls_cert.empty()            ? "plaintext"
+               : options.tls_client_ca.empty() ? "TLS"
+                                                   : "mutual TLS",
                self_addr.c_str(), options.metrics_listen.empty() ? "(off)" : options.metrics_listen.c_str(),
                options.coordinator.data_dir.c_str());
   if (!options.port_file.empty()) {
@@ -81,7 +135,6 @@ absl::Status RunServer(const ServerOptions& options) {
   if (n < 0) n = std::max(1, CountGpus());
   std::unique_ptr<WorkerPool> pool;
   if (n > 0) {
-    WorkerPoolOptions wo;
     wo.worker_binary = options.worker_binary.empty() ? JoinPath(SelfDir(), "quantd-worker")
                                                      : options.worker_binary;
     wo.coordinator = self_addr;
@@ -101,6 +154,7 @@ absl::Status RunServer(const ServerOptions& options) {
   sigwait(&sigs, &sig);
   std::fprintf(stderr, "quantd: signal %d, shutting down\n", sig);
   if (pool) pool->Stop();
+  if (!wo.auth_token_file.empty()) RemoveAll(wo.auth_token_file).IgnoreError();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   coordinator.reset();
   return absl::OkStatus();

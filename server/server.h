@@ -1,5 +1,7 @@
 // RunServer: assembles the coordinator, the gRPC services (plus grpc.health.v1 and reflection),
-// the metrics endpoint and the local worker pool, and runs until SIGINT/SIGTERM.
+// the metrics endpoint and the local worker pool, and runs until SIGINT/SIGTERM. The gRPC ports
+// can require bearer tokens and serve TLS / mutual TLS (auth/server_credentials.h); local
+// workers then get a private token and what they need to dial the TLS port.
 #ifndef QUANTD_SERVER_SERVER_H_
 #define QUANTD_SERVER_SERVER_H_
 
@@ -19,6 +21,11 @@ struct ServerOptions {
   std::string worker_binary;  // Default: quantd-worker next to this executable
   std::string device = "auto";
   std::string port_file;    // Default: none
+  // Security of both gRPC ports (docs/reliability.md, "Authentication and TLS").
+  std::string auth_token_file;  // Default: none = no token check
+  std::string tls_cert;         // PEM chain; with tls_key: serve TLS. Default: none = plaintext
+  std::string tls_key;          // Default: none
+  std::string tls_client_ca;    // PEM CA; clients must present a cert it signed. Default: none
 };
 
 // Blocks until a termination signal; returns the first startup error otherwise.

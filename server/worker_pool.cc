@@ -32,6 +32,12 @@ pid_t WorkerPool::Spawn(int index) {
                                    "--cache_dir=" + cache,
                                    "--device=" + options_.device,
                                    absl::StrCat("--threads=", threads)};
+  if (!options_.auth_token_file.empty()) {
+    args.push_back("--auth_token_file=" + options_.auth_token_file);
+  }
+  if (!options_.tls_ca.empty()) args.push_back("--tls_ca=" + options_.tls_ca);
+  if (!options_.tls_cert.empty()) args.push_back("--tls_cert=" + options_.tls_cert);
+  if (!options_.tls_key.empty()) args.push_back("--tls_key=" + options_.tls_key);
   pid_t pid = ::fork();
   if (pid == 0) {
     // A worker must not outlive its coordinator, even after a kill -9.

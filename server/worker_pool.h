@@ -24,6 +24,12 @@ struct WorkerPoolOptions {
   std::string device = "auto";    // Default: auto
   int count = 1;                  // Default: 1
   int threads_per_worker = 0;     // Default: 0 = cores / count
+  // Passed as --auth_token_file / --tls_ca / --tls_cert / --tls_key: paths only, so no secret
+  // shows in `ps`. Default: empty = flag not passed.
+  std::string auth_token_file;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
 
 class WorkerPool {

@@ -31,19 +31,22 @@ void Log(const std::string& name, const std::string& msg) {
   std::fprintf(stderr, "quantd-worker[%s]: %s\n", name.c_str(), msg.c_str());
 }
 
+// A refused token will not become valid by retrying.
+bool IsAuthError(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+         s.error_code() == grpc::StatusCode::PERMISSION_DENIED;
+}
+
 }  // namespace
 
 Worker::Worker(WorkerOptions options) : options_(std::move(options)) {
   if (options_.name.empty()) options_.name = DefaultName();
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(8 << 20);
-  stub_ = quantd::v1::WorkerService::NewStub(grpc::CreateCustomChannel(
-      options_.coordinator, grpc::InsecureChannelCredentials(), args));
   device_ = quant::MakeCpuDevice(options_.threads);
 }
 
 absl::Status Worker::RegisterLoop() {
   absl::Duration backoff = absl::Milliseconds(100);
+  grpc::StatusCode last_logged = grpc::StatusCode::OK;
   while (!stop_.load()) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -62,8 +65,13 @@ absl::Status Worker::RegisterLoop() {
       return absl::OkStatus();
     }
     if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
-        s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+        s.error_code() == grpc::StatusCode::INVALID_ARGUMENT || IsAuthError(s)) {
       return FromGrpc(s);
+    }
+    if (s.error_code() != last_logged) {  // e.g. a TLS handshake that keeps failing
+      last_logged = s.error_code();
+      Log(options_.name, absl::StrCat("cannot register with ", options_.coordinator, " (",
+                                      FromGrpc(s).ToString(), "); retrying"));
     }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(5));
@@ -200,6 +208,12 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
 
 absl::Status Worker::Run() {
   QUANTD_RETURN_IF_ERROR(MakeDirs(options_.cache_dir));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  QUANTD_ASSIGN_OR_RETURN(
+      std::shared_ptr<grpc::Channel> channel,
+      auth::MakeChannel(options_.coordinator, options_.security, args, "--tls_"));
+  stub_ = quantd::v1::WorkerService::NewStub(channel);
   std::thread hb([this] { HeartbeatLoop(); });
   absl::Status result = absl::OkStatus();
   while (!stop_.load()) {
@@ -226,6 +240,10 @@ absl::Status Worker::Run() {
       absl::MutexLock l(&mu_);
       worker_id_.clear();
       continue;
+    }
+    if (IsAuthError(s)) {  // e.g. the coordinator restarted with other tokens
+      result = FromGrpc(s);
+      break;
     }
     if (!s.ok() || !resp.found()) {
       absl::SleepFor(absl::Milliseconds(s.ok() ? 100 : 500));

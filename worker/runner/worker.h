@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "auth/channel.h"
 #include "proto/quantd.grpc.pb.h"
 #include "worker/quant/device.h"
 
@@ -24,12 +25,14 @@ struct WorkerOptions {
   std::string cache_dir = "/tmp/quantd-worker";  // Default: /tmp/quantd-worker
   std::string device = "auto";                 // Default: auto (GPU if present, else CPU)
   int threads = 0;                             // Default: 0 = all cores
+  auth::ChannelSecurity security;              // Default: plaintext, no token
 };
 
 class Worker {
  public:
   explicit Worker(WorkerOptions options);
-  // Runs until Stop(). Returns an error only for unrecoverable conditions (API mismatch).
+  // Runs until Stop(). Returns an error only for unrecoverable conditions: API mismatch,
+  // unusable TLS files, a token the coordinator refuses (UNAUTHENTICATED / PERMISSION_DENIED).
   absl::Status Run();
   void Stop() { stop_.store(true); }
 

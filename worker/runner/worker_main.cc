@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "auth/token_file.h"
 #include "worker/runner/worker.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070", "coordinator gRPC address");
@@ -14,6 +15,11 @@ ABSL_FLAG(std::string, name, "", "worker name (default hostname-pid)");
 ABSL_FLAG(std::string, cache_dir, "/tmp/quantd-worker", "local cache for task inputs");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda:N");
 ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "send the first token of this file as 'authorization: Bearer' (not world-readable)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle that verifies the coordinator: dial TLS");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain for mutual TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd-worker: runs quantization tasks for a quantd coordinator");
@@ -30,6 +36,20 @@ int main(int argc, char** argv) {
   o.cache_dir = absl::GetFlag(FLAGS_cache_dir);
   o.device = device;
   o.threads = absl::GetFlag(FLAGS_threads);
+  o.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  o.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
+    absl::StatusOr<std::string> token = quantd::auth::ReadClientToken(path);
+    if (!token.ok()) {
+      std::fprintf(stderr, "quantd-worker: %s\n", token.status().ToString().c_str());
+      return 1;
+    }
+    o.security.token = *token;
+  }
+  if (std::string w = quantd::auth::PlaintextTokenWarning(o.coordinator, o.security); !w.empty()) {
+    std::fprintf(stderr, "quantd-worker: %s\n", w.c_str());
+  }
   quantd::runner::Worker worker(o);
   sigset_t sigs;
   sigemptyset(&sigs);

@@ -1,0 +1,305 @@
+// End-to-end: bearer tokens and TLS / mutual TLS with real quantd, quantd-worker and quantctl
+// processes on loopback. Certificates are made at test time with the openssl CLI: a CA, a
+// server certificate for IP:127.0.0.1 and DNS:localhost, a client certificate from the same CA
+// and one from another CA.
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
+#include <future>
+#include <sstream>
+
+#include "auth/channel.h"
+#include "common/file_util.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/process_util.h"
+
+namespace quantd::testing {
+namespace {
+
+constexpr char kToken[] = "right-token-0123456789abcdef";
+constexpr char kWrongToken[] = "wrong-token-0123456789abcdef";
+
+std::string Model() { return SourceDir() + "/examples/stories260K"; }
+std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
+
+// Test files shared by every test: certificates and token files.
+struct Files {
+  std::string dir;
+  std::string Path(const std::string& name) const { return dir + "/" + name; }
+};
+Files* files = nullptr;
+
+void WriteFile(const std::string& path, const std::string& text, mode_t mode) {
+  std::ofstream(path) << text;
+  ::chmod(path.c_str(), mode);
+}
+
+// Makes the certificates with openssl; returns its output on failure, "" on success.
+std::string MakeCertificates(const std::string& dir) {
+  const std::string script = R"(set -e
+cd ")" + dir + R"("
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+ca() {  # name
+  key $1.key
+  openssl req -x509 -new -key $1.key -out $1.pem -days 2 -subj "/CN=quantd test $1"
+}
+leaf() {  # name ca extensions
+  key $1.key
+  openssl req -new -key $1.key -out $1.csr -subj "/CN=quantd test $1"
+  printf '%s\n' "$3" > $1.ext
+  openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key -CAcreateserial -CAserial $2.srl \
+    -out $1.pem -days 2 -extfile $1.ext 2>/dev/null
+}
+ca ca
+ca other-ca
+leaf server ca "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth,clientAuth"
+leaf client ca "extendedKeyUsage=clientAuth"
+leaf stranger other-ca "extendedKeyUsage=clientAuth"
+)";
+  CommandResult r = Run({"/bin/sh", "-c", script});
+  return r.exit_code == 0 ? "" : r.out + r.err;
+}
+
+class AuthTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    files = new Files{MakeTempDir("auth")};
+    setup_error_ = MakeCertificates(files->dir);
+    WriteFile(files->Path("tokens"),
+              std::string("# quantd tokens\n\n") + kToken + "  tester\n" +
+                  "another-token-0123456789 ci runner\n",
+              0600);
+    WriteFile(files->Path("client-token"), std::string(kToken) + "\n", 0600);
+    WriteFile(files->Path("wrong-token"), std::string(kWrongToken) + "\n", 0600);
+  }
+  static void TearDownTestSuite() {
+    RemoveAll(files->dir).IgnoreError();
+    delete files;
+    files = nullptr;
+  }
+  void SetUp() override { ASSERT_EQ(setup_error_, "") << "openssl failed"; }
+  static std::string setup_error_;
+};
+std::string AuthTest::setup_error_;
+
+// quantctl against `d` with extra leading flags and environment entries.
+CommandResult Ctl(const Daemon& d, const std::vector<std::string>& flags,
+                  const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+  std::vector<std::string> argv = {BinaryDir() + "/quantctl", "--addr", d.addr()};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Run(argv, env, 120);
+}
+
+// A small job to the end: rtn 4-bit on stories260K, one calibration sequence, no evaluation
+// (every phase runs on the local worker, in about 2 s).
+CommandResult SmallJob(const Daemon& d, const std::vector<std::string>& flags,
+                       const std::string& name) {
+  return Ctl(d, flags,
+             {"submit", Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4",
+              "--max-calib-seqs", "1", "--name", name, "--wait"});
+}
+
+// grpc.health.v1.Health/Check written out by hand (a generic call; HealthCheckRequest{} is
+// empty, SERVING is field 1 = 1, i.e. bytes 08 01).
+grpc::Status HealthCheck(const std::string& addr, const auth::ChannelSecurity& sec,
+                         std::string* response) {
+  auto channel = auth::MakeChannel(addr, sec, grpc::ChannelArguments(), "--tls-");
+  if (!channel.ok()) return grpc::Status(grpc::StatusCode::INTERNAL, channel.status().ToString());
+  grpc::GenericStub stub(*channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice empty;
+  grpc::ByteBuffer req(&empty, 1), resp;
+  grpc::CompletionQueue cq;
+  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", req, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(&resp, &status, reinterpret_cast<void*>(1));
+  void* tag = nullptr;
+  bool ok = false;
+  cq.Next(&tag, &ok);
+  std::vector<grpc::Slice> slices;
+  if (status.ok() && resp.Dump(&slices).ok()) {
+    for (const auto& s : slices) response->append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return status;
+}
+
+// Command lines of every process whose command line mentions `needle`.
+std::vector<std::string> CommandLinesWith(const std::string& needle) {
+  std::vector<std::string> out;
+  DIR* proc = ::opendir("/proc");
+  while (dirent* e = proc ? ::readdir(proc) : nullptr) {
+    std::ifstream f(std::string("/proc/") + e->d_name + "/cmdline");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    std::string cmd = ss.str();
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    if (cmd.find(needle) != std::string::npos) out.push_back(cmd);
+  }
+  if (proc) ::closedir(proc);
+  return out;
+}
+
+TEST_F(AuthTest, StartupRefusesBadTokenFiles) {
+  const std::string data = MakeTempDir("auth_data");
+  WriteFile(files->Path("open-tokens"), std::string(kToken) + "\n", 0644);
+  WriteFile(files->Path("empty-tokens"), "# nothing here\n\n", 0600);
+  for (const auto& [file, expected] :
+       std::vector<std::pair<std::string, std::string>>{
+           {files->Path("open-tokens"), "chmod 600"},
+           {files->Path("empty-tokens"), "no tokens"},
+           {files->Path("missing-tokens"), "No such file"}}) {
+    CommandResult r = testing::Run({BinaryDir() + "/quantd", "--listen=127.0.0.1:0", "--metrics_listen=",
+                           "--data_dir=" + data, "--local_workers=0", "--auth_token_file=" + file},
+                          {}, 30);
+    EXPECT_EQ(r.exit_code, 1) << file << "\n" << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find(kToken), std::string::npos) << "a token was logged:\n" << r.err;
+  }
+  RemoveAll(data).IgnoreError();
+}
+
+TEST_F(AuthTest, BearerTokens) {
+  Daemon d(1, {"--auth_token_file=" + files->Path("tokens")});
+  ASSERT_TRUE(d.ok()) << d.Log();
+
+  CommandResult none = Ctl(d, {}, {"jobs"});
+  EXPECT_EQ(none.exit_code, 1) << none.err;
+  EXPECT_NE(none.err.find("UNAUTHENTICATED: no token sent"), std::string::npos) << none.err;
+
+  CommandResult wrong = Ctl(d, {}, {"jobs"}, {"QUANTD_TOKEN=" + std::string(kWrongToken)});
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.err;
+  EXPECT_NE(wrong.err.find("PERMISSION_DENIED: token rejected"), std::string::npos) << wrong.err;
+
+  CommandResult env = Ctl(d, {}, {"jobs"}, {"QUANTD_TOKEN=" + std::string(kToken)});
+  EXPECT_EQ(env.exit_code, 0) << env.err;
+  CommandResult flag = Ctl(d, {"--token-file", files->Path("client-token")}, {"models"});
+  EXPECT_EQ(flag.exit_code, 0) << flag.err;
+
+  // Probes need no token.
+  std::string health;
+  grpc::Status hs = HealthCheck(d.addr(), {}, &health);
+  EXPECT_TRUE(hs.ok()) << hs.error_message();
+  EXPECT_EQ(health, std::string("\x08\x01", 2));  // SERVING
+
+  // A remote worker with a wrong or no token cannot register, and says why.
+  const std::string cache = MakeTempDir("auth_worker");
+  CommandResult w = testing::Run({BinaryDir() + "/quantd-worker", "--coordinator=" + d.addr(),
+                         "--cache_dir=" + cache, "--threads=1",
+                         "--auth_token_file=" + files->Path("wrong-token")},
+                        {}, 60);
+  EXPECT_EQ(w.exit_code, 1) << w.err;
+  EXPECT_NE(w.err.find("PERMISSION_DENIED"), std::string::npos) << w.err;
+  CommandResult anon = testing::Run({BinaryDir() + "/quantd-worker", "--coordinator=" + d.addr(),
+                            "--cache_dir=" + cache, "--threads=1"},
+                           {}, 60);
+  EXPECT_EQ(anon.exit_code, 1) << anon.err;
+  EXPECT_NE(anon.err.find("UNAUTHENTICATED"), std::string::npos) << anon.err;
+  RemoveAll(cache).IgnoreError();
+
+  // The local worker authenticates with a token quantd made for it: a job completes.
+  CommandResult job = SmallJob(d, {"--token-file", files->Path("client-token")}, "auth-rtn4");
+  EXPECT_EQ(job.exit_code, 0) << job.out << job.err << d.Log();
+
+  // That token sits in a 0600 file; no command line (what `ps` shows) contains it.
+  const std::string local_token_file = d.data_dir() + "/local-worker.token";
+  struct stat st;
+  ASSERT_EQ(::stat(local_token_file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  std::ifstream tf(local_token_file);
+  std::string line, local_token;
+  while (std::getline(tf, line)) {
+    if (!line.empty() && line[0] != '#') local_token = line.substr(0, line.find(' '));
+  }
+  ASSERT_EQ(local_token.size(), 64u);
+  const std::vector<std::string> cmds = CommandLinesWith(d.data_dir());
+  EXPECT_GE(cmds.size(), 2u);  // quantd and its worker
+  for (const std::string& cmd : cmds) {
+    EXPECT_EQ(cmd.find(local_token), std::string::npos) << cmd;
+    EXPECT_EQ(cmd.find(kToken), std::string::npos) << cmd;
+  }
+  // The log names who called, never a token.
+  const std::string log = d.Log();
+  EXPECT_NE(log.find("first call with token \"tester\""), std::string::npos) << log;
+  EXPECT_NE(log.find("first call with token \"quantd local workers\""), std::string::npos) << log;
+  EXPECT_EQ(log.find(kToken), std::string::npos);
+  EXPECT_EQ(log.find(kWrongToken), std::string::npos);
+  EXPECT_EQ(log.find(local_token), std::string::npos);
+}
+
+TEST_F(AuthTest, Tls) {
+  Daemon d(0, {"--tls_cert=" + files->Path("server.pem"), "--tls_key=" + files->Path("server.key")});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  CommandResult ok = Ctl(d, {"--tls-ca", files->Path("ca.pem")}, {"jobs"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  CommandResult env = Ctl(d, {}, {"models"}, {"QUANTD_TLS_CA=" + files->Path("ca.pem")});
+  EXPECT_EQ(env.exit_code, 0) << env.err;
+  // The failures each wait out the 5 s connect timeout; run them side by side.
+  auto plaintext = std::async(std::launch::async, [&] { return Ctl(d, {}, {"jobs"}); });
+  auto wrong_ca = std::async(std::launch::async,
+                             [&] { return Ctl(d, {"--tls-ca", files->Path("other-ca.pem")}, {"jobs"}); });
+  for (auto* f : {&plaintext, &wrong_ca}) {
+    CommandResult r = f->get();
+    EXPECT_EQ(r.exit_code, 4) << r.err;
+    EXPECT_NE(r.err.find("UNAVAILABLE"), std::string::npos) << r.err;
+  }
+  std::string health;
+  auth::ChannelSecurity sec;
+  sec.tls_ca_file = files->Path("ca.pem");
+  EXPECT_TRUE(HealthCheck(d.addr(), sec, &health).ok());
+  EXPECT_EQ(health, std::string("\x08\x01", 2));
+}
+
+TEST_F(AuthTest, MutualTlsWithTokens) {
+  Daemon d(1, {"--tls_cert=" + files->Path("server.pem"), "--tls_key=" + files->Path("server.key"),
+               "--tls_client_ca=" + files->Path("ca.pem"),
+               "--auth_token_file=" + files->Path("tokens")});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  const std::vector<std::string> client = {"--tls-ca", files->Path("ca.pem"), "--tls-cert",
+                                           files->Path("client.pem"), "--tls-key",
+                                           files->Path("client.key")};
+  std::vector<std::string> with_token = client;
+  with_token.insert(with_token.end(), {"--token-file", files->Path("client-token")});
+  CommandResult ok = Ctl(d, with_token, {"jobs"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  // A certificate is not a token: both are checked.
+  CommandResult no_token = Ctl(d, client, {"jobs"});
+  EXPECT_EQ(no_token.exit_code, 1) << no_token.err;
+  EXPECT_NE(no_token.err.find("UNAUTHENTICATED"), std::string::npos) << no_token.err;
+
+  auto without_cert = std::async(std::launch::async, [&] {
+    return Ctl(d, {"--tls-ca", files->Path("ca.pem"), "--token-file", files->Path("client-token")},
+               {"jobs"});
+  });
+  auto stranger = std::async(std::launch::async, [&] {
+    return Ctl(d, {"--tls-ca", files->Path("ca.pem"), "--tls-cert", files->Path("stranger.pem"),
+                   "--tls-key", files->Path("stranger.key"), "--token-file",
+                   files->Path("client-token")},
+               {"jobs"});
+  });
+  auto plaintext = std::async(std::launch::async, [&] {
+    return Ctl(d, {"--token-file", files->Path("client-token")}, {"jobs"});
+  });
+  for (auto* f : {&without_cert, &stranger, &plaintext}) {
+    CommandResult r = f->get();
+    EXPECT_EQ(r.exit_code, 4) << r.err;
+    EXPECT_NE(r.err.find("UNAVAILABLE"), std::string::npos) << r.err;
+  }
+
+  // Local workers dial the TLS port with the server's certificate and their own token.
+  CommandResult job = SmallJob(d, with_token, "mtls-rtn4");
+  EXPECT_EQ(job.exit_code, 0) << job.out << job.err << d.Log();
+  CommandResult models = Ctl(d, with_token, {"models", "mtls-rtn4"});
+  EXPECT_EQ(models.exit_code, 0) << models.err;
+  EXPECT_NE(models.out.find("mtls-rtn4"), std::string::npos) << models.out;
+}
+
+}  // namespace
+}  // namespace quantd::testing
