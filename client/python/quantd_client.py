@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""quantd Python client: a small library and a CLI over quantd's gRPC API (quantd.v1).
+
+Library:
+
+    from quantd_client import Client
+    with Client("127.0.0.1:7070") as c:
+        job = c.submit("/models/llama", calib="/data/calib.u16", method="quip-sharp", bits=2,
+                       name="llama-2bit")
+        job = c.watch(job.id, on_event=lambda ev: print(ev.job.progress))
+        version = c.fetch("llama-2bit", out_dir="out/llama-2bit")
+
+CLI (exit 0 success, 1 job failed/cancelled or request refused, 2 usage, 4 server unavailable;
+the same codes as quantctl):
+
+    python3 quantd_client.py [--addr HOST:PORT] submit MODEL_DIR --calib FILE [--eval FILE]
+        --method M --bits B --name NAME [--request-id ID] [--wait] [--json]
+    python3 quantd_client.py watch JOB [--json]
+    python3 quantd_client.py status JOB [--json]
+    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--json]
+
+Stubs: quantd_pb2 / quantd_pb2_grpc are generated from proto/quantd.proto with grpcio-tools
+(never committed). `python3 quantd_client.py gen-stubs [DIR]` writes them; on import the module
+looks in $QUANTD_STUBS_DIR, then in _gen/ next to this file, and generates them there when they
+are missing and grpcio-tools is installed. $QUANTD_PROTO overrides the proto path (default
+../../proto/quantd.proto relative to this file).
+
+Errors: RPC failures raise grpc.RpcError (code() is the server's status: INVALID_ARGUMENT,
+NOT_FOUND, UNAVAILABLE, ...); a fetched file whose size or sha256 differs from the manifest
+raises FetchError with code DATA_LOSS. Thread-safety: a Client may be shared by threads
+(grpc channels are thread-safe); fetch() into the same directory from two threads is not safe.
+"""
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+import uuid
+
+import grpc
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT_PROTO = os.path.join(_HERE, "..", "..", "proto", "quantd.proto")
+_CHUNK_RETRIES = 5
+
+
+def generate_stubs(out_dir, proto=None):
+    """Generates quantd_pb2.py and quantd_pb2_grpc.py into out_dir with grpcio-tools.
+
+    Raises RuntimeError naming the proto file when protoc fails."""
+    from grpc_tools import protoc  # grpcio-tools; only needed here
+
+    proto = os.path.abspath(proto or os.environ.get("QUANTD_PROTO") or _DEFAULT_PROTO)
+    os.makedirs(out_dir, exist_ok=True)
+    well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    rc = protoc.main([
+        "grpc_tools.protoc",
+        "-I" + os.path.dirname(proto),
+        "-I" + well_known,
+        "--python_out=" + out_dir,
+        "--grpc_python_out=" + out_dir,
+        proto,
+    ])
+    if rc != 0:
+        raise RuntimeError("protoc failed on %s (exit %d)" % (proto, rc))
+
+
+def _load_stubs():
+    dirs = [d for d in (os.environ.get("QUANTD_STUBS_DIR"), os.path.join(_HERE, "_gen")) if d]
+    for d in dirs:
+        if os.path.exists(os.path.join(d, "quantd_pb2_grpc.py")):
+            break
+    else:
+        d = dirs[0]
+        generate_stubs(d)
+    if d not in sys.path:
+        sys.path.insert(0, d)
+    return importlib.import_module("quantd_pb2"), importlib.import_module("quantd_pb2_grpc")
+
+
+pb, pb_grpc = _load_stubs()
+
+TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
+
+
+class FetchError(Exception):
+    """A fetched file does not match the manifest (code DATA_LOSS) or a path is unsafe
+    (code INVALID_ARGUMENT)."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def state_name(state):
+    return pb.JobState.Name(state).replace("JOB_STATE_", "")
+
+
+def _safe_relative(path):
+    parts = path.split("/")
+    return (path and not path.startswith("/") and "\\" not in path and "\0" not in path
+            and all(p not in ("", ".", "..") for p in parts))
+
+
+def _sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Client:
+    """Connection to one quantd coordinator (QuantService + RegistryService)."""
+
+    def __init__(self, addr="127.0.0.1:7070", connect_timeout_s=5.0):
+        self.addr = addr
+        self._channel = grpc.insecure_channel(
+            addr, options=[("grpc.max_receive_message_length", 16 << 20)])
+        grpc.channel_ready_future(self._channel).result(timeout=connect_timeout_s)
+        self.jobs = pb_grpc.QuantServiceStub(self._channel)
+        self.registry = pb_grpc.RegistryServiceStub(self._channel)
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def submit(self, model_dir, calib, method, bits, name, eval_path="", request_id="",
+               calib_seq_len=0, max_calib_seqs=0, eval_context=0, **spec):
+        """Submits a job; paths are made absolute (the coordinator reads them on its host).
+        `spec` takes further QuantSpec fields (seed, group_size, damp, ...). Returns the Job;
+        the same request_id returns the same job. Without request_id a random one is used."""
+        req = pb.SubmitJobRequest(
+            request_id=request_id or "pyclient-" + uuid.uuid4().hex,
+            name=name,
+            model_dir=os.path.abspath(model_dir),
+            calib_path=os.path.abspath(calib),
+            eval_path=os.path.abspath(eval_path) if eval_path else "",
+            spec=pb.QuantSpec(method=method, bits=bits, **spec),
+            calib_seq_len=calib_seq_len,
+            max_calib_seqs=max_calib_seqs,
+            eval_context=eval_context,
+        )
+        return self.jobs.SubmitJob(req).job
+
+    def get_job(self, job_id):
+        return self.jobs.GetJob(pb.GetJobRequest(id=job_id))
+
+    def cancel(self, job_id):
+        return self.jobs.CancelJob(pb.CancelJobRequest(id=job_id))
+
+    def watch(self, job_id, on_event=None, reattach_s=120.0):
+        """Streams WatchJob until the job is terminal and returns the final Job. If the stream
+        breaks with UNAVAILABLE it re-attaches for up to reattach_s since the last event."""
+        last_event = time.monotonic()
+        while True:
+            try:
+                for ev in self.jobs.WatchJob(pb.WatchJobRequest(id=job_id)):
+                    last_event = time.monotonic()
+                    if on_event:
+                        on_event(ev)
+                    if ev.job.state in TERMINAL:
+                        return ev.job
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if time.monotonic() - last_event > reattach_s:
+                    raise
+                time.sleep(1.0)
+                continue
+            job = self.get_job(job_id)  # stream ended without a terminal event
+            if job.state in TERMINAL:
+                return job
+
+    # -- registry -----------------------------------------------------------------------------
+
+    def models(self, name=""):
+        return list(self.registry.ListModels(pb.ListModelsRequest(name=name)).models)
+
+    def get_model(self, name, version=0):
+        return self.registry.GetModel(pb.GetModelRequest(name=name, version=version))
+
+    def fetch(self, name, out_dir, version=0, on_file=None):
+        """Downloads every file of NAME@VERSION (0 = latest) into out_dir and returns the
+        ModelVersion. Each file goes to <path>.part, resumed from its size when present (also
+        after a broken stream), then its size and sha256 are checked against the version's
+        file list and it is renamed into place. A file already present with the right sha256 is
+        skipped. manifest.json is written last. on_file(path, size, resumed_from, skipped)."""
+        mv = self.get_model(name, version)
+        for f in mv.files:
+            if not _safe_relative(f.path) or f.path == "manifest.json":
+                raise FetchError("INVALID_ARGUMENT", "unsafe artifact path from server: %r" % f.path)
+        os.makedirs(out_dir, exist_ok=True)
+        for f in mv.files:
+            dest = os.path.join(out_dir, f.path)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if (os.path.exists(dest) and os.path.getsize(dest) == f.size
+                    and _sha256_file(dest) == f.sha256.lower()):
+                if on_file:
+                    on_file(f.path, f.size, 0, True)
+                continue
+            part = dest + ".part"
+            resumed_from = self._download(mv, f, part)
+            size = os.path.getsize(part)
+            digest = _sha256_file(part)
+            if size != f.size or digest != f.sha256.lower():
+                os.remove(part)
+                raise FetchError("DATA_LOSS", "%s: got %d bytes with sha256 %s, the manifest says "
+                                 "%d bytes, %s" % (f.path, size, digest, f.size, f.sha256))
+            os.replace(part, dest)
+            if on_file:
+                on_file(f.path, f.size, resumed_from, False)
+        tmp = os.path.join(out_dir, ".manifest.json.tmp")
+        with open(tmp, "w") as out:
+            out.write(mv.manifest_json)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+        return mv
+
+    def _download(self, mv, f, part):
+        offset = os.path.getsize(part) if os.path.exists(part) else 0
+        if offset > f.size:  # not ours to trust: start over
+            os.remove(part)
+            offset = 0
+        resumed_from = offset
+        failures = 0
+        with open(part, "ab") as out:
+            while offset < f.size:
+                start = offset
+                req = pb.FetchArtifactRequest(name=mv.name, version=mv.version, path=f.path,
+                                              offset=offset)
+                try:
+                    for chunk in self.registry.FetchArtifact(req):
+                        if chunk.offset != offset or len(chunk.data) > f.size - offset:
+                            out.close()
+                            os.remove(part)
+                            raise FetchError("DATA_LOSS", "%s: server sent %d bytes at offset %d, "
+                                             "expected offset %d of %d" % (
+                                                 f.path, len(chunk.data), chunk.offset, offset,
+                                                 f.size))
+                        out.write(chunk.data)
+                        offset += len(chunk.data)
+                    if offset != f.size:
+                        out.close()
+                        os.remove(part)
+                        raise FetchError("DATA_LOSS", "%s: stream ended at byte %d of %d" % (
+                            f.path, offset, f.size))
+                except grpc.RpcError as e:
+                    if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    out.flush()
+                    failures = 0 if offset > start else failures + 1
+                    if failures > _CHUNK_RETRIES:
+                        raise
+                    time.sleep(min(0.5 * 2 ** max(failures - 1, 0), 8.0))
+            out.flush()
+            os.fsync(out.fileno())
+        return resumed_from
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+def _job_dict(job):
+    return {
+        "id": job.id, "name": job.name, "state": pb.JobState.Name(job.state), "phase": job.phase,
+        "tasks_done": job.tasks_done, "tasks_total": job.tasks_total, "progress": job.progress,
+        "version": job.version, "fp_ppl": job.fp_ppl, "quant_ppl": job.quant_ppl,
+        "mean_proxy_loss": job.mean_proxy_loss, "error": job.error,
+        "method": job.spec.method, "bits": job.spec.bits,
+    }
+
+
+def _print_job_line(job):
+    print("%s %s %s %d/%d %.1f%%" % (job.id, state_name(job.state), job.phase, job.tasks_done,
+                                     job.tasks_total, 100.0 * job.progress), flush=True)
+
+
+def _finish(job, as_json):
+    if as_json:
+        print(json.dumps(_job_dict(job)))
+    if job.state == pb.JOB_STATE_SUCCEEDED:
+        if not as_json:
+            print("job %s SUCCEEDED: %s version %d, perplexity fp %.4f -> quantized %.4f" % (
+                job.id, job.name, job.version, job.fp_ppl, job.quant_ppl))
+        return 0
+    print("job %s %s: %s" % (job.id, state_name(job.state), job.error), file=sys.stderr)
+    return 1
+
+
+def _watch(client, job_id, as_json):
+    last = [None]
+
+    def on_event(ev):
+        key = (ev.job.state, ev.job.phase, ev.job.tasks_done)
+        if not as_json and key != last[0]:
+            _print_job_line(ev.job)
+        last[0] = key
+        if ev.message and not as_json:
+            print(ev.message, flush=True)
+
+    return _finish(client.watch(job_id, on_event=on_event), as_json)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="quantd_client.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--addr", default=os.environ.get("QUANTD_ADDR", "127.0.0.1:7070"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("submit", help="submit a quantization job")
+    s.add_argument("model_dir")
+    s.add_argument("--calib", required=True)
+    s.add_argument("--eval", default="")
+    s.add_argument("--method", required=True)
+    s.add_argument("--bits", type=int, required=True)
+    s.add_argument("--name", required=True)
+    s.add_argument("--request-id", default="")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-calib-seqs", type=int, default=0)
+    s.add_argument("--wait", action="store_true")
+    s.add_argument("--json", action="store_true")
+    for name in ("watch", "status", "cancel"):
+        p = sub.add_parser(name, help=name + " a job")
+        p.add_argument("job")
+        p.add_argument("--json", action="store_true")
+    f = sub.add_parser("fetch", help="download a published model, verifying sha256")
+    f.add_argument("model", help="NAME or NAME@VERSION")
+    f.add_argument("-o", "--out", required=True)
+    f.add_argument("--json", action="store_true")
+    g = sub.add_parser("gen-stubs", help="generate quantd_pb2*.py from proto/quantd.proto")
+    g.add_argument("dir", nargs="?", default=os.path.join(_HERE, "_gen"))
+    args = ap.parse_args(argv)
+
+    if args.cmd == "gen-stubs":
+        generate_stubs(args.dir)
+        return 0
+    try:
+        client = Client(args.addr)
+    except grpc.FutureTimeoutError:
+        print("quantd at %s is unavailable" % args.addr, file=sys.stderr)
+        return 4
+    try:
+        if args.cmd == "submit":
+            job = client.submit(args.model_dir, calib=args.calib, eval_path=args.eval,
+                                method=args.method, bits=args.bits, name=args.name,
+                                request_id=args.request_id, seed=args.seed,
+                                max_calib_seqs=args.max_calib_seqs)
+            if not args.wait:
+                print(json.dumps(_job_dict(job)) if args.json else job.id)
+                return 0
+            if not args.json:
+                print(job.id, flush=True)
+            return _watch(client, job.id, args.json)
+        if args.cmd == "watch":
+            return _watch(client, args.job, args.json)
+        if args.cmd in ("status", "cancel"):
+            job = client.get_job(args.job) if args.cmd == "status" else client.cancel(args.job)
+            if args.json:
+                print(json.dumps(_job_dict(job)))
+            else:
+                _print_job_line(job)
+            return 0
+        if args.cmd == "fetch":
+            name, _, version = args.model.partition("@")
+            if version and not version.isdigit():
+                print("bad version in %r" % args.model, file=sys.stderr)
+                return 2
+
+            def on_file(path, size, resumed_from, skipped):
+                if not args.json:
+                    how = "present" if skipped else (
+                        "resumed at %d" % resumed_from if resumed_from else "downloaded")
+                    print("%s %d bytes %s" % (path, size, how), flush=True)
+
+            mv = client.fetch(name, args.out, version=int(version or 0), on_file=on_file)
+            if args.json:
+                print(json.dumps({"name": mv.name, "version": mv.version, "dir": args.out,
+                                  "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}
+                                            for f in mv.files]}))
+            else:
+                print("fetched %s version %d into %s" % (mv.name, mv.version, args.out))
+            return 0
+    except grpc.RpcError as e:
+        print("%s: %s" % (e.code().name, e.details()), file=sys.stderr)
+        return 4 if e.code() == grpc.StatusCode.UNAVAILABLE else 1
+    except FetchError as e:
+        print("%s: %s" % (e.code, e), file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

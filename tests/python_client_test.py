@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""End-to-end test of the Python client (client/python/quantd_client.py) against a real quantd
+with 2 local workers: submit the stories260K job, watch it, fetch the artifact (sha256 checked
+against the manifest, resume from a partial download, a corrupt partial file is DATA_LOSS), and
+an invalid request is INVALID_ARGUMENT.
+
+The outer run (stdlib only) prepares a venv under $QUANTD_BINARY_DIR/python-client-venv with
+client/python/requirements.txt (kept across runs, reinstalled when the requirements change) and
+generates the stubs into $QUANTD_BINARY_DIR/python-client-stubs, then re-runs this file inside
+the venv. Exit 77 (CTest SKIP_RETURN_CODE) when PyPI cannot be reached or venv is unavailable.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+SOURCE_DIR = os.path.abspath(os.environ.get("QUANTD_SOURCE_DIR",
+                                            os.path.join(os.path.dirname(__file__), "..")))
+BINARY_DIR = os.path.abspath(os.environ.get("QUANTD_BINARY_DIR", os.path.join(SOURCE_DIR, "build")))
+CLIENT_DIR = os.path.join(SOURCE_DIR, "client", "python")
+REQUIREMENTS = os.path.join(CLIENT_DIR, "requirements.txt")
+VENV = os.path.join(BINARY_DIR, "python-client-venv")
+STUBS = os.path.join(BINARY_DIR, "python-client-stubs")
+SKIP = 77
+
+MODEL = os.path.join(SOURCE_DIR, "examples", "stories260K")
+CALIB = os.path.join(SOURCE_DIR, "examples", "tinystories", "calib_stories_0_499.u16")
+EVAL = os.path.join(SOURCE_DIR, "examples", "tinystories", "eval_stories_500_999.u16")
+
+
+# -- outer: venv + stubs -----------------------------------------------------------------------
+
+def pypi_reachable():
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    try:
+        urllib.request.urlopen(index + "/grpcio/", timeout=15).read(1)
+        return True, index
+    except Exception as e:  # noqa: BLE001 (any failure means: no index)
+        return False, "%s: %s" % (index, e)
+
+
+def prepare_venv():
+    """Returns the venv's python, or exits SKIP/1 with a message."""
+    py = os.path.join(VENV, "bin", "python")
+    with open(REQUIREMENTS, "rb") as f:
+        stamp_want = hashlib.sha256(f.read() + sys.version.encode()).hexdigest()
+    stamp = os.path.join(VENV, ".quantd-requirements.sha256")
+    if os.path.exists(py) and os.path.exists(stamp) and read(stamp) == stamp_want:
+        return py
+    ok, where = pypi_reachable()
+    if not ok:
+        print("SKIP: cannot reach the package index (%s); the Python client test needs pip "
+              "install of %s" % (where, REQUIREMENTS))
+        sys.exit(SKIP)
+    shutil.rmtree(VENV, ignore_errors=True)
+    r = subprocess.run([sys.executable, "-m", "venv", VENV], capture_output=True, text=True)
+    if r.returncode != 0:
+        print("SKIP: %s -m venv failed (install python3-venv): %s" % (sys.executable, r.stderr))
+        sys.exit(SKIP)
+    r = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
+                        REQUIREMENTS], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        print("FAIL: pip install -r %s failed although %s is reachable:\n%s%s" % (
+            REQUIREMENTS, where, r.stdout, r.stderr))
+        sys.exit(1)
+    with open(stamp, "w") as f:
+        f.write(stamp_want)
+    return py
+
+
+def outer():
+    t0 = time.monotonic()
+    py = prepare_venv()
+    shutil.rmtree(STUBS, ignore_errors=True)
+    subprocess.run([py, os.path.join(CLIENT_DIR, "quantd_client.py"), "gen-stubs", STUBS],
+                   check=True, env=dict(os.environ, QUANTD_STUBS_DIR=STUBS))
+    print("venv and stubs ready in %.1f s" % (time.monotonic() - t0), flush=True)
+    env = dict(os.environ, QUANTD_STUBS_DIR=STUBS, QUANTD_SOURCE_DIR=SOURCE_DIR,
+               QUANTD_BINARY_DIR=BINARY_DIR, PYTHONPATH=CLIENT_DIR)
+    return subprocess.run([py, os.path.abspath(__file__), "--inner"], env=env).returncode
+
+
+# -- inner: the test proper (runs in the venv) -------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def sha256_file(path):
+    return hashlib.sha256(read(path, "rb")).hexdigest()
+
+
+class PythonClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="quantd_pyclient_")
+        port_file = os.path.join(cls.tmp, "port")
+        cls.log = open(os.path.join(cls.tmp, "quantd.log"), "w")
+        cls.proc = subprocess.Popen(
+            [os.path.join(BINARY_DIR, "quantd"), "--listen=127.0.0.1:0",
+             "--metrics_listen=127.0.0.1:%d" % free_port(),
+             "--data_dir=" + os.path.join(cls.tmp, "data"), "--port_file=" + port_file,
+             "--worker_binary=" + os.path.join(BINARY_DIR, "quantd-worker"), "--local_workers=2"],
+            stdout=cls.log, stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(300):
+            if os.path.exists(port_file) and read(port_file).strip():
+                break
+            if cls.proc.poll() is not None:
+                raise RuntimeError("quantd exited: " + cls.quantd_log())
+            time.sleep(0.05)
+        cls.addr = "127.0.0.1:" + read(port_file).strip()
+        import quantd_client
+        cls.qc = quantd_client
+        cls.client = quantd_client.Client(cls.addr)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.proc.send_signal(signal.SIGTERM)
+        try:
+            cls.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(cls.proc.pid, signal.SIGKILL)
+            cls.proc.wait()
+        cls.log.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def quantd_log(cls):
+        return read(os.path.join(cls.tmp, "quantd.log"))
+
+    def cli(self, *args):
+        return subprocess.run([sys.executable, os.path.join(CLIENT_DIR, "quantd_client.py"),
+                               "--addr", self.addr] + list(args), capture_output=True, text=True,
+                              timeout=300)
+
+    def test_submit_watch_fetch(self):
+        qc, c = self.qc, self.client
+        # 8 calibration sequences keep the Hessian phase short (rtn does not use the Hessians);
+        # the two perplexity evaluations over the eval file are most of the ~70 s.
+        job = c.submit(MODEL, calib=CALIB, eval_path=EVAL, method="rtn", bits=4,
+                       name="py-rtn4", request_id="py-client-test-1", max_calib_seqs=8)
+        self.assertTrue(job.id)
+        # The same request id returns the same job.
+        self.assertEqual(c.submit(MODEL, calib=CALIB, eval_path=EVAL, method="rtn", bits=4,
+                                  name="py-rtn4", request_id="py-client-test-1",
+                                  max_calib_seqs=8).id, job.id)
+        events = []
+        final = c.watch(job.id, on_event=events.append)
+        self.assertEqual(final.state, qc.pb.JOB_STATE_SUCCEEDED, final.error + self.quantd_log())
+        self.assertGreater(len(events), 1)
+        self.assertEqual(final.version, 1)
+        self.assertEqual(final.tasks_done, final.tasks_total)
+        self.assertAlmostEqual(final.fp_ppl, 5.4540, delta=5e-3)
+        self.assertGreater(final.quant_ppl, final.fp_ppl)
+
+        # Library fetch: every file's sha256 equals the manifest's.
+        out = os.path.join(self.tmp, "fetched")
+        mv = c.fetch("py-rtn4", out)
+        manifest = json.loads(read(os.path.join(out, "manifest.json")))
+        self.assertEqual(manifest, json.loads(mv.manifest_json))
+        listed = {f["path"]: f for f in manifest["files"]}
+        self.assertIn("model.safetensors", listed)
+        self.assertEqual(set(listed), {f.path for f in mv.files})
+        for path, f in listed.items():
+            self.assertEqual(sha256_file(os.path.join(out, path)), f["sha256"], path)
+            self.assertEqual(os.path.getsize(os.path.join(out, path)), f["size"], path)
+        self.assertEqual(len(manifest["tensors"]), 35)
+
+        # CLI fetch resumes a partial download from its size.
+        model_bytes = read(os.path.join(out, "model.safetensors"), "rb")
+        half = len(model_bytes) // 2
+        resume = os.path.join(self.tmp, "resume")
+        os.makedirs(resume)
+        with open(os.path.join(resume, "model.safetensors.part"), "wb") as f:
+            f.write(model_bytes[:half])
+        r = self.cli("fetch", "py-rtn4@1", "-o", resume)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("model.safetensors %d bytes resumed at %d" % (len(model_bytes), half),
+                      r.stdout)
+        self.assertEqual(sha256_file(os.path.join(resume, "model.safetensors")),
+                         listed["model.safetensors"]["sha256"])
+        self.assertFalse(os.path.exists(os.path.join(resume, "model.safetensors.part")))
+
+        # A partial file with wrong bytes fails the sha256 check (DATA_LOSS) and is deleted.
+        bad = os.path.join(self.tmp, "bad")
+        os.makedirs(bad)
+        with open(os.path.join(bad, "model.safetensors.part"), "wb") as f:
+            f.write(b"\0" * half)
+        with self.assertRaises(qc.FetchError) as e:
+            c.fetch("py-rtn4", bad)
+        self.assertEqual(e.exception.code, "DATA_LOSS")
+        self.assertIn("model.safetensors", str(e.exception))
+        self.assertFalse(os.path.exists(os.path.join(bad, "model.safetensors.part")))
+        self.assertFalse(os.path.exists(os.path.join(bad, "manifest.json")))
+        c.fetch("py-rtn4", bad)  # a clean retry succeeds
+        self.assertEqual(sha256_file(os.path.join(bad, "model.safetensors")),
+                         listed["model.safetensors"]["sha256"])
+
+    def test_invalid_requests(self):
+        import grpc
+        c = self.client
+        with self.assertRaises(grpc.RpcError) as e:
+            c.submit(MODEL, calib=CALIB, method="rtn", bits=7, name="py-bad")
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("7", e.exception.details())
+        with self.assertRaises(grpc.RpcError) as e:
+            c.get_job("no-such-job")
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+        r = self.cli("submit", MODEL, "--calib", CALIB, "--method", "magic", "--bits", "4",
+                     "--name", "py-bad")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("INVALID_ARGUMENT", r.stderr)
+        r = self.cli("fetch", "no-such-model", "-o", os.path.join(self.tmp, "none"))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("NOT_FOUND", r.stderr)
+
+
+if __name__ == "__main__":
+    if "--inner" in sys.argv:
+        sys.argv.remove("--inner")
+        unittest.main(verbosity=2)
+    sys.exit(outer())
