@@ -164,7 +164,7 @@ absl::Status ParseFetch(const ParsedArgs& a, Invocation* inv) {
 struct CommandSpec {
   const char* name;
   Command command;
-  std::vector<FlagSpec> flags;  // besides --addr and --help
+  std::vector<FlagSpec> flags;  // besides kConnectionFlags and --help
 };
 
 const std::vector<CommandSpec>& Commands() {
