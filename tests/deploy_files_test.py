@@ -12,7 +12,9 @@ deploy/grafana/) against each other and against the code:
 - Grafana: every PromQL expression names only metrics quantd exports (server/metrics.cc), and
   the README metrics table lists them all; with promtool (Debian package prometheus) every
   expression and prometheus.yml are also parsed by Prometheus' own parser;
-- the checks catch breakage: a few mutated copies of deploy/ must fail them;
+- Dockerfile: stages, flags, ports, user, volume; its runtime stage installs the Debian package
+  of every shared library the built binaries load (ldd + dpkg -S);
+- the checks catch breakage: an unmodified copy passes, and each of a few mutated copies fails;
 - schema: the Kubernetes manifests are validated with kubernetes-validate (PyPI, installed into a
   venv under $QUANTD_BINARY_DIR). Only this step may be skipped, with a message, when the tool
   cannot be installed.
@@ -419,6 +421,38 @@ def check_dockerfile(c):
     c.check(os.path.exists(c.path(".dockerignore")), ".dockerignore is missing")
 
 
+BASE_IMAGE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}  # in debian:12-slim
+
+
+def check_runtime_libraries(c):
+    """Every shared library the built binaries load comes from a package the Dockerfile's runtime
+    stage installs (or debian:12-slim already has). Needs the binaries in $QUANTD_BINARY_DIR."""
+    bins = [os.path.join(BINARY_DIR, b) for b in ("quantd", "quantd-worker", "quantctl")]
+    if not all(os.path.exists(b) for b in bins) or not shutil.which("ldd") or not shutil.which("dpkg"):
+        print("note: binaries, ldd or dpkg missing: runtime library list not checked")
+        return
+    with open(c.path("Dockerfile")) as f:
+        text = re.sub(r"\\\n", " ", f.read())
+    stage = re.search(r"FROM debian:12-slim AS runtime\n(.*?)\nFROM ", text, re.S)
+    if not c.check(stage, "Dockerfile: no 'FROM debian:12-slim AS runtime' stage"):
+        return
+    installed = set(re.findall(r"\b(lib[\w.+-]+)", stage.group(1)))
+    libs = set()
+    for b in bins:
+        out = subprocess.run(["ldd", b], capture_output=True, text=True).stdout
+        libs.update(m for m in re.findall(r"=> (/\S+)", out))
+    for lib in sorted(libs):
+        r = subprocess.run(["dpkg", "-S", os.path.realpath(lib)], capture_output=True, text=True)
+        if r.returncode != 0:
+            r = subprocess.run(["dpkg", "-S", lib], capture_output=True, text=True)
+        if r.returncode != 0:
+            c.check(False, "Dockerfile runtime: %s belongs to no Debian package" % lib)
+            continue
+        pkg = r.stdout.split(":")[0]
+        c.check(pkg in installed or pkg in BASE_IMAGE_PACKAGES,
+                "Dockerfile runtime stage does not install %s (for %s)" % (pkg, lib))
+
+
 def check_promtool(c, exprs):
     """Parses every dashboard expression and prometheus.yml with Prometheus' own parser."""
     promtool = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
@@ -451,8 +485,9 @@ def run_checks(root, promtool=True):
             c.check(False, "%s: missing or malformed field: %r" % (fn.__name__, e))
     exprs = check_grafana(c, docs)
     check_dockerfile(c)
-    if promtool:
+    if promtool:  # the real files only (the mutation copies skip these slower checks)
         check_promtool(c, exprs)
+        check_runtime_libraries(c)
     return c.errors
 
 
@@ -475,16 +510,25 @@ MUTATIONS = [
 ]
 
 
+def copy_tree(root):
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    shutil.copytree(os.path.join(SOURCE_DIR, "deploy"), os.path.join(root, "deploy"))
+    for f in ("Dockerfile", ".dockerignore", "README.md"):
+        shutil.copy(os.path.join(SOURCE_DIR, f), root)
+    os.symlink(os.path.join(SOURCE_DIR, "examples"), os.path.join(root, "examples"))
+
+
 def check_mutations():
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "root")
+        copy_tree(root)
+        baseline = run_checks(root, promtool=False)
+        if baseline:
+            return ["an unmodified copy of the deploy files fails the checks: %s" % baseline]
         for rel, old, new, expect in MUTATIONS:
-            root = os.path.join(tmp, "root")
-            shutil.rmtree(root, ignore_errors=True)
-            os.makedirs(root)
-            shutil.copytree(os.path.join(SOURCE_DIR, "deploy"), os.path.join(root, "deploy"))
-            for f in ("Dockerfile", ".dockerignore", "README.md"):
-                shutil.copy(os.path.join(SOURCE_DIR, f), root)
+            copy_tree(root)
             path = os.path.join(root, rel)
             with open(path) as f:
                 text = f.read()
