@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +15,7 @@
 
 #include <openssl/evp.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace quantd {
@@ -84,7 +88,56 @@ absl::Status SyncDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
+namespace {
+
+struct FaultPlan {
+  std::string substring;
+  int64_t first = 0, last = -1;
+  std::atomic<int64_t> seen{0};
+};
+
+// Parsed once from $QUANTD_FAULT_WRITE; nullptr when unset or malformed (then a warning).
+FaultPlan* WriteFaults() {
+  static FaultPlan* plan = []() -> FaultPlan* {
+    const char* env = std::getenv("QUANTD_FAULT_WRITE");
+    if (env == nullptr || *env == '\0') return nullptr;
+    const std::string spec(env);
+    const size_t colon = spec.rfind(':');
+    auto* p = new FaultPlan;
+    bool ok = colon != std::string::npos && colon > 0;
+    if (ok) {
+      p->substring = spec.substr(0, colon);
+      const std::string range = spec.substr(colon + 1);
+      const size_t dash = range.find('-');
+      ok = absl::SimpleAtoi(range.substr(0, dash), &p->first) && p->first >= 1;
+      p->last = p->first;
+      if (ok && dash != std::string::npos) {
+        ok = absl::SimpleAtoi(range.substr(dash + 1), &p->last) && p->last >= p->first;
+      }
+    }
+    if (!ok) {
+      std::fprintf(stderr, "QUANTD_FAULT_WRITE=%s ignored: expected SUBSTRING:FIRST[-LAST]\n", env);
+      delete p;
+      return nullptr;
+    }
+    return p;
+  }();
+  return plan;
+}
+
+// True when this write must fail (see WriteFileAtomic's comment).
+bool InjectWriteFault(const std::string& path) {
+  FaultPlan* plan = WriteFaults();
+  if (plan == nullptr || path.find(plan->substring) == std::string::npos) return false;
+  const int64_t n = ++plan->seen;
+  return n >= plan->first && n <= plan->last;
+}
+
+}  // namespace
+
 absl::Status WriteFileAtomic(const std::string& path, std::string_view data) {
+  const bool inject = InjectWriteFault(path);
+  if (inject) data = data.substr(0, data.size() / 2);
   std::filesystem::path p(path);
   std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
   std::random_device rd;
@@ -102,6 +155,12 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view data) {
       return ErrnoStatus("write", tmp, err);
     }
     done += static_cast<size_t>(w);
+  }
+  if (inject) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return absl::ResourceExhaustedError(
+        absl::StrCat("write ", tmp, ": No space left on device (injected by QUANTD_FAULT_WRITE)"));
   }
   if (::fsync(fd) != 0) {
     int err = errno;

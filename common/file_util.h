@@ -20,6 +20,11 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 
 // Writes `data` to `path` atomically: a reader sees either the old file or the complete new one,
 // also after a crash. Creates no directories.
+//
+// Fault injection (tests, docs/reliability.md): when the environment variable
+// QUANTD_FAULT_WRITE is "SUBSTRING:FIRST[-LAST]" at the first call, the FIRST-th to LAST-th
+// (1-based, counted per process) calls whose path contains SUBSTRING write half of the data to
+// the temporary file and then fail with RESOURCE_EXHAUSTED, like a disk that filled up.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view data);
 
 // fsyncs a directory so that renames inside it survive a crash.

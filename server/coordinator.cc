@@ -1,5 +1,6 @@
 #include "server/coordinator.h"
 
+#include <cstdio>
 #include <random>
 
 #include "absl/strings/numbers.h"
@@ -73,10 +74,42 @@ std::string Coordinator::JobDir(const std::string& job_id) const {
   return JoinPath(JoinPath(options_.data_dir, "jobs"), job_id);
 }
 
+// Why a restarted coordinator must not resume `job` ("" = it may): its snapshot of the inputs,
+// or the meaning of its spec, is no longer what its finished tasks were computed from.
+std::string Coordinator::ResumeRefusal(const Job& job) const {
+  auto fps = FingerprintJobInputs(JobDir(job.id()));
+  if (!fps.ok()) return absl::StrCat("its input snapshot is unreadable: ", fps.status().message());
+  auto changed = [](const char* what, const std::string& was, const std::string& now) {
+    return absl::StrCat("the ", what, " changed since the job was submitted (fingerprint ",
+                        was.substr(0, 12), " -> ", now.substr(0, 12), ")");
+  };
+  if (fps->model != job.model_fingerprint()) {
+    return changed("model files", job.model_fingerprint(), fps->model);
+  }
+  if (fps->calib != job.calib_fingerprint()) {
+    return changed("calibration data", job.calib_fingerprint(), fps->calib);
+  }
+  // Jobs stored before these fingerprints existed have them empty.
+  if (!job.eval_fingerprint().empty() && fps->eval != job.eval_fingerprint()) {
+    return changed("evaluation data", job.eval_fingerprint(), fps->eval);
+  }
+  const std::string spec = SpecFingerprint(job.spec());
+  if (!job.spec_fingerprint().empty() && spec != job.spec_fingerprint()) {
+    return changed("spec or the quantizer version", job.spec_fingerprint(), spec);
+  }
+  return "";
+}
+
 absl::Status Coordinator::Recover() {
   QUANTD_ASSIGN_OR_RETURN(std::vector<JobRow> rows, store_->LoadAll());
+  // Fingerprints are checked before taking the lock: hashing a large model takes a while.
+  std::vector<std::string> refusals(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!Terminal(rows[i].job.state())) refusals[i] = ResumeRefusal(rows[i].job);
+  }
   absl::MutexLock l(&mu_);
-  for (JobRow& row : rows) {
+  for (size_t i = 0; i < rows.size(); ++i) {
+    JobRow& row = rows[i];
     JobEntry e;
     e.job = std::move(row.job);
     e.phase = row.phase;
@@ -88,7 +121,18 @@ absl::Status Coordinator::Recover() {
     const std::string id = e.job.id();
     by_request_[e.job.request_id()] = id;
     job_order_.push_back(id);
-    if (!Terminal(e.job.state())) UpdateProgressLocked(e);
+    if (!Terminal(e.job.state())) {
+      UpdateProgressLocked(e);
+      if (!refusals[i].empty()) {
+        std::fprintf(stderr, "quantd: job %s not resumed: %s\n", id.c_str(), refusals[i].c_str());
+        QUANTD_RETURN_IF_ERROR(FailJobLocked(
+            e, absl::StrCat("resume refused after a coordinator restart: ", refusals[i],
+                            "; resubmit the job")));
+      } else {
+        std::fprintf(stderr, "quantd: resuming job %s: %d/%d tasks already done\n", id.c_str(),
+                     e.job.tasks_done(), e.job.tasks_total());
+      }
+    }
     jobs_.emplace(id, std::move(e));
   }
   return absl::OkStatus();
@@ -171,8 +215,18 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::Submit(
     absl::MutexLock l(&mu_);
     auto it = by_request_.find(req.request_id());
     if (it != by_request_.end()) {
+      const Job& prev = jobs_.at(it->second).job;
+      // A retried submission must be the same request; reusing an id for another request is a
+      // client bug that silently returning the old job would hide.
+      if (prev.name() != req.name() || prev.model_dir() != req.model_dir() ||
+          prev.calib_path() != req.calib_path() || prev.eval_path() != req.eval_path() ||
+          prev.spec().method() != req.spec().method() || prev.spec().bits() != req.spec().bits()) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "request_id ", req.request_id(), " was already used for a different request (job ",
+            prev.id(), ", name ", prev.name(), "); use a new request_id"));
+      }
       quantd::v1::SubmitJobResponse resp;
-      *resp.mutable_job() = jobs_.at(it->second).job;
+      *resp.mutable_job() = prev;
       resp.set_created(false);
       return resp;
     }
@@ -359,6 +413,21 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
       if (Terminal(e.job.state())) continue;
       for (TaskState& t : e.tasks) {
         if (t.row.phase != e.phase || t.leased || t.row.state != TaskRowState::kPending) continue;
+        // Memory admission: a worker that advertises its memory only gets tasks that fit.
+        const uint64_t have = w->second.info.memory_bytes();
+        if (have > 0 && t.row.task.memory_bytes() > have) {
+          if (!t.admission_logged) {
+            t.admission_logged = true;
+            std::fprintf(stderr,
+                         "quantd: task %lld of job %s needs ~%llu MiB; worker %s offers %llu MiB, "
+                         "left for a bigger worker\n",
+                         static_cast<long long>(t.row.task_id), id.c_str(),
+                         static_cast<unsigned long long>(t.row.task.memory_bytes() >> 20),
+                         w->second.info.worker_name().c_str(),
+                         static_cast<unsigned long long>(have >> 20));
+          }
+          continue;
+        }
         t.leased = true;
         t.lease_id = RandomId("l-");
         t.worker_id = req.worker_id();
@@ -548,7 +617,7 @@ void Coordinator::EngineStep() {
       for (const TaskState& t : e.tasks) {
         if (t.row.phase <= e.phase && t.row.state != TaskRowState::kDone) all_done = false;
       }
-      if (!all_done) continue;
+      if (!all_done || absl::Now() < e.step_retry_at) continue;
       Pending p{e.job, e.phase, {}};
       for (const TaskState& t : e.tasks) p.tasks.push_back(t.row);
       ready.push_back(std::move(p));
@@ -570,10 +639,24 @@ void Coordinator::EngineStep() {
     JobEntry& e = jobs_.at(p.job.id());
     if (Terminal(e.job.state()) || e.phase != p.phase) continue;  // cancelled meanwhile
     if (!s.ok()) {
-      FailJobLocked(e, absl::StrCat(PhaseName(p.phase + 1 > kPhasePublish ? kPhasePublish : p.phase),
-                                    " step failed: ", s.ToString()))
-          .IgnoreError();
+      // The steps are idempotent and their writes atomic, so an I/O failure (a full disk, a
+      // transient error) is retried with backoff before the job fails; nothing is published
+      // until a step succeeds as a whole.
+      const std::string step = PhaseName(p.phase + 1 > kPhasePublish ? kPhasePublish : p.phase);
+      ++e.step_failures;
+      if (e.step_failures < options_.max_step_attempts && s.code() != absl::StatusCode::kDataLoss &&
+          s.code() != absl::StatusCode::kInvalidArgument) {
+        const absl::Duration delay = absl::Milliseconds(500) * (1 << std::min(e.step_failures, 6));
+        e.step_retry_at = absl::Now() + delay;
+        std::fprintf(stderr, "quantd: job %s: %s step failed (attempt %d of %d), retrying in %s: %s\n",
+                     e.job.id().c_str(), step.c_str(), e.step_failures, options_.max_step_attempts,
+                     absl::FormatDuration(delay).c_str(), s.ToString().c_str());
+        continue;
+      }
+      FailJobLocked(e, absl::StrCat(step, " step failed: ", s.ToString())).IgnoreError();
     } else {
+      e.step_failures = 0;
+      e.step_retry_at = absl::InfinitePast();
       e.phase = p.phase + 1;
       e.job.set_phase(PhaseName(e.phase));
       if (e.phase == kPhasePublish) {

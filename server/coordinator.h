@@ -35,6 +35,7 @@ struct CoordinatorOptions {
   absl::Duration lease_timeout = absl::Seconds(20);   // Default: 20 s without a heartbeat
   absl::Duration heartbeat_interval = absl::Seconds(2);  // Default: 2 s (told to workers)
   int max_attempts = 3;                               // Default: 3 tries per task
+  int max_step_attempts = 4;  // Default: 4 tries of a coordinator step (merge/assemble/publish)
   int max_hessian_shards = 8;                         // Default: 8 shards per job
 };
 
@@ -77,11 +78,16 @@ class Coordinator {
     std::string lease_id;
     std::string worker_id;
     absl::Time lease_expiry;
+    bool admission_logged = false;  // "does not fit" logged once per task
   };
   struct JobEntry {
     quantd::v1::Job job;
     int phase = 0;
     std::vector<TaskState> tasks;
+    // Failed attempts of the coordinator's own step for `phase` (merge, assemble, publish) and
+    // when it may run again. In memory only: a restart retries from scratch.
+    int step_failures = 0;
+    absl::Time step_retry_at = absl::InfinitePast();
   };
   struct WorkerEntry {
     quantd::v1::RegisterRequest info;
@@ -95,6 +101,7 @@ class Coordinator {
 
   Coordinator(const CoordinatorOptions& options, Metrics* metrics);
   absl::Status Recover();
+  std::string ResumeRefusal(const quantd::v1::Job& job) const;
   void EngineLoop();
   void EngineStep();
   // Phase work, run on the engine thread without mu_ held.

@@ -6,6 +6,8 @@
 #include <filesystem>
 
 #include "absl/strings/escaping.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
@@ -16,6 +18,7 @@
 #include "worker/model/tokenizer.h"
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
+#include "worker/quant/packed_matrix.h"
 #include "worker/quant/quantize.h"
 #include "worker/runner/quant_spec.h"
 
@@ -31,6 +34,43 @@ std::string PhaseName(int phase) {
     case kPhasePublish: return "publish";
   }
   return "done";
+}
+
+absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_dir) {
+  InputFingerprints fps;
+  const std::string in_model = JoinPath(job_dir, "inputs/model");
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(in_model, ec)) {
+    if (e.is_regular_file()) names.push_back(e.path().filename().string());
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat("model snapshot ", in_model, ": ", ec.message()));
+  std::sort(names.begin(), names.end());
+  std::string material;
+  for (const std::string& n : names) {
+    QUANTD_ASSIGN_OR_RETURN(std::string d, Sha256File(JoinPath(in_model, n)));
+    absl::StrAppend(&material, n, " ", d, "\n");
+  }
+  fps.model = Sha256Hex(material);
+  QUANTD_ASSIGN_OR_RETURN(fps.calib, Sha256File(JoinPath(job_dir, "inputs/calib.u32")));
+  const std::string eval = JoinPath(job_dir, "inputs/eval.u32");
+  if (fs::exists(eval)) {
+    QUANTD_ASSIGN_OR_RETURN(fps.eval, Sha256File(eval));
+  }
+  return fps;
+}
+
+std::string SpecFingerprint(const quantd::v1::QuantSpec& spec) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream raw(&bytes);
+    google::protobuf::io::CodedOutputStream out(&raw);
+    out.SetSerializationDeterministic(true);
+    spec.SerializeToCodedStream(&out);
+  }
+  // The packed format version and quantd's version stand for "the code that interprets it".
+  return Sha256Hex(absl::StrCat("quantd ", QUANTD_VERSION, " packed v", quant::kPackedVersion,
+                                "\n", bytes));
 }
 
 std::string HessianShardResult(int64_t task_id) {
@@ -93,8 +133,7 @@ absl::Status SnapshotFile(const std::string& src, const std::string& dst) {
 }
 
 // Reads calibration/evaluation data: token files directly, text through the model's tokenizer
-// (one document per "<|endoftext|>"-separated or blank-line-separated chunk, each with BOS, or
-// for tokenizer.json whatever its post_processor puts around a sequence).
+// (model::EncodeDocuments: one document per "<|endoftext|>"- or blank-line-separated chunk).
 absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const std::string& what,
                                                 const std::string& model_dir, int vocab) {
   if (!fs::exists(path)) return absl::NotFoundError(absl::StrCat(what, " file ", path, " does not exist"));
@@ -108,20 +147,7 @@ absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const s
     }
     QUANTD_ASSIGN_OR_RETURN(auto tok, model::LoadTokenizerForModel(model_dir));
     QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(path, uint64_t{1} << 30));
-    const std::string sep = absl::StrContains(text, "<|endoftext|>") ? "<|endoftext|>" : "\n\n";
-    size_t pos = 0;
-    while (pos <= text.size()) {
-      size_t end = text.find(sep, pos);
-      if (end == std::string::npos) end = text.size();
-      std::string_view doc(text.data() + pos, end - pos);
-      while (!doc.empty() && isspace(static_cast<unsigned char>(doc.front()))) doc.remove_prefix(1);
-      while (!doc.empty() && isspace(static_cast<unsigned char>(doc.back()))) doc.remove_suffix(1);
-      if (!doc.empty()) {
-        QUANTD_ASSIGN_OR_RETURN(auto ids, tok->Encode(doc, /*bos=*/true));
-        tokens.insert(tokens.end(), ids.begin(), ids.end());
-      }
-      pos = end + sep.size();
-    }
+    QUANTD_ASSIGN_OR_RETURN(tokens, model::EncodeDocuments(*tok, text));
   } else {
     auto loaded = model::LoadTokenFile(path);
     if (!loaded.ok()) {
@@ -232,11 +258,8 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     }
   }
   std::sort(model_files.begin(), model_files.end());
-  std::string fp_material;
   for (const std::string& n : model_files) {
     QUANTD_RETURN_IF_ERROR(SnapshotFile(JoinPath(model_dir, n), JoinPath(in_model, n)));
-    QUANTD_ASSIGN_OR_RETURN(std::string d, Sha256File(JoinPath(in_model, n)));
-    absl::StrAppend(&fp_material, n, " ", d, "\n");
   }
   calib.resize(static_cast<size_t>(nseq * seq_len));
   std::string calib_bytes = TokensToU32(calib);
@@ -259,8 +282,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());
-  job.set_model_fingerprint(Sha256Hex(fp_material));
-  job.set_calib_fingerprint(Sha256Hex(calib_bytes));
+  QUANTD_ASSIGN_OR_RETURN(InputFingerprints fps, FingerprintJobInputs(job_dir));
+  job.set_model_fingerprint(fps.model);
+  job.set_calib_fingerprint(fps.calib);
+  job.set_eval_fingerprint(fps.eval);
+  job.set_spec_fingerprint(SpecFingerprint(job.spec()));
 
   auto model_inputs = [&](quantd::v1::Task* t) {
     for (const std::string& n : model_files) t->add_inputs()->set_name("inputs/model/" + n);
@@ -319,8 +345,49 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     t.task.set_eval_context(req.eval_context());
     row.tasks.push_back(std::move(t));
   }
+  for (TaskRow& t : row.tasks) t.task.set_memory_bytes(TaskMemoryBytes(cfg, t.task));
   job.set_tasks_total(static_cast<int32_t>(row.tasks.size()));
   return row;
+}
+
+uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& task) {
+  const uint64_t d = cfg.hidden_size, ff = cfg.intermediate_size, v = cfg.vocab_size;
+  const uint64_t q = static_cast<uint64_t>(cfg.num_heads) * cfg.head_dim;
+  const uint64_t kv = static_cast<uint64_t>(cfg.num_kv_heads) * cfg.head_dim;
+  const uint64_t layer_params = d * (q + 2 * kv) + q * d + 3 * d * ff + 2 * d;
+  const uint64_t params =
+      v * d * (cfg.tie_word_embeddings ? 1 : 2) + cfg.num_layers * layer_params + d;
+  const uint64_t weights = 4 * params;
+  uint64_t bytes = 0;
+  switch (task.kind()) {
+    case quantd::v1::TASK_KIND_HESSIAN: {
+      // Accumulators per layer: qkv and gate_up see d inputs, o sees q, down sees ff (fp64).
+      const uint64_t hess = 8 * cfg.num_layers * (2 * d * d + q * q + ff * ff);
+      const uint64_t seq = std::max<int32_t>(task.seq_len(), 1);
+      const uint64_t act = 4 * seq * (4 * d + 2 * ff + v + seq * cfg.num_heads);
+      bytes = weights + hess + act;
+      break;
+    }
+    case quantd::v1::TASK_KIND_EVAL: {
+      const uint64_t seq = std::max<int32_t>(task.eval_context(), 1);
+      bytes = weights + 4 * seq * (4 * d + 2 * ff + 2 * v + seq * cfg.num_heads);
+      break;
+    }
+    case quantd::v1::TASK_KIND_QUANTIZE: {
+      const uint64_t n = task.linear() == "down_proj" ? ff : task.linear() == "o_proj" ? q : d;
+      const uint64_t m = task.linear() == "down_proj" ? d
+                         : task.linear() == "k_proj" || task.linear() == "v_proj" ? kv
+                         : task.linear() == "q_proj" ? q : ff;
+      // H, its damped copy, the LDL factors and an inverse (fp64, n padded to 256 for the
+      // Hadamard), plus weight copies in fp32/fp64.
+      const uint64_t np = (n + 255) / 256 * 256;
+      bytes = 8 * 4 * np * np + 8 * 4 * m * np;
+      break;
+    }
+    default:
+      break;
+  }
+  return bytes + bytes / 2 + (64u << 20);  // margin + process baseline
 }
 
 }  // namespace quantd::server

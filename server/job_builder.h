@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
 #include "server/job_store.h"
+#include "worker/model/config.h"
 
 namespace quantd::server {
 
@@ -28,6 +29,24 @@ absl::Status ValidateAndDefault(quantd::v1::SubmitJobRequest* req);
 // the bad file and value.
 absl::StatusOr<JobRow> BuildJob(const quantd::v1::SubmitJobRequest& req, const std::string& job_id,
                                 const std::string& job_dir, int max_hessian_shards);
+
+// The fingerprints BuildJob records, recomputed from the snapshot in `job_dir`/inputs: what a
+// restarted coordinator compares before it resumes a job (model files: sha256 over "name sha256"
+// lines of the sorted snapshot files; calib/eval: sha256 of the token files, "" when absent).
+struct InputFingerprints {
+  std::string model, calib, eval;
+};
+absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_dir);
+
+// sha256 over the deterministic serialization of `spec` and the quantizer version: changes when
+// the spec or the code that interprets it (a quantd upgrade) changes.
+std::string SpecFingerprint(const quantd::v1::QuantSpec& spec);
+
+// Estimated peak working memory (bytes) of `task` on a worker, from the model's shape: fp32
+// weights for forward passes (Hessian, evaluation) plus fp64 Hessian accumulators and
+// activations; for quantization the fp64 Hessian and its factorizations plus the weight copies.
+// Deliberately generous (about 1.5x of what the worker allocates).
+uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& task);
 
 // Blob names used between coordinator and workers (relative to the job's blob space).
 std::string HessianShardResult(int64_t task_id);       // results/hessian_<id>.safetensors

@@ -187,7 +187,9 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
   json files = json::array();
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(staging)) {
-    if (e.is_regular_file() && e.path().filename() != "manifest.json") {
+    // A ".tmp." file is an atomic write that a crash interrupted: never part of the artifact.
+    if (e.is_regular_file() && e.path().filename() != "manifest.json" &&
+        !absl::StrContains(e.path().filename().string(), ".tmp.")) {
       names.push_back(e.path().filename().string());
     }
   }

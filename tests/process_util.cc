@@ -110,7 +110,16 @@ CommandResult Run(const std::vector<std::string>& argv, const std::vector<std::s
   return r;
 }
 
-Daemon::Daemon(int local_workers, std::vector<std::string> extra_flags, std::string data_dir) {
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log_path,
+                  const std::vector<std::string>& env) {
+  int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  pid_t pid = Spawn(argv, env, log_fd, log_fd);
+  ::close(log_fd);
+  return pid;
+}
+
+Daemon::Daemon(int local_workers, std::vector<std::string> extra_flags, std::string data_dir,
+               std::vector<std::string> env) {
   data_dir_ = data_dir.empty() ? MakeTempDir("daemon") : data_dir;
   metrics_port_ = FreePort();
   const std::string port_file = data_dir_ + "/port";
@@ -124,7 +133,7 @@ Daemon::Daemon(int local_workers, std::vector<std::string> extra_flags, std::str
                                    "--local_workers=" + std::to_string(local_workers)};
   for (auto& f : extra_flags) argv.push_back(f);
   int log_fd = ::open((data_dir_ + "/quantd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  pid_ = Spawn(argv, {}, log_fd, log_fd);
+  pid_ = Spawn(argv, env, log_fd, log_fd);
   ::close(log_fd);
   for (int i = 0; i < 300; ++i) {
     std::ifstream f(port_file);

@@ -24,12 +24,16 @@ struct CommandResult {
 // Runs argv (argv[0] is a path) with extra environment entries, waits for it.
 CommandResult Run(const std::vector<std::string>& argv,
                   const std::vector<std::string>& env = {}, int timeout_s = 600);
+// Starts argv in its own process group with stdout/stderr appended to `log_path`; returns the pid.
+pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log_path,
+                  const std::vector<std::string>& env = {});
 
 class Daemon {
  public:
   // Starts quantd with `local_workers` workers and extra flags; waits until it serves.
+  // `env` entries ("NAME=value") are added to quantd's environment (its workers inherit them).
   explicit Daemon(int local_workers, std::vector<std::string> extra_flags = {},
-                  std::string data_dir = "");
+                  std::string data_dir = "", std::vector<std::string> env = {});
   ~Daemon();
   bool ok() const { return port_ > 0; }
   std::string addr() const;

@@ -33,6 +33,12 @@ class Tokenizer {
   virtual int vocab_size() const = 0;
 };
 
+// Encodes text calibration/evaluation data: one document per "<|endoftext|>"-separated chunk
+// (blank-line-separated when the text has no such marker; the marker itself is dropped), each
+// stripped of surrounding ASCII whitespace, empty ones skipped, each encoded with bos = true;
+// the ids of all documents concatenated. Errors are those of tok.Encode().
+absl::StatusOr<std::vector<int32_t>> EncodeDocuments(const Tokenizer& tok, std::string_view text);
+
 // Path of the tokenizer file LoadTokenizerForModel would use, or "" if the directory has none.
 std::string FindTokenizerFile(const std::string& model_dir);
 

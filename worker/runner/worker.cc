@@ -44,6 +44,18 @@ Worker::Worker(WorkerOptions options) : options_(std::move(options)) {
   device_ = quant::MakeCpuDevice(options_.threads);
 }
 
+// MemAvailable from /proc/meminfo in bytes; 0 (no admission) when it cannot be read.
+static uint64_t AvailableMemoryBytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib << 10;
+  }
+  return 0;
+}
+
 absl::Status Worker::RegisterLoop() {
   absl::Duration backoff = absl::Milliseconds(100);
   grpc::StatusCode last_logged = grpc::StatusCode::OK;
@@ -55,6 +67,7 @@ absl::Status Worker::RegisterLoop() {
     req.set_worker_name(options_.name);
     req.set_device(device_->name());
     req.set_threads(options_.threads);
+    req.set_memory_bytes(options_.memory_bytes > 0 ? options_.memory_bytes : AvailableMemoryBytes());
     quantd::v1::RegisterResponse resp;
     grpc::Status s = stub_->Register(&ctx, req, &resp);
     if (s.ok()) {

@@ -25,6 +25,7 @@ struct WorkerOptions {
   std::string cache_dir = "/tmp/quantd-worker";  // Default: /tmp/quantd-worker
   std::string device = "auto";                 // Default: auto (GPU if present, else CPU)
   int threads = 0;                             // Default: 0 = all cores
+  uint64_t memory_bytes = 0;  // Default: 0 = MemAvailable (/proc/meminfo) at registration
   auth::ChannelSecurity security;              // Default: plaintext, no token
 };
 

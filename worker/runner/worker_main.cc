@@ -15,6 +15,9 @@ ABSL_FLAG(std::string, name, "", "worker name (default hostname-pid)");
 ABSL_FLAG(std::string, cache_dir, "/tmp/quantd-worker", "local cache for task inputs");
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda:N");
 ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
+ABSL_FLAG(int64_t, memory_mb, 0,
+          "memory this worker offers for one task, in MiB (0 = MemAvailable at registration); "
+          "the coordinator never gives it a task whose estimate is larger");
 ABSL_FLAG(std::string, auth_token_file, "",
           "send the first token of this file as 'authorization: Bearer' (not world-readable)");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA bundle that verifies the coordinator: dial TLS");
@@ -36,6 +39,11 @@ int main(int argc, char** argv) {
   o.cache_dir = absl::GetFlag(FLAGS_cache_dir);
   o.device = device;
   o.threads = absl::GetFlag(FLAGS_threads);
+  if (absl::GetFlag(FLAGS_memory_mb) < 0) {
+    std::fprintf(stderr, "quantd-worker: --memory_mb must be >= 0\n");
+    return 2;
+  }
+  o.memory_bytes = static_cast<uint64_t>(absl::GetFlag(FLAGS_memory_mb)) << 20;
   o.security.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
   o.security.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.security.tls_key_file = absl::GetFlag(FLAGS_tls_key);
