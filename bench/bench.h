@@ -32,6 +32,8 @@ int RunCodebook(const Flags& flags);
 int RunHessian(const Flags& flags);
 // quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096
 int RunLayer(const Flags& flags);
+// quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]
+int RunForward(const Flags& flags);
 
 }  // namespace quantd::bench
 

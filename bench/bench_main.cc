@@ -52,7 +52,8 @@ int main(int argc, char** argv) {
   const char* usage =
       "usage: quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]\n"
       "       quantd-bench hessian --n 4096 --tokens 8192\n"
-      "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096\n";
+      "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096\n"
+      "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -66,6 +67,7 @@ int main(int argc, char** argv) {
   if (cmd == "codebook") return quantd::bench::RunCodebook(*flags);
   if (cmd == "hessian") return quantd::bench::RunHessian(*flags);
   if (cmd == "layer") return quantd::bench::RunLayer(*flags);
+  if (cmd == "forward") return quantd::bench::RunForward(*flags);
   std::fputs(usage, stderr);
   return 2;
 }

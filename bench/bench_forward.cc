@@ -1,0 +1,130 @@
+// quantd-bench forward: throughput of the CPU forward pass (model::Forward, one sequence per
+// thread, EIGEN_DONT_PARALLELIZE inside) on a model directory, against the aggregate fp32 GEMM
+// rate of the same threads on a representative shape measured in the same run.
+//
+// FLOPs per window of T tokens, counted as 2 per multiply-add: every linear (q,k,v,o,gate,up,
+// down) 2·T·in·out, attention scores and weighted sum 2·2·(T(T+1)/2)·head_dim per head, and the
+// lm_head 2·T·hidden·vocab. Norms, RoPE, softmax and SwiGLU are not counted.
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "bench/bench.h"
+#include "nlohmann/json.hpp"
+#include "worker/artifact/artifact.h"
+#include "worker/model/forward.h"
+#include "worker/model/tokens.h"
+
+namespace quantd::bench {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double WindowFlops(const model::LlamaConfig& c, double t) {
+  const double q = static_cast<double>(c.num_heads) * c.head_dim;
+  const double kv = static_cast<double>(c.num_kv_heads) * c.head_dim;
+  const double d = c.hidden_size, ff = c.intermediate_size;
+  const double linears = 2 * t * (d * q + 2 * d * kv + q * d + 3 * d * ff);
+  const double attention = 2 * 2 * (t * (t + 1) / 2) * c.head_dim * c.num_heads;
+  return c.num_layers * (linears + attention) + 2 * t * d * c.vocab_size;
+}
+
+}  // namespace
+
+int RunForward(const Flags& flags) {
+  const std::string dir = flags.Get("model", "");
+  absl::StatusOr<long long> tokens = flags.GetInt("tokens", 2048);
+  absl::StatusOr<long long> context = flags.GetInt("context", 512);
+  absl::StatusOr<long long> threads = flags.GetInt("threads", 0);
+  if (dir.empty() || !tokens.ok() || !context.ok() || !threads.ok() || *tokens < 2 ||
+      *context < 2 || *threads < 0) {
+    std::fprintf(stderr, "usage: quantd-bench forward --model DIR [--tokens N] [--context T] "
+                         "[--threads P] [--data TOKENS]\n");
+    return 2;
+  }
+  model::LlamaConfig cfg;
+  absl::StatusOr<model::LlamaWeights> w = artifact::LoadArtifactWeights(dir, &cfg);
+  if (!w.ok()) {
+    std::fprintf(stderr, "%s\n", w.status().ToString().c_str());
+    return 1;
+  }
+  const int ctx = static_cast<int>(std::min<long long>(*context, cfg.max_position_embeddings));
+  std::vector<int32_t> ids;
+  if (flags.Has("data")) {
+    auto t = model::LoadTokenFile(flags.Get("data", ""));
+    if (!t.ok()) {
+      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+      return 1;
+    }
+    ids = std::move(*t);
+    ids.resize(std::min<size_t>(ids.size(), static_cast<size_t>(*tokens)));
+  } else {
+    std::mt19937 rng(1);
+    std::uniform_int_distribution<int32_t> pick(0, cfg.vocab_size - 1);
+    ids.resize(static_cast<size_t>(*tokens));
+    for (int32_t& id : ids) id = pick(rng);
+  }
+  const int p = *threads > 0 ? static_cast<int>(*threads) : omp_get_max_threads();
+  const int windows = static_cast<int>((ids.size() + ctx - 1) / ctx);
+  double flops = 0;
+  for (int i = 0; i < windows; ++i) {
+    flops += WindowFlops(cfg, std::min<size_t>(ctx, ids.size() - static_cast<size_t>(i) * ctx));
+  }
+
+  // Forward: windows spread over p threads, one sequence per thread at a time.
+  std::vector<absl::Status> errors(windows);
+  auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel for num_threads(p) schedule(dynamic, 1)
+  for (int i = 0; i < windows; ++i) {
+    const size_t b = static_cast<size_t>(i) * ctx, n = std::min<size_t>(ctx, ids.size() - b);
+    auto logits = model::Forward(cfg, *w, absl::MakeConstSpan(ids.data() + b, n));
+    if (!logits.ok()) errors[i] = logits.status();
+  }
+  const double secs = Seconds(t0);
+  for (const absl::Status& s : errors) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+
+  // Peak: p independent single-threaded fp32 GEMMs of the MLP's shape [ctx×d]·[d×ff], as many
+  // as there were windows' worth of work (at least 3 rounds so the timing is not noise).
+  const int d = cfg.hidden_size, ff = cfg.intermediate_size;
+  const int rounds = std::max(3, windows);
+  double gemm_secs = 0;
+  {
+    Eigen::setNbThreads(1);
+    std::vector<MatrixF> a(p, MatrixF::Random(ctx, d)), bm(p, MatrixF::Random(d, ff)),
+        c(p, MatrixF(ctx, ff));
+    auto g0 = std::chrono::steady_clock::now();
+#pragma omp parallel for num_threads(p) schedule(dynamic, 1)
+    for (int r = 0; r < rounds * p; ++r) {
+      const int tid = omp_get_thread_num();
+      c[tid].noalias() = a[tid] * bm[tid];
+    }
+    gemm_secs = Seconds(g0);
+  }
+  const double gemm_gflops = 2.0 * ctx * d * ff * rounds * p / gemm_secs / 1e9;
+  const double gflops = flops / secs / 1e9;
+  nlohmann::json out = {{"model", dir},
+                        {"params_hidden", cfg.hidden_size},
+                        {"layers", cfg.num_layers},
+                        {"vocab", cfg.vocab_size},
+                        {"tokens", ids.size()},
+                        {"context", ctx},
+                        {"threads", p},
+                        {"seconds", secs},
+                        {"tokens_per_s", ids.size() / secs},
+                        {"gflops", gflops},
+                        {"gemm_gflops", gemm_gflops},
+                        {"ratio", gflops / gemm_gflops}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
+}  // namespace quantd::bench
