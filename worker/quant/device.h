@@ -50,6 +50,10 @@ class Device {
   virtual absl::Status HadamardRows(MatrixD* rows) = 0;
 
   virtual MemoryInfo GetMemoryInfo() const = 0;
+
+  // True when the device computes in host RAM (the CPU): a worker then advertises the host's
+  // available memory; an accelerator advertises GetMemoryInfo().available_bytes instead.
+  virtual bool host_memory() const { return true; }
 };
 
 // Eigen CPU device; threads = 0 uses all hardware threads (OpenMP inside Eigen's GEMM).
