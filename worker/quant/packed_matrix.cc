@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/quant/butterfly.h"
 #include "worker/quant/byte_io.h"
 
 namespace quantd::quant {
@@ -11,7 +12,9 @@ constexpr char kMagic[4] = {'Q', 'D', 'P', 'M'};
 constexpr uint8_t kFlagRht = 1;
 constexpr uint32_t kMaxDim = 1u << 24;
 // Method values that use scalar grids per (row, group) / one global grid / a vector codebook.
-constexpr uint8_t kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5;
+constexpr uint8_t kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5, kButterfly = 7;
+// 6 (quarot) is a request-level method whose matrices are stored as gptq: never in a header.
+constexpr uint8_t kQuarotNotStored = 6;
 constexpr uint8_t kTrellisHyb = 3;
 constexpr int kTile = 16, kTileWeights = kTile * kTile, kHybValues = 1024;
 
@@ -57,7 +60,7 @@ int64_t ExpectedGrids(const PackedContents& c) {
   if (c.method == kRtn || c.method == kGptq) {
     return static_cast<int64_t>(c.m) * NumGroups(c.n, c.group_size);
   }
-  return c.method == kQuip ? 1 : 0;
+  return c.method == kQuip || c.method == kButterfly ? 1 : 0;
 }
 
 int CodeBits(const PackedContents& c, int j) {
@@ -74,7 +77,9 @@ absl::StatusOr<std::string> EncodePacked(const PackedContents& c) {
       (c.rht && (static_cast<int>(c.signs_m.size()) != c.m ||
                  static_cast<int>(c.signs_n.size()) != c.n_padded)) ||
       (c.method == kQtip &&
-       c.hyb_table.size() != (c.trellis_code == kTrellisHyb ? size_t{kHybValues} : size_t{0}))) {
+       c.hyb_table.size() != (c.trellis_code == kTrellisHyb ? size_t{kHybValues} : size_t{0})) ||
+      static_cast<int64_t>(c.angles.size()) !=
+          (c.method == kButterfly ? Butterfly::NumAngles(c.n_padded) : 0)) {
     return absl::InternalError("packed matrix contents have inconsistent sizes");
   }
   std::string out;
@@ -107,6 +112,7 @@ absl::StatusOr<std::string> EncodePacked(const PackedContents& c) {
     PutSigns(w, c.signs_m);
     PutSigns(w, c.signs_n);
   }
+  for (float a : c.angles) w.F32(a);
   for (const ScalarGrid& g : c.grids) {
     w.F32(g.scale);
     w.F32(g.zero);
@@ -152,7 +158,8 @@ absl::StatusOr<PackedContents> DecodePacked(std::string_view bytes) {
   QUANTD_ASSIGN_OR_RETURN(uint32_t gs, r.U32("group_size"));
   QUANTD_ASSIGN_OR_RETURN(uint8_t flags, r.U8("flags"));
   QUANTD_ASSIGN_OR_RETURN(uint8_t name_len, r.U8("codebook name length"));
-  if (c.method < kRtn || c.method > kQtip || bits < 1 || bits > 8 || m == 0 || n == 0 ||
+  if (c.method < kRtn || c.method > kButterfly || c.method == kQuarotNotStored ||
+      (c.method == kButterfly && (np != n || (flags & kFlagRht) == 0)) || bits < 1 || bits > 8 || m == 0 || n == 0 ||
       m > kMaxDim || n > kMaxDim || np < n || np > kMaxDim || gs > kMaxDim ||
       (c.method == kQuipSharp) != (name_len > 0)) {
     return absl::DataLossError(absl::StrCat("packed matrix header is inconsistent: method ",
@@ -200,6 +207,15 @@ absl::StatusOr<PackedContents> DecodePacked(std::string_view bytes) {
   if (c.rht) {
     QUANTD_ASSIGN_OR_RETURN(c.signs_m, GetSigns(r, c.m, "output signs"));
     QUANTD_ASSIGN_OR_RETURN(c.signs_n, GetSigns(r, c.n_padded, "input signs"));
+  }
+  if (c.method == kButterfly) {
+    c.angles.resize(Butterfly::NumAngles(c.n_padded));
+    if (static_cast<int64_t>(r.remaining()) < static_cast<int64_t>(c.angles.size()) * 4) {
+      return absl::DataLossError("packed butterfly matrix truncated in its angles");
+    }
+    for (float& a : c.angles) {
+      QUANTD_ASSIGN_OR_RETURN(a, r.F32("butterfly angle"));
+    }
   }
   const int64_t grids = ExpectedGrids(c);
   const int64_t need = grids * 8 + (HasWeightScale(c) ? 4 : 0) + CodeBytes(c);

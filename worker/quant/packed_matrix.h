@@ -41,6 +41,8 @@ struct PackedContents {
   int trellis_v = 0;
   double trellis_scale = 0;
   std::vector<float> hyb_table;
+  // butterfly only: Butterfly::NumAngles(n_padded) angles in radians (butterfly.h order).
+  std::vector<float> angles;
   std::vector<uint16_t> codes;           // scalar: m·n_padded; vector: m·(n_padded/dim)·cpv
 };
 

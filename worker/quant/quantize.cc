@@ -1,6 +1,7 @@
 #include "worker/quant/quantize.h"
 
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -8,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "worker/quant/block_ldlq.h"
+#include "worker/quant/butterfly.h"
 #include "worker/quant/codebook.h"
 #include "worker/quant/damping.h"
 #include "worker/quant/ldlq.h"
@@ -201,6 +203,56 @@ QuantSpec BaselineSpec(const QuantSpec& spec) {
   return b;
 }
 
+// The butterfly with its angles rounded to the f32 values the packed matrix stores, so that the
+// quantizer and every reader use the same G.
+Butterfly StoredButterfly(const Butterfly& b) {
+  Butterfly r = b;
+  for (double& a : r.mutable_angles()) a = static_cast<double>(static_cast<float>(a));
+  return r;
+}
+
+struct ButterflyRounding {
+  LdlqResult ldlq;
+  ScalarGrid grid;
+  double loss = 0;  // relative proxy loss against the undamped H̃
+};
+
+// LDLQ with the QuIP grid of W̃·G under the rotated damped Hessian Gᵀ·H̃_damped·G.
+absl::StatusOr<ButterflyRounding> RoundButterfly(Device& dev, const Butterfly& b,
+                                                 const MatrixD& wt, const MatrixD& h_damped,
+                                                 const MatrixD& h, int bits) {
+  const MatrixD g = b.Matrix();
+  MatrixD y = wt;
+  b.ApplyRows(&y);
+  MatrixD hg = g.transpose() * h_damped * g;
+  hg = 0.5 * (hg + hg.transpose()).eval();
+  ButterflyRounding r;
+  r.grid = QuipGrid(Rms(y), bits);
+  FixedGridRounder rounder(r.grid);
+  QUANTD_ASSIGN_OR_RETURN(r.ldlq, LdlqGptq(dev, y, hg, rounder));
+  r.loss = RelativeProxyLoss(y, r.ldlq.what, g.transpose() * h * g);
+  return r;
+}
+
+// Method butterfly after the RHT: learns G on (W̃, H̃) scoring candidates with the real LDLQ
+// rounding, then rounds W̃·G with the best one and fills c's grid, codes and angles.
+absl::Status QuantizeButterfly(Device& dev, const QuantSpec& spec, const MatrixD& wt,
+                               const MatrixD& h, const MatrixD& h_damped, PackedContents* c) {
+  ButterflyParams bp;
+  bp.bits = spec.bits;
+  auto score = [&](const Butterfly& b) {
+    auto r = RoundButterfly(dev, StoredButterfly(b), wt, h_damped, h, spec.bits);
+    return r.ok() ? r->loss : std::numeric_limits<double>::infinity();
+  };
+  QUANTD_ASSIGN_OR_RETURN(Butterfly learned, LearnButterfly(wt, h, bp, score));
+  const Butterfly b = StoredButterfly(learned);
+  QUANTD_ASSIGN_OR_RETURN(ButterflyRounding r, RoundButterfly(dev, b, wt, h_damped, h, spec.bits));
+  c->grids = {r.grid};
+  c->codes = std::move(r.ldlq.codes);
+  c->angles.assign(b.angles().begin(), b.angles().end());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<Method> ParseMethod(std::string_view name) {
@@ -209,8 +261,11 @@ absl::StatusOr<Method> ParseMethod(std::string_view name) {
   if (name == "quip") return Method::kQuip;
   if (name == "quip-sharp") return Method::kQuipSharp;
   if (name == "qtip") return Method::kQtip;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown method \"", std::string(name), "\" (want rtn, gptq, quip, quip-sharp or qtip)"));
+  if (name == "quarot") return Method::kQuarot;
+  if (name == "butterfly") return Method::kButterfly;
+  return absl::InvalidArgumentError(absl::StrCat("unknown method \"", std::string(name),
+                                                 "\" (want rtn, gptq, quip, quip-sharp, qtip, "
+                                                 "quarot or butterfly)"));
 }
 
 std::string_view MethodName(Method m) {
@@ -220,20 +275,24 @@ std::string_view MethodName(Method m) {
     case Method::kQuip: return "quip";
     case Method::kQuipSharp: return "quip-sharp";
     case Method::kQtip: return "qtip";
+    case Method::kQuarot: return "quarot";
+    case Method::kButterfly: return "butterfly";
   }
   return "unknown";
 }
 
 absl::Status ValidateSpec(const QuantSpec& s) {
   const int mv = static_cast<int>(s.method);
-  if (mv < 1 || mv > 5) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
+  if (mv < 1 || mv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
   const std::string_view name = MethodName(s.method);
-  const bool scalar_grid = s.method == Method::kRtn || s.method == Method::kGptq;
-  const bool bits_ok = scalar_grid ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
-                                   : (s.bits >= 2 && s.bits <= 4);
+  const bool eight_bits = s.method == Method::kRtn || s.method == Method::kGptq;
+  // quarot quantizes its rotated weights with gptq's grids, so it takes their options.
+  const bool scalar_grid = eight_bits || s.method == Method::kQuarot;
+  const bool bits_ok = eight_bits ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
+                                  : (s.bits >= 2 && s.bits <= 4);
   if (!bits_ok) {
     return absl::InvalidArgumentError(absl::StrCat("bits = ", s.bits, " is not supported by ", std::string(name),
-                                                   scalar_grid ? " (2, 3, 4, 8)" : " (2, 3, 4)"));
+                                                   eight_bits ? " (2, 3, 4, 8)" : " (2, 3, 4)"));
   }
   if (s.group_size < 0 || (s.group_size > 0 && !scalar_grid)) {
     return absl::InvalidArgumentError(
@@ -272,6 +331,16 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
         absl::StrCat("layer ", std::string(layer_name), ": weight shape [", m, ",", n, "] is out of range"));
   }
   QUANTD_RETURN_IF_ERROR(CheckFiniteInputs(w, h, layer_name));
+  if (spec.method == Method::kQuarot) {
+    // The rotations live in the model (the caller passes the rotated weight and its Hessian);
+    // the matrix itself is plain GPTQ, stored as such.
+    QuantSpec g = spec;
+    g.method = Method::kGptq;
+    g.baseline_guard = false;
+    QUANTD_ASSIGN_OR_RETURN(QuantizedMatrix q, QuantizeMatrix(dev, w, h, g, layer_name));
+    AppendNote(&q.note, "quarot: gptq of the rotated weight");
+    return q;
+  }
 
   QuantizedMatrix result;
   PackedContents c;
@@ -329,6 +398,8 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
       AppendNote(&result.note, dh.note);
       if (spec.method == Method::kQtip) {
         QUANTD_RETURN_IF_ERROR(QuantizeQtip(dev, spec, wd, dh.h, dh.lower, &c));
+      } else if (spec.method == Method::kButterfly) {
+        QUANTD_RETURN_IF_ERROR(QuantizeButterfly(dev, spec, wd, hd, dh.h, &c));
       } else if (spec.method == Method::kQuip) {
         c.grids = {QuipGrid(Rms(wd), spec.bits)};
         FixedGridRounder rounder(c.grids[0]);
@@ -397,8 +468,17 @@ absl::StatusOr<MatrixF> DequantizeMatrix(std::string_view packed) {
   MatrixD wt(m, np);
   if (method == Method::kQtip) {
     QUANTD_ASSIGN_OR_RETURN(wt, DequantizeQtip(c));
-  } else if (method == Method::kQuip) {
+  } else if (method == Method::kQuip || method == Method::kButterfly) {
     for (int64_t i = 0; i < wt.size(); ++i) wt.data()[i] = c.grids[0].Dequant(c.codes[i]);
+    if (method == Method::kButterfly) {
+      QUANTD_ASSIGN_OR_RETURN(Butterfly b, Butterfly::Make(np));
+      if (b.angles().size() != c.angles.size()) {
+        return absl::DataLossError(absl::StrCat("packed butterfly has ", c.angles.size(),
+                                                " angles, n = ", np, " needs ", b.angles().size()));
+      }
+      b.mutable_angles().assign(c.angles.begin(), c.angles.end());
+      b.InverseRows(&wt);
+    }
   } else {
     QUANTD_ASSIGN_OR_RETURN(std::unique_ptr<VectorCodebook> cb,
                             MakeCodebook(c.codebook, c.codebook_scale));

@@ -18,18 +18,24 @@
 
 namespace quantd::quant {
 
-enum class Method : uint8_t { kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5 };
+// kQuarot is a model-level method (worker/model/quarot.h): the job rotates the model and each
+// matrix, already in the rotated basis, is quantized with GPTQ (stored as a gptq packed matrix).
+// kButterfly: RHT on the output side, RHT then a learned butterfly (butterfly.h) on the input
+// side, QuIP scalar grid, LDLQ.
+enum class Method : uint8_t {
+  kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5, kQuarot = 6, kButterfly = 7
+};
 
-// "rtn", "gptq", "quip", "quip-sharp", "qtip"; INVALID_ARGUMENT otherwise.
+// "rtn", "gptq", "quip", "quip-sharp", "qtip", "quarot", "butterfly"; INVALID_ARGUMENT otherwise.
 absl::StatusOr<Method> ParseMethod(std::string_view name);
 std::string_view MethodName(Method m);
 
 struct QuantSpec {
   Method method = Method::kQuipSharp;  // Default: quip-sharp
-  int bits = 2;              // Default: 2. rtn/gptq: 2,3,4,8; quip: 2,3,4; quip-sharp: 2 (e8p), 3 (rvq3), 4 (rvq4); qtip: 2,3,4 (= k)
+  int bits = 2;              // Default: 2. rtn/gptq: 2,3,4,8; quip, quarot, butterfly: 2,3,4; quip-sharp: 2 (e8p), 3 (rvq3), 4 (rvq4); qtip: 2,3,4 (= k)
   uint64_t seed = 0;         // Default: 0. Seeds RHT signs.
-  int group_size = 0;        // Default: 0 = per output channel (rtn, gptq only)
-  bool mse_clip = false;     // Default: false (rtn, gptq)
+  int group_size = 0;        // Default: 0 = per output channel (rtn, gptq, quarot only)
+  bool mse_clip = false;     // Default: false (rtn, gptq, quarot)
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
   double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp; qtip: trellis input scale)
   TrellisCode trellis_code = TrellisCode::k1Mad;  // Default: 1mad (qtip)
