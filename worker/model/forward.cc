@@ -1,12 +1,14 @@
 #include "worker/model/forward.h"
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "worker/model/str_util.h"
 #include "common/status_macros.h"
 #include "worker/model/tokens.h"
+#include "worker/quant/rht.h"
 
 namespace quantd::model {
 namespace {
@@ -86,6 +88,16 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
   }
   QUANTD_RETURN_IF_ERROR(ValidateTokens(tokens, cfg.vocab_size));
   QUANTD_RETURN_IF_ERROR(CheckWeights(cfg, w));
+  std::optional<quant::Rht> online_down;
+  if (w.online_down.size != 0) {
+    if (w.online_down.size != cfg.intermediate_size) {
+      return absl::InvalidArgumentError(internal::Cat("online down_proj rotation has size ",
+                                                     w.online_down.size,
+                                                     ", intermediate_size is ",
+                                                     cfg.intermediate_size));
+    }
+    QUANTD_ASSIGN_OR_RETURN(online_down, quant::MakeRht(w.online_down.size, w.online_down.seed));
+  }
 
   const int H = cfg.hidden_size, nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
   const int group = nh / nkv, half = hd / 2;
@@ -145,6 +157,7 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     g.noalias() = h * lw.gate.transpose();
     u.noalias() = h * lw.up.transpose();
     g.array() = g.array() / (1.0f + (-g.array()).exp()) * u.array();  // silu(g) * u
+    if (online_down) online_down->ApplyRows(&g);  // QuaRot: rows ← R_down·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kDown, g);
     x.noalias() += g * lw.down.transpose();
   }

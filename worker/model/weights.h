@@ -4,6 +4,7 @@
 #ifndef QUANTD_WORKER_MODEL_WEIGHTS_H_
 #define QUANTD_WORKER_MODEL_WEIGHTS_H_
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,11 +41,21 @@ struct LayerWeights {
   MatrixF q, k, v, o, gate, up, down;
 };
 
+// A randomized Hadamard transform applied to an activation online, in the forward pass
+// (quant::MakeRht(size, seed): x ↦ V·S·x). size 0 = none.
+struct OnlineRotation {
+  int size = 0;
+  uint64_t seed = 0;
+};
+
 struct LlamaWeights {
   MatrixF embed;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
   VectorF final_norm;  // [hidden]
   MatrixF lm_head;     // [vocab, hidden]; empty when tied to embed
+  // QuaRot (quarot.h): the input of every down_proj is rotated online before the product.
+  // Default: none.
+  OnlineRotation online_down;
 };
 
 MatrixF& MutableLinear(LlamaWeights& w, int layer, Linear l);
