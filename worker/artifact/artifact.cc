@@ -52,6 +52,63 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
   return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
 }
 
+absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
+                                      const std::map<std::string, std::string>& packed,
+                                      const std::string& out_path) {
+  std::vector<model::TensorToWrite> out;
+  size_t replaced = 0;
+  auto add = [&](const std::string& name, const float* v, std::vector<int64_t> shape) {
+    model::TensorToWrite t;
+    auto it = packed.find(name);
+    if (it != packed.end()) {
+      t.name = QuantizedTensorName(name);
+      t.dtype = model::DType::kU8;
+      t.shape = {static_cast<int64_t>(it->second.size())};
+      t.data = it->second;
+      ++replaced;
+    } else {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      t.name = name;
+      t.dtype = model::DType::kF32;
+      t.shape = std::move(shape);
+      t.data.assign(reinterpret_cast<const char*>(v), static_cast<size_t>(n) * sizeof(float));
+    }
+    out.push_back(std::move(t));
+  };
+  auto add_matrix = [&](const std::string& name, const MatrixF& m) {
+    add(name, m.data(), {m.rows(), m.cols()});  // row-major, as safetensors
+  };
+  auto add_vector = [&](const std::string& name, const VectorF& v) {
+    add(name, v.data(), {v.size()});
+  };
+  add_matrix("model.embed_tokens.weight", w.embed);
+  add_vector("model.norm.weight", w.final_norm);
+  if (!cfg.tie_word_embeddings) add_matrix("lm_head.weight", w.lm_head);
+  for (int l = 0; l < static_cast<int>(w.layers.size()); ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    add_vector(p + "input_layernorm.weight", w.layers[l].attn_norm);
+    add_vector(p + "post_attention_layernorm.weight", w.layers[l].ffn_norm);
+    for (model::Linear lin : model::kAllLinears) {
+      add_matrix(model::LinearTensorName(l, lin), model::GetLinear(w, l, lin));
+    }
+  }
+  if (w.online_down.size != 0) {
+    model::TensorToWrite t;
+    t.name = kOnlineDownTensor;
+    t.dtype = model::DType::kI64;
+    t.shape = {2};
+    const int64_t v[2] = {w.online_down.size, static_cast<int64_t>(w.online_down.seed)};
+    t.data.assign(reinterpret_cast<const char*>(v), sizeof(v));
+    out.push_back(std::move(t));
+  }
+  if (replaced != packed.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(packed.size() - replaced,
+                                                   " quantized tensors have no source tensor"));
+  }
+  return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
+}
+
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                         model::LlamaConfig* config) {
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
@@ -98,6 +155,18 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                        ",", cols, "]"));
       }
     }
+  }
+  if (auto od = ckpt->Get(kOnlineDownTensor); od.ok()) {
+    if (od->dtype != model::DType::kI64 || od->data.size() != 16) {
+      return absl::DataLossError(absl::StrCat("tensor ", kOnlineDownTensor, " is not I64 [2]"));
+    }
+    int64_t v[2];
+    std::memcpy(v, od->data.data(), sizeof(v));
+    if (v[0] != cfg.intermediate_size) {
+      return absl::DataLossError(absl::StrCat("tensor ", kOnlineDownTensor, " has size ", v[0],
+                                              ", intermediate_size is ", cfg.intermediate_size));
+    }
+    w.online_down = {static_cast<int>(v[0]), static_cast<uint64_t>(v[1])};
   }
   if (w.embed.rows() != cfg.vocab_size || w.embed.cols() != cfg.hidden_size) {
     return absl::InvalidArgumentError(absl::StrCat("embedding has shape [", w.embed.rows(), ",",
@@ -184,6 +253,12 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
         absl::StrCat(JoinPath(native_dir, "config.json"), ": not a JSON object"));
   }
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
+  if (ckpt->Get(kOnlineDownTensor).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        native_dir, " is a QuaRot artifact: its down_proj inputs are rotated online (",
+        kOnlineDownTensor, "), which a dense Hugging Face checkpoint cannot express; "
+        "use the native artifact"));
+  }
   const model::DType out_dtype = dtype == HfDType::kF16    ? model::DType::kF16
                                  : dtype == HfDType::kBF16 ? model::DType::kBF16
                                                            : model::DType::kF32;

@@ -27,8 +27,20 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
                                 const std::map<std::string, std::string>& packed,
                                 const std::string& out_path);
 
+// The tensor recording QuaRot's online down_proj rotation: I64 [2] = {size, seed (bits)}.
+inline constexpr char kOnlineDownTensor[] = "quantd.online_hadamard_down";
+
+// Writes `out_path` from in-memory (e.g. QuaRot-rotated) weights: every tensor under its HF name
+// in F32, lm_head.weight when cfg is untied, the linears named in `packed` as .qweight, and
+// kOnlineDownTensor when w.online_down is set. Atomic. INVALID_ARGUMENT if `packed` names a
+// tensor the weights lack.
+absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
+                                      const std::map<std::string, std::string>& packed,
+                                      const std::string& out_path);
+
 // Loads a native artifact directory (config.json + model.safetensors) into fp32 weights,
-// dequantizing every .qweight. DATA_LOSS for corrupt packed tensors.
+// dequantizing every .qweight and setting online_down from kOnlineDownTensor.
+// DATA_LOSS for corrupt packed or online-rotation tensors.
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                         model::LlamaConfig* config);
 
@@ -41,7 +53,8 @@ enum class HfDType { kF16, kBF16, kF32 };
 // are copied), config.json with "torch_dtype" set to match, every other file of the artifact
 // (tokenizer files) copied unchanged, and manifest.json kept as quantd_manifest.json for
 // provenance. Files are written atomically; config.json is written last. INVALID_ARGUMENT when a
-// value does not fit fp16 (use kBF16 or kF32), DATA_LOSS for corrupt packed tensors.
+// value does not fit fp16 (use kBF16 or kF32) or the artifact carries an online rotation
+// (QuaRot: a dense HF checkpoint cannot express it), DATA_LOSS for corrupt packed tensors.
 absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
                            HfDType dtype = HfDType::kF16);
 

@@ -16,6 +16,7 @@
 #include "common/file_util.h"
 #include "gtest/gtest.h"
 #include "worker/model/forward.h"
+#include "worker/model/quarot.h"
 #include "worker/quant/quantize.h"
 
 namespace quantd::artifact {
@@ -86,6 +87,39 @@ TEST_F(ArtifactTest, QuantizedMatricesAreReplacedAndDequantizedOnLoad) {
   // Unquantized matrices are bit-identical.
   auto k0 = (*orig)->ReadMatrix("model.layers.0.self_attn.k_proj.weight");
   EXPECT_EQ(model::GetLinear(native_, 0, model::Linear::kK), *k0);
+}
+
+// A QuaRot model written from weights: the untied head, unit norms and the online rotation come
+// back from the file, the fp tensors are bit-identical, the logits equal the original model's,
+// and the HF export refuses it.
+TEST_F(ArtifactTest, QuarotArtifactRoundTripsAndIsNotExportedToHf) {
+  auto ckpt = model::Checkpoint::Open(src_);
+  ASSERT_TRUE(ckpt.ok());
+  model::LlamaConfig cfg = cfg_;
+  auto fp = model::LoadLlamaWeights(**ckpt, cfg);
+  ASSERT_TRUE(fp.ok());
+  model::LlamaWeights w = *fp;
+  ASSERT_TRUE(model::ApplyQuarot(&cfg, &w, 4).ok());
+  const std::string dir = tmp_ + "/quarot";
+  ASSERT_TRUE(MakeDirs(dir).ok());
+  ASSERT_TRUE(WriteArtifactFromWeights(cfg, w, {}, dir + "/model.safetensors").ok());
+  nlohmann::json c = nlohmann::json::parse(*ReadFile(src_ + "/config.json"));
+  c["tie_word_embeddings"] = false;
+  ASSERT_TRUE(WriteFileAtomic(dir + "/config.json", c.dump()).ok());
+  model::LlamaConfig loaded_cfg;
+  auto loaded = LoadArtifactWeights(dir, &loaded_cfg);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->online_down.size, w.online_down.size);
+  EXPECT_EQ(loaded->online_down.seed, w.online_down.seed);
+  EXPECT_EQ(loaded->lm_head, w.lm_head);
+  EXPECT_EQ(loaded->layers[2].down, w.layers[2].down);
+  const std::vector<int32_t> tokens = {1, 301, 427, 309, 426, 301, 427, 309};
+  auto a = model::Forward(cfg_, *fp, tokens), b = model::Forward(loaded_cfg, *loaded, tokens);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LE((*a - *b).cwiseAbs().maxCoeff(), 1e-4);
+  absl::Status s = ExportHfModel(dir, tmp_ + "/quarot_hf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("QuaRot"), std::string::npos) << s;
 }
 
 // Relative precision of each export dtype (half an ulp at the value's binade).
