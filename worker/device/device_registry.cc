@@ -31,6 +31,7 @@ absl::Status NoCuda(int ordinal) {
       " is not available: this build has no CUDA support (configure with -DQUANTD_CUDA=ON on a "
       "machine with the CUDA toolkit)"));
 }
+#endif
 
 }  // namespace
 
