@@ -34,6 +34,8 @@ int RunHessian(const Flags& flags);
 int RunLayer(const Flags& flags);
 // quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]
 int RunForward(const Flags& flags);
+// quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,...] (bench_methods.cc)
+int RunMethods(const Flags& flags);
 
 }  // namespace quantd::bench
 

@@ -53,7 +53,9 @@ int main(int argc, char** argv) {
       "usage: quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]\n"
       "       quantd-bench hessian --n 4096 --tokens 8192\n"
       "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096\n"
-      "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n";
+      "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n"
+      "       quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,gptq/2,...]\n"
+      "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] [--trellis-l 16]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -68,6 +70,7 @@ int main(int argc, char** argv) {
   if (cmd == "hessian") return quantd::bench::RunHessian(*flags);
   if (cmd == "layer") return quantd::bench::RunLayer(*flags);
   if (cmd == "forward") return quantd::bench::RunForward(*flags);
+  if (cmd == "methods") return quantd::bench::RunMethods(*flags);
   std::fputs(usage, stderr);
   return 2;
 }

@@ -307,9 +307,9 @@ TEST_F(CommandsTest, FetchRefusesTraversalAndReportsNotFound) {
 }
 
 TEST_F(CommandsTest, UsageErrorsExit2AndUnreachableServerExit4) {
-  Result r = Run({"fetch", "m", "-o", "/tmp/x", "--format", "hf"});
+  Result r = Run({"fetch", "m", "-o", "/tmp/x", "--format", "gguf"});
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find("not implemented yet"), std::string::npos);
+  EXPECT_NE(r.err.find("expected native or hf"), std::string::npos) << r.err;
   EXPECT_EQ(Run({"bogus"}).code, 2);
   EXPECT_EQ(Run({"--help"}).code, 0);
   r = Run({"--addr", "127.0.0.1:1", "jobs"});

@@ -1,0 +1,194 @@
+// quantd-bench methods: the method table of one model in one process. Hessians are captured once
+// from the calibration tokens (forward passes with model::HessianCapture, windows of --seq-len),
+// then for each method/bits every linear layer is quantized from the same Hessians (matrices in
+// parallel, one single-threaded CPU device per thread), and the quantized model's perplexity is
+// measured on the evaluation tokens. One JSON line for the fp model, then one per configuration.
+//
+// Token files are .u16/.u32/.npy; a .txt file is encoded whole with the model's tokenizer and
+// no BOS (the GPTQ WikiText-2 convention: the text is one stream).
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench.h"
+#include "common/file_util.h"
+#include "nlohmann/json.hpp"
+#include "worker/artifact/artifact.h"
+#include "worker/model/forward.h"
+#include "worker/model/hessian_capture.h"
+#include "worker/model/perplexity.h"
+#include "worker/model/tokenizer.h"
+#include "worker/model/tokens.h"
+#include "worker/quant/device.h"
+#include "worker/quant/quantize.h"
+
+namespace quantd::bench {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+absl::StatusOr<std::vector<int32_t>> LoadTokens(const std::string& path, const std::string& model_dir) {
+  if (path.size() > 4 && path.compare(path.size() - 4, 4, ".txt") == 0) {
+    auto tok = model::LoadTokenizerForModel(model_dir);
+    if (!tok.ok()) return tok.status();
+    auto text = ReadFile(path);
+    if (!text.ok()) return text.status();
+    return (*tok)->Encode(*text, /*bos=*/false);
+  }
+  return model::LoadTokenFile(path);
+}
+
+constexpr model::Linear kLinears[] = {model::Linear::kQ,    model::Linear::kK, model::Linear::kV,
+                                      model::Linear::kO,    model::Linear::kGate,
+                                      model::Linear::kUp,   model::Linear::kDown};
+
+}  // namespace
+
+int RunMethods(const Flags& flags) {
+  const std::string dir = flags.Get("model", ""), calib_path = flags.Get("calib", ""),
+                    eval_path = flags.Get("eval", "");
+  auto seqs = flags.GetInt("calib-seqs", 16), seq_len = flags.GetInt("seq-len", 512),
+       eval_tokens = flags.GetInt("eval-tokens", 8192), trellis_l = flags.GetInt("trellis-l", 16);
+  const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
+  if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
+      !eval_tokens.ok() || !trellis_l.ok() || *seqs < 1 || *seq_len < 2) {
+    std::fprintf(stderr,
+                 "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
+                 "[--configs rtn/2,gptq/2,...] [--calib-seqs 16] [--seq-len 512] "
+                 "[--eval-tokens 8192] [--trellis-l 16]\n");
+    return 2;
+  }
+  model::LlamaConfig cfg;
+  auto fp = artifact::LoadArtifactWeights(dir, &cfg);
+  auto calib = LoadTokens(calib_path, dir), eval = LoadTokens(eval_path, dir);
+  for (const absl::Status& s : {fp.status(), calib.status(), eval.status()}) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  const int len = static_cast<int>(std::min<long long>(*seq_len, cfg.max_position_embeddings));
+  const int nseq = static_cast<int>(std::min<long long>(*seqs, calib->size() / len));
+  if (nseq < 1) {
+    std::fprintf(stderr, "calibration data is shorter than one sequence\n");
+    return 1;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  model::HessianCapture cap(cfg);
+  std::vector<absl::Status> errs(nseq);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int s = 0; s < nseq; ++s) {
+    errs[s] = model::Forward(cfg, *fp, absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len),
+                             &cap).status();
+  }
+  for (const absl::Status& s : errs) {
+    if (!s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
+      return 1;
+    }
+  }
+  const double hessian_secs = Seconds(t0);
+  model::PerplexityOptions popts;
+  popts.context = std::min(512, cfg.max_position_embeddings);
+  popts.max_tokens = *eval_tokens;
+  t0 = std::chrono::steady_clock::now();
+  auto fp_ppl = model::Perplexity(cfg, *fp, *eval, popts);
+  if (!fp_ppl.ok()) {
+    std::fprintf(stderr, "%s\n", fp_ppl.status().ToString().c_str());
+    return 1;
+  }
+  nlohmann::json head = {{"model", dir},
+                         {"calib_tokens", nseq * len},
+                         {"hessian_seconds", hessian_secs},
+                         {"eval_targets", fp_ppl->targets},
+                         {"eval_seconds", Seconds(t0)},
+                         {"fp_ppl", fp_ppl->ppl}};
+  std::printf("%s\n", head.dump().c_str());
+  std::fflush(stdout);
+
+  // (layer, linear) work list and its Hessians, normalized once.
+  struct Item {
+    int layer;
+    model::Linear lin;
+  };
+  std::vector<Item> items;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (model::Linear lin : kLinears) items.push_back({l, lin});
+  }
+  for (const std::string& c : std::vector<std::string>(absl::StrSplit(configs, ','))) {
+    std::vector<std::string> mb = absl::StrSplit(c, '/');
+    int bits = 0;
+    auto method = mb.size() == 2 ? quant::ParseMethod(mb[0]) : absl::InvalidArgumentError("bad");
+    if (!method.ok() || !absl::SimpleAtoi(mb[1], &bits)) {
+      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS\n", c.c_str());
+      return 2;
+    }
+    quant::QuantSpec spec;
+    spec.method = *method;
+    spec.bits = bits;
+    spec.trellis_l = static_cast<int>(*trellis_l);
+    model::LlamaWeights w = *fp;
+    std::vector<double> proxy(items.size());
+    std::vector<int> guarded(items.size());
+    std::vector<absl::Status> qerr(items.size());
+    t0 = std::chrono::steady_clock::now();
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = 0; i < items.size(); ++i) {
+      const auto [l, lin] = items[i];
+      const model::LinearGroup g = model::GroupOf(lin);
+      MatrixD h = cap.Sum(l, g) / static_cast<double>(cap.Tokens(l, g));
+      quant::QuantSpec s = spec;
+      s.seed = static_cast<uint64_t>(l * 16 + static_cast<int>(lin));
+      auto dev = quant::MakeCpuDevice(1);
+      const std::string name = model::LinearTensorName(l, lin);
+      auto q = quant::QuantizeMatrix(*dev, model::GetLinear(*fp, l, lin), h, s, name);
+      if (!q.ok()) {
+        qerr[i] = q.status();
+        continue;
+      }
+      auto deq = quant::DequantizeMatrix(q->packed);
+      if (!deq.ok()) {
+        qerr[i] = deq.status();
+        continue;
+      }
+      model::MutableLinear(w, l, lin) = std::move(*deq);
+      proxy[i] = q->proxy_loss;
+      guarded[i] = q->stored_method != spec.method;
+    }
+    const double qsecs = Seconds(t0);
+    for (const absl::Status& s : qerr) {
+      if (!s.ok()) {
+        std::fprintf(stderr, "%s: %s\n", c.c_str(), s.ToString().c_str());
+        return 1;
+      }
+    }
+    double mean = 0;
+    int nguard = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      mean += proxy[i];
+      nguard += guarded[i];
+    }
+    mean /= items.size();
+    t0 = std::chrono::steady_clock::now();
+    auto p = model::Perplexity(cfg, w, *eval, popts);
+    nlohmann::json out = {{"method", mb[0]},
+                          {"bits", bits},
+                          {"mean_proxy_loss", mean},
+                          {"ppl", p.ok() ? p->ppl : -1.0},
+                          {"quantize_seconds", qsecs},
+                          {"eval_seconds", Seconds(t0)},
+                          {"matrices", items.size()},
+                          {"guard_kept_gptq", nguard}};
+    if (spec.method == quant::Method::kQtip) out["trellis_l"] = spec.trellis_l;
+    std::printf("%s\n", out.dump().c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace quantd::bench
