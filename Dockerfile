@@ -9,7 +9,8 @@
 # them with the CUDA toolkit present and adds the CUDA runtime libraries. NVIDIA's nvidia/cuda
 # images are Ubuntu-based and would not carry the Debian 12 gRPC/Abseil/protobuf libraries the
 # binaries link against, so worker-cuda is debian:12-slim plus NVIDIA's Debian 12 CUDA repository.
-# Until the CUDA device lands (issue 6) the binaries run on the CPU and --device auto picks it.
+# worker-cuda's quantd-worker has the CUDA device (issue 6): --device auto picks cuda:0 when the
+# container sees a GPU, else the CPU.
 
 ARG CUDA_VERSION=12-6
 
@@ -55,7 +56,8 @@ ARG CUDA_VERSION
 ADD https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb /tmp/cuda-keyring.deb
 RUN dpkg -i /tmp/cuda-keyring.deb && rm /tmp/cuda-keyring.deb && apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      cuda-cudart-${CUDA_VERSION} libcublas-${CUDA_VERSION} \
+      cuda-cudart-${CUDA_VERSION} libcublas-${CUDA_VERSION} libcusolver-${CUDA_VERSION} \
+      libcusparse-${CUDA_VERSION} libnvjitlink-${CUDA_VERSION} \
  && rm -rf /var/lib/apt/lists/*
 # The NVIDIA container runtime mounts the driver (libcuda) from the host.
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \

@@ -422,6 +422,10 @@ def check_dockerfile(c):
 
 
 BASE_IMAGE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}  # in debian:12-slim
+# CUDA toolkit library (soname stem) -> NVIDIA Debian 12 package stem (+ "-${CUDA_VERSION}").
+CUDA_LIBRARY_PACKAGES = {"libcudart": "cuda-cudart", "libcublas": "libcublas",
+                         "libcublasLt": "libcublas", "libcusolver": "libcusolver",
+                         "libcusparse": "libcusparse", "libnvJitLink": "libnvjitlink"}
 
 
 def check_runtime_libraries(c):
@@ -441,6 +445,17 @@ def check_runtime_libraries(c):
     for b in bins:
         out = subprocess.run(["ldd", b], capture_output=True, text=True).stdout
         libs.update(m for m in re.findall(r"=> (/\S+)", out))
+    # A build with the CUDA device (QUANTD_CUDA, issue 6) also loads CUDA toolkit libraries: they
+    # come from NVIDIA's repository, which the worker-cuda stage installs them from.
+    cuda_stage = re.search(r"FROM runtime AS worker-cuda\n(.*?)(\nFROM |\Z)", text, re.S)
+    for lib in sorted(l for l in libs if "/cuda" in os.path.realpath(l) or "/cuda" in l):
+        libs.discard(lib)
+        name = os.path.basename(lib).split(".so")[0]
+        pkg = CUDA_LIBRARY_PACKAGES.get(name)
+        if not c.check(pkg, "%s: a CUDA library with no known NVIDIA package" % lib):
+            continue
+        c.check(cuda_stage and (pkg + "-${CUDA_VERSION}") in cuda_stage.group(1),
+                "Dockerfile worker-cuda stage does not install %s-${CUDA_VERSION} (for %s)" % (pkg, lib))
     for lib in sorted(libs):
         r = subprocess.run(["dpkg", "-S", os.path.realpath(lib)], capture_output=True, text=True)
         if r.returncode != 0:

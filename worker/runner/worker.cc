@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,7 @@
 #include "common/status_macros.h"
 #include "grpcpp/create_channel.h"
 #include "server/grpc_status.h"
+#include "worker/device/device_registry.h"
 #include "worker/runner/executor.h"
 
 namespace quantd::runner {
@@ -41,7 +43,18 @@ bool IsAuthError(const grpc::Status& s) {
 
 Worker::Worker(WorkerOptions options) : options_(std::move(options)) {
   if (options_.name.empty()) options_.name = DefaultName();
-  device_ = quant::MakeCpuDevice(options_.threads);
+  absl::StatusOr<std::unique_ptr<quant::Device>> d =
+      device::MakeDevice(options_.device, options_.threads);
+  if (d.ok()) {
+    device_ = std::move(*d);
+  } else {
+    device_status_ = d.status();
+  }
+}
+
+Worker::Worker(WorkerOptions options, std::unique_ptr<quant::Device> device)
+    : options_(std::move(options)), device_(std::move(device)) {
+  if (options_.name.empty()) options_.name = DefaultName();
 }
 
 // MemAvailable from /proc/meminfo in bytes; 0 (no admission) when it cannot be read.
@@ -67,7 +80,14 @@ absl::Status Worker::RegisterLoop() {
     req.set_worker_name(options_.name);
     req.set_device(device_->name());
     req.set_threads(options_.threads);
-    req.set_memory_bytes(options_.memory_bytes > 0 ? options_.memory_bytes : AvailableMemoryBytes());
+    uint64_t memory = options_.memory_bytes;
+    if (memory == 0) {
+      // A GPU worker offers the GPU's free memory: that is where a task's matrices live.
+      const int64_t gpu_free = device_->host_memory() ? 0 : device_->GetMemoryInfo().available_bytes;
+      memory = device_->host_memory() ? AvailableMemoryBytes()
+                                      : static_cast<uint64_t>(std::max<int64_t>(0, gpu_free));
+    }
+    req.set_memory_bytes(memory);
     quantd::v1::RegisterResponse resp;
     grpc::Status s = stub_->Register(&ctx, req, &resp);
     if (s.ok()) {
@@ -220,6 +240,7 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
 }
 
 absl::Status Worker::Run() {
+  if (device_ == nullptr) return device_status_;
   QUANTD_RETURN_IF_ERROR(MakeDirs(options_.cache_dir));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(8 << 20);

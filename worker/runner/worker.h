@@ -25,13 +25,19 @@ struct WorkerOptions {
   std::string cache_dir = "/tmp/quantd-worker";  // Default: /tmp/quantd-worker
   std::string device = "auto";                 // Default: auto (GPU if present, else CPU)
   int threads = 0;                             // Default: 0 = all cores
-  uint64_t memory_bytes = 0;  // Default: 0 = MemAvailable (/proc/meminfo) at registration
+  // Default: 0 = at registration, MemAvailable (/proc/meminfo) for the CPU device, the GPU's
+  // free memory for a GPU device
+  uint64_t memory_bytes = 0;
   auth::ChannelSecurity security;              // Default: plaintext, no token
 };
 
 class Worker {
  public:
+  // Creates the device options.device names (auto | cpu | cuda:N); if that fails, Run() returns
+  // the error.
   explicit Worker(WorkerOptions options);
+  // Runs on `device` (not null), e.g. one device::MakeDevice already created and checked.
+  Worker(WorkerOptions options, std::unique_ptr<quant::Device> device);
   // Runs until Stop(). Returns an error only for unrecoverable conditions: API mismatch,
   // unusable TLS files, a token the coordinator refuses (UNAUTHENTICATED / PERMISSION_DENIED).
   absl::Status Run();
@@ -46,6 +52,7 @@ class Worker {
   WorkerOptions options_;
   std::unique_ptr<quantd::v1::WorkerService::Stub> stub_;
   std::unique_ptr<quant::Device> device_;
+  absl::Status device_status_;  // why device_ is null
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancelled_{false};
   absl::Mutex mu_;

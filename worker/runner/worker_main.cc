@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "auth/token_file.h"
+#include "worker/device/device_registry.h"
 #include "worker/runner/worker.h"
 
 ABSL_FLAG(std::string, coordinator, "127.0.0.1:7070", "coordinator gRPC address");
@@ -16,7 +17,8 @@ ABSL_FLAG(std::string, cache_dir, "/tmp/quantd-worker", "local cache for task in
 ABSL_FLAG(std::string, device, "auto", "auto | cpu | cuda:N");
 ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
 ABSL_FLAG(int64_t, memory_mb, 0,
-          "memory this worker offers for one task, in MiB (0 = MemAvailable at registration); "
+          "memory this worker offers for one task, in MiB (0 = at registration MemAvailable, or "
+          "the GPU's free memory on a GPU device); "
           "the coordinator never gives it a task whose estimate is larger");
 ABSL_FLAG(std::string, auth_token_file, "",
           "send the first token of this file as 'authorization: Bearer' (not world-readable)");
@@ -28,9 +30,13 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd-worker: runs quantization tasks for a quantd coordinator");
   absl::ParseCommandLine(argc, argv);
   const std::string device = absl::GetFlag(FLAGS_device);
-  if (device != "auto" && device != "cpu") {
-    std::fprintf(stderr, "quantd-worker: device %s is not available in this build (CPU only)\n",
-                 device.c_str());
+  // auto: cuda:0 when built with CUDA and a GPU is present, else the CPU. A device that cannot be
+  // used (bad spec, no CUDA support, no such GPU) is a startup error.
+  absl::StatusOr<std::unique_ptr<quantd::quant::Device>> dev =
+      quantd::device::MakeDevice(device, absl::GetFlag(FLAGS_threads));
+  if (!dev.ok()) {
+    std::fprintf(stderr, "quantd-worker: --device %s: %s\n", device.c_str(),
+                 dev.status().ToString().c_str());
     return 2;
   }
   quantd::runner::WorkerOptions o;
@@ -58,7 +64,7 @@ int main(int argc, char** argv) {
   if (std::string w = quantd::auth::PlaintextTokenWarning(o.coordinator, o.security); !w.empty()) {
     std::fprintf(stderr, "quantd-worker: %s\n", w.c_str());
   }
-  quantd::runner::Worker worker(o);
+  quantd::runner::Worker worker(o, *std::move(dev));
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
