@@ -28,9 +28,10 @@ class Flags {
 
 // quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]
 int RunCodebook(const Flags& flags);
-// quantd-bench hessian --n 4096 --tokens 8192
+// quantd-bench hessian --n 4096 --tokens 8192 [--device cpu|auto|cuda:N] (default cpu)
 int RunHessian(const Flags& flags);
-// quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096
+// quantd-bench layer --method {rtn,gptq,quip,quip-sharp,qtip} --bits B --m 4096 --n 4096
+//                    [--device cpu|auto|cuda:N] (default cpu)
 int RunLayer(const Flags& flags);
 // quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]
 int RunForward(const Flags& flags);

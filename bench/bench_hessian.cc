@@ -1,10 +1,13 @@
 // quantd-bench hessian: throughput of HessianAccumulator::Add (fp64 accumulation, counted as
-// 2·n²·tokens flops) against a plain fp32 GEMM of the same shape on the same device.
+// 2·n²·tokens flops) against a plain fp32 GEMM of the same shape on the same device (both
+// including host↔device copies on a GPU). On a GPU (--device cuda:N) it also reports the
+// device-resident cuBLAS DGEMM/SGEMM peak measured in the same run (the GPU Gram is fp64 DSYRK).
 #include <chrono>
 #include <cstdio>
 
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
+#include "worker/device/device_registry.h"
 #include "worker/quant/device.h"
 #include "worker/quant/hessian.h"
 #include "worker/quant/synthetic.h"
@@ -24,7 +27,18 @@ int RunHessian(const Flags& flags) {
     std::fprintf(stderr, "bad --n or --tokens\n");
     return 2;
   }
-  auto dev = quant::MakeCpuDevice();
+  const std::string device = flags.Get("device", "cpu");
+  absl::StatusOr<std::unique_ptr<quant::Device>> made = device::MakeDevice(device);
+  if (!made.ok()) {
+    std::fprintf(stderr, "--device %s: %s\n", device.c_str(), made.status().ToString().c_str());
+    return 2;
+  }
+  std::unique_ptr<quant::Device> dev = *std::move(made);
+  {  // warm-up: context, handles and first-call costs stay out of the timings
+    MatrixF wx = MatrixF::Ones(64, 64);
+    MatrixD wh = MatrixD::Zero(64, 64);
+    if (!dev->AccumulateGram(wx, &wh).ok()) return 1;
+  }
   MatrixF x = quant::GaussianMatrix(static_cast<int>(*tokens), static_cast<int>(*n), 1).cast<float>();
   const double flops = 2.0 * static_cast<double>(*n) * static_cast<double>(*n) * *tokens;
 
@@ -47,6 +61,18 @@ int RunHessian(const Flags& flags) {
                         {"seconds", secs},   {"gflops", gflops},
                         {"gemm_seconds", gemm_secs}, {"gemm_gflops", gemm_gflops},
                         {"ratio", gflops / gemm_gflops}, {"device", dev->name()}};
+  out["tflops"] = gflops / 1e3;
+  if (!dev->host_memory()) {
+    for (bool fp64 : {true, false}) {
+      absl::StatusOr<double> peak = device::MeasureGemmPeakTflops(device, 8192, fp64);
+      if (!peak.ok()) {
+        std::fprintf(stderr, "%s\n", peak.status().ToString().c_str());
+        return 1;
+      }
+      out[fp64 ? "peak_dgemm_tflops" : "peak_sgemm_tflops"] = *peak;
+    }
+    out["fraction_of_dgemm_peak"] = gflops / 1e3 / out["peak_dgemm_tflops"].get<double>();
+  }
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

@@ -1,10 +1,12 @@
 // quantd-bench layer: wall time and relative proxy loss of QuantizeMatrix on a synthetic layer
-// (heavy-tailed Gaussian weight, correlated-activation Hessian with outlier channels).
+// (heavy-tailed Gaussian weight, correlated-activation Hessian with outlier channels) on the
+// --device given (auto | cpu | cuda:N; default cpu).
 #include <chrono>
 #include <cstdio>
 
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
+#include "worker/device/device_registry.h"
 #include "worker/quant/quantize.h"
 #include "worker/quant/synthetic.h"
 
@@ -22,7 +24,13 @@ int RunLayer(const Flags& flags) {
   spec.method = *method;
   spec.bits = static_cast<int>(*bits);
   spec.greedy_passes = static_cast<int>(*greedy);
-  auto dev = quant::MakeCpuDevice();
+  const std::string device = flags.Get("device", "cpu");
+  absl::StatusOr<std::unique_ptr<quant::Device>> made = device::MakeDevice(device);
+  if (!made.ok()) {
+    std::fprintf(stderr, "--device %s: %s\n", device.c_str(), made.status().ToString().c_str());
+    return 2;
+  }
+  std::unique_ptr<quant::Device> dev = *std::move(made);
   MatrixF w = quant::SyntheticWeight(static_cast<int>(*m), static_cast<int>(*n), 1);
   MatrixD h = quant::SyntheticHessian(static_cast<int>(*n), 2);
   auto t0 = std::chrono::steady_clock::now();
@@ -38,7 +46,8 @@ int RunLayer(const Flags& flags) {
                         {"n", *n},
                         {"seconds", secs},
                         {"proxy_loss", q->proxy_loss},
-                        {"packed_bytes", q->packed.size()}};
+                        {"packed_bytes", q->packed.size()},
+                        {"device", dev->name()}};
   if (*greedy > 0) out["greedy_passes"] = *greedy;
   std::printf("%s\n", out.dump().c_str());
   return 0;

@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
   using quantd::bench::Flags;
   const char* usage =
       "usage: quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]\n"
-      "       quantd-bench hessian --n 4096 --tokens 8192\n"
-      "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp} --bits B --m 4096 --n 4096\n"
+      "       quantd-bench hessian --n 4096 --tokens 8192 [--device cpu|auto|cuda:N]\n"
+      "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp,qtip} --bits B --m 4096 --n 4096\n"
+      "                          [--device cpu|auto|cuda:N]\n"
       "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n"
       "       quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,gptq/2,...]\n"
       "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] [--trellis-l 16]\n";
