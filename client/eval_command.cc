@@ -3,14 +3,27 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "common/file_util.h"
 #include "worker/artifact/artifact.h"
 #include "worker/model/forward.h"
 #include "worker/model/perplexity.h"
+#include "worker/model/tokenizer.h"
 #include "worker/model/tokens.h"
 
 namespace quantd::client {
+namespace {
+
+absl::StatusOr<std::vector<int32_t>> EncodeTextFile(const std::string& dir, const std::string& path) {
+  auto tok = model::LoadTokenizerForModel(dir);
+  if (!tok.ok()) return tok.status();
+  auto text = ReadFile(path, uint64_t{1} << 30);
+  if (!text.ok()) return text.status();
+  return model::EncodeDocuments(**tok, *text);
+}
+
+}  // namespace
 
 int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   std::string dir, data, logits_out;
@@ -43,7 +56,7 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
     }
   }
   if (dir.empty() || data.empty()) {
-    err << "usage: quantctl eval MODEL_DIR --data TOKENS [--context N] [--json] [--logits-out FILE]\n";
+    err << "usage: quantctl eval MODEL_DIR --data TOKENS|TEXT.txt [--context N] [--json] [--logits-out FILE]\n";
     return 2;
   }
   model::LlamaConfig cfg;
@@ -52,7 +65,8 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
     err << "quantctl: " << weights.status().ToString() << "\n";
     return 1;
   }
-  auto tokens = model::LoadTokenFile(data);
+  // A .txt file goes through the directory's tokenizer exactly as SubmitJob encodes text data.
+  auto tokens = absl::EndsWith(data, ".txt") ? EncodeTextFile(dir, data) : model::LoadTokenFile(data);
   if (!tokens.ok()) {
     err << "quantctl: " << tokens.status().ToString() << "\n";
     return 1;

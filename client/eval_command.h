@@ -1,4 +1,4 @@
-// `quantctl eval MODEL_DIR --data TOKENS [--context N] [--json]`: perplexity of a local model
+// `quantctl eval MODEL_DIR --data TOKENS|TEXT.txt [--context N] [--json]`: perplexity of a local model
 // directory, either a source checkpoint (config.json + safetensors) or a fetched native
 // artifact (its .qweight tensors are dequantized). Runs locally; needs no server.
 #ifndef QUANTD_CLIENT_EVAL_COMMAND_H_

@@ -132,7 +132,7 @@ int64_t GgmlBlockBytes(GgmlType t) {
 void DequantizeGgml(GgmlType t, const char* src, int64_t n, float* dst) {
   switch (t) {
     case GgmlType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * 4);  // dst is null when n == 0
       return;
     case GgmlType::kF16:
       for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(Load16(src + 2 * i));

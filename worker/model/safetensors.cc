@@ -129,7 +129,29 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     }
     f->map_ = m;
   }
-  const char* base = static_cast<const char*>(f->map_);
+  QUANTD_RETURN_IF_ERROR(f->Validate(static_cast<const char*>(f->map_)));
+  return f;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(std::string_view bytes,
+                                                                        std::string label) {
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = std::move(label);
+  if (bytes.size() < 8) {
+    return absl::InvalidArgumentError(internal::Cat(
+        f->path_, ": truncated: ", bytes.size(), " bytes, need at least 8"));
+  }
+  f->map_size_ = bytes.size();
+  QUANTD_RETURN_IF_ERROR(f->Validate(bytes.data()));
+  return f;
+}
+
+absl::Status SafetensorsFile::Validate(const char* base) {
+  SafetensorsFile* f = this;
+  const std::string& path = path_;
+  auto bad = [&path](absl::string_view what) {
+    return absl::InvalidArgumentError(internal::Cat(path, ": ", what));
+  };
   const uint64_t header_len = ReadLE64(base);
   if (header_len > f->map_size_ - 8) {
     return bad(internal::Cat("header length ", header_len, " exceeds the file (",
@@ -218,7 +240,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                               "\" overlap at byte ", ranges[i].begin));
     }
   }
-  return f;
+  return absl::OkStatus();
 }
 
 std::vector<std::string> SafetensorsFile::Names() const {

@@ -41,6 +41,10 @@ class SafetensorsFile {
   // Maps and validates `path`. NOT_FOUND if absent; INVALID_ARGUMENT (naming the file, the
   // tensor and the bad value) for any malformed header.
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // Validates a safetensors image in memory (fuzzing, tests). `bytes` is not copied and must
+  // outlive the returned object; `label` stands for the file name in error messages.
+  static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Parse(std::string_view bytes,
+                                                                std::string label = "<memory>");
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -57,6 +61,8 @@ class SafetensorsFile {
     uint64_t begin, end;  // relative to the data section
   };
   SafetensorsFile() = default;
+  // Validates the header of the image at `base` (map_size_ bytes) and fills the entries.
+  absl::Status Validate(const char* base);
 
   std::string path_;
   void* map_ = nullptr;

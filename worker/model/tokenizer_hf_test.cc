@@ -13,6 +13,7 @@
 #include "worker/model/test_util.h"
 #include "worker/model/tokenizer.h"
 #include "worker/model/tokenizer_llama2c.h"
+#include "worker/model/tokens.h"
 
 namespace quantd::model {
 namespace {
@@ -189,6 +190,28 @@ TEST(HfTokenizerTest, SplitBehaviours) {
   V gp;
   for (auto [x, y] : FindMatches(SplitPattern::kGpt2, "", g)) gp.push_back(g.substr(x, y - x));
   EXPECT_EQ(gp, (V{"Hello", "  ", " world", "'s", " 42", "!"}));
+}
+
+// Text data as SubmitJob and `quantctl eval` encode it: the 1000 TinyStories through tok512.bin
+// must give the published pre-tokenized stream (examples/tinystories, README of shared/data).
+TEST(TokenizerTest, EncodeDocumentsReproducesPreTokenizedStories) {
+  auto tok = LoadTokenizerForModel(testing::ExamplePath("stories260K"));
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  auto text = ReadFile(testing::ExamplePath("tinystories/tinystories_valid_first1000.txt"));
+  ASSERT_TRUE(text.ok()) << text.status();
+  auto want = LoadTokenFile(testing::ExamplePath("tinystories/tinystories_valid_first1000.tok512.u16"));
+  ASSERT_TRUE(want.ok()) << want.status();
+  auto got = EncodeDocuments(**tok, *text);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, *want);
+  // Without an <|endoftext|> marker, blank lines separate documents; each gets BOS.
+  auto two = EncodeDocuments(**tok, "  One.\n\n\n Two. \n");
+  ASSERT_TRUE(two.ok());
+  std::vector<int32_t> want_two = *(*tok)->Encode("One.", true);
+  const std::vector<int32_t> second = *(*tok)->Encode("Two.", true);
+  want_two.insert(want_two.end(), second.begin(), second.end());
+  EXPECT_EQ(*two, want_two);
+  EXPECT_TRUE(EncodeDocuments(**tok, " \n\n ")->empty());
 }
 
 TEST(TokenizerTest, LoadForModelPrefersTokenizerJson) {

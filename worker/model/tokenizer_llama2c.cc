@@ -28,6 +28,11 @@ bool ReadPod(std::string_view data, size_t* pos, T* out) {
 
 absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Llama2cTokenizer::Load(const std::string& path) {
   QUANTD_ASSIGN_OR_RETURN(std::string data, ReadFile(path, 1 << 28));
+  return Parse(data, path);
+}
+
+absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Llama2cTokenizer::Parse(std::string_view data,
+                                                                          const std::string& path) {
   auto bad = [&path](absl::string_view what) {
     return absl::InvalidArgumentError(internal::Cat(path, ": ", what));
   };

@@ -26,6 +26,10 @@ class Llama2cTokenizer : public Tokenizer {
   // NOT_FOUND if absent; INVALID_ARGUMENT (naming the file and token index) if truncated or
   // malformed, or if fewer than 259 tokens (ids 3..258 must be the byte fallbacks).
   static absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Load(const std::string& path);
+  // Parses tokenizer.bin bytes already in memory (fuzzing, tests); errors as Load() with
+  // `label` as the file name.
+  static absl::StatusOr<std::unique_ptr<Llama2cTokenizer>> Parse(std::string_view data,
+                                                                  const std::string& label);
 
   // Token ids for `text` (raw bytes, normally UTF-8). No EOS is appended. Invalid UTF-8 is
   // encoded through the byte fallback, never an error; the StatusOr is for future limits.

@@ -1,0 +1,25 @@
+// Fuzzes the tokenizer.json loader (HfTokenizer::Parse); an accepted tokenizer then encodes and
+// decodes a fixed text and must return only ids inside its vocabulary.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "worker/model/tokenizer_hf.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  auto t = quantd::model::HfTokenizer::Parse(
+      std::string_view(reinterpret_cast<const char*>(data), size), "fuzz.json");
+  if (!t.ok()) return 0;
+  for (std::string_view text :
+       {"", " Hello  world's 123 <s>\n\n\t", "caf\xC3\xA9 \xE6\x97\xA5\xF0\x9F\x98\x80 \xFF"}) {
+    for (bool bos : {false, true}) {
+      auto ids = (*t)->Encode(text, bos);
+      if (!ids.ok()) __builtin_trap();
+      for (int32_t id : *ids) {
+        if (id < 0 || id >= (*t)->vocab_size()) __builtin_trap();
+      }
+      if (!(*t)->Decode(*ids).ok()) __builtin_trap();
+    }
+  }
+  return 0;
+}
