@@ -306,7 +306,7 @@ connection flags (before or after the command):
                       client certificate for mutual TLS (else $QUANTD_TLS_CERT/_KEY).
 
 commands:
-  submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip}
+  submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip,quarot,butterfly}
          --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
          [--greedy-passes N] [--mse-clip] [--damp X] [--codebook-scale X]
          [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}] [--trellis-l L]

@@ -305,6 +305,8 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   const int64_t shards = std::min<int64_t>(nseq, std::max(1, max_hessian_shards));
   for (int64_t s = 0; s < shards; ++s) {
     TaskRow t = new_task(kPhaseHessian, quantd::v1::TASK_KIND_HESSIAN);
+    // quarot: the worker rotates the model before capturing (the spec carries the seed).
+    if (req.spec().method() == "quarot") *t.task.mutable_spec() = req.spec();
     model_inputs(&t.task);
     t.task.add_inputs()->set_name("inputs/calib.u32");
     t.task.set_token_begin(nseq * s / shards * seq_len);

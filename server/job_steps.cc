@@ -12,6 +12,9 @@
 #include "server/job_builder.h"
 #include "worker/artifact/artifact.h"
 #include "worker/model/checkpoint.h"
+#include "worker/model/config.h"
+#include "worker/model/quarot.h"
+#include "worker/model/weights.h"
 #include "worker/model/safetensors.h"
 #include "worker/quant/quantize.h"
 
@@ -94,12 +97,29 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
                             ReadFile(JoinPath(JobDir(job.id()), QuantizedResult(t.task_id))));
     packed[t.task.tensor_name()] = std::move(bytes);
   }
-  QUANTD_RETURN_IF_ERROR(
-      artifact::WriteArtifactModel(*ckpt, packed, JoinPath(staging, "model.safetensors")));
+  const bool quarot = job.spec().method() == "quarot";
+  if (quarot) {
+    // The rotated, norm-fused, untied fp model around the packed (rotated-basis) matrices,
+    // plus the online down_proj rotation (docs/formats/artifact.md).
+    QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(src_dir));
+    QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::LoadLlamaWeights(*ckpt, cfg));
+    QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &w, job.spec().seed()));
+    QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactFromWeights(
+        cfg, w, packed, JoinPath(staging, "model.safetensors")));
+  } else {
+    QUANTD_RETURN_IF_ERROR(
+        artifact::WriteArtifactModel(*ckpt, packed, JoinPath(staging, "model.safetensors")));
+  }
   for (const auto& e : fs::directory_iterator(src_dir)) {
     const std::string n = e.path().filename().string();
     if (absl::EndsWith(n, ".safetensors") || n == "model.safetensors.index.json") continue;
     QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path().string()));
+    if (quarot && n == "config.json") {
+      json c = json::parse(bytes, nullptr, false);
+      if (!c.is_object()) return absl::DataLossError(absl::StrCat(src_dir, "/config.json is not JSON"));
+      c["tie_word_embeddings"] = false;  // QuaRot untied lm_head from the rotated embedding
+      bytes = c.dump(2) + "\n";
+    }
     QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(staging, n), bytes));
   }
   return absl::OkStatus();

@@ -12,6 +12,7 @@
 #include "worker/model/forward.h"
 #include "worker/model/hessian_capture.h"
 #include "worker/model/perplexity.h"
+#include "worker/model/quarot.h"
 #include "worker/model/safetensors.h"
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
@@ -84,6 +85,10 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::LoadLlamaWeights(*ckpt, cfg));
+  // QuaRot quantizes the rotated model: capture the Hessians of its linears' real inputs.
+  if (task.spec().method() == "quarot") {
+    QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &w, task.spec().seed()));
+  }
   QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, "inputs/calib"));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));
   const int64_t begin = task.token_begin(), end = task.token_end(), len = task.seq_len();
@@ -112,6 +117,33 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
   QUANTD_ASSIGN_OR_RETURN(MatrixF w, ckpt->ReadMatrix(task.tensor_name()));
+  if (task.spec().method() == "quarot") {
+    // The same transform the Hessian tasks and the assembly apply, for this one matrix.
+    QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
+    model::Linear lin = model::Linear::kQ;
+    bool found = false;
+    for (model::Linear l : model::kAllLinears) {
+      if (model::LinearTensorName(task.layer(), l) == task.tensor_name()) {
+        lin = l;
+        found = true;
+      }
+    }
+    if (!found) {
+      return absl::InvalidArgumentError(absl::StrCat("quarot: ", task.tensor_name(),
+                                                     " is not a linear of layer ", task.layer()));
+    }
+    VectorF norm;
+    if (lin != model::Linear::kO && lin != model::Linear::kDown) {
+      const std::string norm_name =
+          absl::StrCat("model.layers.", task.layer(), ".",
+                       model::GroupOf(lin) == model::LinearGroup::kGateUp
+                           ? "post_attention_layernorm.weight"
+                           : "input_layernorm.weight");
+      QUANTD_ASSIGN_OR_RETURN(MatrixF nm, ckpt->ReadMatrix(norm_name));
+      norm = Eigen::Map<const VectorF>(nm.data(), nm.size());
+    }
+    QUANTD_ASSIGN_OR_RETURN(w, model::QuarotLinear(cfg, lin, w, norm, task.spec().seed()));
+  }
   QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, "hessians/"));
   QUANTD_ASSIGN_OR_RETURN(auto hfile, model::SafetensorsFile::Open(hpath));
   QUANTD_ASSIGN_OR_RETURN(model::TensorView sum, hfile->Get("sum"));

@@ -1,0 +1,97 @@
+// End-to-end for the rotation methods (issue 9): quarot and butterfly through quantd, two
+// workers and quantctl on the bundled stories260K.
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/process_util.h"
+#include "worker/artifact/artifact.h"
+#include "worker/model/perplexity.h"
+#include "worker/model/tokens.h"
+
+namespace quantd::testing {
+namespace {
+
+using json = nlohmann::json;
+
+std::string Model() { return SourceDir() + "/examples/stories260K"; }
+std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
+std::string Eval() { return SourceDir() + "/examples/tinystories/eval_stories_500_999.u16"; }
+
+class RotationE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { daemon_ = new Daemon(2); }
+  static void TearDownTestSuite() {
+    delete daemon_;
+    daemon_ = nullptr;
+  }
+  // Submits, waits, checks success; returns the published manifest.
+  static json Run(const std::string& method, const std::string& bits, const std::string& name) {
+    CommandResult r = daemon_->Quantctl({"submit", Model(), "--calib", Calib(), "--eval", Eval(),
+                                         "--method", method, "--bits", bits, "--name", name,
+                                         "--max-calib-seqs", "64", "--wait"});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err << daemon_->Log();
+    auto text = ReadFile(daemon_->data_dir() + "/registry/" + name + "/1/manifest.json");
+    EXPECT_TRUE(text.ok()) << r.out << r.err;
+    return text.ok() ? json::parse(*text, nullptr, false) : json();
+  }
+  // Fetches `name` and re-evaluates it; returns the perplexity.
+  static double FetchedPpl(const std::string& name, model::LlamaConfig* cfg,
+                           model::LlamaWeights* w) {
+    const std::string out = MakeTempDir("fetch") + "/model";
+    CommandResult f = daemon_->Quantctl({"fetch", name, "-o", out});
+    EXPECT_EQ(f.exit_code, 0) << f.out << f.err;
+    auto weights = artifact::LoadArtifactWeights(out, cfg);
+    EXPECT_TRUE(weights.ok()) << weights.status();
+    if (!weights.ok()) return NAN;
+    *w = std::move(*weights);
+    auto tokens = model::LoadTokenFile(Eval());
+    auto ppl = model::Perplexity(*cfg, *w, *tokens, {});
+    return ppl.ok() ? ppl->ppl : NAN;
+  }
+  static Daemon* daemon_;
+};
+Daemon* RotationE2E::daemon_ = nullptr;
+
+TEST_F(RotationE2E, Quarot4Bit) {
+  ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+  json m = Run("quarot", "4", "e2e-quarot");
+  ASSERT_TRUE(m.is_object());
+  EXPECT_EQ(m["method"], "quarot");
+  ASSERT_EQ(m["tensors"].size(), 35u);
+  const double fp = m["perplexity"]["fp"], q = m["perplexity"]["quantized"];
+  EXPECT_NEAR(fp, 5.4540, 5e-3);
+  EXPECT_LT(q, 1.25 * fp);  // the gptq 4-bit floor of quality_floors_test
+  model::LlamaConfig cfg;
+  model::LlamaWeights w;
+  EXPECT_NEAR(FetchedPpl("e2e-quarot", &cfg, &w), q, 1e-6 * q);
+  // The artifact carries the rotation: untied head, unit norms, online down_proj Hadamard.
+  EXPECT_FALSE(cfg.tie_word_embeddings);
+  EXPECT_EQ(w.online_down.size, 172);
+  EXPECT_EQ(w.layers[0].attn_norm.minCoeff(), 1.0f);
+  // A dense HF export cannot express the online rotation: refused, with the reason.
+  CommandResult fh = daemon_->Quantctl(
+      {"fetch", "e2e-quarot", "-o", MakeTempDir("fetch-hf") + "/m", "--format", "hf"});
+  EXPECT_NE(fh.exit_code, 0);
+  EXPECT_NE((fh.out + fh.err).find("QuaRot"), std::string::npos) << fh.out << fh.err;
+}
+
+TEST_F(RotationE2E, Butterfly2Bit) {
+  ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
+  json m = Run("butterfly", "2", "e2e-butterfly");
+  ASSERT_TRUE(m.is_object());
+  EXPECT_EQ(m["method"], "butterfly");
+  ASSERT_EQ(m["tensors"].size(), 35u);
+  int butterflies = 0;
+  for (const auto& t : m["tensors"]) butterflies += t.value("stored_method", "") == "butterfly";
+  EXPECT_GT(butterflies, 17);
+  const double q = m["perplexity"]["quantized"];
+  EXPECT_TRUE(std::isfinite(q));
+  model::LlamaConfig cfg;
+  model::LlamaWeights w;
+  EXPECT_NEAR(FetchedPpl("e2e-butterfly", &cfg, &w), q, 1e-6 * q);
+}
+
+}  // namespace
+}  // namespace quantd::testing
