@@ -1,10 +1,34 @@
 #!/usr/bin/env bash
 # The test command: installs dependencies, builds, runs the default test suite (unit tests and
-# the end-to-end service tests). QUANTD_TEST_ARGS adds ctest arguments.
+# the end-to-end service tests).
+#   --slow                    also the slow tier (QUANTD_SLOW_TESTS=1: the 50-submission load
+#                             test, about a minute); CI runs it (.ci/run)
+#   --sanitize=LIST           LIST = address,undefined or thread: build into ./build-<LIST> with
+#                             those sanitizers (QUANTD_SANITIZE, CUDA off) and run the suite there
+# QUANTD_TEST_ARGS adds ctest arguments; QUANTD_FUZZ_SECONDS=N also runs scripts/fuzz.sh N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/build.sh
-cd build
+build=build
+for arg in "$@"; do
+  case "$arg" in
+    --slow) export QUANTD_SLOW_TESTS=1 ;;
+    --sanitize=*)
+      san="${arg#--sanitize=}"
+      build="build-${san//,/-}"
+      bash scripts/install_deps.sh
+      cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTD_SANITIZE="$san" \
+        -DQUANTD_CUDA=OFF >/dev/null
+      ninja -C "$build"
+      # Uninstrumented system libraries (gRPC, abseil, libgomp) are outside TSan's view.
+      export TSAN_OPTIONS="suppressions=$PWD/scripts/tsan.supp ${TSAN_OPTIONS:-}"
+      export ASAN_OPTIONS="detect_leaks=1 ${ASAN_OPTIONS:-}"
+      export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
+      ;;
+    *) echo "usage: scripts/test.sh [--slow] [--sanitize=address,undefined|thread]" >&2; exit 2 ;;
+  esac
+done
+[ "$build" = build ] && bash scripts/build.sh
+cd "$build"
 ctest --output-on-failure --timeout 900 -j2 ${QUANTD_TEST_ARGS:-}
 # Optional fuzzing mode: QUANTD_FUZZ_SECONDS=N runs every libFuzzer target N seconds.
 if [ -n "${QUANTD_FUZZ_SECONDS:-}" ]; then
