@@ -15,6 +15,7 @@
 #include "worker/model/forward.h"
 #include "worker/model/hessian_capture.h"
 #include "worker/model/perplexity.h"
+#include "worker/model/quarot.h"
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
 #include "worker/quant/device.h"
@@ -96,7 +97,8 @@ TEST(QualityFloors, Stories260K) {
   for (const auto& [method, bits] : std::vector<std::pair<std::string, int>>{
            {"rtn", 2}, {"rtn", 3}, {"rtn", 4}, {"gptq", 2}, {"gptq", 3}, {"gptq", 4},
            {"quip", 2}, {"quip", 3}, {"quip", 4}, {"quip-sharp", 2}, {"quip-sharp", 3},
-           {"quip-sharp", 4}, {"qtip", 2}}) {
+           {"quip-sharp", 4}, {"qtip", 2}, {"butterfly", 2}, {"butterfly", 3},
+           {"butterfly", 4}}) {
     const std::string key = absl::StrCat(method, "/", bits);
     r[key] = run(method, bits);
     ASSERT_EQ(r[key].proxy.size(), 35u) << key;
@@ -119,7 +121,7 @@ TEST(QualityFloors, Stories260K) {
   // keeps and the Hadamard rotation spreads out. Print how many, and how many the guard kept.
   for (int bits : {2, 3, 4}) {
     const std::string t = absl::StrCat("rtn/", bits);
-    for (const char* m : {"quip", "quip-sharp", "qtip"}) {
+    for (const char* m : {"quip", "quip-sharp", "qtip", "butterfly"}) {
       const std::string rot = absl::StrCat(m, "/", bits);
       if (r.count(rot) == 0) continue;  // qtip runs at 2 bits only (its Viterbi is the slow part)
       for (size_t i = 0; i < 35; ++i) EXPECT_LE(r[rot].proxy[i], r[t].proxy[i]) << rot << " matrix " << i;
@@ -129,6 +131,66 @@ TEST(QualityFloors, Stories260K) {
                   rot.c_str(), t.c_str(), worse, r[rot].guarded);
       if (bits == 2) EXPECT_LT(r[rot].mean_proxy, r[t].mean_proxy) << rot;
     }
+  }
+  // ButterflyQuant (issue 9): the learned butterfly after the RHT against quip's RHT alone, both
+  // with the QuIP scalar grid and LDLQ, compared on the methods' own (unguarded) losses.
+  for (int bits : {2, 3, 4}) {
+    const Outcome& b = r[absl::StrCat("butterfly/", bits)];
+    const Outcome& q = r[absl::StrCat("quip/", bits)];
+    double mb = 0, mq = 0;
+    int below = 0;
+    if (bits == 2) std::printf("\n| layer | matrix | quip (RHT) | butterfly | ratio |\n|---|---|---|---|---|\n");
+    for (size_t i = 0; i < 35; ++i) {
+      mb += b.rotated_proxy[i] / 35;
+      mq += q.rotated_proxy[i] / 35;
+      below += b.rotated_proxy[i] < q.rotated_proxy[i];
+      if (bits == 2) {
+        std::printf("| %zu | %s | %.5f | %.5f | %.3f |\n", i / 7,
+                    std::string(model::LinearName(kLinears[i % 7])).c_str(), q.rotated_proxy[i],
+                    b.rotated_proxy[i], b.rotated_proxy[i] / q.rotated_proxy[i]);
+      }
+    }
+    std::printf("butterfly/%d: mean own proxy %.5f vs quip %.5f; below quip on %d of 35\n", bits,
+                mb, mq, below);
+    if (bits == 2) EXPECT_LT(mb, mq);
+  }
+
+  // QuaRot (issue 9), 4 bits: rotate the model, capture the rotated model's Hessians on the
+  // same calibration data, GPTQ every rotated linear, evaluate with the online rotation.
+  {
+    model::LlamaConfig rcfg = *cfg;
+    model::LlamaWeights rw = *fp;
+    ASSERT_TRUE(model::ApplyQuarot(&rcfg, &rw, 0).ok());
+    model::HessianCapture rcap(rcfg);
+    for (size_t s = 0; s + len <= calib->size(); s += len) {
+      ASSERT_TRUE(
+          model::Forward(rcfg, rw, absl::MakeConstSpan(calib->data() + s, len), &rcap).ok());
+    }
+    model::LlamaWeights qw = rw;
+    quant::QuantSpec spec;
+    spec.method = quant::Method::kQuarot;
+    spec.bits = 4;
+    double mean = 0;
+    const absl::Time start = absl::Now();
+    for (int l = 0; l < rcfg.num_layers; ++l) {
+      for (model::Linear lin : kLinears) {
+        const model::LinearGroup g = model::GroupOf(lin);
+        const MatrixD h = rcap.Sum(l, g) / static_cast<double>(rcap.Tokens(l, g));
+        auto q = quant::QuantizeMatrix(*device, model::GetLinear(rw, l, lin), h, spec,
+                                       model::LinearTensorName(l, lin));
+        ASSERT_TRUE(q.ok()) << q.status();
+        model::MutableLinear(qw, l, lin) = *quant::DequantizeMatrix(q->packed);
+        mean += q->proxy_loss / 35;
+      }
+    }
+    const double secs = absl::ToDoubleSeconds(absl::Now() - start);
+    auto rot_ppl = model::Perplexity(rcfg, rw, *eval, {});
+    auto q_ppl = model::Perplexity(rcfg, qw, *eval, {});
+    ASSERT_TRUE(rot_ppl.ok() && q_ppl.ok());
+    std::printf("| quarot | 4 | %.5f | %.4f | %.2f |  (rotated fp ppl %.4f)\n", mean, q_ppl->ppl,
+                secs, rot_ppl->ppl);
+    EXPECT_NEAR(rot_ppl->ppl, fp_ppl->ppl, 1e-3);
+    EXPECT_LT(q_ppl->ppl, 1.25 * fp_ppl->ppl);  // the gptq 4-bit floor
   }
   // QTIP's trellis beats QuIP#'s E8P at 2 bits (issue 5).
   EXPECT_LT(r["qtip/2"].mean_proxy, r["quip-sharp/2"].mean_proxy);
