@@ -29,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "proto/quantd.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e_util.h"
 #include "tests/process_util.h"
 
 namespace quantd::testing {
@@ -37,26 +38,9 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::string Model() { return SourceDir() + "/examples/stories260K"; }
-std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
-std::string Eval() { return SourceDir() + "/examples/tinystories/eval_stories_500_999.u16"; }
-
-json Parse(const std::string& s) { return json::parse(s, nullptr, false); }
-
-// `quantctl submit ... --json` (not waiting); the job.
-json Submit(const Daemon& d, std::vector<std::string> args) {
-  std::vector<std::string> a = {"submit"};
-  a.insert(a.end(), args.begin(), args.end());
-  a.push_back("--json");
-  CommandResult r = d.Quantctl(a);
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  return Parse(r.out);
-}
-
-json Status(const Daemon& d, const std::string& id) {
-  CommandResult r = d.Quantctl({"status", id, "--json"}, 30);
-  return r.exit_code == 0 ? Parse(r.out) : json();
-}
+json Parse(const std::string& s) { return ParseJson(s); }
+json Submit(const Daemon& d, std::vector<std::string> args) { return SubmitJson(d, args); }
+json Status(const Daemon& d, const std::string& id) { return StatusJson(d, id); }
 
 bool Terminal(const json& job) {
   if (!job.is_object()) return false;
@@ -141,11 +125,11 @@ std::string FileSha(const json& manifest, const std::string& path) {
 }
 
 std::vector<std::string> QuipSharpJob(const std::string& name, bool eval) {
-  std::vector<std::string> a = {Model(), "--calib", Calib(), "--method", "quip-sharp",
+  std::vector<std::string> a = {ExampleModel(), "--calib", ExampleCalib(), "--method", "quip-sharp",
                                 "--bits", "2", "--name", name, "--max-calib-seqs", "64"};
   if (eval) {
     a.push_back("--eval");
-    a.push_back(Eval());
+    a.push_back(ExampleEval());
   }
   return a;
 }
@@ -295,7 +279,7 @@ TEST(Reliability, TransientDiskFullWhilePublishingIsRetried) {
   // The 1st and 2nd writes into the registry fail (half-written temp files, like ENOSPC).
   Daemon d(2, {}, "", {"QUANTD_FAULT_WRITE=/registry/:1-2"});
   ASSERT_TRUE(d.ok()) << d.Log();
-  json j = Submit(d, {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name",
+  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
                       "flaky-disk", "--max-calib-seqs", "8"});
   json done = WaitTerminal(d, j["id"]);
   ASSERT_EQ(done["state"], "JOB_STATE_SUCCEEDED") << done.dump() << d.Log();
@@ -309,7 +293,7 @@ TEST(Reliability, TransientDiskFullWhilePublishingIsRetried) {
 TEST(Reliability, PersistentDiskFullLeavesNoVersionAndNoPartialFiles) {
   Daemon d(2, {}, "", {"QUANTD_FAULT_WRITE=/registry/:1-1000000"});
   ASSERT_TRUE(d.ok()) << d.Log();
-  json j = Submit(d, {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name",
+  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
                       "full-disk", "--max-calib-seqs", "8"});
   json done = WaitTerminal(d, j["id"]);
   ASSERT_EQ(done["state"], "JOB_STATE_FAILED") << done.dump();
@@ -336,7 +320,7 @@ TEST(Reliability, RealFullFilesystemUnderTheRegistry) {
   {
     Daemon d(1, {}, data);
     ASSERT_TRUE(d.ok()) << d.Log();
-    json j = Submit(d, {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name",
+    json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
                         "too-big", "--max-calib-seqs", "8"});
     json done = WaitTerminal(d, j["id"]);
     EXPECT_EQ(done["state"], "JOB_STATE_FAILED") << done.dump();
@@ -351,7 +335,7 @@ TEST(Reliability, RealFullFilesystemUnderTheRegistry) {
 TEST(Reliability, FetchOfAFileChangedOnDiskIsDataLoss) {
   Daemon d(2);
   ASSERT_TRUE(d.ok());
-  json j = Submit(d, {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name",
+  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
                       "bitrot", "--max-calib-seqs", "8"});
   ASSERT_EQ(WaitTerminal(d, j["id"])["state"], "JOB_STATE_SUCCEEDED");
   const std::string file = d.data_dir() + "/registry/bitrot/1/model.safetensors";
@@ -378,7 +362,7 @@ TEST(Reliability, WorkersOnlyTakeTasksThatFitTheirMemory) {
   pid_t small = SpawnLogged({worker, "--coordinator=" + d.addr(), "--name=small",
                              "--cache_dir=" + MakeTempDir("small"), "--memory_mb=16", "--threads=1"},
                             d.data_dir() + "/small.log");
-  json j = Submit(d, {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name",
+  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
                       "admission", "--max-calib-seqs", "8"});
   std::this_thread::sleep_for(std::chrono::seconds(3));
   json s = Status(d, j["id"]);
@@ -406,9 +390,9 @@ TEST(Reliability, MalformedRequestsGetClearErrorsAndTheDaemonSurvives) {
   const std::string tmp = MakeTempDir("hostile");
   // A model directory whose config claims absurd dimensions.
   fs::create_directories(tmp + "/huge");
-  fs::copy_file(Model() + "/model.safetensors", tmp + "/huge/model.safetensors");
+  fs::copy_file(ExampleModel() + "/model.safetensors", tmp + "/huge/model.safetensors");
   {
-    auto cfg = Parse(*ReadFile(Model() + "/config.json"));
+    auto cfg = Parse(*ReadFile(ExampleModel() + "/config.json"));
     cfg["hidden_size"] = 1 << 30;
     cfg["intermediate_size"] = -5;
     std::ofstream(tmp + "/huge/config.json") << cfg.dump();
@@ -423,25 +407,25 @@ TEST(Reliability, MalformedRequestsGetClearErrorsAndTheDaemonSurvives) {
   };
   const std::string long_name(10000, 'n');
   std::vector<Case> cases = {
-      {"path traversal in the name", {Model(), "--calib", Calib(), "--name", "../../etc"}, "name"},
-      {"slash in the name", {Model(), "--calib", Calib(), "--name", "a/b"}, "name"},
-      {"10k-character name", {Model(), "--calib", Calib(), "--name", long_name}, "name"},
-      {"unknown method", {Model(), "--calib", Calib(), "--name", "x", "--method", "zip"}, "method"},
+      {"path traversal in the name", {ExampleModel(), "--calib", ExampleCalib(), "--name", "../../etc"}, "name"},
+      {"slash in the name", {ExampleModel(), "--calib", ExampleCalib(), "--name", "a/b"}, "name"},
+      {"10k-character name", {ExampleModel(), "--calib", ExampleCalib(), "--name", long_name}, "name"},
+      {"unknown method", {ExampleModel(), "--calib", ExampleCalib(), "--name", "x", "--method", "zip"}, "method"},
       {"bits out of range",
-       {Model(), "--calib", Calib(), "--name", "x", "--method", "quip-sharp", "--bits", "7"},
+       {ExampleModel(), "--calib", ExampleCalib(), "--name", "x", "--method", "quip-sharp", "--bits", "7"},
        "bits"},
       {"negative group size",
-       {Model(), "--calib", Calib(), "--name", "x", "--method", "rtn", "--bits", "4",
+       {ExampleModel(), "--calib", ExampleCalib(), "--name", "x", "--method", "rtn", "--bits", "4",
         "--group-size", "-64"},
        "group"},
-      {"missing model dir", {tmp + "/nope", "--calib", Calib(), "--name", "x"}, "NOT_FOUND"},
-      {"model dir without config", {tmp + "/nocfg", "--calib", Calib(), "--name", "x"}, "config"},
-      {"huge dims in config.json", {tmp + "/huge", "--calib", Calib(), "--name", "x"}, "hidden_size"},
-      {"empty calibration file", {Model(), "--calib", tmp + "/empty.u16", "--name", "x"}, "empty"},
-      {"ragged calibration file", {Model(), "--calib", tmp + "/odd.u16", "--name", "x"}, "multiple"},
-      {"calibration is a directory", {Model(), "--calib", tmp, "--name", "x"}, "INVALID_ARGUMENT"},
+      {"missing model dir", {tmp + "/nope", "--calib", ExampleCalib(), "--name", "x"}, "NOT_FOUND"},
+      {"model dir without config", {tmp + "/nocfg", "--calib", ExampleCalib(), "--name", "x"}, "config"},
+      {"huge dims in config.json", {tmp + "/huge", "--calib", ExampleCalib(), "--name", "x"}, "hidden_size"},
+      {"empty calibration file", {ExampleModel(), "--calib", tmp + "/empty.u16", "--name", "x"}, "empty"},
+      {"ragged calibration file", {ExampleModel(), "--calib", tmp + "/odd.u16", "--name", "x"}, "multiple"},
+      {"calibration is a directory", {ExampleModel(), "--calib", tmp, "--name", "x"}, "INVALID_ARGUMENT"},
       {"model weights as calibration",
-       {Model(), "--calib", Model() + "/model.safetensors", "--name", "x"}, "INVALID_ARGUMENT"},
+       {ExampleModel(), "--calib", ExampleModel() + "/model.safetensors", "--name", "x"}, "INVALID_ARGUMENT"},
   };
   int tried = 0;
   for (const Case& c : cases) {
@@ -490,8 +474,8 @@ TEST(ReliabilitySlow, FiftyConcurrentSubmissionsCompleteExactlyOnce) {
       quantd::v1::SubmitJobRequest req;
       req.set_request_id("load-req-" + std::to_string(u));
       req.set_name("load-" + std::to_string(u));
-      req.set_model_dir(Model());
-      req.set_calib_path(Calib());
+      req.set_model_dir(ExampleModel());
+      req.set_calib_path(ExampleCalib());
       req.set_max_calib_seqs(4);
       req.mutable_spec()->set_method("rtn");
       req.mutable_spec()->set_bits(4);

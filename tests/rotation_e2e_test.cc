@@ -5,6 +5,7 @@
 #include "common/file_util.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e_util.h"
 #include "tests/process_util.h"
 #include "worker/artifact/artifact.h"
 #include "worker/model/perplexity.h"
@@ -15,9 +16,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string Model() { return SourceDir() + "/examples/stories260K"; }
-std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
-std::string Eval() { return SourceDir() + "/examples/tinystories/eval_stories_500_999.u16"; }
 
 class RotationE2E : public ::testing::Test {
  protected:
@@ -28,7 +26,7 @@ class RotationE2E : public ::testing::Test {
   }
   // Submits, waits, checks success; returns the published manifest.
   static json Run(const std::string& method, const std::string& bits, const std::string& name) {
-    CommandResult r = daemon_->Quantctl({"submit", Model(), "--calib", Calib(), "--eval", Eval(),
+    CommandResult r = daemon_->Quantctl({"submit", ExampleModel(), "--calib", ExampleCalib(), "--eval", ExampleEval(),
                                          "--method", method, "--bits", bits, "--name", name,
                                          "--max-calib-seqs", "64", "--wait"});
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err << daemon_->Log();
@@ -46,7 +44,7 @@ class RotationE2E : public ::testing::Test {
     EXPECT_TRUE(weights.ok()) << weights.status();
     if (!weights.ok()) return NAN;
     *w = std::move(*weights);
-    auto tokens = model::LoadTokenFile(Eval());
+    auto tokens = model::LoadTokenFile(ExampleEval());
     auto ppl = model::Perplexity(*cfg, *w, *tokens, {});
     return ppl.ok() ? ppl->ppl : NAN;
   }

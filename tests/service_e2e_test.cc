@@ -8,6 +8,7 @@
 #include "common/file_util.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/e2e_util.h"
 #include "tests/process_util.h"
 #include "worker/artifact/artifact.h"
 #include "worker/model/perplexity.h"
@@ -18,31 +19,13 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string Model() { return SourceDir() + "/examples/stories260K"; }
-std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
-std::string Eval() { return SourceDir() + "/examples/tinystories/eval_stories_500_999.u16"; }
 
-json ParseJson(const std::string& s) {
-  json j = json::parse(s, nullptr, false);
-  return j;
-}
-
-// Submits and returns the job JSON (not waiting).
-json Submit(const Daemon& d, std::vector<std::string> args) {
-  std::vector<std::string> a = {"submit"};
-  a.insert(a.end(), args.begin(), args.end());
-  a.push_back("--json");
-  CommandResult r = d.Quantctl(a);
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  json j = ParseJson(r.out);
-  EXPECT_FALSE(j.is_discarded()) << r.out;
-  return j;
-}
+json Submit(const Daemon& d, std::vector<std::string> args) { return SubmitJson(d, args); }
 
 json Status(const Daemon& d, const std::string& id) {
-  CommandResult r = d.Quantctl({"status", id, "--json"});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  return ParseJson(r.out);
+  json j = StatusJson(d, id);
+  EXPECT_TRUE(j.is_object()) << "quantctl status " << id << " failed";
+  return j;
 }
 
 class ServiceE2E : public ::testing::Test {
@@ -59,7 +42,7 @@ Daemon* ServiceE2E::daemon_ = nullptr;
 TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   const Daemon& d = *daemon_;
   ASSERT_TRUE(d.ok()) << d.Log();
-  json job = Submit(d, {Model(), "--calib", Calib(), "--eval", Eval(), "--method", "quip-sharp",
+  json job = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--eval", ExampleEval(), "--method", "quip-sharp",
                         "--bits", "2", "--name", "e2e-qs2"});
   const std::string id = job["id"];
   CommandResult w = d.Quantctl({"watch", id});
@@ -98,7 +81,7 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   model::LlamaConfig cfg;
   auto weights = artifact::LoadArtifactWeights(out, &cfg);
   ASSERT_TRUE(weights.ok()) << weights.status();
-  auto tokens = model::LoadTokenFile(Eval());
+  auto tokens = model::LoadTokenFile(ExampleEval());
   ASSERT_TRUE(tokens.ok());
   auto ppl = model::Perplexity(cfg, *weights, *tokens, {});
   ASSERT_TRUE(ppl.ok());
@@ -135,7 +118,7 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
 TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
   const Daemon& d = *daemon_;
   ASSERT_TRUE(d.ok());
-  std::vector<std::string> args = {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4",
+  std::vector<std::string> args = {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4",
                                    "--name", "e2e-versions", "--max-calib-seqs", "4"};
   auto with_id = args;
   with_id.insert(with_id.end(), {"--request-id", "same-id-1"});
@@ -153,7 +136,7 @@ TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
 TEST_F(ServiceE2E, CancelPublishesNothing) {
   const Daemon& d = *daemon_;
   ASSERT_TRUE(d.ok());
-  json j = Submit(d, {Model(), "--calib", Calib(), "--eval", Eval(), "--method", "quip-sharp",
+  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--eval", ExampleEval(), "--method", "quip-sharp",
                       "--bits", "4", "--name", "e2e-cancel"});
   const std::string id = j["id"];
   CommandResult c = d.Quantctl({"cancel", id});
@@ -175,9 +158,9 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
   std::ofstream(tmp + "/gpt2/config.json") << R"({"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"})";
   // A truncated safetensors file.
   std::filesystem::create_directories(tmp + "/trunc");
-  std::filesystem::copy_file(Model() + "/config.json", tmp + "/trunc/config.json");
+  std::filesystem::copy_file(ExampleModel() + "/config.json", tmp + "/trunc/config.json");
   {
-    auto bytes = ReadFile(Model() + "/model.safetensors");
+    auto bytes = ReadFile(ExampleModel() + "/model.safetensors");
     ASSERT_TRUE(bytes.ok());
     std::ofstream(tmp + "/trunc/model.safetensors", std::ios::binary)
         << bytes->substr(0, bytes->size() / 2);
@@ -187,14 +170,14 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
     std::vector<std::string> args;
   };
   const std::vector<Case> cases = {
-      {"missing model dir", {tmp + "/nope", "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
-      {"non-llama config", {tmp + "/gpt2", "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
-      {"truncated safetensors", {tmp + "/trunc", "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
-      {"calibration of the wrong type", {Model(), "--calib", Model() + "/model.safetensors", "--method", "rtn", "--bits", "4", "--name", "x"}},
-      {"unknown method", {Model(), "--calib", Calib(), "--method", "magic", "--bits", "4", "--name", "x"}},
-      {"bits = 7", {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "7", "--name", "x"}},
-      {"name with /", {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", "a/b"}},
-      {"name ..", {Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4", "--name", ".."}},
+      {"missing model dir", {tmp + "/nope", "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"non-llama config", {tmp + "/gpt2", "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"truncated safetensors", {tmp + "/trunc", "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"calibration of the wrong type", {ExampleModel(), "--calib", ExampleModel() + "/model.safetensors", "--method", "rtn", "--bits", "4", "--name", "x"}},
+      {"unknown method", {ExampleModel(), "--calib", ExampleCalib(), "--method", "magic", "--bits", "4", "--name", "x"}},
+      {"bits = 7", {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "7", "--name", "x"}},
+      {"name with /", {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name", "a/b"}},
+      {"name ..", {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name", ".."}},
   };
   for (const Case& c : cases) {
     std::vector<std::string> a = {"submit"};

@@ -1,0 +1,50 @@
+// Helpers shared by the end-to-end tests: the bundled example model and data, and quantctl calls
+// that return the JSON documents of `--json` (docs/cli.md). Header-only: gtest assertions inside.
+// Thread-safety: not thread-safe (test-only).
+#ifndef QUANTD_TESTS_E2E_UTIL_H_
+#define QUANTD_TESTS_E2E_UTIL_H_
+
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/process_util.h"
+
+namespace quantd::testing {
+
+inline std::string ExampleModel() { return SourceDir() + "/examples/stories260K"; }
+inline std::string ExampleCalib() {
+  return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16";
+}
+inline std::string ExampleEval() {
+  return SourceDir() + "/examples/tinystories/eval_stories_500_999.u16";
+}
+
+// Parses without throwing; a discarded value on malformed input.
+inline nlohmann::json ParseJson(const std::string& s) {
+  return nlohmann::json::parse(s, nullptr, /*allow_exceptions=*/false);
+}
+
+// `quantctl submit ARGS --json` (not waiting): the job. A failed submit is a test failure.
+inline nlohmann::json SubmitJson(const Daemon& d, std::vector<std::string> args) {
+  std::vector<std::string> a = {"submit"};
+  a.insert(a.end(), args.begin(), args.end());
+  a.push_back("--json");
+  CommandResult r = d.Quantctl(a);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  nlohmann::json j = ParseJson(r.out);
+  EXPECT_FALSE(j.is_discarded()) << r.out;
+  return j;
+}
+
+// `quantctl status ID --json`: the job, or null JSON when the call fails (callers that poll
+// decide whether that is an error).
+inline nlohmann::json StatusJson(const Daemon& d, const std::string& id) {
+  CommandResult r = d.Quantctl({"status", id, "--json"}, 30);
+  return r.exit_code == 0 ? ParseJson(r.out) : nlohmann::json();
+}
+
+}  // namespace quantd::testing
+
+#endif  // QUANTD_TESTS_E2E_UTIL_H_
