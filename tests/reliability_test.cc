@@ -317,6 +317,11 @@ TEST(Reliability, RealFullFilesystemUnderTheRegistry) {
     GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno)
                  << "); the injected-fault tests cover the same paths";
   }
+  // Unmounted however the test ends (an ASSERT returns early).
+  struct Unmount {
+    std::string path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{reg};
   {
     Daemon d(1, {}, data);
     ASSERT_TRUE(d.ok()) << d.Log();
@@ -329,7 +334,6 @@ TEST(Reliability, RealFullFilesystemUnderTheRegistry) {
     EXPECT_TRUE(TmpFiles(reg).empty());
     EXPECT_EQ(d.Quantctl({"jobs"}).exit_code, 0);  // still serving
   }
-  ::umount(reg.c_str());
 }
 
 TEST(Reliability, FetchOfAFileChangedOnDiskIsDataLoss) {
