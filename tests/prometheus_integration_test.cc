@@ -201,7 +201,10 @@ TEST(PrometheusIntegration, ScrapesJobProgressTasksAndDashboardQueries) {
   }
   EXPECT_TRUE(prom.WaitFor(progress_query, [](double v) { return std::isnan(v); }, 20))
       << "the progress series outlived the job";
-  EXPECT_EQ(prom.Value("quantd_jobs{state=\"succeeded\"}"), 1);
+  // The job's progress series is removed a moment before the job counts are republished, so a
+  // scrape can fall between the two: wait for the count rather than reading one sample.
+  EXPECT_TRUE(prom.WaitFor("quantd_jobs{state=\"succeeded\"}", [](double v) { return v == 1; }, 20))
+      << prom.Query("quantd_jobs").dump();
   EXPECT_EQ(prom.Value("quantd_workers{state=\"live\"}"), 2);
   EXPECT_EQ(prom.Value("quantd_hessian_tokens_total"), 64 * 512);
 
