@@ -13,20 +13,25 @@
 # container sees a GPU, else the CPU.
 
 ARG CUDA_VERSION=12-6
+# -march for the C++ code: images run on machines other than the one that built them, so a
+# portable level (AVX2/FMA, Haswell and later) instead of the source build's "native".
+ARG QUANTD_ARCH=x86-64-v3
 
 # ---- builder: Debian 12 with the packages scripts/install_deps.sh installs -------------------
 FROM debian:12 AS builder
+ARG QUANTD_ARCH
 COPY scripts/install_deps.sh /tmp/install_deps.sh
 RUN QUANTD_BUILD_ONLY=1 bash /tmp/install_deps.sh && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTD_BUILD_TESTS=OFF \
+RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUANTD_BUILD_TESTS=OFF -DQUANTD_ARCH=${QUANTD_ARCH} \
  && ninja -C /build quantd quantd-worker quantctl \
  && strip --strip-debug /build/quantd /build/quantd-worker /build/quantctl
 
 # ---- builder-cuda: the same build with the CUDA toolkit installed ---------------------------
 FROM builder AS builder-cuda
 ARG CUDA_VERSION
+ARG QUANTD_ARCH
 ADD https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb /tmp/cuda-keyring.deb
 RUN dpkg -i /tmp/cuda-keyring.deb && apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -34,7 +39,7 @@ RUN dpkg -i /tmp/cuda-keyring.deb && apt-get update -qq \
  && rm -rf /var/lib/apt/lists/*
 ENV PATH=/usr/local/cuda/bin:${PATH}
 RUN rm -rf /build && cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DQUANTD_BUILD_TESTS=OFF -DCUDAToolkit_ROOT=/usr/local/cuda \
+      -DQUANTD_BUILD_TESTS=OFF -DQUANTD_ARCH=${QUANTD_ARCH} -DCUDAToolkit_ROOT=/usr/local/cuda \
  && ninja -C /build quantd quantd-worker quantctl \
  && strip --strip-debug /build/quantd /build/quantd-worker /build/quantctl
 
