@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <memory>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -20,6 +21,7 @@
 #include "worker/model/forward.h"
 #include "worker/model/hessian_capture.h"
 #include "worker/model/perplexity.h"
+#include "worker/model/quarot.h"
 #include "worker/model/tokenizer.h"
 #include "worker/model/tokens.h"
 #include "worker/quant/device.h"
@@ -59,8 +61,8 @@ int RunMethods(const Flags& flags) {
       !eval_tokens.ok() || !trellis_l.ok() || *seqs < 1 || *seq_len < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
-                 "[--configs rtn/2,gptq/2,...] [--calib-seqs 16] [--seq-len 512] "
-                 "[--eval-tokens 8192] [--trellis-l 16]\n");
+                 "[--configs rtn/2,gptq/2,...|''] [--calib-seqs 16] [--seq-len 512] "
+                 "[--eval-tokens 8192 (0 = all)] [--trellis-l 16]\n");
     return 2;
   }
   model::LlamaConfig cfg;
@@ -78,19 +80,27 @@ int RunMethods(const Flags& flags) {
     std::fprintf(stderr, "calibration data is shorter than one sequence\n");
     return 1;
   }
-  auto t0 = std::chrono::steady_clock::now();
-  model::HessianCapture cap(cfg);
-  std::vector<absl::Status> errs(nseq);
+  // Hessians of every linear's inputs over the calibration sequences, for one (cfg, weights).
+  auto capture = [&](const model::LlamaConfig& c,
+                     const model::LlamaWeights& weights) -> absl::StatusOr<model::HessianCapture> {
+    model::HessianCapture cap(c);
+    std::vector<absl::Status> errs(nseq);
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int s = 0; s < nseq; ++s) {
-    errs[s] = model::Forward(cfg, *fp, absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len),
-                             &cap).status();
-  }
-  for (const absl::Status& s : errs) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.ToString().c_str());
-      return 1;
+    for (int s = 0; s < nseq; ++s) {
+      errs[s] = model::Forward(c, weights,
+                               absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len), &cap)
+                    .status();
     }
+    for (const absl::Status& s : errs) {
+      if (!s.ok()) return s;
+    }
+    return cap;
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  auto fp_cap = capture(cfg, *fp);
+  if (!fp_cap.ok()) {
+    std::fprintf(stderr, "%s\n", fp_cap.status().ToString().c_str());
+    return 1;
   }
   const double hessian_secs = Seconds(t0);
   model::PerplexityOptions popts;
@@ -120,7 +130,12 @@ int RunMethods(const Flags& flags) {
   for (int l = 0; l < cfg.num_layers; ++l) {
     for (model::Linear lin : kLinears) items.push_back({l, lin});
   }
-  for (const std::string& c : std::vector<std::string>(absl::StrSplit(configs, ','))) {
+  model::LlamaConfig rot_cfg;
+  model::LlamaWeights rot_fp;
+  std::unique_ptr<model::HessianCapture> rot_cap;
+  // An empty --configs evaluates the fp model only (e.g. a whole-test-set perplexity).
+  for (const std::string& c :
+       std::vector<std::string>(absl::StrSplit(configs, ',', absl::SkipEmpty()))) {
     std::vector<std::string> mb = absl::StrSplit(c, '/');
     int bits = 0;
     auto method = mb.size() == 2 ? quant::ParseMethod(mb[0]) : absl::InvalidArgumentError("bad");
@@ -132,7 +147,27 @@ int RunMethods(const Flags& flags) {
     spec.method = *method;
     spec.bits = bits;
     spec.trellis_l = static_cast<int>(*trellis_l);
-    model::LlamaWeights w = *fp;
+    // quarot quantizes the rotated model (fused norms, untied head, online down_proj Hadamard)
+    // with Hessians captured through it, as the service's quarot job does (job_steps.cc).
+    const bool rotate = spec.method == quant::Method::kQuarot;
+    if (rotate && !rot_cap) {
+      rot_cfg = cfg;
+      rot_fp = *fp;
+      if (absl::Status st = model::ApplyQuarot(&rot_cfg, &rot_fp, spec.seed); !st.ok()) {
+        std::fprintf(stderr, "%s\n", st.ToString().c_str());
+        return 1;
+      }
+      auto rc = capture(rot_cfg, rot_fp);
+      if (!rc.ok()) {
+        std::fprintf(stderr, "%s\n", rc.status().ToString().c_str());
+        return 1;
+      }
+      rot_cap = std::make_unique<model::HessianCapture>(std::move(*rc));
+    }
+    const model::LlamaConfig& mcfg = rotate ? rot_cfg : cfg;
+    const model::LlamaWeights& src = rotate ? rot_fp : *fp;
+    const model::HessianCapture& cap = rotate ? *rot_cap : *fp_cap;
+    model::LlamaWeights w = src;
     std::vector<double> proxy(items.size());
     std::vector<int> guarded(items.size());
     std::vector<absl::Status> qerr(items.size());
@@ -146,7 +181,7 @@ int RunMethods(const Flags& flags) {
       s.seed = static_cast<uint64_t>(l * 16 + static_cast<int>(lin));
       auto dev = quant::MakeCpuDevice(1);
       const std::string name = model::LinearTensorName(l, lin);
-      auto q = quant::QuantizeMatrix(*dev, model::GetLinear(*fp, l, lin), h, s, name);
+      auto q = quant::QuantizeMatrix(*dev, model::GetLinear(src, l, lin), h, s, name);
       if (!q.ok()) {
         qerr[i] = q.status();
         continue;
@@ -175,7 +210,7 @@ int RunMethods(const Flags& flags) {
     }
     mean /= items.size();
     t0 = std::chrono::steady_clock::now();
-    auto p = model::Perplexity(cfg, w, *eval, popts);
+    auto p = model::Perplexity(mcfg, w, *eval, popts);
     nlohmann::json out = {{"method", mb[0]},
                           {"bits", bits},
                           {"mean_proxy_loss", mean},
