@@ -149,6 +149,9 @@ void Coordinator::UpdateProgressLocked(JobEntry& e) {
                          : static_cast<double>(done) / (e.tasks.size() + 1));
   e.job.set_updated_unix_ms(NowMs());
   if (Terminal(e.job.state())) {
+    // The job counts move before its progress series goes, under the same lock, so a scrape
+    // never sees the job neither in progress nor counted as ended.
+    PublishJobCountsLocked();
     metrics_->RemoveJobProgress(e.job.id());
   } else {
     metrics_->SetJobProgress(e.job.id(), e.job.progress());
@@ -183,23 +186,25 @@ void Coordinator::Notify(const Job& job) {
 }
 
 void Coordinator::PublishJobCounts() {
+  absl::MutexLock l(&mu_);
+  PublishJobCountsLocked();
+}
+
+void Coordinator::PublishJobCountsLocked() {
   std::map<std::string, int> counts = {
       {"queued", 0}, {"running", 0}, {"succeeded", 0}, {"failed", 0}, {"cancelled", 0}};
   int live = 0, lost = 0;
-  {
-    absl::MutexLock l(&mu_);
-    for (const auto& [id, e] : jobs_) {
-      switch (e.job.state()) {
-        case quantd::v1::JOB_STATE_QUEUED: counts["queued"]++; break;
-        case quantd::v1::JOB_STATE_RUNNING: counts["running"]++; break;
-        case quantd::v1::JOB_STATE_SUCCEEDED: counts["succeeded"]++; break;
-        case quantd::v1::JOB_STATE_FAILED: counts["failed"]++; break;
-        case quantd::v1::JOB_STATE_CANCELLED: counts["cancelled"]++; break;
-        default: break;
-      }
+  for (const auto& [id, e] : jobs_) {
+    switch (e.job.state()) {
+      case quantd::v1::JOB_STATE_QUEUED: counts["queued"]++; break;
+      case quantd::v1::JOB_STATE_RUNNING: counts["running"]++; break;
+      case quantd::v1::JOB_STATE_SUCCEEDED: counts["succeeded"]++; break;
+      case quantd::v1::JOB_STATE_FAILED: counts["failed"]++; break;
+      case quantd::v1::JOB_STATE_CANCELLED: counts["cancelled"]++; break;
+      default: break;
     }
-    for (const auto& [id, w] : workers_) (w.lost ? lost : live)++;
   }
+  for (const auto& [id, w] : workers_) (w.lost ? lost : live)++;
   metrics_->SetJobsByState(counts);
   metrics_->SetWorkers(live, lost);
 }

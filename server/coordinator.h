@@ -117,6 +117,7 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const quantd::v1::Job& job);
   void PublishJobCounts() ABSL_LOCKS_EXCLUDED(mu_);
+  void PublishJobCountsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string JobDir(const std::string& job_id) const;
 
   CoordinatorOptions options_;
