@@ -55,14 +55,20 @@ int RunMethods(const Flags& flags) {
   const std::string dir = flags.Get("model", ""), calib_path = flags.Get("calib", ""),
                     eval_path = flags.Get("eval", "");
   auto seqs = flags.GetInt("calib-seqs", 16), seq_len = flags.GetInt("seq-len", 512),
-       eval_tokens = flags.GetInt("eval-tokens", 8192), trellis_l = flags.GetInt("trellis-l", 16);
+       eval_tokens = flags.GetInt("eval-tokens", 8192), trellis_l = flags.GetInt("trellis-l", 16),
+       group_size = flags.GetInt("group-size", 0), mse_clip = flags.GetInt("mse-clip", 0),
+       act_order = flags.GetInt("act-order", 0);
+  auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
-      !eval_tokens.ok() || !trellis_l.ok() || *seqs < 1 || *seq_len < 2) {
+      !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() || !act_order.ok() || !damp.ok() ||
+      *seqs < 1 || *seq_len < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
                  "[--configs rtn/2,gptq/2,...|''] [--calib-seqs 16] [--seq-len 512] "
-                 "[--eval-tokens 8192 (0 = all)] [--trellis-l 16]\n");
+                 "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
+                 "[--act-order 0|1] [--damp 0.01]  (group size and mse-clip apply to rtn, gptq and "
+                 "quarot; act-order to gptq and quarot)\n");
     return 2;
   }
   model::LlamaConfig cfg;
@@ -147,6 +153,18 @@ int RunMethods(const Flags& flags) {
     spec.method = *method;
     spec.bits = bits;
     spec.trellis_l = static_cast<int>(*trellis_l);
+    spec.damp = *damp;
+    if (spec.method == quant::Method::kRtn || spec.method == quant::Method::kGptq ||
+        spec.method == quant::Method::kQuarot) {
+      spec.group_size = static_cast<int>(*group_size);
+      spec.mse_clip = *mse_clip != 0;
+    }
+    spec.act_order = *act_order != 0 && (spec.method == quant::Method::kGptq ||
+                                         spec.method == quant::Method::kQuarot);
+    if (absl::Status st = quant::ValidateSpec(spec); !st.ok()) {
+      std::fprintf(stderr, "%s: %s\n", c.c_str(), st.ToString().c_str());
+      return 2;
+    }
     // quarot quantizes the rotated model (fused norms, untied head, online down_proj Hadamard)
     // with Hessians captured through it, as the service's quarot job does (job_steps.cc).
     const bool rotate = spec.method == quant::Method::kQuarot;
@@ -220,6 +238,10 @@ int RunMethods(const Flags& flags) {
                           {"matrices", items.size()},
                           {"guard_kept_gptq", nguard}};
     if (spec.method == quant::Method::kQtip) out["trellis_l"] = spec.trellis_l;
+    if (spec.group_size > 0) out["group_size"] = spec.group_size;
+    if (spec.mse_clip) out["mse_clip"] = true;
+    if (spec.act_order) out["act_order"] = true;
+    if (spec.damp != 0.01) out["damp"] = spec.damp;
     std::printf("%s\n", out.dump().c_str());
     std::fflush(stdout);
   }

@@ -1,5 +1,6 @@
 #include "worker/quant/quantize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -301,6 +302,11 @@ absl::Status ValidateSpec(const QuantSpec& s) {
   if (s.mse_clip && !scalar_grid) {
     return absl::InvalidArgumentError(absl::StrCat("mse_clip is not supported by ", std::string(name)));
   }
+  if (s.act_order && (!(s.method == Method::kGptq || s.method == Method::kQuarot) || s.group_size > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "act_order is supported by gptq and quarot per output channel (group_size 0), not by ",
+        std::string(name), s.group_size > 0 ? absl::StrCat(" with group_size ", s.group_size) : ""));
+  }
   if (s.greedy_passes < 0 || s.greedy_passes > 100 ||
       (s.greedy_passes > 0 && s.method != Method::kQuipSharp)) {
     return absl::InvalidArgumentError(
@@ -370,9 +376,30 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
                               DampAndFactor(dev, hd, spec.damp, DampStyle::kGptq, layer_name));
       AppendNote(&result.note, dh.note);
       GptqRounder rounder(wd, RtnParams{spec.bits, false, spec.group_size, spec.mse_clip});
-      QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
+      if (spec.act_order) {
+        // Per-channel grids do not depend on the column order, so only the LDLQ sweep is
+        // permuted; the codes go back to the original column order for the packed format.
+        std::vector<int> perm(n);
+        for (int j = 0; j < n; ++j) perm[j] = j;
+        std::stable_sort(perm.begin(), perm.end(),
+                         [&](int a, int b) { return hd(a, a) > hd(b, b); });
+        MatrixD wp(m, n), hp(n, n);
+        for (int j = 0; j < n; ++j) wp.col(j) = wd.col(perm[j]);
+        for (int i = 0; i < n; ++i) {
+          for (int j = 0; j < n; ++j) hp(i, j) = dh.h(perm[i], perm[j]);
+        }
+        QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wp, hp, rounder));
+        c.codes.resize(r.codes.size());
+        for (int row = 0; row < m; ++row) {
+          for (int j = 0; j < n; ++j) {
+            c.codes[static_cast<size_t>(row) * n + perm[j]] = r.codes[static_cast<size_t>(row) * n + j];
+          }
+        }
+      } else {
+        QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
+        c.codes = std::move(r.codes);
+      }
       c.grids = rounder.TakeGrids();
-      c.codes = std::move(r.codes);
     } else {
       // Incoherence processing; quip-sharp first pads n to a multiple of 8 with zero columns.
       if (spec.method == Method::kQuipSharp && n % 8 != 0) {

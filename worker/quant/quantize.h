@@ -36,6 +36,10 @@ struct QuantSpec {
   uint64_t seed = 0;         // Default: 0. Seeds RHT signs.
   int group_size = 0;        // Default: 0 = per output channel (rtn, gptq, quarot only)
   bool mse_clip = false;     // Default: false (rtn, gptq, quarot)
+  // Default: false (gptq, quarot; per output channel only). GPTQ's "act order": columns are
+  // quantized in decreasing order of H_ii, so the inputs that carry the most energy are rounded
+  // first, while the most columns are left to absorb their error.
+  bool act_order = false;
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
   double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp; qtip: trellis input scale)
   TrellisCode trellis_code = TrellisCode::k1Mad;  // Default: 1mad (qtip)
@@ -49,7 +53,7 @@ struct QuantSpec {
 };
 
 // INVALID_ARGUMENT with the bad value (bits for the method, negative group size, group size or
-// mse_clip with a method that ignores them, greedy passes outside 0..100, non-finite or
+// mse_clip with a method that ignores them, act_order outside gptq/quarot or with groups, greedy passes outside 0..100, non-finite or
 // negative codebook scale, damp outside (0, 10]).
 absl::Status ValidateSpec(const QuantSpec& spec);
 

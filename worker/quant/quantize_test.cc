@@ -1,5 +1,6 @@
 #include "worker/quant/quantize.h"
 
+#include <algorithm>
 #include <limits>
 #include <memory>
 
@@ -184,6 +185,61 @@ TEST(QuantizeTest, BadInputsNameTheLayer) {
   }
   q = QuantizeMatrix(*dev, w, MatrixD::Identity(15, 15), s, "l9");
   EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Act order must be exactly plain GPTQ on the explicitly permuted problem, with the result put
+// back in the original column order; and with a few high-energy inputs placed last (where the
+// natural order rounds them after every other column has been fixed) it must lower the loss.
+TEST(QuantizeTest, ActOrderEqualsGptqOnThePermutedProblem) {
+  auto dev = MakeCpuDevice(1);
+  const int m = 24, n = 48;
+  MatrixF w = SyntheticWeight(m, n, 21);
+  MatrixD h = SyntheticHessian(n, 22);
+  for (int j = n - 6; j < n; ++j) {  // outlier inputs at the end
+    h.row(j) *= 8.0;
+    h.col(j) *= 8.0;
+  }
+  QuantSpec s;
+  s.method = Method::kGptq;
+  s.bits = 3;
+  QuantSpec a = s;
+  a.act_order = true;
+  auto natural = QuantizeMatrix(*dev, w, h, s, "l");
+  auto ordered = QuantizeMatrix(*dev, w, h, a, "l");
+  ASSERT_TRUE(natural.ok()) << natural.status();
+  ASSERT_TRUE(ordered.ok()) << ordered.status();
+
+  // The reference: sort by H_ii descending (stable), quantize in natural order, unpermute.
+  std::vector<int> perm(n);
+  for (int j = 0; j < n; ++j) perm[j] = j;
+  std::stable_sort(perm.begin(), perm.end(), [&](int x, int y) { return h(x, x) > h(y, y); });
+  for (int j = 0; j < 6; ++j) ASSERT_GE(perm[j], n - 6);  // the outliers come first
+  MatrixF wp(m, n);
+  MatrixD hp(n, n);
+  for (int j = 0; j < n; ++j) wp.col(j) = w.col(perm[j]);
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < n; ++j) hp(i, j) = h(perm[i], perm[j]);
+  }
+  auto ref = QuantizeMatrix(*dev, wp, hp, s, "l");
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto ref_w = DequantizeMatrix(ref->packed);
+  auto got_w = DequantizeMatrix(ordered->packed);
+  ASSERT_TRUE(ref_w.ok() && got_w.ok());
+  for (int j = 0; j < n; ++j) {
+    ASSERT_EQ(got_w->col(perm[j]), ref_w->col(j)) << "column " << perm[j];
+  }
+  EXPECT_NEAR(ordered->proxy_loss, ref->proxy_loss, 1e-12);
+  EXPECT_LT(ordered->proxy_loss, natural->proxy_loss);
+
+  // Only gptq/quarot, and only per output channel.
+  a.group_size = 16;
+  EXPECT_EQ(QuantizeMatrix(*dev, w, h, a, "l").status().code(), absl::StatusCode::kInvalidArgument);
+  a.group_size = 0;
+  a.method = Method::kRtn;
+  EXPECT_EQ(ValidateSpec(a).code(), absl::StatusCode::kInvalidArgument);
+  a.method = Method::kQuarot;
+  a.bits = 4;
+  EXPECT_TRUE(ValidateSpec(a).ok());
 }
 
 TEST(QuantizeTest, DeadColumnsAndRaisedDampingAreNoted) {

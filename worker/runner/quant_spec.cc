@@ -12,6 +12,7 @@ absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec&
   spec.seed = p.seed();
   spec.group_size = p.group_size();
   spec.mse_clip = p.mse_clip();
+  spec.act_order = p.act_order();
   spec.greedy_passes = p.has_greedy_passes()                      ? p.greedy_passes()
                        : spec.method == quant::Method::kQuipSharp ? kDefaultGreedyPasses
                                                                   : 0;

@@ -14,6 +14,18 @@ TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   p.set_mse_clip(true);
   auto s = QuantSpecFromProto(p);
   ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE(s->act_order);
+  // act order is per output channel only: with group_size 32 the spec is refused.
+  p.set_act_order(true);
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_group_size(0);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->act_order);
+  p.set_act_order(false);
+  p.set_group_size(32);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->method, quant::Method::kGptq);
   EXPECT_EQ(s->bits, 3);
   EXPECT_EQ(s->seed, 7u);
