@@ -37,6 +37,8 @@ int RunLayer(const Flags& flags);
 int RunForward(const Flags& flags);
 // quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,...] (bench_methods.cc)
 int RunMethods(const Flags& flags);
+// quantd-bench tokenize --model DIR --text FILE [--bytes N] (bench_tokenize.cc)
+int RunTokenize(const Flags& flags);
 
 }  // namespace quantd::bench
 

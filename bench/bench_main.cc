@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
       "                          [--device cpu|auto|cuda:N]\n"
       "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n"
       "       quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,gptq/2,...]\n"
+      "       quantd-bench tokenize --model DIR --text FILE [--bytes N]\n"
       "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] [--trellis-l 16]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
   if (cmd == "layer") return quantd::bench::RunLayer(*flags);
   if (cmd == "forward") return quantd::bench::RunForward(*flags);
   if (cmd == "methods") return quantd::bench::RunMethods(*flags);
+  if (cmd == "tokenize") return quantd::bench::RunTokenize(*flags);
   std::fputs(usage, stderr);
   return 2;
 }
