@@ -60,6 +60,15 @@ TEST(ButterflyTest, AnalyticGradientMatchesFiniteDifferences) {
     const MatrixD w = SyntheticWeight(24, n, 5).cast<double>();
     const MatrixD h = SyntheticHessian(n, 6);
     const MatrixD delta = ButterflyRoundingError(b, w, 2);
+    // The value against its definition, formed with explicit n×n products.
+    const MatrixD g = b.Matrix();
+    const MatrixD y = w * g;
+    const double kappa = y.array().pow(4).mean() / std::pow(y.array().square().mean(), 2);
+    const double naive = (delta * g.transpose() * h * g * delta.transpose()).trace() /
+                         (w * h * w.transpose()).trace();
+    EXPECT_NEAR(ButterflySurrogate(b, w, h, delta, 0.0, nullptr), naive, 1e-12 * naive) << n;
+    EXPECT_NEAR(ButterflySurrogate(b, w, h, delta, 0.5, nullptr),
+                naive + 0.5 * (kappa - 1.8) * (kappa - 1.8), 1e-12 * naive) << n;
     for (double lambda : {0.0, 0.5}) {
       std::vector<double> grad;
       ButterflySurrogate(b, w, h, delta, lambda, &grad);
