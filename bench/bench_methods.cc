@@ -211,7 +211,8 @@ int RunMethods(const Flags& flags) {
       }
       model::MutableLinear(w, l, lin) = std::move(*deq);
       proxy[i] = q->proxy_loss;
-      guarded[i] = q->stored_method != spec.method;
+      // quarot stores gptq matrices by design; only a rotated method can fall back to gptq.
+      guarded[i] = spec.method != quant::Method::kQuarot && q->stored_method != spec.method;
     }
     const double qsecs = Seconds(t0);
     for (const absl::Status& s : qerr) {
