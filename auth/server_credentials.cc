@@ -8,8 +8,8 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "auth/pem.h"
+#include "common/mutex.h"
 #include "common/status_macros.h"
 #include "grpc/grpc.h"
 #include "grpc/grpc_security.h"
@@ -27,7 +27,7 @@ absl::string_view View(const grpc_slice& s) {
 // State of the core auth metadata processor; owned by the core credentials (see Destroy).
 struct Processor {
   std::shared_ptr<const TokenSet> tokens;
-  absl::Mutex mu;
+  Mutex mu;
   std::set<std::string> seen ABSL_GUARDED_BY(mu);  // token names already logged
 };
 
@@ -78,7 +78,7 @@ void Process(void* state, grpc_auth_context* /*context*/, const grpc_metadata* m
     return;
   }
   {
-    absl::MutexLock l(&p->mu);
+    MutexLock l(&p->mu);
     if (p->seen.insert(*name).second) {
       std::fprintf(stderr, "quantd: auth: first call with token \"%s\" (%s)\n", name->c_str(),
                    method.c_str());

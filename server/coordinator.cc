@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_builder.h"
@@ -64,7 +65,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const Coordinat
 
 Coordinator::~Coordinator() {
   {
-    absl::MutexLock l(&engine_mu_);
+    MutexLock l(&engine_mu_);
     stop_ = true;
   }
   if (engine_.joinable()) engine_.join();
@@ -107,7 +108,7 @@ absl::Status Coordinator::Recover() {
   for (size_t i = 0; i < rows.size(); ++i) {
     if (!Terminal(rows[i].job.state())) refusals[i] = ResumeRefusal(rows[i].job);
   }
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   for (size_t i = 0; i < rows.size(); ++i) {
     JobRow& row = rows[i];
     JobEntry e;
@@ -179,14 +180,14 @@ absl::Status Coordinator::EndJobLocked(JobEntry& e, quantd::v1::JobState state) 
 }
 
 void Coordinator::Notify(const Job& job) {
-  absl::MutexLock l(&watch_mu_);
+  MutexLock l(&watch_mu_);
   for (auto& [id, w] : watchers_) {
     if (w.job_id == job.id()) w.listener(job);
   }
 }
 
 void Coordinator::PublishJobCounts() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   PublishJobCountsLocked();
 }
 
@@ -215,9 +216,9 @@ void Coordinator::PublishJobCountsLocked() {
 absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::Submit(
     const quantd::v1::SubmitJobRequest& in) {
   quantd::v1::SubmitJobRequest req = in;
-  absl::MutexLock submit_lock(&submit_mu_);
+  MutexLock submit_lock(&submit_mu_);
   if (!req.request_id().empty()) {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = by_request_.find(req.request_id());
     if (it != by_request_.end()) {
       const Job& prev = jobs_.at(it->second).job;
@@ -262,7 +263,7 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::Submit(
   }
   quantd::v1::SubmitJobResponse resp;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     UpdateProgressLocked(e);
     resp.set_created(true);
     *resp.mutable_job() = e.job;
@@ -275,7 +276,7 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::Submit(
 }
 
 absl::StatusOr<Job> Coordinator::GetJob(const std::string& id) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
   return it->second.job;
@@ -294,7 +295,7 @@ absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
     start = v;
   }
   quantd::v1::ListJobsResponse resp;
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   size_t i = start;
   for (; i < job_order_.size() && resp.jobs_size() < size; ++i) {
     *resp.add_jobs() = jobs_.at(job_order_[i]).job;
@@ -306,7 +307,7 @@ absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
 absl::StatusOr<Job> Coordinator::Cancel(const std::string& id) {
   Job out;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
     JobEntry& e = it->second;
@@ -323,10 +324,10 @@ absl::StatusOr<Job> Coordinator::Cancel(const std::string& id) {
 
 absl::StatusOr<Job> Coordinator::Watch(const std::string& id, JobListener listener,
                                        int64_t* sub) {
-  absl::MutexLock wl(&watch_mu_);
+  MutexLock wl(&watch_mu_);
   Job current;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", id));
     current = it->second.job;
@@ -337,7 +338,7 @@ absl::StatusOr<Job> Coordinator::Watch(const std::string& id, JobListener listen
 }
 
 void Coordinator::Unwatch(int64_t sub) {
-  absl::MutexLock l(&watch_mu_);
+  MutexLock l(&watch_mu_);
   watchers_.erase(sub);
 }
 
@@ -360,7 +361,7 @@ absl::StatusOr<quantd::v1::RegisterResponse> Coordinator::Register(
       static_cast<int32_t>(absl::ToInt64Milliseconds(options_.heartbeat_interval)));
   resp.set_lease_timeout_ms(static_cast<int32_t>(absl::ToInt64Milliseconds(options_.lease_timeout)));
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     // A worker that re-registers under the same name replaces its old entry.
     for (auto it = workers_.begin(); it != workers_.end();) {
       if (it->second.info.worker_name() == req.worker_name()) {
@@ -378,7 +379,7 @@ absl::StatusOr<quantd::v1::RegisterResponse> Coordinator::Register(
 absl::StatusOr<quantd::v1::HeartbeatResponse> Coordinator::Heartbeat(
     const quantd::v1::HeartbeatRequest& req) {
   quantd::v1::HeartbeatResponse resp;
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto w = workers_.find(req.worker_id());
   if (w == workers_.end()) {
     return absl::NotFoundError(absl::StrCat("unknown worker ", req.worker_id(), ": register again"));
@@ -407,7 +408,7 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
   Job changed;
   bool notify = false;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto w = workers_.find(req.worker_id());
     if (w == workers_.end()) {
       return absl::NotFoundError(absl::StrCat("unknown worker ", req.worker_id(), ": register again"));
@@ -466,7 +467,7 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
     return absl::InvalidArgumentError(absl::StrCat("bad blob name '", name, "'"));
   }
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (jobs_.find(job_id) == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
   }
   if (name.rfind("staging/", 0) == 0) {
@@ -482,7 +483,7 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
   std::string result_path;
   quantd::v1::TaskKind kind;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = jobs_.find(h.job_id());
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", h.job_id()));
     JobEntry& e = it->second;
@@ -512,7 +513,7 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
   Job snapshot;
   std::string worker_name;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = jobs_.find(h.job_id());
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", h.job_id()));
     JobEntry& e = it->second;
@@ -555,7 +556,7 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
   }
   Notify(snapshot);
   {
-    absl::MutexLock l(&engine_mu_);
+    MutexLock l(&engine_mu_);
     kick_ = true;
   }
   return absl::OkStatus();
@@ -567,9 +568,9 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
 void Coordinator::EngineLoop() {
   for (;;) {
     {
-      absl::MutexLock l(&engine_mu_);
+      MutexLock l(&engine_mu_);
       auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(engine_mu_) { return stop_ || kick_; };
-      engine_mu_.AwaitWithTimeout(absl::Condition(&woken), absl::Milliseconds(250));
+      engine_mu_.AwaitWithTimeout(woken, absl::Milliseconds(250));
       if (stop_) return;
       kick_ = false;
     }
@@ -581,7 +582,7 @@ void Coordinator::EngineStep() {
   // 1. Lease expiry and worker liveness.
   std::vector<Job> changed;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     const absl::Time now = absl::Now();
     for (auto& [wid, w] : workers_) {
       if (!w.lost && now - w.last_seen > 3 * options_.heartbeat_interval + options_.lease_timeout) {
@@ -614,7 +615,7 @@ void Coordinator::EngineStep() {
   };
   std::vector<Pending> ready;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     for (const std::string& id : job_order_) {
       JobEntry& e = jobs_.at(id);
       if (Terminal(e.job.state()) || e.job.state() == quantd::v1::JOB_STATE_QUEUED) continue;
@@ -640,7 +641,7 @@ void Coordinator::EngineStep() {
       s = v.status();
       if (v.ok()) published_version = *v;
     }
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     JobEntry& e = jobs_.at(p.job.id());
     if (Terminal(e.job.state()) || e.phase != p.phase) continue;  // cancelled meanwhile
     if (!s.ok()) {

@@ -19,8 +19,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "proto/quantd.pb.h"
 #include "server/job_store.h"
 #include "server/metrics.h"
@@ -125,18 +125,18 @@ class Coordinator {
   Registry registry_;
   std::unique_ptr<JobStore> store_;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // creation order
   std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
-  absl::Mutex submit_mu_;  // serializes Submit so a request id is validated and stored once
+  Mutex submit_mu_;  // serializes Submit so a request id is validated and stored once
 
-  absl::Mutex watch_mu_;
+  Mutex watch_mu_;
   std::map<int64_t, Watcher> watchers_ ABSL_GUARDED_BY(watch_mu_);
   int64_t next_watch_ ABSL_GUARDED_BY(watch_mu_) = 1;
 
-  absl::Mutex engine_mu_;
+  Mutex engine_mu_;
   bool stop_ ABSL_GUARDED_BY(engine_mu_) = false;
   bool kick_ ABSL_GUARDED_BY(engine_mu_) = false;
   std::thread engine_;

@@ -51,7 +51,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   }
   sqlite3_busy_timeout(db, 5000);
   std::unique_ptr<JobStore> store(new JobStore(db));
-  absl::MutexLock l(&store->mu_);
+  MutexLock l(&store->mu_);
   for (const char* sql : {
            "PRAGMA journal_mode=WAL;",
            "PRAGMA synchronous=FULL;",
@@ -70,7 +70,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
 }
 
 JobStore::~JobStore() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   sqlite3_close(db_);
 }
 
@@ -85,7 +85,7 @@ absl::Status JobStore::Exec(const char* sql) {
 }
 
 absl::Status JobStore::InsertJob(const JobRow& row) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   absl::Status s = Exec("BEGIN IMMEDIATE;");
   if (!s.ok()) return s;
   auto fail = [&](absl::Status st) {
@@ -149,18 +149,18 @@ absl::Status JobStore::UpdateTaskLocked(const std::string& job_id, const TaskRow
 }
 
 absl::Status JobStore::UpdateJob(const quantd::v1::Job& job, int phase) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return UpdateJobLocked(job, phase);
 }
 
 absl::Status JobStore::UpdateTask(const std::string& job_id, const TaskRow& task) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return UpdateTaskLocked(job_id, task);
 }
 
 absl::Status JobStore::UpdateJobAndTasks(const quantd::v1::Job& job, int phase,
                                          const std::vector<const TaskRow*>& tasks) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   absl::Status s = Exec("BEGIN IMMEDIATE;");
   if (!s.ok()) return s;
   s = UpdateJobLocked(job, phase);
@@ -176,7 +176,7 @@ absl::Status JobStore::UpdateJobAndTasks(const quantd::v1::Job& job, int phase,
 }
 
 absl::StatusOr<std::vector<JobRow>> JobStore::LoadAll() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   std::vector<JobRow> rows;
   {
     Stmt st(db_, "SELECT phase, job FROM jobs ORDER BY created_ms, id");

@@ -12,7 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "proto/quantd.pb.h"
 
 struct sqlite3;
@@ -63,7 +63,7 @@ class JobStore {
   absl::Status UpdateTaskLocked(const std::string& job_id, const TaskRow& task)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::Mutex mu_;
+  Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
 };
 

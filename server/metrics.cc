@@ -96,7 +96,7 @@ void Metrics::SetJobsByState(const std::map<std::string, int>& counts) {
 }
 
 void Metrics::SetJobProgress(const std::string& job_id, double ratio) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = progress_by_job_.find(job_id);
   if (it == progress_by_job_.end()) {
     it = progress_by_job_.emplace(job_id, &progress_.Add({{"job", job_id}})).first;
@@ -105,7 +105,7 @@ void Metrics::SetJobProgress(const std::string& job_id, double ratio) {
 }
 
 void Metrics::RemoveJobProgress(const std::string& job_id) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = progress_by_job_.find(job_id);
   if (it == progress_by_job_.end()) return;
   progress_.Remove(it->second);

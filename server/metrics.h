@@ -13,7 +13,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
 #include "prometheus/family.h"
@@ -61,7 +61,7 @@ class Metrics {
   prometheus::Histogram& matrix_proxy_loss_;
   prometheus::Counter& bytes_served_;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::map<std::string, prometheus::Gauge*> progress_by_job_ ABSL_GUARDED_BY(mu_);
 };
 

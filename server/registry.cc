@@ -54,7 +54,7 @@ absl::StatusOr<int> Registry::Publish(const std::string& name, const std::string
   if (!IsValidModelName(name)) {
     return absl::InvalidArgumentError(absl::StrCat("invalid model name '", name, "'"));
   }
-  absl::MutexLock l(&publish_mu_);
+  MutexLock l(&publish_mu_);
   const std::string model_dir = JoinPath(root_, name);
   QUANTD_RETURN_IF_ERROR(MakeDirs(model_dir));
   std::vector<int> versions = Versions(name);
@@ -172,7 +172,7 @@ absl::StatusOr<std::string> Registry::VerifiedFile(const std::string& name, int 
   const std::string key = absl::StrCat(full, "|", st.st_size, "|", st.st_mtim.tv_sec, ".",
                                        st.st_mtim.tv_nsec);
   {
-    absl::MutexLock l(&cache_mu_);
+    MutexLock l(&cache_mu_);
     auto it = verified_.find(key);
     if (it != verified_.end() && it->second == entry->sha256()) return full;
   }
@@ -182,7 +182,7 @@ absl::StatusOr<std::string> Registry::VerifiedFile(const std::string& name, int 
                                             " fails its checksum: sha256 ", digest,
                                             ", manifest says ", entry->sha256()));
   }
-  absl::MutexLock l(&cache_mu_);
+  MutexLock l(&cache_mu_);
   verified_[key] = digest;
   return full;
 }

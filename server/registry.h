@@ -11,7 +11,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "proto/quantd.pb.h"
 
 namespace quantd::server {
@@ -50,8 +50,8 @@ class Registry {
   std::vector<int> Versions(const std::string& name) const;
 
   std::string root_;
-  absl::Mutex publish_mu_;
-  absl::Mutex cache_mu_;
+  Mutex publish_mu_;
+  Mutex cache_mu_;
   std::map<std::string, std::string> verified_ ABSL_GUARDED_BY(cache_mu_);  // key -> sha256
 };
 

@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "server/grpc_status.h"
 
 namespace quantd::server {
@@ -100,7 +100,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
     OnChange(*job);
   }
   void OnWriteDone(bool ok) override {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (!ok) {
       finishing_ = true;
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
@@ -125,7 +125,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
 
  private:
   void OnChange(const quantd::v1::Job& job) {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (finishing_ || sent_terminal_) return;
     *pending_.mutable_job() = job;
     pending_.set_message(absl::StrCat(job.phase(), " ", job.tasks_done(), "/", job.tasks_total()));
@@ -142,7 +142,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
 
   Coordinator* c_;
   int64_t sub_ = 0;
-  absl::Mutex mu_;
+  Mutex mu_;
   quantd::v1::JobEvent pending_ ABSL_GUARDED_BY(mu_);
   quantd::v1::JobEvent out_ ABSL_GUARDED_BY(mu_);
   bool has_pending_ ABSL_GUARDED_BY(mu_) = false;

@@ -58,7 +58,7 @@ absl::Status WorkerPool::Start() {
         absl::StrCat("worker binary ", options_.worker_binary, " is not executable"));
   }
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     for (int i = 0; i < options_.count; ++i) pids_.push_back(Spawn(i));
   }
   supervisor_ = std::thread([this] { Supervise(); });
@@ -69,7 +69,7 @@ void WorkerPool::Supervise() {
   for (;;) {
     int status = 0;
     pid_t pid = ::waitpid(-1, &status, WNOHANG);
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (stopping_) return;
     if (pid > 0) {
       for (size_t i = 0; i < pids_.size(); ++i) {
@@ -93,7 +93,7 @@ void WorkerPool::Supervise() {
 void WorkerPool::Stop() {
   std::vector<pid_t> pids;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (stopping_) return;
     stopping_ = true;
     pids = pids_;

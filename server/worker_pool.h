@@ -13,7 +13,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 
 namespace quantd::server {
 
@@ -44,7 +44,7 @@ class WorkerPool {
   void Supervise();
 
   WorkerPoolOptions options_;
-  absl::Mutex mu_;
+  Mutex mu_;
   std::vector<pid_t> pids_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread supervisor_;

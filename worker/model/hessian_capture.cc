@@ -8,7 +8,7 @@ HessianCapture::HessianCapture(const LlamaConfig& cfg) {
     for (LinearGroup g : kAllGroups) {
       auto s = std::make_unique<Slot>();
       const int in = GroupInputDim(cfg, g);
-      absl::MutexLock lock(&s->mu);
+      MutexLock lock(&s->mu);
       s->sum = MatrixD::Zero(in, in);
       slots_.push_back(std::move(s));
     }
@@ -27,7 +27,7 @@ void HessianCapture::OnLinearInput(int layer, LinearGroup group, const MatrixF& 
   MatrixD xtx = MatrixD::Zero(xd.cols(), xd.cols());
   xtx.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
   xtx.triangularView<Eigen::StrictlyUpper>() = xtx.transpose();
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   if (s.sum.cols() != xd.cols()) return;
   s.sum += xtx;
   s.tokens += x.rows();
@@ -35,13 +35,13 @@ void HessianCapture::OnLinearInput(int layer, LinearGroup group, const MatrixF& 
 
 const MatrixD& HessianCapture::Sum(int layer, LinearGroup g) const {
   Slot& s = At(layer, g);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   return s.sum;
 }
 
 int64_t HessianCapture::Tokens(int layer, LinearGroup g) const {
   Slot& s = At(layer, g);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   return s.tokens;
 }
 

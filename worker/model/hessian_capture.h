@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "common/matrix.h"
+#include "common/mutex.h"
 #include "worker/model/config.h"
 #include "worker/model/forward.h"
 
@@ -32,7 +32,7 @@ class HessianCapture : public ActivationSink {
 
  private:
   struct Slot {
-    absl::Mutex mu;
+    Mutex mu;
     MatrixD sum ABSL_GUARDED_BY(mu);
     int64_t tokens ABSL_GUARDED_BY(mu) = 0;
   };

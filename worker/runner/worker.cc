@@ -91,7 +91,7 @@ absl::Status Worker::RegisterLoop() {
     quantd::v1::RegisterResponse resp;
     grpc::Status s = stub_->Register(&ctx, req, &resp);
     if (s.ok()) {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       worker_id_ = resp.worker_id();
       heartbeat_ms_ = resp.heartbeat_interval_ms() > 0 ? resp.heartbeat_interval_ms() : 2000;
       Log(options_.name, absl::StrCat("registered as ", worker_id_, " on ", device_->name()));
@@ -117,7 +117,7 @@ void Worker::HeartbeatLoop() {
     absl::SleepFor(absl::Milliseconds(heartbeat_ms_));
     quantd::v1::HeartbeatRequest req;
     {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       if (worker_id_.empty()) continue;
       req.set_worker_id(worker_id_);
       if (!current_lease_.empty()) req.add_lease_ids(current_lease_);
@@ -127,12 +127,12 @@ void Worker::HeartbeatLoop() {
     quantd::v1::HeartbeatResponse resp;
     grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       worker_id_.clear();  // the main loop re-registers
       continue;
     }
     if (s.ok() && resp.cancelled_lease_ids_size() > 0) {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       for (const auto& id : resp.cancelled_lease_ids()) {
         if (id == current_lease_) cancelled_.store(true);
       }
@@ -187,13 +187,13 @@ absl::StatusOr<std::string> Worker::FetchBlob(const std::string& job_id, const s
 absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   cancelled_.store(false);
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     current_lease_ = task.lease_id();
   }
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
   absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     current_lease_.clear();
   }
   if (cancelled_.load()) {
@@ -203,7 +203,7 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   quantd::v1::TaskReportHeader h;
   if (r.ok()) h = r->header;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     h.set_worker_id(worker_id_);
   }
   h.set_lease_id(task.lease_id());
@@ -253,7 +253,7 @@ absl::Status Worker::Run() {
   while (!stop_.load()) {
     std::string id;
     {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       id = worker_id_;
     }
     if (id.empty()) {
@@ -271,7 +271,7 @@ absl::Status Worker::Run() {
     quantd::v1::LeaseTaskResponse resp;
     grpc::Status s = stub_->LeaseTask(&ctx, req, &resp);
     if (s.error_code() == grpc::StatusCode::NOT_FOUND) {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       worker_id_.clear();
       continue;
     }

@@ -12,8 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "auth/channel.h"
+#include "common/mutex.h"
 #include "proto/quantd.grpc.pb.h"
 #include "worker/quant/device.h"
 
@@ -55,7 +55,7 @@ class Worker {
   absl::Status device_status_;  // why device_ is null
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancelled_{false};
-  absl::Mutex mu_;
+  Mutex mu_;
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   std::string current_lease_ ABSL_GUARDED_BY(mu_);
   int heartbeat_ms_ = 2000;

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "common/status_macros.h"
 #include "worker/device/cuda/cuda_kernels.h"
 #include "worker/device/cuda/cuda_resources.h"
@@ -64,7 +64,7 @@ class CudaDevice : public quant::Device {
                                                      ", h is ", Shape(h->rows(), h->cols())));
     }
     if (t == 0 || n == 0) return absl::OkStatus();
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     QUANTD_RETURN_IF_ERROR(SelectGpu(ordinal_));
     const int64_t chunk = std::clamp<int64_t>(options_.gram_chunk_elements / n, 1, t);
     QUANTD_ASSIGN_OR_RETURN(auto xf, DeviceBuffer<float>::Allocate(chunk * n));
@@ -104,7 +104,7 @@ class CudaDevice : public quant::Device {
       lower->resize(0, 0);
       return absl::OkStatus();
     }
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     QUANTD_RETURN_IF_ERROR(SelectGpu(ordinal_));
     // Row-major a is, read column-major, aᵀ: its upper triangle is a's lower one. potrf(UPPER)
     // gives U with aᵀ = UᵀU, and U read back row-major is L = Uᵀ with a = L Lᵀ.
@@ -147,7 +147,7 @@ class CudaDevice : public quant::Device {
                                                      Shape(b->rows(), b->cols())));
     }
     if (n == 0 || k == 0) return absl::OkStatus();
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     QUANTD_RETURN_IF_ERROR(SelectGpu(ordinal_));
     // Column-major views: Lc = Lᵀ (upper), Bc = bᵀ (k×n). L⁻¹b = (Bc·Lc⁻¹)ᵀ and
     // L⁻ᵀb = (Bc·Lc⁻ᵀ)ᵀ: a right-side solve with the upper triangle.
@@ -168,7 +168,7 @@ class CudaDevice : public quant::Device {
           absl::StrCat("HadamardRows: row length ", len, " is not a power of two"));
     }
     if (r == 0) return absl::OkStatus();
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     QUANTD_RETURN_IF_ERROR(SelectGpu(ordinal_));
     QUANTD_ASSIGN_OR_RETURN(auto d, Upload(rows->data(), r * len, stream_.get()));
     const double norm = 1.0 / std::sqrt(static_cast<double>(len));
@@ -178,7 +178,7 @@ class CudaDevice : public quant::Device {
 
   quant::MemoryInfo GetMemoryInfo() const override {
     quant::MemoryInfo info;
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     size_t free_b = 0, total_b = 0;
     if (cudaSetDevice(ordinal_) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
       info.total_bytes = static_cast<int64_t>(total_b);
@@ -206,7 +206,7 @@ class CudaDevice : public quant::Device {
       c->setZero();
       return absl::OkStatus();
     }
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     QUANTD_RETURN_IF_ERROR(SelectGpu(ordinal_));
     QUANTD_ASSIGN_OR_RETURN(auto ad, Upload(a.data(), m * k, stream_.get()));
     QUANTD_ASSIGN_OR_RETURN(auto bd, Upload(b.data(), k * n, stream_.get()));
@@ -229,7 +229,7 @@ class CudaDevice : public quant::Device {
   const int ordinal_;
   const CudaDeviceOptions options_;
   const std::string gpu_name_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   // Declaration order matters: the handles are destroyed before the stream they use.
   Stream stream_;
   CublasHandle blas_;
