@@ -17,16 +17,9 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "common/tsan.h"  // QUANTD_TSAN
 
-#if defined(__SANITIZE_THREAD__)
-#define QUANTD_TSAN_LOCKS 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define QUANTD_TSAN_LOCKS 1
-#endif
-#endif
-
-#ifdef QUANTD_TSAN_LOCKS
+#ifdef QUANTD_TSAN
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -42,7 +35,7 @@ class ABSL_LOCKABLE Mutex {
   Mutex(const Mutex&) = delete;
   Mutex& operator=(const Mutex&) = delete;
 
-#ifdef QUANTD_TSAN_LOCKS
+#ifdef QUANTD_TSAN
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() {
     const bool wake = waiters_ > 0;

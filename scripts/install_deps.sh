@@ -12,6 +12,9 @@ if [ "${QUANTD_BUILD_ONLY:-0}" != 1 ]; then
   pkgs+=(python3 python3-yaml python3-venv)
   [ "${QUANTD_NO_PROMETHEUS:-0}" = 1 ] || pkgs+=(prometheus)
 fi
+# QUANTD_CLANG=1: clang and LLVM's OpenMP runtime (scripts/fuzz.sh, scripts/thread_safety.sh and
+# the ThreadSanitizer tier, scripts/test.sh --sanitize=thread).
+[ "${QUANTD_CLANG:-0}" = 1 ] && pkgs+=(clang libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

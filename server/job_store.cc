@@ -88,7 +88,7 @@ absl::Status JobStore::InsertJob(const JobRow& row) {
   MutexLock l(&mu_);
   absl::Status s = Exec("BEGIN IMMEDIATE;");
   if (!s.ok()) return s;
-  auto fail = [&](absl::Status st) {
+  auto fail = [&](absl::Status st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     Exec("ROLLBACK;").IgnoreError();
     return st;
   };

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
+#include "common/tsan.h"
 #include "server/grpc_status.h"
 
 namespace quantd::server {
@@ -27,31 +28,43 @@ class FileStreamReactor : public grpc::ServerWriteReactor<quantd::v1::Chunk> {
  public:
   FileStreamReactor(const std::string& path, uint64_t offset, Metrics* metrics)
       : offset_(offset), metrics_(metrics) {
+    ReactionBegin(this);
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) {
+      ReactionHandOff(this);
       Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("cannot open ", path)));
       return;
     }
     off_t size = ::lseek(fd_, 0, SEEK_END);
     if (size < 0 || offset > static_cast<uint64_t>(size)) {
+      ReactionHandOff(this);
       Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
                           absl::StrCat("offset ", offset, " is past the end (", size, " bytes)")));
       return;
     }
     Next();
   }
-  explicit FileStreamReactor(const grpc::Status& error) { Finish(error); }
+  explicit FileStreamReactor(const grpc::Status& error) {
+    ReactionBegin(this);
+    ReactionHandOff(this);
+    Finish(error);
+  }
   ~FileStreamReactor() override {
     if (fd_ >= 0) ::close(fd_);
   }
   void OnWriteDone(bool ok) override {
+    ReactionBegin(this);
     if (!ok) {
+      ReactionHandOff(this);
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
       return;
     }
     Next();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    ReactionBegin(this);
+    delete this;
+  }
 
  private:
   void Next() {
@@ -63,16 +76,19 @@ class FileStreamReactor : public grpc::ServerWriteReactor<quantd::v1::Chunk> {
       n = ::pread(fd_, buf->data(), buf->size(), static_cast<off_t>(offset_));
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
+      ReactionHandOff(this);
       Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read error"));
       return;
     }
     if (n == 0) {
+      ReactionHandOff(this);
       Finish(grpc::Status::OK);
       return;
     }
     buf->resize(static_cast<size_t>(n));
     offset_ += static_cast<uint64_t>(n);
     if (metrics_) metrics_->BytesServed(n);
+    ReactionHandOff(this);
     StartWrite(&chunk_);
   }
 
@@ -91,23 +107,28 @@ bool TerminalState(quantd::v1::JobState s) {
 class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
  public:
   WatchReactor(Coordinator* c, const std::string& id) : c_(c) {
+    ReactionBegin(this);
     auto job = c_->Watch(id, [this](const quantd::v1::Job& j) { OnChange(j); }, &sub_);
     if (!job.ok()) {
       sub_ = 0;
+      ReactionHandOff(this);
       Finish(ToGrpc(job.status()));
       return;
     }
     OnChange(*job);
   }
   void OnWriteDone(bool ok) override {
+    ReactionBegin(this);
     MutexLock l(&mu_);
     if (!ok) {
       finishing_ = true;
+      ReactionHandOff(this);
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
       return;
     }
     if (sent_terminal_) {
       finishing_ = true;
+      ReactionHandOff(this);
       Finish(grpc::Status::OK);
       return;
     }
@@ -119,6 +140,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
   }
   void OnCancel() override {}
   void OnDone() override {
+    ReactionBegin(this);
     if (sub_) c_->Unwatch(sub_);
     delete this;
   }
@@ -137,6 +159,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
     has_pending_ = false;
     out_ = pending_;
     sent_terminal_ = TerminalState(out_.job().state());
+    ReactionHandOff(this);
     StartWrite(&out_);
   }
 
@@ -154,39 +177,54 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
 // Reads a task report: a header, then the result bytes.
 class ReportReactor : public grpc::ServerReadReactor<quantd::v1::TaskReport> {
  public:
-  explicit ReportReactor(Coordinator* c) : c_(c) { StartRead(&msg_); }
+  explicit ReportReactor(Coordinator* c) : c_(c) {
+    ReactionBegin(this);
+    ReactionHandOff(this);
+    StartRead(&msg_);
+  }
   void OnReadDone(bool ok) override {
+    ReactionBegin(this);
     if (!ok) {  // client finished sending
       if (!have_header_) {
+        ReactionHandOff(this);
         Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "report without a header"));
         return;
       }
-      Finish(ToGrpc(c_->Report(header_, data_)));
+      const absl::Status reported = c_->Report(header_, data_);
+      ReactionHandOff(this);
+      Finish(ToGrpc(reported));
       return;
     }
     if (msg_.has_header()) {
       if (have_header_) {
+        ReactionHandOff(this);
         Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "two report headers"));
         return;
       }
       header_ = msg_.header();
       have_header_ = true;
       if (header_.result_size() > (uint64_t{8} << 30)) {
+        ReactionHandOff(this);
         Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "result larger than 8 GiB"));
         return;
       }
       data_.reserve(header_.result_size());
     } else {
       if (!have_header_ || data_.size() + msg_.data().size() > header_.result_size()) {
+        ReactionHandOff(this);
         Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "report data before the header or beyond result_size"));
         return;
       }
       data_ += msg_.data();
     }
+    ReactionHandOff(this);
     StartRead(&msg_);
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    ReactionBegin(this);
+    delete this;
+  }
 
  private:
   Coordinator* c_;

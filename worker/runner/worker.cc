@@ -114,7 +114,12 @@ absl::Status Worker::RegisterLoop() {
 
 void Worker::HeartbeatLoop() {
   while (!stop_.load()) {
-    absl::SleepFor(absl::Milliseconds(heartbeat_ms_));
+    int interval_ms;
+    {
+      MutexLock l(&mu_);
+      interval_ms = heartbeat_ms_;
+    }
+    absl::SleepFor(absl::Milliseconds(interval_ms));
     quantd::v1::HeartbeatRequest req;
     {
       MutexLock l(&mu_);

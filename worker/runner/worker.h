@@ -58,7 +58,7 @@ class Worker {
   Mutex mu_;
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   std::string current_lease_ ABSL_GUARDED_BY(mu_);
-  int heartbeat_ms_ = 2000;
+  int heartbeat_ms_ ABSL_GUARDED_BY(mu_) = 2000;  // set by RegisterLoop, read by HeartbeatLoop
 };
 
 }  // namespace quantd::runner
