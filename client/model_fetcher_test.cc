@@ -20,22 +20,36 @@ namespace v1 = quantd::v1;
 // fail with UNAVAILABLE, like a coordinator that restarts mid-transfer.
 class FakeRegistry final : public v1::RegistryService::Service {
  public:
-  std::map<std::string, std::string> files;
   std::atomic<int> breaks{0};
   std::atomic<int> calls{0};
+  // The test thread and the server's handler thread share these; the RPC orders them inside
+  // libgrpc, which ThreadSanitizer cannot see, so they are locked.
   std::mutex mu;
-  std::vector<uint64_t> offsets;  // requested offsets, in call order
+  std::map<std::string, std::string> files;  // guarded by mu
+  std::vector<uint64_t> offsets;  // requested offsets, in call order; guarded by mu
+
+  std::vector<uint64_t> Offsets() {
+    std::lock_guard<std::mutex> l(mu);
+    return offsets;
+  }
+  // Runs fn(files) with the lock held.
+  template <typename Fn>
+  void EditFiles(Fn fn) {
+    std::lock_guard<std::mutex> l(mu);
+    fn(files);
+  }
 
   grpc::Status FetchArtifact(grpc::ServerContext*, const v1::FetchArtifactRequest* req,
                              grpc::ServerWriter<v1::Chunk>* writer) override {
     ++calls;
+    std::string data;
     {
       std::lock_guard<std::mutex> l(mu);
       offsets.push_back(req->offset());
+      auto it = files.find(req->path());
+      if (it == files.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, req->path());
+      data = it->second;
     }
-    auto it = files.find(req->path());
-    if (it == files.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, req->path());
-    const std::string& data = it->second;
     if (req->offset() > data.size()) return grpc::Status(grpc::StatusCode::OUT_OF_RANGE, "offset");
     const bool do_break = breaks.fetch_sub(1) > 0;
     for (uint64_t off = req->offset(); off < data.size(); off += 1000) {
@@ -67,7 +81,7 @@ class ModelFetcherTest : public ::testing::Test {
   }
   // Adds a file to the fake server and to the returned model's file list.
   void AddFile(v1::ModelVersion* mv, const std::string& path, const std::string& data) {
-    fake_.files[path] = data;
+    fake_.EditFiles([&](auto& files) { files[path] = data; });
     v1::ArtifactFile* f = mv->add_files();
     f->set_path(path);
     f->set_size(data.size());
@@ -134,7 +148,7 @@ TEST_F(ModelFetcherTest, ResumesFromThePartFileWhenTheStreamBreaks) {
   absl::Status st = FetchModelVersion(*stub_, mv, dir_, o);
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_EQ(retries, 2);
-  EXPECT_EQ(fake_.offsets, (std::vector<uint64_t>{0, 1000, 2000}));
+  EXPECT_EQ(fake_.Offsets(), (std::vector<uint64_t>{0, 1000, 2000}));
   EXPECT_EQ(*ReadFile(dir_ + "/model.safetensors"), Bytes(3500, 2));
 }
 
@@ -145,14 +159,15 @@ TEST_F(ModelFetcherTest, ResumesAnExistingPartFile) {
   ASSERT_TRUE(MakeDirs(dir_).ok());
   ASSERT_TRUE(WriteFileAtomic(dir_ + "/model.safetensors.part", data.substr(0, 1000)).ok());
   ASSERT_TRUE(FetchModelVersion(*stub_, mv, dir_, FastRetries()).ok());
-  EXPECT_EQ(fake_.offsets, (std::vector<uint64_t>{1000}));
+  EXPECT_EQ(fake_.Offsets(), (std::vector<uint64_t>{1000}));
   EXPECT_EQ(*ReadFile(dir_ + "/model.safetensors"), data);
 }
 
 TEST_F(ModelFetcherTest, GivesUpAfterRetriesWithoutProgress) {
   v1::ModelVersion mv = Model();
   AddFile(&mv, "model.safetensors", Bytes(10, 4));
-  fake_.files["model.safetensors"] = "";  // the server has nothing: every stream ends short
+  // The server has nothing: every stream ends short.
+  fake_.EditFiles([](auto& files) { files["model.safetensors"] = ""; });
   fake_.breaks = 1000;
   FetchOptions o = FastRetries();
   o.max_retries = 3;
@@ -164,7 +179,8 @@ TEST_F(ModelFetcherTest, GivesUpAfterRetriesWithoutProgress) {
 TEST_F(ModelFetcherTest, ChecksumMismatchIsDataLossAndDeletesThePart) {
   v1::ModelVersion mv = Model();
   AddFile(&mv, "model.safetensors", Bytes(1500, 5));
-  fake_.files["model.safetensors"][700] ^= 1;  // same size, different bytes
+  // Same size, different bytes.
+  fake_.EditFiles([](auto& files) { files["model.safetensors"][700] ^= 1; });
   absl::Status st = FetchModelVersion(*stub_, mv, dir_, FastRetries());
   EXPECT_TRUE(absl::IsDataLoss(st)) << st;
   EXPECT_NE(st.message().find("sha256"), std::string::npos) << st;
@@ -176,7 +192,7 @@ TEST_F(ModelFetcherTest, ChecksumMismatchIsDataLossAndDeletesThePart) {
 TEST_F(ModelFetcherTest, ShortStreamIsDataLoss) {
   v1::ModelVersion mv = Model();
   AddFile(&mv, "model.safetensors", Bytes(1500, 6));
-  fake_.files["model.safetensors"].resize(1200);
+  fake_.EditFiles([](auto& files) { files["model.safetensors"].resize(1200); });
   absl::Status st = FetchModelVersion(*stub_, mv, dir_, FastRetries());
   EXPECT_TRUE(absl::IsDataLoss(st)) << st;
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/model.safetensors.part"));

@@ -36,13 +36,28 @@ for arg in "$@"; do
       if [ "$san" = thread ]; then export OMP_THREAD_LIMIT=1 OMP_NUM_THREADS=1; fi
       export ASAN_OPTIONS="detect_leaks=1 ${ASAN_OPTIONS:-}"
       export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
+      # Every process's reports go to files (report.<pid>), so that a report in a quantd or
+      # quantd-worker process an e2e test started, whose exit status no test checks, still
+      # fails the run (below).
+      logs="$PWD/$build/sanitizer-logs"
+      rm -rf "$logs" && mkdir -p "$logs"
+      for v in ASAN_OPTIONS UBSAN_OPTIONS TSAN_OPTIONS; do
+        export "$v=${!v:-} log_path=$logs/report"
+      done
       ;;
     *) echo "usage: scripts/test.sh [--slow] [--sanitize=address,undefined|thread]" >&2; exit 2 ;;
   esac
 done
 [ "$build" = build ] && bash scripts/build.sh
 cd "$build"
-ctest --output-on-failure --timeout 900 -j2 ${QUANTD_TEST_ARGS:-}
+rc=0
+ctest --output-on-failure --timeout 900 -j2 ${QUANTD_TEST_ARGS:-} || rc=$?
+if [ -n "${logs:-}" ] && [ -n "$(ls -A "$logs")" ]; then
+  echo "sanitizer reports in $logs:" >&2
+  for f in "$logs"/*; do echo "== $f" >&2; head -60 "$f" >&2; done
+  rc=1
+fi
+[ "$rc" = 0 ] || exit "$rc"
 # Optional fuzzing mode: QUANTD_FUZZ_SECONDS=N runs every libFuzzer target N seconds.
 if [ -n "${QUANTD_FUZZ_SECONDS:-}" ]; then
   cd .. && bash scripts/fuzz.sh "$QUANTD_FUZZ_SECONDS"

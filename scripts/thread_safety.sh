@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B="${QUANTD_CLANG_BUILD_DIR:-$PWD/build-clang}"
+QUANTD_CLANG=1 bash scripts/install_deps.sh
 if [ ! -f "$B/build.ninja" ]; then
   CC=clang CXX=clang++ cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS="-Werror=thread-safety" -DQUANTD_CUDA=OFF -DQUANTD_BUILD_TESTS=OFF >/dev/null

@@ -65,8 +65,9 @@ json WaitTerminal(const Daemon& d, const std::string& id, int timeout_s = 600) {
   return WaitFor(d, id, Terminal, timeout_s);
 }
 
-// Direct children of `parent` (the local workers of a quantd).
-std::vector<pid_t> ChildPids(pid_t parent) {
+// The quantd-worker children of `parent` (a quantd's local workers; a sanitizer build's quantd
+// may also have a symbolizer child).
+std::vector<pid_t> WorkerPids(pid_t parent) {
   std::vector<pid_t> out;
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string n = e.path().filename().string();
@@ -81,7 +82,9 @@ std::vector<pid_t> ChildPids(pid_t parent) {
     std::string state;
     pid_t ppid = 0;
     rest >> state >> ppid;
-    if (ppid == parent && state != "Z") out.push_back(std::stoi(n));
+    const size_t lp = line.find('(');
+    const std::string comm = lp < rp ? line.substr(lp + 1, rp - lp - 1) : "";
+    if (ppid == parent && state != "Z" && comm == "quantd-worker") out.push_back(std::stoi(n));
   }
   return out;
 }
@@ -167,7 +170,7 @@ TEST(Reliability, WorkerKilledMidTaskGivesABitIdenticalArtifact) {
     return Terminal(j) || j.value("tasks_done", 0) >= done0 + 4;
   });
   ASSERT_EQ(mid.value("phase", ""), "quantize") << "job finished before the worker could be killed";
-  std::vector<pid_t> workers = ChildPids(d.pid());
+  std::vector<pid_t> workers = WorkerPids(d.pid());
   ASSERT_EQ(workers.size(), 2u);
   // Kill a worker that is computing (state R), i.e. one holding a lease, not one between tasks.
   pid_t victim = -1;
