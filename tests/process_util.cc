@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -86,7 +87,10 @@ CommandResult Run(const std::vector<std::string>& argv, const std::vector<std::s
   ::close(out_fd);
   ::close(err_fd);
   CommandResult r;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  // Instrumented builds scale every limit (QUANTD_TEST_TIMEOUT_SCALE, set by tests/CMakeLists.txt).
+  const char* scale_env = std::getenv("QUANTD_TEST_TIMEOUT_SCALE");
+  const int scale = scale_env != nullptr ? std::max(1, std::atoi(scale_env)) : 1;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s * scale);
   int status = 0;
   for (;;) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);
