@@ -23,46 +23,62 @@ ServerUnaryReactor* Reply(CallbackServerContext* ctx, absl::StatusOr<T> s, T* re
   return r;
 }
 
+// A gRPC callback reactor whose reactions are ordered for TSan (common/tsan.h): each reaction
+// starts with Begin(), and the calls that let the next reaction start (Finish, StartWrite,
+// StartRead) go through FinishWith/Write/Read, which hand off first. Free in normal builds.
+template <typename Base>
+class OrderedReactor : public Base {
+ protected:
+  void Begin() { ReactionBegin(this); }
+  void FinishWith(const grpc::Status& s) {
+    ReactionHandOff(this);
+    this->Finish(s);
+  }
+  template <typename Msg>
+  void Write(const Msg* m) {
+    ReactionHandOff(this);
+    this->StartWrite(m);
+  }
+  template <typename Msg>
+  void Read(Msg* m) {
+    ReactionHandOff(this);
+    this->StartRead(m);
+  }
+};
+
 // Streams a file from an offset in <= 2 MiB chunks. Owns the fd.
-class FileStreamReactor : public grpc::ServerWriteReactor<quantd::v1::Chunk> {
+class FileStreamReactor : public OrderedReactor<grpc::ServerWriteReactor<quantd::v1::Chunk>> {
  public:
   FileStreamReactor(const std::string& path, uint64_t offset, Metrics* metrics)
       : offset_(offset), metrics_(metrics) {
-    ReactionBegin(this);
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) {
-      ReactionHandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("cannot open ", path)));
+      FinishWith(grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("cannot open ", path)));
       return;
     }
     off_t size = ::lseek(fd_, 0, SEEK_END);
     if (size < 0 || offset > static_cast<uint64_t>(size)) {
-      ReactionHandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                          absl::StrCat("offset ", offset, " is past the end (", size, " bytes)")));
+      FinishWith(grpc::Status(
+          grpc::StatusCode::OUT_OF_RANGE,
+          absl::StrCat("offset ", offset, " is past the end (", size, " bytes)")));
       return;
     }
     Next();
   }
-  explicit FileStreamReactor(const grpc::Status& error) {
-    ReactionBegin(this);
-    ReactionHandOff(this);
-    Finish(error);
-  }
+  explicit FileStreamReactor(const grpc::Status& error) { FinishWith(error); }
   ~FileStreamReactor() override {
     if (fd_ >= 0) ::close(fd_);
   }
   void OnWriteDone(bool ok) override {
-    ReactionBegin(this);
+    Begin();
     if (!ok) {
-      ReactionHandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
+      FinishWith(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
       return;
     }
     Next();
   }
   void OnDone() override {
-    ReactionBegin(this);
+    Begin();
     delete this;
   }
 
@@ -76,20 +92,17 @@ class FileStreamReactor : public grpc::ServerWriteReactor<quantd::v1::Chunk> {
       n = ::pread(fd_, buf->data(), buf->size(), static_cast<off_t>(offset_));
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
-      ReactionHandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::INTERNAL, "read error"));
+      FinishWith(grpc::Status(grpc::StatusCode::INTERNAL, "read error"));
       return;
     }
     if (n == 0) {
-      ReactionHandOff(this);
-      Finish(grpc::Status::OK);
+      FinishWith(grpc::Status::OK);
       return;
     }
     buf->resize(static_cast<size_t>(n));
     offset_ += static_cast<uint64_t>(n);
     if (metrics_) metrics_->BytesServed(n);
-    ReactionHandOff(this);
-    StartWrite(&chunk_);
+    Write(&chunk_);
   }
 
   int fd_ = -1;
@@ -104,32 +117,28 @@ bool TerminalState(quantd::v1::JobState s) {
 }
 
 // Sends the job now and after every change; finishes after a terminal state was written.
-class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
+class WatchReactor : public OrderedReactor<grpc::ServerWriteReactor<quantd::v1::JobEvent>> {
  public:
   WatchReactor(Coordinator* c, const std::string& id) : c_(c) {
-    ReactionBegin(this);
     auto job = c_->Watch(id, [this](const quantd::v1::Job& j) { OnChange(j); }, &sub_);
     if (!job.ok()) {
       sub_ = 0;
-      ReactionHandOff(this);
-      Finish(ToGrpc(job.status()));
+      FinishWith(ToGrpc(job.status()));
       return;
     }
     OnChange(*job);
   }
   void OnWriteDone(bool ok) override {
-    ReactionBegin(this);
+    Begin();
     MutexLock l(&mu_);
     if (!ok) {
       finishing_ = true;
-      ReactionHandOff(this);
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
+      FinishWith(grpc::Status(grpc::StatusCode::UNAVAILABLE, "client went away"));
       return;
     }
     if (sent_terminal_) {
       finishing_ = true;
-      ReactionHandOff(this);
-      Finish(grpc::Status::OK);
+      FinishWith(grpc::Status::OK);
       return;
     }
     if (has_pending_) {
@@ -140,7 +149,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
   }
   void OnCancel() override {}
   void OnDone() override {
-    ReactionBegin(this);
+    Begin();
     if (sub_) c_->Unwatch(sub_);
     delete this;
   }
@@ -159,8 +168,7 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
     has_pending_ = false;
     out_ = pending_;
     sent_terminal_ = TerminalState(out_.job().state());
-    ReactionHandOff(this);
-    StartWrite(&out_);
+    Write(&out_);
   }
 
   Coordinator* c_;
@@ -175,54 +183,46 @@ class WatchReactor : public grpc::ServerWriteReactor<quantd::v1::JobEvent> {
 };
 
 // Reads a task report: a header, then the result bytes.
-class ReportReactor : public grpc::ServerReadReactor<quantd::v1::TaskReport> {
+class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::TaskReport>> {
  public:
   explicit ReportReactor(Coordinator* c) : c_(c) {
-    ReactionBegin(this);
-    ReactionHandOff(this);
-    StartRead(&msg_);
+    Read(&msg_);
   }
   void OnReadDone(bool ok) override {
-    ReactionBegin(this);
+    Begin();
     if (!ok) {  // client finished sending
       if (!have_header_) {
-        ReactionHandOff(this);
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "report without a header"));
+        FinishWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "report without a header"));
         return;
       }
       const absl::Status reported = c_->Report(header_, data_);
-      ReactionHandOff(this);
-      Finish(ToGrpc(reported));
+      FinishWith(ToGrpc(reported));
       return;
     }
     if (msg_.has_header()) {
       if (have_header_) {
-        ReactionHandOff(this);
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "two report headers"));
+        FinishWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "two report headers"));
         return;
       }
       header_ = msg_.header();
       have_header_ = true;
       if (header_.result_size() > (uint64_t{8} << 30)) {
-        ReactionHandOff(this);
-        Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "result larger than 8 GiB"));
+        FinishWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "result larger than 8 GiB"));
         return;
       }
       data_.reserve(header_.result_size());
     } else {
       if (!have_header_ || data_.size() + msg_.data().size() > header_.result_size()) {
-        ReactionHandOff(this);
-        Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "report data before the header or beyond result_size"));
+        FinishWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                "report data before the header or beyond result_size"));
         return;
       }
       data_ += msg_.data();
     }
-    ReactionHandOff(this);
-    StartRead(&msg_);
+    Read(&msg_);
   }
   void OnDone() override {
-    ReactionBegin(this);
+    Begin();
     delete this;
   }
 
