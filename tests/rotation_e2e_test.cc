@@ -64,9 +64,11 @@ TEST_F(RotationE2E, Quarot4Bit) {
   model::LlamaConfig cfg;
   model::LlamaWeights w;
   EXPECT_NEAR(FetchedPpl("e2e-quarot", &cfg, &w), q, 1e-6 * q);
-  // The artifact carries the rotation: untied head, unit norms, online down_proj Hadamard.
+  // The artifact carries the rotation: untied head, unit norms, the online Hadamards before
+  // down_proj and (across heads) before o_proj.
   EXPECT_FALSE(cfg.tie_word_embeddings);
   EXPECT_EQ(w.online_down.size, 172);
+  EXPECT_EQ(w.online_o.size, cfg.num_heads);
   EXPECT_EQ(w.layers[0].attn_norm.minCoeff(), 1.0f);
   // A dense HF export cannot express the online rotation: refused, with the reason.
   CommandResult fh = daemon_->Quantctl(

@@ -93,15 +93,18 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
       add_matrix(model::LinearTensorName(l, lin), model::GetLinear(w, l, lin));
     }
   }
-  if (w.online_down.size != 0) {
+  auto add_online = [&](const char* name, const model::OnlineRotation& r) {
+    if (r.size == 0) return;
     model::TensorToWrite t;
-    t.name = kOnlineDownTensor;
+    t.name = name;
     t.dtype = model::DType::kI64;
     t.shape = {2};
-    const int64_t v[2] = {w.online_down.size, static_cast<int64_t>(w.online_down.seed)};
+    const int64_t v[2] = {r.size, static_cast<int64_t>(r.seed)};
     t.data.assign(reinterpret_cast<const char*>(v), sizeof(v));
     out.push_back(std::move(t));
-  }
+  };
+  add_online(kOnlineDownTensor, w.online_down);
+  add_online(kOnlineOTensor, w.online_o);
   if (replaced != packed.size()) {
     return absl::InvalidArgumentError(absl::StrCat(packed.size() - replaced,
                                                    " quantized tensors have no source tensor"));
@@ -156,18 +159,26 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
       }
     }
   }
-  if (auto od = ckpt->Get(kOnlineDownTensor); od.ok()) {
-    if (od->dtype != model::DType::kI64 || od->data.size() != 16) {
-      return absl::DataLossError(absl::StrCat("tensor ", kOnlineDownTensor, " is not I64 [2]"));
+  // An online rotation tensor, if present: I64 [2] {size, seed} with size == `want`.
+  auto online = [&](const char* name, int want, const char* what,
+                    model::OnlineRotation* r) -> absl::Status {
+    auto t = ckpt->Get(name);
+    if (!t.ok()) return absl::OkStatus();
+    if (t->dtype != model::DType::kI64 || t->data.size() != 16) {
+      return absl::DataLossError(absl::StrCat("tensor ", name, " is not I64 [2]"));
     }
     int64_t v[2];
-    std::memcpy(v, od->data.data(), sizeof(v));
-    if (v[0] != cfg.intermediate_size) {
-      return absl::DataLossError(absl::StrCat("tensor ", kOnlineDownTensor, " has size ", v[0],
-                                              ", intermediate_size is ", cfg.intermediate_size));
+    std::memcpy(v, t->data.data(), sizeof(v));
+    if (v[0] != want) {
+      return absl::DataLossError(
+          absl::StrCat("tensor ", name, " has size ", v[0], ", ", what, " is ", want));
     }
-    w.online_down = {static_cast<int>(v[0]), static_cast<uint64_t>(v[1])};
-  }
+    *r = {static_cast<int>(v[0]), static_cast<uint64_t>(v[1])};
+    return absl::OkStatus();
+  };
+  QUANTD_RETURN_IF_ERROR(
+      online(kOnlineDownTensor, cfg.intermediate_size, "intermediate_size", &w.online_down));
+  QUANTD_RETURN_IF_ERROR(online(kOnlineOTensor, cfg.num_heads, "num_heads", &w.online_o));
   if (w.embed.rows() != cfg.vocab_size || w.embed.cols() != cfg.hidden_size) {
     return absl::InvalidArgumentError(absl::StrCat("embedding has shape [", w.embed.rows(), ",",
                                                    w.embed.cols(), "], config.json says [",
@@ -253,11 +264,12 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
         absl::StrCat(JoinPath(native_dir, "config.json"), ": not a JSON object"));
   }
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
-  if (ckpt->Get(kOnlineDownTensor).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        native_dir, " is a QuaRot artifact: its down_proj inputs are rotated online (",
-        kOnlineDownTensor, "), which a dense Hugging Face checkpoint cannot express; "
-        "use the native artifact"));
+  for (const char* online : {kOnlineDownTensor, kOnlineOTensor}) {
+    if (ckpt->Get(online).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          native_dir, " is a QuaRot artifact: it rotates activations online (", online,
+          "), which a dense Hugging Face checkpoint cannot express; use the native artifact"));
+    }
   }
   const model::DType out_dtype = dtype == HfDType::kF16    ? model::DType::kF16
                                  : dtype == HfDType::kBF16 ? model::DType::kBF16

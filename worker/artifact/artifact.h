@@ -29,17 +29,20 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
 
 // The tensor recording QuaRot's online down_proj rotation: I64 [2] = {size, seed (bits)}.
 inline constexpr char kOnlineDownTensor[] = "quantd.online_hadamard_down";
+// QuaRot's online rotation across heads before o_proj: I64 [2] = {size = num_heads, seed}.
+inline constexpr char kOnlineOTensor[] = "quantd.online_hadamard_o";
 
 // Writes `out_path` from in-memory (e.g. QuaRot-rotated) weights: every tensor under its HF name
 // in F32, lm_head.weight when cfg is untied, the linears named in `packed` as .qweight, and
-// kOnlineDownTensor when w.online_down is set. Atomic. INVALID_ARGUMENT if `packed` names a
+// kOnlineDownTensor / kOnlineOTensor when w.online_down / w.online_o is set. Atomic. INVALID_ARGUMENT if `packed` names a
 // tensor the weights lack.
 absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
                                       const std::map<std::string, std::string>& packed,
                                       const std::string& out_path);
 
 // Loads a native artifact directory (config.json + model.safetensors) into fp32 weights,
-// dequantizing every .qweight and setting online_down from kOnlineDownTensor.
+// dequantizing every .qweight and setting online_down / online_o from kOnlineDownTensor /
+// kOnlineOTensor (absent: none).
 // DATA_LOSS for corrupt packed or online-rotation tensors.
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                         model::LlamaConfig* config);

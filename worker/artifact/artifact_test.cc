@@ -111,6 +111,8 @@ TEST_F(ArtifactTest, QuarotArtifactRoundTripsAndIsNotExportedToHf) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->online_down.size, w.online_down.size);
   EXPECT_EQ(loaded->online_down.seed, w.online_down.seed);
+  EXPECT_EQ(loaded->online_o.size, cfg.num_heads);
+  EXPECT_EQ(loaded->online_o.seed, w.online_o.seed);
   EXPECT_EQ(loaded->lm_head, w.lm_head);
   EXPECT_EQ(loaded->layers[2].down, w.layers[2].down);
   const std::vector<int32_t> tokens = {1, 301, 427, 309, 426, 301, 427, 309};
@@ -120,6 +122,17 @@ TEST_F(ArtifactTest, QuarotArtifactRoundTripsAndIsNotExportedToHf) {
   absl::Status s = ExportHfModel(dir, tmp_ + "/quarot_hf");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("QuaRot"), std::string::npos) << s;
+  // An online rotation whose size does not match the config is corrupt, not ignored.
+  for (bool down : {true, false}) {
+    model::LlamaWeights bad = w;
+    (down ? bad.online_down : bad.online_o).size += 1;
+    ASSERT_TRUE(WriteArtifactFromWeights(cfg, bad, {}, dir + "/model.safetensors").ok());
+    auto l = LoadArtifactWeights(dir, &loaded_cfg);
+    EXPECT_EQ(l.status().code(), absl::StatusCode::kDataLoss) << l.status();
+    EXPECT_NE(l.status().message().find(down ? kOnlineDownTensor : kOnlineOTensor),
+              std::string::npos)
+        << l.status();
+  }
 }
 
 // Relative precision of each export dtype (half an ulp at the value's binade).

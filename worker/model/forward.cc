@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/model/str_util.h"
 #include "common/status_macros.h"
+#include "worker/model/quarot.h"
 #include "worker/model/tokens.h"
 #include "worker/quant/rht.h"
 
@@ -98,6 +99,15 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     }
     QUANTD_ASSIGN_OR_RETURN(online_down, quant::MakeRht(w.online_down.size, w.online_down.seed));
   }
+  std::optional<quant::Rht> online_o;
+  if (w.online_o.size != 0) {
+    if (w.online_o.size != cfg.num_heads) {
+      return absl::InvalidArgumentError(internal::Cat("online o_proj rotation has size ",
+                                                     w.online_o.size, ", num_heads is ",
+                                                     cfg.num_heads));
+    }
+    QUANTD_ASSIGN_OR_RETURN(online_o, quant::MakeRht(w.online_o.size, w.online_o.seed));
+  }
 
   const int H = cfg.hidden_size, nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
   const int group = nh / nkv, half = hd / 2;
@@ -149,6 +159,7 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
         attn.block(r0, head * hd, rows, hd).noalias() = scores * vh.topRows(cols);
       }
     }
+    if (online_o) ApplyAcrossHeads(*online_o, hd, &attn);  // QuaRot: rows ← (R_o ⊗ I)·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kO, attn);
     x.noalias() += attn * lw.o.transpose();
 

@@ -16,10 +16,37 @@ void RotateCols(const quant::Rht& r, MatrixD* m) {
   *m = t.transpose();
 }
 
+template <typename M>
+void AcrossHeads(const quant::Rht& r, int head_dim, M* rows) {
+  const int heads = r.n();
+  if (head_dim <= 0 || rows->cols() != static_cast<Eigen::Index>(heads) * head_dim) return;
+  // z[(row, d), h] = rows[row, h·head_dim + d]; rotate z's rows; scatter back.
+  M z(rows->rows() * head_dim, heads);
+  for (Eigen::Index i = 0; i < rows->rows(); ++i) {
+    for (int h = 0; h < heads; ++h) {
+      z.block(i * head_dim, h, head_dim, 1) = rows->row(i).segment(h * head_dim, head_dim).transpose();
+    }
+  }
+  r.ApplyRows(&z);
+  for (Eigen::Index i = 0; i < rows->rows(); ++i) {
+    for (int h = 0; h < heads; ++h) {
+      rows->row(i).segment(h * head_dim, head_dim) = z.block(i * head_dim, h, head_dim, 1).transpose();
+    }
+  }
+}
+
 }  // namespace
 
+void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixF* rows) {
+  AcrossHeads(r, head_dim, rows);
+}
+void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixD* rows) {
+  AcrossHeads(r, head_dim, rows);
+}
+
 QuarotSeeds QuarotSeedsFrom(uint64_t seed) {
-  return {seed, seed ^ 0x5851F42D4C957F2Dull, seed ^ 0x14057B7EF767814Full};
+  return {seed, seed ^ 0x5851F42D4C957F2Dull, seed ^ 0x14057B7EF767814Full,
+          seed ^ 0x2545F4914F6CDD1Dull};
 }
 
 absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const MatrixF& w,
@@ -67,6 +94,8 @@ absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const Mat
         RotateRows(head, &block);
         m.middleCols(h * hd, hd) = block;
       }
+      QUANTD_ASSIGN_OR_RETURN(quant::Rht across, quant::MakeRht(cfg.num_heads, s.o));
+      ApplyAcrossHeads(across, hd, &m);  // rows ← (R_o ⊗ I) rows, i.e. W_o ← W_o (R_o ⊗ I)ᵀ
       break;
     }
     case Linear::kDown: {
@@ -80,7 +109,7 @@ absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const Mat
 }
 
 absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
-  if (w->online_down.size != 0) {
+  if (w->online_down.size != 0 || w->online_o.size != 0) {
     return absl::InvalidArgumentError("quarot: the model already carries an online rotation");
   }
   if (static_cast<int>(w->layers.size()) != cfg->num_layers ||
@@ -111,6 +140,7 @@ absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
   w->lm_head = head.cast<float>();
   w->final_norm.setOnes();
   w->online_down = {cfg->intermediate_size, s.down};
+  w->online_o = {cfg->num_heads, s.o};
   cfg->tie_word_embeddings = false;
   return absl::OkStatus();
 }

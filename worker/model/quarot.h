@@ -9,7 +9,11 @@
 //     rows, o's columns of head h ← ·R_headᵀ;
 //  4. online: before down_proj the activation is multiplied by R_down (intermediate_size; 172 is
 //     a base order, 1536 = 128·12; other sizes get Rht's random orthogonal Kronecker fallback)
-//     in the forward pass (LlamaWeights::online_down) and W_down ← W_down R_downᵀ.
+//     in the forward pass (LlamaWeights::online_down) and W_down ← W_down R_downᵀ; before o_proj
+//     the attention output [num_heads][head_dim] is rotated across heads by R_o ⊗ I (R_o of
+//     size num_heads; LlamaWeights::online_o) and W_o ← W_o (R_o ⊗ I)ᵀ. With step 3 o_proj's
+//     input is rotated by R_o ⊗ R_head, a rotation of the whole attention width (QuaRot's
+//     H_heads ⊗ H_head_dim, the first factor online).
 // The rotated model computes the same function (exactly in real arithmetic). Rotations are
 // randomized Hadamard transforms reconstructible from (size, seed); seeds derive from one seed.
 // Thread-safety: stateless functions.
@@ -23,6 +27,7 @@
 #include "common/matrix.h"
 #include "worker/model/config.h"
 #include "worker/model/weights.h"
+#include "worker/quant/rht.h"
 
 namespace quantd::model {
 
@@ -30,12 +35,15 @@ struct QuarotSeeds {
   uint64_t residual = 0;
   uint64_t head = 0;
   uint64_t down = 0;
+  uint64_t o = 0;
 };
-// residual = seed, head = seed ^ 0x5851F42D4C957F2D, down = seed ^ 0x14057B7EF767814F.
+// residual = seed, head = seed ^ 0x5851F42D4C957F2D, down = seed ^ 0x14057B7EF767814F,
+// o = seed ^ 0x2545F4914F6CDD1D.
 QuarotSeeds QuarotSeedsFrom(uint64_t seed);
 
 // Rotates the whole model in place. Afterwards cfg->tie_word_embeddings is false, w->lm_head is
-// set, every norm is 1 and w->online_down = {intermediate_size, seeds.down}.
+// set, every norm is 1, w->online_down = {intermediate_size, seeds.down} and
+// w->online_o = {num_heads, seeds.o}.
 // INVALID_ARGUMENT if the weights do not match cfg or already carry an online rotation.
 absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed);
 
@@ -44,6 +52,12 @@ absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed);
 // INVALID_ARGUMENT for a shape that does not match cfg.
 absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const MatrixF& w,
                                      const VectorF& norm, uint64_t seed);
+
+// Every row x of `rows` (length r.n()·head_dim, laid out [head][head_dim]) ← (R ⊗ I) x: for
+// each offset d < head_dim the vector over heads (x[h·head_dim + d])_h is multiplied by R.
+// Rows of another length are a programming error and leave `rows` unchanged.
+void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixF* rows);
+void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixD* rows);
 
 }  // namespace quantd::model
 

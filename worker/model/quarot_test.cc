@@ -27,9 +27,41 @@ TEST(QuarotTest, RotationsAreOrthogonal) {
   const QuarotSeeds s = QuarotSeedsFrom(3);
   for (auto [n, seed] : std::vector<std::pair<int, uint64_t>>{
            {64, s.residual}, {8, s.head}, {172, s.down}, {576, s.residual}, {64, s.head},
-           {1536, s.down}}) {
+           {1536, s.down}, {8, s.o}, {9, s.o}}) {
     const MatrixD r = RhtMatrix(n, seed);
     EXPECT_LE((r.transpose() * r - MatrixD::Identity(n, n)).cwiseAbs().maxCoeff(), 1e-6) << n;
+  }
+}
+
+// The dense (R ⊗ B) for square R [a×a], B [b×b].
+MatrixD Kron(const MatrixD& r, const MatrixD& b) {
+  MatrixD k(r.rows() * b.rows(), r.cols() * b.cols());
+  for (Eigen::Index i = 0; i < r.rows(); ++i) {
+    for (Eigen::Index j = 0; j < r.cols(); ++j) {
+      k.block(i * b.rows(), j * b.cols(), b.rows(), b.cols()) = r(i, j) * b;
+    }
+  }
+  return k;
+}
+
+// ApplyAcrossHeads against the dense Kronecker product (R ⊗ I), for a Hadamard size (8) and a
+// size with no Hadamard matrix (9, SmolLM2-135M's head count: Rht's orthogonal fallback).
+TEST(QuarotTest, AcrossHeadsIsTheKroneckerProductWithIdentity) {
+  for (int heads : {8, 9}) {
+    const int hd = 5;
+    auto r = quant::MakeRht(heads, 11);
+    ASSERT_TRUE(r.ok());
+    const MatrixD x = MatrixD::Random(3, heads * hd);
+    MatrixD y = x;
+    ApplyAcrossHeads(*r, hd, &y);
+    const MatrixD want = x * Kron(RhtMatrix(heads, 11), MatrixD::Identity(hd, hd)).transpose();
+    EXPECT_LE((y - want).cwiseAbs().maxCoeff(), 1e-12) << heads;
+    MatrixF yf = x.cast<float>();
+    ApplyAcrossHeads(*r, hd, &yf);
+    EXPECT_LE((yf.cast<double>() - want).cwiseAbs().maxCoeff(), 1e-5) << heads;
+    MatrixD wrong = MatrixD::Ones(2, heads * hd + 1);
+    ApplyAcrossHeads(*r, hd, &wrong);  // a row of the wrong length is left alone
+    EXPECT_EQ(wrong, MatrixD::Ones(2, heads * hd + 1));
   }
 }
 
@@ -52,6 +84,7 @@ TEST(QuarotTest, RotatedStories260KKeepsItsLogits) {
   ASSERT_TRUE(ApplyQuarot(&cfg, &w, 17).ok());
   EXPECT_FALSE(cfg.tie_word_embeddings);
   EXPECT_EQ(w.online_down.size, 172);
+  EXPECT_EQ(w.online_o.size, cfg.num_heads);
   EXPECT_EQ(w.layers[0].attn_norm.minCoeff(), 1.0f);
   EXPECT_EQ(w.final_norm.maxCoeff(), 1.0f);
   // The weights really changed.
@@ -69,14 +102,26 @@ TEST(QuarotTest, RotatedStories260KKeepsItsLogits) {
   auto broken = Forward(cfg, no_online, t);
   ASSERT_TRUE(broken.ok());
   EXPECT_GT((*broken - *ref).cwiseAbs().maxCoeff(), 100 * max_diff);
+  LlamaWeights no_online_o = w;
+  no_online_o.online_o = {};
+  auto broken_o = Forward(cfg, no_online_o, t);
+  ASSERT_TRUE(broken_o.ok());
+  EXPECT_GT((*broken_o - *ref).cwiseAbs().maxCoeff(), 100 * max_diff);
 
   const MatrixD rd = RhtMatrix(172, QuarotSeedsFrom(17).down);
   const MatrixD h = cap_fp.Sum(2, LinearGroup::kDown), h_rot = cap_rot.Sum(2, LinearGroup::kDown);
   EXPECT_LE((rd * h * rd.transpose() - h_rot).norm(), 1e-4 * h.norm());
+  // o_proj's input is rotated by R_o ⊗ R_head: across heads online, within each head by v.
+  const QuarotSeeds s = QuarotSeedsFrom(17);
+  const MatrixD ro = Kron(RhtMatrix(cfg.num_heads, s.o), RhtMatrix(cfg.head_dim, s.head));
+  const MatrixD ho = cap_fp.Sum(2, LinearGroup::kO), ho_rot = cap_rot.Sum(2, LinearGroup::kO);
+  EXPECT_LE((ro * ho * ro.transpose() - ho_rot).norm(), 1e-4 * ho.norm());
 
   // A wrong online size is rejected, not silently ignored.
   no_online.online_down = {171, 1};
   EXPECT_EQ(Forward(cfg, no_online, t).status().code(), absl::StatusCode::kInvalidArgument);
+  no_online_o.online_o = {cfg.num_heads + 1, 1};
+  EXPECT_EQ(Forward(cfg, no_online_o, t).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ApplyQuarot(&cfg, &w, 17).code(), absl::StatusCode::kInvalidArgument);
 }
 

@@ -56,6 +56,10 @@ struct LlamaWeights {
   // QuaRot (quarot.h): the input of every down_proj is rotated online before the product.
   // Default: none.
   OnlineRotation online_down;
+  // QuaRot: the input of every o_proj (the attention output, [num_heads][head_dim]) is rotated
+  // across heads online, x ↦ (R ⊗ I_head_dim) x with R = MakeRht(size = num_heads, seed).
+  // Default: none.
+  OnlineRotation online_o;
 };
 
 MatrixF& MutableLinear(LlamaWeights& w, int layer, Linear l);
