@@ -3,6 +3,9 @@
 // then for each method/bits every linear layer is quantized from the same Hessians (matrices in
 // parallel, one single-threaded CPU device per thread), and the quantized model's perplexity is
 // measured on the evaluation tokens. One JSON line for the fp model, then one per configuration.
+// A configuration is METHOD/BITS, or METHOD/BITS/gN for groups of N columns (rtn, gptq, quarot;
+// overrides --group-size). Each capture (fp, and the rotated model for quarot) is made by the
+// first configuration that needs it; that row reports hessian_seconds.
 //
 // Token files are .u16/.u32/.npy; a .txt file is encoded whole with the model's tokenizer and
 // no BOS (the GPTQ WikiText-2 convention: the text is one stream).
@@ -65,7 +68,7 @@ int RunMethods(const Flags& flags) {
       *seqs < 1 || *seq_len < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
-                 "[--configs rtn/2,gptq/2,...|''] [--calib-seqs 16] [--seq-len 512] "
+                 "[--configs rtn/2,gptq/2,quarot/4/g64,...|''] [--calib-seqs 16] [--seq-len 512] "
                  "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
                  "[--act-order 0|1] [--damp 0.01]  (group size and mse-clip apply to rtn, gptq and "
                  "quarot; act-order to gptq and quarot)\n");
@@ -102,17 +105,10 @@ int RunMethods(const Flags& flags) {
     }
     return cap;
   };
-  auto t0 = std::chrono::steady_clock::now();
-  auto fp_cap = capture(cfg, *fp);
-  if (!fp_cap.ok()) {
-    std::fprintf(stderr, "%s\n", fp_cap.status().ToString().c_str());
-    return 1;
-  }
-  const double hessian_secs = Seconds(t0);
   model::PerplexityOptions popts;
   popts.context = std::min(512, cfg.max_position_embeddings);
   popts.max_tokens = *eval_tokens;
-  t0 = std::chrono::steady_clock::now();
+  auto t0 = std::chrono::steady_clock::now();
   auto fp_ppl = model::Perplexity(cfg, *fp, *eval, popts);
   if (!fp_ppl.ok()) {
     std::fprintf(stderr, "%s\n", fp_ppl.status().ToString().c_str());
@@ -120,7 +116,6 @@ int RunMethods(const Flags& flags) {
   }
   nlohmann::json head = {{"model", dir},
                          {"calib_tokens", nseq * len},
-                         {"hessian_seconds", hessian_secs},
                          {"eval_targets", fp_ppl->targets},
                          {"eval_seconds", Seconds(t0)},
                          {"fp_ppl", fp_ppl->ppl}};
@@ -136,6 +131,8 @@ int RunMethods(const Flags& flags) {
   for (int l = 0; l < cfg.num_layers; ++l) {
     for (model::Linear lin : kLinears) items.push_back({l, lin});
   }
+  // Each capture is made once, by the first config that needs it (its row reports the time).
+  std::unique_ptr<model::HessianCapture> fp_cap;
   model::LlamaConfig rot_cfg;
   model::LlamaWeights rot_fp;
   std::unique_ptr<model::HessianCapture> rot_cap;
@@ -144,9 +141,15 @@ int RunMethods(const Flags& flags) {
        std::vector<std::string>(absl::StrSplit(configs, ',', absl::SkipEmpty()))) {
     std::vector<std::string> mb = absl::StrSplit(c, '/');
     int bits = 0;
-    auto method = mb.size() == 2 ? quant::ParseMethod(mb[0]) : absl::InvalidArgumentError("bad");
-    if (!method.ok() || !absl::SimpleAtoi(mb[1], &bits)) {
-      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS\n", c.c_str());
+    int config_group = -1;  // METHOD/BITS/gN: group size N for this config only
+    auto method = mb.size() == 2 || mb.size() == 3 ? quant::ParseMethod(mb[0])
+                                                   : absl::InvalidArgumentError("bad");
+    if (!method.ok() || !absl::SimpleAtoi(mb[1], &bits) ||
+        (mb.size() == 3 && (mb[2].size() < 2 || mb[2][0] != 'g' ||
+                            !absl::SimpleAtoi(mb[2].substr(1), &config_group) ||
+                            config_group < 1))) {
+      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS or METHOD/BITS/gN\n",
+                   c.c_str());
       return 2;
     }
     quant::QuantSpec spec;
@@ -156,18 +159,30 @@ int RunMethods(const Flags& flags) {
     spec.damp = *damp;
     if (spec.method == quant::Method::kRtn || spec.method == quant::Method::kGptq ||
         spec.method == quant::Method::kQuarot) {
-      spec.group_size = static_cast<int>(*group_size);
+      spec.group_size = config_group > 0 ? config_group : static_cast<int>(*group_size);
       spec.mse_clip = *mse_clip != 0;
     }
-    spec.act_order = *act_order != 0 && (spec.method == quant::Method::kGptq ||
-                                         spec.method == quant::Method::kQuarot);
+    // act order is per output channel only (ValidateSpec), so a grouped config goes without it.
+    spec.act_order = *act_order != 0 && spec.group_size == 0 &&
+                     (spec.method == quant::Method::kGptq || spec.method == quant::Method::kQuarot);
     if (absl::Status st = quant::ValidateSpec(spec); !st.ok()) {
       std::fprintf(stderr, "%s: %s\n", c.c_str(), st.ToString().c_str());
       return 2;
     }
-    // quarot quantizes the rotated model (fused norms, untied head, online down_proj Hadamard)
-    // with Hessians captured through it, as the service's quarot job does (job_steps.cc).
+    // quarot quantizes the rotated model (fused norms, untied head, online Hadamards) with
+    // Hessians captured through it, as the service's quarot job does (job_steps.cc).
     const bool rotate = spec.method == quant::Method::kQuarot;
+    double hessian_secs = 0;
+    t0 = std::chrono::steady_clock::now();
+    if (!rotate && !fp_cap) {
+      auto fc = capture(cfg, *fp);
+      if (!fc.ok()) {
+        std::fprintf(stderr, "%s\n", fc.status().ToString().c_str());
+        return 1;
+      }
+      fp_cap = std::make_unique<model::HessianCapture>(std::move(*fc));
+      hessian_secs = Seconds(t0);
+    }
     if (rotate && !rot_cap) {
       rot_cfg = cfg;
       rot_fp = *fp;
@@ -181,6 +196,7 @@ int RunMethods(const Flags& flags) {
         return 1;
       }
       rot_cap = std::make_unique<model::HessianCapture>(std::move(*rc));
+      hessian_secs = Seconds(t0);
     }
     const model::LlamaConfig& mcfg = rotate ? rot_cfg : cfg;
     const model::LlamaWeights& src = rotate ? rot_fp : *fp;
@@ -238,6 +254,7 @@ int RunMethods(const Flags& flags) {
                           {"eval_seconds", Seconds(t0)},
                           {"matrices", items.size()},
                           {"guard_kept_gptq", nguard}};
+    if (hessian_secs > 0) out["hessian_seconds"] = hessian_secs;
     if (spec.method == quant::Method::kQtip) out["trellis_l"] = spec.trellis_l;
     if (spec.group_size > 0) out["group_size"] = spec.group_size;
     if (spec.mse_clip) out["mse_clip"] = true;
