@@ -4,7 +4,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "client/grpc_status.h"
+#include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -52,7 +52,7 @@ absl::StatusOr<v1::SubmitJobResponse> QuantdClient::Submit(const v1::SubmitJobRe
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::SubmitJobResponse resp;
-  QUANTD_RETURN_IF_ERROR(FromGrpcStatus(jobs_->SubmitJob(&ctx, req, &resp)));
+  QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->SubmitJob(&ctx, req, &resp)));
   return resp;
 }
 
@@ -62,7 +62,7 @@ absl::StatusOr<v1::Job> QuantdClient::GetJob(const std::string& id) {
   v1::GetJobRequest req;
   req.set_id(id);
   v1::Job job;
-  QUANTD_RETURN_IF_ERROR(FromGrpcStatus(jobs_->GetJob(&ctx, req, &job)));
+  QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->GetJob(&ctx, req, &job)));
   return job;
 }
 
@@ -77,7 +77,7 @@ absl::StatusOr<std::vector<v1::Job>> QuantdClient::ListJobs() {
     req.set_page_size(500);
     req.set_page_token(token);
     v1::ListJobsResponse resp;
-    QUANTD_RETURN_IF_ERROR(FromGrpcStatus(jobs_->ListJobs(&ctx, req, &resp)));
+    QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->ListJobs(&ctx, req, &resp)));
     for (v1::Job& j : *resp.mutable_jobs()) all.push_back(std::move(j));
     if (resp.next_page_token().empty()) break;
     if (resp.next_page_token() == token) {
@@ -94,7 +94,7 @@ absl::StatusOr<v1::Job> QuantdClient::Cancel(const std::string& id) {
   v1::CancelJobRequest req;
   req.set_id(id);
   v1::Job job;
-  QUANTD_RETURN_IF_ERROR(FromGrpcStatus(jobs_->CancelJob(&ctx, req, &job)));
+  QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->CancelJob(&ctx, req, &job)));
   return job;
 }
 
@@ -133,7 +133,7 @@ absl::StatusOr<v1::Job> QuantdClient::Watch(
         break;
       }
     }
-    absl::Status st = FromGrpcStatus(reader->Finish());
+    absl::Status st = FromGrpc(reader->Finish());
     if (terminal) return last;
     if (st.ok()) {
       st = absl::UnavailableError("WatchJob stream ended before the job finished");
@@ -150,7 +150,7 @@ absl::StatusOr<std::vector<v1::ModelVersion>> QuantdClient::ListModels(const std
   v1::ListModelsRequest req;
   req.set_name(name);
   v1::ListModelsResponse resp;
-  QUANTD_RETURN_IF_ERROR(FromGrpcStatus(registry_->ListModels(&ctx, req, &resp)));
+  QUANTD_RETURN_IF_ERROR(FromGrpc(registry_->ListModels(&ctx, req, &resp)));
   return std::vector<v1::ModelVersion>(resp.models().begin(), resp.models().end());
 }
 
@@ -162,7 +162,7 @@ absl::StatusOr<v1::ModelVersion> QuantdClient::GetModel(const std::string& name,
   req.set_name(name);
   req.set_version(version);
   v1::ModelVersion mv;
-  QUANTD_RETURN_IF_ERROR(FromGrpcStatus(registry_->GetModel(&ctx, req, &mv)));
+  QUANTD_RETURN_IF_ERROR(FromGrpc(registry_->GetModel(&ctx, req, &mv)));
   return mv;
 }
 

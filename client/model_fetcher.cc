@@ -9,7 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "client/grpc_status.h"
+#include "common/grpc_status.h"
 #include "client/safe_path.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
@@ -109,7 +109,7 @@ absl::Status DownloadToPart(v1::RegistryService::StubInterface& stub,
         break;
       }
     }
-    absl::Status st = FromGrpcStatus(reader->Finish());
+    absl::Status st = FromGrpc(reader->Finish());
     if (!bad.ok()) {
       if (absl::IsDataLoss(bad)) (void)RemoveAll(part);
       return bad;

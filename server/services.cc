@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
 #include "common/tsan.h"
-#include "server/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace quantd::server {
 namespace {

@@ -13,7 +13,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "grpcpp/create_channel.h"
-#include "server/grpc_status.h"
+#include "common/grpc_status.h"
 #include "worker/device/device_registry.h"
 #include "worker/runner/executor.h"
 

@@ -1,6 +1,9 @@
-// absl::Status <-> grpc::Status, 1:1 by code (the codes share numbering).
-#ifndef QUANTD_SERVER_GRPC_STATUS_H_
-#define QUANTD_SERVER_GRPC_STATUS_H_
+// absl::Status <-> grpc::Status. The codes have the same numbers (both follow google.rpc.Code),
+// so the mapping is 1:1; the message is kept as written. Used by the server, the worker and the
+// client (header-only: the including target links gRPC).
+// Thread-safety: pure functions.
+#ifndef QUANTD_COMMON_GRPC_STATUS_H_
+#define QUANTD_COMMON_GRPC_STATUS_H_
 
 #include <string>
 
@@ -21,4 +24,4 @@ inline absl::Status FromGrpc(const grpc::Status& s) {
 
 }  // namespace quantd
 
-#endif  // QUANTD_SERVER_GRPC_STATUS_H_
+#endif  // QUANTD_COMMON_GRPC_STATUS_H_
