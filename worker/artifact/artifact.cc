@@ -22,6 +22,26 @@ std::string QuantizedTensorName(std::string_view weight_name) {
   return name + ".qweight";
 }
 
+namespace {
+
+// The U8 `.qweight` tensor holding the packed matrix that replaces `weight_name`.
+model::TensorToWrite PackedTensor(const std::string& weight_name, const std::string& bytes) {
+  model::TensorToWrite t;
+  t.name = QuantizedTensorName(weight_name);
+  t.dtype = model::DType::kU8;
+  t.shape = {static_cast<int64_t>(bytes.size())};
+  t.data = bytes;
+  return t;
+}
+
+absl::Status AllPackedUsed(size_t replaced, const std::map<std::string, std::string>& packed) {
+  if (replaced == packed.size()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(packed.size() - replaced, " quantized tensors have no source tensor"));
+}
+
+}  // namespace
+
 absl::Status WriteArtifactModel(const model::Checkpoint& src,
                                 const std::map<std::string, std::string>& packed,
                                 const std::string& out_path) {
@@ -31,10 +51,7 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
     auto it = packed.find(name);
     model::TensorToWrite t;
     if (it != packed.end()) {
-      t.name = QuantizedTensorName(name);
-      t.dtype = model::DType::kU8;
-      t.shape = {static_cast<int64_t>(it->second.size())};
-      t.data = it->second;
+      t = PackedTensor(name, it->second);
       ++replaced;
     } else {
       QUANTD_ASSIGN_OR_RETURN(model::TensorView v, src.Get(name));
@@ -45,10 +62,7 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
     }
     out.push_back(std::move(t));
   }
-  if (replaced != packed.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(packed.size() - replaced,
-                                                   " quantized tensors have no source tensor"));
-  }
+  QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
   return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
 }
 
@@ -61,10 +75,7 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
     model::TensorToWrite t;
     auto it = packed.find(name);
     if (it != packed.end()) {
-      t.name = QuantizedTensorName(name);
-      t.dtype = model::DType::kU8;
-      t.shape = {static_cast<int64_t>(it->second.size())};
-      t.data = it->second;
+      t = PackedTensor(name, it->second);
       ++replaced;
     } else {
       int64_t n = 1;
@@ -105,10 +116,7 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
   };
   add_online(kOnlineDownTensor, w.online_down);
   add_online(kOnlineOTensor, w.online_o);
-  if (replaced != packed.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(packed.size() - replaced,
-                                                   " quantized tensors have no source tensor"));
-  }
+  QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
   return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
 }
 

@@ -72,6 +72,21 @@ class ArtifactTest : public ::testing::Test {
   model::LlamaWeights native_;
 };
 
+// A packed matrix for a tensor the model lacks is an error from both writers, not dropped.
+TEST_F(ArtifactTest, PackedTensorWithoutSourceIsRejected) {
+  auto ckpt = model::Checkpoint::Open(src_);
+  ASSERT_TRUE(ckpt.ok());
+  const std::map<std::string, std::string> packed = {{"model.layers.9.mlp.up_proj.weight", "x"}};
+  for (bool from_weights : {false, true}) {
+    const absl::Status st =
+        from_weights ? WriteArtifactFromWeights(cfg_, native_, packed, tmp_ + "/x.safetensors")
+                     : WriteArtifactModel(**ckpt, packed, tmp_ + "/x.safetensors");
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find("no source tensor"), std::string::npos) << st;
+    EXPECT_FALSE(std::filesystem::exists(tmp_ + "/x.safetensors"));
+  }
+}
+
 TEST_F(ArtifactTest, QuantizedMatricesAreReplacedAndDequantizedOnLoad) {
   auto ckpt = model::Checkpoint::Open(tmp_ + "/native");
   ASSERT_TRUE(ckpt.ok());
