@@ -15,6 +15,7 @@
 #include "server/registry.h"
 #include "worker/model/checkpoint.h"
 #include "worker/model/config.h"
+#include "worker/model/quarot.h"
 #include "worker/model/tokenizer.h"
 #include "worker/model/tokens.h"
 #include "worker/model/weights.h"
@@ -68,9 +69,12 @@ std::string SpecFingerprint(const quantd::v1::QuantSpec& spec) {
     out.SetSerializationDeterministic(true);
     spec.SerializeToCodedStream(&out);
   }
-  // The packed format version and quantd's version stand for "the code that interprets it".
+  // The packed format version and quantd's version stand for "the code that interprets it";
+  // quarot's model transform has its own version.
+  const std::string quarot =
+      spec.method() == "quarot" ? absl::StrCat(" quarot v", model::kQuarotVersion) : "";
   return Sha256Hex(absl::StrCat("quantd ", QUANTD_VERSION, " packed v", quant::kPackedVersion,
-                                "\n", bytes));
+                                quarot, "\n", bytes));
 }
 
 std::string HessianShardResult(int64_t task_id) {

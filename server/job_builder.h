@@ -38,8 +38,9 @@ struct InputFingerprints {
 };
 absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_dir);
 
-// sha256 over the deterministic serialization of `spec` and the quantizer version: changes when
-// the spec or the code that interprets it (a quantd upgrade) changes.
+// sha256 over the deterministic serialization of `spec` and the quantizer version (quantd's
+// version, the packed format's and, for quarot, model::kQuarotVersion): changes when the spec or
+// the code that interprets it (a quantd upgrade) changes.
 std::string SpecFingerprint(const quantd::v1::QuantSpec& spec);
 
 // Estimated peak working memory (bytes) of `task` on a worker, from the model's shape: fp32

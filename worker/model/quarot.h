@@ -31,6 +31,12 @@
 
 namespace quantd::model {
 
+// The transform's version: bumped whenever ApplyQuarot / QuarotLinear compute something else for
+// the same seed, so that a job started under another version is not resumed with matrices from
+// both (it is part of server::SpecFingerprint for quarot jobs).
+// 1: residual, head-wise and down_proj rotations. 2: + the rotation across heads before o_proj.
+inline constexpr int kQuarotVersion = 2;
+
 struct QuarotSeeds {
   uint64_t residual = 0;
   uint64_t head = 0;
