@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "worker/quant/rtn.h"
 
 namespace quantd::quant {
@@ -136,31 +137,40 @@ MatrixD ButterflyRoundingError(const Butterfly& b, const MatrixD& w, int bits) {
 namespace {
 
 // tr(W H Wᵀ), the surrogate's normalizer; constant while the angles are learned.
-double SurrogateNorm(const MatrixD& w, const MatrixD& h) {
-  return std::max((w * h).cwiseProduct(w).sum(), std::numeric_limits<double>::min());
+absl::StatusOr<double> SurrogateNorm(Device& dev, const MatrixD& w, const MatrixD& h) {
+  MatrixD wh;
+  QUANTD_RETURN_IF_ERROR(dev.Gemm(w, h, &wh));
+  return std::max(wh.cwiseProduct(w).sum(), std::numeric_limits<double>::min());
 }
 
 // The surrogate with its normalizer z given. With P = δ·Gᵀ [m×n], tr(δ Gᵀ H G δᵀ) = Σ (P H) ∘ P
 // and ∂/∂G of it is 2·H·G·δᵀδ = 2·(P H)ᵀ·δ (H symmetric): five m·n² products per step, against
 // 3n³ + 4m·n² + m²·n for the n×n form (down_proj of SmolLM2-135M: 2.5× fewer flops).
-double Surrogate(const Butterfly& b, const MatrixD& w, const MatrixD& h, const MatrixD& delta,
-                 double lambda, double z, std::vector<double>* grad) {
+absl::StatusOr<double> Surrogate(Device& dev, const Butterfly& b, const MatrixD& w,
+                                 const MatrixD& h, const MatrixD& delta, double lambda, double z,
+                                 std::vector<double>* grad) {
   const MatrixD g = b.Matrix();
-  const MatrixD pt = delta * g.transpose();  // P = δ Gᵀ
-  const MatrixD ph = pt * h;                 // P H
+  MatrixD pt, ph, y;
+  QUANTD_RETURN_IF_ERROR(dev.Gemm(delta, MatrixD(g.transpose()), &pt));  // P = δ Gᵀ
+  QUANTD_RETURN_IF_ERROR(dev.Gemm(pt, h, &ph));                          // P H
   const double proxy = ph.cwiseProduct(pt).sum() / z;
-  const MatrixD y = w * g;
+  QUANTD_RETURN_IF_ERROR(dev.Gemm(w, g, &y));
   const double count = static_cast<double>(y.size());
   const double m2 = y.squaredNorm() / count;
   const double m4 = y.array().pow(4).sum() / count;
   const double kappa = m2 > 0 ? m4 / (m2 * m2) : kUniformKurtosis;
   const double f = proxy + lambda * (kappa - kUniformKurtosis) * (kappa - kUniformKurtosis);
   if (grad != nullptr) {
-    MatrixD dg = (2.0 / z) * ph.transpose() * delta;
+    MatrixD dg;
+    QUANTD_RETURN_IF_ERROR(dev.Gemm(MatrixD(ph.transpose()), delta, &dg));
+    dg *= 2.0 / z;
     if (m2 > 0 && lambda != 0) {
       // m2 is invariant under orthogonal G, so only m4 moves κ.
       const double coef = 2.0 * lambda * (kappa - kUniformKurtosis) * 4.0 / (count * m2 * m2);
-      dg += w.transpose() * (coef * y.array().cube()).matrix();
+      MatrixD du;
+      QUANTD_RETURN_IF_ERROR(
+          dev.Gemm(MatrixD(w.transpose()), MatrixD((coef * y.array().cube()).matrix()), &du));
+      dg += du;
     }
     *grad = b.Backward(dg);
   }
@@ -169,12 +179,14 @@ double Surrogate(const Butterfly& b, const MatrixD& w, const MatrixD& h, const M
 
 }  // namespace
 
-double ButterflySurrogate(const Butterfly& b, const MatrixD& w, const MatrixD& h,
-                          const MatrixD& delta, double lambda, std::vector<double>* grad) {
-  return Surrogate(b, w, h, delta, lambda, SurrogateNorm(w, h), grad);
+absl::StatusOr<double> ButterflySurrogate(Device& dev, const Butterfly& b, const MatrixD& w,
+                                          const MatrixD& h, const MatrixD& delta, double lambda,
+                                          std::vector<double>* grad) {
+  QUANTD_ASSIGN_OR_RETURN(const double z, SurrogateNorm(dev, w, h));
+  return Surrogate(dev, b, w, h, delta, lambda, z, grad);
 }
 
-absl::StatusOr<Butterfly> LearnButterflyImpl(const MatrixD& w, const MatrixD& h,
+absl::StatusOr<Butterfly> LearnButterflyImpl(Device& dev, const MatrixD& w, const MatrixD& h,
                                              const ButterflyParams& p,
                                              double (*score)(const Butterfly&, void*), void* ctx) {
   const int n = static_cast<int>(w.cols());
@@ -195,11 +207,11 @@ absl::StatusOr<Butterfly> LearnButterflyImpl(const MatrixD& w, const MatrixD& h,
   double best_score = score(b, ctx);
   const size_t na = b.angles().size();
   std::vector<double> m1(na, 0.0), m2(na, 0.0), grad;
-  const double z = SurrogateNorm(w, h);
+  QUANTD_ASSIGN_OR_RETURN(const double z, SurrogateNorm(dev, w, h));
   constexpr double kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;
   for (int step = 1; step <= p.steps && na > 0; ++step) {
     const MatrixD delta = ButterflyRoundingError(b, w, p.bits);
-    Surrogate(b, w, h, delta, p.uniformity, z, &grad);
+    QUANTD_RETURN_IF_ERROR(Surrogate(dev, b, w, h, delta, p.uniformity, z, &grad).status());
     const double c1 = 1.0 - std::pow(kBeta1, step), c2 = 1.0 - std::pow(kBeta2, step);
     std::vector<double>& th = b.mutable_angles();
     for (size_t k = 0; k < na; ++k) {

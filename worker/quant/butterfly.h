@@ -16,6 +16,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
+#include "worker/quant/device.h"
 
 namespace quantd::quant {
 
@@ -67,9 +68,11 @@ struct ButterflyParams {
 //   f(θ) = tr(δ Gᵀ H G δᵀ) / tr(W H Wᵀ) + λ·(κ(W G) − 9/5)²,
 // κ(Y) = mean(Y⁴)/mean(Y²)² (9/5 is the kurtosis of a uniform distribution: the regularizer
 // pulls the rotated weights toward a flat histogram over the grid's range). w [m×n], h [n×n]
-// symmetric. Returns f and, when grad is non-null, ∂f/∂θ.
-double ButterflySurrogate(const Butterfly& b, const MatrixD& w, const MatrixD& h,
-                          const MatrixD& delta, double lambda, std::vector<double>* grad);
+// symmetric. Returns f and, when grad is non-null, ∂f/∂θ. The m·n² products run on `dev` (a GPU
+// when the worker has one); the Givens sweeps stay on the host. A device error is returned.
+absl::StatusOr<double> ButterflySurrogate(Device& dev, const Butterfly& b, const MatrixD& w,
+                                          const MatrixD& h, const MatrixD& delta, double lambda,
+                                          std::vector<double>* grad);
 
 // δ = Q(W G) − W G with the QuIP scalar grid of `bits` bits (s = 2.4·RMS).
 MatrixD ButterflyRoundingError(const Butterfly& b, const MatrixD& w, int bits);
@@ -77,22 +80,24 @@ MatrixD ButterflyRoundingError(const Butterfly& b, const MatrixD& w, int bits);
 // Learns the angles for weight w [m×n] (already in the basis G acts on) and proxy Hessian h:
 // Adam on the straight-through surrogate from G = I. Every check_every steps the candidate is
 // scored by `score` (the caller's real quantizer: lower is better); the best-scoring angles,
-// including the initial G = I, are returned. Deterministic: no randomness.
-// INVALID_ARGUMENT for mismatched shapes or bad params.
+// including the initial G = I, are returned. Deterministic for a given device: no randomness.
+// The surrogate's products run on `dev`. INVALID_ARGUMENT for mismatched shapes or bad params;
+// a device error is returned.
 template <typename Score>
-absl::StatusOr<Butterfly> LearnButterfly(const MatrixD& w, const MatrixD& h,
+absl::StatusOr<Butterfly> LearnButterfly(Device& dev, const MatrixD& w, const MatrixD& h,
                                          const ButterflyParams& p, Score score);
 
 // Non-template core of LearnButterfly: `score` called through a function pointer.
-absl::StatusOr<Butterfly> LearnButterflyImpl(const MatrixD& w, const MatrixD& h,
+absl::StatusOr<Butterfly> LearnButterflyImpl(Device& dev, const MatrixD& w, const MatrixD& h,
                                              const ButterflyParams& p,
                                              double (*score)(const Butterfly&, void*), void* ctx);
 
 template <typename Score>
-absl::StatusOr<Butterfly> LearnButterfly(const MatrixD& w, const MatrixD& h,
+absl::StatusOr<Butterfly> LearnButterfly(Device& dev, const MatrixD& w, const MatrixD& h,
                                          const ButterflyParams& p, Score score) {
   return LearnButterflyImpl(
-      w, h, p, [](const Butterfly& b, void* c) { return (*static_cast<Score*>(c))(b); }, &score);
+      dev, w, h, p, [](const Butterfly& b, void* c) { return (*static_cast<Score*>(c))(b); },
+      &score);
 }
 
 }  // namespace quantd::quant

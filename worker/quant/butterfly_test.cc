@@ -55,6 +55,7 @@ TEST(ButterflyTest, OneLayerIsAGivensRotationOfTheRightPairs) {
 // The analytic gradient of the surrogate (proxy term and uniformity term) against central
 // finite differences, on a non-power-of-two size so every block and layer is exercised.
 TEST(ButterflyTest, AnalyticGradientMatchesFiniteDifferences) {
+  auto dev = MakeCpuDevice(1);
   for (int n : {16, 172}) {
     const Butterfly b = RandomButterfly(n, 11);
     const MatrixD w = SyntheticWeight(24, n, 5).cast<double>();
@@ -66,12 +67,13 @@ TEST(ButterflyTest, AnalyticGradientMatchesFiniteDifferences) {
     const double kappa = y.array().pow(4).mean() / std::pow(y.array().square().mean(), 2);
     const double naive = (delta * g.transpose() * h * g * delta.transpose()).trace() /
                          (w * h * w.transpose()).trace();
-    EXPECT_NEAR(ButterflySurrogate(b, w, h, delta, 0.0, nullptr), naive, 1e-12 * naive) << n;
-    EXPECT_NEAR(ButterflySurrogate(b, w, h, delta, 0.5, nullptr),
+    EXPECT_NEAR(*ButterflySurrogate(*dev, b, w, h, delta, 0.0, nullptr), naive, 1e-12 * naive)
+        << n;
+    EXPECT_NEAR(*ButterflySurrogate(*dev, b, w, h, delta, 0.5, nullptr),
                 naive + 0.5 * (kappa - 1.8) * (kappa - 1.8), 1e-12 * naive) << n;
     for (double lambda : {0.0, 0.5}) {
       std::vector<double> grad;
-      ButterflySurrogate(b, w, h, delta, lambda, &grad);
+      ASSERT_TRUE(ButterflySurrogate(*dev, b, w, h, delta, lambda, &grad).ok());
       ASSERT_EQ(grad.size(), b.angles().size());
       double max_err = 0, max_g = 0;
       for (size_t k = 0; k < grad.size(); k += std::max<size_t>(1, grad.size() / 12)) {
@@ -79,8 +81,8 @@ TEST(ButterflyTest, AnalyticGradientMatchesFiniteDifferences) {
         const double eps = 1e-5;
         p.mutable_angles()[k] += eps;
         m.mutable_angles()[k] -= eps;
-        const double fd = (ButterflySurrogate(p, w, h, delta, lambda, nullptr) -
-                           ButterflySurrogate(m, w, h, delta, lambda, nullptr)) / (2 * eps);
+        const double fd = (*ButterflySurrogate(*dev, p, w, h, delta, lambda, nullptr) -
+                           *ButterflySurrogate(*dev, m, w, h, delta, lambda, nullptr)) / (2 * eps);
         max_err = std::max(max_err, std::fabs(fd - grad[k]));
         max_g = std::max(max_g, std::fabs(grad[k]));
       }
@@ -91,6 +93,7 @@ TEST(ButterflyTest, AnalyticGradientMatchesFiniteDifferences) {
 }
 
 TEST(ButterflyTest, LearningKeepsTheBestScoredCandidate) {
+  auto dev = MakeCpuDevice(1);
   const int n = 64;
   const MatrixD w = SyntheticWeight(32, n, 1).cast<double>();
   const MatrixD h = SyntheticHessian(n, 2);
@@ -98,7 +101,7 @@ TEST(ButterflyTest, LearningKeepsTheBestScoredCandidate) {
   p.steps = 40;
   int calls = 0;
   // A score that prefers the identity: the search must return it unchanged.
-  auto b = LearnButterfly(w, h, p, [&](const Butterfly& c) {
+  auto b = LearnButterfly(*dev, w, h, p, [&](const Butterfly& c) {
     ++calls;
     double s = 0;
     for (double a : c.angles()) s += a * a;
@@ -109,9 +112,10 @@ TEST(ButterflyTest, LearningKeepsTheBestScoredCandidate) {
   for (double a : b->angles()) EXPECT_EQ(a, 0.0);
   // Learned angles are deterministic and orthogonal.
   auto surrogate = [&](const Butterfly& c) {
-    return ButterflySurrogate(c, w, h, ButterflyRoundingError(c, w, 2), 0, nullptr);
+    return *ButterflySurrogate(*dev, c, w, h, ButterflyRoundingError(c, w, 2), 0, nullptr);
   };
-  auto l1 = LearnButterfly(w, h, p, surrogate), l2 = LearnButterfly(w, h, p, surrogate);
+  auto l1 = LearnButterfly(*dev, w, h, p, surrogate);
+  auto l2 = LearnButterfly(*dev, w, h, p, surrogate);
   ASSERT_TRUE(l1.ok() && l2.ok());
   EXPECT_EQ(l1->angles(), l2->angles());
   const MatrixD g = l1->Matrix();

@@ -245,7 +245,7 @@ absl::Status QuantizeButterfly(Device& dev, const QuantSpec& spec, const MatrixD
     auto r = RoundButterfly(dev, StoredButterfly(b), wt, h_damped, h, spec.bits);
     return r.ok() ? r->loss : std::numeric_limits<double>::infinity();
   };
-  QUANTD_ASSIGN_OR_RETURN(Butterfly learned, LearnButterfly(wt, h, bp, score));
+  QUANTD_ASSIGN_OR_RETURN(Butterfly learned, LearnButterfly(dev, wt, h, bp, score));
   const Butterfly b = StoredButterfly(learned);
   QUANTD_ASSIGN_OR_RETURN(ButterflyRounding r, RoundButterfly(dev, b, wt, h_damped, h, spec.bits));
   c->grids = {r.grid};

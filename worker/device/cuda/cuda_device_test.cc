@@ -13,6 +13,8 @@
 //   proxy losses within 2% relative of each other and of the dequantized weights' own loss.
 //   Tiny differences in the factorizations can flip a rounding decision, after which LDLQ's
 //   feedback legitimately takes another path, so bytes are not required to match.
+// - Butterfly: the learning's surrogate (value and analytic gradient, products on the device)
+//   within 1e-9 relative of the CPU's; a whole butterfly quantization within 2% proxy loss.
 // Tests that need a GPU skip when there is none (no /dev/nvidia0 or no CUDA device); the status
 // mapping and resource error paths run everywhere.
 #include "worker/device/cuda/cuda_device.h"
@@ -24,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "worker/device/cuda/cuda_resources.h"
 #include "worker/device/cuda/cuda_status.h"
+#include "worker/quant/butterfly.h"
 #include "worker/quant/quantize.h"
 #include "worker/quant/synthetic.h"
 
@@ -279,6 +282,49 @@ TEST_F(CudaDeviceTest, WholeLayerQuantizationAgrees) {
     const double loss = (e * h_cpu * e.transpose()).trace() / (wd * h_cpu * wd.transpose()).trace();
     EXPECT_NEAR(loss, q->proxy_loss, 0.02 * q->proxy_loss);
   }
+}
+
+// ButterflyQuant's learning runs its m·n² products on the device: the surrogate and its gradient
+// agree with the CPU's to fp64 GEMM rounding (n = 172: four power-of-two blocks).
+TEST_F(CudaDeviceTest, ButterflySurrogateMatchesCpu) {
+  const int m = 96, n = 172;
+  const MatrixD w = quant::SyntheticWeight(m, n, 5).cast<double>();
+  const MatrixD h = SpdMatrix(n, 6);
+  absl::StatusOr<quant::Butterfly> b = quant::Butterfly::Make(n);
+  ASSERT_TRUE(b.ok()) << b.status();
+  for (size_t k = 0; k < b->angles().size(); ++k) {
+    b->mutable_angles()[k] = 0.3 * std::sin(1.0 + static_cast<double>(k));
+  }
+  const MatrixD delta = quant::ButterflyRoundingError(*b, w, 2);
+  std::vector<double> g_cpu, g_gpu;
+  absl::StatusOr<double> f_cpu = quant::ButterflySurrogate(*cpu_, *b, w, h, delta, 0.05, &g_cpu);
+  absl::StatusOr<double> f_gpu = quant::ButterflySurrogate(*gpu_, *b, w, h, delta, 0.05, &g_gpu);
+  ASSERT_TRUE(f_cpu.ok()) << f_cpu.status();
+  ASSERT_TRUE(f_gpu.ok()) << f_gpu.status();
+  EXPECT_NEAR(*f_gpu, *f_cpu, 1e-9 * std::fabs(*f_cpu));
+  ASSERT_EQ(g_gpu.size(), g_cpu.size());
+  double gmax = 0, err = 0;
+  for (size_t k = 0; k < g_cpu.size(); ++k) {
+    gmax = std::max(gmax, std::fabs(g_cpu[k]));
+    err = std::max(err, std::fabs(g_gpu[k] - g_cpu[k]));
+  }
+  EXPECT_GT(gmax, 0);
+  EXPECT_LE(err, 1e-9 * gmax);
+}
+
+TEST_F(CudaDeviceTest, ButterflyQuantizationAgrees) {
+  const int m = 128, n = 256;
+  const MatrixF w = quant::SyntheticWeight(m, n, 8);
+  const MatrixD h = SpdMatrix(n, 9);
+  quant::QuantSpec spec;
+  spec.method = quant::Method::kButterfly;
+  spec.bits = 2;
+  spec.seed = 3;
+  absl::StatusOr<quant::QuantizedMatrix> q_cpu = quant::QuantizeMatrix(*cpu_, w, h, spec, "l");
+  absl::StatusOr<quant::QuantizedMatrix> q_gpu = quant::QuantizeMatrix(*gpu_, w, h, spec, "l");
+  ASSERT_TRUE(q_cpu.ok()) << q_cpu.status();
+  ASSERT_TRUE(q_gpu.ok()) << q_gpu.status();
+  EXPECT_NEAR(q_gpu->proxy_loss, q_cpu->proxy_loss, 0.02 * q_cpu->proxy_loss);
 }
 
 }  // namespace
