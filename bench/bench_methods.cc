@@ -5,7 +5,9 @@
 // measured on the evaluation tokens. One JSON line for the fp model, then one per configuration.
 // A configuration is METHOD/BITS, or METHOD/BITS/gN for groups of N columns (rtn, gptq, quarot;
 // overrides --group-size). Each capture (fp, and the rotated model for quarot) is made by the
-// first configuration that needs it; that row reports hessian_seconds.
+// first configuration that needs it; that row reports hessian_seconds. --sequential 1 is GPTQ's
+// sequential mode instead: layer by layer, each layer's Hessians are captured through the model
+// whose earlier layers are already quantized (forward passes stop after the layer).
 //
 // Token files are .u16/.u32/.npy; a .txt file is encoded whole with the model's tokenizer and
 // no BOS (the GPTQ WikiText-2 convention: the text is one stream).
@@ -60,17 +62,17 @@ int RunMethods(const Flags& flags) {
   auto seqs = flags.GetInt("calib-seqs", 16), seq_len = flags.GetInt("seq-len", 512),
        eval_tokens = flags.GetInt("eval-tokens", 8192), trellis_l = flags.GetInt("trellis-l", 16),
        group_size = flags.GetInt("group-size", 0), mse_clip = flags.GetInt("mse-clip", 0),
-       act_order = flags.GetInt("act-order", 0);
+       act_order = flags.GetInt("act-order", 0), sequential = flags.GetInt("sequential", 0);
   auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
-      !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() || !act_order.ok() || !damp.ok() ||
+      !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() || !act_order.ok() || !sequential.ok() || !damp.ok() ||
       *seqs < 1 || *seq_len < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
                  "[--configs rtn/2,gptq/2,quarot/4/g64,...|''] [--calib-seqs 16] [--seq-len 512] "
                  "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
-                 "[--act-order 0|1] [--damp 0.01]  (group size and mse-clip apply to rtn, gptq and "
+                 "[--act-order 0|1] [--sequential 0|1] [--damp 0.01]  (group size and mse-clip apply to rtn, gptq and "
                  "quarot; act-order to gptq and quarot)\n");
     return 2;
   }
@@ -89,15 +91,27 @@ int RunMethods(const Flags& flags) {
     std::fprintf(stderr, "calibration data is shorter than one sequence\n");
     return 1;
   }
-  // Hessians of every linear's inputs over the calibration sequences, for one (cfg, weights).
-  auto capture = [&](const model::LlamaConfig& c,
-                     const model::LlamaWeights& weights) -> absl::StatusOr<model::HessianCapture> {
+  // Hessians of the linears' inputs over the calibration sequences, for one (cfg, weights):
+  // every layer's (layer < 0), or only `layer`'s, stopping the forward passes after it.
+  auto capture = [&](const model::LlamaConfig& c, const model::LlamaWeights& weights,
+                     int layer = -1) -> absl::StatusOr<model::HessianCapture> {
+    struct OneLayer : model::ActivationSink {
+      model::HessianCapture* cap;
+      int layer;
+      void OnLinearInput(int l, model::LinearGroup g, const MatrixF& x) override {
+        if (layer < 0 || l == layer) cap->OnLinearInput(l, g, x);
+      }
+      int StopAfterLayer() const override { return layer; }
+    };
     model::HessianCapture cap(c);
+    OneLayer sink;
+    sink.cap = &cap;
+    sink.layer = layer;
     std::vector<absl::Status> errs(nseq);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int s = 0; s < nseq; ++s) {
       errs[s] = model::Forward(c, weights,
-                               absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len), &cap)
+                               absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len), &sink)
                     .status();
     }
     for (const absl::Status& s : errs) {
@@ -133,6 +147,7 @@ int RunMethods(const Flags& flags) {
   }
   // Each capture is made once, by the first config that needs it (its row reports the time).
   std::unique_ptr<model::HessianCapture> fp_cap;
+  bool rotated = false;
   model::LlamaConfig rot_cfg;
   model::LlamaWeights rot_fp;
   std::unique_ptr<model::HessianCapture> rot_cap;
@@ -174,7 +189,16 @@ int RunMethods(const Flags& flags) {
     const bool rotate = spec.method == quant::Method::kQuarot;
     double hessian_secs = 0;
     t0 = std::chrono::steady_clock::now();
-    if (!rotate && !fp_cap) {
+    if (rotate && !rotated) {
+      rot_cfg = cfg;
+      rot_fp = *fp;
+      if (absl::Status st = model::ApplyQuarot(&rot_cfg, &rot_fp, spec.seed); !st.ok()) {
+        std::fprintf(stderr, "%s\n", st.ToString().c_str());
+        return 1;
+      }
+      rotated = true;
+    }
+    if (!*sequential && !rotate && !fp_cap) {
       auto fc = capture(cfg, *fp);
       if (!fc.ok()) {
         std::fprintf(stderr, "%s\n", fc.status().ToString().c_str());
@@ -183,13 +207,7 @@ int RunMethods(const Flags& flags) {
       fp_cap = std::make_unique<model::HessianCapture>(std::move(*fc));
       hessian_secs = Seconds(t0);
     }
-    if (rotate && !rot_cap) {
-      rot_cfg = cfg;
-      rot_fp = *fp;
-      if (absl::Status st = model::ApplyQuarot(&rot_cfg, &rot_fp, spec.seed); !st.ok()) {
-        std::fprintf(stderr, "%s\n", st.ToString().c_str());
-        return 1;
-      }
+    if (!*sequential && rotate && !rot_cap) {
       auto rc = capture(rot_cfg, rot_fp);
       if (!rc.ok()) {
         std::fprintf(stderr, "%s\n", rc.status().ToString().c_str());
@@ -200,37 +218,59 @@ int RunMethods(const Flags& flags) {
     }
     const model::LlamaConfig& mcfg = rotate ? rot_cfg : cfg;
     const model::LlamaWeights& src = rotate ? rot_fp : *fp;
-    const model::HessianCapture& cap = rotate ? *rot_cap : *fp_cap;
     model::LlamaWeights w = src;
     std::vector<double> proxy(items.size());
     std::vector<int> guarded(items.size());
     std::vector<absl::Status> qerr(items.size());
-    t0 = std::chrono::steady_clock::now();
+    // Quantizes items [begin, end) from `cap` into w (matrices in parallel).
+    auto quantize = [&](size_t begin, size_t end, const model::HessianCapture& cap) {
 #pragma omp parallel for schedule(dynamic, 1)
-    for (size_t i = 0; i < items.size(); ++i) {
-      const auto [l, lin] = items[i];
-      const model::LinearGroup g = model::GroupOf(lin);
-      MatrixD h = cap.Sum(l, g) / static_cast<double>(cap.Tokens(l, g));
-      quant::QuantSpec s = spec;
-      s.seed = static_cast<uint64_t>(l * 16 + static_cast<int>(lin));
-      auto dev = quant::MakeCpuDevice(1);
-      const std::string name = model::LinearTensorName(l, lin);
-      auto q = quant::QuantizeMatrix(*dev, model::GetLinear(src, l, lin), h, s, name);
-      if (!q.ok()) {
-        qerr[i] = q.status();
-        continue;
+      for (size_t i = begin; i < end; ++i) {
+        const auto [l, lin] = items[i];
+        const model::LinearGroup g = model::GroupOf(lin);
+        MatrixD h = cap.Sum(l, g) / static_cast<double>(cap.Tokens(l, g));
+        quant::QuantSpec s = spec;
+        s.seed = static_cast<uint64_t>(l * 16 + static_cast<int>(lin));
+        auto dev = quant::MakeCpuDevice(1);
+        const std::string name = model::LinearTensorName(l, lin);
+        auto q = quant::QuantizeMatrix(*dev, model::GetLinear(src, l, lin), h, s, name);
+        if (!q.ok()) {
+          qerr[i] = q.status();
+          continue;
+        }
+        auto deq = quant::DequantizeMatrix(q->packed);
+        if (!deq.ok()) {
+          qerr[i] = deq.status();
+          continue;
+        }
+        model::MutableLinear(w, l, lin) = std::move(*deq);
+        proxy[i] = q->proxy_loss;
+        // quarot stores gptq matrices by design; only a rotated method can fall back to gptq.
+        guarded[i] = spec.method != quant::Method::kQuarot && q->stored_method != spec.method;
       }
-      auto deq = quant::DequantizeMatrix(q->packed);
-      if (!deq.ok()) {
-        qerr[i] = deq.status();
-        continue;
+    };
+    double qsecs = 0;
+    if (!*sequential) {
+      t0 = std::chrono::steady_clock::now();
+      quantize(0, items.size(), rotate ? *rot_cap : *fp_cap);
+      qsecs = Seconds(t0);
+    } else {
+      // GPTQ's sequential mode: layer l's Hessians are captured through the model whose layers
+      // before l are already quantized (w), so each layer compensates its inputs' error.
+      const size_t per_layer = items.size() / mcfg.num_layers;
+      for (int l = 0; l < mcfg.num_layers; ++l) {
+        t0 = std::chrono::steady_clock::now();
+        auto lc = capture(mcfg, w, l);
+        if (!lc.ok()) {
+          std::fprintf(stderr, "%s\n", lc.status().ToString().c_str());
+          return 1;
+        }
+        hessian_secs += Seconds(t0);
+        t0 = std::chrono::steady_clock::now();
+        quantize(l * per_layer, (l + 1) * per_layer, *lc);
+        qsecs += Seconds(t0);
       }
-      model::MutableLinear(w, l, lin) = std::move(*deq);
-      proxy[i] = q->proxy_loss;
-      // quarot stores gptq matrices by design; only a rotated method can fall back to gptq.
-      guarded[i] = spec.method != quant::Method::kQuarot && q->stored_method != spec.method;
     }
-    const double qsecs = Seconds(t0);
     for (const absl::Status& s : qerr) {
       if (!s.ok()) {
         std::fprintf(stderr, "%s: %s\n", c.c_str(), s.ToString().c_str());
@@ -255,6 +295,7 @@ int RunMethods(const Flags& flags) {
                           {"matrices", items.size()},
                           {"guard_kept_gptq", nguard}};
     if (hessian_secs > 0) out["hessian_seconds"] = hessian_secs;
+    if (*sequential) out["sequential"] = true;
     if (spec.method == quant::Method::kQtip) out["trellis_l"] = spec.trellis_l;
     if (spec.group_size > 0) out["group_size"] = spec.group_size;
     if (spec.mse_clip) out["mse_clip"] = true;

@@ -171,6 +171,7 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     if (online_down) online_down->ApplyRows(&g);  // QuaRot: rows ← R_down·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kDown, g);
     x.noalias() += g * lw.down.transpose();
+    if (sink && sink->StopAfterLayer() == layer) return MatrixF(0, cfg.vocab_size);
   }
   RmsNorm(x, w.final_norm, eps, &h);
   MatrixF logits(T, cfg.vocab_size);

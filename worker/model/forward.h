@@ -25,6 +25,9 @@ class ActivationSink {
  public:
   virtual ~ActivationSink() = default;
   virtual void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) = 0;
+  // When ≥ 0, Forward stops after this layer (a sink that only needs the first layers, e.g. a
+  // layer-by-layer GPTQ capture) and returns a 0 × vocab matrix. Default: −1, the whole model.
+  virtual int StopAfterLayer() const { return -1; }
 };
 
 // Returns logits [T x vocab] for one sequence starting at position 0.

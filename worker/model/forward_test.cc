@@ -114,6 +114,35 @@ TEST(ForwardTest, RejectsBadTokensAndLengths) {
   EXPECT_NE(b.status().message().find("layer 2 down_proj"), absl::string_view::npos) << b.status();
 }
 
+// A sink that stops after layer `stop` sees the same inputs for layers ≤ stop as a full pass,
+// and nothing after it.
+TEST(ForwardTest, SinkCanStopAfterALayer) {
+  struct Recorder : ActivationSink {
+    int stop = -1;
+    std::vector<std::pair<int, MatrixF>> seen;
+    void OnLinearInput(int layer, LinearGroup g, const MatrixF& x) override {
+      if (g == LinearGroup::kDown) seen.push_back({layer, x});
+    }
+    int StopAfterLayer() const override { return stop; }
+  };
+  auto m = LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  const std::vector<int32_t> tokens = First(32);
+  Recorder all, first2;
+  first2.stop = 1;
+  auto full = Forward(m->cfg, m->w, tokens, &all);
+  auto part = Forward(m->cfg, m->w, tokens, &first2);
+  ASSERT_TRUE(full.ok() && part.ok());
+  EXPECT_EQ(full->rows(), 32);
+  EXPECT_EQ(part->rows(), 0);
+  ASSERT_EQ(all.seen.size(), static_cast<size_t>(m->cfg.num_layers));
+  ASSERT_EQ(first2.seen.size(), 2u);
+  for (int l = 0; l < 2; ++l) {
+    EXPECT_EQ(first2.seen[l].first, l);
+    EXPECT_EQ(first2.seen[l].second, all.seen[l].second);
+  }
+}
+
 TEST(ForwardTest, ReportsSingleThreadSpeed) {
   auto m = LoadStories260K();
   ASSERT_NE(m, nullptr);
