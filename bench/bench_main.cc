@@ -56,8 +56,9 @@ int main(int argc, char** argv) {
       "                          [--device cpu|auto|cuda:N]\n"
       "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n"
       "       quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,gptq/4/g64,...]\n"
-      "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] [--trellis-l 16]\n"
-      "                            [--group-size 0] [--mse-clip 0|1] [--act-order 0|1] [--damp 0.01]\n"
+      "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
+      "                            [--trellis-l 16] [--group-size 0] [--mse-clip 0|1]\n"
+      "                            [--act-order 0|1] [--sequential 0|1] [--damp 0.01]\n"
       "       quantd-bench tokenize --model DIR --text FILE [--bytes N]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);

@@ -66,14 +66,14 @@ int RunMethods(const Flags& flags) {
   auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
-      !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() || !act_order.ok() || !sequential.ok() || !damp.ok() ||
-      *seqs < 1 || *seq_len < 2) {
+      !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() ||
+      !act_order.ok() || !sequential.ok() || !damp.ok() || *seqs < 1 || *seq_len < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
                  "[--configs rtn/2,gptq/2,quarot/4/g64,...|''] [--calib-seqs 16] [--seq-len 512] "
                  "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
-                 "[--act-order 0|1] [--sequential 0|1] [--damp 0.01]  (group size and mse-clip apply to rtn, gptq and "
-                 "quarot; act-order to gptq and quarot)\n");
+                 "[--act-order 0|1] [--sequential 0|1] [--damp 0.01]  (group size and mse-clip "
+                 "apply to rtn, gptq and quarot; act-order to gptq and quarot)\n");
     return 2;
   }
   model::LlamaConfig cfg;

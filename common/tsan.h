@@ -7,8 +7,9 @@
 // ordered by synchronization inside libgrpc. The next reaction can begin as soon as the current
 // one calls StartRead, StartWrite or Finish, so a reactor calls ReactionHandOff(this) right
 // before each of those and ReactionBegin(this) first thing in each reaction: exactly the order
-// gRPC guarantees, nothing more. server/services.cc wraps both in OrderedReactor. Not for OnCancel, which gRPC may run concurrently with a
-// reaction, nor for state another thread of ours touches (that needs a Mutex).
+// gRPC guarantees, nothing more (server/services.cc wraps both in OrderedReactor). Not for
+// OnCancel, which gRPC may run concurrently with a reaction, nor for state another thread of
+// ours touches (that needs a Mutex).
 #ifndef QUANTD_COMMON_TSAN_H_
 #define QUANTD_COMMON_TSAN_H_
 

@@ -24,13 +24,15 @@ void AcrossHeads(const quant::Rht& r, int head_dim, M* rows) {
   M z(rows->rows() * head_dim, heads);
   for (Eigen::Index i = 0; i < rows->rows(); ++i) {
     for (int h = 0; h < heads; ++h) {
-      z.block(i * head_dim, h, head_dim, 1) = rows->row(i).segment(h * head_dim, head_dim).transpose();
+      z.block(i * head_dim, h, head_dim, 1) =
+          rows->row(i).segment(h * head_dim, head_dim).transpose();
     }
   }
   r.ApplyRows(&z);
   for (Eigen::Index i = 0; i < rows->rows(); ++i) {
     for (int h = 0; h < heads; ++h) {
-      rows->row(i).segment(h * head_dim, head_dim) = z.block(i * head_dim, h, head_dim, 1).transpose();
+      rows->row(i).segment(h * head_dim, head_dim) =
+          z.block(i * head_dim, h, head_dim, 1).transpose();
     }
   }
 }
