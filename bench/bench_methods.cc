@@ -95,23 +95,12 @@ int RunMethods(const Flags& flags) {
   // every layer's (layer < 0), or only `layer`'s, stopping the forward passes after it.
   auto capture = [&](const model::LlamaConfig& c, const model::LlamaWeights& weights,
                      int layer = -1) -> absl::StatusOr<model::HessianCapture> {
-    struct OneLayer : model::ActivationSink {
-      model::HessianCapture* cap;
-      int layer;
-      void OnLinearInput(int l, model::LinearGroup g, const MatrixF& x) override {
-        if (layer < 0 || l == layer) cap->OnLinearInput(l, g, x);
-      }
-      int StopAfterLayer() const override { return layer; }
-    };
-    model::HessianCapture cap(c);
-    OneLayer sink;
-    sink.cap = &cap;
-    sink.layer = layer;
+    model::HessianCapture cap(c, layer);
     std::vector<absl::Status> errs(nseq);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int s = 0; s < nseq; ++s) {
       errs[s] = model::Forward(c, weights,
-                               absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len), &sink)
+                               absl::MakeConstSpan(calib->data() + size_t{1} * s * len, len), &cap)
                     .status();
     }
     for (const absl::Status& s : errs) {

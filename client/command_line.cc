@@ -101,6 +101,7 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   }
   spec->set_mse_clip(a.Has("--mse-clip"));
   spec->set_act_order(a.Has("--act-order"));
+  spec->set_sequential(a.Has("--sequential"));
   spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
   spec->set_trellis_code(a.Get("--trellis-code", ""));
   if (a.Has("--trellis-l")) {
@@ -183,6 +184,7 @@ const std::vector<CommandSpec>& Commands() {
         {"--greedy-passes", true},
         {"--mse-clip", false},
         {"--act-order", false},
+        {"--sequential", false},
         {"--no-baseline-guard", false},
         {"--trellis-code", true},
         {"--trellis-l", true},
@@ -310,9 +312,9 @@ connection flags (before or after the command):
 commands:
   submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip,quarot,butterfly}
          --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
-         [--greedy-passes N] [--mse-clip] [--act-order] [--damp X] [--codebook-scale X]
-         [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}] [--trellis-l L]
-         [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
+         [--greedy-passes N] [--mse-clip] [--act-order] [--sequential] [--damp X]
+         [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
+         [--trellis-l L] [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
          [--wait] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made
       absolute. Without --request-id a random one is used (the same id returns the same job).

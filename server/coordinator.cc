@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -119,6 +120,7 @@ absl::Status Coordinator::Recover() {
     JobEntry e;
     e.job = std::move(row.job);
     e.phase = row.phase;
+    e.stages = StagesOf(row.tasks);
     for (TaskRow& t : row.tasks) {
       TaskState ts;
       ts.row = std::move(t);
@@ -261,6 +263,7 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::Submit(
   JobEntry e;
   e.job = row->job;
   e.phase = row->phase;
+  e.stages = StagesOf(row->tasks);
   for (TaskRow& t : row->tasks) {
     TaskState ts;
     ts.row = std::move(t);
@@ -481,6 +484,23 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
   if (name.rfind("inputs/", 0) == 0 || name.rfind("hessians/", 0) == 0) {
     return JoinPath(JobDir(job_id), name);
   }
+  if (absl::StartsWith(name, kQuantizedInputPrefix)) {
+    const std::string tensor = name.substr(sizeof(kQuantizedInputPrefix) - 1);
+    MutexLock l(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+    for (const TaskState& t : it->second.tasks) {
+      if (t.row.task.kind() != quantd::v1::TASK_KIND_QUANTIZE || t.row.task.tensor_name() != tensor) {
+        continue;
+      }
+      if (t.row.state != TaskRowState::kDone) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("blob '", name, "': ", tensor, " is not quantized yet"));
+      }
+      return JoinPath(JobDir(job_id), QuantizedResult(t.row.task_id));
+    }
+    return absl::NotFoundError(absl::StrCat("blob '", name, "': job ", job_id, " quantizes no ", tensor));
+  }
   return absl::InvalidArgumentError(absl::StrCat("blob '", name, "' is not readable by workers"));
 }
 
@@ -616,6 +636,7 @@ void Coordinator::EngineStep() {
   struct Pending {
     Job job;
     int phase;
+    int stages;
     std::vector<TaskRow> tasks;
   };
   std::vector<Pending> ready;
@@ -629,7 +650,7 @@ void Coordinator::EngineStep() {
         if (t.row.phase <= e.phase && t.row.state != TaskRowState::kDone) all_done = false;
       }
       if (!all_done || absl::Now() < e.step_retry_at) continue;
-      Pending p{e.job, e.phase, {}};
+      Pending p{e.job, e.phase, e.stages, {}};
       for (const TaskState& t : e.tasks) p.tasks.push_back(t.row);
       ready.push_back(std::move(p));
     }
@@ -637,11 +658,16 @@ void Coordinator::EngineStep() {
   for (Pending& p : ready) {
     absl::Status s;
     int published_version = 0;
-    if (p.phase == kPhaseHessian) {
-      s = MergeHessians(p.job, p.tasks);
-    } else if (p.phase == kPhaseQuantize) {
+    const PhaseKind kind = KindOfPhase(p.phase, p.stages);
+    std::string step;
+    if (kind == PhaseKind::kHessian) {
+      step = "merge";
+      s = MergeHessians(p.job, p.phase, p.tasks);
+    } else if (kind == PhaseKind::kQuantize && p.phase == QuantizePhase(p.stages - 1)) {
+      step = "assemble";
       s = Assemble(p.job, p.tasks);
-    } else if (p.phase == kPhaseEvaluate) {
+    } else if (kind == PhaseKind::kEvaluate) {
+      step = "publish";
       auto v = Publish(p.job, p.tasks);
       s = v.status();
       if (v.ok()) published_version = *v;
@@ -653,7 +679,6 @@ void Coordinator::EngineStep() {
       // The steps are idempotent and their writes atomic, so an I/O failure (a full disk, a
       // transient error) is retried with backoff before the job fails; nothing is published
       // until a step succeeds as a whole.
-      const std::string step = PhaseName(p.phase + 1 > kPhasePublish ? kPhasePublish : p.phase);
       ++e.step_failures;
       if (e.step_failures < options_.max_step_attempts && s.code() != absl::StatusCode::kDataLoss &&
           s.code() != absl::StatusCode::kInvalidArgument) {
@@ -669,8 +694,8 @@ void Coordinator::EngineStep() {
       e.step_failures = 0;
       e.step_retry_at = absl::InfinitePast();
       e.phase = p.phase + 1;
-      e.job.set_phase(PhaseName(e.phase));
-      if (e.phase == kPhasePublish) {
+      e.job.set_phase(PhaseName(e.phase, e.stages));
+      if (e.phase == PublishPhase(e.stages)) {
         e.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
         e.job.set_version(published_version);
         e.job.set_phase("done");

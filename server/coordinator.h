@@ -64,7 +64,9 @@ class Coordinator {
   absl::StatusOr<quantd::v1::RegisterResponse> Register(const quantd::v1::RegisterRequest& req);
   absl::StatusOr<quantd::v1::HeartbeatResponse> Heartbeat(const quantd::v1::HeartbeatRequest& req);
   absl::StatusOr<quantd::v1::LeaseTaskResponse> Lease(const quantd::v1::LeaseTaskRequest& req);
-  // Absolute path of a job blob (inputs/..., hessians/..., staging/...). NOT_FOUND / INVALID_ARGUMENT.
+  // Absolute path of a job blob (inputs/..., hessians/..., staging/..., and quantized/<tensor>:
+  // a finished quantize task's result). NOT_FOUND / INVALID_ARGUMENT / FAILED_PRECONDITION
+  // (quantized/ of a matrix not quantized yet).
   absl::StatusOr<std::string> BlobPath(const std::string& job_id, const std::string& name);
   absl::Status Report(const quantd::v1::TaskReportHeader& header, const std::string& data);
 
@@ -83,6 +85,7 @@ class Coordinator {
   struct JobEntry {
     quantd::v1::Job job;
     int phase = 0;
+    int stages = 1;  // StagesOf(tasks): 1, or the layer count of a sequential job
     std::vector<TaskState> tasks;
     // Failed attempts of the coordinator's own step for `phase` (merge, assemble, publish) and
     // when it may run again. In memory only: a restart retries from scratch.
@@ -105,7 +108,10 @@ class Coordinator {
   void EngineLoop();
   void EngineStep();
   // Phase work, run on the engine thread without mu_ held.
-  absl::Status MergeHessians(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
+  // Merges the Hessian shards of phase `phase` (all of a one-stage job's, one layer's in a
+  // sequential job).
+  absl::Status MergeHessians(const quantd::v1::Job& job, int phase,
+                             const std::vector<TaskRow>& tasks);
   absl::Status Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
   absl::StatusOr<int> Publish(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
 

@@ -27,14 +27,30 @@ namespace quantd::server {
 namespace fs = std::filesystem;
 using quantd::v1::SubmitJobRequest;
 
-std::string PhaseName(int phase) {
-  switch (phase) {
-    case kPhaseHessian: return "hessian";
-    case kPhaseQuantize: return "quantize";
-    case kPhaseEvaluate: return "evaluate";
-    case kPhasePublish: return "publish";
+PhaseKind KindOfPhase(int phase, int stages) {
+  if (phase < 0 || phase > PublishPhase(stages)) return PhaseKind::kDone;
+  if (phase == EvaluatePhase(stages)) return PhaseKind::kEvaluate;
+  if (phase == PublishPhase(stages)) return PhaseKind::kPublish;
+  return phase % 2 == 0 ? PhaseKind::kHessian : PhaseKind::kQuantize;
+}
+
+std::string PhaseName(int phase, int stages) {
+  switch (KindOfPhase(phase, stages)) {
+    case PhaseKind::kHessian: return "hessian";
+    case PhaseKind::kQuantize: return "quantize";
+    case PhaseKind::kEvaluate: return "evaluate";
+    case PhaseKind::kPublish: return "publish";
+    case PhaseKind::kDone: break;
   }
   return "done";
+}
+
+int StagesOf(const std::vector<TaskRow>& tasks) {
+  int last = 0;
+  for (const TaskRow& t : tasks) {
+    if (t.task.kind() == quantd::v1::TASK_KIND_QUANTIZE) last = std::max(last, t.phase / 2);
+  }
+  return last + 1;
 }
 
 absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_dir) {
@@ -84,6 +100,9 @@ std::string MergedHessianBlob(int layer, std::string_view group) {
   return absl::StrCat("hessians/L", layer, ".", std::string(group), ".safetensors");
 }
 std::string QuantizedResult(int64_t task_id) { return absl::StrCat("results/quant_", task_id, ".qpm"); }
+std::string QuantizedInput(std::string_view tensor) {
+  return absl::StrCat(kQuantizedInputPrefix, std::string(tensor));
+}
 
 absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   if (req->request_id().size() > 256) {
@@ -95,6 +114,11 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
         "': use 1-128 characters [A-Za-z0-9._-], starting with a letter or digit"));
   }
   QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, runner::QuantSpecFromProto(req->spec()));
+  if (req->spec().sequential() && spec.method == quant::Method::kRtn) {
+    return absl::InvalidArgumentError(
+        "sequential is not supported by rtn: it uses no Hessians, so there is nothing to capture "
+        "through the quantized layers");
+  }
   // Stored with defaults filled in, so the manifest shows the settings that were used.
   req->mutable_spec()->set_damp(spec.damp);
   req->mutable_spec()->set_greedy_passes(spec.greedy_passes);
@@ -282,7 +306,9 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   job.set_model_dir(model_dir);
   job.set_calib_path(req.calib_path());
   job.set_eval_path(req.eval_path());
-  job.set_phase(PhaseName(kPhaseHessian));
+  const bool sequential = req.spec().sequential();
+  const int stages = sequential ? cfg.num_layers : 1;
+  job.set_phase(PhaseName(HessianPhase(0), stages));
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());
@@ -307,43 +333,54 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     return t;
   };
   const int64_t shards = std::min<int64_t>(nseq, std::max(1, max_hessian_shards));
-  for (int64_t s = 0; s < shards; ++s) {
-    TaskRow t = new_task(kPhaseHessian, quantd::v1::TASK_KIND_HESSIAN);
-    // quarot: the worker rotates the model before capturing (the spec carries the seed).
-    if (req.spec().method() == "quarot") *t.task.mutable_spec() = req.spec();
-    model_inputs(&t.task);
-    t.task.add_inputs()->set_name("inputs/calib.u32");
-    t.task.set_token_begin(nseq * s / shards * seq_len);
-    t.task.set_token_end(nseq * (s + 1) / shards * seq_len);
-    t.task.set_seq_len(seq_len);
-    row.tasks.push_back(std::move(t));
-  }
-  if (!eval.empty()) {
-    TaskRow t = new_task(kPhaseHessian, quantd::v1::TASK_KIND_EVAL);
-    model_inputs(&t.task);
-    t.task.add_inputs()->set_name("inputs/eval.u32");
-    t.task.set_eval_target("fp");
-    t.task.set_eval_context(req.eval_context());
-    row.tasks.push_back(std::move(t));
-  }
-  for (int l = 0; l < cfg.num_layers; ++l) {
-    for (model::Linear lin : {model::Linear::kQ, model::Linear::kK, model::Linear::kV,
-                              model::Linear::kO, model::Linear::kGate, model::Linear::kUp,
-                              model::Linear::kDown}) {
-      TaskRow t = new_task(kPhaseQuantize, quantd::v1::TASK_KIND_QUANTIZE);
-      *t.task.mutable_spec() = req.spec();
+  // Stage s captures layer s (sequential) or every layer, then quantizes what it captured.
+  for (int stage = 0; stage < stages; ++stage) {
+    for (int64_t s = 0; s < shards; ++s) {
+      TaskRow t = new_task(HessianPhase(stage), quantd::v1::TASK_KIND_HESSIAN);
+      // quarot: the worker rotates the model before capturing (the spec carries the seed);
+      // sequential: it captures layer `stage` through the quantized layers before it.
+      if (req.spec().method() == "quarot" || sequential) *t.task.mutable_spec() = req.spec();
       model_inputs(&t.task);
-      t.task.add_inputs()->set_name(
-          MergedHessianBlob(l, std::string(model::GroupName(model::GroupOf(lin)))));
-      t.task.set_layer(l);
-      t.task.set_linear(std::string(model::LinearName(lin)));
-      t.task.set_tensor_name(model::LinearTensorName(l, lin));
-      t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
+      t.task.add_inputs()->set_name("inputs/calib.u32");
+      if (sequential) {
+        t.task.set_layer(stage);
+        for (int l = 0; l < stage; ++l) {
+          for (model::Linear lin : model::kAllLinears) {
+            t.task.add_inputs()->set_name(QuantizedInput(model::LinearTensorName(l, lin)));
+          }
+        }
+      }
+      t.task.set_token_begin(nseq * s / shards * seq_len);
+      t.task.set_token_end(nseq * (s + 1) / shards * seq_len);
+      t.task.set_seq_len(seq_len);
       row.tasks.push_back(std::move(t));
+    }
+    if (stage == 0 && !eval.empty()) {
+      TaskRow t = new_task(HessianPhase(0), quantd::v1::TASK_KIND_EVAL);
+      model_inputs(&t.task);
+      t.task.add_inputs()->set_name("inputs/eval.u32");
+      t.task.set_eval_target("fp");
+      t.task.set_eval_context(req.eval_context());
+      row.tasks.push_back(std::move(t));
+    }
+    const int first = sequential ? stage : 0, last = sequential ? stage + 1 : cfg.num_layers;
+    for (int l = first; l < last; ++l) {
+      for (model::Linear lin : model::kAllLinears) {
+        TaskRow t = new_task(QuantizePhase(stage), quantd::v1::TASK_KIND_QUANTIZE);
+        *t.task.mutable_spec() = req.spec();
+        model_inputs(&t.task);
+        t.task.add_inputs()->set_name(
+            MergedHessianBlob(l, std::string(model::GroupName(model::GroupOf(lin)))));
+        t.task.set_layer(l);
+        t.task.set_linear(std::string(model::LinearName(lin)));
+        t.task.set_tensor_name(model::LinearTensorName(l, lin));
+        t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
+        row.tasks.push_back(std::move(t));
+      }
     }
   }
   if (!eval.empty()) {
-    TaskRow t = new_task(kPhaseEvaluate, quantd::v1::TASK_KIND_EVAL);
+    TaskRow t = new_task(EvaluatePhase(stages), quantd::v1::TASK_KIND_EVAL);
     t.task.add_inputs()->set_name("staging/config.json");
     t.task.add_inputs()->set_name("staging/model.safetensors");
     t.task.add_inputs()->set_name("inputs/eval.u32");
@@ -368,7 +405,9 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
   switch (task.kind()) {
     case quantd::v1::TASK_KIND_HESSIAN: {
       // Accumulators per layer: qkv and gate_up see d inputs, o sees q, down sees ff (fp64).
-      const uint64_t hess = 8 * cfg.num_layers * (2 * d * d + q * q + ff * ff);
+      // A sequential job's task captures one layer.
+      const uint64_t layers = task.spec().sequential() ? 1 : cfg.num_layers;
+      const uint64_t hess = 8 * layers * (2 * d * d + q * q + ff * ff);
       const uint64_t seq = std::max<int32_t>(task.seq_len(), 1);
       const uint64_t act = 4 * seq * (4 * d + 2 * ff + v + seq * cfg.num_heads);
       bytes = weights + hess + act;

@@ -5,6 +5,8 @@
 #define QUANTD_SERVER_JOB_BUILDER_H_
 
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
@@ -13,12 +15,21 @@
 
 namespace quantd::server {
 
-// Job phases; tasks of phase p are leased only while the job is in phase p.
-inline constexpr int kPhaseHessian = 0;   // Hessian shards (+ fp evaluation)
-inline constexpr int kPhaseQuantize = 1;  // one task per weight matrix
-inline constexpr int kPhaseEvaluate = 2;  // evaluation of the staged artifact
-inline constexpr int kPhasePublish = 3;   // coordinator publishes; no tasks
-std::string PhaseName(int phase);
+// Job phases; tasks of phase p are leased only while the job is in phase p. A job has S stages
+// (1, or one per layer for a sequential job): stage s is a Hessian phase 2s (shards, and in stage
+// 0 the fp evaluation) and a quantize phase 2s + 1 (one task per weight matrix of the stage's
+// layers), then come evaluate (2S: the staged artifact) and publish (2S + 1: coordinator only,
+// no tasks). A one-stage job thus has phases 0..3, the numbering jobs stored before sequential
+// jobs existed use.
+enum class PhaseKind { kHessian, kQuantize, kEvaluate, kPublish, kDone };
+PhaseKind KindOfPhase(int phase, int stages);
+std::string PhaseName(int phase, int stages);  // "hessian" | "quantize" | ... | "done"
+inline int HessianPhase(int stage) { return 2 * stage; }
+inline int QuantizePhase(int stage) { return 2 * stage + 1; }
+inline int EvaluatePhase(int stages) { return 2 * stages; }
+inline int PublishPhase(int stages) { return 2 * stages + 1; }
+// The number of stages of a built job, from its tasks (1 + the last quantize task's stage).
+int StagesOf(const std::vector<TaskRow>& tasks);
 
 // Checks the request's own fields (name, method, bits, numeric options) without touching files.
 // Fills defaults into `req`. INVALID_ARGUMENT with the reason.
@@ -53,6 +64,10 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
 std::string HessianShardResult(int64_t task_id);       // results/hessian_<id>.safetensors
 std::string MergedHessianBlob(int layer, std::string_view group);  // hessians/L<l>.<g>.safetensors
 std::string QuantizedResult(int64_t task_id);          // results/quant_<id>.qpm
+// What a sequential job's Hessian task names the finished quantized matrix `tensor` by
+// ("quantized/<tensor>"); the coordinator resolves it to that matrix's QuantizedResult.
+std::string QuantizedInput(std::string_view tensor);
+inline constexpr char kQuantizedInputPrefix[] = "quantized/";  // worker: executor.cc
 
 }  // namespace quantd::server
 

@@ -22,14 +22,14 @@ namespace quantd::server {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job,
+absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
                                         const std::vector<TaskRow>& tasks) {
   // Sum shard results in task-id order (fixed order: the merged bytes do not depend on which
   // worker finished first).
   std::map<std::string, std::pair<std::vector<int64_t>, std::vector<double>>> sums;
   std::map<std::string, int64_t> tokens;
   for (const TaskRow& t : tasks) {
-    if (t.task.kind() != quantd::v1::TASK_KIND_HESSIAN) continue;
+    if (t.task.kind() != quantd::v1::TASK_KIND_HESSIAN || t.phase != phase) continue;
     const std::string path = JoinPath(JobDir(job.id()), HessianShardResult(t.task_id));
     QUANTD_ASSIGN_OR_RETURN(auto file, model::SafetensorsFile::Open(path));
     for (const std::string& name : file->Names()) {
@@ -150,6 +150,7 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                {"group_size", job.spec().group_size()},
                {"mse_clip", job.spec().mse_clip()},
                {"act_order", job.spec().act_order()},
+               {"sequential", job.spec().sequential()},
                {"greedy_passes", job.spec().greedy_passes()},
                {"codebook_scale", job.spec().codebook_scale()},
                {"damp", job.spec().damp()},

@@ -2,12 +2,14 @@
 
 namespace quantd::model {
 
-HessianCapture::HessianCapture(const LlamaConfig& cfg) {
+HessianCapture::HessianCapture(const LlamaConfig& cfg) : HessianCapture(cfg, -1) {}
+
+HessianCapture::HessianCapture(const LlamaConfig& cfg, int only_layer) : only_layer_(only_layer) {
   slots_.reserve(static_cast<size_t>(cfg.num_layers) * kNumGroups);
   for (int l = 0; l < cfg.num_layers; ++l) {
     for (LinearGroup g : kAllGroups) {
       auto s = std::make_unique<Slot>();
-      const int in = GroupInputDim(cfg, g);
+      const int in = only_layer < 0 || l == only_layer ? GroupInputDim(cfg, g) : 0;
       MutexLock lock(&s->mu);
       s->sum = MatrixD::Zero(in, in);
       slots_.push_back(std::move(s));
@@ -21,6 +23,7 @@ HessianCapture::Slot& HessianCapture::At(int layer, LinearGroup g) const {
 
 void HessianCapture::OnLinearInput(int layer, LinearGroup group, const MatrixF& x) {
   if (layer < 0 || static_cast<size_t>(layer) * kNumGroups >= slots_.size()) return;
+  if (only_layer_ >= 0 && layer != only_layer_) return;
   Slot& s = At(layer, group);
   // The product is computed outside the lock; only the addition is serialised.
   const MatrixD xd = x.cast<double>();

@@ -22,13 +22,19 @@ class HessianCapture : public ActivationSink {
  public:
   // Allocates zeroed in x in sums (in = GroupInputDim) for every layer and group.
   explicit HessianCapture(const LlamaConfig& cfg);
+  // Captures layer `only_layer` alone (GPTQ's layer-by-layer mode): only its sums are
+  // allocated, inputs of other layers are ignored, and Forward stops after that layer.
+  HessianCapture(const LlamaConfig& cfg, int only_layer);
 
   // Adds xᵀx (fp64) to slot (layer, group). Ignores calls with an out-of-range layer or a
   // column count that does not match the group (cannot happen with Forward).
   void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
 
-  const MatrixD& Sum(int layer, LinearGroup g) const;  // [in x in], symmetric
-  int64_t Tokens(int layer, LinearGroup g) const;      // rows accumulated
+  int StopAfterLayer() const override { return only_layer_; }
+
+  // [in x in], symmetric; 0 x 0 for a layer that a single-layer capture does not hold.
+  const MatrixD& Sum(int layer, LinearGroup g) const;
+  int64_t Tokens(int layer, LinearGroup g) const;  // rows accumulated
 
  private:
   struct Slot {
@@ -38,6 +44,7 @@ class HessianCapture : public ActivationSink {
   };
   Slot& At(int layer, LinearGroup g) const;
   std::vector<std::unique_ptr<Slot>> slots_;  // layer * kNumGroups + group
+  int only_layer_ = -1;                       // -1: every layer
 };
 
 }  // namespace quantd::model

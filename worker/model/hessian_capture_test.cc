@@ -98,6 +98,31 @@ TEST(HessianCaptureTest, EqualsNaiveXtXOverTwoSequences) {
   }
 }
 
+TEST(HessianCaptureTest, SingleLayerCaptureMatchesTheFullOneAndStopsThere) {
+  const LlamaConfig c = SmallConfig();
+  ASSERT_GE(c.num_layers, 2);
+  const LlamaWeights w = RandomWeights(c, 9);
+  const std::vector<int32_t> seq = {1, 5, 9, 31, 0, 4};
+  HessianCapture full(c), one(c, 0);
+  EXPECT_EQ(full.StopAfterLayer(), -1);
+  EXPECT_EQ(one.StopAfterLayer(), 0);
+  ASSERT_TRUE(Forward(c, w, seq, &full).ok());
+  auto logits = Forward(c, w, seq, &one);
+  ASSERT_TRUE(logits.ok());
+  EXPECT_EQ(logits->rows(), 0);  // stopped after layer 0
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) {
+      if (l == 0) {
+        EXPECT_EQ(one.Tokens(l, g), 6);
+        EXPECT_EQ(one.Sum(l, g), full.Sum(l, g)) << GroupName(g);  // same additions, same order
+      } else {
+        EXPECT_EQ(one.Tokens(l, g), 0) << "layer " << l;
+        EXPECT_EQ(one.Sum(l, g).size(), 0) << "layer " << l;
+      }
+    }
+  }
+}
+
 TEST(HessianCaptureTest, ConcurrentForwardsAccumulateEverything) {
   const LlamaConfig c = SmallConfig();
   const LlamaWeights w = RandomWeights(c, 11);

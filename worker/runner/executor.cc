@@ -1,6 +1,9 @@
 #include "worker/runner/executor.h"
 
 #include <filesystem>
+#include <map>
+#include <string_view>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -45,12 +48,12 @@ absl::StatusOr<std::string> InputPath(const Task& task, const BlobResolver& blob
   return absl::InvalidArgumentError(absl::StrCat("task has no input ", std::string(name_prefix)));
 }
 
-// Serializes all captured Hessians as one safetensors blob: L<l>.<group>.sum (F64 [n,n]) and
-// L<l>.<group>.tokens (I64 [1]).
-absl::StatusOr<std::string> SerializeCapture(const model::LlamaConfig& cfg,
-                                             const model::HessianCapture& cap) {
+// Serializes the captured Hessians of layers [first, last) as one safetensors blob:
+// L<l>.<group>.sum (F64 [n,n]) and L<l>.<group>.tokens (I64 [1]).
+absl::StatusOr<std::string> SerializeCapture(const model::HessianCapture& cap, int first,
+                                             int last) {
   std::vector<model::TensorToWrite> out;
-  for (int l = 0; l < cfg.num_layers; ++l) {
+  for (int l = first; l < last; ++l) {
     for (model::LinearGroup g : {model::LinearGroup::kQkv, model::LinearGroup::kO,
                                  model::LinearGroup::kGateUp, model::LinearGroup::kDown}) {
       const std::string key = absl::StrCat("L", l, ".", std::string(model::GroupName(g)));
@@ -79,6 +82,47 @@ absl::StatusOr<std::string> SerializeCapture(const model::LlamaConfig& cfg,
   return bytes;
 }
 
+// A sequential job's Hessian task for layer `layer`: replaces the linears of every layer before
+// it with their quantized matrices ("quantized/<tensor>" inputs, dequantized in the basis the
+// quantize task saw: the rotated one for quarot). Each of those linears must be given once.
+absl::Status LoadQuantizedPrefix(const Task& task, const BlobResolver& blobs, int layer,
+                                 model::LlamaWeights* w) {
+  constexpr std::string_view kPrefix = "quantized/";  // server: kQuantizedInputPrefix
+  std::map<std::string, std::pair<int, model::Linear>> want;
+  for (int l = 0; l < layer; ++l) {
+    for (model::Linear lin : model::kAllLinears) want[model::LinearTensorName(l, lin)] = {l, lin};
+  }
+  size_t found = 0;
+  for (const auto& in : task.inputs()) {
+    if (in.name().rfind(kPrefix, 0) != 0) continue;
+    const std::string tensor = in.name().substr(kPrefix.size());
+    auto it = want.find(tensor);
+    if (it == want.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", layer,
+                                                     ": unexpected input ", in.name()));
+    }
+    const auto [l, lin] = it->second;
+    want.erase(it);
+    QUANTD_ASSIGN_OR_RETURN(std::string path, blobs(in.name()));
+    QUANTD_ASSIGN_OR_RETURN(std::string packed, ReadFile(path));
+    QUANTD_ASSIGN_OR_RETURN(MatrixF q, quant::DequantizeMatrix(packed));
+    MatrixF& dst = model::MutableLinear(*w, l, lin);
+    if (q.rows() != dst.rows() || q.cols() != dst.cols()) {
+      return absl::InvalidArgumentError(absl::StrCat("quantized ", tensor, " is [", q.rows(), ",",
+                                                     q.cols(), "], the model's is [", dst.rows(),
+                                                     ",", dst.cols(), "]"));
+    }
+    dst = std::move(q);
+    ++found;
+  }
+  if (!want.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequential Hessian task for layer ", layer, " lacks the quantized ", want.begin()->first,
+        " (", want.size(), " of ", found + want.size(), " missing)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blobs,
                                       const std::atomic<bool>& cancelled) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
@@ -97,7 +141,18 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
     return absl::InvalidArgumentError(absl::StrCat("bad token range [", begin, ", ", end,
                                                    ") for ", tokens.size(), " tokens"));
   }
-  model::HessianCapture capture(cfg);
+  // A sequential job captures one layer through its quantized predecessors; otherwise every
+  // layer of the fp (or rotated fp) model.
+  const bool sequential = task.spec().sequential();
+  const int layer = sequential ? task.layer() : -1;
+  if (sequential) {
+    if (layer < 0 || layer >= cfg.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", layer,
+                                                     " of a ", cfg.num_layers, "-layer model"));
+    }
+    QUANTD_RETURN_IF_ERROR(LoadQuantizedPrefix(task, blobs, layer, &w));
+  }
+  model::HessianCapture capture(cfg, layer);
   const int64_t nseq = (end - begin) / len;
   // Sequences run one after another so the fp64 sums are added in a fixed order: a retried
   // task produces the same bytes on any worker (Forward itself may use threads).
@@ -107,7 +162,8 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   }
   if (cancelled.load()) return absl::CancelledError("task cancelled");
   TaskResult r;
-  QUANTD_ASSIGN_OR_RETURN(r.data, SerializeCapture(cfg, capture));
+  QUANTD_ASSIGN_OR_RETURN(r.data, sequential ? SerializeCapture(capture, layer, layer + 1)
+                                             : SerializeCapture(capture, 0, cfg.num_layers));
   r.header.set_tokens(end - begin);
   return r;
 }
