@@ -44,6 +44,13 @@ class FakeQuant final : public v1::QuantService::Service {
     return grpc::Status::OK;
   }
   grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* job) override {
+    if (req->id() == "job-seq") {  // a sequential job in its third of five layer stages
+      *job = MakeJob("job-seq", v1::JOB_STATE_RUNNING);
+      job->set_phase("hessian");
+      job->set_layer_stages(5);
+      job->set_layer_stage(3);
+      return grpc::Status::OK;
+    }
     if (req->id() != "job-ok") return grpc::Status(grpc::StatusCode::NOT_FOUND, "no job " + req->id());
     *job = Final("job-ok");
     return grpc::Status::OK;
@@ -276,6 +283,10 @@ TEST_F(CommandsTest, JobsFollowsPagesStatusCancel) {
   r = Run({"status", "job-ok"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("SUCCEEDED"), std::string::npos);
+  EXPECT_NE(r.out.find("phase:       done\n"), std::string::npos) << r.out;
+  r = Run({"status", "job-seq"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("phase:       hessian, layer 3/5\n"), std::string::npos) << r.out;
   r = Run({"cancel", "job-x"});
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out, "job job-x: CANCELLED\n");

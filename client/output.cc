@@ -31,6 +31,15 @@ std::string Ppl(const std::optional<double>& v) {
 
 std::string PplOrDash(double v) { return v > 0 ? absl::StrFormat("%.4f", v) : std::string("-"); }
 
+// "quantize", or for a sequential job in a layer stage "quantize, layer 3/30"; "-" when unset.
+std::string PhaseText(const v1::Job& j) {
+  if (j.phase().empty()) return "-";
+  if (j.layer_stage() > 0) {
+    return absl::StrCat(j.phase(), ", layer ", j.layer_stage(), "/", j.layer_stages());
+  }
+  return j.phase();
+}
+
 }  // namespace
 
 std::string ToJson(const google::protobuf::Message& message) {
@@ -97,7 +106,7 @@ std::string JobsTable(const std::vector<v1::Job>& jobs) {
   for (const v1::Job& j : jobs) {
     rows.push_back({j.id(), StateName(j.state()), j.name(),
                     absl::StrCat(j.spec().method(), "/", j.spec().bits()),
-                    j.phase().empty() ? "-" : j.phase(),
+                    PhaseText(j),
                     absl::StrFormat("%.0f%%", 100.0 * j.progress()),
                     j.version() > 0 ? absl::StrCat(j.version()) : "-", PplOrDash(j.fp_ppl()),
                     PplOrDash(j.quant_ppl())});
@@ -126,7 +135,7 @@ std::string DescribeJob(const v1::Job& j) {
   kv("name", j.name());
   kv("state", StateName(j.state()));
   kv("method", absl::StrCat(j.spec().method(), ", ", j.spec().bits(), " bits"));
-  kv("phase", j.phase().empty() ? "-" : j.phase());
+  kv("phase", PhaseText(j));
   kv("progress", absl::StrFormat("%d/%d tasks, %.1f%%", j.tasks_done(), j.tasks_total(),
                                  100.0 * j.progress()));
   if (j.version() > 0) kv("version", absl::StrCat(j.version()));
@@ -158,7 +167,7 @@ std::string FinalJobLine(const v1::Job& j) {
 
 std::string ProgressText(const v1::Job& j) {
   std::string s = StateName(j.state());
-  if (!j.phase().empty()) absl::StrAppend(&s, " ", j.phase());
+  if (!j.phase().empty()) absl::StrAppend(&s, " ", PhaseText(j));
   if (j.tasks_total() > 0) absl::StrAppend(&s, " ", j.tasks_done(), "/", j.tasks_total());
   absl::StrAppend(&s, absl::StrFormat(" %.1f%%", 100.0 * j.progress()));
   return s;
@@ -190,7 +199,7 @@ void ProgressPrinter::OnEvent(const v1::JobEvent& event) {
     out_.flush();
     return;
   }
-  const std::string key = absl::StrCat(j.state(), "|", j.phase(), "|", j.tasks_done(), "|",
+  const std::string key = absl::StrCat(j.state(), "|", PhaseText(j), "|", j.tasks_done(), "|",
                                        j.tasks_total());
   if (key == last_key_) return;
   last_key_ = key;

@@ -694,7 +694,7 @@ void Coordinator::EngineStep() {
       e.step_failures = 0;
       e.step_retry_at = absl::InfinitePast();
       e.phase = p.phase + 1;
-      e.job.set_phase(PhaseName(e.phase, e.stages));
+      SetJobPhase(e.phase, e.stages, &e.job);
       if (e.phase == PublishPhase(e.stages)) {
         e.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
         e.job.set_version(published_version);

@@ -45,6 +45,15 @@ std::string PhaseName(int phase, int stages) {
   return "done";
 }
 
+void SetJobPhase(int phase, int stages, quantd::v1::Job* job) {
+  job->set_phase(PhaseName(phase, stages));
+  const PhaseKind kind = KindOfPhase(phase, stages);
+  job->set_layer_stages(stages > 1 ? stages : 0);
+  job->set_layer_stage(stages > 1 && (kind == PhaseKind::kHessian || kind == PhaseKind::kQuantize)
+                           ? phase / 2 + 1
+                           : 0);
+}
+
 int StagesOf(const std::vector<TaskRow>& tasks) {
   int last = 0;
   for (const TaskRow& t : tasks) {
@@ -308,7 +317,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   job.set_eval_path(req.eval_path());
   const bool sequential = req.spec().sequential();
   const int stages = sequential ? cfg.num_layers : 1;
-  job.set_phase(PhaseName(HessianPhase(0), stages));
+  SetJobPhase(HessianPhase(0), stages, &job);
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());

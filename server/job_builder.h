@@ -30,6 +30,8 @@ inline int EvaluatePhase(int stages) { return 2 * stages; }
 inline int PublishPhase(int stages) { return 2 * stages + 1; }
 // The number of stages of a built job, from its tasks (1 + the last quantize task's stage).
 int StagesOf(const std::vector<TaskRow>& tasks);
+// Sets job->phase and, for a sequential job (stages > 1), layer_stage/layer_stages.
+void SetJobPhase(int phase, int stages, quantd::v1::Job* job);
 
 // Checks the request's own fields (name, method, bits, numeric options) without touching files.
 // Fills defaults into `req`. INVALID_ARGUMENT with the reason.

@@ -112,6 +112,8 @@ TEST(SequentialE2E, Quip2BitResumesAcrossACrashAndBeatsOneStage) {
       return Terminal(s) || s.value("tasks_done", 0) >= 2 * (8 + 7) + 1;
     });
     ASSERT_FALSE(Terminal(mid)) << "job finished before the coordinator could be killed";
+    EXPECT_EQ(mid.value("layer_stages", 0), 5) << mid.dump();
+    EXPECT_GE(mid.value("layer_stage", 0), 2) << mid.dump();  // stages 1 and 2 are done
     seen_done = mid.value("tasks_done", 0);
     d1.Kill(SIGKILL);
   }
@@ -119,6 +121,7 @@ TEST(SequentialE2E, Quip2BitResumesAcrossACrashAndBeatsOneStage) {
   ASSERT_TRUE(d2.ok()) << d2.Log();
   json done = WaitFor(d2, seq_id, Terminal);
   ASSERT_EQ(done.value("state", ""), "JOB_STATE_SUCCEEDED") << done.dump() << d2.Log();
+  EXPECT_EQ(done.value("layer_stage", 0), 0) << done.dump();  // no stage once done
   std::smatch m;
   const std::string log = d2.Log();
   const std::regex re("resuming job " + seq_id + ": ([0-9]+)/([0-9]+) tasks already done");
