@@ -26,7 +26,7 @@ absl::string_view View(const grpc_slice& s) {
 
 // State of the core auth metadata processor; owned by the core credentials (see Destroy).
 struct Processor {
-  std::shared_ptr<const TokenSet> tokens;
+  std::shared_ptr<const TokenStore> tokens;
   Mutex mu;
   std::set<std::string> seen ABSL_GUARDED_BY(mu);  // token names already logged
 };
@@ -70,7 +70,7 @@ void Process(void* state, grpc_auth_context* /*context*/, const grpc_metadata* m
     return;
   }
   const std::string token(absl::StripAsciiWhitespace(value.substr(7)));
-  std::optional<std::string> name = p->tokens->Match(token);
+  std::optional<std::string> name = p->tokens->Get()->Match(token);
   if (!name) {
     std::fprintf(stderr, "quantd: auth: %s refused: token not accepted\n", method.c_str());
     Done(cb, user_data, GRPC_STATUS_PERMISSION_DENIED,
@@ -103,7 +103,7 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
  public:
   // `make` runs after the base class initialized gRPC; it may return null (see ok()).
   CoreServerCredentials(const std::function<grpc_server_credentials*()>& make,
-                        std::shared_ptr<const TokenSet> tokens)
+                        std::shared_ptr<const TokenStore> tokens)
       : core_(make()) {
     if (core_ == nullptr || tokens == nullptr) return;
     auto* p = new Processor;
@@ -141,7 +141,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
   if (!tls && !options.tls_client_ca_file.empty()) {
     return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert and --tls_key");
   }
-  if (options.tokens && options.tokens->size() == 0) {
+  if (options.tokens && options.tokens->Get()->size() == 0) {
     return absl::InvalidArgumentError("the token set is empty");
   }
   if (!tls && !options.tokens) return grpc::InsecureServerCredentials();

@@ -24,8 +24,8 @@
 namespace quantd::auth {
 
 struct ServerSecurityOptions {
-  // Accepted bearer tokens. Default: null = no token check.
-  std::shared_ptr<const TokenSet> tokens;
+  // Accepted bearer tokens, replaceable while serving. Default: null = no token check.
+  std::shared_ptr<TokenStore> tokens;
   // PEM certificate chain and private key; both or neither. Default: empty = plaintext.
   std::string tls_cert_file;
   std::string tls_key_file;

@@ -75,9 +75,10 @@ Reply Call(const std::shared_ptr<grpc::Channel>& ch, const std::string& method,
 class ServerCredentialsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto tokens = std::make_shared<TokenSet>(std::vector<TokenEntry>{{kToken, "tester"}});
+    tokens_ = std::make_shared<TokenStore>(
+        std::make_shared<TokenSet>(std::vector<TokenEntry>{{kToken, "tester"}}));
     ServerSecurityOptions o;
-    o.tokens = tokens;
+    o.tokens = tokens_;
     auto creds = MakeServerCredentials(o);
     ASSERT_TRUE(creds.ok()) << creds.status();
     grpc::EnableDefaultHealthCheckService(true);
@@ -100,6 +101,7 @@ class ServerCredentialsTest : public ::testing::Test {
   }
 
   Echo echo_;
+  std::shared_ptr<TokenStore> tokens_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::string addr_;
@@ -130,6 +132,15 @@ TEST_F(ServerCredentialsTest, RightTokenReachesHandlerWithoutTheToken) {
   // The scheme is case-insensitive.
   Reply lower = Call(Channel(""), "/quantd.v1.QuantService/ListJobs", std::string("bearer ") + kToken);
   EXPECT_TRUE(lower.status.ok()) << lower.status.error_message();
+}
+
+TEST_F(ServerCredentialsTest, ReplacedTokenSetTakesEffectOnTheNextCall) {
+  constexpr char kNew[] = "nnnnnnnnnnnnnnnnnnnnnnnn";
+  ASSERT_TRUE(Call(Channel(kToken), "/quantd.v1.QuantService/ListJobs").status.ok());
+  tokens_->Replace(std::make_shared<TokenSet>(std::vector<TokenEntry>{{kNew, "rotated"}}));
+  EXPECT_EQ(Call(Channel(kToken), "/quantd.v1.QuantService/ListJobs").status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(Call(Channel(kNew), "/quantd.v1.QuantService/ListJobs").status.ok());
 }
 
 TEST_F(ServerCredentialsTest, HealthNeedsNoTokenReflectionDoes) {

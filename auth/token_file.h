@@ -14,12 +14,15 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 
 namespace quantd::auth {
 
@@ -64,6 +67,27 @@ class TokenSet {
     std::string name;
   };
   std::vector<Entry> entries_;
+};
+
+// The token set a server checks against, replaceable while calls are being checked (quantd
+// reloads its --auth_token_file on SIGHUP). Readers take a snapshot: a call is checked against
+// one whole set, old or new, never a mix.
+// Thread-safety: thread-safe.
+class TokenStore {
+ public:
+  explicit TokenStore(std::shared_ptr<const TokenSet> tokens) : tokens_(std::move(tokens)) {}
+  std::shared_ptr<const TokenSet> Get() const {
+    MutexLock l(&mu_);
+    return tokens_;
+  }
+  void Replace(std::shared_ptr<const TokenSet> tokens) {
+    MutexLock l(&mu_);
+    tokens_ = std::move(tokens);
+  }
+
+ private:
+  mutable Mutex mu_;
+  std::shared_ptr<const TokenSet> tokens_ ABSL_GUARDED_BY(mu_);
 };
 
 // 32 random bytes from the OS as 64 hex characters (tokens quantd makes for local workers).

@@ -34,31 +34,71 @@ int CountGpus() {
   return n;
 }
 
+// What a SIGHUP needs to reload the accepted tokens.
+struct TokenReload {
+  std::string path;         // --auth_token_file; empty: no token check, nothing to reload
+  std::string local_token;  // the local workers' token, accepted across reloads
+  std::shared_ptr<auth::TokenStore> store;
+};
+
+// The tokens of the file at `path` plus the local workers' token.
+absl::StatusOr<std::shared_ptr<const auth::TokenSet>> LoadTokens(const std::string& path,
+                                                                  const std::string& local_token) {
+  QUANTD_ASSIGN_OR_RETURN(std::vector<auth::TokenEntry> entries, auth::LoadTokenFile(path));
+  auto tokens = std::make_shared<auth::TokenSet>(entries);
+  tokens->Add(local_token, "quantd local workers");
+  return tokens;
+}
+
+// SIGHUP: token rotation without a restart. A file that no longer loads (missing, world-readable,
+// malformed, empty) changes nothing: the current tokens stay accepted and the log says why.
+void ReloadTokens(const TokenReload& r) {
+  if (r.path.empty()) {
+    std::fprintf(stderr, "quantd: SIGHUP: no --auth_token_file, nothing to reload\n");
+    return;
+  }
+  absl::StatusOr<std::shared_ptr<const auth::TokenSet>> tokens = LoadTokens(r.path, r.local_token);
+  if (!tokens.ok()) {
+    std::fprintf(stderr,
+                 "quantd: auth: SIGHUP: reloading %s failed, the previous %zu token(s) stay "
+                 "accepted: %s\n",
+                 r.path.c_str(), r.store->Get()->size() - 1, tokens.status().ToString().c_str());
+    return;
+  }
+  const size_t n = (*tokens)->size() - 1;
+  r.store->Replace(*std::move(tokens));
+  std::fprintf(stderr, "quantd: auth: SIGHUP: now accepting the %zu token(s) of %s\n", n,
+               r.path.c_str());
+}
+
 // Credentials for the gRPC ports, and what local workers need to pass them: a token made for
 // them at startup (in a 0600 file under the data dir, added to the accepted tokens) and, with
 // TLS, the CA that signed the server certificate (--tls_client_ca if given, else --tls_cert,
 // which then must hold the chain up to its root) plus, with mutual TLS, the server's own
-// certificate as their client certificate.
+// certificate as their client certificate. Fills `reload` for SIGHUP.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ConfigureSecurity(
-    const ServerOptions& options, WorkerPoolOptions* local) {
+    const ServerOptions& options, WorkerPoolOptions* local, TokenReload* reload) {
   auth::ServerSecurityOptions sec;
   sec.tls_cert_file = options.tls_cert;
   sec.tls_key_file = options.tls_key;
   sec.tls_client_ca_file = options.tls_client_ca;
   if (!options.auth_token_file.empty()) {
-    QUANTD_ASSIGN_OR_RETURN(std::vector<auth::TokenEntry> entries,
-                            auth::LoadTokenFile(options.auth_token_file));
-    auto tokens = std::make_shared<auth::TokenSet>(entries);
     QUANTD_ASSIGN_OR_RETURN(std::string local_token, auth::RandomToken());
-    tokens->Add(local_token, "quantd local workers");
+    QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const auth::TokenSet> tokens,
+                            LoadTokens(options.auth_token_file, local_token));
+    reload->path = options.auth_token_file;
+    reload->local_token = local_token;
+    reload->store = std::make_shared<auth::TokenStore>(tokens);
     local->auth_token_file = JoinPath(options.coordinator.data_dir, "local-worker.token");
     QUANTD_RETURN_IF_ERROR(auth::WritePrivateFile(
         local->auth_token_file,
         absl::StrCat("# written by quantd at startup for its local workers\n", local_token,
                      " quantd-local-workers\n")));
-    sec.tokens = std::move(tokens);
-    std::fprintf(stderr, "quantd: auth: %zu token(s) from %s; grpc.health.v1 needs none\n",
-                 entries.size(), options.auth_token_file.c_str());
+    sec.tokens = reload->store;
+    std::fprintf(stderr,
+                 "quantd: auth: %zu token(s) from %s (SIGHUP reloads it); grpc.health.v1 needs "
+                 "none\n",
+                 tokens->size() - 1, options.auth_token_file.c_str());
     const bool tls = !options.tls_cert.empty();
     for (const std::string& addr : {options.listen, options.worker_listen}) {
       if (!tls && !addr.empty() && !auth::IsLoopbackAddress(addr)) {
@@ -82,18 +122,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ConfigureSecurity(
 }  // namespace
 
 absl::Status RunServer(const ServerOptions& options) {
-  // Block termination signals in every thread; the main thread waits for them below.
+  // Block termination signals and SIGHUP in every thread; the main thread waits for them below.
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGINT);
   sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
   QUANTD_RETURN_IF_ERROR(MakeDirs(options.coordinator.data_dir));
   WorkerPoolOptions wo;
+  TokenReload reload;
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
-                          ConfigureSecurity(options, &wo));
+                          ConfigureSecurity(options, &wo, &reload));
   Metrics metrics;
   if (!options.metrics_listen.empty()) QUANTD_RETURN_IF_ERROR(metrics.Serve(options.metrics_listen));
   QUANTD_ASSIGN_OR_RETURN(auto coordinator, Coordinator::Create(options.coordinator, &metrics));
@@ -151,7 +193,11 @@ absl::Status RunServer(const ServerOptions& options) {
   }
 
   int sig = 0;
-  sigwait(&sigs, &sig);
+  for (;;) {
+    sigwait(&sigs, &sig);
+    if (sig != SIGHUP) break;
+    ReloadTokens(reload);
+  }
   std::fprintf(stderr, "quantd: signal %d, shutting down\n", sig);
   if (pool) pool->Stop();
   if (!wo.auth_token_file.empty()) RemoveAll(wo.auth_token_file).IgnoreError();

@@ -6,9 +6,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <fstream>
 #include <future>
 #include <sstream>
+#include <thread>
 
 #include "auth/channel.h"
 #include "common/file_util.h"
@@ -232,6 +236,53 @@ TEST_F(AuthTest, BearerTokens) {
   EXPECT_EQ(log.find(kToken), std::string::npos);
   EXPECT_EQ(log.find(kWrongToken), std::string::npos);
   EXPECT_EQ(log.find(local_token), std::string::npos);
+}
+
+// Token rotation without a restart: SIGHUP makes quantd re-read --auth_token_file. A file that
+// no longer loads changes nothing; the local workers' own token survives every reload.
+TEST_F(AuthTest, SighupReloadsTheTokenFile) {
+  constexpr char kNewToken[] = "rotated-token-0123456789abcdef";
+  const std::string path = files->Path("rotating-tokens");
+  WriteFile(path, std::string(kToken) + " tester\n", 0600);
+  Daemon d(1, {"--auth_token_file=" + path});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  const std::string old_env = "QUANTD_TOKEN=" + std::string(kToken);
+  const std::string new_env = "QUANTD_TOKEN=" + std::string(kNewToken);
+  EXPECT_EQ(Ctl(d, {}, {"jobs"}, {old_env}).exit_code, 0);
+  EXPECT_EQ(Ctl(d, {}, {"jobs"}, {new_env}).exit_code, 1);
+
+  // Rotate: the file now holds only the new token.
+  WriteFile(path + ".tmp", std::string(kNewToken) + " rotated\n", 0600);
+  ASSERT_EQ(std::rename((path + ".tmp").c_str(), path.c_str()), 0);
+  ASSERT_EQ(::kill(d.pid(), SIGHUP), 0);  // quantd only, not its workers
+  CommandResult fresh;
+  for (int i = 0; i < 100; ++i) {  // the reload runs on quantd's signal thread
+    fresh = Ctl(d, {}, {"jobs"}, {new_env});
+    if (fresh.exit_code == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(fresh.exit_code, 0) << fresh.err << d.Log();
+  CommandResult stale = Ctl(d, {}, {"jobs"}, {old_env});
+  EXPECT_EQ(stale.exit_code, 1);
+  EXPECT_NE(stale.err.find("PERMISSION_DENIED: token rejected"), std::string::npos) << stale.err;
+  EXPECT_NE(d.Log().find("SIGHUP: now accepting the 1 token(s)"), std::string::npos) << d.Log();
+
+  // A world-readable file is refused at reload as at startup: the current token stays valid.
+  ::chmod(path.c_str(), 0644);
+  ASSERT_EQ(::kill(d.pid(), SIGHUP), 0);
+  for (int i = 0; i < 100 && d.Log().find("reloading") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(d.Log().find("failed, the previous 1 token(s) stay accepted"), std::string::npos)
+      << d.Log();
+  EXPECT_EQ(Ctl(d, {}, {"jobs"}, {new_env}).exit_code, 0);
+
+  // The local worker still authenticates (its token is kept across reloads): a job completes.
+  CommandResult job = Ctl(d, {}, {"submit", Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4",
+                    "--max-calib-seqs", "1", "--name", "auth-after-reload", "--wait"},
+            {new_env});
+  EXPECT_EQ(job.exit_code, 0) << job.out << job.err << d.Log();
+  EXPECT_EQ(d.Log().find(kNewToken), std::string::npos);  // tokens are never logged
 }
 
 TEST_F(AuthTest, Tls) {
