@@ -2,7 +2,9 @@
 """End-to-end test of the Python client (client/python/quantd_client.py) against a real quantd
 with 2 local workers: submit the stories260K job, watch it, fetch the artifact (sha256 checked
 against the manifest, resume from a partial download, a corrupt partial file is DATA_LOSS), and
-an invalid request is INVALID_ARGUMENT.
+an invalid request is INVALID_ARGUMENT. A second quantd with bearer tokens and TLS: the client
+with the token and the CA runs a job; no token, a wrong token, no TLS and a world-readable token
+file are refused with the reason.
 
 The outer run (stdlib only) prepares a venv under $QUANTD_BINARY_DIR/python-client-venv with
 client/python/requirements.txt (kept across runs, reinstalled when the requirements change) and
@@ -106,25 +108,42 @@ def sha256_file(path):
     return hashlib.sha256(read(path, "rb")).hexdigest()
 
 
+def start_quantd(cls, workers, flags=()):
+    """Starts quantd for a test class (cls.tmp, cls.proc, cls.log, cls.addr)."""
+    cls.tmp = tempfile.mkdtemp(prefix="quantd_pyclient_")
+    port_file = os.path.join(cls.tmp, "port")
+    cls.log = open(os.path.join(cls.tmp, "quantd.log"), "w")
+    cls.proc = subprocess.Popen(
+        [os.path.join(BINARY_DIR, "quantd"), "--listen=127.0.0.1:0",
+         "--metrics_listen=127.0.0.1:%d" % free_port(),
+         "--data_dir=" + os.path.join(cls.tmp, "data"), "--port_file=" + port_file,
+         "--worker_binary=" + os.path.join(BINARY_DIR, "quantd-worker"),
+         "--local_workers=%d" % workers] + list(flags),
+        stdout=cls.log, stderr=subprocess.STDOUT, start_new_session=True)
+    for _ in range(300):
+        if os.path.exists(port_file) and read(port_file).strip():
+            break
+        if cls.proc.poll() is not None:
+            raise RuntimeError("quantd exited: " + read(os.path.join(cls.tmp, "quantd.log")))
+        time.sleep(0.05)
+    cls.addr = "127.0.0.1:" + read(port_file).strip()
+
+
+def stop_quantd(cls):
+    cls.proc.send_signal(signal.SIGTERM)
+    try:
+        cls.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(cls.proc.pid, signal.SIGKILL)
+        cls.proc.wait()
+    cls.log.close()
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+
+
 class PythonClientTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tmp = tempfile.mkdtemp(prefix="quantd_pyclient_")
-        port_file = os.path.join(cls.tmp, "port")
-        cls.log = open(os.path.join(cls.tmp, "quantd.log"), "w")
-        cls.proc = subprocess.Popen(
-            [os.path.join(BINARY_DIR, "quantd"), "--listen=127.0.0.1:0",
-             "--metrics_listen=127.0.0.1:%d" % free_port(),
-             "--data_dir=" + os.path.join(cls.tmp, "data"), "--port_file=" + port_file,
-             "--worker_binary=" + os.path.join(BINARY_DIR, "quantd-worker"), "--local_workers=2"],
-            stdout=cls.log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(300):
-            if os.path.exists(port_file) and read(port_file).strip():
-                break
-            if cls.proc.poll() is not None:
-                raise RuntimeError("quantd exited: " + cls.quantd_log())
-            time.sleep(0.05)
-        cls.addr = "127.0.0.1:" + read(port_file).strip()
+        start_quantd(cls, 2)
         import quantd_client
         cls.qc = quantd_client
         cls.client = quantd_client.Client(cls.addr)
@@ -132,14 +151,7 @@ class PythonClientTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.client.close()
-        cls.proc.send_signal(signal.SIGTERM)
-        try:
-            cls.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(cls.proc.pid, signal.SIGKILL)
-            cls.proc.wait()
-        cls.log.close()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        stop_quantd(cls)
 
     @classmethod
     def quantd_log(cls):
@@ -230,6 +242,94 @@ class PythonClientTest(unittest.TestCase):
         r = self.cli("fetch", "no-such-model", "-o", os.path.join(self.tmp, "none"))
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("NOT_FOUND", r.stderr)
+
+
+TOKEN = "py-client-token-0123456789"
+
+
+class SecuredPythonClientTest(unittest.TestCase):
+    """quantd with --auth_token_file and TLS (a test CA and a server certificate for
+    127.0.0.1, made with openssl)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = tempfile.mkdtemp(prefix="quantd_pyclient_certs_")
+        script = """set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj "/CN=quantd pyclient test ca"
+key server.key
+openssl req -new -key server.key -out server.csr -subj "/CN=quantd pyclient test server"
+printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \\
+  -days 2 -extfile server.ext 2>/dev/null
+"""
+        subprocess.run(["/bin/sh", "-c", script], cwd=cls.certs, check=True,
+                       capture_output=True)
+        cls.token_file = os.path.join(cls.certs, "tokens")
+        with open(cls.token_file, "w") as f:
+            f.write("# test\n%s  py-tester\n" % TOKEN)
+        os.chmod(cls.token_file, 0o600)
+        start_quantd(cls, 1, ["--auth_token_file=" + cls.token_file,
+                              "--tls_cert=" + os.path.join(cls.certs, "server.pem"),
+                              "--tls_key=" + os.path.join(cls.certs, "server.key")])
+        import quantd_client
+        cls.qc = quantd_client
+        cls.ca = os.path.join(cls.certs, "ca.pem")
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_quantd(cls)
+        shutil.rmtree(cls.certs, ignore_errors=True)
+
+    def cli(self, *args, env=None):
+        return subprocess.run([sys.executable, os.path.join(CLIENT_DIR, "quantd_client.py"),
+                               "--addr", self.addr] + list(args), capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, **(env or {})))
+
+    def test_token_and_tls(self):
+        import grpc
+        qc = self.qc
+        self.assertEqual(qc.read_token_file(self.token_file), TOKEN)
+        with qc.Client(self.addr, token=TOKEN, tls_ca=self.ca) as c:
+            job = c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-secure",
+                           max_calib_seqs=1)
+            final = c.watch(job.id)
+            self.assertEqual(final.state, qc.pb.JOB_STATE_SUCCEEDED,
+                             final.error + read(os.path.join(self.tmp, "quantd.log")))
+        # TLS without a token: the server's UNAUTHENTICATED; a wrong token: PERMISSION_DENIED.
+        with qc.Client(self.addr, tls_ca=self.ca) as c:
+            with self.assertRaises(grpc.RpcError) as e:
+                c.get_job(job.id)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+            self.assertIn("no token sent", e.exception.details())
+        with qc.Client(self.addr, token="wrong-token-0123456789", tls_ca=self.ca) as c:
+            with self.assertRaises(grpc.RpcError) as e:
+                c.models()
+            self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        # Plaintext against the TLS port never becomes ready.
+        with self.assertRaises(grpc.FutureTimeoutError):
+            qc.Client(self.addr, token=TOKEN, connect_timeout_s=1.0)
+        with self.assertRaises(ValueError):
+            qc.Client(self.addr, tls_cert=self.ca)
+
+        # The CLI: --token-file and --tls-ca, or the environment.
+        r = self.cli("--token-file", self.token_file, "--tls-ca", self.ca, "status", job.id)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCEEDED", r.stdout)
+        r = self.cli("status", job.id, env={"QUANTD_TOKEN": TOKEN, "QUANTD_TLS_CA": self.ca})
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = self.cli("--tls-ca", self.ca, "status", job.id, env={"QUANTD_TOKEN": ""})
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("UNAUTHENTICATED", r.stderr)
+        # A token file other users can read is refused before anything is sent.
+        open_file = os.path.join(self.certs, "open-token")
+        with open(open_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(open_file, 0o644)
+        r = self.cli("--token-file", open_file, "--tls-ca", self.ca, "status", job.id)
+        self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
+        self.assertIn("chmod 600", r.stderr)
 
 
 if __name__ == "__main__":

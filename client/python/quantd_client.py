@@ -10,14 +10,23 @@ Library:
         job = c.watch(job.id, on_event=lambda ev: print(ev.job.progress))
         version = c.fetch("llama-2bit", out_dir="out/llama-2bit")
 
+Security (docs/reliability.md, "Authentication and TLS"): Client(addr, token=...) sends
+"authorization: Bearer <token>" on every call (read_token_file() reads a token file with
+quantctl's rules); tls_ca=FILE dials TLS and verifies the server with that CA bundle, and
+tls_cert/tls_key add a client certificate for mutual TLS.
+
 CLI (exit 0 success, 1 job failed/cancelled or request refused, 2 usage, 4 server unavailable;
 the same codes as quantctl):
 
-    python3 quantd_client.py [--addr HOST:PORT] submit MODEL_DIR --calib FILE [--eval FILE]
-        --method M --bits B --name NAME [--request-id ID] [--wait] [--json]
+    python3 quantd_client.py [--addr HOST:PORT] [--token-file FILE] [--tls-ca FILE
+        [--tls-cert FILE --tls-key FILE]] submit MODEL_DIR --calib FILE [--eval FILE]
+        --method M --bits B --name NAME [--request-id ID] [--sequential] [--wait] [--json]
     python3 quantd_client.py watch JOB [--json]
     python3 quantd_client.py status JOB [--json]
     python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--json]
+
+As with quantctl, the token comes from --token-file, else $QUANTD_TOKEN, and the TLS files
+from --tls-ca/--tls-cert/--tls-key, else $QUANTD_TLS_CA/$QUANTD_TLS_CERT/$QUANTD_TLS_KEY.
 
 Stubs: quantd_pb2 / quantd_pb2_grpc are generated from proto/quantd.proto with grpcio-tools
 (never committed). `python3 quantd_client.py gen-stubs [DIR]` writes them; on import the module
@@ -32,6 +41,7 @@ raises FetchError with code DATA_LOSS. Thread-safety: a Client may be shared by 
 """
 
 import argparse
+import collections
 import hashlib
 import importlib
 import json
@@ -113,19 +123,100 @@ def _sha256_file(path):
     return h.hexdigest()
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+def read_token_file(path):
+    """The first token of a quantd token file, with quantctl's rules: blank lines and '#'
+    lines are skipped, a token is the line's first field (at least 16 printable ASCII
+    characters), and the file must not be accessible to other users. Raises ValueError."""
+    st = os.stat(path)
+    if st.st_mode & 0o007:
+        raise ValueError("token file %s is accessible to other users: chmod 600 %s" % (path, path))
+    with open(path, encoding="ascii", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            token = line.split()[0]
+            if len(token) < MIN_TOKEN_LENGTH or not all(33 <= ord(ch) < 127 for ch in token):
+                raise ValueError("%s:%d: a token is at least %d printable ASCII characters"
+                                 % (path, n, MIN_TOKEN_LENGTH))
+            return token
+    raise ValueError("token file %s holds no token" % path)
+
+
+def _is_loopback(addr):
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds "authorization: Bearer <token>" to every call (over TLS and plaintext alike;
+    grpc's call credentials refuse plaintext channels)."""
+
+    def __init__(self, token):
+        self._entry = ("authorization", "Bearer " + token)
+
+    def _with_token(self, d):
+        return _CallDetails(d.method, d.timeout, list(d.metadata or []) + [self._entry],
+                            d.credentials, d.wait_for_ready, d.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+
 class Client:
     """Connection to one quantd coordinator (QuantService + RegistryService)."""
 
-    def __init__(self, addr="127.0.0.1:7070", connect_timeout_s=5.0):
+    def __init__(self, addr="127.0.0.1:7070", connect_timeout_s=5.0, token=None, tls_ca=None,
+                 tls_cert=None, tls_key=None):
+        """token: bearer token sent on every call. tls_ca: PEM CA bundle; dials TLS and
+        verifies the server (the certificate must name the addr host). tls_cert + tls_key:
+        client certificate for mutual TLS. Raises ValueError for an inconsistent combination,
+        grpc.FutureTimeoutError when the server is not reachable (or refuses the handshake)
+        within connect_timeout_s."""
         self.addr = addr
-        self._channel = grpc.insecure_channel(
-            addr, options=[("grpc.max_receive_message_length", 16 << 20)])
-        grpc.channel_ready_future(self._channel).result(timeout=connect_timeout_s)
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if tls_cert and not tls_ca:
+            raise ValueError("a client certificate needs tls_ca (mutual TLS is TLS)")
+        options = [("grpc.max_receive_message_length", 16 << 20)]
+        if tls_ca:
+            def pem(path):
+                with open(path, "rb") as f:
+                    return f.read()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=pem(tls_ca),
+                private_key=pem(tls_key) if tls_key else None,
+                certificate_chain=pem(tls_cert) if tls_cert else None)
+            self._raw = grpc.secure_channel(addr, creds, options=options)
+        else:
+            if token and not _is_loopback(addr):
+                print("quantd_client: warning: sending a token in plaintext to %s; use tls_ca"
+                      % addr, file=sys.stderr)
+            self._raw = grpc.insecure_channel(addr, options=options)
+        try:
+            grpc.channel_ready_future(self._raw).result(timeout=connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            self._raw.close()
+            raise
+        self._channel = (grpc.intercept_channel(self._raw, _BearerToken(token)) if token
+                         else self._raw)
         self.jobs = pb_grpc.QuantServiceStub(self._channel)
         self.registry = pb_grpc.RegistryServiceStub(self._channel)
 
     def close(self):
-        self._channel.close()
+        self._raw.close()
 
     def __enter__(self):
         return self
@@ -316,6 +407,13 @@ def _watch(client, job_id, as_json):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="quantd_client.py", description=__doc__.split("\n")[0])
     ap.add_argument("--addr", default=os.environ.get("QUANTD_ADDR", "127.0.0.1:7070"))
+    ap.add_argument("--token-file", default="",
+                    help="send the file's first token (else $QUANTD_TOKEN)")
+    ap.add_argument("--tls-ca", default=os.environ.get("QUANTD_TLS_CA", ""),
+                    help="dial TLS, verifying the server with this CA bundle")
+    ap.add_argument("--tls-cert", default=os.environ.get("QUANTD_TLS_CERT", ""),
+                    help="client certificate for mutual TLS (with --tls-key)")
+    ap.add_argument("--tls-key", default=os.environ.get("QUANTD_TLS_KEY", ""))
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("submit", help="submit a quantization job")
     s.add_argument("model_dir")
@@ -327,6 +425,8 @@ def main(argv=None):
     s.add_argument("--request-id", default="")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-calib-seqs", type=int, default=0)
+    s.add_argument("--sequential", action="store_true",
+                   help="one Hessian + quantize stage per layer (GPTQ's layer-by-layer order)")
     s.add_argument("--wait", action="store_true")
     s.add_argument("--json", action="store_true")
     for name in ("watch", "status", "cancel"):
@@ -345,16 +445,24 @@ def main(argv=None):
         generate_stubs(args.dir)
         return 0
     try:
-        client = Client(args.addr)
+        token = read_token_file(args.token_file) if args.token_file else os.environ.get(
+            "QUANTD_TOKEN", "")
+        client = Client(args.addr, token=token or None, tls_ca=args.tls_ca or None,
+                        tls_cert=args.tls_cert or None, tls_key=args.tls_key or None)
+    except (ValueError, OSError) as e:
+        print("quantd_client.py: %s" % e, file=sys.stderr)
+        return 2
     except grpc.FutureTimeoutError:
-        print("quantd at %s is unavailable" % args.addr, file=sys.stderr)
+        print("quantd at %s is unavailable (or the TLS handshake failed)" % args.addr,
+              file=sys.stderr)
         return 4
     try:
         if args.cmd == "submit":
             job = client.submit(args.model_dir, calib=args.calib, eval_path=args.eval,
                                 method=args.method, bits=args.bits, name=args.name,
                                 request_id=args.request_id, seed=args.seed,
-                                max_calib_seqs=args.max_calib_seqs)
+                                max_calib_seqs=args.max_calib_seqs,
+                                sequential=args.sequential)
             if not args.wait:
                 print(json.dumps(_job_dict(job)) if args.json else job.id)
                 return 0
