@@ -490,16 +490,16 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
     auto it = jobs_.find(job_id);
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
     for (const TaskState& t : it->second.tasks) {
-      if (t.row.task.kind() != quantd::v1::TASK_KIND_QUANTIZE || t.row.task.tensor_name() != tensor) {
-        continue;
-      }
+      const quantd::v1::Task& task = t.row.task;
+      if (task.kind() != quantd::v1::TASK_KIND_QUANTIZE || task.tensor_name() != tensor) continue;
       if (t.row.state != TaskRowState::kDone) {
         return absl::FailedPreconditionError(
             absl::StrCat("blob '", name, "': ", tensor, " is not quantized yet"));
       }
       return JoinPath(JobDir(job_id), QuantizedResult(t.row.task_id));
     }
-    return absl::NotFoundError(absl::StrCat("blob '", name, "': job ", job_id, " quantizes no ", tensor));
+    return absl::NotFoundError(
+        absl::StrCat("blob '", name, "': job ", job_id, " quantizes no ", tensor));
   }
   return absl::InvalidArgumentError(absl::StrCat("blob '", name, "' is not readable by workers"));
 }

@@ -278,9 +278,11 @@ TEST_F(AuthTest, SighupReloadsTheTokenFile) {
   EXPECT_EQ(Ctl(d, {}, {"jobs"}, {new_env}).exit_code, 0);
 
   // The local worker still authenticates (its token is kept across reloads): a job completes.
-  CommandResult job = Ctl(d, {}, {"submit", Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4",
-                    "--max-calib-seqs", "1", "--name", "auth-after-reload", "--wait"},
-            {new_env});
+  CommandResult job =
+      Ctl(d, {},
+          {"submit", Model(), "--calib", Calib(), "--method", "rtn", "--bits", "4",
+           "--max-calib-seqs", "1", "--name", "auth-after-reload", "--wait"},
+          {new_env});
   EXPECT_EQ(job.exit_code, 0) << job.out << job.err << d.Log();
   EXPECT_EQ(d.Log().find(kNewToken), std::string::npos);  // tokens are never logged
 }
