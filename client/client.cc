@@ -154,6 +154,18 @@ absl::StatusOr<std::vector<v1::ModelVersion>> QuantdClient::ListModels(const std
   return std::vector<v1::ModelVersion>(resp.models().begin(), resp.models().end());
 }
 
+absl::StatusOr<v1::ModelVersion> QuantdClient::DeleteModel(const std::string& name,
+                                                           int32_t version) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
+  v1::DeleteModelRequest req;
+  req.set_name(name);
+  req.set_version(version);
+  v1::ModelVersion mv;
+  QUANTD_RETURN_IF_ERROR(FromGrpc(registry_->DeleteModel(&ctx, req, &mv)));
+  return mv;
+}
+
 absl::StatusOr<v1::ModelVersion> QuantdClient::GetModel(const std::string& name,
                                                         int32_t version) {
   grpc::ClientContext ctx;

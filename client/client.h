@@ -67,6 +67,8 @@ class QuantdClient {
   absl::StatusOr<std::vector<quantd::v1::ModelVersion>> ListModels(const std::string& name);
   // `version` 0 = latest.
   absl::StatusOr<quantd::v1::ModelVersion> GetModel(const std::string& name, int32_t version);
+  // Deletes one version (≥ 1); returns what it was.
+  absl::StatusOr<quantd::v1::ModelVersion> DeleteModel(const std::string& name, int32_t version);
 
   // GetModel, then downloads every file into `dir` with resume and verification; see
   // model_fetcher.h for the contract. Returns the ModelVersion that was fetched.

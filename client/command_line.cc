@@ -202,6 +202,7 @@ const std::vector<CommandSpec>& Commands() {
       {"cancel", Command::kCancel, {{"--json", false}}},
       {"models", Command::kModels, {{"--json", false}}},
       {"fetch", Command::kFetch, {{"-o", true}, {"--format", true}, {"--dtype", true}}},
+      {"delete", Command::kDelete, {{"--json", false}}},
   };
   return *commands;
 }
@@ -288,6 +289,16 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
     case Command::kFetch:
       QUANTD_RETURN_IF_ERROR(ParseFetch(a, &inv));
       break;
+    case Command::kDelete: {
+      QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, name, 1, 1, "NAME@VERSION"));
+      QUANTD_ASSIGN_OR_RETURN(ModelRef ref, ParseModelRef(a.positional[0]));
+      if (ref.version < 1) {
+        return Usage("delete: name the version (NAME@VERSION): deleting never means \"latest\"");
+      }
+      inv.model_name = ref.name;
+      inv.model_version = ref.version;
+      break;
+    }
     case Command::kHelp:
       break;
   }
@@ -327,6 +338,8 @@ commands:
   status JOB [--json]    Shows one job.
   cancel JOB [--json]    Cancels a job.
   models [NAME] [--json] Lists published model versions (name, version, method, bits, ppl).
+  delete NAME@VERSION [--json]
+                         Deletes one published version (its files; the number is never reused).
   fetch NAME[@VERSION] -o DIR [--format native|hf] [--dtype f16|bf16|f32]
       Downloads a model version (default: latest) into DIR, resuming broken transfers and
       verifying each file's size and sha256; writes DIR/manifest.json last.

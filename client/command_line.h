@@ -17,7 +17,7 @@ namespace quantd::client {
 
 inline constexpr char kDefaultAddr[] = "127.0.0.1:7070";
 
-enum class Command { kHelp, kSubmit, kWatch, kJobs, kStatus, kCancel, kModels, kFetch };
+enum class Command { kHelp, kSubmit, kWatch, kJobs, kStatus, kCancel, kModels, kFetch, kDelete };
 
 // One parsed quantctl invocation. Only the fields of `command` are meaningful.
 struct Invocation {
@@ -37,8 +37,8 @@ struct Invocation {
   bool wait = false;                    // submit --wait
   std::optional<double> max_ppl_ratio;  // submit --max-ppl-ratio (requires --wait and --eval)
 
-  std::string model_name;     // models (empty = all), fetch
-  int32_t model_version = 0;  // fetch NAME@VERSION; 0 = latest
+  std::string model_name;     // models (empty = all), fetch, delete
+  int32_t model_version = 0;  // fetch NAME@VERSION (0 = latest); delete NAME@VERSION (≥ 1)
   std::string out_dir;        // fetch -o, absolute
   bool hf_format = false;     // fetch --format hf (else native)
   std::string hf_dtype = "f16";  // fetch --dtype f16|bf16|f32 (hf only)

@@ -160,6 +160,13 @@ int Run(QuantdClient& client, const Invocation& inv, const Streams& io) {
     }
     case Command::kFetch:
       return Fetch(client, inv, io);
+    case Command::kDelete: {
+      auto mv = client.DeleteModel(inv.model_name, inv.model_version);
+      if (!mv.ok()) return Fail(io, mv.status());
+      io.out << (inv.json ? ToJson(*mv) + "\n"
+                          : absl::StrCat("deleted ", mv->name(), "@", mv->version(), "\n"));
+      return kExitOk;
+    }
     case Command::kHelp:
       break;
   }

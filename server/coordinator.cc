@@ -407,6 +407,10 @@ absl::StatusOr<quantd::v1::HeartbeatResponse> Coordinator::Heartbeat(
     }
     if (!alive) resp.add_cancelled_lease_ids(lease);
   }
+  for (const std::string& id : req.cached_job_ids()) {
+    auto j = jobs_.find(id);
+    if (j == jobs_.end() || Terminal(j->second.job.state())) resp.add_finished_job_ids(id);
+  }
   return resp;
 }
 

@@ -28,9 +28,57 @@ bool IsValidModelName(std::string_view name) {
 
 Registry::Registry(std::string root) : root_(std::move(root)) {}
 
+namespace {
+constexpr char kTombstone[] = "deleted.json";
+
+// Removes everything in a tombstone directory but its deleted.json.
+absl::Status ClearTombstone(const std::string& dir) {
+  std::error_code ec;
+  std::vector<fs::path> doomed;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (e.path().filename() != kTombstone) doomed.push_back(e.path());
+  }
+  if (ec) return absl::InternalError(absl::StrCat("listing ", dir, ": ", ec.message()));
+  for (const fs::path& p : doomed) QUANTD_RETURN_IF_ERROR(RemoveAll(p.string()));
+  return SyncDir(dir);
+}
+}  // namespace
+
 absl::Status Registry::Init() {
   QUANTD_RETURN_IF_ERROR(MakeDirs(root_));
-  return MakeDirs(JoinPath(root_, ".staging"));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(root_, ".staging")));
+  std::error_code ec;
+  for (const auto& m : fs::directory_iterator(root_, ec)) {
+    if (!m.is_directory() || !IsValidModelName(m.path().filename().string())) continue;
+    for (const auto& v : fs::directory_iterator(m.path(), ec)) {
+      if (fs::exists(v.path() / kTombstone) && !fs::exists(v.path() / "manifest.json")) {
+        QUANTD_RETURN_IF_ERROR(ClearTombstone(v.path().string()));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<quantd::v1::ModelVersion> Registry::Delete(const std::string& name, int version) {
+  if (!IsValidModelName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid model name '", name, "'"));
+  }
+  if (version < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("version must be >= 1 to delete (got ", version, "): name it explicitly"));
+  }
+  MutexLock l(&publish_mu_);
+  QUANTD_ASSIGN_OR_RETURN(quantd::v1::ModelVersion mv, Get(name, version));
+  const std::string dir = JoinPath(JoinPath(root_, name), std::to_string(version));
+  const std::string manifest = JoinPath(dir, "manifest.json");
+  const std::string tomb = JoinPath(dir, kTombstone);
+  if (std::rename(manifest.c_str(), tomb.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("delete ", name, "@", version, ": rename ", manifest,
+                                            " failed"));
+  }
+  QUANTD_RETURN_IF_ERROR(SyncDir(dir));
+  QUANTD_RETURN_IF_ERROR(ClearTombstone(dir));
+  return mv;
 }
 
 std::string Registry::StagingDir(const std::string& job_id) const {

@@ -23,8 +23,8 @@ class Registry {
  public:
   explicit Registry(std::string root);
 
-  // Creates the root and staging directories; removes staging leftovers of crashed runs that the
-  // caller does not list in `keep_jobs`.
+  // Creates the root and staging directories; finishes deletions a crash interrupted (files
+  // left in tombstones).
   absl::Status Init();
 
   const std::string& root() const { return root_; }
@@ -38,6 +38,14 @@ class Registry {
   absl::StatusOr<quantd::v1::ModelVersion> Get(const std::string& name, int version) const;
   // Every version of `name`, or of every model when `name` is empty; sorted by name, version.
   absl::StatusOr<std::vector<quantd::v1::ModelVersion>> List(const std::string& name) const;
+
+  // Deletes version `version` (≥ 1; no "latest", so a delete is never a guess) of `name` and
+  // returns what it was. The number is never reused: the version's directory stays as a
+  // tombstone holding its manifest renamed to deleted.json (so Publish skips the number and the
+  // removal can be audited). The rename makes the version invisible at once; the other files
+  // go after it (a crash in between leaves them in the tombstone, removed by the next Delete of
+  // it or by Init). NOT_FOUND if absent, INVALID_ARGUMENT for a bad name or version.
+  absl::StatusOr<quantd::v1::ModelVersion> Delete(const std::string& name, int version);
 
   // Absolute path of a file of a version after checking that the manifest lists it and that its
   // size and sha256 still match (DATA_LOSS otherwise). Verified digests are cached by

@@ -1,6 +1,7 @@
 #include "server/services.h"
 
 #include <fcntl.h>
+#include <cstdio>
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
@@ -288,6 +289,16 @@ ServerUnaryReactor* RegistryServiceImpl::GetModel(CallbackServerContext* ctx,
                                                   const quantd::v1::GetModelRequest* req,
                                                   quantd::v1::ModelVersion* resp) {
   return Reply(ctx, c_->registry().Get(req->name(), req->version()), resp);
+}
+
+ServerUnaryReactor* RegistryServiceImpl::DeleteModel(CallbackServerContext* ctx,
+                                                     const quantd::v1::DeleteModelRequest* req,
+                                                     quantd::v1::ModelVersion* resp) {
+  auto deleted = c_->registry().Delete(req->name(), req->version());
+  if (deleted.ok()) {
+    std::fprintf(stderr, "quantd: registry: deleted %s@%d\n", req->name().c_str(), req->version());
+  }
+  return Reply(ctx, std::move(deleted), resp);
 }
 
 grpc::ServerWriteReactor<quantd::v1::Chunk>* RegistryServiceImpl::FetchArtifact(

@@ -45,6 +45,9 @@ class RegistryServiceImpl final : public quantd::v1::RegistryService::CallbackSe
                                      quantd::v1::ModelVersion* resp) override;
   grpc::ServerWriteReactor<quantd::v1::Chunk>* FetchArtifact(
       grpc::CallbackServerContext* ctx, const quantd::v1::FetchArtifactRequest* req) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx,
+                                        const quantd::v1::DeleteModelRequest* req,
+                                        quantd::v1::ModelVersion* resp) override;
 
  private:
   Coordinator* c_;

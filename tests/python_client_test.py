@@ -225,6 +225,14 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(sha256_file(os.path.join(bad, "model.safetensors")),
                          listed["model.safetensors"]["sha256"])
 
+        # Deleting the version: it is gone from the registry, a second delete is NOT_FOUND.
+        import grpc
+        self.assertEqual(c.delete_model("py-rtn4", 1).version, 1)
+        self.assertEqual(c.models("py-rtn4"), [])
+        with self.assertRaises(grpc.RpcError) as e:
+            c.delete_model("py-rtn4", 1)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+
     def test_invalid_requests(self):
         import grpc
         c = self.client

@@ -113,6 +113,24 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   EXPECT_NE(metrics.find("quantd_tasks_total{kind=\"quantize\",outcome=\"ok\"} 35"),
             std::string::npos)
       << metrics;
+
+  // The workers' caches held the job's blobs (model snapshot, tokens, Hessians); once the job
+  // ended, the next heartbeats (every 2 s) remove them: a long-running worker's disk does not
+  // fill up with finished jobs.
+  auto cached = [&] {
+    int n = 0;
+    for (const char* w : {"local-0", "local-1"}) {
+      n += std::filesystem::exists(d.data_dir() + "/worker-cache/" + w + "/jobs/" + id);
+    }
+    return n;
+  };
+  for (int i = 0; i < 100 && cached() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(cached(), 0) << d.Log();
+  EXPECT_NE(d.Log().find("job " + id + " ended: removed its cached blobs"), std::string::npos)
+      << d.Log();
+  EXPECT_TRUE(std::filesystem::exists(d.data_dir() + "/worker-cache/local-0/jobs"));
 }
 
 TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
@@ -131,6 +149,29 @@ TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
   ASSERT_EQ(d.Quantctl({"watch", c["id"]}).exit_code, 0);
   EXPECT_EQ(Status(d, a["id"])["version"], 1);
   EXPECT_EQ(Status(d, c["id"])["version"], 2);
+
+  // Deleting the latest version: fetches of it are NOT_FOUND, "latest" is 1 again, and the next
+  // publication is 3, so e2e-versions@2 never names another model.
+  CommandResult latest = d.Quantctl({"delete", "e2e-versions"});
+  EXPECT_EQ(latest.exit_code, 2) << latest.err;  // the version must be named
+  CommandResult del = d.Quantctl({"delete", "e2e-versions@2"});
+  ASSERT_EQ(del.exit_code, 0) << del.out << del.err;
+  EXPECT_EQ(del.out, "deleted e2e-versions@2\n");
+  CommandResult again = d.Quantctl({"delete", "e2e-versions@2"});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("NOT_FOUND"), std::string::npos) << again.err;
+  CommandResult f = d.Quantctl({"fetch", "e2e-versions@2", "-o", MakeTempDir("deleted")});
+  EXPECT_EQ(f.exit_code, 1);
+  EXPECT_NE(f.err.find("NOT_FOUND"), std::string::npos) << f.err;
+  CommandResult models = d.Quantctl({"models", "e2e-versions", "--json"});
+  ASSERT_EQ(models.exit_code, 0);
+  json list = ParseJson(models.out);
+  ASSERT_TRUE(list.is_array()) << models.out;
+  ASSERT_EQ(list.size(), 1u) << models.out;
+  EXPECT_EQ(list[0]["version"], 1);
+  json e = Submit(d, args);
+  ASSERT_EQ(d.Quantctl({"watch", e["id"]}).exit_code, 0);
+  EXPECT_EQ(Status(d, e["id"])["version"], 3);
 }
 
 TEST_F(ServiceE2E, CancelPublishesNothing) {

@@ -278,6 +278,10 @@ class Client:
     def models(self, name=""):
         return list(self.registry.ListModels(pb.ListModelsRequest(name=name)).models)
 
+    def delete_model(self, name, version):
+        """Deletes one published version (version >= 1); returns what it was."""
+        return self.registry.DeleteModel(pb.DeleteModelRequest(name=name, version=version))
+
     def get_model(self, name, version=0):
         return self.registry.GetModel(pb.GetModelRequest(name=name, version=version))
 

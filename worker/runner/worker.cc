@@ -127,6 +127,10 @@ void Worker::HeartbeatLoop() {
       req.set_worker_id(worker_id_);
       if (!current_lease_.empty()) req.add_lease_ids(current_lease_);
     }
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(JobsCacheDir(), ec)) {
+      if (e.is_directory(ec)) req.add_cached_job_ids(e.path().filename().string());
+    }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     quantd::v1::HeartbeatResponse resp;
@@ -142,6 +146,31 @@ void Worker::HeartbeatLoop() {
         if (id == current_lease_) cancelled_.store(true);
       }
     }
+    if (s.ok() && resp.finished_job_ids_size() > 0) EvictFinished(resp);
+  }
+}
+
+void Worker::EvictFinished(const quantd::v1::HeartbeatResponse& resp) {
+  for (const std::string& id : resp.finished_job_ids()) {
+    // Only names this worker can have listed: one path component, not "." or "..".
+    if (id.empty() || id.front() == '.' || id.find('/') != std::string::npos) continue;
+    {
+      // A finished job's tasks are never leased again, so only the running task (abandoned
+      // when its job was cancelled) can still read this directory.
+      MutexLock l(&mu_);
+      if (id == current_job_) continue;
+    }
+    const std::string dir = JoinPath(JobsCacheDir(), id);
+    uint64_t bytes = 0;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(dir, ec)) {
+      if (e.is_regular_file(ec)) bytes += e.file_size(ec);
+    }
+    absl::Status s = RemoveAll(dir);
+    Log(options_.name, s.ok() ? absl::StrCat("job ", id, " ended: removed its cached blobs (",
+                                             bytes >> 20, " MiB)")
+                              : absl::StrCat("removing the cache of job ", id, ": ",
+                                             s.ToString()));
   }
 }
 
@@ -149,7 +178,10 @@ absl::StatusOr<std::string> Worker::FetchBlob(const std::string& job_id, const s
   if (name.find("..") != std::string::npos || name.empty() || name.front() == '/') {
     return absl::InvalidArgumentError(absl::StrCat("bad blob name ", name));
   }
-  const std::string path = JoinPath(JoinPath(options_.cache_dir, job_id), name);
+  if (job_id.empty() || job_id.find('/') != std::string::npos || job_id.front() == '.') {
+    return absl::InvalidArgumentError(absl::StrCat("bad job id ", job_id));
+  }
+  const std::string path = JoinPath(JoinPath(JobsCacheDir(), job_id), name);
   if (std::filesystem::exists(path)) return path;  // blobs are immutable once complete
   QUANTD_RETURN_IF_ERROR(MakeDirs(std::filesystem::path(path).parent_path().string()));
   const std::string part = path + ".part";
@@ -194,12 +226,14 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   {
     MutexLock l(&mu_);
     current_lease_ = task.lease_id();
+    current_job_ = task.job_id();
   }
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
   absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
   {
     MutexLock l(&mu_);
     current_lease_.clear();
+    current_job_.clear();
   }
   if (cancelled_.load()) {
     Log(options_.name, absl::StrCat("task ", task.task_id(), " of ", task.job_id(), " cancelled"));

@@ -1,7 +1,9 @@
 // Worker: the quantd-worker process loop. Registers with the coordinator (API version
 // handshake), heartbeats on its own thread, leases one task at a time, fetches the task's input
 // blobs into a local cache (resuming partial downloads), executes the task and streams the
-// result back. A task whose lease the coordinator reports as cancelled is abandoned.
+// result back. A task whose lease the coordinator reports as cancelled is abandoned. The cache
+// holds one directory per job (cache_dir/jobs/<job id>); each heartbeat names them, and the
+// directories of jobs the coordinator reports finished are deleted.
 // Thread-safety: Run() from one thread; Stop() from any thread (e.g. a signal watcher).
 #ifndef QUANTD_WORKER_RUNNER_WORKER_H_
 #define QUANTD_WORKER_RUNNER_WORKER_H_
@@ -48,6 +50,10 @@ class Worker {
   void HeartbeatLoop();
   absl::Status RunTask(const quantd::v1::Task& task);
   absl::StatusOr<std::string> FetchBlob(const std::string& job_id, const std::string& name);
+  // Job J's blobs live in JobsCacheDir()/J; nothing else is ever deleted from the cache dir.
+  std::string JobsCacheDir() const { return options_.cache_dir + "/jobs"; }
+  // Deletes the cache directories of `finished` jobs, except the running task's.
+  void EvictFinished(const quantd::v1::HeartbeatResponse& resp);
 
   WorkerOptions options_;
   std::unique_ptr<quantd::v1::WorkerService::Stub> stub_;
@@ -58,6 +64,7 @@ class Worker {
   Mutex mu_;
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   std::string current_lease_ ABSL_GUARDED_BY(mu_);
+  std::string current_job_ ABSL_GUARDED_BY(mu_);  // job of current_lease_; its cache stays
   int heartbeat_ms_ ABSL_GUARDED_BY(mu_) = 2000;  // set by RegisterLoop, read by HeartbeatLoop
 };
 
