@@ -26,8 +26,10 @@ absl::string_view View(const grpc_slice& s) {
 
 // State of the core auth metadata processor; owned by the core credentials (see Destroy).
 struct Processor {
-  std::shared_ptr<const TokenStore> tokens;
   Mutex mu;
+  // Set once at construction; read under mu so that ThreadSanitizer sees the hand-off from the
+  // constructing thread to gRPC's (which happens inside uninstrumented libgrpc).
+  std::shared_ptr<const TokenStore> tokens ABSL_GUARDED_BY(mu);
   std::set<std::string> seen ABSL_GUARDED_BY(mu);  // token names already logged
 };
 
@@ -70,7 +72,12 @@ void Process(void* state, grpc_auth_context* /*context*/, const grpc_metadata* m
     return;
   }
   const std::string token(absl::StripAsciiWhitespace(value.substr(7)));
-  std::optional<std::string> name = p->tokens->Get()->Match(token);
+  std::shared_ptr<const TokenSet> tokens;
+  {
+    MutexLock l(&p->mu);
+    tokens = p->tokens->Get();
+  }
+  std::optional<std::string> name = tokens->Match(token);
   if (!name) {
     std::fprintf(stderr, "quantd: auth: %s refused: token not accepted\n", method.c_str());
     Done(cb, user_data, GRPC_STATUS_PERMISSION_DENIED,
@@ -107,7 +114,10 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
       : core_(make()) {
     if (core_ == nullptr || tokens == nullptr) return;
     auto* p = new Processor;
-    p->tokens = std::move(tokens);
+    {
+      MutexLock l(&p->mu);
+      p->tokens = std::move(tokens);
+    }
     grpc_server_credentials_set_auth_metadata_processor(core_, {Process, Destroy, p});
   }
   ~CoreServerCredentials() override {
