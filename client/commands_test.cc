@@ -46,6 +46,8 @@ class FakeQuant final : public v1::QuantService::Service {
   grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* job) override {
     if (req->id() == "job-seq") {  // a sequential job in its third of five layer stages
       *job = MakeJob("job-seq", v1::JOB_STATE_RUNNING);
+      job->mutable_spec()->set_method("gptq");
+      job->mutable_spec()->set_sequential(true);
       job->set_phase("hessian");
       job->set_layer_stages(5);
       job->set_layer_stage(3);
@@ -287,6 +289,7 @@ TEST_F(CommandsTest, JobsFollowsPagesStatusCancel) {
   r = Run({"status", "job-seq"});
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("phase:       hessian, layer 3/5\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("method:      gptq, 4 bits, sequential\n"), std::string::npos) << r.out;
   r = Run({"cancel", "job-x"});
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out, "job job-x: CANCELLED\n");

@@ -134,7 +134,8 @@ std::string DescribeJob(const v1::Job& j) {
   kv("id", j.id());
   kv("name", j.name());
   kv("state", StateName(j.state()));
-  kv("method", absl::StrCat(j.spec().method(), ", ", j.spec().bits(), " bits"));
+  kv("method", absl::StrCat(j.spec().method(), ", ", j.spec().bits(), " bits",
+                            j.spec().sequential() ? ", sequential" : ""));
   kv("phase", PhaseText(j));
   kv("progress", absl::StrFormat("%d/%d tasks, %.1f%%", j.tasks_done(), j.tasks_total(),
                                  100.0 * j.progress()));

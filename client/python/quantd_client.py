@@ -377,9 +377,17 @@ def _job_dict(job):
     }
 
 
+def _phase_text(job):
+    """The phase, with the layer stage of a sequential job ("hessian, layer 3/30")."""
+    if job.layer_stage > 0:
+        return "%s, layer %d/%d" % (job.phase, job.layer_stage, job.layer_stages)
+    return job.phase
+
+
 def _print_job_line(job):
-    print("%s %s %s %d/%d %.1f%%" % (job.id, state_name(job.state), job.phase, job.tasks_done,
-                                     job.tasks_total, 100.0 * job.progress), flush=True)
+    print("%s %s %s %d/%d %.1f%%" % (job.id, state_name(job.state), _phase_text(job),
+                                     job.tasks_done, job.tasks_total, 100.0 * job.progress),
+          flush=True)
 
 
 def _finish(job, as_json):
