@@ -4,7 +4,10 @@
 #ifndef QUANTD_TESTS_E2E_UTIL_H_
 #define QUANTD_TESTS_E2E_UTIL_H_
 
+#include <chrono>
+#include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -43,6 +46,29 @@ inline nlohmann::json SubmitJson(const Daemon& d, std::vector<std::string> args)
 inline nlohmann::json StatusJson(const Daemon& d, const std::string& id) {
   CommandResult r = d.Quantctl({"status", id, "--json"}, 30);
   return r.exit_code == 0 ? ParseJson(r.out) : nlohmann::json();
+}
+
+// True for a job (status JSON) in a terminal state.
+inline bool Terminal(const nlohmann::json& job) {
+  if (!job.is_object()) return false;
+  const std::string s = job.value("state", "");
+  return s == "JOB_STATE_SUCCEEDED" || s == "JOB_STATE_FAILED" || s == "JOB_STATE_CANCELLED";
+}
+
+// Polls `quantctl status` until `pred` holds or `timeout_s` (times TimeoutScale()) passes;
+// returns the last status (null JSON if none could be read). Callers assert on it.
+inline nlohmann::json WaitFor(const Daemon& d, const std::string& id,
+                              const std::function<bool(const nlohmann::json&)>& pred,
+                              int timeout_s = 600) {
+  nlohmann::json j;
+  const auto end =
+      std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s * TimeoutScale());
+  while (std::chrono::steady_clock::now() < end) {
+    j = StatusJson(d, id);
+    if (j.is_object() && pred(j)) return j;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return j;
 }
 
 }  // namespace quantd::testing

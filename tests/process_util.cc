@@ -77,6 +77,11 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>
 
 }  // namespace
 
+int TimeoutScale() {
+  const char* scale_env = std::getenv("QUANTD_TEST_TIMEOUT_SCALE");
+  return scale_env != nullptr ? std::max(1, std::atoi(scale_env)) : 1;
+}
+
 CommandResult Run(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                   int timeout_s) {
   std::string dir = MakeTempDir("cmd");
@@ -87,10 +92,7 @@ CommandResult Run(const std::vector<std::string>& argv, const std::vector<std::s
   ::close(out_fd);
   ::close(err_fd);
   CommandResult r;
-  // Instrumented builds scale every limit (QUANTD_TEST_TIMEOUT_SCALE, set by tests/CMakeLists.txt).
-  const char* scale_env = std::getenv("QUANTD_TEST_TIMEOUT_SCALE");
-  const int scale = scale_env != nullptr ? std::max(1, std::atoi(scale_env)) : 1;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s * scale);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s * TimeoutScale());
   int status = 0;
   for (;;) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);

@@ -15,6 +15,9 @@ std::string SourceDir();   // $QUANTD_SOURCE_DIR
 std::string BinaryDir();   // $QUANTD_BINARY_DIR
 std::string MakeTempDir(const std::string& tag);
 int FreePort();
+// The factor instrumented builds scale every time limit by ($QUANTD_TEST_TIMEOUT_SCALE, set by
+// tests/CMakeLists.txt; 1 when unset).
+int TimeoutScale();
 
 struct CommandResult {
   int exit_code = -1;

@@ -42,25 +42,6 @@ json Parse(const std::string& s) { return ParseJson(s); }
 json Submit(const Daemon& d, std::vector<std::string> args) { return SubmitJson(d, args); }
 json Status(const Daemon& d, const std::string& id) { return StatusJson(d, id); }
 
-bool Terminal(const json& job) {
-  if (!job.is_object()) return false;
-  const std::string s = job.value("state", "");
-  return s == "JOB_STATE_SUCCEEDED" || s == "JOB_STATE_FAILED" || s == "JOB_STATE_CANCELLED";
-}
-
-// Polls the job until `pred` holds or `timeout_s` passes; returns the last status.
-json WaitFor(const Daemon& d, const std::string& id, const std::function<bool(const json&)>& pred,
-             int timeout_s = 600) {
-  json j;
-  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  while (std::chrono::steady_clock::now() < end) {
-    j = Status(d, id);
-    if (j.is_object() && pred(j)) return j;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return j;
-}
-
 json WaitTerminal(const Daemon& d, const std::string& id, int timeout_s = 600) {
   return WaitFor(d, id, Terminal, timeout_s);
 }

@@ -1,13 +1,9 @@
 // End-to-end for sequential jobs (`--sequential`, GPTQ's layer-by-layer order): one Hessian +
 // quantize stage per layer, each layer's Hessians captured through the quantized layers before
 // it. Runs quantd with two workers and quantctl on the bundled stories260K (5 layers).
-#include <algorithm>
-#include <chrono>
 #include <csignal>
-#include <cstdlib>
 #include <map>
 #include <regex>
-#include <thread>
 
 #include "common/file_util.h"
 #include "gtest/gtest.h"
@@ -30,31 +26,6 @@ std::vector<std::string> Job(const std::string& method, const std::string& bits,
                                 "--max-calib-seqs", "64"};
   if (sequential) a.push_back("--sequential");
   return a;
-}
-
-bool Terminal(const json& j) {
-  const std::string s = j.value("state", "");
-  return s == "JOB_STATE_SUCCEEDED" || s == "JOB_STATE_FAILED" || s == "JOB_STATE_CANCELLED";
-}
-
-// Polls the job until `done` holds or 15 minutes (times QUANTD_TEST_TIMEOUT_SCALE, set for
-// instrumented builds) pass; returns the last status.
-template <typename Pred>
-json WaitFor(const Daemon& d, const std::string& id, Pred done) {
-  json last;
-  const char* scale_env = std::getenv("QUANTD_TEST_TIMEOUT_SCALE");
-  const int scale = scale_env != nullptr ? std::max(1, std::atoi(scale_env)) : 1;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(900 * scale);
-  while (std::chrono::steady_clock::now() < deadline) {
-    json s = StatusJson(d, id);
-    if (s.is_object()) {
-      last = s;
-      if (done(s)) return s;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  }
-  ADD_FAILURE() << "timed out waiting for job " << id << ": " << last.dump();
-  return last;
 }
 
 json Manifest(const std::string& data_dir, const std::string& name) {
@@ -108,10 +79,12 @@ TEST(SequentialE2E, Quip2BitResumesAcrossACrashAndBeatsOneStage) {
     EXPECT_EQ(total, 5 * (8 + 7) + 2) << j.dump();
     EXPECT_EQ(j["spec"].value("sequential", false), true) << j.dump();
     // Kill it once stages 0 and 1 (and the fp evaluation) are done.
-    json mid = WaitFor(d1, seq_id, [](const json& s) {
-      return Terminal(s) || s.value("tasks_done", 0) >= 2 * (8 + 7) + 1;
-    });
+    json mid = WaitFor(
+        d1, seq_id,
+        [](const json& s) { return Terminal(s) || s.value("tasks_done", 0) >= 2 * (8 + 7) + 1; },
+        900);
     ASSERT_FALSE(Terminal(mid)) << "job finished before the coordinator could be killed";
+    ASSERT_GE(mid.value("tasks_done", 0), 2 * (8 + 7) + 1) << "timed out: " << mid.dump();
     EXPECT_EQ(mid.value("layer_stages", 0), 5) << mid.dump();
     EXPECT_GE(mid.value("layer_stage", 0), 2) << mid.dump();  // stages 1 and 2 are done
     seen_done = mid.value("tasks_done", 0);
@@ -119,7 +92,7 @@ TEST(SequentialE2E, Quip2BitResumesAcrossACrashAndBeatsOneStage) {
   }
   Daemon d2(2, {}, data);
   ASSERT_TRUE(d2.ok()) << d2.Log();
-  json done = WaitFor(d2, seq_id, Terminal);
+  json done = WaitFor(d2, seq_id, Terminal, 900);
   ASSERT_EQ(done.value("state", ""), "JOB_STATE_SUCCEEDED") << done.dump() << d2.Log();
   EXPECT_EQ(done.value("layer_stage", 0), 0) << done.dump();  // no stage once done
   std::smatch m;
