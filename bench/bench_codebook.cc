@@ -8,9 +8,9 @@
 
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
-#include "worker/quant/codebook.h"
-#include "worker/quant/synthetic.h"
-#include "worker/quant/trellis.h"
+#include "engine/quant/codebook.h"
+#include "engine/quant/synthetic.h"
+#include "engine/quant/trellis.h"
 
 namespace quantd::bench {
 namespace {

@@ -13,9 +13,9 @@
 
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
-#include "worker/artifact/artifact.h"
-#include "worker/model/forward.h"
-#include "worker/model/tokens.h"
+#include "engine/artifact/artifact.h"
+#include "engine/model/forward.h"
+#include "engine/tokenizer/tokens.h"
 
 namespace quantd::bench {
 namespace {

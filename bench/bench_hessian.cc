@@ -7,10 +7,10 @@
 
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
-#include "worker/device/device_registry.h"
-#include "worker/quant/device.h"
-#include "worker/quant/hessian.h"
-#include "worker/quant/synthetic.h"
+#include "engine/device/device_registry.h"
+#include "engine/quant/device.h"
+#include "engine/quant/hessian.h"
+#include "engine/quant/synthetic.h"
 
 namespace quantd::bench {
 namespace {

@@ -6,9 +6,9 @@
 
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
-#include "worker/device/device_registry.h"
-#include "worker/quant/quantize.h"
-#include "worker/quant/synthetic.h"
+#include "engine/device/device_registry.h"
+#include "engine/quant/quantize.h"
+#include "engine/quant/synthetic.h"
 
 namespace quantd::bench {
 

@@ -7,7 +7,7 @@
 #include "bench/bench.h"
 #include "common/file_util.h"
 #include "nlohmann/json.hpp"
-#include "worker/model/tokenizer.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace quantd::bench {
 

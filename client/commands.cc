@@ -10,7 +10,7 @@
 #include "client/connection_security.h"
 #include "client/output.h"
 #include "common/file_util.h"
-#include "worker/artifact/artifact.h"
+#include "engine/artifact/artifact.h"
 
 namespace quantd::client {
 namespace {

@@ -1,6 +1,6 @@
 #include "client/convert_command.h"
 
-#include "worker/model/gguf_convert.h"
+#include "engine/model/gguf_convert.h"
 
 namespace quantd::client {
 

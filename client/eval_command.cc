@@ -6,11 +6,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "common/file_util.h"
-#include "worker/artifact/artifact.h"
-#include "worker/model/forward.h"
-#include "worker/model/perplexity.h"
-#include "worker/model/tokenizer.h"
-#include "worker/model/tokens.h"
+#include "engine/artifact/artifact.h"
+#include "engine/model/forward.h"
+#include "engine/model/perplexity.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/tokens.h"
 
 namespace quantd::client {
 namespace {

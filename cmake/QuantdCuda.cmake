@@ -1,4 +1,4 @@
-# QUANTD_CUDA = AUTO | ON | OFF: whether the CUDA device (worker/device/cuda) is built.
+# QUANTD_CUDA = AUTO | ON | OFF: whether the CUDA device (engine/device/cuda) is built.
 #   AUTO (default): built when check_language(CUDA) finds nvcc and find_package(CUDAToolkit)
 #                   finds cuBLAS and cuSOLVER; otherwise the build is CPU only.
 #   ON:  the same, but a missing piece is a configure error naming it.

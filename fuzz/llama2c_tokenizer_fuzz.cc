@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "worker/model/tokenizer_llama2c.h"
+#include "engine/tokenizer/tokenizer_llama2c.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto t = quantd::model::Llama2cTokenizer::Parse(

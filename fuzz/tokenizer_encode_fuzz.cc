@@ -1,5 +1,5 @@
 // Fuzzes HfTokenizer::Encode / Decode on arbitrary text with the five fixture tokenizers
-// (worker/model/testdata/tokenizers). Byte-level ones must round-trip valid UTF-8 exactly
+// (engine/tokenizer/testdata/tokenizers). Byte-level ones must round-trip valid UTF-8 exactly
 // (encoded without special tokens).
 #include <cstddef>
 #include <cstdint>
@@ -8,8 +8,8 @@
 #include <string_view>
 #include <vector>
 
-#include "worker/model/tokenizer_hf.h"
-#include "worker/model/unicode_props.h"
+#include "engine/tokenizer/tokenizer_hf.h"
+#include "engine/tokenizer/unicode_props.h"
 
 namespace {
 
@@ -21,7 +21,7 @@ struct Loaded {
 std::vector<Loaded>* Tokenizers() {
   static auto* v = [] {
     auto* out = new std::vector<Loaded>();
-    const std::string dir = std::string(QUANTD_SOURCE_DIR) + "/worker/model/testdata/tokenizers/";
+    const std::string dir = std::string(QUANTD_SOURCE_DIR) + "/engine/tokenizer/testdata/tokenizers/";
     for (const char* name : {"gpt2_bytelevel", "smollm2_digits", "llama3_split", "llama_sp_bpe",
                              "mistral_metaspace"}) {
       auto t = quantd::model::HfTokenizer::Load(dir + name + ".tokenizer.json");

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "worker/model/tokenizer_hf.h"
+#include "engine/tokenizer/tokenizer_hf.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto t = quantd::model::HfTokenizer::Parse(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan + UBSan) into build-fuzz/ and runs each for SECONDS
-# (default 30), two at a time. Seeds come from examples/ and worker/model/testdata/; the corpus
+# (default 30), two at a time. Seeds come from examples/ and engine/format/testdata/; the corpus
 # grows in build-fuzz/corpus/<target> across runs. Exits non-zero if any target finds a crash
 # (the reproducer is left in build-fuzz/crashes/<target>/).
 #   scripts/fuzz.sh [SECONDS]            all targets
@@ -24,8 +24,8 @@ S="$B/seeds"
 rm -rf "$S" && mkdir -p "$S"/{safetensors_fuzz,config_fuzz,llama2c_tokenizer_fuzz,tokenizer_json_fuzz,tokenizer_encode_fuzz,gguf_fuzz}
 cp examples/stories260K/config.json "$S/config_fuzz/"
 cp examples/stories260K/tok512.bin "$S/llama2c_tokenizer_fuzz/"
-cp worker/model/testdata/tokenizers/*.tokenizer.json "$S/tokenizer_json_fuzz/"
-cp worker/model/testdata/*.gguf "$S/gguf_fuzz/" 2>/dev/null || true
+cp engine/tokenizer/testdata/tokenizers/*.tokenizer.json "$S/tokenizer_json_fuzz/"
+cp engine/format/testdata/*.gguf "$S/gguf_fuzz/" 2>/dev/null || true
 python3 - "$S" <<'PY'
 import json, struct, sys
 s = sys.argv[1]
@@ -45,7 +45,7 @@ with open("examples/stories260K/model.safetensors", "rb") as f:
         g.write(struct.pack("<Q", n) + f.read(n))
 # Small tokenizer.json seeds (ids < 300, 40 merges): mutations of 4 KB files run far faster.
 import glob, os
-for f in glob.glob("worker/model/testdata/tokenizers/*.tokenizer.json"):
+for f in glob.glob("engine/tokenizer/testdata/tokenizers/*.tokenizer.json"):
     j = json.load(open(f))
     keep = {k: i for k, i in j["model"]["vocab"].items() if i < 300}
     merges = [m for m in j["model"]["merges"]
@@ -55,7 +55,7 @@ for f in glob.glob("worker/model/testdata/tokenizers/*.tokenizer.json"):
     j["added_tokens"] = [t for t in j["added_tokens"] if t["id"] < 300]
     with open(f"{s}/tokenizer_json_fuzz/small_{os.path.basename(f)}", "w") as g:
         g.write(json.dumps(j, ensure_ascii=False, separators=(",", ":")))
-corpus = json.load(open("worker/model/testdata/tokenizers/corpus.json"))
+corpus = json.load(open("engine/tokenizer/testdata/tokenizers/corpus.json"))
 for i, t in enumerate(corpus["texts"][:corpus["hand_written"]]):
     with open(f"{s}/tokenizer_encode_fuzz/t{i:03d}", "w") as f:
         f.write(t)

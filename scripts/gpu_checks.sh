@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks for the CUDA device (issue 6), for a machine with an NVIDIA GPU (A100/H100/H200) and
 # the CUDA toolkit in /usr/local/cuda. Builds with QUANTD_CUDA=ON into ./build-gpu, then runs:
-#   1. the CPU-vs-GPU consistency test (worker/device/cuda/cuda_device_test; must not skip)
+#   1. the CPU-vs-GPU consistency test (engine/device/cuda/cuda_device_test; must not skip)
 #   2. quantd-bench hessian --n 4096 --tokens 8192 --device cuda:0 (achieved vs cuBLAS peak)
 #   3. quantd-bench layer --method qtip --bits 2 --m 4096 --n 4096 --device cuda:0
 #   4. an end-to-end 2-bit quip-sharp job of examples/stories260K with one GPU worker and one
@@ -31,12 +31,12 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1 || true
 
 log "consistency test"
-timeout 300 $B/worker/device/cuda/cuda_device_test --gtest_output=json:"$OUT/cuda_device_test.json" \
+timeout 300 $B/engine/device/cuda/cuda_device_test --gtest_output=json:"$OUT/cuda_device_test.json" \
   >"$OUT/cuda_device_test.log" 2>&1
 test_rc=$?
 skipped=$(grep -c '\[  SKIPPED \] CudaDeviceTest' "$OUT/cuda_device_test.log" || true)
 [ "$test_rc" = 0 ] && [ "$skipped" = 0 ] && ok_test=true
-timeout 60 $B/worker/device/device_registry_test >>"$OUT/cuda_device_test.log" 2>&1 || ok_test=false
+timeout 60 $B/engine/device/device_registry_test >>"$OUT/cuda_device_test.log" 2>&1 || ok_test=false
 
 log "hessian bench"
 hessian=$(timeout 120 $B/quantd-bench hessian --n 4096 --tokens 8192 --device cuda:0 2>"$OUT/hessian.err" | tail -1)

@@ -10,7 +10,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_builder.h"
-#include "worker/quant/quantize.h"
+#include "engine/quant/quantize.h"
 
 namespace quantd::server {
 namespace {

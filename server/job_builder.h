@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
 #include "server/job_store.h"
-#include "worker/model/config.h"
+#include "engine/model/config.h"
 
 namespace quantd::server {
 

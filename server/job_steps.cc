@@ -10,13 +10,13 @@
 #include "nlohmann/json.hpp"
 #include "server/coordinator.h"
 #include "server/job_builder.h"
-#include "worker/artifact/artifact.h"
-#include "worker/model/checkpoint.h"
-#include "worker/model/config.h"
-#include "worker/model/quarot.h"
-#include "worker/model/weights.h"
-#include "worker/model/safetensors.h"
-#include "worker/quant/quantize.h"
+#include "engine/artifact/artifact.h"
+#include "engine/format/checkpoint.h"
+#include "engine/model/config.h"
+#include "engine/model/quarot.h"
+#include "engine/model/weights.h"
+#include "engine/format/safetensors.h"
+#include "engine/quant/quantize.h"
 
 namespace quantd::server {
 namespace fs = std::filesystem;

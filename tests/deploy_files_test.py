@@ -4,7 +4,7 @@ deploy/grafana/) against each other and against the code:
 
 - every YAML/JSON file parses;
 - every quantd / quantd-worker flag they pass is defined in server/main.cc or
-  worker/runner/worker_main.cc;
+  worker/worker_main.cc;
 - Kubernetes: gRPC probes on 7070, the data dir on a persistent volume, GPU limits on the
   workers, workers dial the coordinator Service, the ServiceMonitor selects that Service's labels
   and port, kustomization lists every resource and names the images in use;
@@ -65,7 +65,7 @@ def defined_flags(path):
 
 
 QUANTD_FLAGS = defined_flags("server/main.cc")
-WORKER_FLAGS = defined_flags("worker/runner/worker_main.cc")
+WORKER_FLAGS = defined_flags("worker/worker_main.cc")
 
 
 def exported_metrics():

@@ -10,9 +10,9 @@
 #include "nlohmann/json.hpp"
 #include "tests/e2e_util.h"
 #include "tests/process_util.h"
-#include "worker/artifact/artifact.h"
-#include "worker/model/perplexity.h"
-#include "worker/model/tokens.h"
+#include "engine/artifact/artifact.h"
+#include "engine/model/perplexity.h"
+#include "engine/tokenizer/tokens.h"
 
 namespace quantd::testing {
 namespace {

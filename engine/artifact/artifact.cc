@@ -1,0 +1,336 @@
+#include "engine/artifact/artifact.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "engine/format/float16.h"
+#include "engine/format/safetensors.h"
+#include "engine/quant/quantize.h"
+
+namespace quantd::artifact {
+
+std::string QuantizedTensorName(std::string_view weight_name) {
+  std::string name(weight_name);
+  if (absl::EndsWith(name, ".weight")) name.resize(name.size() - 7);
+  return name + ".qweight";
+}
+
+namespace {
+
+// The U8 `.qweight` tensor holding the packed matrix that replaces `weight_name`.
+model::TensorToWrite PackedTensor(const std::string& weight_name, const std::string& bytes) {
+  model::TensorToWrite t;
+  t.name = QuantizedTensorName(weight_name);
+  t.dtype = model::DType::kU8;
+  t.shape = {static_cast<int64_t>(bytes.size())};
+  t.data = bytes;
+  return t;
+}
+
+absl::Status AllPackedUsed(size_t replaced, const std::map<std::string, std::string>& packed) {
+  if (replaced == packed.size()) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(packed.size() - replaced, " quantized tensors have no source tensor"));
+}
+
+}  // namespace
+
+absl::Status WriteArtifactModel(const model::Checkpoint& src,
+                                const std::map<std::string, std::string>& packed,
+                                const std::string& out_path) {
+  std::vector<model::TensorToWrite> out;
+  size_t replaced = 0;
+  for (const std::string& name : src.Names()) {
+    auto it = packed.find(name);
+    model::TensorToWrite t;
+    if (it != packed.end()) {
+      t = PackedTensor(name, it->second);
+      ++replaced;
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, src.Get(name));
+      t.name = name;
+      t.dtype = v.dtype;
+      t.shape = v.shape;
+      t.data = std::string(v.data);
+    }
+    out.push_back(std::move(t));
+  }
+  QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
+  return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
+}
+
+absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
+                                      const std::map<std::string, std::string>& packed,
+                                      const std::string& out_path) {
+  std::vector<model::TensorToWrite> out;
+  size_t replaced = 0;
+  auto add = [&](const std::string& name, const float* v, std::vector<int64_t> shape) {
+    model::TensorToWrite t;
+    auto it = packed.find(name);
+    if (it != packed.end()) {
+      t = PackedTensor(name, it->second);
+      ++replaced;
+    } else {
+      int64_t n = 1;
+      for (int64_t d : shape) n *= d;
+      t.name = name;
+      t.dtype = model::DType::kF32;
+      t.shape = std::move(shape);
+      t.data.assign(reinterpret_cast<const char*>(v), static_cast<size_t>(n) * sizeof(float));
+    }
+    out.push_back(std::move(t));
+  };
+  auto add_matrix = [&](const std::string& name, const MatrixF& m) {
+    add(name, m.data(), {m.rows(), m.cols()});  // row-major, as safetensors
+  };
+  auto add_vector = [&](const std::string& name, const VectorF& v) {
+    add(name, v.data(), {v.size()});
+  };
+  add_matrix("model.embed_tokens.weight", w.embed);
+  add_vector("model.norm.weight", w.final_norm);
+  if (!cfg.tie_word_embeddings) add_matrix("lm_head.weight", w.lm_head);
+  for (int l = 0; l < static_cast<int>(w.layers.size()); ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    add_vector(p + "input_layernorm.weight", w.layers[l].attn_norm);
+    add_vector(p + "post_attention_layernorm.weight", w.layers[l].ffn_norm);
+    for (model::Linear lin : model::kAllLinears) {
+      add_matrix(model::LinearTensorName(l, lin), model::GetLinear(w, l, lin));
+    }
+  }
+  auto add_online = [&](const char* name, const model::OnlineRotation& r) {
+    if (r.size == 0) return;
+    model::TensorToWrite t;
+    t.name = name;
+    t.dtype = model::DType::kI64;
+    t.shape = {2};
+    const int64_t v[2] = {r.size, static_cast<int64_t>(r.seed)};
+    t.data.assign(reinterpret_cast<const char*>(v), sizeof(v));
+    out.push_back(std::move(t));
+  };
+  add_online(kOnlineDownTensor, w.online_down);
+  add_online(kOnlineOTensor, w.online_o);
+  QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
+  return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
+}
+
+absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
+                                                        model::LlamaConfig* config) {
+  QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
+  auto vec = [&](const std::string& name) -> absl::StatusOr<VectorF> {
+    QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(name));
+    if (m.rows() != 1 || m.cols() != cfg.hidden_size) {
+      return absl::InvalidArgumentError(absl::StrCat(name, " has ", m.size(),
+                                                     " values, expected ", cfg.hidden_size));
+    }
+    return VectorF(m.row(0).transpose());
+  };
+  model::LlamaWeights w;
+  QUANTD_ASSIGN_OR_RETURN(w.embed, ckpt->ReadMatrix("model.embed_tokens.weight"));
+  QUANTD_ASSIGN_OR_RETURN(w.final_norm, vec("model.norm.weight"));
+  if (!cfg.tie_word_embeddings) {
+    QUANTD_ASSIGN_OR_RETURN(w.lm_head, ckpt->ReadMatrix("lm_head.weight"));
+  }
+  w.layers.resize(cfg.num_layers);
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    QUANTD_ASSIGN_OR_RETURN(w.layers[l].attn_norm, vec(p + "input_layernorm.weight"));
+    QUANTD_ASSIGN_OR_RETURN(w.layers[l].ffn_norm, vec(p + "post_attention_layernorm.weight"));
+    for (model::Linear lin : {model::Linear::kQ, model::Linear::kK, model::Linear::kV,
+                              model::Linear::kO, model::Linear::kGate, model::Linear::kUp,
+                              model::Linear::kDown}) {
+      const std::string name = model::LinearTensorName(l, lin);
+      const std::string qname = QuantizedTensorName(name);
+      MatrixF& dst = model::MutableLinear(w, l, lin);
+      const auto [rows, cols] = model::LinearShape(cfg, lin);
+      if (auto q = ckpt->Get(qname); q.ok()) {
+        auto m = quant::DequantizeMatrix(q->data);
+        if (!m.ok()) {
+          return absl::DataLossError(absl::StrCat("tensor ", qname, ": ", m.status().message()));
+        }
+        dst = std::move(*m);
+      } else {
+        QUANTD_ASSIGN_OR_RETURN(dst, ckpt->ReadMatrix(name));
+      }
+      if (dst.rows() != rows || dst.cols() != cols) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ", l, " ", std::string(model::LinearName(lin)),
+                                                       ": weight has shape [", dst.rows(), ",",
+                                                       dst.cols(), "], config.json says [", rows,
+                                                       ",", cols, "]"));
+      }
+    }
+  }
+  // An online rotation tensor, if present: I64 [2] {size, seed} with size == `want`.
+  auto online = [&](const char* name, int want, const char* what,
+                    model::OnlineRotation* r) -> absl::Status {
+    auto t = ckpt->Get(name);
+    if (!t.ok()) return absl::OkStatus();
+    if (t->dtype != model::DType::kI64 || t->data.size() != 16) {
+      return absl::DataLossError(absl::StrCat("tensor ", name, " is not I64 [2]"));
+    }
+    int64_t v[2];
+    std::memcpy(v, t->data.data(), sizeof(v));
+    if (v[0] != want) {
+      return absl::DataLossError(
+          absl::StrCat("tensor ", name, " has size ", v[0], ", ", what, " is ", want));
+    }
+    *r = {static_cast<int>(v[0]), static_cast<uint64_t>(v[1])};
+    return absl::OkStatus();
+  };
+  QUANTD_RETURN_IF_ERROR(
+      online(kOnlineDownTensor, cfg.intermediate_size, "intermediate_size", &w.online_down));
+  QUANTD_RETURN_IF_ERROR(online(kOnlineOTensor, cfg.num_heads, "num_heads", &w.online_o));
+  if (w.embed.rows() != cfg.vocab_size || w.embed.cols() != cfg.hidden_size) {
+    return absl::InvalidArgumentError(absl::StrCat("embedding has shape [", w.embed.rows(), ",",
+                                                   w.embed.cols(), "], config.json says [",
+                                                   cfg.vocab_size, ",", cfg.hidden_size, "]"));
+  }
+  if (config != nullptr) *config = cfg;
+  return w;
+}
+
+namespace {
+
+bool IsFloat(model::DType d) {
+  return d == model::DType::kF64 || d == model::DType::kF32 || d == model::DType::kF16 ||
+         d == model::DType::kBF16;
+}
+
+// Encodes fp32 values as `dtype`. INVALID_ARGUMENT naming `name` when a finite value overflows
+// fp16 (it would silently become infinity).
+absl::StatusOr<std::string> EncodeFloats(const float* v, int64_t n, HfDType dtype,
+                                         const std::string& name) {
+  std::string out;
+  if (dtype == HfDType::kF32) {
+    out.resize(n * sizeof(float));
+    std::memcpy(out.data(), v, out.size());
+    return out;
+  }
+  out.resize(n * 2);
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    if (dtype == HfDType::kF16) {
+      if (std::isfinite(v[i]) && std::fabs(v[i]) > 65504.0f) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", name, ": value ", v[i], " does not fit fp16; export with bf16 or f32"));
+      }
+      h = model::FloatToHalf(v[i]);
+    } else {
+      h = model::FloatToBFloat16(v[i]);
+    }
+    std::memcpy(out.data() + 2 * i, &h, 2);
+  }
+  return out;
+}
+
+// Tensor `t` (any float dtype, any rank) as fp32 values.
+std::vector<float> ToFloats(const model::TensorView& t) {
+  const size_t n = t.data.size() / model::DTypeSize(t.dtype);
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const char* p = t.data.data() + i * model::DTypeSize(t.dtype);
+    switch (t.dtype) {
+      case model::DType::kF64: {
+        double d;
+        std::memcpy(&d, p, 8);
+        v[i] = static_cast<float>(d);
+        break;
+      }
+      case model::DType::kF32:
+        std::memcpy(&v[i], p, 4);
+        break;
+      case model::DType::kF16:
+      case model::DType::kBF16: {
+        uint16_t h;
+        std::memcpy(&h, p, 2);
+        v[i] = t.dtype == model::DType::kF16 ? model::HalfToFloat(h) : model::BFloat16ToFloat(h);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
+                           HfDType dtype) {
+  QUANTD_ASSIGN_OR_RETURN(std::string config_text,
+                          ReadFile(JoinPath(native_dir, "config.json")));
+  nlohmann::json config = nlohmann::json::parse(config_text, nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(JoinPath(native_dir, "config.json"), ": not a JSON object"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
+  for (const char* online : {kOnlineDownTensor, kOnlineOTensor}) {
+    if (ckpt->Get(online).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          native_dir, " is a QuaRot artifact: it rotates activations online (", online,
+          "), which a dense Hugging Face checkpoint cannot express; use the native artifact"));
+    }
+  }
+  const model::DType out_dtype = dtype == HfDType::kF16    ? model::DType::kF16
+                                 : dtype == HfDType::kBF16 ? model::DType::kBF16
+                                                           : model::DType::kF32;
+  std::vector<model::TensorToWrite> out;
+  for (const std::string& name : ckpt->Names()) {
+    QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
+    model::TensorToWrite t;
+    if (absl::EndsWith(name, ".qweight")) {
+      auto m = quant::DequantizeMatrix(v.data);
+      if (!m.ok()) {
+        return absl::DataLossError(absl::StrCat("tensor ", name, ": ", m.status().message()));
+      }
+      t.name = name.substr(0, name.size() - 8) + ".weight";
+      t.shape = {m->rows(), m->cols()};
+      // MatrixF is row-major, matching safetensors' layout.
+      QUANTD_ASSIGN_OR_RETURN(t.data, EncodeFloats(m->data(), m->size(), dtype, t.name));
+      t.dtype = out_dtype;
+    } else if (IsFloat(v.dtype)) {
+      const std::vector<float> f = ToFloats(v);
+      t.name = name;
+      t.shape = v.shape;
+      QUANTD_ASSIGN_OR_RETURN(t.data, EncodeFloats(f.data(), f.size(), dtype, name));
+      t.dtype = out_dtype;
+    } else {
+      t.name = name;
+      t.dtype = v.dtype;
+      t.shape = v.shape;
+      t.data = std::string(v.data);
+    }
+    out.push_back(std::move(t));
+  }
+  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
+  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), out));
+  // Tokenizer and other files, copied as they are.
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(native_dir, ec)) {
+    const std::string fname = e.path().filename().string();
+    if (!e.is_regular_file() || fname == "model.safetensors" || fname == "config.json" ||
+        fname == "model.safetensors.index.json" || fname[0] == '.') {
+      continue;
+    }
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path().string()));
+    const std::string dst = fname == "manifest.json" ? "quantd_manifest.json" : fname;
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, dst), bytes));
+  }
+  if (ec) {
+    return absl::InternalError(absl::StrCat("listing ", native_dir, ": ", ec.message()));
+  }
+  config["torch_dtype"] = dtype == HfDType::kF16 ? "float16"
+                          : dtype == HfDType::kBF16 ? "bfloat16" : "float32";
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
+  return SyncDir(out_dir);
+}
+
+}  // namespace quantd::artifact

@@ -1,0 +1,66 @@
+// The native quantized model: one safetensors file in which every quantized linear weight
+// "<prefix>.weight" is replaced by a U8 tensor "<prefix>.qweight" holding the packed matrix
+// (docs/formats/packed_matrix.md); all other tensors are copied unchanged. The layout is
+// specified in docs/formats/artifact.md.
+// Thread-safety: stateless functions.
+#ifndef QUANTD_ENGINE_ARTIFACT_ARTIFACT_H_
+#define QUANTD_ENGINE_ARTIFACT_ARTIFACT_H_
+
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "engine/format/checkpoint.h"
+#include "engine/model/config.h"
+#include "engine/model/weights.h"
+
+namespace quantd::artifact {
+
+// "model.layers.0.mlp.down_proj.weight" -> "model.layers.0.mlp.down_proj.qweight".
+std::string QuantizedTensorName(std::string_view weight_name);
+
+// Writes `out_path`: every tensor of `src`, with those named in `packed` (weight name -> packed
+// matrix bytes) replaced by their .qweight tensors. Atomic. INVALID_ARGUMENT if `packed` names a
+// tensor that `src` lacks.
+absl::Status WriteArtifactModel(const model::Checkpoint& src,
+                                const std::map<std::string, std::string>& packed,
+                                const std::string& out_path);
+
+// The tensor recording QuaRot's online down_proj rotation: I64 [2] = {size, seed (bits)}.
+inline constexpr char kOnlineDownTensor[] = "quantd.online_hadamard_down";
+// QuaRot's online rotation across heads before o_proj: I64 [2] = {size = num_heads, seed}.
+inline constexpr char kOnlineOTensor[] = "quantd.online_hadamard_o";
+
+// Writes `out_path` from in-memory (e.g. QuaRot-rotated) weights: every tensor under its HF name
+// in F32, lm_head.weight when cfg is untied, the linears named in `packed` as .qweight, and
+// kOnlineDownTensor / kOnlineOTensor when w.online_down / w.online_o is set. Atomic. INVALID_ARGUMENT if `packed` names a
+// tensor the weights lack.
+absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
+                                      const std::map<std::string, std::string>& packed,
+                                      const std::string& out_path);
+
+// Loads a native artifact directory (config.json + model.safetensors) into fp32 weights,
+// dequantizing every .qweight and setting online_down / online_o from kOnlineDownTensor /
+// kOnlineOTensor (absent: none).
+// DATA_LOSS for corrupt packed or online-rotation tensors.
+absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
+                                                        model::LlamaConfig* config);
+
+// Output precision of ExportHfModel's floating-point tensors.
+enum class HfDType { kF16, kBF16, kF32 };
+
+// Writes a Hugging Face checkpoint directory `out_dir` (created if missing) from the native
+// artifact directory `native_dir`: model.safetensors with every .qweight dequantized back to its
+// "<prefix>.weight" name and every floating-point tensor converted to `dtype` (integer tensors
+// are copied), config.json with "torch_dtype" set to match, every other file of the artifact
+// (tokenizer files) copied unchanged, and manifest.json kept as quantd_manifest.json for
+// provenance. Files are written atomically; config.json is written last. INVALID_ARGUMENT when a
+// value does not fit fp16 (use kBF16 or kF32) or the artifact carries an online rotation
+// (QuaRot: a dense HF checkpoint cannot express it), DATA_LOSS for corrupt packed tensors.
+absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
+                           HfDType dtype = HfDType::kF16);
+
+}  // namespace quantd::artifact
+
+#endif  // QUANTD_ENGINE_ARTIFACT_ARTIFACT_H_

@@ -1,0 +1,254 @@
+// Round trips of the native artifact: written from a checkpoint with quantized matrices, loaded
+// back, and exported to a Hugging Face directory whose fp16/bf16/f32 tensors must equal the
+// dequantized weights to within the target precision's rounding.
+#include "engine/artifact/artifact.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <tuple>
+#include <unistd.h>
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+#include "engine/model/forward.h"
+#include "engine/model/quarot.h"
+#include "engine/quant/quantize.h"
+
+namespace quantd::artifact {
+namespace {
+
+std::string SourceDir() {
+  const char* s = std::getenv("QUANTD_SOURCE_DIR");
+  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
+}
+
+class ArtifactTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src_ = SourceDir() + "/examples/stories260K";
+    tmp_ = ::testing::TempDir() + "/artifact_test_" + std::to_string(getpid());
+    ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
+    auto ckpt = model::Checkpoint::Open(src_);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    // Quantize two matrices of different shapes (one ragged: down is 64x172) with RTN 4-bit and
+    // QuIP 2-bit on an identity Hessian; the rest stay fp32.
+    auto dev = quant::MakeCpuDevice(1);
+    std::map<std::string, std::string> packed;
+    for (const auto& [name, method, bits] :
+         {std::tuple<std::string, quant::Method, int>{"model.layers.0.self_attn.q_proj.weight",
+                                                      quant::Method::kRtn, 4},
+          {"model.layers.1.mlp.down_proj.weight", quant::Method::kQuip, 2}}) {
+      auto w = (*ckpt)->ReadMatrix(name);
+      ASSERT_TRUE(w.ok()) << w.status();
+      MatrixD h = MatrixD::Identity(w->cols(), w->cols());
+      quant::QuantSpec spec;
+      spec.method = method;
+      spec.bits = bits;
+      spec.baseline_guard = false;
+      auto q = quant::QuantizeMatrix(*dev, *w, h, spec, name);
+      ASSERT_TRUE(q.ok()) << q.status();
+      packed[name] = q->packed;
+    }
+    ASSERT_TRUE(WriteArtifactModel(**ckpt, packed, tmp_ + "/native/model.safetensors").ok());
+    for (const char* f : {"config.json", "tok512.bin"}) {
+      auto bytes = ReadFile(src_ + "/" + f);
+      ASSERT_TRUE(bytes.ok());
+      ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/" + f, *bytes).ok());
+    }
+    ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/manifest.json", "{\"format_version\": 1}\n").ok());
+    auto w = LoadArtifactWeights(tmp_ + "/native", &cfg_);
+    ASSERT_TRUE(w.ok()) << w.status();
+    native_ = std::move(*w);
+  }
+  void TearDown() override { (void)RemoveAll(tmp_); }
+
+  std::string src_, tmp_;
+  model::LlamaConfig cfg_;
+  model::LlamaWeights native_;
+};
+
+// A packed matrix for a tensor the model lacks is an error from both writers, not dropped.
+TEST_F(ArtifactTest, PackedTensorWithoutSourceIsRejected) {
+  auto ckpt = model::Checkpoint::Open(src_);
+  ASSERT_TRUE(ckpt.ok());
+  const std::map<std::string, std::string> packed = {{"model.layers.9.mlp.up_proj.weight", "x"}};
+  for (bool from_weights : {false, true}) {
+    const absl::Status st =
+        from_weights ? WriteArtifactFromWeights(cfg_, native_, packed, tmp_ + "/x.safetensors")
+                     : WriteArtifactModel(**ckpt, packed, tmp_ + "/x.safetensors");
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+    EXPECT_NE(st.message().find("no source tensor"), std::string::npos) << st;
+    EXPECT_FALSE(std::filesystem::exists(tmp_ + "/x.safetensors"));
+  }
+}
+
+TEST_F(ArtifactTest, QuantizedMatricesAreReplacedAndDequantizedOnLoad) {
+  auto ckpt = model::Checkpoint::Open(tmp_ + "/native");
+  ASSERT_TRUE(ckpt.ok());
+  EXPECT_TRUE((*ckpt)->Get("model.layers.0.self_attn.q_proj.qweight").ok());
+  EXPECT_FALSE((*ckpt)->Get("model.layers.0.self_attn.q_proj.weight").ok());
+  // The loaded matrix is the dequantized one: close to, but not equal to, the original.
+  auto orig = model::Checkpoint::Open(src_);
+  auto w0 = (*orig)->ReadMatrix("model.layers.0.self_attn.q_proj.weight");
+  const MatrixF& q = model::GetLinear(native_, 0, model::Linear::kQ);
+  const double rel = (q - *w0).norm() / w0->norm();
+  EXPECT_GT(rel, 1e-4);
+  EXPECT_LT(rel, 0.2);
+  // Unquantized matrices are bit-identical.
+  auto k0 = (*orig)->ReadMatrix("model.layers.0.self_attn.k_proj.weight");
+  EXPECT_EQ(model::GetLinear(native_, 0, model::Linear::kK), *k0);
+}
+
+// A QuaRot model written from weights: the untied head, unit norms and the online rotation come
+// back from the file, the fp tensors are bit-identical, the logits equal the original model's,
+// and the HF export refuses it.
+TEST_F(ArtifactTest, QuarotArtifactRoundTripsAndIsNotExportedToHf) {
+  auto ckpt = model::Checkpoint::Open(src_);
+  ASSERT_TRUE(ckpt.ok());
+  model::LlamaConfig cfg = cfg_;
+  auto fp = model::LoadLlamaWeights(**ckpt, cfg);
+  ASSERT_TRUE(fp.ok());
+  model::LlamaWeights w = *fp;
+  ASSERT_TRUE(model::ApplyQuarot(&cfg, &w, 4).ok());
+  const std::string dir = tmp_ + "/quarot";
+  ASSERT_TRUE(MakeDirs(dir).ok());
+  ASSERT_TRUE(WriteArtifactFromWeights(cfg, w, {}, dir + "/model.safetensors").ok());
+  nlohmann::json c = nlohmann::json::parse(*ReadFile(src_ + "/config.json"));
+  c["tie_word_embeddings"] = false;
+  ASSERT_TRUE(WriteFileAtomic(dir + "/config.json", c.dump()).ok());
+  model::LlamaConfig loaded_cfg;
+  auto loaded = LoadArtifactWeights(dir, &loaded_cfg);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->online_down.size, w.online_down.size);
+  EXPECT_EQ(loaded->online_down.seed, w.online_down.seed);
+  EXPECT_EQ(loaded->online_o.size, cfg.num_heads);
+  EXPECT_EQ(loaded->online_o.seed, w.online_o.seed);
+  EXPECT_EQ(loaded->lm_head, w.lm_head);
+  EXPECT_EQ(loaded->layers[2].down, w.layers[2].down);
+  const std::vector<int32_t> tokens = {1, 301, 427, 309, 426, 301, 427, 309};
+  auto a = model::Forward(cfg_, *fp, tokens), b = model::Forward(loaded_cfg, *loaded, tokens);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LE((*a - *b).cwiseAbs().maxCoeff(), 1e-4);
+  absl::Status s = ExportHfModel(dir, tmp_ + "/quarot_hf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("QuaRot"), std::string::npos) << s;
+  // An online rotation whose size does not match the config is corrupt, not ignored.
+  for (bool down : {true, false}) {
+    model::LlamaWeights bad = w;
+    (down ? bad.online_down : bad.online_o).size += 1;
+    ASSERT_TRUE(WriteArtifactFromWeights(cfg, bad, {}, dir + "/model.safetensors").ok());
+    auto l = LoadArtifactWeights(dir, &loaded_cfg);
+    EXPECT_EQ(l.status().code(), absl::StatusCode::kDataLoss) << l.status();
+    EXPECT_NE(l.status().message().find(down ? kOnlineDownTensor : kOnlineOTensor),
+              std::string::npos)
+        << l.status();
+  }
+}
+
+// Relative precision of each export dtype (half an ulp at the value's binade).
+double Tolerance(HfDType d) {
+  return d == HfDType::kF16 ? std::ldexp(1.0, -11) : d == HfDType::kBF16 ? std::ldexp(1.0, -8) : 0;
+}
+
+class ExportTest : public ArtifactTest, public ::testing::WithParamInterface<HfDType> {};
+
+TEST_P(ExportTest, HfDirectoryHoldsTheDequantizedWeights) {
+  const std::string hf = tmp_ + "/hf";
+  ASSERT_TRUE(ExportHfModel(tmp_ + "/native", hf, GetParam()).ok());
+  // Plain HF checkpoint: no .qweight, every linear under its .weight name.
+  auto ckpt = model::Checkpoint::Open(hf);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  for (const std::string& n : (*ckpt)->Names()) {
+    EXPECT_EQ(n.find(".qweight"), std::string::npos) << n;
+    auto v = (*ckpt)->Get(n);
+    const model::DType want = GetParam() == HfDType::kF16    ? model::DType::kF16
+                              : GetParam() == HfDType::kBF16 ? model::DType::kBF16
+                                                             : model::DType::kF32;
+    EXPECT_EQ(v->dtype, want) << n;
+  }
+  auto w = LoadArtifactWeights(hf, nullptr);  // reads a plain HF dir as well
+  ASSERT_TRUE(w.ok()) << w.status();
+  const double tol = Tolerance(GetParam());
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    for (model::Linear lin : {model::Linear::kQ, model::Linear::kK, model::Linear::kV,
+                              model::Linear::kO, model::Linear::kGate, model::Linear::kUp,
+                              model::Linear::kDown}) {
+      const MatrixF& a = model::GetLinear(native_, l, lin);
+      const MatrixF& b = model::GetLinear(*w, l, lin);
+      ASSERT_EQ(a.rows(), b.rows());
+      ASSERT_EQ(a.cols(), b.cols());
+      for (int64_t i = 0; i < a.size(); ++i) {
+        ASSERT_LE(std::fabs(a.data()[i] - b.data()[i]), tol * std::fabs(a.data()[i]) + 1e-7)
+            << "layer " << l << " " << model::LinearName(lin) << " element " << i;
+      }
+    }
+  }
+  // config.json says the dtype; tokenizer copied; manifest kept under another name.
+  auto cfg_text = ReadFile(hf + "/config.json");
+  ASSERT_TRUE(cfg_text.ok());
+  auto cfg = nlohmann::json::parse(*cfg_text);
+  EXPECT_EQ(cfg["torch_dtype"], GetParam() == HfDType::kF16    ? "float16"
+                                : GetParam() == HfDType::kBF16 ? "bfloat16"
+                                                               : "float32");
+  EXPECT_EQ(cfg["hidden_size"], 64);
+  EXPECT_EQ(*ReadFile(hf + "/tok512.bin"), *ReadFile(src_ + "/tok512.bin"));
+  EXPECT_TRUE(std::filesystem::exists(hf + "/quantd_manifest.json"));
+  EXPECT_FALSE(std::filesystem::exists(hf + "/manifest.json"));
+  // The logits of the exported model follow the native ones within the export precision.
+  std::vector<int32_t> tokens = {1, 301, 427, 309, 426, 301, 427, 309, 394, 265, 262, 415};
+  auto la = model::Forward(cfg_, native_, tokens);
+  auto lb = model::Forward(cfg_, *w, tokens);
+  ASSERT_TRUE(la.ok() && lb.ok());
+  const double max_diff = (*la - *lb).cwiseAbs().maxCoeff();
+  EXPECT_LE(max_diff, GetParam() == HfDType::kF32 ? 1e-5 : GetParam() == HfDType::kF16 ? 0.02 : 0.3)
+      << max_diff;
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, ExportTest,
+                         ::testing::Values(HfDType::kF16, HfDType::kBF16, HfDType::kF32));
+
+TEST_F(ArtifactTest, ExportRejectsCorruptPackedMatrices) {
+  // Flip one byte in the middle of the safetensors data: a packed matrix's CRC catches it.
+  auto bytes = ReadFile(tmp_ + "/native/model.safetensors");
+  ASSERT_TRUE(bytes.ok());
+  auto ckpt = model::Checkpoint::Open(tmp_ + "/native");
+  auto q = (*ckpt)->Get("model.layers.1.mlp.down_proj.qweight");
+  ASSERT_TRUE(q.ok());
+  std::string corrupt = *bytes;
+  // Locate the packed tensor's bytes inside the file by content and corrupt its middle.
+  const size_t pos = corrupt.find(std::string(q->data));
+  ASSERT_NE(pos, std::string::npos);
+  corrupt[pos + q->data.size() / 2] ^= 0x5a;
+  ckpt->reset();
+  ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/model.safetensors", corrupt).ok());
+  absl::Status st = ExportHfModel(tmp_ + "/native", tmp_ + "/hf_bad");
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_FALSE(std::filesystem::exists(tmp_ + "/hf_bad/config.json"));
+}
+
+TEST_F(ArtifactTest, ExportRefusesValuesThatOverflowFp16) {
+  auto ckpt = model::Checkpoint::Open(src_);
+  std::vector<model::TensorToWrite> t;
+  for (const std::string& n : (*ckpt)->Names()) {
+    auto v = (*ckpt)->Get(n);
+    std::string data(v->data);
+    if (n == "model.norm.weight") {
+      const float big = 1e6f;
+      std::memcpy(data.data(), &big, 4);
+    }
+    t.push_back({n, v->dtype, v->shape, data});
+  }
+  ASSERT_TRUE(model::WriteSafetensors(tmp_ + "/native/model.safetensors", t).ok());
+  absl::Status st = ExportHfModel(tmp_ + "/native", tmp_ + "/hf16", HfDType::kF16);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  EXPECT_NE(st.message().find("model.norm.weight"), std::string::npos) << st;
+  EXPECT_TRUE(ExportHfModel(tmp_ + "/native", tmp_ + "/hfbf", HfDType::kBF16).ok());
+}
+
+}  // namespace
+}  // namespace quantd::artifact

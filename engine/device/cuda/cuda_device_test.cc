@@ -1,0 +1,331 @@
+// Device consistency test (the idea of ggml's test-backend-ops): every Device op and a whole
+// layer quantization run on the CPU device (the oracle) and on the CUDA device with random inputs
+// of several shapes, compared within a per-op bound:
+// - AccumulateGram: |h_gpu − h_cpu| ≤ (γ_B(fp32) + γ_T(fp64) + 4u)·Σ_t|x_ti||x_tj| + 4u|h0|
+//   element-wise: the CPU's documented fp32-block bound (docs/formats/hessian.md) plus the GPU's
+//   fp64 one; and the GPU's update is exactly symmetric.
+// - Gemm: |c_gpu − c_cpu| ≤ 2γ_k·(|a||b|) element-wise (γ_k for the precision).
+// - Cholesky: backward error ‖L Lᵀ − A‖_max ≤ 4n·u·‖A‖_max on both devices, and not positive
+//   definite is FAILED_PRECONDITION on both.
+// - SolveLower: residual ‖L x − b‖_max ≤ 4n·u·(‖L‖·‖x‖ + ‖b‖) (the normwise backward error).
+// - HadamardRows: 1e-12 relative (the GPU does the CPU's butterflies in order: in fact exact).
+// - QuantizeMatrix (quip-sharp, 2 bits, 256×256, the Gram matrix of correlated activations):
+//   proxy losses within 2% relative of each other and of the dequantized weights' own loss.
+//   Tiny differences in the factorizations can flip a rounding decision, after which LDLQ's
+//   feedback legitimately takes another path, so bytes are not required to match.
+// - Butterfly: the learning's surrogate (value and analytic gradient, products on the device)
+//   within 1e-9 relative of the CPU's; a whole butterfly quantization within 2% proxy loss.
+// Tests that need a GPU skip when there is none (no /dev/nvidia0 or no CUDA device); the status
+// mapping and resource error paths run everywhere.
+#include "engine/device/cuda/cuda_device.h"
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "gtest/gtest.h"
+#include "engine/device/cuda/cuda_resources.h"
+#include "engine/device/cuda/cuda_status.h"
+#include "engine/quant/butterfly.h"
+#include "engine/quant/quantize.h"
+#include "engine/quant/synthetic.h"
+
+namespace quantd::cuda {
+namespace {
+
+constexpr double kU64 = std::numeric_limits<double>::epsilon() / 2;  // 2⁻⁵³
+constexpr double kU32 = std::numeric_limits<float>::epsilon() / 2;   // 2⁻²⁴
+
+double Gamma(double k, double u) { return k * u / (1 - k * u); }
+
+bool GpuPresent() { return std::filesystem::exists("/dev/nvidia0") && CudaDeviceCount() > 0; }
+
+TEST(CudaStatusTest, MapsCodesAndNamesTheCall) {
+  EXPECT_TRUE(CudaStatus(cudaSuccess, "x").ok());
+  absl::Status s = CudaStatus(cudaErrorMemoryAllocation, "cudaMalloc(64 bytes)");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("cudaMalloc(64 bytes)"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("cudaErrorMemoryAllocation"), absl::string_view::npos) << s;
+  EXPECT_EQ(CudaStatus(cudaErrorNoDevice, "c").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CudaStatus(cudaErrorInsufficientDriver, "c").code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(CudaStatus(cudaErrorLaunchFailure, "c").code(), absl::StatusCode::kInternal);
+
+  EXPECT_TRUE(CublasStatus(CUBLAS_STATUS_SUCCESS, "x").ok());
+  s = CublasStatus(CUBLAS_STATUS_ALLOC_FAILED, "cublasDsyrk");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("cublasDsyrk"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("CUBLAS_STATUS_ALLOC_FAILED"), absl::string_view::npos) << s;
+  EXPECT_EQ(CublasStatus(CUBLAS_STATUS_EXECUTION_FAILED, "c").code(), absl::StatusCode::kInternal);
+
+  EXPECT_TRUE(CusolverStatus(CUSOLVER_STATUS_SUCCESS, "x").ok());
+  s = CusolverStatus(CUSOLVER_STATUS_ALLOC_FAILED, "cusolverDnDpotrf");
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("CUSOLVER_STATUS_ALLOC_FAILED"), absl::string_view::npos) << s;
+  EXPECT_EQ(CusolverStatus(CUSOLVER_STATUS_INVALID_VALUE, "c").code(), absl::StatusCode::kInternal);
+}
+
+absl::Status QuantdCudaMacroUser(cudaError_t e) {
+  QUANTD_CUDA_RETURN_IF_ERROR(e);
+  return absl::OkStatus();
+}
+
+TEST(CudaStatusTest, MacroReturnsTheMappedStatus) {
+  EXPECT_TRUE(QuantdCudaMacroUser(cudaSuccess).ok());
+  absl::Status s = QuantdCudaMacroUser(cudaErrorMemoryAllocation);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(CudaResourcesTest, ErrorPathsAreStatuses) {
+  absl::StatusOr<DeviceBuffer<double>> empty = DeviceBuffer<double>::Allocate(0);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->get(), nullptr);
+  DeviceBuffer<double> moved = std::move(*empty);
+  EXPECT_EQ(moved.size(), 0u);
+
+  // 2⁴⁵ doubles = 256 TiB: more than any GPU has; without a GPU the driver error is reported.
+  absl::StatusOr<DeviceBuffer<double>> huge = DeviceBuffer<double>::Allocate(size_t{1} << 45);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(huge.status().message().find("cudaMalloc(281474976710656 bytes)"),
+            absl::string_view::npos)
+      << huge.status();
+  EXPECT_EQ(huge.status().code(), GpuPresent() ? absl::StatusCode::kResourceExhausted
+                                               : absl::StatusCode::kFailedPrecondition)
+      << huge.status();
+
+  EXPECT_EQ(MakeCudaDevice(-1).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::Status s = MakeCudaDevice(CudaDeviceCount()).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("no such GPU"), absl::string_view::npos) << s;
+  if (!GpuPresent()) {
+    EXPECT_EQ(CudaDeviceCount(), 0);
+    absl::StatusOr<Stream> stream = Stream::Create();
+    ASSERT_FALSE(stream.ok());
+    EXPECT_NE(stream.status().message().find("cudaStreamCreateWithFlags"), absl::string_view::npos)
+        << stream.status();
+  }
+}
+
+class CudaDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!GpuPresent()) GTEST_SKIP() << "no CUDA GPU (/dev/nvidia0 missing or cudaGetDeviceCount = 0)";
+    cpu_ = quant::MakeCpuDevice(0);
+    CudaDeviceOptions small_chunks;
+    small_chunks.gram_chunk_elements = 100000;  // several chunks even for short inputs
+    absl::StatusOr<std::unique_ptr<quant::Device>> gpu = MakeCudaDevice(0);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_ = std::move(*gpu);
+    gpu = MakeCudaDevice(0, small_chunks);
+    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    gpu_chunked_ = std::move(*gpu);
+  }
+
+  std::unique_ptr<quant::Device> cpu_, gpu_, gpu_chunked_;
+};
+
+MatrixD SpdMatrix(int n, uint64_t seed) {
+  MatrixD x = quant::GaussianMatrix(2 * n + 8, n, seed);
+  MatrixD a = x.transpose() * x / (2 * n + 8);
+  a.diagonal().array() += 1e-2;
+  return a;
+}
+
+TEST_F(CudaDeviceTest, NameMemoryAndShapeErrors) {
+  EXPECT_EQ(gpu_->name().rfind("cuda:0(", 0), 0u) << gpu_->name();
+  EXPECT_FALSE(gpu_->host_memory());
+  quant::MemoryInfo mem = gpu_->GetMemoryInfo();
+  EXPECT_GT(mem.total_bytes, 0);
+  EXPECT_GT(mem.available_bytes, 0);
+  EXPECT_LE(mem.available_bytes, mem.total_bytes);
+
+  MatrixF x(4, 3);
+  MatrixD wrong(2, 2), l(2, 3), b(3, 1);
+  MatrixF cf;
+  MatrixD cd;
+  EXPECT_EQ(gpu_->AccumulateGram(x, &wrong).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->Gemm(x, x, &cf).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->Gemm(wrong, l.transpose().eval(), &cd).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->Cholesky(l, &cd).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->SolveLower(wrong, false, &b).code(), absl::StatusCode::kInvalidArgument);
+  MatrixD odd(2, 12);
+  EXPECT_EQ(gpu_->HadamardRows(&odd).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaDeviceTest, GramMatchesCpuWithinTheFp32BlockBound) {
+  const int shapes[][2] = {{1, 1}, {37, 33}, {300, 172}, {1500, 256}, {2100, 1536}};
+  for (auto [t, n] : shapes) {
+    for (quant::Device* gpu : {gpu_.get(), gpu_chunked_.get()}) {
+      MatrixF x = quant::GaussianMatrix(t, n, 10 + n).cast<float>();
+      x.col(n / 2) *= 100.0f;  // an outlier channel
+      MatrixD h0 = SpdMatrix(n, 20 + n);
+      MatrixD h_cpu = h0, h_gpu = h0;
+      ASSERT_TRUE(cpu_->AccumulateGram(x, &h_cpu).ok());
+      ASSERT_TRUE(gpu->AccumulateGram(x, &h_gpu).ok());
+      const MatrixD ax = x.cast<double>().cwiseAbs();
+      const MatrixD s = ax.transpose() * ax;
+      const double gamma = Gamma(std::min(t, 1024), kU32) + Gamma(t, kU64) + 4 * kU64;
+      const MatrixD bound = gamma * s + 4 * kU64 * h0.cwiseAbs();
+      const MatrixD excess = (h_gpu - h_cpu).cwiseAbs() - bound;
+      EXPECT_LE(excess.maxCoeff(), 0) << "T=" << t << " n=" << n << " on " << gpu->name();
+      const MatrixD update = h_gpu - h0;
+      EXPECT_EQ((update - update.transpose()).cwiseAbs().maxCoeff(), 0) << "n=" << n;
+    }
+  }
+}
+
+TEST_F(CudaDeviceTest, GemmMatchesCpu) {
+  const int shapes[][3] = {{1, 1, 1}, {33, 65, 17}, {172, 1536, 172}, {256, 100, 1536}};
+  for (auto [m, k, n] : shapes) {
+    const MatrixD a = quant::GaussianMatrix(m, k, 1), b = quant::GaussianMatrix(k, n, 2);
+    const MatrixD abs_ab = a.cwiseAbs() * b.cwiseAbs();
+    MatrixD cd_cpu, cd_gpu;
+    ASSERT_TRUE(cpu_->Gemm(a, b, &cd_cpu).ok());
+    ASSERT_TRUE(gpu_->Gemm(a, b, &cd_gpu).ok());
+    ASSERT_EQ(cd_gpu.rows(), m);
+    ASSERT_EQ(cd_gpu.cols(), n);
+    EXPECT_LE(((cd_gpu - cd_cpu).cwiseAbs() - 2 * Gamma(k, kU64) * abs_ab).maxCoeff(), 0)
+        << m << "x" << k << "x" << n;
+    const MatrixF af = a.cast<float>(), bf = b.cast<float>();
+    MatrixF cf_cpu, cf_gpu;
+    ASSERT_TRUE(cpu_->Gemm(af, bf, &cf_cpu).ok());
+    ASSERT_TRUE(gpu_->Gemm(af, bf, &cf_gpu).ok());
+    const MatrixD abs_abf = af.cast<double>().cwiseAbs() * bf.cast<double>().cwiseAbs();
+    EXPECT_LE(((cf_gpu.cast<double>() - cf_cpu.cast<double>()).cwiseAbs() -
+               2 * Gamma(k, kU32) * abs_abf).maxCoeff(), 0)
+        << m << "x" << k << "x" << n << " fp32";
+  }
+}
+
+TEST_F(CudaDeviceTest, CholeskyAndSolveAreBackwardStable) {
+  for (int n : {1, 33, 172, 1536}) {
+    MatrixD a = SpdMatrix(n, 5 + n);
+    MatrixD input = a;
+    input.triangularView<Eigen::StrictlyUpper>().setConstant(1e300);  // must not be read
+    MatrixD l_cpu, l_gpu;
+    ASSERT_TRUE(cpu_->Cholesky(input, &l_cpu).ok());
+    ASSERT_TRUE(gpu_->Cholesky(input, &l_gpu).ok()) << n;
+    EXPECT_EQ(l_gpu.triangularView<Eigen::StrictlyUpper>().toDenseMatrix().cwiseAbs().maxCoeff(), 0);
+    const double tol = 4 * n * kU64 * a.cwiseAbs().maxCoeff();
+    EXPECT_LE((l_gpu * l_gpu.transpose() - a).cwiseAbs().maxCoeff(), tol) << n;
+    EXPECT_LE((l_cpu * l_cpu.transpose() - a).cwiseAbs().maxCoeff(), tol) << n;
+
+    for (int k : {1, 7, 64}) {
+      for (bool transpose : {false, true}) {
+        MatrixD lower = l_cpu;
+        lower.triangularView<Eigen::StrictlyUpper>().setConstant(1e300);  // must not be read
+        const MatrixD b0 = quant::GaussianMatrix(n, k, 7 + k);
+        MatrixD x_cpu = b0, x_gpu = b0;
+        ASSERT_TRUE(cpu_->SolveLower(lower, transpose, &x_cpu).ok());
+        ASSERT_TRUE(gpu_->SolveLower(lower, transpose, &x_gpu).ok());
+        const MatrixD op = transpose ? MatrixD(l_cpu.transpose()) : l_cpu;
+        for (const MatrixD* x : {&x_cpu, &x_gpu}) {
+          const double resid = (op * *x - b0).cwiseAbs().maxCoeff();
+          const double scale = op.cwiseAbs().rowwise().sum().maxCoeff() * x->cwiseAbs().maxCoeff() +
+                               b0.cwiseAbs().maxCoeff();
+          EXPECT_LE(resid, 4 * n * kU64 * scale)
+              << "n=" << n << " k=" << k << " transpose=" << transpose
+              << (x == &x_gpu ? " gpu" : " cpu");
+        }
+      }
+    }
+  }
+  MatrixD not_pd = -SpdMatrix(16, 3), l;
+  EXPECT_EQ(cpu_->Cholesky(not_pd, &l).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(gpu_->Cholesky(not_pd, &l).code(), absl::StatusCode::kFailedPrecondition);
+  MatrixD indefinite = SpdMatrix(40, 4);
+  indefinite(30, 30) = -1;
+  EXPECT_EQ(gpu_->Cholesky(indefinite, &l).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CudaDeviceTest, HadamardMatchesCpu) {
+  const int shapes[][2] = {{3, 1}, {5, 2}, {7, 32}, {172, 1024}, {3, 4096}, {4, 8192}, {2, 65536}};
+  for (auto [r, len] : shapes) {
+    MatrixD rows = quant::GaussianMatrix(r, len, len), cpu = rows, gpu = rows;
+    ASSERT_TRUE(cpu_->HadamardRows(&cpu).ok());
+    ASSERT_TRUE(gpu_->HadamardRows(&gpu).ok());
+    EXPECT_LE((gpu - cpu).cwiseAbs().maxCoeff(), 1e-12 * cpu.cwiseAbs().maxCoeff())
+        << r << "x" << len;
+  }
+}
+
+TEST_F(CudaDeviceTest, WholeLayerQuantizationAgrees) {
+  const int m = 256, n = 256;
+  const MatrixF w = quant::SyntheticWeight(m, n, 3);
+  // The Gram matrix of correlated activations with an outlier channel, as a layer's input gives.
+  MatrixF x = (quant::GaussianMatrix(4096, n, 4) * quant::GaussianMatrix(n, n, 5) / std::sqrt(n))
+                  .cast<float>();
+  x.col(7) *= 20.0f;
+  MatrixD h_cpu = MatrixD::Zero(n, n), h_gpu = MatrixD::Zero(n, n);
+  ASSERT_TRUE(cpu_->AccumulateGram(x, &h_cpu).ok());
+  ASSERT_TRUE(gpu_->AccumulateGram(x, &h_gpu).ok());
+  h_cpu /= x.rows();
+  h_gpu /= x.rows();
+  quant::QuantSpec spec;
+  spec.method = quant::Method::kQuipSharp;
+  spec.bits = 2;
+  spec.seed = 11;
+  absl::StatusOr<quant::QuantizedMatrix> q_cpu = quant::QuantizeMatrix(*cpu_, w, h_cpu, spec, "l");
+  absl::StatusOr<quant::QuantizedMatrix> q_gpu = quant::QuantizeMatrix(*gpu_, w, h_gpu, spec, "l");
+  ASSERT_TRUE(q_cpu.ok()) << q_cpu.status();
+  if (q_gpu.status().code() == absl::StatusCode::kUnimplemented) GTEST_SKIP() << q_gpu.status();
+  ASSERT_TRUE(q_gpu.ok()) << q_gpu.status();
+  EXPECT_NEAR(q_gpu->proxy_loss, q_cpu->proxy_loss, 0.02 * q_cpu->proxy_loss);
+  EXPECT_EQ(q_gpu->stored_method, q_cpu->stored_method);
+  // Each packed matrix dequantizes to weights whose loss (under the CPU's Hessian) is the one
+  // reported.
+  for (const quant::QuantizedMatrix* q : {&*q_cpu, &*q_gpu}) {
+    absl::StatusOr<MatrixF> what = quant::DequantizeMatrix(q->packed);
+    ASSERT_TRUE(what.ok()) << what.status();
+    const MatrixD e = what->cast<double>() - w.cast<double>();
+    const MatrixD wd = w.cast<double>();
+    const double loss = (e * h_cpu * e.transpose()).trace() / (wd * h_cpu * wd.transpose()).trace();
+    EXPECT_NEAR(loss, q->proxy_loss, 0.02 * q->proxy_loss);
+  }
+}
+
+// ButterflyQuant's learning runs its m·n² products on the device: the surrogate and its gradient
+// agree with the CPU's to fp64 GEMM rounding (n = 172: four power-of-two blocks).
+TEST_F(CudaDeviceTest, ButterflySurrogateMatchesCpu) {
+  const int m = 96, n = 172;
+  const MatrixD w = quant::SyntheticWeight(m, n, 5).cast<double>();
+  const MatrixD h = SpdMatrix(n, 6);
+  absl::StatusOr<quant::Butterfly> b = quant::Butterfly::Make(n);
+  ASSERT_TRUE(b.ok()) << b.status();
+  for (size_t k = 0; k < b->angles().size(); ++k) {
+    b->mutable_angles()[k] = 0.3 * std::sin(1.0 + static_cast<double>(k));
+  }
+  const MatrixD delta = quant::ButterflyRoundingError(*b, w, 2);
+  std::vector<double> g_cpu, g_gpu;
+  absl::StatusOr<double> f_cpu = quant::ButterflySurrogate(*cpu_, *b, w, h, delta, 0.05, &g_cpu);
+  absl::StatusOr<double> f_gpu = quant::ButterflySurrogate(*gpu_, *b, w, h, delta, 0.05, &g_gpu);
+  ASSERT_TRUE(f_cpu.ok()) << f_cpu.status();
+  ASSERT_TRUE(f_gpu.ok()) << f_gpu.status();
+  EXPECT_NEAR(*f_gpu, *f_cpu, 1e-9 * std::fabs(*f_cpu));
+  ASSERT_EQ(g_gpu.size(), g_cpu.size());
+  double gmax = 0, err = 0;
+  for (size_t k = 0; k < g_cpu.size(); ++k) {
+    gmax = std::max(gmax, std::fabs(g_cpu[k]));
+    err = std::max(err, std::fabs(g_gpu[k] - g_cpu[k]));
+  }
+  EXPECT_GT(gmax, 0);
+  EXPECT_LE(err, 1e-9 * gmax);
+}
+
+TEST_F(CudaDeviceTest, ButterflyQuantizationAgrees) {
+  const int m = 128, n = 256;
+  const MatrixF w = quant::SyntheticWeight(m, n, 8);
+  const MatrixD h = SpdMatrix(n, 9);
+  quant::QuantSpec spec;
+  spec.method = quant::Method::kButterfly;
+  spec.bits = 2;
+  spec.seed = 3;
+  absl::StatusOr<quant::QuantizedMatrix> q_cpu = quant::QuantizeMatrix(*cpu_, w, h, spec, "l");
+  absl::StatusOr<quant::QuantizedMatrix> q_gpu = quant::QuantizeMatrix(*gpu_, w, h, spec, "l");
+  ASSERT_TRUE(q_cpu.ok()) << q_cpu.status();
+  ASSERT_TRUE(q_gpu.ok()) << q_gpu.status();
+  EXPECT_NEAR(q_gpu->proxy_loss, q_cpu->proxy_loss, 0.02 * q_cpu->proxy_loss);
+}
+
+}  // namespace
+}  // namespace quantd::cuda

@@ -1,0 +1,68 @@
+#include "engine/device/cuda/cuda_resources.h"
+
+namespace quantd::cuda {
+
+absl::StatusOr<Stream> Stream::Create() {
+  cudaStream_t s = nullptr;
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return Stream(s);
+}
+
+Stream& Stream::operator=(Stream&& o) noexcept {
+  if (this != &o) {
+    if (s_ != nullptr) cudaStreamDestroy(s_);
+    s_ = std::exchange(o.s_, nullptr);
+  }
+  return *this;
+}
+
+Stream::~Stream() {
+  if (s_ != nullptr) cudaStreamDestroy(s_);
+}
+
+absl::Status Stream::Synchronize(absl::string_view what) const {
+  return CudaStatus(cudaStreamSynchronize(s_), absl::StrCat("cudaStreamSynchronize after ", what));
+}
+
+absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
+  cublasHandle_t h = nullptr;
+  QUANTD_CUBLAS_RETURN_IF_ERROR(cublasCreate(&h));
+  CublasHandle handle(h);  // owns h from here on, also on the error paths below
+  QUANTD_CUBLAS_RETURN_IF_ERROR(cublasSetStream(h, stream));
+  QUANTD_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+  return handle;
+}
+
+CublasHandle& CublasHandle::operator=(CublasHandle&& o) noexcept {
+  if (this != &o) {
+    if (h_ != nullptr) cublasDestroy(h_);
+    h_ = std::exchange(o.h_, nullptr);
+  }
+  return *this;
+}
+
+CublasHandle::~CublasHandle() {
+  if (h_ != nullptr) cublasDestroy(h_);
+}
+
+absl::StatusOr<CusolverHandle> CusolverHandle::Create(cudaStream_t stream) {
+  cusolverDnHandle_t h = nullptr;
+  QUANTD_CUSOLVER_RETURN_IF_ERROR(cusolverDnCreate(&h));
+  CusolverHandle handle(h);
+  QUANTD_CUSOLVER_RETURN_IF_ERROR(cusolverDnSetStream(h, stream));
+  return handle;
+}
+
+CusolverHandle& CusolverHandle::operator=(CusolverHandle&& o) noexcept {
+  if (this != &o) {
+    if (h_ != nullptr) cusolverDnDestroy(h_);
+    h_ = std::exchange(o.h_, nullptr);
+  }
+  return *this;
+}
+
+CusolverHandle::~CusolverHandle() {
+  if (h_ != nullptr) cusolverDnDestroy(h_);
+}
+
+}  // namespace quantd::cuda

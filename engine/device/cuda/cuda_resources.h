@@ -1,0 +1,123 @@
+// RAII owners of CUDA resources: device memory, a stream, a cuBLAS handle, a cuSOLVER dense
+// handle. Each is created by a static factory that returns a status naming the failed call
+// (RESOURCE_EXHAUSTED when memory runs out, FAILED_PRECONDITION without a usable GPU) and is
+// released in its destructor; nothing outside this file calls cudaMalloc/cudaFree or
+// create/destroy functions directly. All are move-only.
+// Thread-safety: an object may be used by one thread at a time; the caller selects the GPU
+// (cudaSetDevice) before creating or using one.
+#ifndef QUANTD_ENGINE_DEVICE_CUDA_CUDA_RESOURCES_H_
+#define QUANTD_ENGINE_DEVICE_CUDA_CUDA_RESOURCES_H_
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <cusolverDn.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "engine/device/cuda/cuda_status.h"
+
+namespace quantd::cuda {
+
+// count elements of T in device memory (uninitialized). Empty buffers (count 0) own nothing.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  static absl::StatusOr<DeviceBuffer> Allocate(size_t count) {
+    DeviceBuffer b;
+    if (count == 0) return b;
+    void* p = nullptr;
+    absl::Status s = CudaStatus(cudaMalloc(&p, count * sizeof(T)),
+                                absl::StrCat("cudaMalloc(", count * sizeof(T), " bytes)"));
+    if (!s.ok()) {
+      cudaGetLastError();  // clear the (non-sticky) allocation error
+      return s;
+    }
+    b.ptr_ = static_cast<T*>(p);
+    b.count_ = count;
+    return b;
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { Reset(); }
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+  size_t bytes() const { return count_ * sizeof(T); }
+
+ private:
+  void Reset() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    count_ = 0;
+  }
+  T* ptr_ = nullptr;
+  size_t count_ = 0;
+};
+
+class Stream {
+ public:
+  static absl::StatusOr<Stream> Create();
+  Stream(Stream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  Stream& operator=(Stream&& o) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream();
+  cudaStream_t get() const { return s_; }
+  // Waits for all work queued on the stream; the status names `what` (the operation waited for).
+  absl::Status Synchronize(absl::string_view what) const;
+
+ private:
+  explicit Stream(cudaStream_t s) : s_(s) {}
+  cudaStream_t s_ = nullptr;
+};
+
+class CublasHandle {
+ public:
+  // Bound to `stream` (not owned; must outlive the handle). Math mode CUBLAS_DEFAULT_MATH: fp32
+  // GEMMs are computed in fp32, never TF32.
+  static absl::StatusOr<CublasHandle> Create(cudaStream_t stream);
+  CublasHandle(CublasHandle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  CublasHandle& operator=(CublasHandle&& o) noexcept;
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  ~CublasHandle();
+  cublasHandle_t get() const { return h_; }
+
+ private:
+  explicit CublasHandle(cublasHandle_t h) : h_(h) {}
+  cublasHandle_t h_ = nullptr;
+};
+
+class CusolverHandle {
+ public:
+  static absl::StatusOr<CusolverHandle> Create(cudaStream_t stream);
+  CusolverHandle(CusolverHandle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  CusolverHandle& operator=(CusolverHandle&& o) noexcept;
+  CusolverHandle(const CusolverHandle&) = delete;
+  CusolverHandle& operator=(const CusolverHandle&) = delete;
+  ~CusolverHandle();
+  cusolverDnHandle_t get() const { return h_; }
+
+ private:
+  explicit CusolverHandle(cusolverDnHandle_t h) : h_(h) {}
+  cusolverDnHandle_t h_ = nullptr;
+};
+
+}  // namespace quantd::cuda
+
+#endif  // QUANTD_ENGINE_DEVICE_CUDA_CUDA_RESOURCES_H_

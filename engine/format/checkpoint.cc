@@ -1,0 +1,142 @@
+#include "engine/format/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/str_util.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "engine/format/float16.h"
+
+namespace quantd::model {
+namespace {
+
+bool IsRegularFile(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+uint16_t Load16(const char* p) {
+  return static_cast<uint16_t>(static_cast<unsigned char>(p[0]) |
+                               (static_cast<unsigned char>(p[1]) << 8));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
+  std::unique_ptr<Checkpoint> c(new Checkpoint());
+  c->dir_ = dir;
+  auto add_whole_file = [&c](const std::string& path) -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(path));
+    for (const std::string& n : f->Names()) c->where_[n] = f.get();
+    c->shards_.push_back(std::move(f));
+    return absl::OkStatus();
+  };
+  if (IsRegularFile(dir)) {
+    QUANTD_RETURN_IF_ERROR(add_whole_file(dir));
+    return c;
+  }
+  const std::string single = JoinPath(dir, "model.safetensors");
+  const std::string index = JoinPath(dir, "model.safetensors.index.json");
+  if (IsRegularFile(single)) {
+    QUANTD_RETURN_IF_ERROR(add_whole_file(single));
+    return c;
+  }
+  if (!IsRegularFile(index)) {
+    return absl::NotFoundError(
+        internal::Cat(dir, ": neither model.safetensors nor model.safetensors.index.json"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(index, 1 << 28));
+  auto bad = [&index](absl::string_view what) {
+    return absl::InvalidArgumentError(internal::Cat(index, ": ", what));
+  };
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+  auto wm = j.find("weight_map");
+  if (wm == j.end() || !wm->is_object()) return bad("missing \"weight_map\" object");
+  std::map<std::string, const SafetensorsFile*> opened;
+  for (auto it = wm->begin(); it != wm->end(); ++it) {
+    if (!it.value().is_string()) {
+      return bad(internal::Cat("weight_map[\"", it.key(), "\"] is not a string"));
+    }
+    const std::string shard = it.value().get<std::string>();
+    if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
+      return bad(internal::Cat("shard name \"", shard, "\" for \"", it.key(),
+                              "\" must be a plain file name"));
+    }
+    auto o = opened.find(shard);
+    if (o == opened.end()) {
+      QUANTD_ASSIGN_OR_RETURN(auto f, SafetensorsFile::Open(JoinPath(dir, shard)));
+      o = opened.emplace(shard, f.get()).first;
+      c->shards_.push_back(std::move(f));
+    }
+    if (!o->second->Get(it.key()).ok()) {
+      return bad(internal::Cat("tensor \"", it.key(), "\" is not in shard ", shard));
+    }
+    c->where_[it.key()] = o->second;
+  }
+  return c;
+}
+
+std::vector<std::string> Checkpoint::Names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, f] : where_) out.push_back(n);
+  return out;
+}
+
+absl::StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) {
+    return absl::NotFoundError(internal::Cat(dir_, ": no tensor \"", name, "\""));
+  }
+  return it->second->Get(name);
+}
+
+absl::StatusOr<MatrixF> Checkpoint::ReadMatrix(std::string_view name) const {
+  QUANTD_ASSIGN_OR_RETURN(TensorView t, Get(name));
+  int64_t rows, cols;
+  if (t.shape.size() == 2) {
+    rows = t.shape[0];
+    cols = t.shape[1];
+  } else if (t.shape.size() == 1) {
+    rows = 1;
+    cols = t.shape[0];
+  } else {
+    return absl::InvalidArgumentError(internal::Cat(
+        dir_, ": tensor \"", name, "\" has rank ", t.shape.size(), ", expected 1 or 2"));
+  }
+  MatrixF m(rows, cols);
+  float* out = m.data();
+  const char* p = t.data.data();
+  const int64_t n = rows * cols;
+  switch (t.dtype) {
+    case DType::kF32:
+      std::memcpy(out, p, n * 4);  // little-endian host assumed (x86/arm64)
+      break;
+    case DType::kF64:
+      for (int64_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, p + 8 * i, 8);
+        out[i] = static_cast<float>(d);
+      }
+      break;
+    case DType::kF16:
+      for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(Load16(p + 2 * i));
+      break;
+    case DType::kBF16:
+      for (int64_t i = 0; i < n; ++i) out[i] = BFloat16ToFloat(Load16(p + 2 * i));
+      break;
+    default:
+      return absl::InvalidArgumentError(internal::Cat(dir_, ": tensor \"", name, "\" has dtype ",
+                                                     DTypeName(t.dtype),
+                                                     ", expected F64/F32/F16/BF16"));
+  }
+  return m;
+}
+
+}  // namespace quantd::model

@@ -1,0 +1,308 @@
+#include "engine/format/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/str_util.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace quantd::model {
+namespace {
+
+using json = nlohmann::json;
+
+// Largest header we accept; the safetensors reference implementation uses 100 MB.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+struct DTypeInfo {
+  DType dtype;
+  std::string_view name;
+  size_t size;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::kF64, "F64", 8},  {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},
+    {DType::kBF16, "BF16", 2}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
+    {DType::kI16, "I16", 2},  {DType::kI8, "I8", 1},   {DType::kU64, "U64", 8},
+    {DType::kU32, "U32", 4},  {DType::kU16, "U16", 2}, {DType::kU8, "U8", 1},
+    {DType::kBool, "BOOL", 1},
+};
+
+uint64_t ReadLE64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+// A JSON value that must be a non-negative integer fitting in int64.
+bool AsNonNegative(const json& j, uint64_t* out) {
+  if (j.is_number_unsigned()) {
+    *out = j.get<uint64_t>();
+    return *out <= static_cast<uint64_t>(INT64_MAX);
+  }
+  if (j.is_number_integer()) {
+    int64_t v = j.get<int64_t>();
+    if (v < 0) return false;
+    *out = static_cast<uint64_t>(v);
+    return true;
+  }
+  return false;
+}
+
+// Bytes needed by shape x dtype; false on negative dims or overflow.
+bool ByteSize(const std::vector<int64_t>& shape, DType dtype, uint64_t* out) {
+  unsigned __int128 n = DTypeSize(dtype);
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+    n *= static_cast<uint64_t>(d);
+    if (n > static_cast<uint64_t>(INT64_MAX)) return false;
+  }
+  *out = static_cast<uint64_t>(n);
+  return true;
+}
+
+std::string ShapeStr(const std::vector<int64_t>& shape) {
+  return internal::Cat("[", absl::StrJoin(shape, ","), "]");
+}
+
+}  // namespace
+
+absl::StatusOr<DType> ParseDType(std::string_view s) {
+  for (const auto& d : kDTypes)
+    if (d.name == s) return d.dtype;
+  return absl::InvalidArgumentError(internal::Cat("unknown safetensors dtype \"", s, "\""));
+}
+
+std::string_view DTypeName(DType d) {
+  for (const auto& e : kDTypes)
+    if (e.dtype == d) return e.name;
+  return "?";
+}
+
+size_t DTypeSize(DType d) {
+  for (const auto& e : kDTypes)
+    if (e.dtype == d) return e.size;
+  return 0;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_ != nullptr) munmap(map_, map_size_);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  auto bad = [&path](absl::string_view what) {
+    return absl::InvalidArgumentError(internal::Cat(path, ": ", what));
+  };
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = path;
+  {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      int err = errno;
+      if (err == ENOENT) return absl::NotFoundError(internal::Cat(path, ": no such file"));
+      return absl::InternalError(internal::Cat(path, ": open: ", std::strerror(err)));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return bad("not a regular file");
+    }
+    if (st.st_size < 8) {
+      ::close(fd);
+      return bad(internal::Cat("truncated: ", st.st_size, " bytes, need at least 8"));
+    }
+    f->map_size_ = static_cast<size_t>(st.st_size);
+    void* m = mmap(nullptr, f->map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (m == MAP_FAILED) {
+      return absl::InternalError(internal::Cat(path, ": mmap: ", std::strerror(errno)));
+    }
+    f->map_ = m;
+  }
+  QUANTD_RETURN_IF_ERROR(f->Validate(static_cast<const char*>(f->map_)));
+  return f;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(std::string_view bytes,
+                                                                        std::string label) {
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = std::move(label);
+  if (bytes.size() < 8) {
+    return absl::InvalidArgumentError(internal::Cat(
+        f->path_, ": truncated: ", bytes.size(), " bytes, need at least 8"));
+  }
+  f->map_size_ = bytes.size();
+  QUANTD_RETURN_IF_ERROR(f->Validate(bytes.data()));
+  return f;
+}
+
+absl::Status SafetensorsFile::Validate(const char* base) {
+  SafetensorsFile* f = this;
+  const std::string& path = path_;
+  auto bad = [&path](absl::string_view what) {
+    return absl::InvalidArgumentError(internal::Cat(path, ": ", what));
+  };
+  const uint64_t header_len = ReadLE64(base);
+  if (header_len > f->map_size_ - 8) {
+    return bad(internal::Cat("header length ", header_len, " exceeds the file (",
+                            f->map_size_, " bytes)"));
+  }
+  if (header_len > kMaxHeaderBytes) {
+    return bad(internal::Cat("header length ", header_len, " exceeds limit ", kMaxHeaderBytes));
+  }
+  const std::string_view header(base + 8, header_len);
+  f->data_ = base + 8 + header_len;
+  const uint64_t data_size = f->map_size_ - 8 - header_len;
+
+  json root = json::parse(header.begin(), header.end(), nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded()) return bad("header is not valid JSON");
+  if (!root.is_object()) return bad("header is not a JSON object");
+
+  struct Range {
+    uint64_t begin, end;
+    const std::string* name;
+  };
+  std::vector<Range> ranges;
+  try {
+    for (auto it = root.begin(); it != root.end(); ++it) {
+      const std::string& name = it.key();
+      const json& v = it.value();
+      if (name == "__metadata__") {
+        if (!v.is_object()) return bad("__metadata__ is not an object");
+        for (auto m = v.begin(); m != v.end(); ++m) {
+          if (!m.value().is_string()) {
+            return bad(internal::Cat("__metadata__ value for \"", m.key(), "\" is not a string"));
+          }
+          f->metadata_[m.key()] = m.value().get<std::string>();
+        }
+        continue;
+      }
+      auto bad_t = [&](absl::string_view what) {
+        return bad(internal::Cat("tensor \"", name, "\": ", what));
+      };
+      if (name.empty()) return bad("empty tensor name");
+      if (!v.is_object()) return bad_t("entry is not an object");
+      for (auto k = v.begin(); k != v.end(); ++k) {
+        if (k.key() != "dtype" && k.key() != "shape" && k.key() != "data_offsets")
+          return bad_t(internal::Cat("unknown key \"", k.key(), "\""));
+      }
+      if (!v.contains("dtype") || !v["dtype"].is_string()) return bad_t("missing string dtype");
+      Entry e;
+      auto dt = ParseDType(v["dtype"].get<std::string>());
+      if (!dt.ok()) return bad_t(dt.status().message());
+      e.dtype = *dt;
+      if (!v.contains("shape") || !v["shape"].is_array()) return bad_t("missing shape array");
+      for (const json& d : v["shape"]) {
+        uint64_t u;
+        if (!AsNonNegative(d, &u)) return bad_t(internal::Cat("bad dimension ", d.dump()));
+        e.shape.push_back(static_cast<int64_t>(u));
+      }
+      const json& off = v.contains("data_offsets") ? v["data_offsets"] : json();
+      if (!off.is_array() || off.size() != 2 || !AsNonNegative(off[0], &e.begin) ||
+          !AsNonNegative(off[1], &e.end)) {
+        return bad_t(internal::Cat("bad data_offsets ", off.dump()));
+      }
+      if (e.begin > e.end || e.end > data_size) {
+        return bad_t(internal::Cat("data_offsets [", e.begin, ",", e.end,
+                                  "] outside the data section of ", data_size, " bytes"));
+      }
+      uint64_t need;
+      if (!ByteSize(e.shape, e.dtype, &need)) {
+        return bad_t(internal::Cat("shape ", ShapeStr(e.shape), " overflows"));
+      }
+      if (need != e.end - e.begin) {
+        return bad_t(internal::Cat("shape ", ShapeStr(e.shape), " x ", DTypeName(e.dtype),
+                                  " needs ", need, " bytes, data_offsets give ",
+                                  e.end - e.begin));
+      }
+      auto [pos, inserted] = f->entries_.emplace(name, std::move(e));
+      if (!inserted) return bad_t("duplicate name");
+      ranges.push_back({pos->second.begin, pos->second.end, &pos->first});
+    }
+  } catch (const std::exception& ex) {
+    return bad(internal::Cat("malformed header: ", ex.what()));
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[i].begin < ranges[i - 1].end) {
+      return bad(internal::Cat("tensors \"", *ranges[i - 1].name, "\" and \"", *ranges[i].name,
+                              "\" overlap at byte ", ranges[i].begin));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> SafetensorsFile::Names() const {
+  std::vector<std::string> out;
+  out.reserve(entries_.size());
+  for (const auto& [name, e] : entries_) out.push_back(name);
+  return out;
+}
+
+absl::StatusOr<TensorView> SafetensorsFile::Get(std::string_view name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) {
+    return absl::NotFoundError(internal::Cat(path_, ": no tensor \"", name, "\""));
+  }
+  const Entry& e = it->second;
+  return TensorView{it->first, e.dtype, e.shape,
+                    std::string_view(data_ + e.begin, e.end - e.begin)};
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<const TensorToWrite*> sorted;
+  for (const auto& t : tensors) sorted.push_back(&t);
+  std::sort(sorted.begin(), sorted.end(),
+            [](const TensorToWrite* a, const TensorToWrite* b) { return a->name < b->name; });
+  json header = json::object();
+  json meta = json::object();
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  meta["format"] = "pt";
+  header["__metadata__"] = meta;
+  uint64_t offset = 0;
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    const TensorToWrite& t = *sorted[i];
+    if (t.name.empty() || t.name == "__metadata__") {
+      return absl::InvalidArgumentError(
+          internal::Cat(path, ": invalid tensor name \"", t.name, "\""));
+    }
+    if (i > 0 && sorted[i - 1]->name == t.name) {
+      return absl::InvalidArgumentError(
+          internal::Cat(path, ": duplicate tensor \"", t.name, "\""));
+    }
+    uint64_t need;
+    if (!ByteSize(t.shape, t.dtype, &need) || need != t.data.size()) {
+      return absl::InvalidArgumentError(
+          internal::Cat(path, ": tensor \"", t.name, "\": shape ", ShapeStr(t.shape), " x ",
+                       DTypeName(t.dtype), " does not match ", t.data.size(), " data bytes"));
+    }
+    header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + need}}};
+    offset += need;
+  }
+  // nlohmann's default object is a std::map, so keys come out sorted.
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  std::string out;
+  out.reserve(8 + h.size() + offset);
+  uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+  out += h;
+  for (const TensorToWrite* t : sorted) out += t->data;
+  return WriteFileAtomic(path, out);
+}
+
+}  // namespace quantd::model

@@ -1,0 +1,145 @@
+#include "engine/model/hessian_capture.h"
+
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "engine/model/forward.h"
+
+namespace quantd::model {
+namespace {
+
+LlamaConfig SmallConfig() {
+  LlamaConfig c;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 4;
+  c.vocab_size = 32;
+  c.max_position_embeddings = 64;
+  c.rms_norm_eps = 1e-5;
+  c.tie_word_embeddings = false;
+  return c;
+}
+
+LlamaWeights RandomWeights(const LlamaConfig& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.0f, 0.3f);
+  auto rand = [&](int r, int k) {
+    MatrixF m(r, k);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
+    return m;
+  };
+  LlamaWeights w;
+  w.embed = rand(c.vocab_size, c.hidden_size);
+  w.layers.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    w.layers[l].attn_norm = VectorF::Constant(c.hidden_size, 1.0f) + rand(c.hidden_size, 1) * 0.1f;
+    w.layers[l].ffn_norm = VectorF::Constant(c.hidden_size, 1.0f);
+    for (Linear lin : kAllLinears) {
+      auto [out, in] = LinearShape(c, lin);
+      MutableLinear(w, l, lin) = rand(out, in);
+    }
+  }
+  w.final_norm = VectorF::Constant(c.hidden_size, 1.0f);
+  w.lm_head = rand(c.vocab_size, c.hidden_size);
+  return w;
+}
+
+// Records every activation so the test can form XᵀX naively.
+class Recorder : public ActivationSink {
+ public:
+  void OnLinearInput(int layer, LinearGroup g, const MatrixF& x) override {
+    seen.push_back({layer, g, x});
+  }
+  struct Call {
+    int layer;
+    LinearGroup g;
+    MatrixF x;
+  };
+  std::vector<Call> seen;
+};
+
+TEST(HessianCaptureTest, EqualsNaiveXtXOverTwoSequences) {
+  const LlamaConfig c = SmallConfig();
+  const LlamaWeights w = RandomWeights(c, 7);
+  const std::vector<std::vector<int32_t>> seqs = {{1, 5, 9, 31, 0, 4, 4}, {3, 2, 1}};
+  HessianCapture cap(c);
+  Recorder rec;
+  for (const auto& s : seqs) {
+    ASSERT_TRUE(Forward(c, w, s, &cap).ok());
+    ASSERT_TRUE(Forward(c, w, s, &rec).ok());
+  }
+  ASSERT_EQ(rec.seen.size(), 2u * c.num_layers * kNumGroups);
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) {
+      const int in = GroupInputDim(c, g);
+      MatrixD naive = MatrixD::Zero(in, in);
+      int64_t rows = 0;
+      for (const auto& call : rec.seen) {
+        if (call.layer != l || call.g != g) continue;
+        ASSERT_EQ(call.x.cols(), in);
+        for (Eigen::Index t = 0; t < call.x.rows(); ++t, ++rows)
+          for (int i = 0; i < in; ++i)
+            for (int j = 0; j < in; ++j)
+              naive(i, j) += static_cast<double>(call.x(t, i)) * static_cast<double>(call.x(t, j));
+      }
+      EXPECT_EQ(cap.Tokens(l, g), 10) << "layer " << l << " " << GroupName(g);
+      EXPECT_EQ(rows, 10);
+      const MatrixD& h = cap.Sum(l, g);
+      ASSERT_EQ(h.rows(), in);
+      EXPECT_LT((h - naive).cwiseAbs().maxCoeff(), 1e-9 * (1 + naive.cwiseAbs().maxCoeff()))
+          << "layer " << l << " " << GroupName(g);
+    }
+  }
+}
+
+TEST(HessianCaptureTest, SingleLayerCaptureMatchesTheFullOneAndStopsThere) {
+  const LlamaConfig c = SmallConfig();
+  ASSERT_GE(c.num_layers, 2);
+  const LlamaWeights w = RandomWeights(c, 9);
+  const std::vector<int32_t> seq = {1, 5, 9, 31, 0, 4};
+  HessianCapture full(c), one(c, 0);
+  EXPECT_EQ(full.StopAfterLayer(), -1);
+  EXPECT_EQ(one.StopAfterLayer(), 0);
+  ASSERT_TRUE(Forward(c, w, seq, &full).ok());
+  auto logits = Forward(c, w, seq, &one);
+  ASSERT_TRUE(logits.ok());
+  EXPECT_EQ(logits->rows(), 0);  // stopped after layer 0
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) {
+      if (l == 0) {
+        EXPECT_EQ(one.Tokens(l, g), 6);
+        EXPECT_EQ(one.Sum(l, g), full.Sum(l, g)) << GroupName(g);  // same additions, same order
+      } else {
+        EXPECT_EQ(one.Tokens(l, g), 0) << "layer " << l;
+        EXPECT_EQ(one.Sum(l, g).size(), 0) << "layer " << l;
+      }
+    }
+  }
+}
+
+TEST(HessianCaptureTest, ConcurrentForwardsAccumulateEverything) {
+  const LlamaConfig c = SmallConfig();
+  const LlamaWeights w = RandomWeights(c, 11);
+  HessianCapture serial(c), parallel(c);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int i = 0; i < 8; ++i) seqs.push_back({1, i, (3 * i) % 32, 7, i + 2});
+  for (const auto& s : seqs) ASSERT_TRUE(Forward(c, w, s, &serial).ok());
+  std::vector<std::thread> threads;
+  for (const auto& s : seqs)
+    threads.emplace_back([&, s] { (void)Forward(c, w, s, &parallel); });
+  for (auto& t : threads) t.join();
+  for (int l = 0; l < c.num_layers; ++l)
+    for (LinearGroup g : kAllGroups) {
+      EXPECT_EQ(parallel.Tokens(l, g), 40);
+      EXPECT_LT((parallel.Sum(l, g) - serial.Sum(l, g)).cwiseAbs().maxCoeff(), 1e-9);
+    }
+}
+
+}  // namespace
+}  // namespace quantd::model

@@ -1,0 +1,150 @@
+#include "engine/model/quarot.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "engine/quant/rht.h"
+
+namespace quantd::model {
+namespace {
+
+// rows of m ← R·rows (m ← m·Rᵀ).
+void RotateRows(const quant::Rht& r, MatrixD* m) { r.ApplyRows(m); }
+// m ← R·m (every column c ← R c).
+void RotateCols(const quant::Rht& r, MatrixD* m) {
+  MatrixD t = m->transpose();
+  r.ApplyRows(&t);
+  *m = t.transpose();
+}
+
+template <typename M>
+void AcrossHeads(const quant::Rht& r, int head_dim, M* rows) {
+  const int heads = r.n();
+  if (head_dim <= 0 || rows->cols() != static_cast<Eigen::Index>(heads) * head_dim) return;
+  // z[(row, d), h] = rows[row, h·head_dim + d]; rotate z's rows; scatter back.
+  M z(rows->rows() * head_dim, heads);
+  for (Eigen::Index i = 0; i < rows->rows(); ++i) {
+    for (int h = 0; h < heads; ++h) {
+      z.block(i * head_dim, h, head_dim, 1) =
+          rows->row(i).segment(h * head_dim, head_dim).transpose();
+    }
+  }
+  r.ApplyRows(&z);
+  for (Eigen::Index i = 0; i < rows->rows(); ++i) {
+    for (int h = 0; h < heads; ++h) {
+      rows->row(i).segment(h * head_dim, head_dim) =
+          z.block(i * head_dim, h, head_dim, 1).transpose();
+    }
+  }
+}
+
+}  // namespace
+
+void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixF* rows) {
+  AcrossHeads(r, head_dim, rows);
+}
+void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixD* rows) {
+  AcrossHeads(r, head_dim, rows);
+}
+
+QuarotSeeds QuarotSeedsFrom(uint64_t seed) {
+  return {seed, seed ^ 0x5851F42D4C957F2Dull, seed ^ 0x14057B7EF767814Full,
+          seed ^ 0x2545F4914F6CDD1Dull};
+}
+
+absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const MatrixF& w,
+                                     const VectorF& norm, uint64_t seed) {
+  const auto [rows, cols] = LinearShape(cfg, l);
+  if (w.rows() != rows || w.cols() != cols) {
+    return absl::InvalidArgumentError(absl::StrCat("quarot ", std::string(LinearName(l)),
+                                                   ": weight has shape [", w.rows(), ",",
+                                                   w.cols(), "], config says [", rows, ",", cols,
+                                                   "]"));
+  }
+  const QuarotSeeds s = QuarotSeedsFrom(seed);
+  QUANTD_ASSIGN_OR_RETURN(quant::Rht res, quant::MakeRht(cfg.hidden_size, s.residual));
+  MatrixD m = w.cast<double>();
+  const int hd = cfg.head_dim;
+  switch (l) {
+    case Linear::kQ:
+    case Linear::kK:
+    case Linear::kV:
+    case Linear::kGate:
+    case Linear::kUp: {
+      if (norm.size() != cfg.hidden_size) {
+        return absl::InvalidArgumentError(absl::StrCat("quarot ", std::string(LinearName(l)),
+                                                       ": norm has ", norm.size(),
+                                                       " values, hidden_size is ",
+                                                       cfg.hidden_size));
+      }
+      m = m * norm.cast<double>().asDiagonal();
+      RotateRows(res, &m);
+      if (l == Linear::kV) {
+        QUANTD_ASSIGN_OR_RETURN(quant::Rht head, quant::MakeRht(hd, s.head));
+        for (int h = 0; h < cfg.num_kv_heads; ++h) {
+          MatrixD block = m.middleRows(h * hd, hd);
+          RotateCols(head, &block);
+          m.middleRows(h * hd, hd) = block;
+        }
+      }
+      break;
+    }
+    case Linear::kO: {
+      RotateCols(res, &m);
+      QUANTD_ASSIGN_OR_RETURN(quant::Rht head, quant::MakeRht(hd, s.head));
+      for (int h = 0; h < cfg.num_heads; ++h) {
+        MatrixD block = m.middleCols(h * hd, hd);
+        RotateRows(head, &block);
+        m.middleCols(h * hd, hd) = block;
+      }
+      QUANTD_ASSIGN_OR_RETURN(quant::Rht across, quant::MakeRht(cfg.num_heads, s.o));
+      ApplyAcrossHeads(across, hd, &m);  // rows ← (R_o ⊗ I) rows, i.e. W_o ← W_o (R_o ⊗ I)ᵀ
+      break;
+    }
+    case Linear::kDown: {
+      RotateCols(res, &m);
+      QUANTD_ASSIGN_OR_RETURN(quant::Rht down, quant::MakeRht(cfg.intermediate_size, s.down));
+      RotateRows(down, &m);
+      break;
+    }
+  }
+  return MatrixF(m.cast<float>());
+}
+
+absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
+  if (w->online_down.size != 0 || w->online_o.size != 0) {
+    return absl::InvalidArgumentError("quarot: the model already carries an online rotation");
+  }
+  if (static_cast<int>(w->layers.size()) != cfg->num_layers ||
+      w->embed.cols() != cfg->hidden_size || w->final_norm.size() != cfg->hidden_size) {
+    return absl::InvalidArgumentError("quarot: weights do not match the config");
+  }
+  const QuarotSeeds s = QuarotSeedsFrom(seed);
+  QUANTD_ASSIGN_OR_RETURN(quant::Rht res, quant::MakeRht(cfg->hidden_size, s.residual));
+  MatrixD head = (cfg->tie_word_embeddings ? w->embed : w->lm_head).cast<double>();
+  if (head.cols() != cfg->hidden_size) {
+    return absl::InvalidArgumentError("quarot: lm_head does not match the config");
+  }
+  head = head * w->final_norm.cast<double>().asDiagonal();
+  RotateRows(res, &head);
+  MatrixD embed = w->embed.cast<double>();
+  RotateRows(res, &embed);
+  for (int l = 0; l < cfg->num_layers; ++l) {
+    LayerWeights& lw = w->layers[l];
+    for (Linear lin : kAllLinears) {
+      const VectorF& norm = GroupOf(lin) == LinearGroup::kGateUp ? lw.ffn_norm : lw.attn_norm;
+      MatrixF& dst = MutableLinear(*w, l, lin);
+      QUANTD_ASSIGN_OR_RETURN(dst, QuarotLinear(*cfg, lin, dst, norm, seed));
+    }
+    lw.attn_norm.setOnes();
+    lw.ffn_norm.setOnes();
+  }
+  w->embed = embed.cast<float>();
+  w->lm_head = head.cast<float>();
+  w->final_norm.setOnes();
+  w->online_down = {cfg->intermediate_size, s.down};
+  w->online_o = {cfg->num_heads, s.o};
+  cfg->tie_word_embeddings = false;
+  return absl::OkStatus();
+}
+
+}  // namespace quantd::model

@@ -1,0 +1,46 @@
+// Test helpers for the model library: locating the in-repo example data through
+// QUANTD_SOURCE_DIR (set by CTest) and loading stories260K.
+// Thread-safety: not thread-safe (test-only).
+#ifndef QUANTD_ENGINE_MODEL_TEST_UTIL_H_
+#define QUANTD_ENGINE_MODEL_TEST_UTIL_H_
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "engine/format/checkpoint.h"
+#include "engine/model/config.h"
+#include "engine/model/weights.h"
+
+namespace quantd::model::testing {
+
+// $QUANTD_SOURCE_DIR/examples/<rel>, falling back to the compile-time source tree.
+inline std::string ExamplePath(const std::string& rel) {
+  const char* src = std::getenv("QUANTD_SOURCE_DIR");
+  std::string root = src != nullptr ? src : QUANTD_TEST_SOURCE_DIR;
+  return root + "/examples/" + rel;
+}
+
+struct Stories260K {
+  LlamaConfig cfg;
+  LlamaWeights w;
+};
+
+// Loads examples/stories260K; returns nullptr (with the error printed) on failure.
+inline std::unique_ptr<Stories260K> LoadStories260K() {
+  const std::string dir = ExamplePath("stories260K");
+  auto cfg = LoadLlamaConfig(dir);
+  if (!cfg.ok()) return nullptr;
+  auto ckpt = Checkpoint::Open(dir);
+  if (!ckpt.ok()) return nullptr;
+  auto w = LoadLlamaWeights(**ckpt, *cfg);
+  if (!w.ok()) return nullptr;
+  auto out = std::make_unique<Stories260K>();
+  out->cfg = *cfg;
+  out->w = std::move(*w);
+  return out;
+}
+
+}  // namespace quantd::model::testing
+
+#endif  // QUANTD_ENGINE_MODEL_TEST_UTIL_H_

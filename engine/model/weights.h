@@ -1,0 +1,75 @@
+// In-memory fp32 weights of a Llama-family model and the naming of its linear layers.
+// Linear weights are row-major [out][in] (PyTorch Linear.weight); y = x * Wᵀ.
+// Thread-safety: plain value types; concurrent reads are safe, writes need external locking.
+#ifndef QUANTD_ENGINE_MODEL_WEIGHTS_H_
+#define QUANTD_ENGINE_MODEL_WEIGHTS_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/matrix.h"
+#include "engine/format/checkpoint.h"
+#include "engine/model/config.h"
+
+namespace quantd::model {
+
+enum class Linear { kQ, kK, kV, kO, kGate, kUp, kDown };
+inline constexpr Linear kAllLinears[] = {Linear::kQ,    Linear::kK,  Linear::kV,   Linear::kO,
+                                         Linear::kGate, Linear::kUp, Linear::kDown};
+// Linear layers that share one input (and so one Hessian).
+enum class LinearGroup { kQkv, kO, kGateUp, kDown };
+inline constexpr LinearGroup kAllGroups[] = {LinearGroup::kQkv, LinearGroup::kO,
+                                             LinearGroup::kGateUp, LinearGroup::kDown};
+inline constexpr int kNumGroups = 4;
+
+LinearGroup GroupOf(Linear l);
+std::string_view LinearName(Linear l);     // "q_proj", "k_proj", ..., "down_proj"
+std::string_view GroupName(LinearGroup g);  // "qkv", "o", "gate_up", "down"
+// HF tensor name, e.g. "model.layers.3.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight".
+std::string LinearTensorName(int layer, Linear l);
+// in_features of the group: hidden_size for qkv and gate_up, num_heads*head_dim for o,
+// intermediate_size for down.
+int GroupInputDim(const LlamaConfig& c, LinearGroup g);
+// [out, in] of a linear layer according to the config.
+std::pair<int, int> LinearShape(const LlamaConfig& c, Linear l);
+
+struct LayerWeights {
+  VectorF attn_norm, ffn_norm;  // [hidden]
+  MatrixF q, k, v, o, gate, up, down;
+};
+
+// A randomized Hadamard transform applied to an activation online, in the forward pass
+// (quant::MakeRht(size, seed): x ↦ V·S·x). size 0 = none.
+struct OnlineRotation {
+  int size = 0;
+  uint64_t seed = 0;
+};
+
+struct LlamaWeights {
+  MatrixF embed;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  VectorF final_norm;  // [hidden]
+  MatrixF lm_head;     // [vocab, hidden]; empty when tied to embed
+  // QuaRot (quarot.h): the input of every down_proj is rotated online before the product.
+  // Default: none.
+  OnlineRotation online_down;
+  // QuaRot: the input of every o_proj (the attention output, [num_heads][head_dim]) is rotated
+  // across heads online, x ↦ (R ⊗ I_head_dim) x with R = MakeRht(size = num_heads, seed).
+  // Default: none.
+  OnlineRotation online_o;
+};
+
+MatrixF& MutableLinear(LlamaWeights& w, int layer, Linear l);
+const MatrixF& GetLinear(const LlamaWeights& w, int layer, Linear l);
+
+// Loads every tensor the config implies, converting to fp32. NOT_FOUND for a missing tensor,
+// INVALID_ARGUMENT for a shape mismatch, e.g.
+// "layer 3 down_proj: weight has shape [64,172], config.json says [64,176]".
+absl::StatusOr<LlamaWeights> LoadLlamaWeights(const Checkpoint& ckpt, const LlamaConfig& cfg);
+
+}  // namespace quantd::model
+
+#endif  // QUANTD_ENGINE_MODEL_WEIGHTS_H_

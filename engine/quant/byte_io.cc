@@ -1,0 +1,135 @@
+#include "engine/quant/byte_io.h"
+
+#include <array>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace quantd::quant {
+namespace {
+
+std::array<uint32_t, 256> MakeCrcTable() {
+  std::array<uint32_t, 256> t{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    t[i] = c;
+  }
+  return t;
+}
+
+}  // namespace
+
+uint32_t Crc32(std::string_view data, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = MakeCrcTable();
+  crc = ~crc;
+  for (unsigned char ch : data) crc = table[(crc ^ ch) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+void ByteWriter::U16(uint16_t v) {
+  for (int i = 0; i < 2; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+}
+void ByteWriter::U32(uint32_t v) {
+  for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+}
+void ByteWriter::U64(uint64_t v) {
+  for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+}
+void ByteWriter::F32(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  U32(u);
+}
+void ByteWriter::F64(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, 8);
+  U64(u);
+}
+
+absl::Status ByteReader::Need(size_t n, std::string_view what) const {
+  if (in_.size() - pos_ < n) {
+    return absl::DataLossError(absl::StrCat("truncated input: need ", n, " bytes for ", std::string(what),
+                                            " at offset ", pos_, ", have ", in_.size() - pos_));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint8_t> ByteReader::U8(std::string_view what) {
+  absl::Status s = Need(1, what);
+  if (!s.ok()) return s;
+  return static_cast<uint8_t>(in_[pos_++]);
+}
+
+#define QUANTD_READ_LE_(T, N)                                                        \
+  absl::Status s = Need(N, what);                                                    \
+  if (!s.ok()) return s;                                                             \
+  T v = 0;                                                                           \
+  for (int i = 0; i < N; ++i) v |= static_cast<T>(static_cast<uint8_t>(in_[pos_ + i])) << (8 * i); \
+  pos_ += N;                                                                         \
+  return v;
+
+absl::StatusOr<uint16_t> ByteReader::U16(std::string_view what) { QUANTD_READ_LE_(uint16_t, 2) }
+absl::StatusOr<uint32_t> ByteReader::U32(std::string_view what) { QUANTD_READ_LE_(uint32_t, 4) }
+absl::StatusOr<uint64_t> ByteReader::U64(std::string_view what) { QUANTD_READ_LE_(uint64_t, 8) }
+#undef QUANTD_READ_LE_
+
+absl::StatusOr<float> ByteReader::F32(std::string_view what) {
+  absl::StatusOr<uint32_t> u = U32(what);
+  if (!u.ok()) return u.status();
+  float f;
+  uint32_t bits = *u;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+absl::StatusOr<double> ByteReader::F64(std::string_view what) {
+  absl::StatusOr<uint64_t> u = U64(what);
+  if (!u.ok()) return u.status();
+  double d;
+  uint64_t bits = *u;
+  std::memcpy(&d, &bits, 8);
+  return d;
+}
+
+absl::StatusOr<std::string_view> ByteReader::Bytes(size_t n, std::string_view what) {
+  absl::Status s = Need(n, what);
+  if (!s.ok()) return s;
+  std::string_view out = in_.substr(pos_, n);
+  pos_ += n;
+  return out;
+}
+
+void BitWriter::Put(uint32_t value, int bits) {
+  uint64_t mask = bits >= 32 ? 0xFFFFFFFFull : ((uint64_t{1} << bits) - 1);
+  acc_ |= (static_cast<uint64_t>(value) & mask) << nacc_;
+  nacc_ += bits;
+  while (nacc_ >= 8) {
+    bytes_.push_back(static_cast<char>(acc_ & 0xFF));
+    acc_ >>= 8;
+    nacc_ -= 8;
+  }
+}
+
+std::string BitWriter::Finish() {
+  if (nacc_ > 0) bytes_.push_back(static_cast<char>(acc_ & 0xFF));
+  acc_ = 0;
+  nacc_ = 0;
+  return std::move(bytes_);
+}
+
+uint32_t BitReader::Get(int bits) {
+  while (nacc_ < bits) {
+    uint64_t b = byte_pos_ < bytes_.size() ? static_cast<uint8_t>(bytes_[byte_pos_]) : 0;
+    ++byte_pos_;
+    acc_ |= b << nacc_;
+    nacc_ += 8;
+  }
+  uint64_t mask = bits >= 32 ? 0xFFFFFFFFull : ((uint64_t{1} << bits) - 1);
+  uint32_t v = static_cast<uint32_t>(acc_ & mask);
+  acc_ >>= bits;
+  nacc_ -= bits;
+  return v;
+}
+
+}  // namespace quantd::quant

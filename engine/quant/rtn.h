@@ -1,0 +1,58 @@
+// Scalar uniform grids and round-to-nearest (RTN): the GPTQ min-max grid per output channel
+// (optionally per group of input columns, symmetric, or with an MSE clip search) and the QuIP
+// scalar grid s = 2.4·RMS(W). Codes are integers q ∈ [0, 2^bits − 1] with ŵ = scale·(q − zero).
+// Thread-safety: stateless functions; ScalarGrid is a value type.
+#ifndef QUANTD_ENGINE_QUANT_RTN_H_
+#define QUANTD_ENGINE_QUANT_RTN_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/matrix.h"
+
+namespace quantd::quant {
+
+// ŵ = scale·(q − zero); zero may be fractional (QuIP grid with odd 2^b − 1).
+struct ScalarGrid {
+  float scale = 1;
+  float zero = 0;
+  int maxq = 3;  // 2^bits − 1
+
+  int Code(double w) const;           // clamp(round(w/scale + zero), 0, maxq)
+  float Dequant(int q) const { return scale * (static_cast<float>(q) - zero); }
+  float Round(double w) const { return Dequant(Code(w)); }
+};
+
+struct RtnParams {
+  int bits = 4;            // 2..8
+  bool symmetric = false;  // Default: false (zero = (maxq+1)/2)
+  int group_size = 0;      // Default: 0 = one grid per output channel; else groups of columns
+  bool mse_clip = false;   // Default: false; search shrink factors 1 − i/100, i < 80, |err|^2.4
+};
+
+// Min-max grid of w[0..len) widened to include 0 (GPTQ Quantizer, perchannel, sym=false),
+// with the optional symmetric form and MSE clip search of `params`.
+ScalarGrid FitMinMaxGrid(const double* w, int len, const RtnParams& params);
+
+// QuIP scalar grid for b bits: s = 2.4·rms; scale = 2s/maxq, zero = maxq/2, so that
+// q = clamp(round(((w/s+1)/2)·maxq)) and ŵ = s(2q/maxq − 1).
+ScalarGrid QuipGrid(double rms, int bits);
+
+// Number of column groups for n columns (1 when group_size is 0 or ≥ n; the last group may be
+// shorter than group_size).
+int NumGroups(int n, int group_size);
+
+struct RtnResult {
+  MatrixD what;                 // [m×n] dequantized weight
+  std::vector<uint8_t> codes;   // m·n codes, row-major
+  std::vector<ScalarGrid> grids;  // m·NumGroups grids, row-major [row][group]
+};
+
+// Round-to-nearest of w [m×n] with one grid per (row, group). INVALID_ARGUMENT for bits
+// outside 2..8 or a negative group size.
+absl::StatusOr<RtnResult> QuantizeRtn(const MatrixD& w, const RtnParams& params);
+
+}  // namespace quantd::quant
+
+#endif  // QUANTD_ENGINE_QUANT_RTN_H_

@@ -1,0 +1,34 @@
+#include "engine/spec/quant_spec.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace quantd::runner {
+
+absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec& p) {
+  quant::QuantSpec spec;
+  QUANTD_ASSIGN_OR_RETURN(spec.method, quant::ParseMethod(p.method()));
+  spec.bits = p.bits();
+  spec.seed = p.seed();
+  spec.group_size = p.group_size();
+  spec.mse_clip = p.mse_clip();
+  spec.act_order = p.act_order();
+  spec.greedy_passes = p.has_greedy_passes()                      ? p.greedy_passes()
+                       : spec.method == quant::Method::kQuipSharp ? kDefaultGreedyPasses
+                                                                  : 0;
+  spec.codebook_scale = p.codebook_scale();
+  spec.damp = p.damp() == 0 ? 0.01 : p.damp();
+  spec.baseline_guard = !p.no_baseline_guard();
+  if (!p.trellis_code().empty()) {
+    QUANTD_ASSIGN_OR_RETURN(spec.trellis_code, quant::ParseTrellisCode(p.trellis_code()));
+  }
+  if (p.trellis_l() != 0) spec.trellis_l = p.trellis_l();
+  if ((!p.trellis_code().empty() || p.trellis_l() != 0) && spec.method != quant::Method::kQtip) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trellis_code / trellis_l apply to method qtip only, not ", p.method()));
+  }
+  QUANTD_RETURN_IF_ERROR(quant::ValidateSpec(spec));
+  return spec;
+}
+
+}  // namespace quantd::runner

@@ -1,0 +1,96 @@
+#include "engine/spec/quant_spec.h"
+
+#include "gtest/gtest.h"
+
+namespace quantd::runner {
+namespace {
+
+TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
+  quantd::v1::QuantSpec p;
+  p.set_method("gptq");
+  p.set_bits(3);
+  p.set_seed(7);
+  p.set_group_size(32);
+  p.set_mse_clip(true);
+  auto s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE(s->act_order);
+  // act order is per output channel only: with group_size 32 the spec is refused.
+  p.set_act_order(true);
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_group_size(0);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->act_order);
+  p.set_act_order(false);
+  p.set_group_size(32);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->method, quant::Method::kGptq);
+  EXPECT_EQ(s->bits, 3);
+  EXPECT_EQ(s->seed, 7u);
+  EXPECT_EQ(s->group_size, 32);
+  EXPECT_TRUE(s->mse_clip);
+  EXPECT_EQ(s->damp, 0.01);  // wire 0 = default
+  EXPECT_TRUE(s->baseline_guard);
+  EXPECT_EQ(s->greedy_passes, 0);  // not quip-sharp
+
+  p.Clear();
+  p.set_method("quip-sharp");
+  p.set_bits(2);
+  p.set_greedy_passes(4);
+  p.set_codebook_scale(0.9);
+  p.set_damp(0.05);
+  p.set_no_baseline_guard(true);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->greedy_passes, 4);
+  EXPECT_EQ(s->codebook_scale, 0.9);
+  EXPECT_EQ(s->damp, 0.05);
+  EXPECT_FALSE(s->baseline_guard);
+  p.clear_greedy_passes();
+  EXPECT_EQ(QuantSpecFromProto(p)->greedy_passes, kDefaultGreedyPasses);
+  p.set_greedy_passes(0);  // explicitly none
+  EXPECT_EQ(QuantSpecFromProto(p)->greedy_passes, 0);
+}
+
+TEST(QuantSpecFromProtoTest, QtipOptions) {
+  quantd::v1::QuantSpec p;
+  p.set_method("qtip");
+  p.set_bits(2);
+  auto s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->method, quant::Method::kQtip);
+  EXPECT_EQ(s->trellis_code, quant::TrellisCode::k1Mad);
+  EXPECT_EQ(s->trellis_l, 16);
+  EXPECT_EQ(s->greedy_passes, 0);
+  p.set_trellis_code("hyb");
+  p.set_trellis_l(12);
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->trellis_code, quant::TrellisCode::kHyb);
+  EXPECT_EQ(s->trellis_l, 12);
+  p.set_trellis_code("5mad");
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_trellis_code("1mad");
+  p.set_trellis_l(31);
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_trellis_l(0);
+  p.set_method("gptq");  // trellis options on another method
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(QuantSpecFromProtoTest, RejectsUnknownMethodAndBadBits) {
+  quantd::v1::QuantSpec p;
+  p.set_method("awq");
+  p.set_bits(4);
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_method("quip-sharp");
+  p.set_bits(7);
+  auto s = QuantSpecFromProto(p);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("7"), absl::string_view::npos) << s.status();
+}
+
+}  // namespace
+}  // namespace quantd::runner

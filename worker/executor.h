@@ -1,0 +1,35 @@
+// Task execution on a worker: turns a leased Task plus its input files into a result
+// (Hessian shard, packed matrix, or perplexity). No networking here: the caller resolves
+// every input blob to a local path first.
+// Thread-safety: Execute may run concurrently for different tasks; the Device is shared.
+#ifndef QUANTD_WORKER_EXECUTOR_H_
+#define QUANTD_WORKER_EXECUTOR_H_
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "proto/quantd.pb.h"
+#include "engine/quant/device.h"
+
+namespace quantd::runner {
+
+struct TaskResult {
+  quantd::v1::TaskReportHeader header;  // numbers only; identity fields are filled by the caller
+  std::string data;                     // result bytes (Hessian shard or packed matrix)
+};
+
+// Maps an input blob name ("inputs/model/config.json") to a local file path.
+using BlobResolver = std::function<absl::StatusOr<std::string>(const std::string& name)>;
+
+// Runs `task`. `cancelled` is polled between units of work; when it becomes true the call
+// returns CANCELLED. Errors keep their absl code (INVALID_ARGUMENT / FAILED_PRECONDITION are
+// final for the job, others are retried elsewhere).
+absl::StatusOr<TaskResult> ExecuteTask(const quantd::v1::Task& task, const BlobResolver& blobs,
+                                       quant::Device& device, const std::atomic<bool>& cancelled);
+
+}  // namespace quantd::runner
+
+#endif  // QUANTD_WORKER_EXECUTOR_H_

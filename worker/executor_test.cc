@@ -1,0 +1,163 @@
+// The sequential Hessian task (executor.cc): layer l's Hessians captured through the quantized
+// layers before it, checked against an in-process reference (Forward + HessianCapture on the
+// model with those layers replaced), and its input errors.
+#include "worker/executor.h"
+
+#include <atomic>
+#include <map>
+
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+#include "engine/model/forward.h"
+#include "engine/model/hessian_capture.h"
+#include "engine/format/safetensors.h"
+#include "engine/model/test_util.h"
+#include "engine/tokenizer/tokens.h"
+#include "engine/quant/device.h"
+#include "engine/quant/quantize.h"
+
+namespace quantd::runner {
+namespace {
+
+using model::testing::ExamplePath;
+
+constexpr int kSeqLen = 64;
+
+class SequentialHessianTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    m_ = model::testing::LoadStories260K();
+    ASSERT_NE(m_, nullptr);
+    dir_ = MakeTempDir();
+    blobs_["inputs/model/config.json"] = ExamplePath("stories260K/config.json");
+    blobs_["inputs/model/model.safetensors"] = ExamplePath("stories260K/model.safetensors");
+    blobs_["inputs/calib.u16"] = ExamplePath("tinystories/calib_stories_0_499.u16");
+    // Layer 0's matrices at 2 bits (rtn: far from the fp weights, so the prefix matters).
+    quant::QuantSpec spec;
+    spec.method = quant::Method::kRtn;
+    spec.bits = 2;
+    auto dev = quant::MakeCpuDevice(1);
+    for (model::Linear lin : model::kAllLinears) {
+      const std::string name = model::LinearTensorName(0, lin);
+      const MatrixF& w = model::GetLinear(m_->w, 0, lin);
+      const MatrixD h = MatrixD::Identity(w.cols(), w.cols());
+      auto q = quant::QuantizeMatrix(*dev, w, h, spec, name);
+      ASSERT_TRUE(q.ok()) << q.status();
+      const std::string path = JoinPath(dir_, name + ".qpm");
+      ASSERT_TRUE(WriteFileAtomic(path, q->packed).ok());
+      blobs_["quantized/" + name] = path;
+    }
+  }
+  void TearDown() override { RemoveAll(dir_).IgnoreError(); }
+
+  static std::string MakeTempDir() {
+    char tmpl[] = "/tmp/quantd_executor_XXXXXX";
+    return ::mkdtemp(tmpl);
+  }
+
+  // A Hessian task of a sequential job for `layer` over two sequences, with `quantized` inputs.
+  quantd::v1::Task TaskFor(int layer, const std::vector<std::string>& quantized) const {
+    quantd::v1::Task t;
+    t.set_kind(quantd::v1::TASK_KIND_HESSIAN);
+    t.mutable_spec()->set_method("quip");
+    t.mutable_spec()->set_bits(2);
+    t.mutable_spec()->set_sequential(true);
+    t.set_layer(layer);
+    t.set_token_begin(0);
+    t.set_token_end(2 * kSeqLen);
+    t.set_seq_len(kSeqLen);
+    for (const char* n : {"inputs/model/config.json", "inputs/model/model.safetensors",
+                          "inputs/calib.u16"}) {
+      t.add_inputs()->set_name(n);
+    }
+    for (const std::string& q : quantized) t.add_inputs()->set_name(q);
+    return t;
+  }
+  std::vector<std::string> Layer0Inputs() const {
+    std::vector<std::string> out;
+    for (model::Linear lin : model::kAllLinears) {
+      out.push_back("quantized/" + model::LinearTensorName(0, lin));
+    }
+    return out;
+  }
+  absl::StatusOr<TaskResult> Run(const quantd::v1::Task& task) {
+    BlobResolver resolve = [this](const std::string& name) -> absl::StatusOr<std::string> {
+      auto it = blobs_.find(name);
+      if (it == blobs_.end()) return absl::NotFoundError(name);
+      return it->second;
+    };
+    auto dev = quant::MakeCpuDevice(1);
+    std::atomic<bool> cancelled{false};
+    return ExecuteTask(task, resolve, *dev, cancelled);
+  }
+
+  std::unique_ptr<model::testing::Stories260K> m_;
+  std::string dir_;
+  std::map<std::string, std::string> blobs_;
+};
+
+TEST_F(SequentialHessianTest, CapturesLayerOneThroughTheQuantizedLayerZero) {
+  auto r = Run(TaskFor(1, Layer0Inputs()));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->header.tokens(), 2 * kSeqLen);
+  auto file = model::SafetensorsFile::Parse(r->data);
+  ASSERT_TRUE(file.ok()) << file.status();
+
+  // Reference: the fp model with layer 0's linears replaced by their dequantized matrices.
+  model::LlamaWeights wq = m_->w;
+  for (model::Linear lin : model::kAllLinears) {
+    auto packed = ReadFile(blobs_.at("quantized/" + model::LinearTensorName(0, lin)));
+    ASSERT_TRUE(packed.ok());
+    auto deq = quant::DequantizeMatrix(*packed);
+    ASSERT_TRUE(deq.ok()) << deq.status();
+    model::MutableLinear(wq, 0, lin) = *deq;
+  }
+  auto tokens = model::LoadTokenFile(blobs_.at("inputs/calib.u16"));
+  ASSERT_TRUE(tokens.ok());
+  model::HessianCapture ref(m_->cfg), fp(m_->cfg);
+  for (int s = 0; s < 2; ++s) {
+    absl::Span<const int32_t> seq(tokens->data() + s * kSeqLen, kSeqLen);
+    ASSERT_TRUE(model::Forward(m_->cfg, wq, seq, &ref).ok());
+    ASSERT_TRUE(model::Forward(m_->cfg, m_->w, seq, &fp).ok());
+  }
+  for (model::LinearGroup g : model::kAllGroups) {
+    const std::string key = "L1." + std::string(model::GroupName(g));
+    auto sum = (*file)->Get(key + ".sum");
+    ASSERT_TRUE(sum.ok()) << key;
+    const MatrixD& want = ref.Sum(1, g);
+    ASSERT_EQ(sum->shape, (std::vector<int64_t>{want.rows(), want.cols()}));
+    const Eigen::Map<const MatrixD> got(reinterpret_cast<const double*>(sum->data.data()),
+                                        want.rows(), want.cols());
+    // The same forward pass and the same additions: equal up to summation order.
+    EXPECT_LT((got - want).cwiseAbs().maxCoeff(), 1e-9 * want.cwiseAbs().maxCoeff()) << key;
+    // And not the fp model's: the quantized prefix changed layer 1's inputs.
+    EXPECT_GT((got - fp.Sum(1, g)).cwiseAbs().maxCoeff(), 1e-3 * want.cwiseAbs().maxCoeff())
+        << key;
+    // Only the task's layer is in the shard.
+    EXPECT_FALSE((*file)->Get("L0." + std::string(model::GroupName(g)) + ".sum").ok());
+  }
+}
+
+TEST_F(SequentialHessianTest, MissingUnexpectedOrOutOfRangeInputsAreInvalid) {
+  std::vector<std::string> missing = Layer0Inputs();
+  missing.pop_back();
+  auto r = Run(TaskFor(1, missing));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("lacks the quantized"), std::string::npos) << r.status();
+
+  std::vector<std::string> extra = Layer0Inputs();
+  extra.push_back("quantized/" + model::LinearTensorName(1, model::Linear::kQ));
+  r = Run(TaskFor(1, extra));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("unexpected input"), std::string::npos) << r.status();
+
+  r = Run(TaskFor(m_->cfg.num_layers, Layer0Inputs()));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Layer 0 needs no quantized input and captures the fp model's first layer.
+  r = Run(TaskFor(0, {}));
+  ASSERT_TRUE(r.ok()) << r.status();
+}
+
+}  // namespace
+}  // namespace quantd::runner
