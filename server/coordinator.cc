@@ -166,6 +166,12 @@ void Coordinator::UpdateProgressLocked(JobEntry& e) {
   }
 }
 
+void Coordinator::ReleaseLeaseLocked(TaskState& t) {
+  if (!t.leased) return;
+  t.leased = false;
+  metrics_->WorkerLeases(t.worker_name, -1);
+}
+
 absl::Status Coordinator::FailJobLocked(JobEntry& e, const std::string& error) {
   e.job.set_error(error);
   return EndJobLocked(e, quantd::v1::JOB_STATE_FAILED);
@@ -176,7 +182,7 @@ absl::Status Coordinator::EndJobLocked(JobEntry& e, quantd::v1::JobState state) 
   e.job.set_phase("done");
   std::vector<const TaskRow*> changed;
   for (TaskState& t : e.tasks) {
-    t.leased = false;
+    ReleaseLeaseLocked(t);
     if (t.row.state == TaskRowState::kPending) {
       t.row.state = TaskRowState::kCancelled;
       changed.push_back(&t.row);
@@ -449,6 +455,8 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
         t.leased = true;
         t.lease_id = RandomId("l-");
         t.worker_id = req.worker_id();
+        t.worker_name = w->second.info.worker_name();
+        metrics_->WorkerLeases(t.worker_name, +1);
         t.lease_expiry = absl::Now() + options_.lease_timeout;
         resp.set_found(true);
         *resp.mutable_task() = t.row.task;
@@ -552,7 +560,7 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
     }
     auto w = workers_.find(h.worker_id());
     if (w != workers_.end()) worker_name = w->second.info.worker_name();
-    t.leased = false;
+    ReleaseLeaseLocked(t);
     t.row.attempts++;
     if (h.ok()) {
       t.row.state = TaskRowState::kDone;
@@ -622,9 +630,11 @@ void Coordinator::EngineStep() {
       if (Terminal(e.job.state())) continue;
       for (TaskState& t : e.tasks) {
         if (!t.leased || t.lease_expiry > now) continue;
-        t.leased = false;
-        t.row.attempts++;
+        // Counted before the lease leaves quantd_worker_leases, so a scrape that sees the
+        // worker's lease gone also sees the expiry (tests tell expiry from a report that way).
         metrics_->LeaseExpired();
+        ReleaseLeaseLocked(t);
+        t.row.attempts++;
         if (t.row.attempts >= options_.max_attempts) {
           FailJobLocked(e, absl::StrCat("task ", t.row.task_id, " lost its lease ",
                                         t.row.attempts, " times (workers died or hung)"))

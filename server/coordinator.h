@@ -79,6 +79,7 @@ class Coordinator {
     bool leased = false;
     std::string lease_id;
     std::string worker_id;
+    std::string worker_name;  // the lease holder's name, for quantd_worker_leases
     absl::Time lease_expiry;
     bool admission_logged = false;  // "does not fit" logged once per task
   };
@@ -116,6 +117,9 @@ class Coordinator {
   absl::StatusOr<int> Publish(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
 
   void UpdateProgressLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends `t`'s lease, if any (reported, expired or dropped), and counts it off its worker's
+  // quantd_worker_leases.
+  void ReleaseLeaseLocked(TaskState& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status FailJobLocked(JobEntry& e, const std::string& error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Moves the job to a terminal state, drops its leases, cancels pending tasks, persists.
