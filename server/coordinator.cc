@@ -126,14 +126,8 @@ std::string Coordinator::ResumeRefusal(const Job& job) const {
 
 absl::Status Coordinator::Recover() {
   QUANTD_ASSIGN_OR_RETURN(std::vector<JobRow> rows, store_->LoadAll());
-  // Fingerprints are checked before taking the lock: hashing a large model takes a while.
-  std::vector<std::string> refusals(rows.size());
-  for (size_t i = 0; i < rows.size(); ++i) {
-    if (!Terminal(rows[i].job.state())) refusals[i] = ResumeRefusal(rows[i].job);
-  }
   MutexLock l(&mu_);
-  for (size_t i = 0; i < rows.size(); ++i) {
-    JobRow& row = rows[i];
+  for (JobRow& row : rows) {
     JobEntry e;
     e.job = std::move(row.job);
     e.phase = row.phase;
@@ -149,19 +143,48 @@ absl::Status Coordinator::Recover() {
     if (!Terminal(e.job.state())) {
       SetProgress(e, {}, &e.job);
       UpdateProgressLocked(e);
-      if (!refusals[i].empty()) {
-        std::fprintf(stderr, "quantd: job %s not resumed: %s\n", id.c_str(), refusals[i].c_str());
-        QUANTD_RETURN_IF_ERROR(FailJobLocked(
-            e, absl::StrCat("resume refused after a coordinator restart: ", refusals[i],
-                            "; resubmit the job")));
-      } else {
-        std::fprintf(stderr, "quantd: resuming job %s: %d/%d tasks already done\n", id.c_str(),
-                     e.job.tasks_done(), e.job.tasks_total());
-      }
+      // Its inputs are re-hashed by the engine thread before anything of it runs.
+      e.inputs_unverified = true;
     }
     jobs_.emplace(id, std::move(e));
   }
   return absl::OkStatus();
+}
+
+std::vector<Job> Coordinator::VerifyRecoveredJobs() {
+  std::vector<Job> pending;
+  {
+    MutexLock l(&mu_);
+    for (const std::string& id : job_order_) {
+      const JobEntry& e = jobs_.at(id);
+      if (e.inputs_unverified && !Terminal(e.job.state())) pending.push_back(e.job);
+    }
+  }
+  std::vector<Job> changed;
+  for (const Job& job : pending) {
+    const std::string refusal = ResumeRefusal(job);  // hashes the snapshot: no lock held
+    MutexLock l(&mu_);
+    JobEntry& e = jobs_.at(job.id());
+    if (!e.inputs_unverified || Terminal(e.job.state())) continue;  // cancelled meanwhile
+    if (refusal.empty()) {
+      e.inputs_unverified = false;
+      std::fprintf(stderr, "quantd: resuming job %s: %d/%d tasks already done\n", job.id().c_str(),
+                   e.job.tasks_done(), e.job.tasks_total());
+      continue;
+    }
+    std::fprintf(stderr, "quantd: job %s not resumed: %s\n", job.id().c_str(), refusal.c_str());
+    absl::Status s = FailJobLocked(
+        e, absl::StrCat("resume refused after a coordinator restart: ", refusal,
+                        "; resubmit the job"));
+    if (!s.ok()) {
+      std::fprintf(stderr, "quantd: job %s: storing the refusal failed, retrying: %s\n",
+                   job.id().c_str(), s.ToString().c_str());
+      continue;
+    }
+    e.inputs_unverified = false;
+    changed.push_back(e.job);
+  }
+  return changed;
 }
 
 void Coordinator::SetProgress(const JobEntry& e, const std::vector<TaskRow>& rows, Job* job) {
@@ -515,7 +538,7 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
     w->second.last_seen = absl::Now();
     for (const std::string& id : job_order_) {
       JobEntry& e = jobs_.at(id);
-      if (Terminal(e.job.state())) continue;
+      if (Terminal(e.job.state()) || e.inputs_unverified) continue;
       for (TaskState& t : e.tasks) {
         if (t.row.phase != e.phase || t.leased || t.row.state != TaskRowState::kPending) continue;
         // Memory admission: a worker that advertises its memory only gets tasks that fit.
@@ -705,8 +728,9 @@ void Coordinator::EngineLoop() {
 }
 
 void Coordinator::EngineStep() {
+  // 0. Jobs reloaded after a restart: check their inputs before anything of them runs.
+  std::vector<Job> changed = VerifyRecoveredJobs();
   // 1. Lease expiry and worker liveness.
-  std::vector<Job> changed;
   {
     MutexLock l(&mu_);
     const absl::Time now = absl::Now();
@@ -759,7 +783,10 @@ void Coordinator::EngineStep() {
     MutexLock l(&mu_);
     for (const std::string& id : job_order_) {
       JobEntry& e = jobs_.at(id);
-      if (Terminal(e.job.state()) || e.job.state() == quantd::v1::JOB_STATE_QUEUED) continue;
+      if (Terminal(e.job.state()) || e.job.state() == quantd::v1::JOB_STATE_QUEUED ||
+          e.inputs_unverified) {
+        continue;
+      }
       bool all_done = true;
       for (const TaskState& t : e.tasks) {
         if (t.row.phase <= e.phase && t.row.state != TaskRowState::kDone) all_done = false;

@@ -99,6 +99,11 @@ class Coordinator {
     // when it may run again. In memory only: a restart retries from scratch.
     int step_failures = 0;
     absl::Time step_retry_at = absl::InfinitePast();
+    // Set for an unfinished job reloaded after a restart until the engine thread has checked
+    // that its input snapshot and spec still match their fingerprints (ResumeRefusal): until
+    // then none of its tasks is leased and no step runs. Hashing a large model takes a while,
+    // so it happens there, after the coordinator already serves, not in Recover.
+    bool inputs_unverified = false;
   };
   struct WorkerEntry {
     quantd::v1::RegisterRequest info;
@@ -119,6 +124,9 @@ class Coordinator {
   std::string ResumeRefusal(const quantd::v1::Job& job) const;
   void EngineLoop();
   void EngineStep();
+  // Checks the reloaded jobs marked inputs_unverified (outside mu_), failing those whose inputs
+  // changed; returns the jobs it changed.
+  std::vector<quantd::v1::Job> VerifyRecoveredJobs();
   // Phase work, run on the engine thread without mu_ held.
   // Merges the Hessian shards of phase `phase` (all of a one-stage job's, one layer's in a
   // sequential job).

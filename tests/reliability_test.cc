@@ -298,7 +298,9 @@ TEST(Reliability, ResumeIsRefusedWhenTheJobsInputsChanged) {
   }
   Daemon d2(0, {}, data);
   ASSERT_TRUE(d2.ok()) << d2.Log();
-  json a = Status(d2, calib_job), b = Status(d2, model_job);
+  // The inputs are re-hashed on the engine thread after quantd starts serving (not before), so
+  // the refusal shows within moments, not at once.
+  json a = WaitTerminal(d2, calib_job, 60), b = WaitTerminal(d2, model_job, 60);
   EXPECT_EQ(a["state"], "JOB_STATE_FAILED");
   EXPECT_NE(a.value("error", "").find("calibration data changed"), std::string::npos) << a.dump();
   EXPECT_EQ(b["state"], "JOB_STATE_FAILED");
