@@ -8,6 +8,7 @@
 #include "common/str_util.h"
 #include "common/status_macros.h"
 #include "engine/model/quarot.h"
+#include "engine/model/rope.h"
 #include "engine/tokenizer/tokens.h"
 #include "engine/quant/rht.h"
 
@@ -114,12 +115,12 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
   const float eps = static_cast<float>(cfg.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-  // RoPE tables [T x hd/2]; angles in double for accuracy, like HF's fp32 inv_freq * pos.
+  // RoPE tables [T x hd/2]: fp32 angle = pos * inv_freq, like HF.
   MatrixF cos(T, half), sin(T, half);
+  const std::vector<float> inv_freq = RopeInverseFrequencies(cfg.rope, hd);
   for (int i = 0; i < half; ++i) {
-    const float inv_freq = static_cast<float>(1.0 / std::pow(cfg.rope_theta, (2.0 * i) / hd));
     for (int t = 0; t < T; ++t) {
-      const float angle = static_cast<float>(t) * inv_freq;
+      const float angle = static_cast<float>(t) * inv_freq[i];
       cos(t, i) = std::cos(angle);
       sin(t, i) = std::sin(angle);
     }
