@@ -123,7 +123,8 @@ def main():
         with open(calib, "wb") as f:  # ids < vocab 128, uint16 LE: 16 sequences of 256
             f.write(b"".join(((i * 37 + i // 7) % 128).to_bytes(2, "little") for i in range(4096)))
         r = subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib, "--method",
-                            "rtn", "--bits", "8", "--name", "rope-llama3", "--wait"],
+                            "rtn", "--bits", "8", "--name", "rope-llama3", "--calib-seq-len", "128",
+                            "--eval-context", "128", "--wait"],
                            capture_output=True, text=True)
         hf = os.path.join(tmp, "export")
         if r.returncode == 0:
