@@ -121,6 +121,45 @@ TEST(ConfigTest, RopeBothLayouts) {
   EXPECT_EQ(no_orig->rope.original_max_position_embeddings, 512);
 }
 
+// Published configs (Llama 3.2 1B, Mistral 7B v0.3, Llama 2 7B, SmolLM2 135M) and, for the first
+// two, the same configs loaded and re-saved by transformers 5.25 (AutoConfig.save_pretrained):
+// every key they hold is accepted, and both layouts give the same model.
+TEST(ConfigTest, PublishedConfigsInBothLayouts) {
+  const char* llama32 = R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256})";
+  const char* llama32_v5 = R"({"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"dtype":"bfloat16","eos_token_id":128001,"head_dim":64,"hidden_act":"silu","hidden_size":2048,"initializer_range":0.02,"intermediate_size":8192,"max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,"pad_token_id":null,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_parameters":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,"original_max_position_embeddings":8192,"rope_theta":500000.0,"rope_type":"llama3"},"tie_word_embeddings":true,"transformers_version":"5.25.0","use_cache":true,"vocab_size":128256})";
+  const char* mistral03 = R"({"architectures": ["MistralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.42.0.dev0", "use_cache": true, "vocab_size": 32768})";
+  const char* mistral03_v5 = R"({"architectures":["MistralForCausalLM"],"attention_dropout":0.0,"bos_token_id":1,"dtype":"bfloat16","eos_token_id":2,"head_dim":128,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":32768,"model_type":"mistral","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"pad_token_id":null,"rms_norm_eps":1e-05,"rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"},"sliding_window":null,"tie_word_embeddings":false,"transformers_version":"5.25.0","use_cache":true,"vocab_size":32768})";
+  const char* llama2 = R"({"_name_or_path": "meta-llama/Llama-2-7b-hf", "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null, "tie_word_embeddings": false, "torch_dtype": "float16", "transformers_version": "4.31.0.dev0", "use_cache": true, "vocab_size": 32000})";
+  const char* smollm2 = R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false, "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152})";
+  auto same = [](const LlamaConfig& a, const LlamaConfig& b) {
+    return a.hidden_size == b.hidden_size && a.intermediate_size == b.intermediate_size &&
+           a.num_layers == b.num_layers && a.num_heads == b.num_heads &&
+           a.num_kv_heads == b.num_kv_heads && a.head_dim == b.head_dim &&
+           a.vocab_size == b.vocab_size && a.max_position_embeddings == b.max_position_embeddings &&
+           a.rms_norm_eps == b.rms_norm_eps && a.rope == b.rope &&
+           a.tie_word_embeddings == b.tie_word_embeddings && a.bos_token_id == b.bos_token_id;
+  };
+  auto l4 = ParseLlamaConfig(llama32), l5 = ParseLlamaConfig(llama32_v5);
+  ASSERT_TRUE(l4.ok()) << l4.status();
+  ASSERT_TRUE(l5.ok()) << l5.status();
+  EXPECT_TRUE(same(*l4, *l5));
+  EXPECT_EQ(l5->rope.type, RopeType::kLlama3);
+  EXPECT_EQ(l5->rope.theta, 500000);
+  EXPECT_EQ(l5->rope.factor, 32);
+  EXPECT_EQ(l5->rope.original_max_position_embeddings, 8192);
+  auto m4 = ParseLlamaConfig(mistral03), m5 = ParseLlamaConfig(mistral03_v5);
+  ASSERT_TRUE(m4.ok()) << m4.status();
+  ASSERT_TRUE(m5.ok()) << m5.status();
+  EXPECT_TRUE(same(*m4, *m5));
+  EXPECT_EQ(m5->rope.theta, 1e6);
+  auto l2 = ParseLlamaConfig(llama2);
+  ASSERT_TRUE(l2.ok()) << l2.status();
+  EXPECT_EQ(l2->rope, RopeParams{});
+  auto sm = ParseLlamaConfig(smollm2);
+  ASSERT_TRUE(sm.ok()) << sm.status();
+  EXPECT_EQ(sm->rope.theta, 100000);
+}
+
 TEST(ConfigTest, RopeLayoutsTogetherMustAgree) {
   // Both layouts saying the same thing (a tool writing both for old and new readers).
   std::string both = With("rope_parameters", R"({"rope_type":"default","rope_theta":500000})");
