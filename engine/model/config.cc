@@ -80,7 +80,7 @@ constexpr std::string_view kHarmless[] = {
     "chunk_size_feed_forward", "is_decoder", "tie_encoder_decoder", "cross_attention_hidden_size",
     "pruned_heads", "tie_last_hidden_states", "_attn_implementation", "attn_implementation",
     "_attn_implementation_autoset", "_attn_implementation_internal", "_experts_implementation",
-    "experts_implementation",
+    "experts_implementation", "gradient_checkpointing", "unsloth_version", "unsloth_fixed",
     // Generation settings (GenerationConfig defaults written into old config.json files).
     "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
     "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
