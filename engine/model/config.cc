@@ -116,7 +116,9 @@ absl::Status CheckOtherKeys(const json& j) {
       }
     } else if (key == "layer_types") {  // per-layer attention kind (transformers >= 4.54)
       if (v.is_null()) continue;
-      if (!v.is_array()) return Bad(internal::Cat("config: layer_types must be a list, got ", Short(v)));
+      if (!v.is_array()) {
+        return Bad(internal::Cat("config: layer_types must be a list, got ", Short(v)));
+      }
       for (const json& t : v) {
         if (t != "full_attention") {
           return Bad(internal::Cat("config: layer_types contains ", Short(t),

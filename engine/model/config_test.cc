@@ -24,7 +24,9 @@ std::string With(const std::string& base, const std::string& key, const std::str
   if (s[p + k.size()] == '[') e = s.find(']', p) + 1;
   return s.substr(0, p + k.size()) + value + s.substr(e);
 }
-std::string With(const std::string& key, const std::string& value) { return With(kBase, key, value); }
+std::string With(const std::string& key, const std::string& value) {
+  return With(kBase, key, value);
+}
 
 void ExpectInvalid(const std::string& json, const std::string& needle) {
   auto c = ParseLlamaConfig(json);

@@ -92,7 +92,9 @@ absl::StatusOr<RopeParams> Read(const json* obj, const std::string& where, bool 
   }
   if (p.type == RopeType::kDefault) return p;
   QUANTD_ASSIGN_OR_RETURN(auto factor, Number(*obj, where, "factor", 0, false, 1e6));
-  if (!factor) return Bad(internal::Cat("config: ", where, "factor is missing (rope_type ", type, ")"));
+  if (!factor) {
+    return Bad(internal::Cat("config: ", where, "factor is missing (rope_type ", type, ")"));
+  }
   p.factor = *factor;
   if (p.type == RopeType::kLinear) return p;
   if (p.factor < 1) {
