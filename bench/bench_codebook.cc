@@ -1,5 +1,6 @@
-// quantd-bench codebook: MSE of a vector codebook on i.i.d. N(0,1) samples (the distortion the
-// ALGORITHMS.md table reports), at the given or default scale, plus a best-scale grid search.
+// quantd-bench codebook: MSE of a vector codebook on i.i.d. N(0,1) samples (the distortion
+// docs/algorithms.md "Reference distortions" tabulates), at the given or default scale, plus a
+// best-scale grid search.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -78,6 +79,12 @@ class Coordinator {
   absl::StatusOr<std::string> SpoolPath();
 
   Registry& registry() { return registry_; }
+  JobStore& store_for_testing() { return *store_; }
+  // Test seam: called by Submit while it builds a job, outside every lock (a test blocks it to
+  // show that other submissions proceed meanwhile). Default: none. Set before any Submit.
+  void SetBuildHookForTesting(std::function<void(const quantd::v1::SubmitJobRequest&)> hook) {
+    build_hook_ = std::move(hook);
+  }
   Metrics& metrics() { return *metrics_; }
 
  private:
@@ -89,6 +96,7 @@ class Coordinator {
     bool leased = false;
     std::string lease_id;
     std::string worker_id;
+    std::string worker_name;  // the lease holder's name, for quantd_worker_leases
     absl::Time lease_expiry;
     bool admission_logged = false;  // "does not fit" logged once per task
   };
@@ -101,6 +109,11 @@ class Coordinator {
     // when it may run again. In memory only: a restart retries from scratch.
     int step_failures = 0;
     absl::Time step_retry_at = absl::InfinitePast();
+    // Set for an unfinished job reloaded after a restart until the engine thread has checked
+    // that its input snapshot and spec still match their fingerprints (ResumeRefusal): until
+    // then none of its tasks is leased and no step runs. Hashing a large model takes a while,
+    // so it happens there, after the coordinator already serves, not in Recover.
+    bool inputs_unverified = false;
   };
   struct WorkerEntry {
     quantd::v1::RegisterRequest info;
@@ -114,9 +127,16 @@ class Coordinator {
 
   Coordinator(const CoordinatorOptions& options, Metrics* metrics);
   absl::Status Recover();
+  // Submit's work once `req`'s request id is reserved in building_: validate, snapshot and
+  // tokenize the inputs, store the job, then publish it and release the reservation.
+  absl::StatusOr<quantd::v1::SubmitJobResponse> BuildAndStore(quantd::v1::SubmitJobRequest req,
+                                                              const std::string& fingerprint);
   std::string ResumeRefusal(const quantd::v1::Job& job) const;
   void EngineLoop();
   void EngineStep();
+  // Checks the reloaded jobs marked inputs_unverified (outside mu_), failing those whose inputs
+  // changed; returns the jobs it changed.
+  std::vector<quantd::v1::Job> VerifyRecoveredJobs();
   // Phase work, run on the engine thread without mu_ held.
   // Merges the Hessian shards of phase `phase` (all of a one-stage job's, one layer's in a
   // sequential job).
@@ -125,11 +145,34 @@ class Coordinator {
   absl::Status Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
   absl::StatusOr<int> Publish(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
 
+  // One save-then-apply change of a job (leveldb's LogAndApply): the job's next proto and phase
+  // and the task rows that change with it. CommitLocked writes it to the JobStore first and
+  // changes memory only when the write succeeded, so a failed write leaves the job exactly as
+  // it was (and the caller's RPC fails with the store's error).
+  struct Transition {
+    quantd::v1::Job job;
+    int phase = 0;
+    std::vector<TaskRow> rows;  // replacements, by row.task_id
+  };
+  static Transition BeginLocked(const JobEntry& e) { return Transition{e.job, e.phase, {}}; }
+  absl::Status CommitLocked(JobEntry& e, Transition tr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets `job`'s tasks_done/total/progress from `e`'s tasks as replaced by `rows`.
+  static void SetProgress(const JobEntry& e, const std::vector<TaskRow>& rows,
+                          quantd::v1::Job* job);
+  // Publishes e's progress (or its removal once terminal) to the metrics.
   void UpdateProgressLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FailJobLocked(JobEntry& e, const std::string& error)
+  // Ends `t`'s lease, if any (reported, expired or dropped), and counts it off its worker's
+  // quantd_worker_leases.
+  void ReleaseLeaseLocked(TaskState& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `tr` (with the rows already in it) plus the job's end: terminal state, pending tasks
+  // cancelled; committed, then the job's leases are dropped. On a failed write nothing changes.
+  absl::Status FailJobLocked(JobEntry& e, const std::string& error, Transition tr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Moves the job to a terminal state, drops its leases, cancels pending tasks, persists.
-  absl::Status EndJobLocked(JobEntry& e, quantd::v1::JobState state)
+  absl::Status FailJobLocked(JobEntry& e, const std::string& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return FailJobLocked(e, error, BeginLocked(e));
+  }
+  absl::Status EndJobLocked(JobEntry& e, quantd::v1::JobState state, Transition tr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const quantd::v1::Job& job);
   void PublishJobCounts() ABSL_LOCKS_EXCLUDED(mu_);
@@ -145,8 +188,10 @@ class Coordinator {
   std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // creation order
   std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);
+  // Request ids whose job Submit is building outside mu_ (a second submission of one waits).
+  std::set<std::string> building_ ABSL_GUARDED_BY(mu_);
+  std::function<void(const quantd::v1::SubmitJobRequest&)> build_hook_;
   std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
-  Mutex submit_mu_;  // serializes Submit so a request id is validated and stored once
 
   Mutex watch_mu_;
   std::map<int64_t, Watcher> watchers_ ABSL_GUARDED_BY(watch_mu_);

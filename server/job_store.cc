@@ -1,5 +1,7 @@
 #include "server/job_store.h"
 
+#include "common/status_macros.h"
+
 #include <sqlite3.h>
 
 #include "absl/strings/str_cat.h"
@@ -84,8 +86,18 @@ absl::Status JobStore::Exec(const char* sql) {
   return absl::OkStatus();
 }
 
+void JobStore::SetWriteFaultForTesting(std::function<absl::Status()> fault) {
+  MutexLock l(&mu_);
+  fault_ = std::move(fault);
+}
+
+absl::Status JobStore::InjectedFaultLocked() {
+  return fault_ ? fault_() : absl::OkStatus();
+}
+
 absl::Status JobStore::InsertJob(const JobRow& row) {
   MutexLock l(&mu_);
+  QUANTD_RETURN_IF_ERROR(InjectedFaultLocked());
   absl::Status s = Exec("BEGIN IMMEDIATE;");
   if (!s.ok()) return s;
   auto fail = [&](absl::Status st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -150,17 +162,20 @@ absl::Status JobStore::UpdateTaskLocked(const std::string& job_id, const TaskRow
 
 absl::Status JobStore::UpdateJob(const quantd::v1::Job& job, int phase) {
   MutexLock l(&mu_);
+  QUANTD_RETURN_IF_ERROR(InjectedFaultLocked());
   return UpdateJobLocked(job, phase);
 }
 
 absl::Status JobStore::UpdateTask(const std::string& job_id, const TaskRow& task) {
   MutexLock l(&mu_);
+  QUANTD_RETURN_IF_ERROR(InjectedFaultLocked());
   return UpdateTaskLocked(job_id, task);
 }
 
 absl::Status JobStore::UpdateJobAndTasks(const quantd::v1::Job& job, int phase,
                                          const std::vector<const TaskRow*>& tasks) {
   MutexLock l(&mu_);
+  QUANTD_RETURN_IF_ERROR(InjectedFaultLocked());
   absl::Status s = Exec("BEGIN IMMEDIATE;");
   if (!s.ok()) return s;
   s = UpdateJobLocked(job, phase);

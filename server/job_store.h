@@ -5,6 +5,7 @@
 #ifndef QUANTD_SERVER_JOB_STORE_H_
 #define QUANTD_SERVER_JOB_STORE_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,10 @@ class JobStore {
   // Every job with its tasks, oldest first.
   absl::StatusOr<std::vector<JobRow>> LoadAll();
 
+  // Test seam: while `fault` is set, every write above first calls it and returns its status
+  // instead of writing when that is not OK (a full disk, a lost volume). Default: none.
+  void SetWriteFaultForTesting(std::function<absl::Status()> fault);
+
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -63,8 +68,11 @@ class JobStore {
   absl::Status UpdateTaskLocked(const std::string& job_id, const TaskRow& task)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  absl::Status InjectedFaultLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   Mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
+  std::function<absl::Status()> fault_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quantd::server

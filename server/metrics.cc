@@ -43,6 +43,10 @@ Metrics::Metrics()
                         .Name("quantd_worker_tasks_completed_total")
                         .Help("Tasks completed successfully, by worker name")
                         .Register(*registry_)),
+      worker_leases_(prometheus::BuildGauge()
+                         .Name("quantd_worker_leases")
+                         .Help("Task leases held now, by worker name")
+                         .Register(*registry_)),
       lease_expirations_(prometheus::BuildCounter()
                              .Name("quantd_lease_expirations_total")
                              .Help("Task leases that expired and were re-queued")
@@ -119,6 +123,10 @@ void Metrics::TaskFinished(const std::string& kind, const std::string& outcome, 
 
 void Metrics::WorkerTaskCompleted(const std::string& worker_name) {
   worker_tasks_.Add({{"worker", worker_name}}).Increment();
+}
+
+void Metrics::WorkerLeases(const std::string& worker_name, int delta) {
+  worker_leases_.Add({{"worker", worker_name}}).Increment(delta);
 }
 
 void Metrics::SetWorkers(int live, int lost) {

@@ -36,6 +36,10 @@ class Metrics {
   void RemoveJobProgress(const std::string& job_id);
   void TaskFinished(const std::string& kind, const std::string& outcome, double seconds);
   void WorkerTaskCompleted(const std::string& worker_name);
+  // The coordinator's count of task leases `worker_name` holds moves by `delta` (+1 on a lease,
+  // -1 when it is reported, expires or is dropped with its job). Exported as
+  // quantd_worker_leases{worker}: how busy each worker is, and which one holds work right now.
+  void WorkerLeases(const std::string& worker_name, int delta);
   void SetWorkers(int live, int lost);
   void LeaseExpired();
   void HessianTokens(int64_t n);
@@ -55,6 +59,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& task_seconds_;
   prometheus::Family<prometheus::Gauge>& workers_;
   prometheus::Family<prometheus::Counter>& worker_tasks_;
+  prometheus::Family<prometheus::Gauge>& worker_leases_;
   prometheus::Counter& lease_expirations_;
   prometheus::Counter& hessian_tokens_;
   prometheus::Counter& weights_quantized_;

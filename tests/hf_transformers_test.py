@@ -48,6 +48,31 @@ def venv_python():
     return py
 
 
+def start_quantd(bindir, tmp):
+    """quantd with one local worker on a free loopback port; returns (process, address or None)."""
+    port_file = os.path.join(tmp, "port")
+    daemon = subprocess.Popen(
+        [os.path.join(bindir, "quantd"), "--listen=127.0.0.1:0", "--metrics_listen=",
+         f"--data_dir={tmp}/var", f"--port_file={port_file}", "--local_workers=1"],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "quantd.log"), "w"))
+    for _ in range(300):
+        if os.path.exists(port_file) or daemon.poll() is not None:
+            break
+        time.sleep(0.1)
+    if not os.path.exists(port_file):
+        return daemon, None
+    return daemon, "127.0.0.1:" + open(port_file).read().strip()
+
+
+def stop_quantd(daemon):
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
 # Runs inside the venv: our logits files vs transformers on the HF directory.
 COMPARE = r"""
 import sys, numpy as np, torch, transformers
@@ -78,18 +103,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="quantd-hf-")
     daemon = None
     try:
-        port_file = os.path.join(tmp, "port")
-        daemon = subprocess.Popen(
-            [os.path.join(bindir, "quantd"), "--listen=127.0.0.1:0", "--metrics_listen=",
-             f"--data_dir={tmp}/var", f"--port_file={port_file}", "--local_workers=1"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "quantd.log"), "w"))
-        for _ in range(300):
-            if os.path.exists(port_file) or daemon.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not os.path.exists(port_file):
+        daemon, addr = start_quantd(bindir, tmp)
+        if addr is None:
             log("FAIL: quantd did not start"); return 1
-        addr = "127.0.0.1:" + open(port_file).read().strip()
         quantctl = os.path.join(bindir, "quantctl")
         ex = os.path.join(src, "examples")
         def run(*args):
@@ -115,12 +131,7 @@ def main():
         log("PASS" if r.returncode == 0 else "FAIL")
         return r.returncode
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_quantd(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

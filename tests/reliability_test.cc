@@ -70,15 +70,6 @@ std::vector<pid_t> WorkerPids(pid_t parent) {
   return out;
 }
 
-// The state letter of /proc/<pid>/stat ('R' running, 'S' sleeping, ...); '?' if unreadable.
-char ProcessState(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(f, line)) return '?';
-  const size_t rp = line.rfind(')');
-  return rp == std::string::npos || rp + 2 >= line.size() ? '?' : line[rp + 2];
-}
-
 // Sum of the samples of `name` (any labels) whose label text contains `label_filter`.
 double MetricSum(const std::string& metrics, const std::string& name,
                  const std::string& label_filter = "") {
@@ -93,6 +84,65 @@ double MetricSum(const std::string& metrics, const std::string& name,
     sum += std::stod(line.substr(line.rfind(' ') + 1));
   }
   return sum;
+}
+
+// The pid of `parent`'s local worker started with --name=<name>, or -1.
+pid_t WorkerPidByName(pid_t parent, const std::string& name) {
+  for (pid_t p : WorkerPids(parent)) {
+    std::ifstream f("/proc/" + std::to_string(p) + "/cmdline", std::ios::binary);
+    std::string arg;
+    while (std::getline(f, arg, '\0')) {
+      if (arg == "--name=" + name) return p;
+    }
+  }
+  return -1;
+}
+
+// The names of the workers the coordinator counts as holding a lease (quantd_worker_leases).
+std::vector<std::string> LeaseHolders(const std::string& metrics) {
+  std::vector<std::string> out;
+  static const std::regex re("^quantd_worker_leases\\{worker=\"([^\"]+)\"\\} ([0-9.e+-]+)$");
+  std::istringstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::smatch m;
+    if (std::regex_match(line, m, re) && std::stod(m[2]) >= 1) out.push_back(m[1]);
+  }
+  return out;
+}
+
+double WorkerLeases(const std::string& metrics, const std::string& name) {
+  return MetricSum(metrics, "quantd_worker_leases", "worker=\"" + name + "\"");
+}
+
+// Finds a local worker that the coordinator counts as holding a lease of a running job, freezes it
+// with SIGSTOP and waits until that lease is gone. A frozen worker can neither report nor
+// heartbeat, so its lease ends in one of two ways: a report already on the wire lands (the lease
+// disappears and quantd_lease_expirations_total does not move: thaw it and try again), or the
+// lease expires (the counter moved first, see Coordinator's expiry). Returns the frozen worker's
+// pid in the second case, i.e. a worker that provably held a lease until it was lost; -1 if none
+// was caught before `job` left the quantize phase or 60 s passed.
+pid_t FreezeALeaseHolderUntilItsLeaseExpires(const Daemon& d, const std::string& job) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (StatusJson(d, job).value("phase", "") != "quantize") return -1;
+    const std::string before = HttpGet(d.metrics_port(), "/metrics");
+    const double expired = MetricSum(before, "quantd_lease_expirations_total");
+    for (const std::string& name : LeaseHolders(before)) {
+      const pid_t pid = WorkerPidByName(d.pid(), name);
+      if (pid <= 0 || ::kill(pid, SIGSTOP) != 0) continue;
+      // Frozen: wait for the lease to end (by report or expiry; lease_timeout bounds it).
+      std::string now = HttpGet(d.metrics_port(), "/metrics");
+      while (WorkerLeases(now, name) >= 1 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        now = HttpGet(d.metrics_port(), "/metrics");
+      }
+      if (MetricSum(now, "quantd_lease_expirations_total") > expired) return pid;
+      ::kill(pid, SIGCONT);  // it had finished its task: not a lease holder any more
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return -1;
 }
 
 json ReadManifest(const std::string& data_dir, const std::string& name, int version) {
@@ -134,14 +184,16 @@ std::vector<std::string> TmpFiles(const std::string& dir) {
 // --- Worker loss --------------------------------------------------------------------------
 
 TEST(Reliability, WorkerKilledMidTaskGivesABitIdenticalArtifact) {
-  Daemon d(2, {"--lease_timeout_s=2"});
+  // Each task is held 250 ms before it runs (QUANTD_FAULT_TASK_DELAY_MS), so the workers hold
+  // leases most of the time and the quantize phase lasts long enough to catch one; the delay
+  // changes no result (the artifacts must be bit-identical).
+  Daemon d(2, {"--lease_timeout_s=2"}, "", {"QUANTD_FAULT_TASK_DELAY_MS=250"});
   ASSERT_TRUE(d.ok()) << d.Log();
   // Undisturbed reference run.
   json a = Submit(d, QuipSharpJob("undisturbed", false));
   json ja = WaitTerminal(d, a["id"]);
   ASSERT_EQ(ja["state"], "JOB_STATE_SUCCEEDED") << ja.dump();
-  // Same job; once quantize tasks are flowing, SIGKILL one worker (both hold leases nearly all
-  // the time in this phase).
+  // Same job; once quantize tasks are flowing, SIGKILL a worker that holds a lease.
   json b = Submit(d, QuipSharpJob("disturbed", false));
   json start = WaitFor(d, b["id"], [](const json& j) {
     return Terminal(j) || j.value("phase", "") == "quantize";
@@ -151,23 +203,19 @@ TEST(Reliability, WorkerKilledMidTaskGivesABitIdenticalArtifact) {
     return Terminal(j) || j.value("tasks_done", 0) >= done0 + 4;
   });
   ASSERT_EQ(mid.value("phase", ""), "quantize") << "job finished before the worker could be killed";
-  std::vector<pid_t> workers = WorkerPids(d.pid());
-  ASSERT_EQ(workers.size(), 2u);
-  // Kill a worker that is computing (state R), i.e. one holding a lease, not one between tasks.
-  pid_t victim = -1;
-  for (int i = 0; i < 200 && victim < 0; ++i) {
-    for (pid_t p : workers) {
-      if (ProcessState(p) == 'R') victim = p;
-    }
-    if (victim < 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_GT(victim, 0) << "no worker was busy";
+  ASSERT_EQ(WorkerPids(d.pid()).size(), 2u);
+  // Kill only a worker that provably holds a lease (a worker between two short tasks holds
+  // none, and killing it would expire nothing): see FreezeALeaseHolderUntilItsLeaseExpires.
+  const double expired0 = MetricSum(HttpGet(d.metrics_port(), "/metrics"),
+                                    "quantd_lease_expirations_total");
+  const pid_t victim = FreezeALeaseHolderUntilItsLeaseExpires(d, b["id"]);
+  ASSERT_GT(victim, 0) << "no worker could be caught holding a lease" << d.Log();
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
   json jb = WaitTerminal(d, b["id"]);
   ASSERT_EQ(jb["state"], "JOB_STATE_SUCCEEDED") << jb.dump() << d.Log();
 
   const std::string metrics = HttpGet(d.metrics_port(), "/metrics");
-  EXPECT_GE(MetricSum(metrics, "quantd_lease_expirations_total"), 1) << d.Log();
+  EXPECT_GE(MetricSum(metrics, "quantd_lease_expirations_total"), expired0 + 1) << d.Log();
   // The killed worker was restarted by the pool.
   EXPECT_NE(d.Log().find("exited"), std::string::npos) << d.Log();
   // Determinism: the rerun task produced the same bytes, so the artifacts are identical.
@@ -184,7 +232,9 @@ TEST(Reliability, CoordinatorKilledMidJobResumesWithoutRedoingTasks) {
   std::string job_id;
   int total = 0, seen_done = 0;
   {
-    Daemon d1(2, {}, data);
+    // Tasks held 100 ms each (QUANTD_FAULT_TASK_DELAY_MS) keep the quantize phase open for
+    // seconds after the 12th task, so the status poll below cannot miss the kill window.
+    Daemon d1(2, {}, data, {"QUANTD_FAULT_TASK_DELAY_MS=100"});
     ASSERT_TRUE(d1.ok()) << d1.Log();
     json j = Submit(d1, QuipSharpJob("crashy", true));
     job_id = j["id"];
@@ -248,7 +298,9 @@ TEST(Reliability, ResumeIsRefusedWhenTheJobsInputsChanged) {
   }
   Daemon d2(0, {}, data);
   ASSERT_TRUE(d2.ok()) << d2.Log();
-  json a = Status(d2, calib_job), b = Status(d2, model_job);
+  // The inputs are re-hashed on the engine thread after quantd starts serving (not before), so
+  // the refusal shows within moments, not at once.
+  json a = WaitTerminal(d2, calib_job, 60), b = WaitTerminal(d2, model_job, 60);
   EXPECT_EQ(a["state"], "JOB_STATE_FAILED");
   EXPECT_NE(a.value("error", "").find("calibration data changed"), std::string::npos) << a.dump();
   EXPECT_EQ(b["state"], "JOB_STATE_FAILED");

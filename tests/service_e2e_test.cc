@@ -206,6 +206,17 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
     std::ofstream(tmp + "/trunc/model.safetensors", std::ios::binary)
         << bytes->substr(0, bytes->size() / 2);
   }
+  // A config.json in the transformers 5 layout with a RoPE type quantd does not implement.
+  std::filesystem::create_directories(tmp + "/yarn");
+  for (const char* f : {"model.safetensors", "tok512.bin"}) {
+    std::filesystem::copy_file(ExampleModel() + "/" + f, tmp + "/yarn/" + f);
+  }
+  {
+    json cfg = json::parse(*ReadFile(ExampleModel() + "/config.json"));
+    cfg.erase("rope_theta");
+    cfg["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0}};
+    std::ofstream(tmp + "/yarn/config.json") << cfg.dump();
+  }
   struct Case {
     std::string what;
     std::vector<std::string> args;
@@ -229,6 +240,14 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
                 r.err.find("NOT_FOUND") != std::string::npos)
         << c.what << ": " << r.err;
   }
+  // The RoPE type is refused at submit, by name, not ignored (issue 19).
+  CommandResult yarn = d.Quantctl({"submit", tmp + "/yarn", "--calib", ExampleCalib(), "--method",
+                                   "rtn", "--bits", "4", "--name", "yarn"});
+  EXPECT_EQ(yarn.exit_code, 1) << yarn.out << yarn.err;
+  EXPECT_NE(yarn.err.find("INVALID_ARGUMENT"), std::string::npos) << yarn.err;
+  EXPECT_NE(yarn.err.find("rope_parameters.rope_type = \"yarn\" is not supported"),
+            std::string::npos)
+      << yarn.err;
   // A name with NUL cannot pass through argv; the server-side check is in registry_test.
   CommandResult jobs = d.Quantctl({"jobs"});
   EXPECT_EQ(jobs.exit_code, 0) << jobs.err;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -37,6 +38,25 @@ void Log(const std::string& name, const std::string& msg) {
 bool IsAuthError(const grpc::Status& s) {
   return s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
          s.error_code() == grpc::StatusCode::PERMISSION_DENIED;
+}
+
+// Fault injection for tests (docs/reliability.md): QUANTD_FAULT_TASK_DELAY_MS=N makes the worker
+// hold each leased task N ms longer before running it (heartbeats go on), so that a test can catch
+// a worker while it holds a lease. Read once; 0 when unset; a malformed value is ignored with a
+// warning.
+absl::Duration InjectedTaskDelay() {
+  static const absl::Duration delay = [] {
+    const char* env = std::getenv("QUANTD_FAULT_TASK_DELAY_MS");
+    if (env == nullptr || *env == '\0') return absl::ZeroDuration();
+    char* end = nullptr;
+    const long ms = std::strtol(env, &end, 10);
+    if (*end != '\0' || ms < 0 || ms > 600000) {
+      std::fprintf(stderr, "QUANTD_FAULT_TASK_DELAY_MS=%s ignored: expected 0-600000\n", env);
+      return absl::ZeroDuration();
+    }
+    return absl::Milliseconds(ms);
+  }();
+  return delay;
 }
 
 }  // namespace
@@ -228,6 +248,7 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
     current_lease_ = task.lease_id();
     current_job_ = task.job_id();
   }
+  if (InjectedTaskDelay() > absl::ZeroDuration()) absl::SleepFor(InjectedTaskDelay());
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
   absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
   // A result file's directory goes when this function returns, sent or not.

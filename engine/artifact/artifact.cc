@@ -369,8 +369,20 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
   if (ec) {
     return absl::InternalError(absl::StrCat("listing ", native_dir, ": ", ec.message()));
   }
-  config["torch_dtype"] = dtype == HfDType::kF16 ? "float16"
-                          : dtype == HfDType::kBF16 ? "bfloat16" : "float32";
+  // The storage dtype, in the config's own layout (docs/formats/config.md): transformers >= 4.56
+  // writes "dtype", older versions "torch_dtype"; set whichever the config has, else
+  // torch_dtype, which every version reads. All other keys (RoPE layout included) stay as given.
+  const char* dtype_name = dtype == HfDType::kF16    ? "float16"
+                           : dtype == HfDType::kBF16 ? "bfloat16"
+                                                     : "float32";
+  bool has_dtype_key = false;
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (config.contains(key)) {
+      config[key] = dtype_name;
+      has_dtype_key = true;
+    }
+  }
+  if (!has_dtype_key) config["torch_dtype"] = dtype_name;
   QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
   return SyncDir(out_dir);
 }

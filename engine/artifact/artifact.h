@@ -69,11 +69,13 @@ enum class HfDType { kF16, kBF16, kF32 };
 // Writes a Hugging Face checkpoint directory `out_dir` (created if missing) from the native
 // artifact directory `native_dir`: model.safetensors with every .qweight dequantized back to its
 // "<prefix>.weight" name and every floating-point tensor converted to `dtype` (integer tensors
-// are copied), config.json with "torch_dtype" set to match, every other file of the artifact
-// (tokenizer files) copied unchanged, and manifest.json kept as quantd_manifest.json for
-// provenance. Files are written atomically; config.json is written last. INVALID_ARGUMENT when a
-// value does not fit fp16 (use kBF16 or kF32) or the artifact carries an online rotation
-// (QuaRot: a dense HF checkpoint cannot express it), DATA_LOSS for corrupt packed tensors.
+// are copied), config.json as the artifact has it (the user's layout: rope_parameters or
+// rope_theta/rope_scaling) with its "dtype" or "torch_dtype" set to match, every other file of
+// the artifact (tokenizer files) copied unchanged, and manifest.json kept as
+// quantd_manifest.json for provenance. Files are written atomically; config.json is written
+// last. INVALID_ARGUMENT when a value does not fit fp16 (use kBF16 or kF32) or the artifact
+// carries an online rotation (QuaRot: a dense HF checkpoint cannot express it), DATA_LOSS for
+// corrupt packed tensors.
 absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
                            HfDType dtype = HfDType::kF16);
 

@@ -212,6 +212,30 @@ TEST_P(ExportTest, HfDirectoryHoldsTheDequantizedWeights) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, ExportTest,
                          ::testing::Values(HfDType::kF16, HfDType::kBF16, HfDType::kF32));
 
+// Export writes config.json in the layout the user gave: a transformers 5 config keeps
+// rope_parameters and gets "dtype"; an older one keeps rope_theta and gets "torch_dtype".
+TEST_F(ArtifactTest, ExportKeepsTheConfigLayout) {
+  const nlohmann::json v4 = nlohmann::json::parse(*ReadFile(src_ + "/config.json"));
+  nlohmann::json v5 = v4;
+  v5.erase("rope_theta");
+  v5.erase("torch_dtype");
+  v5["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0}};
+  v5["dtype"] = "float32";
+  for (const nlohmann::json& in : {v4, v5}) {
+    ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/config.json", in.dump(2)).ok());
+    const std::string hf = tmp_ + "/hf_layout";
+    ASSERT_TRUE(ExportHfModel(tmp_ + "/native", hf, HfDType::kBF16).ok());
+    nlohmann::json out = nlohmann::json::parse(*ReadFile(hf + "/config.json"));
+    nlohmann::json want = in;
+    want[in.contains("dtype") ? "dtype" : "torch_dtype"] = "bfloat16";
+    EXPECT_EQ(out, want) << out.dump(2);
+    auto cfg = model::LoadLlamaConfig(hf);
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    EXPECT_EQ(cfg->rope, cfg_.rope);
+    ASSERT_TRUE(RemoveAll(hf).ok());
+  }
+}
+
 TEST_F(ArtifactTest, ExportRejectsCorruptPackedMatrices) {
   // Flip one byte in the middle of the safetensors data: a packed matrix's CRC catches it.
   auto bytes = ReadFile(tmp_ + "/native/model.safetensors");

@@ -1,5 +1,5 @@
 // Hyper-parameters of a Llama-family decoder (Llama, Mistral without sliding window), parsed
-// from a Hugging Face config.json.
+// from a Hugging Face config.json in either transformers layout (docs/formats/config.md).
 // Thread-safety: plain value type; the functions are thread-safe.
 #ifndef QUANTD_ENGINE_MODEL_CONFIG_H_
 #define QUANTD_ENGINE_MODEL_CONFIG_H_
@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "engine/model/rope.h"
 
 namespace quantd::model {
 
@@ -21,16 +22,22 @@ struct LlamaConfig {
   int vocab_size = 0;
   int max_position_embeddings = 0;
   double rms_norm_eps = 1e-6;
-  double rope_theta = 10000.0;
+  RopeParams rope;  // rope_parameters, or rope_theta + rope_scaling (engine/model/rope.h)
   bool tie_word_embeddings = false;
   int bos_token_id = 1;
 };
 
-// Parses config.json text. INVALID_ARGUMENT (naming the field and value) for: invalid JSON,
-// architectures other than LlamaForCausalLM / MistralForCausalLM (Mistral only without a
-// sliding window), hidden_act other than silu, biases, rope_scaling, and dimensions that are
-// missing, non-positive, implausibly large, or inconsistent (num_heads % num_kv_heads != 0,
-// odd head_dim, hidden_size % num_heads != 0 when head_dim is absent).
+// Parses config.json text. Every top-level key is either read and implemented, known to leave
+// the logits unchanged (metadata, dtype, generation and training settings), or accepted only
+// with the value that turns its feature off (attention_bias false, sliding_window null, ...);
+// any other key is refused, never ignored. INVALID_ARGUMENT (naming the key and value) for:
+// invalid JSON, an unknown key, architectures / model_type other than LlamaForCausalLM (llama) /
+// MistralForCausalLM (mistral), a sliding window shorter than max_position_embeddings (a
+// Mistral config without "sliding_window" has transformers' default 4096), hidden_act other
+// than silu, biases, RoPE settings quantd does not implement or that disagree between the two
+// layouts (ParseRopeParams), a quantization_config, and dimensions that are missing,
+// non-positive, implausibly large, or inconsistent (num_heads % num_kv_heads != 0, odd
+// head_dim, hidden_size % num_heads != 0 when head_dim is absent).
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json);
 
 // Reads and parses `model_dir`/config.json (error messages name the file).

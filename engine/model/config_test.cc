@@ -15,14 +15,17 @@ const char kBase[] = R"({"architectures":["LlamaForCausalLM"],"hidden_size":64,
   "rms_norm_eps":1e-5,"tie_word_embeddings":true})";
 
 // kBase with `key` replaced (or added) by `value` (raw JSON).
-std::string With(const std::string& key, const std::string& value) {
-  std::string s = kBase;
+std::string With(const std::string& base, const std::string& key, const std::string& value) {
+  std::string s = base;
   const std::string k = "\"" + key + "\":";
   size_t p = s.find(k);
   if (p == std::string::npos) return s.substr(0, s.size() - 1) + "," + k + value + "}";
   size_t e = s.find_first_of(",}", p + k.size());
   if (s[p + k.size()] == '[') e = s.find(']', p) + 1;
   return s.substr(0, p + k.size()) + value + s.substr(e);
+}
+std::string With(const std::string& key, const std::string& value) {
+  return With(kBase, key, value);
 }
 
 void ExpectInvalid(const std::string& json, const std::string& needle) {
@@ -43,7 +46,7 @@ TEST(ConfigTest, LoadsStories260K) {
   EXPECT_EQ(c->vocab_size, 512);
   EXPECT_EQ(c->max_position_embeddings, 512);
   EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-5);
-  EXPECT_DOUBLE_EQ(c->rope_theta, 10000.0);
+  EXPECT_EQ(c->rope, RopeParams{});  // default, rope_theta 10000
   EXPECT_TRUE(c->tie_word_embeddings);
   EXPECT_EQ(c->bos_token_id, 1);
 }
@@ -64,10 +67,183 @@ TEST(ConfigTest, RejectsOtherArchitecturesNamingSupportedOnes) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(c.status().message().find("GPT2LMHeadModel"), absl::string_view::npos);
   EXPECT_NE(c.status().message().find("LlamaForCausalLM"), absl::string_view::npos) << c.status();
-  ExpectInvalid(With("sliding_window", "4096"), "sliding_window");
+  ExpectInvalid(With("sliding_window", "256"), "sliding_window");  // < max_position_embeddings 512
   ExpectInvalid(With("hidden_act", "\"gelu\""), "hidden_act");
   ExpectInvalid(With("attention_bias", "true"), "attention_bias");
-  ExpectInvalid(With("rope_scaling", R"({"type":"linear"})"), "rope_scaling");
+  ExpectInvalid(With("rope_scaling", R"({"type":"linear"})"), "rope_scaling.factor is missing");
+  ExpectInvalid(With("model_type", R"("qwen2")"), "model_type");
+}
+
+// Both layouts of the RoPE settings: transformers >= 5 "rope_parameters", older top-level
+// "rope_theta" + "rope_scaling".
+TEST(ConfigTest, RopeBothLayouts) {
+  RopeParams llama3;
+  llama3.type = RopeType::kLlama3;
+  llama3.theta = 500000;
+  llama3.factor = 8;
+  llama3.low_freq_factor = 1;
+  llama3.high_freq_factor = 4;
+  llama3.original_max_position_embeddings = 8192;
+  const std::string scaling =
+      R"("factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192)";
+  const std::string v5 = With("rope_parameters", R"({"rope_type":"llama3","rope_theta":500000.0,)" + scaling + "}");
+  const std::string v4 = With(With("rope_theta", "500000.0"), "rope_scaling",
+                              R"({"rope_type":"llama3",)" + scaling + "}");
+  for (const std::string& j : {v5, v4}) {
+    auto c = ParseLlamaConfig(j);
+    ASSERT_TRUE(c.ok()) << c.status() << "\n" << j;
+    EXPECT_EQ(c->rope, llama3) << j;
+  }
+  // The pre-4.43 name "type"; transformers 5 keeps it next to rope_type when it re-saves.
+  auto linear = ParseLlamaConfig(With("rope_parameters",
+                                      R"({"type":"linear","rope_type":"linear","factor":2.0,"rope_theta":1e6})"));
+  ASSERT_TRUE(linear.ok()) << linear.status();
+  EXPECT_EQ(linear->rope.type, RopeType::kLinear);
+  EXPECT_EQ(linear->rope.factor, 2.0);
+  EXPECT_EQ(linear->rope.theta, 1e6);
+  // rope_theta only (v4) or rope_parameters only (v5) with the default type.
+  auto theta4 = ParseLlamaConfig(With("rope_theta", "500000"));
+  ASSERT_TRUE(theta4.ok());
+  EXPECT_EQ(theta4->rope.type, RopeType::kDefault);
+  EXPECT_EQ(theta4->rope.theta, 500000);
+  auto theta5 = ParseLlamaConfig(With("rope_parameters", R"({"rope_type":"default","rope_theta":500000})"));
+  ASSERT_TRUE(theta5.ok());
+  EXPECT_EQ(theta5->rope, theta4->rope);
+  // Without rope_theta anywhere: transformers' default_theta 10000. rope_scaling null = none.
+  auto none = ParseLlamaConfig(With("rope_parameters", R"({"rope_type":"default"})"));
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->rope, RopeParams{});
+  auto null_scaling = ParseLlamaConfig(With("rope_scaling", "null"));
+  ASSERT_TRUE(null_scaling.ok());
+  EXPECT_EQ(null_scaling->rope, RopeParams{});
+  // llama3's original_max_position_embeddings defaults to max_position_embeddings.
+  auto no_orig = ParseLlamaConfig(With("rope_parameters",
+      R"({"rope_type":"llama3","rope_theta":5e5,"factor":8,"low_freq_factor":1,"high_freq_factor":4})"));
+  ASSERT_TRUE(no_orig.ok()) << no_orig.status();
+  EXPECT_EQ(no_orig->rope.original_max_position_embeddings, 512);
+}
+
+// Published configs (Llama 3.2 1B, Mistral 7B v0.3, Llama 2 7B, SmolLM2 135M) and, for the first
+// two, the same configs loaded and re-saved by transformers 5.25 (AutoConfig.save_pretrained):
+// every key they hold is accepted, and both layouts give the same model.
+TEST(ConfigTest, PublishedConfigsInBothLayouts) {
+  const char* llama32 = R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0, "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.45.0.dev0", "use_cache": true, "vocab_size": 128256})";
+  const char* llama32_v5 = R"({"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"dtype":"bfloat16","eos_token_id":128001,"head_dim":64,"hidden_act":"silu","hidden_size":2048,"initializer_range":0.02,"intermediate_size":8192,"max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,"pad_token_id":null,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_parameters":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,"original_max_position_embeddings":8192,"rope_theta":500000.0,"rope_type":"llama3"},"tie_word_embeddings":true,"transformers_version":"5.25.0","use_cache":true,"vocab_size":128256})";
+  const char* mistral03 = R"({"architectures": ["MistralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.42.0.dev0", "use_cache": true, "vocab_size": 32768})";
+  const char* mistral03_v5 = R"({"architectures":["MistralForCausalLM"],"attention_dropout":0.0,"bos_token_id":1,"dtype":"bfloat16","eos_token_id":2,"head_dim":128,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":32768,"model_type":"mistral","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"pad_token_id":null,"rms_norm_eps":1e-05,"rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"},"sliding_window":null,"tie_word_embeddings":false,"transformers_version":"5.25.0","use_cache":true,"vocab_size":32768})";
+  const char* llama2 = R"({"_name_or_path": "meta-llama/Llama-2-7b-hf", "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null, "tie_word_embeddings": false, "torch_dtype": "float16", "transformers_version": "4.31.0.dev0", "use_cache": true, "vocab_size": 32000})";
+  const char* smollm2 = R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664, "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 8192, "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": false, "rope_scaling": null, "rope_theta": 100000, "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": true, "vocab_size": 49152})";
+  auto same = [](const LlamaConfig& a, const LlamaConfig& b) {
+    return a.hidden_size == b.hidden_size && a.intermediate_size == b.intermediate_size &&
+           a.num_layers == b.num_layers && a.num_heads == b.num_heads &&
+           a.num_kv_heads == b.num_kv_heads && a.head_dim == b.head_dim &&
+           a.vocab_size == b.vocab_size && a.max_position_embeddings == b.max_position_embeddings &&
+           a.rms_norm_eps == b.rms_norm_eps && a.rope == b.rope &&
+           a.tie_word_embeddings == b.tie_word_embeddings && a.bos_token_id == b.bos_token_id;
+  };
+  auto l4 = ParseLlamaConfig(llama32), l5 = ParseLlamaConfig(llama32_v5);
+  ASSERT_TRUE(l4.ok()) << l4.status();
+  ASSERT_TRUE(l5.ok()) << l5.status();
+  EXPECT_TRUE(same(*l4, *l5));
+  EXPECT_EQ(l5->rope.type, RopeType::kLlama3);
+  EXPECT_EQ(l5->rope.theta, 500000);
+  EXPECT_EQ(l5->rope.factor, 32);
+  EXPECT_EQ(l5->rope.original_max_position_embeddings, 8192);
+  auto m4 = ParseLlamaConfig(mistral03), m5 = ParseLlamaConfig(mistral03_v5);
+  ASSERT_TRUE(m4.ok()) << m4.status();
+  ASSERT_TRUE(m5.ok()) << m5.status();
+  EXPECT_TRUE(same(*m4, *m5));
+  EXPECT_EQ(m5->rope.theta, 1e6);
+  auto l2 = ParseLlamaConfig(llama2);
+  ASSERT_TRUE(l2.ok()) << l2.status();
+  EXPECT_EQ(l2->rope, RopeParams{});
+  auto sm = ParseLlamaConfig(smollm2);
+  ASSERT_TRUE(sm.ok()) << sm.status();
+  EXPECT_EQ(sm->rope.theta, 100000);
+}
+
+TEST(ConfigTest, RopeLayoutsTogetherMustAgree) {
+  // Both layouts saying the same thing (a tool writing both for old and new readers).
+  std::string both = With("rope_parameters", R"({"rope_type":"default","rope_theta":500000})");
+  both = both.substr(0, both.size() - 1) + R"(,"rope_theta":500000,"rope_scaling":null})";
+  auto ok = ParseLlamaConfig(both);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->rope.theta, 500000);
+  // A stale top-level rope_theta: transformers 5 reads 500000, transformers 4 reads 10000.
+  std::string stale = With("rope_parameters", R"({"rope_type":"default","rope_theta":500000})");
+  stale = stale.substr(0, stale.size() - 1) + R"(,"rope_theta":10000})";
+  ExpectInvalid(stale, "RoPE keys disagree");
+  ExpectInvalid(stale, "rope_theta 500000");
+  ExpectInvalid(stale, "rope_theta 10000");
+  // rope_scaling and rope_parameters with different types: transformers 5 takes rope_scaling.
+  std::string types = With("rope_parameters", R"({"rope_type":"linear","factor":2,"rope_theta":1e4})");
+  types = types.substr(0, types.size() - 1) + R"(,"rope_scaling":{"type":"linear","factor":4}})";
+  ExpectInvalid(types, "RoPE keys disagree");
+  ExpectInvalid(types, "rope_parameters alone");
+  // rope_theta inside rope_scaling: transformers 5 reads it, transformers 4 does not.
+  ExpectInvalid(With("rope_scaling", R"({"type":"linear","factor":2,"rope_theta":5e5})"),
+                "transformers 4");
+}
+
+TEST(ConfigTest, RefusesRopeItDoesNotImplement) {
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"yarn","factor":4,"rope_theta":1e4})"),
+                "rope_parameters.rope_type = \"yarn\" is not supported");
+  ExpectInvalid(With("rope_scaling", R"({"type":"dynamic","factor":2})"),
+                "rope_scaling.rope_type = \"dynamic\"");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"llama4x"})"), "llama4x");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":7})"), "rope_type must be a string");
+  ExpectInvalid(With("rope_parameters", R"("llama3")"), "rope_parameters must be an object");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"default","partial_rotary_factor":0.5})"),
+                "partial_rotary_factor");
+  ExpectInvalid(With("partial_rotary_factor", "0.25"), "partial_rotary_factor");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"default","factor":8})"),
+                "rope_parameters.factor = 8 is not used by rope_type \"default\"");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"llama3","factor":8,"beta_fast":32,"low_freq_factor":1,"high_freq_factor":4})"),
+                "beta_fast");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"llama3","factor":8,"low_freq_factor":4,"high_freq_factor":1})"),
+                "high_freq_factor");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"llama3","factor":8,"high_freq_factor":4})"),
+                "low_freq_factor is missing");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"linear","factor":-1})"), "factor");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"default","rope_theta":"big"})"),
+                "rope_theta must be a number");
+  ExpectInvalid(With("rope_theta", "0"), "rope_theta");
+  ExpectInvalid(With("rope_parameters", R"({"type":"linear","rope_type":"default"})"), "disagree");
+  // Accepted with the neutral value.
+  EXPECT_TRUE(ParseLlamaConfig(With("partial_rotary_factor", "1.0")).ok());
+}
+
+// Keys that would change the computation are refused by name; known-harmless ones pass.
+TEST(ConfigTest, UnknownOrUnsupportedKeysAreRefusedByName) {
+  ExpectInvalid(With("mlp_bias", "true"), "mlp_bias");
+  ExpectInvalid(With("rope_interleaved", "true"), "rope_interleaved");
+  ExpectInvalid(With("use_sliding_window", "true"), "use_sliding_window");
+  ExpectInvalid(With("layer_types", R"(["full_attention","sliding_attention"])"), "sliding_attention");
+  ExpectInvalid(With("quantization_config", R"({"quant_method":"gptq"})"), "already quantized");
+  ExpectInvalid(With("per_layer_config", R"({"3":{"intermediate_size":64}})"), "per_layer_config");
+  ExpectInvalid(With("auto_map", R"({"AutoModelForCausalLM":"modeling_x.XForCausalLM"})"), "auto_map");
+  ExpectInvalid(With("final_logit_softcapping", "30.0"), "\"final_logit_softcapping\"");
+  ExpectInvalid(With("use_qk_norm", "true"), "\"use_qk_norm\" = true is not known to quantd");
+  ExpectInvalid(With("sliding_window", "128"), "sliding_window = 128");
+  // Mistral without the key: MistralConfig's default window 4096 (>= 512 here, so full attention).
+  EXPECT_TRUE(ParseLlamaConfig(With("architectures", R"(["MistralForCausalLM"])")).ok());
+  ExpectInvalid(With(With("architectures", R"(["MistralForCausalLM"])"), "max_position_embeddings", "32768"),
+                "MistralConfig's default");
+  const std::string harmless[] = {
+      R"("sliding_window":null)", R"("sliding_window":4096)", R"("attention_bias":false)",
+      R"("mlp_bias":null)", R"("dtype":"bfloat16")", R"("torch_dtype":"float16")",
+      R"("transformers_version":"5.25.0")", R"("pretraining_tp":1)", R"("use_cache":true)",
+      R"("initializer_range":0.02)", R"("attention_dropout":0.0)", R"("pad_token_id":null)",
+      R"("eos_token_id":[1,2])", R"("layer_types":["full_attention","full_attention"])",
+      R"("_name_or_path":"x")", R"("rope_interleaved":false)", R"("is_llama_config":true)",
+      R"("auto_map":{"AutoTokenizer":"tok.T"})", R"("quantization_config":null)",
+      R"("temperature":0.7)", R"("model_type":"llama")"};
+  for (const std::string& kv : harmless) {
+    std::string j = kBase;
+    j = j.substr(0, j.size() - 1) + "," + kv + "}";
+    auto c = ParseLlamaConfig(j);
+    EXPECT_TRUE(c.ok()) << kv << ": " << c.status();
+  }
 }
 
 TEST(ConfigTest, RejectsBadDimensions) {

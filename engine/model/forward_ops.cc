@@ -7,16 +7,12 @@
 
 #include "common/status_macros.h"
 #include "common/str_util.h"
+#include "engine/model/rope.h"
 
 namespace quantd::model::ops {
 
 std::vector<float> RopeInvFreq(const LlamaConfig& cfg) {
-  const int hd = cfg.head_dim;
-  std::vector<float> inv(hd / 2);
-  for (int i = 0; i < hd / 2; ++i) {
-    inv[i] = static_cast<float>(1.0 / std::pow(cfg.rope_theta, (2.0 * i) / hd));
-  }
-  return inv;
+  return RopeInverseFrequencies(cfg.rope, cfg.head_dim);
 }
 
 void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* sin) {

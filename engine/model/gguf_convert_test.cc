@@ -207,7 +207,7 @@ TEST(GgufConvertTest, Stories260KRoundTripsAndReproducesReferenceLogits) {
   EXPECT_EQ(cfg->head_dim, 8);
   EXPECT_TRUE(cfg->tie_word_embeddings);
   EXPECT_EQ(cfg->rms_norm_eps, ref_cfg->rms_norm_eps);
-  EXPECT_EQ(cfg->rope_theta, ref_cfg->rope_theta);
+  EXPECT_EQ(cfg->rope, ref_cfg->rope);
   auto cfg_text = ReadFile(dir + "/hf/config.json");
   auto cj = nlohmann::json::parse(*cfg_text);
   EXPECT_EQ(cj["eos_token_id"], 2);

@@ -30,7 +30,7 @@ LlamaConfig Shape(int hidden, int inter, int layers, int heads, int kv, int voca
   c.vocab_size = vocab;
   c.max_position_embeddings = max_pos;
   c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000.0;
+  c.rope = RopeParams{};
   c.tie_word_embeddings = false;
   c.bos_token_id = 1;
   return c;
@@ -49,7 +49,7 @@ json ConfigJson(const LlamaConfig& c) {
           {"vocab_size", c.vocab_size},
           {"max_position_embeddings", c.max_position_embeddings},
           {"rms_norm_eps", c.rms_norm_eps},
-          {"rope_theta", c.rope_theta},
+          {"rope_theta", c.rope.theta},
           {"rope_scaling", nullptr},
           {"tie_word_embeddings", c.tie_word_embeddings},
           {"attention_bias", false},

@@ -1,5 +1,5 @@
 // Block LDLQ (QuIP#): adaptive rounding of g-column blocks with a g-dimensional vector codebook.
-// Form (ALGORITHMS.md, verified): Cholesky H = L Lᵀ; with the g×g diagonal blocks DL_i,
+// Form (docs/algorithms.md "Block LDLQ"): Cholesky H = L Lᵀ; with the g×g diagonal blocks DL_i,
 // L ← L·blockdiag(DL_i⁻¹) is unit block-lower and H = L D Lᵀ. Blocks are quantized from last to
 // first: x_k = W_k + (W_{>k} − Ŵ_{>k}) L_{>k,k}; Ŵ_k = Q(x_k) row by row (each row of a block is
 // one g-vector). Feedback from later batches is applied with one GEMM per 128-column batch.

@@ -1,5 +1,5 @@
 // Hessian preconditioning before LDLQ: finiteness checks, dead input columns and damping with
-// escalating retries until the Cholesky factorization succeeds (ALGORITHMS.md "Damping").
+// escalating retries until the Cholesky factorization succeeds (docs/algorithms.md "Damping").
 // Thread-safety: stateless functions.
 #ifndef QUANTD_ENGINE_QUANT_DAMPING_H_
 #define QUANTD_ENGINE_QUANT_DAMPING_H_

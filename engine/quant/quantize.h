@@ -68,8 +68,8 @@ struct QuantizedMatrix {
 
 // w: [m×n] fp32 row-major (out×in); h: [n×n] fp64 = E[x xᵀ] (undamped). layer_name is used in
 // errors. INVALID_ARGUMENT for a bad spec, mismatched shapes or NaN/Inf in w or h;
-// FAILED_PRECONDITION when h cannot be damped into positive definite; UNIMPLEMENTED when the
-// codebook for quip-sharp is not built in. The same inputs and seed give the same bytes.
+// FAILED_PRECONDITION when h cannot be damped into positive definite. The same inputs and seed
+// give the same bytes.
 absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, const MatrixD& h,
                                                const QuantSpec& spec, std::string_view layer_name);
 

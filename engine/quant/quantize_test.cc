@@ -339,8 +339,8 @@ TEST(QuantizeTest, BaselineGuardKeepsTheLowerLossAndRecordsIt) {
 
 
 // QTIP through the entry point: every trellis code round-trips bit-exactly through the packed
-// bytes, and at 2 bits its loss beats quip-sharp's E8P on the same matrix (ALGORITHMS.md: the
-// trellis reaches 0.068 MSE on Gaussians against E8P's 0.091).
+// bytes, and at 2 bits its loss beats quip-sharp's E8P on the same matrix (the trellis reaches
+// 0.068 MSE on Gaussians against E8P's 0.091; docs/algorithms.md "Reference distortions").
 TEST(QuantizeTest, QtipCodesRoundTripAndBeatE8p) {
   auto dev = MakeCpuDevice(2);
   MatrixF w = SyntheticWeight(48, 80, 5);  // neither dimension a multiple of 16

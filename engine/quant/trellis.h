@@ -1,4 +1,4 @@
-// QTIP's bitshift trellis quantizer (ALGORITHMS.md "QTIP bitshift trellis"): a sequence of T
+// QTIP's bitshift trellis quantizer (docs/algorithms.md "QTIP bitshift trellis"): a sequence of T
 // weights is coded as a walk through 2^L states where each step shifts b = k·V new bits into an
 // L-bit state and the state decodes to V values through a computed code (1MAD, 3INST) or a small
 // table indexed by a hash of the state (HYB). Encoding is a Viterbi search over all 2^L states;

@@ -1,0 +1,201 @@
+// Coordinator in-process: save-then-apply under store failures, SubmitJob idempotency by the
+// request's fingerprint, and concurrent submissions (issue 20).
+#include "server/coordinator.h"
+
+#include <cstdlib>
+#include <future>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+
+namespace quantd::server {
+namespace {
+
+std::string Src() {
+  const char* s = std::getenv("QUANTD_SOURCE_DIR");
+  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
+}
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/quantd_coord_XXXXXX";
+  return ::mkdtemp(tmpl);
+}
+
+quantd::v1::SubmitJobRequest Request(const std::string& request_id, const std::string& name) {
+  quantd::v1::SubmitJobRequest r;
+  r.set_request_id(request_id);
+  r.set_name(name);
+  r.set_model_dir(Src() + "/examples/stories260K");
+  r.set_calib_path(Src() + "/examples/tinystories/calib_stories_0_499.u16");
+  r.set_max_calib_seqs(2);
+  r.mutable_spec()->set_method("gptq");
+  r.mutable_spec()->set_bits(4);
+  return r;
+}
+
+// quantd_worker_leases{worker=name} from the metrics registry (0 when absent).
+double WorkerLeases(Metrics& m, const std::string& name) {
+  for (const auto& family : m.registry().Collect()) {
+    if (family.name != "quantd_worker_leases") continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& label : metric.label) {
+        if (label.name == "worker" && label.value == name) return metric.gauge.value;
+      }
+    }
+  }
+  return 0;
+}
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    CoordinatorOptions o;
+    o.data_dir = TempDir();
+    o.lease_timeout = absl::Seconds(600);  // no expiry during a test
+    auto c = Coordinator::Create(o, &metrics_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    coord_ = std::move(*c);
+  }
+  std::string RegisterWorker(const std::string& name) {
+    quantd::v1::RegisterRequest r;
+    r.set_api_version(kWorkerApiVersion);
+    r.set_worker_name(name);
+    auto resp = coord_->Register(r);
+    EXPECT_TRUE(resp.ok()) << resp.status();
+    return resp.ok() ? resp->worker_id() : "";
+  }
+  // True when the coordinator still counts `lease` as held by `worker_id`.
+  bool LeaseHeld(const std::string& worker_id, const std::string& lease) {
+    quantd::v1::HeartbeatRequest hb;
+    hb.set_worker_id(worker_id);
+    hb.add_lease_ids(lease);
+    auto r = coord_->Heartbeat(hb);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() && r->cancelled_lease_ids_size() == 0;
+  }
+  void FailWrites(bool on) {
+    coord_->store_for_testing().SetWriteFaultForTesting(
+        on ? std::function<absl::Status()>(
+                 [] { return absl::UnavailableError("injected: the job store's disk is gone"); })
+           : nullptr);
+  }
+
+  Metrics metrics_;
+  std::unique_ptr<Coordinator> coord_;
+};
+
+TEST_F(CoordinatorTest, AFailedStoreWriteChangesNothingInMemory) {
+  auto sub = coord_->Submit(Request("req-store", "store-faults"));
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  const std::string job = sub->job().id();
+  const std::string w = RegisterWorker("w0");
+
+  // Lease: the job's first lease makes it RUNNING, which must be stored first.
+  FailWrites(true);
+  quantd::v1::LeaseTaskRequest lr;
+  lr.set_worker_id(w);
+  auto lease = coord_->Lease(lr);
+  EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable) << lease.status();
+  EXPECT_EQ(coord_->GetJob(job)->state(), quantd::v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(WorkerLeases(metrics_, "w0"), 0);
+  FailWrites(false);
+  lease = coord_->Lease(lr);
+  ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
+  const quantd::v1::Task task = lease->task();
+  EXPECT_EQ(task.task_id(), 0);  // the failed call took nothing
+  EXPECT_EQ(coord_->GetJob(job)->state(), quantd::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(WorkerLeases(metrics_, "w0"), 1);
+
+  // Report, failure and success alike: the lease and the task stay as they were.
+  quantd::v1::TaskReportHeader err;
+  err.set_job_id(job);
+  err.set_task_id(task.task_id());
+  err.set_lease_id(task.lease_id());
+  err.set_worker_id(w);
+  err.set_ok(false);
+  err.set_error_code(static_cast<int>(absl::StatusCode::kUnavailable));
+  err.set_error("worker lost its device");
+  const std::string data = "result bytes";
+  quantd::v1::TaskReportHeader ok = err;
+  ok.set_ok(true);
+  ok.set_error_code(0);
+  ok.set_error("");
+  ok.set_result_size(data.size());
+  ok.set_result_sha256(Sha256Hex(data));
+  FailWrites(true);
+  EXPECT_EQ(coord_->Report(err, "").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(coord_->Report(ok, data).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(coord_->GetJob(job)->tasks_done(), 0);
+  EXPECT_TRUE(LeaseHeld(w, task.lease_id()));
+  EXPECT_EQ(WorkerLeases(metrics_, "w0"), 1);
+  // Cancel too.
+  EXPECT_EQ(coord_->Cancel(job).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(coord_->GetJob(job)->state(), quantd::v1::JOB_STATE_RUNNING);
+
+  FailWrites(false);
+  ASSERT_TRUE(coord_->Report(ok, data).ok());  // the same report, now stored
+  EXPECT_EQ(coord_->GetJob(job)->tasks_done(), 1);
+  EXPECT_FALSE(LeaseHeld(w, task.lease_id()));
+  EXPECT_EQ(WorkerLeases(metrics_, "w0"), 0);
+  auto cancelled = coord_->Cancel(job);
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_EQ(cancelled->state(), quantd::v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(CoordinatorTest, AReusedRequestIdIsTheSameJobOnlyForTheSameRequest) {
+  quantd::v1::SubmitJobRequest a = Request("req-same", "idem");
+  a.mutable_spec()->set_seed(1);
+  auto first = coord_->Submit(a);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(first->created());
+  auto again = coord_->Submit(a);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->created());
+  EXPECT_EQ(again->job().id(), first->job().id());
+  // Any field that shapes the job, not only name/paths/method/bits, makes it another request.
+  quantd::v1::SubmitJobRequest other_seed = a;
+  other_seed.mutable_spec()->set_seed(2);
+  quantd::v1::SubmitJobRequest other_group = a;
+  other_group.mutable_spec()->set_group_size(64);
+  quantd::v1::SubmitJobRequest other_sequential = a;
+  other_sequential.mutable_spec()->set_sequential(true);
+  quantd::v1::SubmitJobRequest other_seqs = a;
+  other_seqs.set_max_calib_seqs(3);
+  for (const auto& r : {other_seed, other_group, other_sequential, other_seqs}) {
+    auto s = coord_->Submit(r);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kAlreadyExists) << r.ShortDebugString();
+    EXPECT_NE(s.status().message().find("req-same"), absl::string_view::npos) << s.status();
+  }
+}
+
+TEST_F(CoordinatorTest, SubmissionsBuildConcurrently) {
+  // The first submission blocks while it builds its job; another request is built and stored
+  // meanwhile, and a retry of the blocked request waits for it and gets the same job.
+  absl::Notification release, blocked;
+  coord_->SetBuildHookForTesting([&](const quantd::v1::SubmitJobRequest& r) {
+    if (r.request_id() == "req-slow") {
+      blocked.Notify();
+      release.WaitForNotification();
+    }
+  });
+  auto slow = std::async(std::launch::async, [&] { return coord_->Submit(Request("req-slow", "slow")); });
+  blocked.WaitForNotification();
+  auto retry = std::async(std::launch::async, [&] { return coord_->Submit(Request("req-slow", "slow")); });
+  auto fast = coord_->Submit(Request("req-fast", "fast"));  // returns while "slow" is blocked
+  ASSERT_TRUE(fast.ok()) << fast.status();
+  EXPECT_TRUE(fast->created());
+  EXPECT_EQ(retry.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  release.Notify();
+  auto s = slow.get();
+  auto r = retry.get();
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(s->created());
+  EXPECT_FALSE(r->created());
+  EXPECT_EQ(r->job().id(), s->job().id());
+}
+
+}  // namespace
+}  // namespace quantd::server

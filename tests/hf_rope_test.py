@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""RoPE settings of transformers 5 config.json files, checked against transformers itself (issue 19).
+
+transformers >= 5 writes RoPE as "rope_parameters": {"rope_type", "rope_theta", ...}; older versions
+wrote top-level "rope_theta" and "rope_scaling". For each rope type quantd implements (llama3, linear,
+default, all with rope_theta 500000), tests/fixtures/make_rope_fixture.py writes a tiny random
+LlamaForCausalLM with the venv's transformers. Checks, on 64 tokens, with
+rel = max|ours - transformers| / max|transformers logit| <= 1e-4:
+  1. `quantctl eval --logits-out` on the directory vs transformers on it;
+  2. the same with config.json rewritten in the older layout (which transformers 5 also reads);
+  3. through the service: quantd quantizes the llama3 model (rtn, 8 bits), `quantctl fetch --format
+     hf` writes config.json still in the rope_parameters layout (no rope_theta, rope_scaling or
+     torch_dtype added; "dtype" updated), and transformers on that export vs quantctl eval on it;
+  4. a config with rope_type "yarn" (not implemented) is refused by quantctl eval, by name.
+Uses the venv of hf_transformers_test.py and skips (exit 77) like it when there is none, or when
+its transformers is older than 5 (then it cannot write the rope_parameters layout).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_transformers_test import SKIP, log, start_quantd, stop_quantd, venv_python  # noqa: E402
+
+T = 64
+TOL = 1e-4
+
+# Runs inside the venv: transformers' logits on MODEL_DIR vs ours (a [T][vocab] f32 file).
+COMPARE = r"""
+import sys, numpy as np, torch, transformers
+hf_dir, tokens_file, ours_file, tol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+tokens = np.fromfile(tokens_file, dtype='<u2').astype(np.int64)
+model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+with torch.no_grad():
+    ref = model(torch.from_numpy(tokens)[None, :]).logits[0].numpy()
+ours = np.fromfile(ours_file, dtype='<f4').reshape(ref.shape)
+rel = float(np.abs(ours - ref).max()) / float(np.abs(ref).max())
+print(f"  rope {model.config.rope_parameters}: rel {rel:.3g}")
+sys.exit(0 if rel <= tol else 1)
+"""
+
+
+def to_old_layout(src, dst):
+    """Copies model dir `src` to `dst` with config.json in the pre-transformers-5 layout."""
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "config.json")
+    c = json.load(open(path))
+    rp = c.pop("rope_parameters")
+    c["rope_theta"] = rp.pop("rope_theta")
+    c["rope_scaling"] = rp if rp.get("rope_type", "default") != "default" else None
+    c["torch_dtype"] = c.pop("dtype")
+    json.dump(c, open(path, "w"), indent=2)
+
+
+def main():
+    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
+    py = venv_python()
+    ver = subprocess.run([py, "-c", "import transformers; print(transformers.__version__)"],
+                         capture_output=True, text=True).stdout.strip()
+    if int(ver.split(".")[0]) < 5:
+        log(f"SKIP: the venv has transformers {ver}, which writes the old config layout; "
+            "need transformers >= 5 (pip install 'transformers>=5' into it)")
+        return SKIP
+    log(f"transformers {ver}")
+    quantctl = os.path.join(bindir, "quantctl")
+    tmp = tempfile.mkdtemp(prefix="quantd-rope-")
+    daemon = None
+    failures = []
+
+    def eval_logits(d, out):
+        r = subprocess.run([quantctl, "eval", d, "--data", os.path.join(d, "tokens.u16"),
+                            "--context", str(T), "--logits-out", out], capture_output=True, text=True)
+        return r
+
+    def check(what, d):
+        out = os.path.join(tmp, what.replace(" ", "_") + ".f32")
+        r = eval_logits(d, out)
+        if r.returncode != 0:
+            failures.append(f"{what}: quantctl eval failed: {r.stderr.strip()}")
+            return
+        c = subprocess.run([py, "-c", COMPARE, d, os.path.join(d, "tokens.u16"), out, str(TOL)],
+                           capture_output=True, text=True)
+        log(f"{what}:{c.stdout.rstrip()}")
+        if c.returncode != 0:
+            failures.append(f"{what}: {c.stdout}{c.stderr[-2000:]}")
+
+    try:
+        for rope in ("llama3", "linear", "default"):
+            d = os.path.join(tmp, rope)
+            r = subprocess.run([py, os.path.join(src, "tests/fixtures/make_rope_fixture.py"), d,
+                                "--rope", rope, "--tokens", str(T)], capture_output=True, text=True)
+            if r.returncode != 0:
+                failures.append(f"make_rope_fixture --rope {rope}: {r.stderr[-2000:]}")
+                continue
+            check(f"{rope} (rope_parameters)", d)
+            to_old_layout(d, d + "_v4")
+            check(f"{rope} (rope_theta + rope_scaling)", d + "_v4")
+
+        # 4. Not implemented: refused by name.
+        yarn = os.path.join(tmp, "yarn")
+        shutil.copytree(os.path.join(tmp, "default"), yarn)
+        c = json.load(open(os.path.join(yarn, "config.json")))
+        c["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0,
+                                "original_max_position_embeddings": 64}
+        json.dump(c, open(os.path.join(yarn, "config.json"), "w"))
+        r = eval_logits(yarn, os.path.join(tmp, "yarn.f32"))
+        ok = r.returncode != 0 and "INVALID_ARGUMENT" in r.stderr and '"yarn"' in r.stderr
+        log(f"yarn refused: {ok} ({r.stderr.strip()})")
+        if not ok:
+            failures.append(f"yarn config not refused by name: exit {r.returncode} {r.stderr}")
+
+        # 3. Through the service, and the export keeps the user's layout.
+        daemon, addr = start_quantd(bindir, tmp)
+        if addr is None:
+            failures.append("quantd did not start")
+            return 1
+        model = os.path.join(tmp, "llama3")
+        calib = os.path.join(tmp, "calib.u16")
+        with open(calib, "wb") as f:  # ids < vocab 128, uint16 LE: 16 sequences of 256
+            f.write(b"".join(((i * 37 + i // 7) % 128).to_bytes(2, "little") for i in range(4096)))
+        r = subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib, "--method",
+                            "rtn", "--bits", "8", "--name", "rope-llama3", "--calib-seq-len", "128",
+                            "--eval-context", "128", "--wait"],
+                           capture_output=True, text=True)
+        hf = os.path.join(tmp, "export")
+        if r.returncode == 0:
+            r = subprocess.run([quantctl, "--addr", addr, "fetch", "rope-llama3", "-o", hf,
+                                "--format", "hf"], capture_output=True, text=True)
+        if r.returncode != 0:
+            failures.append(f"submit/fetch: {r.stdout}{r.stderr}")
+        else:
+            shutil.copy(os.path.join(model, "tokens.u16"), hf)
+            src_cfg = json.load(open(os.path.join(model, "config.json")))
+            out_cfg = json.load(open(os.path.join(hf, "config.json")))
+            want = dict(src_cfg, dtype="float16")
+            log(f"export config.json keeps the rope_parameters layout: {out_cfg == want}")
+            if out_cfg != want:
+                failures.append(f"export config.json changed: {json.dumps(out_cfg)} != {json.dumps(want)}")
+            check("llama3 via the service, rtn 8-bit, fp16 HF export", hf)
+    finally:
+        stop_quantd(daemon)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for f in failures:
+        log("FAIL:", f)
+    log("PASS" if not failures else "FAIL")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
