@@ -239,6 +239,9 @@ absl::Status CheckShapes(const model::Checkpoint& ckpt, const model::LlamaConfig
     for (const auto& [lin, want] : shapes) {
       QUANTD_RETURN_IF_ERROR(check(model::LinearTensorName(l, lin), want));
     }
+    for (const model::LayerVectorSpec& v : model::LayerVectors(c)) {
+      QUANTD_RETURN_IF_ERROR(check(absl::StrCat("model.layers.", l, ".", v.suffix), {v.size}));
+    }
   }
   return absl::OkStatus();
 }
@@ -258,6 +261,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
     return absl::NotFoundError(absl::StrCat("model directory ", model_dir, " does not exist"));
   }
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(model_dir));
+  if (req.spec().method() == "quarot") QUANTD_RETURN_IF_ERROR(model::QuarotSupported(cfg));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
   // Shape check of every tensor we will read, without loading the weights.
   QUANTD_RETURN_IF_ERROR(CheckShapes(*ckpt, cfg));

@@ -155,8 +155,9 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
   if (!cfg.tie_word_embeddings) add_matrix("lm_head.weight", w.lm_head);
   for (int l = 0; l < static_cast<int>(w.layers.size()); ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    add_vector(p + "input_layernorm.weight", w.layers[l].attn_norm);
-    add_vector(p + "post_attention_layernorm.weight", w.layers[l].ffn_norm);
+    for (const model::LayerVectorSpec& v : model::LayerVectors(cfg)) {
+      add_vector(p + std::string(v.suffix), w.layers[l].*v.member);
+    }
     for (model::Linear lin : model::kAllLinears) {
       add_matrix(model::LinearTensorName(l, lin), model::GetLinear(w, l, lin));
     }

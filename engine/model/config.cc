@@ -1,5 +1,6 @@
 #include "engine/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string_view>
 
@@ -15,7 +16,18 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char* kSupported = "LlamaForCausalLM, MistralForCausalLM";
+struct FamilyInfo {
+  Family family;
+  const char* arch;
+  const char* model_type;
+};
+constexpr FamilyInfo kFamilies[] = {
+    {Family::kLlama, "LlamaForCausalLM", "llama"},
+    {Family::kMistral, "MistralForCausalLM", "mistral"},
+    {Family::kQwen2, "Qwen2ForCausalLM", "qwen2"},
+    {Family::kQwen3, "Qwen3ForCausalLM", "qwen3"},
+    {Family::kGemma2, "Gemma2ForCausalLM", "gemma2"},
+};
 
 absl::Status Bad(absl::string_view what) { return absl::InvalidArgumentError(what); }
 
@@ -65,7 +77,9 @@ constexpr std::string_view kImplemented[] = {
     "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
     "max_position_embeddings", "rms_norm_eps", "hidden_act", "tie_word_embeddings",
     "bos_token_id", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor",
-    "sliding_window"};
+    "sliding_window", "attention_bias", "use_sliding_window", "max_window_layers", "layer_types",
+    "hidden_activation", "query_pre_attn_scalar", "attn_logit_softcapping",
+    "final_logit_softcapping"};
 // No effect on the logits of LlamaForCausalLM / MistralForCausalLM at inference in fp32:
 // metadata, storage dtype, token ids, output flags, attention kernel choice, training-only
 // settings (dropout, init), pretraining_tp (splits the same matmuls), and the generation
@@ -87,11 +101,13 @@ constexpr std::string_view kHarmless[] = {
     "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
     "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
     "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
-    "suppress_tokens", "begin_suppress_tokens"};
+    "suppress_tokens", "begin_suppress_tokens",
+    // GenerationConfig's KV-cache kind (Gemma 2's "hybrid"): generation only.
+    "cache_implementation"};
 // Accepted only when false or null: each, when true, asks for computation quantd lacks.
-constexpr std::string_view kMustBeFalse[] = {"attention_bias", "mlp_bias", "rope_interleaved",
-                                             "use_sliding_window", "is_encoder_decoder",
-                                             "add_cross_attention"};
+constexpr std::string_view kMustBeFalse[] = {"mlp_bias", "rope_interleaved",
+                                             "is_encoder_decoder", "add_cross_attention",
+                                             "use_bidirectional_attention"};
 
 template <size_t N>
 bool In(const std::string_view (&list)[N], std::string_view key) {
@@ -114,17 +130,6 @@ absl::Status CheckOtherKeys(const json& j) {
       if (!v.is_null() && v != false) {
         return Bad(internal::Cat("config: ", key, " = ", Short(v), " is not supported"));
       }
-    } else if (key == "layer_types") {  // per-layer attention kind (transformers >= 4.54)
-      if (v.is_null()) continue;
-      if (!v.is_array()) {
-        return Bad(internal::Cat("config: layer_types must be a list, got ", Short(v)));
-      }
-      for (const json& t : v) {
-        if (t != "full_attention") {
-          return Bad(internal::Cat("config: layer_types contains ", Short(t),
-                                  "; only full_attention is supported"));
-        }
-      }
     } else if (key == "quantization_config") {
       if (v.is_null()) continue;
       return Bad(internal::Cat("config: quantization_config = ", Short(v),
@@ -141,7 +146,7 @@ absl::Status CheckOtherKeys(const json& j) {
       }
       return Bad(internal::Cat("config: auto_map = ", Short(v),
                               " names custom model code; quantd implements only the built-in "
-                              "Llama / Mistral models"));
+                              "models ", SupportedArchitectures()));
     } else {
       return Bad(internal::Cat("config: key \"", key, "\" = ", Short(v),
                               " is not known to quantd and may change the computation; refusing "
@@ -152,39 +157,178 @@ absl::Status CheckOtherKeys(const json& j) {
   return absl::OkStatus();
 }
 
+// Keys that belong to some families only; in another family's config they must be off
+// (false / null), because that family's transformers class would ignore them.
+absl::Status CheckFamilyKeys(const json& j, Family f) {
+  auto off = [&](const char* key, bool allowed) -> absl::Status {
+    if (allowed) return absl::OkStatus();
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null() || *it == false) return absl::OkStatus();
+    return Bad(internal::Cat("config: ", key, " = ", Short(*it), " is not used by ",
+                            ArchitectureName(f), "; refusing a setting transformers would ignore"));
+  };
+  const bool qwen = f == Family::kQwen2 || f == Family::kQwen3;
+  QUANTD_RETURN_IF_ERROR(off("attention_bias", f == Family::kLlama || f == Family::kQwen3 ||
+                                                   f == Family::kGemma2));
+  QUANTD_RETURN_IF_ERROR(off("use_sliding_window", qwen));
+  QUANTD_RETURN_IF_ERROR(off("max_window_layers", qwen));
+  QUANTD_RETURN_IF_ERROR(off("hidden_activation", f == Family::kGemma2));
+  QUANTD_RETURN_IF_ERROR(off("query_pre_attn_scalar", f == Family::kGemma2));
+  QUANTD_RETURN_IF_ERROR(off("attn_logit_softcapping", f == Family::kGemma2));
+  QUANTD_RETURN_IF_ERROR(off("final_logit_softcapping", f == Family::kGemma2));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> GetBool(const json& j, const char* key, bool dflt) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return dflt;
+  if (!it->is_boolean()) {
+    return Bad(internal::Cat("config: ", key, " must be a bool, got ", Short(*it)));
+  }
+  return it->get<bool>();
+}
+
+// A soft-cap: absent or null = `dflt` (0 = none), else a positive number.
+absl::Status GetSoftcap(const json& j, const char* key, double dflt, double* out) {
+  *out = dflt;
+  auto it = j.find(key);
+  if (it == j.end()) return absl::OkStatus();
+  if (it->is_null()) {
+    *out = 0;
+    return absl::OkStatus();
+  }
+  return GetPositive(j, key, 1e6, out);
+}
+
+// Which layers use sliding-window attention and how long the window is, as the family's
+// transformers class decides (docs/formats/config.md).
+absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
+  const bool has_window_key = j.contains("sliding_window");
+  int window = 0;
+  switch (f) {
+    case Family::kLlama:
+      break;
+    case Family::kMistral:
+    case Family::kQwen2:
+    case Family::kQwen3:
+    case Family::kGemma2:
+      window = has_window_key ? 0 : 4096;  // the config classes' default
+      break;
+  }
+  QUANTD_RETURN_IF_ERROR(GetInt(j, "sliding_window", 1, 1 << 30, false, &window));
+  if (f == Family::kLlama) {
+    // LlamaForCausalLM has no sliding window: accept the key only where it could not bite.
+    if (window != 0 && window < c->max_position_embeddings) {
+      return Bad(internal::Cat("config: sliding_window = ", window,
+                              " is shorter than max_position_embeddings ",
+                              c->max_position_embeddings,
+                              " but LlamaForCausalLM has no sliding-window attention"));
+    }
+    window = 0;
+  }
+  if (f == Family::kQwen2 || f == Family::kQwen3) {
+    // Qwen2Config / Qwen3Config: sliding_window = None unless use_sliding_window.
+    QUANTD_ASSIGN_OR_RETURN(bool use, GetBool(j, "use_sliding_window", false));
+    if (!use) window = 0;
+  }
+  std::vector<uint8_t> layers(c->num_layers, 0);
+  auto lt = j.find("layer_types");
+  if (lt != j.end() && !lt->is_null()) {
+    if (!lt->is_array() || static_cast<int>(lt->size()) != c->num_layers) {
+      return Bad(internal::Cat("config: layer_types must be a list of num_hidden_layers = ",
+                              c->num_layers, " strings, got ", Short(*lt)));
+    }
+    for (int l = 0; l < c->num_layers; ++l) {
+      const json& t = (*lt)[l];
+      if (t == "sliding_attention") {
+        if (f == Family::kLlama || f == Family::kMistral) {
+          return Bad(internal::Cat("config: layer_types[", l, "] = \"sliding_attention\" is not "
+                                  "used by ", ArchitectureName(f)));
+        }
+        layers[l] = 1;
+      } else if (t != "full_attention") {
+        return Bad(internal::Cat("config: layer_types[", l, "] = ", Short(t),
+                                "; only full_attention and sliding_attention are supported"));
+      }
+    }
+  } else if (f == Family::kQwen2 || f == Family::kQwen3) {
+    int max_window_layers = 28;
+    QUANTD_RETURN_IF_ERROR(
+        GetInt(j, "max_window_layers", 0, 1 << 20, false, &max_window_layers));
+    for (int l = max_window_layers; l < c->num_layers; ++l) layers[l] = 1;
+  } else if (f == Family::kGemma2) {
+    for (int l = 0; l < c->num_layers; l += 2) layers[l] = 1;  // (l + 1) % 2: even layers
+  }
+  if (f == Family::kMistral) {
+    // MistralModel applies config.sliding_window to every layer.
+    std::fill(layers.begin(), layers.end(), 1);
+  }
+  bool any = false;
+  for (uint8_t s : layers) any |= s != 0;
+  if (window > 0 && any) {
+    c->sliding_window = window;
+    c->sliding_layers = std::move(layers);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
   if (!j.is_object()) return Bad("config: top level is not a JSON object");
+  const std::string supported = SupportedArchitectures();
   // Architecture.
+  const FamilyInfo* fam = nullptr;
   std::string arch;
   if (auto it = j.find("architectures"); it != j.end() && !it->is_null()) {
     if (!it->is_array() || it->size() != 1 || !(*it)[0].is_string()) {
       return Bad(internal::Cat("config: \"architectures\" must be one string, got ", it->dump(),
-                              "; supported: ", kSupported));
+                              "; supported: ", supported));
     }
     arch = (*it)[0].get<std::string>();
+    for (const FamilyInfo& f : kFamilies) {
+      if (arch == f.arch) fam = &f;
+    }
+    if (fam == nullptr) {
+      return Bad(internal::Cat("config: unsupported architecture \"", arch,
+                              "\"; supported: ", supported));
+    }
   }
   if (auto mt = j.find("model_type"); mt != j.end() && !mt->is_null()) {
     // AutoModel picks the model class from model_type: it must agree with architectures.
     const std::string t = mt->is_string() ? mt->get<std::string>() : mt->dump();
-    const std::string from_type =
-        t == "llama" ? "LlamaForCausalLM" : t == "mistral" ? "MistralForCausalLM" : "";
-    if (from_type.empty() || (!arch.empty() && arch != from_type)) {
+    const FamilyInfo* from_type = nullptr;
+    for (const FamilyInfo& f : kFamilies) {
+      if (t == f.model_type) from_type = &f;
+    }
+    if (from_type == nullptr || (fam != nullptr && fam != from_type)) {
       return Bad(internal::Cat("config: model_type = ", mt->dump(), " does not match ",
                               arch.empty() ? std::string("a supported architecture") : arch,
-                              "; supported: ", kSupported, " (model_type llama, mistral)"));
+                              "; supported: ", supported));
     }
-    arch = from_type;
+    fam = from_type;
   }
-  if (arch != "LlamaForCausalLM" && arch != "MistralForCausalLM") {
-    return Bad(internal::Cat("config: unsupported architecture \"", arch,
-                            "\"; supported: ", kSupported));
+  if (fam == nullptr) {
+    return Bad(internal::Cat("config: neither \"architectures\" nor \"model_type\" names the "
+                            "model; supported: ", supported));
   }
+  const Family f = fam->family;
   QUANTD_RETURN_IF_ERROR(CheckOtherKeys(j));
-  if (auto it = j.find("hidden_act"); it != j.end() && *it != "silu") {
+  QUANTD_RETURN_IF_ERROR(CheckFamilyKeys(j, f));
+
+  LlamaConfig c;
+  c.family = f;
+  if (f == Family::kGemma2) {
+    // Gemma2Config reads hidden_activation (gelu_pytorch_tanh); an old "hidden_act" beside it is
+    // ignored by Gemma2ForCausalLM.
+    if (auto it = j.find("hidden_activation");
+        it != j.end() && !it->is_null() && *it != "gelu_pytorch_tanh") {
+      return Bad(internal::Cat("config: hidden_activation = ", it->dump(),
+                              " is not supported (gelu_pytorch_tanh only)"));
+    }
+    c.act = Activation::kGeluTanh;
+  } else if (auto it = j.find("hidden_act"); it != j.end() && *it != "silu") {
     return Bad(internal::Cat("config: hidden_act = ", it->dump(), " is not supported (silu only)"));
   }
 
-  LlamaConfig c;
   QUANTD_RETURN_IF_ERROR(GetInt(j, "hidden_size", 1, 1 << 16, true, &c.hidden_size));
   QUANTD_RETURN_IF_ERROR(GetInt(j, "intermediate_size", 1, 1 << 18, true, &c.intermediate_size));
   QUANTD_RETURN_IF_ERROR(GetInt(j, "num_hidden_layers", 1, 1024, true, &c.num_layers));
@@ -197,6 +341,8 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
   QUANTD_RETURN_IF_ERROR(GetInt(j, "bos_token_id", 0, (1 << 22) - 1, false, &c.bos_token_id));
   if (j.contains("head_dim") && !j["head_dim"].is_null()) {
     QUANTD_RETURN_IF_ERROR(GetInt(j, "head_dim", 2, 1024, true, &c.head_dim));
+  } else if (f == Family::kQwen3 || f == Family::kGemma2) {
+    c.head_dim = f == Family::kQwen3 ? 128 : 256;  // Qwen3Config / Gemma2Config defaults
   } else {
     if (c.hidden_size % c.num_heads != 0) {
       return Bad(internal::Cat("config: hidden_size ", c.hidden_size,
@@ -221,27 +367,59 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
   }
   QUANTD_RETURN_IF_ERROR(GetPositive(j, "rms_norm_eps", 1.0, &c.rms_norm_eps));
   QUANTD_ASSIGN_OR_RETURN(c.rope, ParseRopeParams(j, c.max_position_embeddings));
-  // A window at least as long as any sequence quantd runs (max_position_embeddings) is full
-  // attention. MistralConfig's default window is 4096.
-  int window = arch == "MistralForCausalLM" && !j.contains("sliding_window") ? 4096 : 0;
-  QUANTD_RETURN_IF_ERROR(GetInt(j, "sliding_window", 1, 1 << 30, false, &window));
-  if (window != 0 && window < c.max_position_embeddings) {
-    return Bad(internal::Cat("config: sliding_window = ", window,
-                            j.contains("sliding_window") ? "" : " (MistralConfig's default)",
-                            " is shorter than max_position_embeddings ",
-                            c.max_position_embeddings,
-                            "; sliding-window attention is not supported"));
+  QUANTD_RETURN_IF_ERROR(ParseSliding(j, f, &c));
+  QUANTD_ASSIGN_OR_RETURN(c.tie_word_embeddings,
+                          GetBool(j, "tie_word_embeddings", f == Family::kGemma2));
+  QUANTD_ASSIGN_OR_RETURN(const bool attention_bias, GetBool(j, "attention_bias", false));
+  switch (f) {
+    case Family::kLlama:
+    case Family::kQwen3:
+    case Family::kGemma2:
+      c.qkv_bias = c.o_bias = attention_bias;
+      break;
+    case Family::kQwen2:
+      c.qkv_bias = true;  // Qwen2Attention: q/k/v with bias, o_proj without
+      break;
+    case Family::kMistral:
+      break;
   }
-  if (auto it = j.find("tie_word_embeddings"); it != j.end() && !it->is_null()) {
-    if (!it->is_boolean()) {
-      return Bad(internal::Cat("config: tie_word_embeddings must be a bool, got ", it->dump()));
-    }
-    c.tie_word_embeddings = it->get<bool>();
+  c.qk_norm = f == Family::kQwen3;
+  if (f == Family::kGemma2) {
+    c.norm_plus_one = true;
+    c.sandwich_norms = true;
+    c.embed_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+    c.query_pre_attn_scalar = 256;
+    QUANTD_RETURN_IF_ERROR(GetPositive(j, "query_pre_attn_scalar", 1e9, &c.query_pre_attn_scalar));
+    QUANTD_RETURN_IF_ERROR(GetSoftcap(j, "attn_logit_softcapping", 50.0, &c.attn_softcap));
+    QUANTD_RETURN_IF_ERROR(GetSoftcap(j, "final_logit_softcapping", 30.0, &c.final_softcap));
   }
   return c;
 }
 
 }  // namespace
+
+std::string_view ArchitectureName(Family f) {
+  for (const FamilyInfo& i : kFamilies) {
+    if (i.family == f) return i.arch;
+  }
+  return "?";
+}
+
+std::string_view ModelTypeName(Family f) {
+  for (const FamilyInfo& i : kFamilies) {
+    if (i.family == f) return i.model_type;
+  }
+  return "?";
+}
+
+std::string SupportedArchitectures() {
+  std::string s;
+  for (const FamilyInfo& i : kFamilies) {
+    if (!s.empty()) s += ", ";
+    s += internal::Cat(i.arch, " (", i.model_type, ")");
+  }
+  return s;
+}
 
 absl::StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view text) {
   json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);

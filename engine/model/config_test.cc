@@ -69,7 +69,8 @@ TEST(ConfigTest, RejectsOtherArchitecturesNamingSupportedOnes) {
   EXPECT_NE(c.status().message().find("LlamaForCausalLM"), absl::string_view::npos) << c.status();
   ExpectInvalid(With("sliding_window", "256"), "sliding_window");  // < max_position_embeddings 512
   ExpectInvalid(With("hidden_act", "\"gelu\""), "hidden_act");
-  ExpectInvalid(With("attention_bias", "true"), "attention_bias");
+  ExpectInvalid(With(With("architectures", R"(["MistralForCausalLM"])"), "attention_bias", "true"),
+                "attention_bias = true is not used by MistralForCausalLM");
   ExpectInvalid(With("rope_scaling", R"({"type":"linear"})"), "rope_scaling.factor is missing");
   ExpectInvalid(With("model_type", R"("qwen2")"), "model_type");
 }
@@ -218,23 +219,30 @@ TEST(ConfigTest, UnknownOrUnsupportedKeysAreRefusedByName) {
   ExpectInvalid(With("mlp_bias", "true"), "mlp_bias");
   ExpectInvalid(With("rope_interleaved", "true"), "rope_interleaved");
   ExpectInvalid(With("use_sliding_window", "true"), "use_sliding_window");
-  ExpectInvalid(With("layer_types", R"(["full_attention","sliding_attention"])"), "sliding_attention");
+  ExpectInvalid(With("layer_types", R"(["full_attention","sliding_attention","full_attention","full_attention","full_attention"])"),
+                "layer_types[1] = \"sliding_attention\" is not used by LlamaForCausalLM");
+  ExpectInvalid(With("layer_types", R"(["full_attention","full_attention"])"),
+                "layer_types must be a list of num_hidden_layers = 5");
   ExpectInvalid(With("quantization_config", R"({"quant_method":"gptq"})"), "already quantized");
   ExpectInvalid(With("per_layer_config", R"({"3":{"intermediate_size":64}})"), "per_layer_config");
   ExpectInvalid(With("auto_map", R"({"AutoModelForCausalLM":"modeling_x.XForCausalLM"})"), "auto_map");
-  ExpectInvalid(With("final_logit_softcapping", "30.0"), "\"final_logit_softcapping\"");
+  ExpectInvalid(With("final_logit_softcapping", "30.0"),
+                "final_logit_softcapping = 30.0 is not used by LlamaForCausalLM");
   ExpectInvalid(With("use_qk_norm", "true"), "\"use_qk_norm\" = true is not known to quantd");
   ExpectInvalid(With("sliding_window", "128"), "sliding_window = 128");
-  // Mistral without the key: MistralConfig's default window 4096 (>= 512 here, so full attention).
-  EXPECT_TRUE(ParseLlamaConfig(With("architectures", R"(["MistralForCausalLM"])")).ok());
-  ExpectInvalid(With(With("architectures", R"(["MistralForCausalLM"])"), "max_position_embeddings", "32768"),
-                "MistralConfig's default");
+  // Mistral without the key: MistralConfig's default window 4096, on every layer.
+  auto mistral = ParseLlamaConfig(
+      With(With("architectures", R"(["MistralForCausalLM"])"), "max_position_embeddings", "32768"));
+  ASSERT_TRUE(mistral.ok()) << mistral.status();
+  EXPECT_EQ(mistral->sliding_window, 4096);
+  for (int l = 0; l < 5; ++l) EXPECT_EQ(mistral->LayerWindow(l), 4096);
   const std::string harmless[] = {
       R"("sliding_window":null)", R"("sliding_window":4096)", R"("attention_bias":false)",
       R"("mlp_bias":null)", R"("dtype":"bfloat16")", R"("torch_dtype":"float16")",
       R"("transformers_version":"5.25.0")", R"("pretraining_tp":1)", R"("use_cache":true)",
       R"("initializer_range":0.02)", R"("attention_dropout":0.0)", R"("pad_token_id":null)",
-      R"("eos_token_id":[1,2])", R"("layer_types":["full_attention","full_attention"])",
+      R"("eos_token_id":[1,2])",
+      R"("layer_types":["full_attention","full_attention","full_attention","full_attention","full_attention"])",
       R"("_name_or_path":"x")", R"("rope_interleaved":false)", R"("is_llama_config":true)",
       R"("auto_map":{"AutoTokenizer":"tok.T"})", R"("quantization_config":null)",
       R"("temperature":0.7)", R"("model_type":"llama")"};
@@ -243,6 +251,82 @@ TEST(ConfigTest, UnknownOrUnsupportedKeysAreRefusedByName) {
     j = j.substr(0, j.size() - 1) + "," + kv + "}";
     auto c = ParseLlamaConfig(j);
     EXPECT_TRUE(c.ok()) << kv << ": " << c.status();
+  }
+}
+
+// Published configs of each family (as on the Hub, transformers 4 layout) parse into what their
+// transformers classes run.
+TEST(ConfigTest, PublishedFamilyConfigs) {
+  // Qwen2.5-0.5B: q/k/v biases; sliding_window is set but use_sliding_window false = full.
+  const char* qwen25 = R"({"architectures":["Qwen2ForCausalLM"],"attention_dropout":0.0,"bos_token_id":151643,"eos_token_id":151643,"hidden_act":"silu","hidden_size":896,"initializer_range":0.02,"intermediate_size":4864,"max_position_embeddings":32768,"max_window_layers":24,"model_type":"qwen2","num_attention_heads":14,"num_hidden_layers":24,"num_key_value_heads":2,"rms_norm_eps":1e-06,"rope_theta":1000000.0,"sliding_window":32768,"tie_word_embeddings":true,"torch_dtype":"bfloat16","transformers_version":"4.40.1","use_cache":true,"use_sliding_window":false,"vocab_size":151936})";
+  auto q2 = ParseLlamaConfig(qwen25);
+  ASSERT_TRUE(q2.ok()) << q2.status();
+  EXPECT_EQ(q2->family, Family::kQwen2);
+  EXPECT_TRUE(q2->qkv_bias);
+  EXPECT_FALSE(q2->o_bias);
+  EXPECT_EQ(q2->head_dim, 64);
+  EXPECT_EQ(q2->sliding_window, 0);
+  EXPECT_TRUE(q2->tie_word_embeddings);
+  // With use_sliding_window: layers from max_window_layers on slide (Qwen2Config.layer_types);
+  // max_window_layers 24 of 24 layers leaves none.
+  auto q2s = ParseLlamaConfig(With(qwen25, "use_sliding_window", "true"));
+  ASSERT_TRUE(q2s.ok()) << q2s.status();
+  EXPECT_EQ(q2s->LayerWindow(23), 0);
+  auto q2s4 = ParseLlamaConfig(With(With(qwen25, "use_sliding_window", "true"), "max_window_layers", "20"));
+  ASSERT_TRUE(q2s4.ok()) << q2s4.status();
+  EXPECT_EQ(q2s4->LayerWindow(19), 0);
+  EXPECT_EQ(q2s4->LayerWindow(20), 32768);
+  // Qwen3-0.6B: per-head q/k norms, head_dim 128 != hidden / heads.
+  const char* qwen3 = R"({"architectures":["Qwen3ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":151643,"eos_token_id":151645,"head_dim":128,"hidden_act":"silu","hidden_size":1024,"initializer_range":0.02,"intermediate_size":3072,"max_position_embeddings":40960,"max_window_layers":28,"model_type":"qwen3","num_attention_heads":16,"num_hidden_layers":28,"num_key_value_heads":8,"rms_norm_eps":1e-06,"rope_scaling":null,"rope_theta":1000000,"sliding_window":null,"tie_word_embeddings":true,"torch_dtype":"bfloat16","transformers_version":"4.51.0","use_cache":true,"use_sliding_window":false,"vocab_size":151936})";
+  auto q3 = ParseLlamaConfig(qwen3);
+  ASSERT_TRUE(q3.ok()) << q3.status();
+  EXPECT_EQ(q3->family, Family::kQwen3);
+  EXPECT_TRUE(q3->qk_norm);
+  EXPECT_FALSE(q3->qkv_bias);
+  EXPECT_EQ(q3->head_dim, 128);
+  EXPECT_EQ(q3->sliding_window, 0);
+  // Gemma-2-2b: both hidden_act and hidden_activation, a hybrid cache setting, soft-caps.
+  const char* gemma2 = R"({"architectures":["Gemma2ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"attn_logit_softcapping":50.0,"bos_token_id":2,"cache_implementation":"hybrid","eos_token_id":[1,107],"final_logit_softcapping":30.0,"head_dim":256,"hidden_act":"gelu_pytorch_tanh","hidden_activation":"gelu_pytorch_tanh","hidden_size":2304,"initializer_range":0.02,"intermediate_size":9216,"max_position_embeddings":8192,"model_type":"gemma2","num_attention_heads":8,"num_hidden_layers":26,"num_key_value_heads":4,"pad_token_id":0,"query_pre_attn_scalar":256,"rms_norm_eps":1e-06,"rope_theta":10000.0,"sliding_window":4096,"torch_dtype":"float32","transformers_version":"4.42.4","vocab_size":256000})";
+  auto g = ParseLlamaConfig(gemma2);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->family, Family::kGemma2);
+  EXPECT_TRUE(g->tie_word_embeddings);  // Gemma2Config's default
+  EXPECT_TRUE(g->norm_plus_one && g->sandwich_norms);
+  EXPECT_EQ(g->attn_softcap, 50.0);
+  EXPECT_EQ(g->final_softcap, 30.0);
+  EXPECT_EQ(g->LayerWindow(0), 4096);
+  EXPECT_EQ(g->LayerWindow(1), 0);
+  EXPECT_EQ(g->LayerWindow(24), 4096);
+  auto g_nocap = ParseLlamaConfig(With(gemma2, "final_logit_softcapping", "null"));
+  ASSERT_TRUE(g_nocap.ok());
+  EXPECT_EQ(g_nocap->final_softcap, 0.0);
+  ExpectInvalid(With(gemma2, "hidden_activation", "\"gelu\""), "hidden_activation");
+  // Mistral-7B-v0.1: sliding_window 4096 < 32768, honoured on every layer.
+  auto m = ParseLlamaConfig(R"({"architectures":["MistralForCausalLM"],"bos_token_id":1,"eos_token_id":2,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":32768,"model_type":"mistral","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"rms_norm_eps":1e-05,"rope_theta":10000.0,"sliding_window":4096,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.34.0.dev0","use_cache":true,"vocab_size":32000})");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->LayerWindow(31), 4096);
+}
+
+// Unknown model types and architectures are refused naming every supported one; so are
+// architectures and model types that disagree.
+TEST(ConfigTest, UnsupportedFamiliesNameTheSupportedOnes) {
+  for (const std::string& j :
+       {With(With("architectures", "null"), "model_type", "\"falcon\""),
+        With("architectures", R"(["Phi3ForCausalLM"])"),
+        With(With("architectures", R"(["Qwen2ForCausalLM"])"), "model_type", "\"qwen3\"")}) {
+    auto c = ParseLlamaConfig(j);
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << j;
+    for (const char* name : {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                             "Qwen3ForCausalLM", "Gemma2ForCausalLM"}) {
+      EXPECT_NE(c.status().message().find(name), absl::string_view::npos) << c.status();
+    }
+  }
+  ExpectInvalid(With("architectures", "null"), "neither");
+  // Inconsistent head counts in every family.
+  for (const char* arch : {"Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"}) {
+    ExpectInvalid(With(With("architectures", std::string("[\"") + arch + "\"]"),
+                       "num_key_value_heads", "3"),
+                  "not a multiple of num_key_value_heads 3");
   }
 }
 

@@ -36,10 +36,7 @@ absl::Status CheckWeights(const LlamaConfig& cfg, const LlamaWeights& w) {
         return mismatch(internal::Cat("layer ", i, " ", LinearName(l)), m.rows(), m.cols(), out,
                         in);
     }
-    if (w.layers[i].attn_norm.size() != cfg.hidden_size ||
-        w.layers[i].ffn_norm.size() != cfg.hidden_size) {
-      return absl::InvalidArgumentError(internal::Cat("layer ", i, ": norm size mismatch"));
-    }
+    QUANTD_RETURN_IF_ERROR(CheckLayerVectors(cfg, i, w.layers[i]));
   }
   if (w.final_norm.size() != cfg.hidden_size)
     return absl::InvalidArgumentError("model.norm: size mismatch");
@@ -69,49 +66,63 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
 
   const int H = cfg.hidden_size, nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
   const int group = nh / nkv;
-  const float eps = static_cast<float>(cfg.rms_norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = cfg.AttentionScale();
+  const float softcap = static_cast<float>(cfg.attn_softcap);
 
   MatrixF cos, sin;
   ops::RopeTables(cfg, T, &cos, &sin);
 
   MatrixF x(T, H);
   for (int t = 0; t < T; ++t) x.row(t) = w.embed.row(tokens[t]);
+  ops::ScaleEmbedding(cfg, &x);
 
   MatrixF h, q, k, v, attn(T, nh * hd), scores, g, u;
   for (int layer = 0; layer < cfg.num_layers; ++layer) {
     const LayerWeights& lw = w.layers[layer];
-    ops::RmsNorm(x, lw.attn_norm, eps, &h);
+    ops::Norm(cfg, x, lw.attn_norm, &h);
     if (sink) sink->OnLinearInput(layer, LinearGroup::kQkv, h);
     q.noalias() = h * lw.q.transpose();
     k.noalias() = h * lw.k.transpose();
     v.noalias() = h * lw.v.transpose();
+    ops::QkvPost(cfg, lw, &q, &k, &v);
     ops::ApplyRope(cos, sin, nh, hd, q);
     ops::ApplyRope(cos, sin, nkv, hd, k);
     q *= scale;
     for (int head = 0; head < nh; ++head) {
       const int kvh = head / group;
       ops::AttentionHead(q.middleCols(head * hd, hd), k.middleCols(kvh * hd, hd),
-                         v.middleCols(kvh * hd, hd), attn.middleCols(head * hd, hd), &scores);
+                         v.middleCols(kvh * hd, hd), attn.middleCols(head * hd, hd), &scores,
+                         cfg.LayerWindow(layer), softcap);
     }
     if (online_o) ApplyAcrossHeads(*online_o, hd, &attn);  // QuaRot: rows ← (R_o ⊗ I)·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kO, attn);
-    x.noalias() += attn * lw.o.transpose();
+    if (ops::PlainResidual(lw.o_bias, lw.post_attn_norm)) {
+      x.noalias() += attn * lw.o.transpose();
+    } else {
+      h.noalias() = attn * lw.o.transpose();
+      ops::AddResidual(cfg, lw.o_bias, lw.post_attn_norm, &h, &x);
+    }
 
-    ops::RmsNorm(x, lw.ffn_norm, eps, &h);
+    ops::Norm(cfg, x, lw.ffn_norm, &h);
     if (sink) sink->OnLinearInput(layer, LinearGroup::kGateUp, h);
     g.noalias() = h * lw.gate.transpose();
     u.noalias() = h * lw.up.transpose();
-    ops::SiluMul(u, &g);
+    ops::GatedActivation(cfg, u, &g);
     if (online_down) online_down->ApplyRows(&g);  // QuaRot: rows ← R_down·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kDown, g);
-    x.noalias() += g * lw.down.transpose();
+    if (ops::PlainResidual(VectorF(), lw.post_ffn_norm)) {
+      x.noalias() += g * lw.down.transpose();
+    } else {
+      h.noalias() = g * lw.down.transpose();
+      ops::AddResidual(cfg, VectorF(), lw.post_ffn_norm, &h, &x);
+    }
     if (sink && sink->StopAfterLayer() == layer) return MatrixF(0, cfg.vocab_size);
   }
-  ops::RmsNorm(x, w.final_norm, eps, &h);
+  ops::Norm(cfg, x, w.final_norm, &h);
   MatrixF logits(T, cfg.vocab_size);
   const MatrixF& head = cfg.tie_word_embeddings ? w.embed : w.lm_head;
   logits.noalias() = h * head.transpose();
+  ops::SoftcapLogits(cfg, &logits);
   return logits;
 }
 

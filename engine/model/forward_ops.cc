@@ -29,13 +29,74 @@ void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* si
   }
 }
 
-void RmsNorm(const MatrixF& x, const VectorF& weight, float eps, MatrixF* out) {
+void RmsNorm(const MatrixF& x, const VectorF& weight, float eps, MatrixF* out, float offset) {
   out->resize(x.rows(), x.cols());
+  if (offset != 0.0f) {
+    const VectorF w = weight.array() + offset;  // fp32 (1 + w), as Gemma2RMSNorm
+    RmsNorm(x, w, eps, out);
+    return;
+  }
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     const float ms = x.row(t).squaredNorm() / static_cast<float>(x.cols());
     const float inv = 1.0f / std::sqrt(ms + eps);
     out->row(t) = (x.row(t) * inv).cwiseProduct(weight.transpose());
   }
+}
+
+void Norm(const LlamaConfig& cfg, const MatrixF& x, const VectorF& weight, MatrixF* out) {
+  RmsNorm(x, weight, static_cast<float>(cfg.rms_norm_eps), out, cfg.norm_plus_one ? 1.0f : 0.0f);
+}
+
+void ScaleEmbedding(const LlamaConfig& cfg, MatrixF* x) {
+  if (cfg.embed_scale != 1.0f) *x *= cfg.embed_scale;
+}
+
+namespace {
+
+// Per-head RMSNorm over head_dim of every row of m [rows x heads*hd], in place.
+void HeadNorm(const LlamaConfig& cfg, const VectorF& weight, int heads, MatrixF* m) {
+  const int hd = cfg.head_dim;
+  const float eps = static_cast<float>(cfg.rms_norm_eps);
+  const VectorF w = cfg.norm_plus_one ? VectorF(weight.array() + 1.0f) : weight;
+  for (Eigen::Index t = 0; t < m->rows(); ++t) {
+    for (int h = 0; h < heads; ++h) {
+      auto seg = m->row(t).segment(h * hd, hd);
+      const float inv = 1.0f / std::sqrt(seg.squaredNorm() / static_cast<float>(hd) + eps);
+      seg = (seg * inv).cwiseProduct(w.transpose());
+    }
+  }
+}
+
+void AddBias(const VectorF& b, MatrixF* m) {
+  if (b.size() != 0) m->rowwise() += b.transpose();
+}
+
+}  // namespace
+
+void QkvPost(const LlamaConfig& cfg, const LayerWeights& lw, MatrixF* q, MatrixF* k, MatrixF* v) {
+  AddBias(lw.q_bias, q);
+  AddBias(lw.k_bias, k);
+  AddBias(lw.v_bias, v);
+  if (lw.q_norm.size() != 0) HeadNorm(cfg, lw.q_norm, cfg.num_heads, q);
+  if (lw.k_norm.size() != 0) HeadNorm(cfg, lw.k_norm, cfg.num_kv_heads, k);
+}
+
+void AddResidual(const LlamaConfig& cfg, const VectorF& bias, const VectorF& post_norm,
+                 MatrixF* y, MatrixF* x) {
+  AddBias(bias, y);
+  if (post_norm.size() != 0) {
+    MatrixF normed;
+    Norm(cfg, *y, post_norm, &normed);
+    *x += normed;
+    return;
+  }
+  *x += *y;
+}
+
+void SoftcapLogits(const LlamaConfig& cfg, MatrixF* logits) {
+  if (cfg.final_softcap <= 0) return;
+  const float cap = static_cast<float>(cfg.final_softcap);
+  logits->array() = (logits->array() / cap).tanh() * cap;
 }
 
 void ApplyRope(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
@@ -58,7 +119,7 @@ void ApplyRope(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
 
 void AttentionHead(const Eigen::Ref<const MatrixF>& q, const Eigen::Ref<const MatrixF>& k,
                    const Eigen::Ref<const MatrixF>& v, Eigen::Ref<MatrixF> out,
-                   MatrixF* scores) {
+                   MatrixF* scores, int window, float softcap) {
   // Row blocks: block [r0, r0+rows) only sees keys [0, r0+rows).
   constexpr int kBlock = 64;
   const int T = static_cast<int>(q.rows());
@@ -66,9 +127,13 @@ void AttentionHead(const Eigen::Ref<const MatrixF>& q, const Eigen::Ref<const Ma
     const int rows = std::min(kBlock, T - r0), cols = r0 + rows;
     scores->noalias() = q.middleRows(r0, rows) * k.topRows(cols).transpose();
     for (int i = 0; i < rows; ++i) {
-      auto live = scores->row(i).head(r0 + i + 1).array();
+      const int t = r0 + i;
+      const int lo = window > 0 ? std::max(0, t - window + 1) : 0;
+      auto live = scores->row(i).segment(lo, t - lo + 1).array();
+      if (softcap > 0) live = (live / softcap).tanh() * softcap;
       live = (live - live.maxCoeff()).exp();  // vectorized exp
       live *= 1.0f / live.sum();
+      scores->row(i).head(lo).setZero();
       scores->row(i).tail(rows - i - 1).setZero();
     }
     out.middleRows(r0, rows).noalias() = *scores * v.topRows(cols);
@@ -129,6 +194,21 @@ void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate) 
 
 void SiluMul(const MatrixF& u, MatrixF* g) {
   g->array() = g->array() / (1.0f + (-g->array()).exp()) * u.array();
+}
+
+void GatedActivation(const LlamaConfig& cfg, const MatrixF& u, MatrixF* g) {
+  switch (cfg.act) {
+    case Activation::kSilu:
+      SiluMul(u, g);
+      return;
+    case Activation::kGeluTanh: {
+      // torch gelu(approximate="tanh"): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+      const float k = 0.7978845608028654f;  // √(2/π)
+      auto x = g->array();
+      g->array() = 0.5f * x * (1.0f + (k * (x + 0.044715f * x.cube())).tanh()) * u.array();
+      return;
+    }
+  }
 }
 
 }  // namespace quantd::model::ops

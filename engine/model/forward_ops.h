@@ -24,8 +24,32 @@ std::vector<float> RopeInvFreq(const LlamaConfig& cfg);
 // cos/sin tables [positions x head_dim/2] for positions 0 .. positions-1.
 void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* sin);
 
-// out = rmsnorm(x) * weight, row-wise.
-void RmsNorm(const MatrixF& x, const VectorF& weight, float eps, MatrixF* out);
+// out = rmsnorm(x) * (offset + weight), row-wise (offset 1: Gemma's (1 + w) norms).
+void RmsNorm(const MatrixF& x, const VectorF& weight, float eps, MatrixF* out,
+             float offset = 0.0f);
+// RmsNorm with the config's eps and offset.
+void Norm(const LlamaConfig& cfg, const MatrixF& x, const VectorF& weight, MatrixF* out);
+
+// The embedding rows `x` times cfg.embed_scale (Gemma), in place; nothing when it is 1.
+void ScaleEmbedding(const LlamaConfig& cfg, MatrixF* x);
+
+// After the q/k/v projections of rows of one layer: adds the biases (Qwen2) and applies the
+// per-head q/k RMSNorm (Qwen3), in place, when the layer has them.
+void QkvPost(const LlamaConfig& cfg, const LayerWeights& lw, MatrixF* q, MatrixF* k, MatrixF* v);
+
+// x += y where y is a projection's output (o_proj or down_proj): `bias` (when non-empty) is
+// added to y first and Gemma 2's post norm `post_norm` (when non-empty) applied to it. `y` is
+// overwritten.
+void AddResidual(const LlamaConfig& cfg, const VectorF& bias, const VectorF& post_norm,
+                 MatrixF* y, MatrixF* x);
+// Whether AddResidual would only add (no bias, no post norm): then callers may accumulate the
+// product into x directly.
+inline bool PlainResidual(const VectorF& bias, const VectorF& post_norm) {
+  return bias.size() == 0 && post_norm.size() == 0;
+}
+
+// The final logits soft-capping cap·tanh(l / cap) in place (Gemma 2); nothing when cap is 0.
+void SoftcapLogits(const LlamaConfig& cfg, MatrixF* logits);
 
 // Rotates each head of rows [0, m.rows()) of `m` (rows x heads*hd) in place, rotate_half
 // convention: row t uses position t of the tables.
@@ -33,10 +57,12 @@ void ApplyRope(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
                Eigen::Ref<MatrixF> m);
 
 // Causal attention of one head of one sequence: q [T x hd] (scaled), k, v [T x hd] (the head's
-// KV group), out [T x hd]. `scores` is scratch.
+// KV group), out [T x hd]. `scores` is scratch. window > 0: the query at t sees keys s with
+// t - window < s <= t (sliding window). softcap > 0: scores become softcap·tanh(score/softcap)
+// before the softmax (Gemma 2).
 void AttentionHead(const Eigen::Ref<const MatrixF>& q, const Eigen::Ref<const MatrixF>& k,
                    const Eigen::Ref<const MatrixF>& v, Eigen::Ref<MatrixF> out,
-                   MatrixF* scores);
+                   MatrixF* scores, int window = 0, float softcap = 0.0f);
 
 // QuaRot's online rotations (LlamaWeights::online_down / online_o) as transforms; nullopt for
 // size 0. INVALID_ARGUMENT when a size does not match cfg (intermediate_size / num_heads).
@@ -56,6 +82,8 @@ void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate =
 
 // g ← silu(g) ⊙ u, element-wise.
 void SiluMul(const MatrixF& u, MatrixF* g);
+// g ← act(g) ⊙ u with the config's activation (silu: SwiGLU; gelu_pytorch_tanh: GeGLU).
+void GatedActivation(const LlamaConfig& cfg, const MatrixF& u, MatrixF* g);
 
 }  // namespace quantd::model::ops
 

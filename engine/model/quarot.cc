@@ -110,7 +110,20 @@ absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const Mat
   return MatrixF(m.cast<float>());
 }
 
+absl::Status QuarotSupported(const LlamaConfig& cfg) {
+  if (cfg.norm_plus_one || cfg.sandwich_norms) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "quarot does not support ", std::string(ArchitectureName(cfg.family)),
+        ": its post_attention_layernorm / post_feedforward_layernorm normalize the o_proj and "
+        "down_proj outputs before the residual add, and an elementwise norm scale does not "
+        "commute with the rotation of the residual stream, so the rotated model would not "
+        "compute the same function; use gptq, ldlq, rtn, quip#, qtip or aqlm"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
+  QUANTD_RETURN_IF_ERROR(QuarotSupported(*cfg));
   if (w->online_down.size != 0 || w->online_o.size != 0) {
     return absl::InvalidArgumentError("quarot: the model already carries an online rotation");
   }
@@ -134,6 +147,22 @@ absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
       const VectorF& norm = GroupOf(lin) == LinearGroup::kGateUp ? lw.ffn_norm : lw.attn_norm;
       MatrixF& dst = MutableLinear(*w, l, lin);
       QUANTD_ASSIGN_OR_RETURN(dst, QuarotLinear(*cfg, lin, dst, norm, seed));
+    }
+    // Biases follow their projection's output rotation: v's outputs are rotated head by head,
+    // o_proj's outputs (the residual stream) by the residual rotation. q/k outputs (and so their
+    // biases and Qwen3's q/k norms) are not rotated.
+    if (lw.v_bias.size() != 0) {
+      QUANTD_ASSIGN_OR_RETURN(quant::Rht head_rot, quant::MakeRht(cfg->head_dim, s.head));
+      for (int h = 0; h < cfg->num_kv_heads; ++h) {
+        MatrixD b = lw.v_bias.segment(h * cfg->head_dim, cfg->head_dim).cast<double>();
+        RotateCols(head_rot, &b);
+        lw.v_bias.segment(h * cfg->head_dim, cfg->head_dim) = b.col(0).cast<float>();
+      }
+    }
+    if (lw.o_bias.size() != 0) {
+      MatrixD b = lw.o_bias.cast<double>();
+      RotateCols(res, &b);
+      lw.o_bias = b.col(0).cast<float>();
     }
     lw.attn_norm.setOnes();
     lw.ffn_norm.setOnes();

@@ -47,10 +47,16 @@ struct QuarotSeeds {
 // o = seed ^ 0x2545F4914F6CDD1D.
 QuarotSeeds QuarotSeedsFrom(uint64_t seed);
 
+// OK when QuaRot's transform keeps the function of models of cfg's family: Llama, Mistral,
+// Qwen2/Qwen3 (biases are rotated with their projection's outputs); INVALID_ARGUMENT with the
+// reason for Gemma 2 (norms after o_proj / down_proj act on the rotated residual stream).
+absl::Status QuarotSupported(const LlamaConfig& cfg);
+
 // Rotates the whole model in place. Afterwards cfg->tie_word_embeddings is false, w->lm_head is
 // set, every norm is 1, w->online_down = {intermediate_size, seeds.down} and
 // w->online_o = {num_heads, seeds.o}.
-// INVALID_ARGUMENT if the weights do not match cfg or already carry an online rotation.
+// INVALID_ARGUMENT if the weights do not match cfg or already carry an online rotation, or
+// !QuarotSupported(cfg).
 absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed);
 
 // One linear weight exactly as ApplyQuarot transforms it. `norm` is the RMSNorm scale feeding it

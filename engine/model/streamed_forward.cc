@@ -26,10 +26,7 @@ absl::Status CheckLayer(const LlamaConfig& cfg, int layer, const LayerWeights& l
                                                      "]"));
     }
   }
-  if (lw.attn_norm.size() != cfg.hidden_size || lw.ffn_norm.size() != cfg.hidden_size) {
-    return absl::InvalidArgumentError(internal::Cat("layer ", layer, ": norm size mismatch"));
-  }
-  return absl::OkStatus();
+  return CheckLayerVectors(cfg, layer, lw);
 }
 
 }  // namespace
@@ -59,8 +56,8 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
   const int64_t N = offset.back();
   const int H = cfg.hidden_size, nh = cfg.num_heads, nkv = cfg.num_kv_heads, hd = cfg.head_dim;
   const int group = nh / nkv;
-  const float eps = static_cast<float>(cfg.rms_norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = cfg.AttentionScale();
+  const float softcap = static_cast<float>(cfg.attn_softcap);
   QUANTD_ASSIGN_OR_RETURN(ops::OnlineRhts online,
                           ops::MakeOnlineRhts(cfg, src.online_down(), src.online_o()));
 
@@ -74,6 +71,7 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
     for (const auto& seq : sequences) all.insert(all.end(), seq.begin(), seq.end());
     QUANTD_RETURN_IF_ERROR(src.Embed(all, &x));
   }
+  ops::ScaleEmbedding(cfg, &x);
   if (x.rows() != N || x.cols() != H) {
     return absl::InvalidArgumentError(internal::Cat("embedding rows are ", x.cols(),
                                                    " wide, hidden_size is ", H));
@@ -83,11 +81,13 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
   for (int layer = 0; layer < cfg.num_layers; ++layer) {
     QUANTD_ASSIGN_OR_RETURN(const LayerWeights* lw, src.Layer(layer));
     QUANTD_RETURN_IF_ERROR(CheckLayer(cfg, layer, *lw));
-    ops::RmsNorm(x, lw->attn_norm, eps, &h);
+    ops::Norm(cfg, x, lw->attn_norm, &h);
     if (sink) sink->OnLinearInput(layer, LinearGroup::kQkv, h);
     ops::MatMulT(h, lw->q, &q);
     ops::MatMulT(h, lw->k, &k);
     ops::MatMulT(h, lw->v, &v);
+    ops::QkvPost(cfg, *lw, &q, &k, &v);
+    const int window = cfg.LayerWindow(layer);
     for (int s = 0; s < nseq; ++s) {
       const Eigen::Index T = offset[s + 1] - offset[s];
       ops::ApplyRope(cos, sin, nh, hd, q.middleRows(offset[s], T));
@@ -104,21 +104,31 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
         const Eigen::Index r0 = offset[s], T = offset[s + 1] - offset[s];
         ops::AttentionHead(q.block(r0, head * hd, T, hd), k.block(r0, kvh * hd, T, hd),
                            v.block(r0, kvh * hd, T, hd), attn.block(r0, head * hd, T, hd),
-                           &scores);
+                           &scores, window, softcap);
       }
     }
     if (online.o) ApplyAcrossHeads(*online.o, hd, &attn);  // QuaRot: rows ← (R_o ⊗ I)·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kO, attn);
-    ops::MatMulT(attn, lw->o, &x, /*accumulate=*/true);
+    if (ops::PlainResidual(lw->o_bias, lw->post_attn_norm)) {
+      ops::MatMulT(attn, lw->o, &x, /*accumulate=*/true);
+    } else {
+      ops::MatMulT(attn, lw->o, &h);  // h (the normed input) is free again
+      ops::AddResidual(cfg, lw->o_bias, lw->post_attn_norm, &h, &x);
+    }
 
-    ops::RmsNorm(x, lw->ffn_norm, eps, &h);
+    ops::Norm(cfg, x, lw->ffn_norm, &h);
     if (sink) sink->OnLinearInput(layer, LinearGroup::kGateUp, h);
     ops::MatMulT(h, lw->gate, &g);
     ops::MatMulT(h, lw->up, &u);
-    ops::SiluMul(u, &g);
+    ops::GatedActivation(cfg, u, &g);
     if (online.down) online.down->ApplyRows(&g);  // QuaRot: rows ← R_down·rows
     if (sink) sink->OnLinearInput(layer, LinearGroup::kDown, g);
-    ops::MatMulT(g, lw->down, &x, /*accumulate=*/true);
+    if (ops::PlainResidual(VectorF(), lw->post_ffn_norm)) {
+      ops::MatMulT(g, lw->down, &x, /*accumulate=*/true);
+    } else {
+      ops::MatMulT(g, lw->down, &h);
+      ops::AddResidual(cfg, VectorF(), lw->post_ffn_norm, &h, &x);
+    }
     if (sink) {
       QUANTD_RETURN_IF_ERROR(sink->OnLayerDone(layer));
       if (sink->StopAfterLayer() == layer) return MatrixF(0, H);
@@ -126,7 +136,7 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
   }
   QUANTD_ASSIGN_OR_RETURN(VectorF final_norm, src.FinalNorm());
   if (final_norm.size() != H) return absl::InvalidArgumentError("model.norm: size mismatch");
-  ops::RmsNorm(x, final_norm, eps, &h);
+  ops::Norm(cfg, x, final_norm, &h);
   return h;
 }
 
@@ -168,6 +178,7 @@ absl::Status ForEachLogitsChunk(
     const int n = std::min(chunk, cfg.vocab_size - c0);
     QUANTD_RETURN_IF_ERROR(src.Head(c0, n, &head));
     ops::MatMulT(hidden, head, &logits);
+    ops::SoftcapLogits(cfg, &logits);
     QUANTD_RETURN_IF_ERROR(fn(c0, logits));
   }
   return absl::OkStatus();

@@ -74,15 +74,12 @@ absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
     return absl::InvalidArgumentError(
         internal::Cat("layer ", i, " of a ", cfg_.num_layers, "-layer model"));
   }
-  const int h = cfg_.hidden_size;
   const std::string prefix = internal::Cat("model.layers.", i, ".");
-  const std::string attn_norm = prefix + "input_layernorm.weight";
-  const std::string ffn_norm = prefix + "post_attention_layernorm.weight";
-  QUANTD_RETURN_IF_ERROR(ReadVector(*ckpt_, attn_norm, internal::Cat("layer ", i, " input_layernorm"),
-                                    h, &layer_.attn_norm));
-  QUANTD_RETURN_IF_ERROR(ReadVector(*ckpt_, ffn_norm,
-                                    internal::Cat("layer ", i, " post_attention_layernorm"), h,
-                                    &layer_.ffn_norm));
+  for (const LayerVectorSpec& s : LayerVectors(cfg_)) {
+    QUANTD_RETURN_IF_ERROR(ReadVector(*ckpt_, internal::Cat(prefix, s.suffix),
+                                      internal::Cat("layer ", i, " ", s.suffix), s.size,
+                                      &(layer_.*s.member)));
+  }
   for (Linear l : kAllLinears) {
     const auto [out, in] = LinearShape(cfg_, l);
     const std::string name = LinearTensorName(i, l);

@@ -106,6 +106,40 @@ const MatrixF& GetLinear(const LlamaWeights& w, int layer, Linear l) {
   return MutableLinear(const_cast<LlamaWeights&>(w), layer, l);
 }
 
+std::vector<LayerVectorSpec> LayerVectors(const LlamaConfig& c) {
+  const int h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  std::vector<LayerVectorSpec> v = {{"input_layernorm.weight", &LayerWeights::attn_norm, h}};
+  if (c.sandwich_norms) {
+    v.push_back({"post_attention_layernorm.weight", &LayerWeights::post_attn_norm, h});
+    v.push_back({"pre_feedforward_layernorm.weight", &LayerWeights::ffn_norm, h});
+    v.push_back({"post_feedforward_layernorm.weight", &LayerWeights::post_ffn_norm, h});
+  } else {
+    v.push_back({"post_attention_layernorm.weight", &LayerWeights::ffn_norm, h});
+  }
+  if (c.qkv_bias) {
+    v.push_back({"self_attn.q_proj.bias", &LayerWeights::q_bias, q});
+    v.push_back({"self_attn.k_proj.bias", &LayerWeights::k_bias, kv});
+    v.push_back({"self_attn.v_proj.bias", &LayerWeights::v_bias, kv});
+  }
+  if (c.o_bias) v.push_back({"self_attn.o_proj.bias", &LayerWeights::o_bias, h});
+  if (c.qk_norm) {
+    v.push_back({"self_attn.q_norm.weight", &LayerWeights::q_norm, c.head_dim});
+    v.push_back({"self_attn.k_norm.weight", &LayerWeights::k_norm, c.head_dim});
+  }
+  return v;
+}
+
+absl::Status CheckLayerVectors(const LlamaConfig& c, int layer, const LayerWeights& lw) {
+  for (const LayerVectorSpec& s : LayerVectors(c)) {
+    const VectorF& v = lw.*s.member;
+    if (v.size() != s.size) {
+      return absl::InvalidArgumentError(internal::Cat("layer ", layer, " ", s.suffix, ": has ",
+                                                     v.size(), " values, config says ", s.size));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const Checkpoint& ckpt, const LlamaConfig& cfg) {
   CheckpointWeightSource src(cfg, ckpt);
   return MaterializeWeights(cfg, src);

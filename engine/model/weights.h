@@ -37,9 +37,27 @@ int GroupInputDim(const LlamaConfig& c, LinearGroup g);
 std::pair<int, int> LinearShape(const LlamaConfig& c, Linear l);
 
 struct LayerWeights {
-  VectorF attn_norm, ffn_norm;  // [hidden]
+  // attn_norm: input_layernorm. ffn_norm: the MLP's input norm (post_attention_layernorm, or
+  // Gemma 2's pre_feedforward_layernorm). [hidden]
+  VectorF attn_norm, ffn_norm;
   MatrixF q, k, v, o, gate, up, down;
+  // Empty unless the config asks for them (LayerVectors below).
+  VectorF q_bias, k_bias, v_bias, o_bias;  // [out] of each projection
+  VectorF q_norm, k_norm;                  // [head_dim] (Qwen3)
+  VectorF post_attn_norm, post_ffn_norm;   // [hidden] (Gemma 2 sandwich norms)
 };
+
+// A 1-D tensor of a decoder layer: "model.layers.<l>." + suffix, stored in `member`.
+struct LayerVectorSpec {
+  std::string_view suffix;  // e.g. "input_layernorm.weight", "self_attn.q_proj.bias"
+  VectorF LayerWeights::*member;
+  int size;
+};
+// Every 1-D tensor a decoder layer of `c` has (norms, biases, q/k norms), in a fixed order.
+std::vector<LayerVectorSpec> LayerVectors(const LlamaConfig& c);
+// INVALID_ARGUMENT naming the layer and tensor when a vector of `lw` does not have the size
+// LayerVectors(c) says.
+absl::Status CheckLayerVectors(const LlamaConfig& c, int layer, const LayerWeights& lw);
 
 // A randomized Hadamard transform applied to an activation online, in the forward pass
 // (quant::MakeRht(size, seed): x ↦ V·S·x). size 0 = none.
