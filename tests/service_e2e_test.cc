@@ -11,6 +11,7 @@
 #include "tests/e2e_util.h"
 #include "tests/process_util.h"
 #include "engine/artifact/artifact.h"
+#include "engine/format/checkpoint.h"
 #include "engine/model/perplexity.h"
 #include "engine/tokenizer/tokens.h"
 
@@ -133,6 +134,80 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   EXPECT_TRUE(std::filesystem::exists(d.data_dir() + "/worker-cache/local-0/jobs"));
 }
 
+// The model families beyond Llama (issue 23): a gptq 4-bit job on the transformers-made Qwen2
+// fixture (q/k/v biases, a sliding layer) and Gemma 2 fixture ((1+w) norms, pre/post norms,
+// soft-caps) succeeds; the artifact keeps the biases and norms bit-exact and the HF export's
+// config names the same class; QuaRot on Gemma 2 is refused at submit with the reason.
+TEST_F(ServiceE2E, FamiliesGptq4Bit) {
+  const Daemon& d = *daemon_;
+  ASSERT_TRUE(d.ok()) << d.Log();
+  const std::string tmp = MakeTempDir("families");
+  const std::string calib = tmp + "/calib.u16";
+  {
+    std::ofstream f(calib, std::ios::binary);  // 8 sequences of 64 ids < vocab 96
+    for (int i = 0; i < 512; ++i) {
+      const uint16_t t = static_cast<uint16_t>((i * 37 + i / 7) % 96);
+      f.write(reinterpret_cast<const char*>(&t), 2);
+    }
+  }
+  for (const char* fam : {"qwen2", "gemma2"}) {
+    const std::string model = SourceDir() + "/engine/model/testdata/families/" + fam;
+    const std::string name = std::string("fam-") + fam;
+    json job = Submit(d, {model, "--calib", calib, "--method", "gptq", "--bits", "4", "--name",
+                          name, "--calib-seq-len", "64"});
+    ASSERT_TRUE(job.contains("id")) << job.dump();
+    CommandResult w = d.Quantctl({"watch", job["id"]});
+    ASSERT_EQ(w.exit_code, 0) << fam << w.out << w.err << d.Log();
+    EXPECT_EQ(Status(d, job["id"])["state"], "JOB_STATE_SUCCEEDED") << fam;
+
+    const std::string out = MakeTempDir(name) + "/model";
+    CommandResult f = d.Quantctl({"fetch", name, "-o", out});
+    ASSERT_EQ(f.exit_code, 0) << f.out << f.err;
+    auto src = model::Checkpoint::Open(model);
+    auto art = model::Checkpoint::Open(out);
+    ASSERT_TRUE(src.ok() && art.ok());
+    int vectors = 0, quantized = 0;
+    for (const std::string& n : (*src)->Names()) {
+      auto a = (*src)->Get(n);
+      ASSERT_TRUE(a.ok());
+      if (a->shape.size() == 1) {  // norms, biases: copied as they are
+        auto b = (*art)->Get(n);
+        ASSERT_TRUE(b.ok()) << n;
+        EXPECT_EQ(a->data, b->data) << n;
+        ++vectors;
+      } else if ((*art)->Get(n.substr(0, n.size() - 6) + "qweight").ok()) {
+        ++quantized;
+      }
+    }
+    EXPECT_EQ(quantized, 14) << fam;  // 2 layers x 7 linears
+    EXPECT_EQ(vectors, std::string(fam) == "qwen2" ? 2 * 5 + 1 : 2 * 4 + 1) << fam;
+    model::LlamaConfig cfg;
+    auto weights = artifact::LoadArtifactWeights(out, &cfg);
+    ASSERT_TRUE(weights.ok()) << weights.status();
+    auto tokens = model::LoadTokenFile(model + "/tokens.u16");
+    ASSERT_TRUE(tokens.ok());
+    model::PerplexityOptions po;
+    po.context = static_cast<int>(tokens->size());
+    auto ppl = model::Perplexity(cfg, *weights, *tokens, po);
+    ASSERT_TRUE(ppl.ok()) << ppl.status();
+    EXPECT_TRUE(std::isfinite(ppl->ppl)) << fam;
+
+    const std::string hf = MakeTempDir(name + "-hf") + "/model";
+    CommandResult fh = d.Quantctl({"fetch", name, "-o", hf, "--format", "hf"});
+    ASSERT_EQ(fh.exit_code, 0) << fh.out << fh.err;
+    json src_cfg = json::parse(*ReadFile(model + "/config.json"));
+    json hf_cfg = json::parse(*ReadFile(hf + "/config.json"));
+    EXPECT_EQ(hf_cfg["architectures"], src_cfg["architectures"]) << fam;
+    EXPECT_EQ(hf_cfg["model_type"], src_cfg["model_type"]) << fam;
+  }
+  CommandResult q = d.Quantctl({"submit", SourceDir() + "/engine/model/testdata/families/gemma2",
+                                "--calib", calib, "--method", "quarot", "--bits", "4", "--name",
+                                "fam-gemma2-quarot", "--calib-seq-len", "64"});
+  EXPECT_EQ(q.exit_code, 1) << q.out << q.err;
+  EXPECT_NE(q.err.find("INVALID_ARGUMENT"), std::string::npos) << q.err;
+  EXPECT_NE(q.err.find("quarot does not support Gemma2ForCausalLM"), std::string::npos) << q.err;
+}
+
 TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
   const Daemon& d = *daemon_;
   ASSERT_TRUE(d.ok());
@@ -239,6 +314,13 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
     EXPECT_TRUE(r.err.find("INVALID_ARGUMENT") != std::string::npos ||
                 r.err.find("NOT_FOUND") != std::string::npos)
         << c.what << ": " << r.err;
+  }
+  // An unsupported architecture is refused naming the supported ones (issue 23).
+  CommandResult gpt2 = d.Quantctl({"submit", tmp + "/gpt2", "--calib", ExampleCalib(), "--method",
+                                   "rtn", "--bits", "4", "--name", "gpt2"});
+  for (const char* arch : {"GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM",
+                           "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"}) {
+    EXPECT_NE(gpt2.err.find(arch), std::string::npos) << gpt2.err;
   }
   // The RoPE type is refused at submit, by name, not ignored (issue 19).
   CommandResult yarn = d.Quantctl({"submit", tmp + "/yarn", "--calib", ExampleCalib(), "--method",

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Every model family quantd runs, checked against transformers itself (issue 23).
+
+For each family of tests/fixtures/make_family_fixtures.py (llama3, mistral, qwen2, qwen3, gemma2)
+a tiny random model is written with the venv's transformers, then, with
+rel = max|ours - transformers| / max|transformers logit| <= 1e-4:
+  1. `quantctl eval --logits-out` (the layer-streamed forward) on the directory vs transformers;
+  2. through the service: a gptq 4-bit job, `quantctl fetch --format hf`; the export's
+     config.json loads in transformers (AutoModelForCausalLM) as the same class as the source,
+     and its logits equal `quantctl eval` on the export;
+  3. a quarot job on gemma2 is refused at submit with INVALID_ARGUMENT giving the reason, and the
+     daemon keeps serving (the next family's job runs).
+Uses the venv of hf_transformers_test.py and skips (exit 77) like it when there is none, or when
+its transformers is older than 5.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_transformers_test import SKIP, log, start_quantd, stop_quantd, venv_python  # noqa: E402
+
+FAMILIES = ("gemma2", "llama3", "mistral", "qwen2", "qwen3")
+TOL = 1e-4
+
+# Runs inside the venv: transformers' logits on HF_DIR vs ours (a [T][vocab] f32 file); prints
+# the class transformers loaded.
+COMPARE = r"""
+import sys, numpy as np, torch, transformers
+hf_dir, tokens_file, ours_file, tol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+tokens = np.fromfile(tokens_file, dtype='<u2').astype(np.int64)
+model = transformers.AutoModelForCausalLM.from_pretrained(
+    hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
+with torch.no_grad():
+    ref = model(torch.from_numpy(tokens)[None, :]).logits[0].numpy()
+ours = np.fromfile(ours_file, dtype='<f4').reshape(ref.shape)
+rel = float(np.abs(ours - ref).max()) / float(np.abs(ref).max())
+print(f"class {type(model).__name__} rel {rel:.3g}")
+sys.exit(0 if rel <= tol else 1)
+"""
+
+
+def main():
+    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
+    py = venv_python()
+    ver = subprocess.run([py, "-c", "import transformers; print(transformers.__version__)"],
+                         capture_output=True, text=True).stdout.strip()
+    if int(ver.split(".")[0]) < 5:
+        log(f"SKIP: the venv has transformers {ver}; the fixtures need transformers >= 5")
+        return SKIP
+    log(f"transformers {ver}")
+    quantctl = os.path.join(bindir, "quantctl")
+    tmp = tempfile.mkdtemp(prefix="quantd-families-")
+    daemon = None
+    failures = []
+
+    def check(what, d, tokens, want_class):
+        out = os.path.join(tmp, what.replace(" ", "_").replace(",", "") + ".f32")
+        r = subprocess.run([quantctl, "eval", d, "--data", tokens, "--context", "20",
+                            "--logits-out", out], capture_output=True, text=True)
+        if r.returncode != 0:
+            failures.append(f"{what}: quantctl eval failed: {r.stderr.strip()}")
+            return
+        c = subprocess.run([py, "-c", COMPARE, d, tokens, out, str(TOL)], capture_output=True, text=True)
+        log(f"{what}: {c.stdout.rstrip()}")
+        if c.returncode != 0:
+            failures.append(f"{what}: {c.stdout}{c.stderr[-2000:]}")
+        elif f"class {want_class} " not in c.stdout:
+            failures.append(f"{what}: transformers loaded {c.stdout.split()[1]}, want {want_class}")
+
+    try:
+        r = subprocess.run([py, os.path.join(src, "tests/fixtures/make_family_fixtures.py"),
+                            tmp + "/models"], capture_output=True, text=True)
+        if r.returncode != 0:
+            failures.append(f"make_family_fixtures: {r.stderr[-2000:]}")
+            return 1
+        daemon, addr = start_quantd(bindir, tmp)
+        if addr is None:
+            failures.append("quantd did not start")
+            return 1
+        calib = os.path.join(tmp, "calib.u16")
+        with open(calib, "wb") as f:  # ids < vocab 96, uint16 LE: 16 sequences of 64
+            f.write(b"".join(((i * 37 + i // 7) % 96).to_bytes(2, "little") for i in range(1024)))
+
+        def submit(model, name, method, bits):
+            return subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib,
+                                   "--method", method, "--bits", str(bits), "--name", name,
+                                   "--calib-seq-len", "64", "--eval-context", "64", "--wait"],
+                                  capture_output=True, text=True)
+
+        for fam in FAMILIES:
+            model = os.path.join(tmp, "models", fam)
+            tokens = os.path.join(model, "tokens.u16")
+            arch = json.load(open(os.path.join(model, "config.json")))["architectures"][0]
+            check(f"{fam} fp", model, tokens, arch)
+            if fam == "gemma2":
+                r = submit(model, "fam-gemma2-quarot", "quarot", 4)
+                ok = r.returncode != 0 and "INVALID_ARGUMENT" in r.stderr and "post_attention_layernorm" in r.stderr
+                log(f"gemma2 quarot refused at submit: {ok} ({r.stderr.strip()[:200]})")
+                if not ok:
+                    failures.append(f"gemma2 quarot not refused: exit {r.returncode} {r.stdout}{r.stderr}")
+            r = submit(model, f"fam-{fam}", "gptq", 4)
+            hf = os.path.join(tmp, "export-" + fam)
+            if r.returncode == 0:
+                r = subprocess.run([quantctl, "--addr", addr, "fetch", f"fam-{fam}", "-o", hf,
+                                    "--format", "hf"], capture_output=True, text=True)
+            if r.returncode != 0:
+                failures.append(f"{fam} gptq 4-bit submit/fetch: {r.stdout}{r.stderr}")
+                continue
+            check(f"{fam} gptq 4-bit via the service, HF export", hf, tokens, arch)
+    finally:
+        stop_quantd(daemon)
+        shutil.rmtree(tmp, ignore_errors=True)
+    for f in failures:
+        log("FAIL:", f)
+    log("PASS" if not failures else "FAIL")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
