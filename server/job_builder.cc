@@ -240,7 +240,7 @@ absl::Status CheckShapes(const model::Checkpoint& ckpt, const model::LlamaConfig
       QUANTD_RETURN_IF_ERROR(check(model::LinearTensorName(l, lin), want));
     }
     for (const model::LayerVectorSpec& v : model::LayerVectors(c)) {
-      QUANTD_RETURN_IF_ERROR(check(absl::StrCat("model.layers.", l, ".", v.suffix), {v.size}));
+      QUANTD_RETURN_IF_ERROR(check(absl::StrCat("model.layers.", l, ".", std::string(v.suffix)), {v.size}));
     }
   }
   return absl::OkStatus();

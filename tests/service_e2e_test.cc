@@ -154,7 +154,7 @@ TEST_F(ServiceE2E, FamiliesGptq4Bit) {
     const std::string model = SourceDir() + "/engine/model/testdata/families/" + fam;
     const std::string name = std::string("fam-") + fam;
     json job = Submit(d, {model, "--calib", calib, "--method", "gptq", "--bits", "4", "--name",
-                          name, "--calib-seq-len", "64"});
+                          name, "--calib-seq-len", "64", "--eval-context", "64"});
     ASSERT_TRUE(job.contains("id")) << job.dump();
     CommandResult w = d.Quantctl({"watch", job["id"]});
     ASSERT_EQ(w.exit_code, 0) << fam << w.out << w.err << d.Log();
@@ -202,7 +202,7 @@ TEST_F(ServiceE2E, FamiliesGptq4Bit) {
   }
   CommandResult q = d.Quantctl({"submit", SourceDir() + "/engine/model/testdata/families/gemma2",
                                 "--calib", calib, "--method", "quarot", "--bits", "4", "--name",
-                                "fam-gemma2-quarot", "--calib-seq-len", "64"});
+                                "fam-gemma2-quarot", "--calib-seq-len", "64", "--eval-context", "64"});
   EXPECT_EQ(q.exit_code, 1) << q.out << q.err;
   EXPECT_NE(q.err.find("INVALID_ARGUMENT"), std::string::npos) << q.err;
   EXPECT_NE(q.err.find("quarot does not support Gemma2ForCausalLM"), std::string::npos) << q.err;
