@@ -225,9 +225,10 @@ TEST_F(CommandsTest, ServerRefusalIsExit1WithCode) {
 TEST_F(CommandsTest, WatchPrintsChangesAndFinalState) {
   Result r = Run({"watch", "job-ok"});
   EXPECT_EQ(r.code, 0) << r.err;
+  // Not a terminal: a line per phase change (no per-event lines), then the summary.
   EXPECT_EQ(r.out,
-            "RUNNING quantize 1/2 50.0%\n"
-            "SUCCEEDED done 100.0%\n"
+            "[00:00] RUNNING quantize 1/2 tasks, ETA --:--\n"
+            "[00:00] SUCCEEDED done\n"
             "job job-ok SUCCEEDED: m version 3, perplexity fp 5.0000 -> quantized 6.0000\n");
 }
 
