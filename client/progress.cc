@@ -152,7 +152,9 @@ std::string ProgressRenderer::Line(absl::Time now) const {
   // A terminal line shows the state only when it is not the usual RUNNING.
   if (!style_.tty || j.state() != v1::JOB_STATE_RUNNING) head.push_back(StateName(j.state()));
   if (!j.phase().empty()) head.push_back(PhaseLabel(j));
-  if (j.tasks_total() > 0) head.push_back(absl::StrCat(j.tasks_done(), "/", j.tasks_total(), " tasks"));
+  if (j.tasks_total() > 0) {
+    head.push_back(absl::StrCat(j.tasks_done(), "/", j.tasks_total(), style_.tty ? "" : " tasks"));
+  }
   std::string s = absl::StrJoin(head, " ");
   auto add = [&s](const std::string& part) { absl::StrAppend(&s, s.empty() ? "" : ", ", part); };
   const bool running = j.state() == v1::JOB_STATE_RUNNING;
@@ -162,7 +164,9 @@ std::string ProgressRenderer::Line(absl::Time now) const {
   if (style_.tty) add(absl::StrCat(FormatClock(now - start_), " elapsed"));
   if (running) {
     std::optional<absl::Duration> left = eta_.Remaining(now);
-    add(absl::StrCat("ETA ", left ? FormatClock(*left) : std::string("--:--")));
+    // Rounded up: "00:00" only when nothing is left.
+    add(absl::StrCat("ETA ", left ? FormatClock(absl::Ceil(*left, absl::Seconds(1)))
+                                  : std::string("--:--")));
   }
   return s;
 }
@@ -170,16 +174,17 @@ std::string ProgressRenderer::Line(absl::Time now) const {
 std::string ProgressRenderer::Redraw(absl::Time now) {
   const double p = std::clamp(job_.progress(), 0.0, 1.0);
   const std::string text = absl::StrCat(absl::StrFormat("%3.0f%% ", 100.0 * p), Line(now));
-  const int max = std::max(style_.columns - 1, 10);
-  // The bar takes what the text leaves, at most 24 columns; none when under 6.
-  const int bar = std::min(24, max - static_cast<int>(text.size()) - 3);
-  std::string line;
-  if (bar >= 6) {
+  const size_t max = static_cast<size_t>(std::max(style_.columns - 1, 10));
+  // The bar's width depends only on the terminal (a bar that changed width with the text
+  // would jitter): 20 from 100 columns, else 10, none for a sequential job's longer text.
+  int bar = style_.columns >= 100 ? 20 : 10;
+  if (style_.columns < 100 && job_.layer_stages() > 0) bar = 0;
+  std::string line = text;
+  if (bar > 0) {
     const int filled = static_cast<int>(p * bar + 0.5);
     line = absl::StrCat("[", std::string(filled, '#'), std::string(bar - filled, '.'), "] ", text);
-  } else {
-    line = text.substr(0, static_cast<size_t>(max));
   }
+  if (line.size() > max) line.resize(max);
   if (line == drawn_) return "";
   std::string out = absl::StrCat("\r", line);
   if (line.size() < drawn_.size()) out.append(drawn_.size() - line.size(), ' ');
