@@ -3,11 +3,6 @@
 // snapshot per lease and per finished task, with the "PHASE DONE/TOTAL" message). Checks what a
 // user sees: on a terminal one line redrawn with '\r' whose ETA is within 2x of the real time
 // left; in a log a bounded number of lines; both end with the summary and a newline.
-#include <poll.h>
-#include <pty.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <regex>
@@ -20,12 +15,12 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/quantd.grpc.pb.h"
+#include "tests/process_util.h"
 
 namespace quantd::client {
 namespace {
 
 namespace v1 = quantd::v1;
-using Clock = std::chrono::steady_clock;
 
 struct Phase {
   const char* name;
@@ -113,64 +108,10 @@ FakeQuant* ProgressPtyTest::quant_ = nullptr;
 grpc::Server* ProgressPtyTest::server_ = nullptr;
 int ProgressPtyTest::port_ = 0;
 
-struct Chunk {
-  double at_s;  // since the start
-  std::string bytes;
-};
-
-// Runs argv with stdout/stderr on the slave of a new pseudo-terminal (or a pipe), reading
-// everything with the time each piece arrived. Returns the exit status.
-int RunCaptured(const std::vector<std::string>& argv, bool pty, std::vector<Chunk>* out) {
-  int fd = -1;
-  pid_t pid;
-  if (pty) {
-    struct winsize ws {};
-    ws.ws_row = 24;
-    ws.ws_col = 80;
-    pid = forkpty(&fd, nullptr, nullptr, &ws);
-  } else {
-    int p[2];
-    if (pipe(p) != 0) return -1;
-    pid = fork();
-    if (pid == 0) {
-      dup2(p[1], 1);
-      dup2(p[1], 2);
-      close(p[0]);
-      close(p[1]);
-    } else {
-      close(p[1]);
-      fd = p[0];
-    }
-  }
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
-  }
-  const auto start = Clock::now();
-  char buf[4096];
-  for (;;) {
-    pollfd pfd{fd, POLLIN, 0};
-    if (poll(&pfd, 1, 60000) <= 0) break;
-    const ssize_t n = read(fd, buf, sizeof(buf));
-    if (n <= 0) break;  // EOF, or EIO once the pty's slave side closed
-    out->push_back({std::chrono::duration<double>(Clock::now() - start).count(),
-                    std::string(buf, static_cast<size_t>(n))});
-  }
-  close(fd);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 TEST_F(ProgressPtyTest, TerminalGetsOneRedrawnLineWithAnHonestEta) {
-  std::vector<Chunk> chunks;
-  ASSERT_EQ(RunCaptured(Argv("job-pty", {}), /*pty=*/true, &chunks), 0);
-  std::string all;
-  for (const Chunk& c : chunks) all += c.bytes;
+  testing::CapturedRun run = testing::RunCaptured(Argv("job-pty", {}), /*pty=*/true, {}, 120);
+  ASSERT_EQ(run.exit_code, 0) << run.All();
+  const std::string all = run.All();
   // The terminal turns "\n" into "\r\n": exactly two line ends, the bar's and the summary's.
   std::vector<std::string> lines = absl::StrSplit(all, "\r\n");
   ASSERT_EQ(lines.size(), 3u) << all;
@@ -186,18 +127,18 @@ TEST_F(ProgressPtyTest, TerminalGetsOneRedrawnLineWithAnHonestEta) {
   // the first finished quantize task on (before it the quantize rate is a guess from the
   // Hessian one) while at least 3 s remain (ETA is shown in whole seconds).
   double end_s = 0;
-  for (const Chunk& c : chunks) {
-    if (c.bytes.find("SUCCEEDED") != std::string::npos) end_s = c.at_s;
+  for (const auto& [at, bytes] : run.chunks) {
+    if (bytes.find("SUCCEEDED") != std::string::npos) end_s = at;
   }
   ASSERT_GT(end_s, 7.0);
   const std::regex eta_re(R"(quantize (\d+)/28, .*ETA (\d\d):(\d\d))");
   int checked = 0;
-  for (const Chunk& c : chunks) {
-    for (absl::string_view dv : absl::StrSplit(c.bytes, '\r', absl::SkipEmpty())) {
+  for (const auto& [at, bytes] : run.chunks) {
+    for (absl::string_view dv : absl::StrSplit(bytes, '\r', absl::SkipEmpty())) {
       const std::string d(dv);
       std::smatch m;
       if (!std::regex_search(d, m, eta_re) || std::stoi(m[1]) < 4) continue;
-      const double truth = end_s - c.at_s;
+      const double truth = end_s - at;
       if (truth < 3.0) continue;
       const double eta = std::stoi(m[2]) * 60 + std::stoi(m[3]);
       EXPECT_LE(eta, 2 * truth) << d << " with " << truth << " s left";
@@ -209,10 +150,10 @@ TEST_F(ProgressPtyTest, TerminalGetsOneRedrawnLineWithAnHonestEta) {
 }
 
 TEST_F(ProgressPtyTest, LogGetsBoundedLines) {
-  std::vector<Chunk> chunks;
-  ASSERT_EQ(RunCaptured(Argv("job-45", {"--progress-interval", "1"}), /*pty=*/false, &chunks), 0);
-  std::string all;
-  for (const Chunk& c : chunks) all += c.bytes;
+  testing::CapturedRun run = testing::RunCaptured(
+      Argv("job-45", {"--progress-interval", "1"}), /*pty=*/false, {}, 120);
+  ASSERT_EQ(run.exit_code, 0) << run.All();
+  const std::string all = run.All();
   EXPECT_EQ(all.find('\r'), std::string::npos) << all;
   ASSERT_FALSE(all.empty());
   EXPECT_EQ(all.back(), '\n');
