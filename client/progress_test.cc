@@ -240,6 +240,27 @@ TEST(ProgressRenderer, NarrowTerminalTruncates) {
   }
 }
 
+TEST(ProgressRenderer, SequentialJobShowsTheLayerStage) {
+  std::vector<SimPhase> phases;
+  for (int s = 1; s <= 3; ++s) {
+    phases.push_back({"hessian", 2, 1.0, s});
+    phases.push_back({"quantize", 7, 0.5, s});
+  }
+  Sim sim = Simulate(phases, 1, 3);
+  ProgressStyle style;
+  style.tty = true;
+  const std::string out = RenderProgress(sim.snapshots, style, sim.start, sim.end);
+  // Under 100 columns a sequential job's longer text goes without the bar.
+  EXPECT_NE(out.find("\r 46% quantize, layer 2/3 13/27, "), std::string::npos) << out;
+  EXPECT_EQ(out.find('['), std::string::npos) << out;
+  // In a log each stage's phases are phase changes: 1 + 2 x 3 + 1 lines.
+  style.tty = false;
+  const std::string log = RenderProgress(sim.snapshots, style, sim.start, sim.end);
+  std::vector<std::string> lines = absl::StrSplit(log, '\n', absl::SkipEmpty());
+  EXPECT_EQ(lines.size(), 8u) << log;
+  EXPECT_NE(log.find("] RUNNING hessian, layer 3/3 18/27 tasks, ETA "), std::string::npos) << log;
+}
+
 TEST(ProgressRenderer, LogGetsPhaseLinesAndHeartbeats) {
   // 45 tasks on one worker take 45 s; with a 10 s heartbeat the log has a line per phase change
   // (QUEUED, hessian, quantize, evaluate, SUCCEEDED) and one at most every 10 s.
