@@ -195,8 +195,9 @@ const std::vector<CommandSpec>& Commands() {
         {"--eval-context", true},
         {"--wait", false},
         {"--json", false},
+        {"--progress-interval", true},
         {"--max-ppl-ratio", true}}},
-      {"watch", Command::kWatch, {{"--json", false}}},
+      {"watch", Command::kWatch, {{"--json", false}, {"--progress-interval", true}}},
       {"jobs", Command::kJobs, {{"--json", false}}},
       {"status", Command::kStatus, {{"--json", false}}},
       {"cancel", Command::kCancel, {{"--json", false}}},
@@ -268,6 +269,14 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
   }
   inv.command = spec->command;
   inv.json = a.Has("--json");
+  if (a.Has("--progress-interval")) {
+    QUANTD_ASSIGN_OR_RETURN(
+        int64_t s, ParseInt("--progress-interval", a.Get("--progress-interval"), 1, 86400));
+    if (inv.command == Command::kSubmit && !a.Has("--wait")) {
+      return Usage("submit: --progress-interval needs --wait");
+    }
+    inv.progress_interval_s = static_cast<int32_t>(s);
+  }
   switch (inv.command) {
     case Command::kSubmit:
       QUANTD_RETURN_IF_ERROR(ParseSubmit(a, &inv));
@@ -326,14 +335,17 @@ commands:
          [--greedy-passes N] [--mse-clip] [--act-order] [--sequential] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
          [--trellis-l L] [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
-         [--wait] [--json] [--max-ppl-ratio R]
+         [--wait [--progress-interval S]] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made
       absolute. Without --request-id a random one is used (the same id returns the same job).
       The server validates method, bits and name. --wait then watches the job like `watch`
       and exits by its outcome; --max-ppl-ratio R (needs --wait and --eval) exits 3 if
       quant_ppl / fp_ppl > R.
-  watch JOB [--json]     Streams progress until the job ends; prints state, version and
-                         perplexities. Re-attaches if the connection breaks (up to 120 s).
+  watch JOB [--json] [--progress-interval S]
+      Shows progress until the job ends, then its state, version and perplexities.
+      Re-attaches if the connection breaks (up to 120 s). On a terminal: one line redrawn
+      in place (phase, layer, tasks done/total, workers busy, elapsed, ETA); otherwise a
+      line per phase change and one every S seconds (default 30).
   jobs [--json]          Lists every job.
   status JOB [--json]    Shows one job.
   cancel JOB [--json]    Cancels a job.

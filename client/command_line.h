@@ -35,6 +35,8 @@ struct Invocation {
   // submit: the request with absolute paths. request_id empty = generate one when sending.
   quantd::v1::SubmitJobRequest submit;
   bool wait = false;                    // submit --wait
+  // watch, submit --wait: without a terminal, a progress line at least this often (seconds).
+  int32_t progress_interval_s = 30;     // --progress-interval
   std::optional<double> max_ppl_ratio;  // submit --max-ppl-ratio (requires --wait and --eval)
 
   std::string model_name;     // models (empty = all), fetch, delete

@@ -2,13 +2,16 @@
 
 #include <cstdlib>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/command_line.h"
 #include "client/connection_security.h"
 #include "client/output.h"
+#include "client/progress.h"
 #include "common/file_util.h"
 #include "engine/artifact/artifact.h"
 
@@ -30,18 +33,47 @@ std::string RandomRequestId() {
   return id;
 }
 
-// Watches `id` to the end, printing progress to the human stream (stderr with --json).
+// Watches `id` to the end, printing progress to the human stream (stderr with --json): on a
+// terminal one line redrawn every second, else phase lines and heartbeats (progress.h).
 // Returns the exit code by outcome and quality gate.
 int WatchToEnd(QuantdClient& client, const Invocation& inv, const std::string& id,
                const Streams& io) {
   std::ostream& human = inv.json ? io.err : io.out;
-  ProgressPrinter progress(human, inv.json ? io.err_is_tty : io.out_is_tty);
+  ProgressStyle style;
+  style.tty = inv.json ? io.err_is_tty : io.out_is_tty;
+  style.heartbeat = absl::Seconds(inv.progress_interval_s);
+  if (io.columns > 0) style.columns = io.columns;
+  absl::Mutex mu;  // guards the renderer, `human` and `done` between the watch and the ticker
+  ProgressRenderer progress(style, absl::Now());
+  bool done = false;
+  auto write = [&human](const std::string& text) {
+    if (text.empty()) return;
+    human << text;
+    human.flush();
+  };
+  std::thread ticker([&] {
+    absl::MutexLock l(&mu);
+    while (!mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(1))) {
+      write(progress.OnTick(absl::Now()));
+    }
+  });
   absl::StatusOr<v1::Job> job = client.Watch(
-      id, [&progress](const v1::JobEvent& e) { progress.OnEvent(e); },
-      [&progress](const absl::Status& st) {
-        progress.Note(absl::StrCat("connection lost (", st.message(), "); re-attaching"));
+      id,
+      [&](const v1::JobEvent& e) {
+        absl::MutexLock l(&mu);
+        write(progress.OnJob(e.job(), e.message(), absl::Now()));
+      },
+      [&](const absl::Status& st) {
+        absl::MutexLock l(&mu);
+        write(progress.Note(absl::StrCat("connection lost (", st.message(), "); re-attaching"),
+                            absl::Now()));
       });
-  progress.Finish();
+  {
+    absl::MutexLock l(&mu);
+    done = true;
+    write(progress.Finish(absl::Now()));
+  }
+  ticker.join();
   if (!job.ok()) return Fail(io, job.status());
   if (inv.json) io.out << ToJson(*job) << "\n";
   if (job->state() != v1::JOB_STATE_SUCCEEDED) {

@@ -30,6 +30,7 @@ struct Streams {
   std::ostream& err;
   bool out_is_tty = false;
   bool err_is_tty = false;
+  int columns = 0;  // the terminal's width when one is a terminal; 0 = unknown (80)
 };
 
 // Runs quantctl with `args` (argv without the program name). `env_addr` is $QUANTD_ADDR or

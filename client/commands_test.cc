@@ -5,6 +5,7 @@
 #include <atomic>
 #include <sstream>
 
+#include "absl/strings/str_join.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -225,9 +226,10 @@ TEST_F(CommandsTest, ServerRefusalIsExit1WithCode) {
 TEST_F(CommandsTest, WatchPrintsChangesAndFinalState) {
   Result r = Run({"watch", "job-ok"});
   EXPECT_EQ(r.code, 0) << r.err;
+  // Not a terminal: a line per phase change (no per-event lines), then the summary.
   EXPECT_EQ(r.out,
-            "RUNNING quantize 1/2 50.0%\n"
-            "SUCCEEDED done 100.0%\n"
+            "[00:00] RUNNING quantize 1/2 tasks, ETA --:--\n"
+            "[00:00] SUCCEEDED done\n"
             "job job-ok SUCCEEDED: m version 3, perplexity fp 5.0000 -> quantized 6.0000\n");
 }
 
@@ -331,6 +333,36 @@ TEST_F(CommandsTest, UsageErrorsExit2AndUnreachableServerExit4) {
   EXPECT_NE(r.err.find("quantctl: UNAVAILABLE: cannot reach quantd at 127.0.0.1:1"),
             std::string::npos)
       << r.err;
+}
+
+TEST_F(CommandsTest, EveryCommandsOutputEndsWithANewline) {
+  auto wait = Submit();
+  wait.push_back("--wait");
+  const std::vector<std::vector<std::string>> invocations = {
+      Submit(), wait, {"watch", "job-ok"}, {"watch", "job-ok", "--json"}, {"watch", "job-fail"},
+      {"jobs"}, {"jobs", "--json"}, {"status", "job-ok"}, {"status", "job-ok", "--json"},
+      {"status", "nope"}, {"cancel", "job-x"}, {"models"}, {"models", "--json"},
+      {"fetch", "nope", "-o", "/tmp/x"}, {"delete", "m@1"}, {"--help"}, {"bogus"},
+      {"watch", "job-ok", "--progress-interval", "0"}};
+  for (const auto& args : invocations) {
+    Result r = Run(args);
+    const std::string what = absl::StrJoin(args, " ");
+    EXPECT_FALSE(r.out.empty() && r.err.empty()) << what;
+    if (!r.out.empty()) EXPECT_EQ(r.out.back(), '\n') << what << ": " << r.out;
+    if (!r.err.empty()) EXPECT_EQ(r.err.back(), '\n') << what << ": " << r.err;
+  }
+}
+
+TEST_F(CommandsTest, ProgressIntervalIsValidated) {
+  Result r = Run({"watch", "job-ok", "--progress-interval", "0"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--progress-interval"), std::string::npos) << r.err;
+  auto args = Submit();
+  args.insert(args.end(), {"--progress-interval", "5"});
+  r = Run(args);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--progress-interval needs --wait"), std::string::npos) << r.err;
+  EXPECT_EQ(Run({"watch", "job-ok", "--progress-interval", "5"}).code, 0);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // quantctl: command-line client of quantd. Collects argv, $QUANTD_ADDR and whether stdout /
 // stderr are terminals, and hands them to the client library (commands.h).
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -22,5 +23,9 @@ int main(int argc, char** argv) {
   }
   quantd::client::Streams io{std::cout, std::cerr, isatty(STDOUT_FILENO) == 1,
                              isatty(STDERR_FILENO) == 1};
+  struct winsize ws {};
+  for (int fd : {STDOUT_FILENO, STDERR_FILENO}) {
+    if (io.columns == 0 && ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) io.columns = ws.ws_col;
+  }
   return quantd::client::RunQuantctl(args, std::getenv("QUANTD_ADDR"), io);
 }

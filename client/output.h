@@ -1,11 +1,11 @@
-// How quantctl prints things: --json documents, human tables, the watch progress line and the
-// summary of a registry manifest. Pure formatting; commands.cc decides where it goes.
-// Thread-safety: pure functions, except ProgressPrinter (one per watch, not shared).
+// How quantctl prints things: --json documents, human tables and the summary of a registry
+// manifest (the live watch display is progress.h). Pure formatting; commands.cc decides where
+// it goes.
+// Thread-safety: pure functions.
 #ifndef QUANTD_CLIENT_OUTPUT_H_
 #define QUANTD_CLIENT_OUTPUT_H_
 
 #include <optional>
-#include <ostream>
 #include <string>
 #include <vector>
 
@@ -49,30 +49,6 @@ std::string ModelsTable(const std::vector<quantd::v1::ModelVersion>& models);
 std::string DescribeJob(const quantd::v1::Job& job);
 // One line: "job ID SUCCEEDED: NAME version 3, perplexity fp 5.4540 -> quantized 5.9000".
 std::string FinalJobLine(const quantd::v1::Job& job);
-
-// "RUNNING quantize 12/35 34.3%" (parts that are unset are left out).
-std::string ProgressText(const quantd::v1::Job& job);
-
-// Prints watch progress to one stream. On a terminal: one line redrawn with '\r' and a bar;
-// otherwise: a plain line each time state, phase or task counts change. Event messages are
-// printed on their own line when they change.
-class ProgressPrinter {
- public:
-  ProgressPrinter(std::ostream& out, bool is_tty) : out_(out), tty_(is_tty) {}
-  void OnEvent(const quantd::v1::JobEvent& event);
-  // A line of its own (e.g. "re-attaching"), keeping the bar intact on a terminal.
-  void Note(const std::string& text);
-  // Ends the progress line on a terminal; idempotent.
-  void Finish();
-
- private:
-  void ClearLine();
-  std::ostream& out_;
-  bool tty_;
-  std::string last_key_;
-  std::string last_message_;
-  size_t drawn_width_ = 0;
-};
 
 }  // namespace quantd::client
 

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -146,6 +147,7 @@ absl::Status Coordinator::Recover() {
     const std::string id = e.job.id();
     by_request_[e.job.request_id()] = id;
     job_order_.push_back(id);
+    e.job.set_tasks_running(0);  // no lease survives a restart
     if (!Terminal(e.job.state())) {
       SetProgress(e, {}, &e.job);
       UpdateProgressLocked(e);
@@ -195,15 +197,28 @@ std::vector<Job> Coordinator::VerifyRecoveredJobs() {
 
 void Coordinator::SetProgress(const JobEntry& e, const std::vector<TaskRow>& rows, Job* job) {
   int done = 0;
+  // Per kind of phase, in phase order: what a client's time-left estimate needs (docs/cli.md).
+  job->clear_phase_tasks();
+  std::map<std::string, quantd::v1::PhaseTasks*> by_phase;
   for (const TaskState& t : e.tasks) {
     const TaskRow* row = &t.row;
     for (const TaskRow& r : rows) {
       if (r.task_id == t.row.task_id) row = &r;
     }
-    done += row->state == TaskRowState::kDone;
+    const bool task_done = row->state == TaskRowState::kDone;
+    done += task_done;
+    const std::string phase = PhaseName(row->phase, e.stages);
+    quantd::v1::PhaseTasks*& p = by_phase[phase];
+    if (p == nullptr) {
+      p = job->add_phase_tasks();
+      p->set_phase(phase);
+    }
+    p->set_tasks_total(p->tasks_total() + 1);
+    p->set_tasks_done(p->tasks_done() + task_done);
   }
   job->set_tasks_done(done);
   job->set_tasks_total(static_cast<int32_t>(e.tasks.size()));
+  if (Terminal(job->state())) job->set_tasks_running(0);
   // The publish step counts as one more unit so a job is at 100% only when it is done.
   job->set_progress(job->state() == quantd::v1::JOB_STATE_SUCCEEDED
                         ? 1.0
@@ -246,6 +261,14 @@ void Coordinator::ReleaseLeaseLocked(TaskState& t) {
   metrics_->WorkerLeases(t.worker_name, -1);
 }
 
+void Coordinator::CountRunningLocked(JobEntry& e) {
+  int running = 0;
+  if (!Terminal(e.job.state())) {
+    for (const TaskState& t : e.tasks) running += t.leased;
+  }
+  e.job.set_tasks_running(running);
+}
+
 absl::Status Coordinator::FailJobLocked(JobEntry& e, const std::string& error, Transition tr) {
   tr.job.set_error(error);
   return EndJobLocked(e, quantd::v1::JOB_STATE_FAILED, std::move(tr));
@@ -269,6 +292,7 @@ absl::Status Coordinator::EndJobLocked(JobEntry& e, quantd::v1::JobState state, 
   }
   QUANTD_RETURN_IF_ERROR(CommitLocked(e, std::move(tr)));
   for (TaskState& t : e.tasks) ReleaseLeaseLocked(t);
+  CountRunningLocked(e);
   return absl::OkStatus();
 }
 
@@ -534,7 +558,7 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
     const quantd::v1::LeaseTaskRequest& req) {
   quantd::v1::LeaseTaskResponse resp;
   Job changed;
-  bool notify = false;
+  bool notify = false, counts_changed = false;
   {
     MutexLock l(&mu_);
     auto w = workers_.find(req.worker_id());
@@ -567,8 +591,7 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
           Transition tr = BeginLocked(e);
           tr.job.set_state(quantd::v1::JOB_STATE_RUNNING);
           QUANTD_RETURN_IF_ERROR(CommitLocked(e, std::move(tr)));
-          changed = e.job;
-          notify = true;
+          counts_changed = true;
         }
         t.leased = true;
         t.lease_id = RandomId("l-");
@@ -579,15 +602,17 @@ absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(
         resp.set_found(true);
         *resp.mutable_task() = t.row.task;
         resp.mutable_task()->set_lease_id(t.lease_id);
+        // Watchers see one more busy worker (tasks_running, in memory only).
+        CountRunningLocked(e);
+        changed = e.job;
+        notify = true;
         break;
       }
       if (resp.found()) break;
     }
   }
-  if (notify) {
-    Notify(changed);
-    PublishJobCounts();
-  }
+  if (notify) Notify(changed);
+  if (counts_changed) PublishJobCounts();
   return resp;
 }
 
@@ -746,6 +771,7 @@ absl::Status Coordinator::ReportResult(const quantd::v1::TaskReportHeader& h,
       ReleaseLeaseLocked(t);
       metrics_->TaskFinished(KindName(kind), "error", h.seconds());
     }
+    CountRunningLocked(e);
     snapshot = e.job;
   }
   Notify(snapshot);
@@ -809,10 +835,9 @@ void Coordinator::EngineStep() {
         // (A job failed here has already dropped its leases, this one included.)
         metrics_->LeaseExpired();
         ReleaseLeaseLocked(t);
-        if (fail_job) {
-          changed.push_back(e.job);
-          break;
-        }
+        CountRunningLocked(e);  // watchers see one busy worker fewer
+        changed.push_back(e.job);
+        if (fail_job) break;
       }
     }
   }

@@ -164,6 +164,9 @@ class Coordinator {
   // Ends `t`'s lease, if any (reported, expired or dropped), and counts it off its worker's
   // quantd_worker_leases.
   void ReleaseLeaseLocked(TaskState& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sets e.job.tasks_running to the leases its tasks hold (0 once it ended): in memory only,
+  // after every lease, report, expiry and end.
+  void CountRunningLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `tr` (with the rows already in it) plus the job's end: terminal state, pending tasks
   // cancelled; committed, then the job's leases are dropped. On a failed write nothing changes.
   absl::Status FailJobLocked(JobEntry& e, const std::string& error, Transition tr)

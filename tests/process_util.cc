@@ -4,7 +4,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pty.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -58,13 +60,20 @@ std::string ReadAll(int fd) {
   return out;
 }
 
+// `new_session`: the child leads a new session (and so process group), its controlling
+// terminal being out_fd when that is a terminal; else only a new process group.
 pid_t Spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-            int out_fd, int err_fd) {
+            int out_fd, int err_fd, bool new_session = false) {
   pid_t pid = ::fork();
   if (pid == 0) {
+    if (new_session) {
+      ::setsid();
+      if (::isatty(out_fd)) ::ioctl(out_fd, TIOCSCTTY, 0);
+    } else {
+      ::setpgid(0, 0);
+    }
     if (out_fd >= 0) ::dup2(out_fd, 1);
     if (err_fd >= 0) ::dup2(err_fd, 2);
-    ::setpgid(0, 0);
     for (const std::string& e : env) ::putenv(const_cast<char*>(e.c_str()));
     std::vector<char*> args;
     for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -113,6 +122,52 @@ CommandResult Run(const std::vector<std::string>& argv, const std::vector<std::s
   r.err += ReadAll(fd);
   ::close(fd);
   std::system(("rm -rf " + dir).c_str());
+  return r;
+}
+
+std::string CapturedRun::All() const {
+  std::string all;
+  for (const auto& [at, bytes] : chunks) all += bytes;
+  return all;
+}
+
+CapturedRun RunCaptured(const std::vector<std::string>& argv, bool pty,
+                        const std::vector<std::string>& env, int timeout_s) {
+  CapturedRun r;
+  int fd = -1;
+  pid_t pid = -1;
+  if (pty) {
+    struct winsize ws {};
+    ws.ws_row = 24;
+    ws.ws_col = 80;
+    int slave = -1;
+    if (::openpty(&fd, &slave, nullptr, nullptr, &ws) != 0) return r;
+    pid = Spawn(argv, env, slave, slave, /*new_session=*/true);
+    ::close(slave);
+  } else {
+    int p[2];
+    if (::pipe(p) != 0) return r;
+    pid = Spawn(argv, env, p[1], p[1]);
+    ::close(p[1]);
+    fd = p[0];
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::seconds(timeout_s * TimeoutScale());
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, 200) == 0) continue;
+    const ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n <= 0) break;  // EOF, or EIO once the terminal's last writer closed it
+    r.chunks.emplace_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+        std::string(buf, static_cast<size_t>(n)));
+  }
+  ::close(fd);
+  if (std::chrono::steady_clock::now() >= deadline) ::kill(-pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
 

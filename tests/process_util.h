@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace quantd::testing {
@@ -30,6 +31,17 @@ CommandResult Run(const std::vector<std::string>& argv,
 // Starts argv in its own process group with stdout/stderr appended to `log_path`; returns the pid.
 pid_t SpawnLogged(const std::vector<std::string>& argv, const std::string& log_path,
                   const std::vector<std::string>& env = {});
+
+// A command's output as it arrived: pieces with their arrival times (seconds since the start).
+struct CapturedRun {
+  int exit_code = -1;
+  std::vector<std::pair<double, std::string>> chunks;
+  std::string All() const;  // the pieces joined
+};
+// Runs argv with stdout and stderr both on a new 80x24 pseudo-terminal (`pty`), else on one
+// pipe, reading as the output comes; kills it after `timeout_s` (times TimeoutScale()).
+CapturedRun RunCaptured(const std::vector<std::string>& argv, bool pty,
+                        const std::vector<std::string>& env = {}, int timeout_s = 600);
 
 class Daemon {
  public:

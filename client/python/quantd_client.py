@@ -20,10 +20,15 @@ the same codes as quantctl):
 
     python3 quantd_client.py [--addr HOST:PORT] [--token-file FILE] [--tls-ca FILE
         [--tls-cert FILE --tls-key FILE]] submit MODEL_DIR --calib FILE [--eval FILE]
-        --method M --bits B --name NAME [--request-id ID] [--sequential] [--wait] [--json]
-    python3 quantd_client.py watch JOB [--json]
+        --method M --bits B --name NAME [--request-id ID] [--sequential]
+        [--wait [--progress-interval S]] [--json]
+    python3 quantd_client.py watch JOB [--json] [--progress-interval S]
     python3 quantd_client.py status JOB [--json]
     python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--json]
+
+watch and submit --wait show quantctl's progress display (quantd_progress.py, docs/cli.md):
+on a terminal one line redrawn in place, else a line per phase change and one every S seconds
+(default 30); with --json on stderr, stdout then holding only the final job.
 
 As with quantctl, the token comes from --token-file, else $QUANTD_TOKEN, and the TLS files
 from --tls-ca/--tls-cert/--tls-key, else $QUANTD_TLS_CA/$QUANTD_TLS_CERT/$QUANTD_TLS_KEY.
@@ -394,26 +399,54 @@ def _finish(job, as_json):
     if as_json:
         print(json.dumps(_job_dict(job)))
     if job.state == pb.JOB_STATE_SUCCEEDED:
-        if not as_json:
-            print("job %s SUCCEEDED: %s version %d, perplexity fp %.4f -> quantized %.4f" % (
-                job.id, job.name, job.version, job.fp_ppl, job.quant_ppl))
+        if not as_json:  # quantctl's summary line (client/output.cc FinalJobLine)
+            ppl = ("perplexity fp %.4f -> quantized %.4f" % (job.fp_ppl, job.quant_ppl)
+                   if job.fp_ppl > 0 or job.quant_ppl > 0 else "no perplexity evaluation")
+            print("job %s SUCCEEDED: %s version %d, %s" % (job.id, job.name, job.version, ppl))
         return 0
     print("job %s %s: %s" % (job.id, state_name(job.state), job.error), file=sys.stderr)
     return 1
 
 
-def _watch(client, job_id, as_json):
-    last = [None]
+def _watch(client, job_id, as_json, interval_s=30.0):
+    """Watches to the end with quantctl's display (quantd_progress.py) on the human stream:
+    stdout, or stderr with --json (stdout then holds only the JSON document)."""
+    import shutil
+    import threading
+
+    import quantd_progress
+
+    human = sys.stderr if as_json else sys.stdout
+    tty = human.isatty()
+    columns = shutil.get_terminal_size((80, 24)).columns if tty else 80
+    progress = quantd_progress.ProgressRenderer(tty, time.monotonic(), interval_s, columns)
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def write(text):
+        if text:
+            human.write(text)
+            human.flush()
+
+    def tick():
+        while not done.wait(1.0):
+            with lock:
+                write(progress.on_tick(time.monotonic()))
 
     def on_event(ev):
-        key = (ev.job.state, ev.job.phase, ev.job.tasks_done)
-        if not as_json and key != last[0]:
-            _print_job_line(ev.job)
-        last[0] = key
-        if ev.message and not as_json:
-            print(ev.message, flush=True)
+        with lock:
+            write(progress.on_job(ev.job, ev.message, time.monotonic()))
 
-    return _finish(client.watch(job_id, on_event=on_event), as_json)
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        job = client.watch(job_id, on_event=on_event)
+    finally:
+        done.set()
+        ticker.join()
+        with lock:
+            write(progress.finish(time.monotonic()))
+    return _finish(job, as_json)
 
 
 def main(argv=None):
@@ -445,6 +478,9 @@ def main(argv=None):
         p = sub.add_parser(name, help=name + " a job")
         p.add_argument("job")
         p.add_argument("--json", action="store_true")
+    for p in (s, sub.choices["watch"]):
+        p.add_argument("--progress-interval", type=int, default=30, metavar="S",
+                       help="without a terminal, a progress line at least every S seconds")
     f = sub.add_parser("fetch", help="download a published model, verifying sha256")
     f.add_argument("model", help="NAME or NAME@VERSION")
     f.add_argument("-o", "--out", required=True)
@@ -452,6 +488,8 @@ def main(argv=None):
     g = sub.add_parser("gen-stubs", help="generate quantd_pb2*.py from proto/quantd.proto")
     g.add_argument("dir", nargs="?", default=os.path.join(_HERE, "_gen"))
     args = ap.parse_args(argv)
+    if getattr(args, "progress_interval", 1) < 1:
+        ap.error("--progress-interval must be >= 1")
 
     if args.cmd == "gen-stubs":
         generate_stubs(args.dir)
@@ -478,11 +516,10 @@ def main(argv=None):
             if not args.wait:
                 print(json.dumps(_job_dict(job)) if args.json else job.id)
                 return 0
-            if not args.json:
-                print(job.id, flush=True)
-            return _watch(client, job.id, args.json)
+            print(job.id, file=sys.stderr if args.json else sys.stdout, flush=True)
+            return _watch(client, job.id, args.json, args.progress_interval)
         if args.cmd == "watch":
-            return _watch(client, args.job, args.json)
+            return _watch(client, args.job, args.json, args.progress_interval)
         if args.cmd in ("status", "cancel"):
             job = client.get_job(args.job) if args.cmd == "status" else client.cancel(args.job)
             if args.json:
