@@ -26,6 +26,10 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require client certificates signed by it (mutual TLS)");
 
+ABSL_FLAG(int, max_hessian_shards, 8,
+          "Hessian tasks per job at most (each returns every layer's fp64 sums: fewer shards "
+          "move fewer bytes and need less coordinator disk; docs/ARCHITECTURE.md)");
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd: quantization-as-a-service coordinator");
   absl::ParseCommandLine(argc, argv);
@@ -35,6 +39,12 @@ int main(int argc, char** argv) {
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.coordinator.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.coordinator.lease_timeout = absl::Seconds(absl::GetFlag(FLAGS_lease_timeout_s));
+  if (absl::GetFlag(FLAGS_max_hessian_shards) < 1) {
+    std::fprintf(stderr, "quantd: --max_hessian_shards must be at least 1, got %d\n",
+                 absl::GetFlag(FLAGS_max_hessian_shards));
+    return 2;
+  }
+  o.coordinator.max_hessian_shards = absl::GetFlag(FLAGS_max_hessian_shards);
   o.local_workers = absl::GetFlag(FLAGS_local_workers);
   o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   o.device = absl::GetFlag(FLAGS_device);

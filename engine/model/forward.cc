@@ -9,7 +9,6 @@
 #include "common/status_macros.h"
 #include "engine/model/forward_ops.h"
 #include "engine/model/quarot.h"
-#include "engine/model/rope.h"
 #include "engine/tokenizer/tokens.h"
 #include "engine/quant/rht.h"
 

@@ -17,8 +17,8 @@
 
 namespace quantd::model::ops {
 
-// RoPE inverse frequencies inv_freq[i] for i < head_dim / 2 (fp64 math rounded to fp32, like
-// HF's inv_freq). The one place the frequencies are computed: RoPE scaling variants go here.
+// RoPE inverse frequencies inv_freq[i] for i < head_dim / 2 of cfg.rope (rope.h: default,
+// linear, llama3), for both forward passes.
 std::vector<float> RopeInvFreq(const LlamaConfig& cfg);
 
 // cos/sin tables [positions x head_dim/2] for positions 0 .. positions-1.

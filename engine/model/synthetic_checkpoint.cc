@@ -30,7 +30,7 @@ LlamaConfig Shape(int hidden, int inter, int layers, int heads, int kv, int voca
   c.vocab_size = vocab;
   c.max_position_embeddings = max_pos;
   c.rms_norm_eps = 1e-5;
-  c.rope = RopeParams{};
+  c.rope.theta = 10000.0;
   c.tie_word_embeddings = false;
   c.bos_token_id = 1;
   return c;
