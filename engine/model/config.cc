@@ -27,6 +27,7 @@ constexpr FamilyInfo kFamilies[] = {
     {Family::kQwen2, "Qwen2ForCausalLM", "qwen2"},
     {Family::kQwen3, "Qwen3ForCausalLM", "qwen3"},
     {Family::kGemma2, "Gemma2ForCausalLM", "gemma2"},
+    {Family::kGemma3, "Gemma3ForCausalLM", "gemma3_text"},
 };
 
 absl::Status Bad(absl::string_view what) { return absl::InvalidArgumentError(what); }
@@ -79,7 +80,8 @@ constexpr std::string_view kImplemented[] = {
     "bos_token_id", "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor",
     "sliding_window", "attention_bias", "use_sliding_window", "max_window_layers", "layer_types",
     "hidden_activation", "query_pre_attn_scalar", "attn_logit_softcapping",
-    "final_logit_softcapping"};
+    "final_logit_softcapping", "rope_local_base_freq", "sliding_window_pattern",
+    "_sliding_window_pattern"};
 // No effect on the logits of LlamaForCausalLM / MistralForCausalLM at inference in fp32:
 // metadata, storage dtype, token ids, output flags, attention kernel choice, training-only
 // settings (dropout, init), pretraining_tp (splits the same matmuls), and the generation
@@ -168,14 +170,18 @@ absl::Status CheckFamilyKeys(const json& j, Family f) {
                             ArchitectureName(f), "; refusing a setting transformers would ignore"));
   };
   const bool qwen = f == Family::kQwen2 || f == Family::kQwen3;
+  const bool gemma = f == Family::kGemma2 || f == Family::kGemma3;
   QUANTD_RETURN_IF_ERROR(off("attention_bias", f == Family::kLlama || f == Family::kQwen3 ||
-                                                   f == Family::kGemma2));
+                                                   gemma));
+  QUANTD_RETURN_IF_ERROR(off("rope_local_base_freq", f == Family::kGemma3));
+  QUANTD_RETURN_IF_ERROR(off("sliding_window_pattern", f == Family::kGemma3));
+  QUANTD_RETURN_IF_ERROR(off("_sliding_window_pattern", f == Family::kGemma3));
   QUANTD_RETURN_IF_ERROR(off("use_sliding_window", qwen));
   QUANTD_RETURN_IF_ERROR(off("max_window_layers", qwen));
-  QUANTD_RETURN_IF_ERROR(off("hidden_activation", f == Family::kGemma2));
-  QUANTD_RETURN_IF_ERROR(off("query_pre_attn_scalar", f == Family::kGemma2));
-  QUANTD_RETURN_IF_ERROR(off("attn_logit_softcapping", f == Family::kGemma2));
-  QUANTD_RETURN_IF_ERROR(off("final_logit_softcapping", f == Family::kGemma2));
+  QUANTD_RETURN_IF_ERROR(off("hidden_activation", gemma));
+  QUANTD_RETURN_IF_ERROR(off("query_pre_attn_scalar", gemma));
+  QUANTD_RETURN_IF_ERROR(off("attn_logit_softcapping", gemma));
+  QUANTD_RETURN_IF_ERROR(off("final_logit_softcapping", gemma));
   return absl::OkStatus();
 }
 
@@ -212,6 +218,7 @@ absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
     case Family::kQwen2:
     case Family::kQwen3:
     case Family::kGemma2:
+    case Family::kGemma3:
       window = has_window_key ? 0 : 4096;  // the config classes' default
       break;
   }
@@ -258,6 +265,10 @@ absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
     for (int l = max_window_layers; l < c->num_layers; ++l) layers[l] = 1;
   } else if (f == Family::kGemma2) {
     for (int l = 0; l < c->num_layers; l += 2) layers[l] = 1;  // (l + 1) % 2: even layers
+  } else if (f == Family::kGemma3) {
+    int pattern = 6;  // Gemma3TextConfig: sliding unless (l + 1) % sliding_window_pattern == 0
+    QUANTD_RETURN_IF_ERROR(GetInt(j, "sliding_window_pattern", 1, 1 << 20, false, &pattern));
+    for (int l = 0; l < c->num_layers; ++l) layers[l] = (l + 1) % pattern != 0;
   }
   if (f == Family::kMistral) {
     // MistralModel applies config.sliding_window to every layer.
@@ -265,10 +276,64 @@ absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
   }
   bool any = false;
   for (uint8_t s : layers) any |= s != 0;
-  if (window > 0 && any) {
+  if (any && (window > 0 || f == Family::kGemma3)) {  // Gemma 3's local RoPE follows the kinds
     c->sliding_window = window;
     c->sliding_layers = std::move(layers);
   }
+  return absl::OkStatus();
+}
+
+// Gemma 3's two RoPEs: full_attention layers use `rope` (default rope_theta 1e6, the scaling),
+// sliding_attention layers `rope_local` (default 10000). transformers 5 writes
+// "rope_parameters": {"full_attention": {...}, "sliding_attention": {...}}; older configs have
+// rope_theta / rope_scaling for the full layers and rope_local_base_freq for the sliding ones.
+absl::Status ParseGemma3Rope(const json& j, LlamaConfig* c) {
+  const auto rp = j.find("rope_parameters");
+  const bool per_kind = rp != j.end() && rp->is_object() &&
+                        (rp->contains("full_attention") || rp->contains("sliding_attention"));
+  if (per_kind) {
+    for (const auto& [k, v] : rp->items()) {
+      if (k != "full_attention" && k != "sliding_attention") {
+        return Bad(internal::Cat("config: rope_parameters.", k, " is not a layer kind "
+                                "(full_attention, sliding_attention)"));
+      }
+    }
+    for (const char* key : {"rope_scaling", "rope_theta", "rope_local_base_freq"}) {
+      if (auto it = j.find(key); it != j.end() && !it->is_null()) {
+        return Bad(internal::Cat("config: ", key, " = ", Short(*it), " next to per-layer-kind "
+                                "rope_parameters; transformers versions read them differently"));
+      }
+    }
+    auto one = [&](const char* kind, double theta, RopeParams* out) -> absl::Status {
+      json sub = rp->contains(kind) && !(*rp)[kind].is_null() ? (*rp)[kind] : json::object();
+      if (!sub.is_object()) {
+        return Bad(internal::Cat("config: rope_parameters.", kind, " must be an object"));
+      }
+      if (!sub.contains("rope_theta")) sub["rope_theta"] = theta;
+      absl::StatusOr<RopeParams> r = ParseRopeParams(json{{"rope_parameters", sub}},
+                                                     c->max_position_embeddings);
+      if (!r.ok()) {
+        return Bad(internal::Cat(r.status().message(), " (rope_parameters.", kind, ")"));
+      }
+      *out = *r;
+      return absl::OkStatus();
+    };
+    QUANTD_RETURN_IF_ERROR(one("full_attention", 1e6, &c->rope));
+    QUANTD_RETURN_IF_ERROR(one("sliding_attention", 1e4, &c->rope_local));
+  } else {
+    json full = json::object();
+    for (const char* key : {"rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor"}) {
+      if (j.contains(key)) full[key] = j[key];
+    }
+    const bool has_theta = (full.contains("rope_theta") && !full["rope_theta"].is_null()) ||
+                           (rp != j.end() && rp->is_object() && rp->contains("rope_theta"));
+    if (!has_theta) full["rope_theta"] = 1e6;  // Gemma3TextConfig.default_theta["global"]
+    QUANTD_ASSIGN_OR_RETURN(c->rope, ParseRopeParams(full, c->max_position_embeddings));
+    c->rope_local = RopeParams{};
+    c->rope_local.theta = 1e4;
+    QUANTD_RETURN_IF_ERROR(GetPositive(j, "rope_local_base_freq", 1e12, &c->rope_local.theta));
+  }
+  c->has_local_rope = true;
   return absl::OkStatus();
 }
 
@@ -316,8 +381,9 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
 
   LlamaConfig c;
   c.family = f;
-  if (f == Family::kGemma2) {
-    // Gemma2Config reads hidden_activation (gelu_pytorch_tanh); an old "hidden_act" beside it is
+  const bool gemma = f == Family::kGemma2 || f == Family::kGemma3;
+  if (gemma) {
+    // Gemma2Config / Gemma3TextConfig read hidden_activation (gelu_pytorch_tanh); an old "hidden_act" beside it is
     // ignored by Gemma2ForCausalLM.
     if (auto it = j.find("hidden_activation");
         it != j.end() && !it->is_null() && *it != "gelu_pytorch_tanh") {
@@ -341,7 +407,7 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
   QUANTD_RETURN_IF_ERROR(GetInt(j, "bos_token_id", 0, (1 << 22) - 1, false, &c.bos_token_id));
   if (j.contains("head_dim") && !j["head_dim"].is_null()) {
     QUANTD_RETURN_IF_ERROR(GetInt(j, "head_dim", 2, 1024, true, &c.head_dim));
-  } else if (f == Family::kQwen3 || f == Family::kGemma2) {
+  } else if (f == Family::kQwen3 || gemma) {
     c.head_dim = f == Family::kQwen3 ? 128 : 256;  // Qwen3Config / Gemma2Config defaults
   } else {
     if (c.hidden_size % c.num_heads != 0) {
@@ -366,15 +432,20 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
                             c.vocab_size));
   }
   QUANTD_RETURN_IF_ERROR(GetPositive(j, "rms_norm_eps", 1.0, &c.rms_norm_eps));
-  QUANTD_ASSIGN_OR_RETURN(c.rope, ParseRopeParams(j, c.max_position_embeddings));
+  if (f == Family::kGemma3) {
+    QUANTD_RETURN_IF_ERROR(ParseGemma3Rope(j, &c));
+  } else {
+    QUANTD_ASSIGN_OR_RETURN(c.rope, ParseRopeParams(j, c.max_position_embeddings));
+  }
   QUANTD_RETURN_IF_ERROR(ParseSliding(j, f, &c));
   QUANTD_ASSIGN_OR_RETURN(c.tie_word_embeddings,
-                          GetBool(j, "tie_word_embeddings", f == Family::kGemma2));
+                          GetBool(j, "tie_word_embeddings", gemma));
   QUANTD_ASSIGN_OR_RETURN(const bool attention_bias, GetBool(j, "attention_bias", false));
   switch (f) {
     case Family::kLlama:
     case Family::kQwen3:
     case Family::kGemma2:
+    case Family::kGemma3:
       c.qkv_bias = c.o_bias = attention_bias;
       break;
     case Family::kQwen2:
@@ -383,15 +454,17 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
     case Family::kMistral:
       break;
   }
-  c.qk_norm = f == Family::kQwen3;
-  if (f == Family::kGemma2) {
+  c.qk_norm = f == Family::kQwen3 || f == Family::kGemma3;
+  if (gemma) {
     c.norm_plus_one = true;
     c.sandwich_norms = true;
     c.embed_scale = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
     c.query_pre_attn_scalar = 256;
     QUANTD_RETURN_IF_ERROR(GetPositive(j, "query_pre_attn_scalar", 1e9, &c.query_pre_attn_scalar));
-    QUANTD_RETURN_IF_ERROR(GetSoftcap(j, "attn_logit_softcapping", 50.0, &c.attn_softcap));
-    QUANTD_RETURN_IF_ERROR(GetSoftcap(j, "final_logit_softcapping", 30.0, &c.final_softcap));
+    // Gemma2Config's defaults 50 / 30; Gemma3TextConfig's none.
+    const bool g2 = f == Family::kGemma2;
+    QUANTD_RETURN_IF_ERROR(GetSoftcap(j, "attn_logit_softcapping", g2 ? 50.0 : 0.0, &c.attn_softcap));
+    QUANTD_RETURN_IF_ERROR(GetSoftcap(j, "final_logit_softcapping", g2 ? 30.0 : 0.0, &c.final_softcap));
   }
   return c;
 }

@@ -1,8 +1,9 @@
 // Hyper-parameters of a Llama-family decoder, parsed from a Hugging Face config.json in either
 // transformers layout (docs/formats/config.md). One description covers the families quantd runs:
 // Llama 1/2/3.x, Mistral (sliding window), Qwen2/2.5 (q/k/v biases, optional sliding layers),
-// Qwen3 (per-head q/k RMSNorm) and Gemma 2 ((1 + w) norms, embedding scale, GeGLU, pre/post
-// norms, logit soft-capping, alternating sliding layers).
+// Qwen3 (per-head q/k RMSNorm), Gemma 2 ((1 + w) norms, embedding scale, GeGLU, pre/post
+// norms, logit soft-capping, alternating sliding layers) and Gemma 3 text (Gemma 2's layout with
+// (1 + w) q/k norms and a second RoPE for the sliding layers).
 // Thread-safety: plain value type; the functions are thread-safe.
 #ifndef QUANTD_ENGINE_MODEL_CONFIG_H_
 #define QUANTD_ENGINE_MODEL_CONFIG_H_
@@ -19,12 +20,12 @@
 namespace quantd::model {
 
 // The model class a config.json names (architectures / model_type).
-enum class Family { kLlama, kMistral, kQwen2, kQwen3, kGemma2 };
+enum class Family { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGemma3 };
 
 // "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-// "Gemma2ForCausalLM".
+// "Gemma2ForCausalLM", "Gemma3ForCausalLM".
 std::string_view ArchitectureName(Family f);
-// "llama", "mistral", "qwen2", "qwen3", "gemma2".
+// "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text".
 std::string_view ModelTypeName(Family f);
 // The architectures quantd accepts, for error messages: "LlamaForCausalLM, MistralForCausalLM, ...".
 std::string SupportedArchitectures();
@@ -55,6 +56,9 @@ struct LlamaConfig {
   // the layers marked in sliding_layers (empty: none). 0: no window anywhere.
   int sliding_window = 0;
   std::vector<uint8_t> sliding_layers;  // [num_layers] 1 = sliding_attention, or empty
+  // Gemma 3: the sliding layers rotate with rope_local instead of rope.
+  bool has_local_rope = false;
+  RopeParams rope_local;
   // Gemma: RMSNorm scales are stored as w and applied as (1 + w).
   bool norm_plus_one = false;
   // The embedding rows are multiplied by this (Gemma: sqrt(hidden_size) rounded to the compute
@@ -75,6 +79,13 @@ struct LlamaConfig {
   float AttentionScale() const {
     return 1.0f / static_cast<float>(std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar
                                                                           : double(head_dim)));
+  }
+  // The RoPE settings of `layer`.
+  const RopeParams& LayerRope(int layer) const {
+    return has_local_rope && layer < static_cast<int>(sliding_layers.size()) &&
+                   sliding_layers[layer]
+               ? rope_local
+               : rope;
   }
   // The sliding window of `layer`: sliding_window when the layer slides, else 0 (full causal).
   int LayerWindow(int layer) const {

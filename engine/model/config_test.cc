@@ -301,6 +301,21 @@ TEST(ConfigTest, PublishedFamilyConfigs) {
   ASSERT_TRUE(g_nocap.ok());
   EXPECT_EQ(g_nocap->final_softcap, 0.0);
   ExpectInvalid(With(gemma2, "hidden_activation", "\"gelu\""), "hidden_activation");
+  // Gemma-3-1b (text): two RoPEs in the transformers 4 layout, pattern 6, no soft-caps.
+  const char* gemma3 = R"({"architectures":["Gemma3ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"attn_logit_softcapping":null,"bos_token_id":2,"cache_implementation":"hybrid","eos_token_id":[1,106],"final_logit_softcapping":null,"head_dim":256,"hidden_activation":"gelu_pytorch_tanh","hidden_size":1152,"initializer_range":0.02,"intermediate_size":6912,"max_position_embeddings":32768,"model_type":"gemma3_text","num_attention_heads":4,"num_hidden_layers":26,"num_key_value_heads":1,"pad_token_id":0,"query_pre_attn_scalar":256,"rms_norm_eps":1e-06,"rope_local_base_freq":10000,"rope_scaling":null,"rope_theta":1000000,"sliding_window":512,"sliding_window_pattern":6,"torch_dtype":"bfloat16","transformers_version":"4.50.0.dev0","use_cache":true,"vocab_size":262144})";
+  auto g3 = ParseLlamaConfig(gemma3);
+  ASSERT_TRUE(g3.ok()) << g3.status();
+  EXPECT_EQ(g3->family, Family::kGemma3);
+  EXPECT_TRUE(g3->qk_norm && g3->has_local_rope);
+  EXPECT_EQ(g3->final_softcap, 0.0);
+  EXPECT_EQ(g3->LayerWindow(0), 512);
+  EXPECT_EQ(g3->LayerWindow(5), 0);  // (5 + 1) % 6 == 0: full
+  EXPECT_EQ(g3->LayerRope(5).theta, 1e6);
+  EXPECT_EQ(g3->LayerRope(0).theta, 1e4);
+  ExpectInvalid(With(gemma3, "rope_local_base_freq", "0"), "rope_local_base_freq");
+  ExpectInvalid(With(gemma3, "rope_scaling", R"({"rope_type":"yarn","factor":8})"), "yarn");
+  ExpectInvalid(With(qwen3, "rope_local_base_freq", "10000"),
+                "rope_local_base_freq = 10000 is not used by Qwen3ForCausalLM");
   // Mistral-7B-v0.1: sliding_window 4096 < 32768, honoured on every layer.
   auto m = ParseLlamaConfig(R"({"architectures":["MistralForCausalLM"],"bos_token_id":1,"eos_token_id":2,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":32768,"model_type":"mistral","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"rms_norm_eps":1e-05,"rope_theta":10000.0,"sliding_window":4096,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.34.0.dev0","use_cache":true,"vocab_size":32000})");
   ASSERT_TRUE(m.ok()) << m.status();
@@ -317,7 +332,7 @@ TEST(ConfigTest, UnsupportedFamiliesNameTheSupportedOnes) {
     auto c = ParseLlamaConfig(j);
     EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << j;
     for (const char* name : {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                             "Qwen3ForCausalLM", "Gemma2ForCausalLM"}) {
+                             "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"}) {
       EXPECT_NE(c.status().message().find(name), absl::string_view::npos) << c.status();
     }
   }

@@ -116,7 +116,7 @@ TEST_P(FamiliesTest, BothForwardsMatchTransformers) {
 }
 
 // QuaRot keeps the function of every family it accepts (the biases rotate with their
-// projection's outputs) and refuses Gemma 2 with the reason.
+// projection's outputs) and refuses Gemma 2 and 3 with the reason.
 TEST_P(FamiliesTest, QuarotKeepsTheFunctionOrRefuses) {
   const Fixture f = Load(GetParam());
   ASSERT_TRUE(f.ckpt != nullptr);
@@ -127,7 +127,7 @@ TEST_P(FamiliesTest, QuarotKeepsTheFunctionOrRefuses) {
   const absl::Status s = ApplyQuarot(&rcfg, &rw, 7);
   if (f.cfg.sandwich_norms) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(s.message().find("Gemma2ForCausalLM"), std::string::npos) << s;
+    EXPECT_NE(s.message().find(std::string(ArchitectureName(f.cfg.family))), std::string::npos) << s;
     EXPECT_EQ(QuarotSupported(f.cfg).code(), absl::StatusCode::kInvalidArgument);
     return;
   }
@@ -141,7 +141,7 @@ TEST_P(FamiliesTest, QuarotKeepsTheFunctionOrRefuses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesTest,
-                         ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2"),
+                         ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"),
                          [](const ::testing::TestParamInfo<const char*>& i) {
                            return std::string(i.param);
                          });
@@ -180,6 +180,30 @@ TEST(FamiliesConfigTest, FixtureConfigsDescribeTheirFamily) {
   EXPECT_FLOAT_EQ(gemma.AttentionScale(), 1.0f / std::sqrt(24.0f));
   EXPECT_EQ(gemma.LayerWindow(0), 8);  // alternating: even layers slide
   EXPECT_EQ(gemma.LayerWindow(1), 0);
+  const LlamaConfig g3 = load("gemma3");
+  EXPECT_EQ(g3.family, Family::kGemma3);
+  EXPECT_TRUE(g3.norm_plus_one && g3.sandwich_norms && g3.qk_norm && g3.has_local_rope);
+  EXPECT_EQ(g3.attn_softcap, 0.0);
+  EXPECT_EQ(g3.final_softcap, 0.0);
+  EXPECT_EQ(g3.LayerWindow(0), 8);  // sliding_window_pattern 2
+  EXPECT_EQ(g3.LayerWindow(1), 0);
+  EXPECT_EQ(g3.LayerRope(0).theta, 1e4);
+  EXPECT_EQ(g3.LayerRope(1).type, RopeType::kLinear);
+  EXPECT_EQ(g3.LayerRope(1).theta, 1e6);
+}
+
+// Gemma 3: with one RoPE for every layer (the local one ignored) the logits are wrong, so the
+// fixture checks the per-layer-kind RoPE.
+TEST(FamiliesConfigTest, Gemma3NeedsBothRopes) {
+  const Fixture f = Load("gemma3");
+  ASSERT_TRUE(f.ckpt != nullptr);
+  auto w = LoadLlamaWeights(*f.ckpt, f.cfg);
+  ASSERT_TRUE(w.ok()) << w.status();
+  LlamaConfig one = f.cfg;
+  one.has_local_rope = false;
+  auto wrong = Forward(one, *w, f.tokens);
+  ASSERT_TRUE(wrong.ok());
+  EXPECT_GT(RelDiff(*wrong, f), 1e-2);
 }
 
 }  // namespace

@@ -68,8 +68,7 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
   const float scale = cfg.AttentionScale();
   const float softcap = static_cast<float>(cfg.attn_softcap);
 
-  MatrixF cos, sin;
-  ops::RopeTables(cfg, T, &cos, &sin);
+  const ops::RopeTableSet rope(cfg, T);
 
   MatrixF x(T, H);
   for (int t = 0; t < T; ++t) x.row(t) = w.embed.row(tokens[t]);
@@ -84,8 +83,8 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     k.noalias() = h * lw.k.transpose();
     v.noalias() = h * lw.v.transpose();
     ops::QkvPost(cfg, lw, &q, &k, &v);
-    ops::ApplyRope(cos, sin, nh, hd, q);
-    ops::ApplyRope(cos, sin, nkv, hd, k);
+    ops::ApplyRope(rope.Cos(cfg, layer), rope.Sin(cfg, layer), nh, hd, q);
+    ops::ApplyRope(rope.Cos(cfg, layer), rope.Sin(cfg, layer), nkv, hd, k);
     q *= scale;
     for (int head = 0; head < nh; ++head) {
       const int kvh = head / group;

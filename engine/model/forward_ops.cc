@@ -16,7 +16,16 @@ std::vector<float> RopeInvFreq(const LlamaConfig& cfg) {
 }
 
 void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* sin) {
-  const std::vector<float> inv_freq = RopeInvFreq(cfg);
+  RopeTables(cfg.rope, cfg.head_dim, positions, cos, sin);
+}
+
+RopeTableSet::RopeTableSet(const LlamaConfig& cfg, int positions) {
+  RopeTables(cfg, positions, &cos, &sin);
+  if (cfg.has_local_rope) RopeTables(cfg.rope_local, cfg.head_dim, positions, &local_cos, &local_sin);
+}
+
+void RopeTables(const RopeParams& rope, int head_dim, int positions, MatrixF* cos, MatrixF* sin) {
+  const std::vector<float> inv_freq = RopeInverseFrequencies(rope, head_dim);
   const int half = static_cast<int>(inv_freq.size());
   cos->resize(positions, half);
   sin->resize(positions, half);

@@ -23,6 +23,20 @@ std::vector<float> RopeInvFreq(const LlamaConfig& cfg);
 
 // cos/sin tables [positions x head_dim/2] for positions 0 .. positions-1.
 void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* sin);
+void RopeTables(const RopeParams& rope, int head_dim, int positions, MatrixF* cos, MatrixF* sin);
+
+// The RoPE tables of every layer kind of a model: `global` for all layers, `local` for Gemma 3's
+// sliding layers (cfg.has_local_rope).
+struct RopeTableSet {
+  MatrixF cos, sin, local_cos, local_sin;
+  RopeTableSet(const LlamaConfig& cfg, int positions);
+  const MatrixF& Cos(const LlamaConfig& cfg, int layer) const {
+    return &cfg.LayerRope(layer) == &cfg.rope_local ? local_cos : cos;
+  }
+  const MatrixF& Sin(const LlamaConfig& cfg, int layer) const {
+    return &cfg.LayerRope(layer) == &cfg.rope_local ? local_sin : sin;
+  }
+};
 
 // out = rmsnorm(x) * (offset + weight), row-wise (offset 1: Gemma's (1 + w) norms).
 void RmsNorm(const MatrixF& x, const VectorF& weight, float eps, MatrixF* out,

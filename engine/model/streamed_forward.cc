@@ -61,8 +61,7 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
   QUANTD_ASSIGN_OR_RETURN(ops::OnlineRhts online,
                           ops::MakeOnlineRhts(cfg, src.online_down(), src.online_o()));
 
-  MatrixF cos, sin;
-  ops::RopeTables(cfg, max_len, &cos, &sin);
+  const ops::RopeTableSet rope(cfg, max_len);
 
   MatrixF x;
   {
@@ -90,8 +89,9 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
     const int window = cfg.LayerWindow(layer);
     for (int s = 0; s < nseq; ++s) {
       const Eigen::Index T = offset[s + 1] - offset[s];
-      ops::ApplyRope(cos, sin, nh, hd, q.middleRows(offset[s], T));
-      ops::ApplyRope(cos, sin, nkv, hd, k.middleRows(offset[s], T));
+      const MatrixF &c = rope.Cos(cfg, layer), &sn = rope.Sin(cfg, layer);
+      ops::ApplyRope(c, sn, nh, hd, q.middleRows(offset[s], T));
+      ops::ApplyRope(c, sn, nkv, hd, k.middleRows(offset[s], T));
     }
     q *= scale;
     // One (sequence, head) pair per iteration; each writes its own block of attn.
