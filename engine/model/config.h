@@ -100,7 +100,8 @@ struct LlamaConfig {
 // the logits unchanged (metadata, dtype, generation and training settings), or accepted only
 // with the value that turns its feature off (mlp_bias false, ...); any other key is refused,
 // never ignored. Family defaults follow transformers' config classes (MistralConfig's
-// sliding_window 4096, Qwen3Config's head_dim 128, Gemma2Config's soft-caps, ...).
+// sliding_window 4096, Qwen3Config's head_dim 128, Gemma2Config's soft-caps, Gemma3TextConfig's
+// RoPE thetas, ...).
 // INVALID_ARGUMENT (naming the key and value) for: invalid JSON, an unknown key, an
 // architecture / model_type that is not supported (the message lists the supported ones) or
 // that disagree, a hidden_act other than the family's, RoPE settings quantd does not implement

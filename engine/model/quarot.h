@@ -49,7 +49,7 @@ QuarotSeeds QuarotSeedsFrom(uint64_t seed);
 
 // OK when QuaRot's transform keeps the function of models of cfg's family: Llama, Mistral,
 // Qwen2/Qwen3 (biases are rotated with their projection's outputs); INVALID_ARGUMENT with the
-// reason for Gemma 2 (norms after o_proj / down_proj act on the rotated residual stream).
+// reason for Gemma 2/3 (norms after o_proj / down_proj act on the rotated residual stream).
 absl::Status QuarotSupported(const LlamaConfig& cfg);
 
 // Rotates the whole model in place. Afterwards cfg->tie_word_embeddings is false, w->lm_head is
