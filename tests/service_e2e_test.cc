@@ -319,7 +319,8 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
   CommandResult gpt2 = d.Quantctl({"submit", tmp + "/gpt2", "--calib", ExampleCalib(), "--method",
                                    "rtn", "--bits", "4", "--name", "gpt2"});
   for (const char* arch : {"GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM",
-                           "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"}) {
+                           "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM",
+                           "Gemma3ForCausalLM"}) {
     EXPECT_NE(gpt2.err.find(arch), std::string::npos) << gpt2.err;
   }
   // The RoPE type is refused at submit, by name, not ignored (issue 19).
