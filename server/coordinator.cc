@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "auth/scopes.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_builder.h"
@@ -74,6 +75,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options, Metrics* metrics)
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& options,
                                                                  Metrics* metrics) {
   std::unique_ptr<Coordinator> c(new Coordinator(options, metrics));
+  QUANTD_ASSIGN_OR_RETURN(c->input_roots_,
+                          InputRoots::Create(options.input_roots, options.allow_any_input_path));
   QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(options.data_dir, "jobs")));
   QUANTD_RETURN_IF_ERROR(c->registry_.Init());
   QUANTD_ASSIGN_OR_RETURN(c->store_, JobStore::Open(JoinPath(options.data_dir, "quantd.db")));
@@ -379,7 +382,7 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::BuildAndStore(
   QUANTD_RETURN_IF_ERROR(ValidateAndDefault(&req));
   const std::string job_id = RandomId("j-");
   const std::string dir = JobDir(job_id);
-  auto row = BuildJob(req, job_id, dir, options_.max_hessian_shards);
+  auto row = BuildJob(req, input_roots_, job_id, dir, options_.max_hessian_shards);
   if (!row.ok()) {
     RemoveAll(dir).IgnoreError();
     return row.status();
@@ -425,7 +428,7 @@ absl::StatusOr<Job> Coordinator::GetJob(const std::string& id) {
 }
 
 absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
-    const quantd::v1::ListJobsRequest& req) {
+    const quantd::v1::ListJobsRequest& req, const std::string& tenant) {
   int size = req.page_size() <= 0 ? 50 : req.page_size();
   if (size > 500) size = 500;
   size_t start = 0;
@@ -440,7 +443,8 @@ absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
   MutexLock l(&mu_);
   size_t i = start;
   for (; i < job_order_.size() && resp.jobs_size() < size; ++i) {
-    *resp.add_jobs() = jobs_.at(job_order_[i]).job;
+    const Job& job = jobs_.at(job_order_[i]).job;
+    if (auth::TenantAllows(tenant, job.name())) *resp.add_jobs() = job;
   }
   if (i < job_order_.size()) resp.set_next_page_token(std::to_string(i));
   return resp;
