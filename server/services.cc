@@ -270,8 +270,9 @@ ServerUnaryReactor* QuantServiceImpl::SubmitJob(CallbackServerContext* ctx,
                                                 const quantd::v1::SubmitJobRequest* req,
                                                 quantd::v1::SubmitJobResponse* resp) {
   const Caller caller = CallerOf(*ctx);
-  absl::StatusOr<quantd::v1::SubmitJobResponse> out = CheckTenant(caller, req->name());
-  if (out.status().ok()) out = c_->Submit(*req);
+  const absl::Status tenant = CheckTenant(caller, req->name());
+  absl::StatusOr<quantd::v1::SubmitJobResponse> out =
+      tenant.ok() ? c_->Submit(*req) : absl::StatusOr<quantd::v1::SubmitJobResponse>(tenant);
   std::string what = absl::StrCat("name=", req->name(), " model_dir=", req->model_dir(),
                                   " calib=", req->calib_path());
   if (!req->eval_path().empty()) absl::StrAppend(&what, " eval=", req->eval_path());
@@ -338,8 +339,10 @@ ServerUnaryReactor* RegistryServiceImpl::ListModels(CallbackServerContext* ctx,
 ServerUnaryReactor* RegistryServiceImpl::GetModel(CallbackServerContext* ctx,
                                                   const quantd::v1::GetModelRequest* req,
                                                   quantd::v1::ModelVersion* resp) {
-  absl::StatusOr<quantd::v1::ModelVersion> out = CheckTenant(CallerOf(*ctx), req->name());
-  if (out.status().ok()) out = c_->registry().Get(req->name(), req->version());
+  const absl::Status tenant = CheckTenant(CallerOf(*ctx), req->name());
+  absl::StatusOr<quantd::v1::ModelVersion> out =
+      tenant.ok() ? c_->registry().Get(req->name(), req->version())
+                  : absl::StatusOr<quantd::v1::ModelVersion>(tenant);
   return Reply(ctx, std::move(out), resp);
 }
 
@@ -347,8 +350,10 @@ ServerUnaryReactor* RegistryServiceImpl::DeleteModel(CallbackServerContext* ctx,
                                                      const quantd::v1::DeleteModelRequest* req,
                                                      quantd::v1::ModelVersion* resp) {
   const Caller caller = CallerOf(*ctx);
-  absl::StatusOr<quantd::v1::ModelVersion> deleted = CheckTenant(caller, req->name());
-  if (deleted.status().ok()) deleted = c_->registry().Delete(req->name(), req->version());
+  const absl::Status tenant = CheckTenant(caller, req->name());
+  absl::StatusOr<quantd::v1::ModelVersion> deleted =
+      tenant.ok() ? c_->registry().Delete(req->name(), req->version())
+                  : absl::StatusOr<quantd::v1::ModelVersion>(tenant);
   Audit(caller, "delete",
         absl::StrCat("model=", req->name(), "@", deleted.ok() ? deleted->version() : req->version()),
         deleted.status());
@@ -358,8 +363,10 @@ ServerUnaryReactor* RegistryServiceImpl::DeleteModel(CallbackServerContext* ctx,
 grpc::ServerWriteReactor<quantd::v1::Chunk>* RegistryServiceImpl::FetchArtifact(
     CallbackServerContext* ctx, const quantd::v1::FetchArtifactRequest* req) {
   const Caller caller = CallerOf(*ctx);
-  absl::StatusOr<std::string> path = CheckTenant(caller, req->name());
-  if (path.status().ok()) path = c_->registry().VerifiedFile(req->name(), req->version(), req->path());
+  const absl::Status tenant = CheckTenant(caller, req->name());
+  absl::StatusOr<std::string> path =
+      tenant.ok() ? c_->registry().VerifiedFile(req->name(), req->version(), req->path())
+                  : absl::StatusOr<std::string>(tenant);
   Audit(caller, "fetch",
         absl::StrCat("model=", req->name(), "@", req->version(), " file=", req->path(),
                      req->offset() ? absl::StrCat(" offset=", req->offset()) : ""),
