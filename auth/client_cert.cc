@@ -6,19 +6,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
-#include "openssl/bio.h"
+#include "auth/openssl_ptr.h"
 #include "openssl/pem.h"
 #include "openssl/x509.h"
 
 namespace quantd::auth {
 namespace {
-
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
 
 // The UTF-8 text of subject entry `i`; "" when it cannot be converted.
 std::string EntryText(X509_NAME* name, int i) {
@@ -33,7 +26,7 @@ std::string EntryText(X509_NAME* name, int i) {
 }  // namespace
 
 absl::StatusOr<Identity> IdentityFromCertificate(absl::string_view pem) {
-  std::unique_ptr<BIO, BioFree> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  std::unique_ptr<BIO, BioFree> bio = MemBio(pem);
   std::unique_ptr<X509, X509Free> cert(
       bio ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
   if (!cert) return absl::InvalidArgumentError("the client certificate is not readable PEM");
