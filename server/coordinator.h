@@ -131,6 +131,14 @@ class Coordinator {
   std::string ResumeRefusal(const quantd::v1::Job& job) const;
   void EngineLoop();
   void EngineStep();
+  // Applies the outcome `s` of the coordinator's own step of `phase` (merge, assemble, publish)
+  // to `e`: the next phase on success, a retry with back-off on a transient failure. Returns the
+  // job's error when the step failed for good (the caller removes the staging directory, then
+  // fails the job), else "". Appends changed jobs to `changed`.
+  std::string ApplyStepResultLocked(JobEntry& e, int phase, const std::string& step,
+                                    const absl::Status& s, int published_version,
+                                    std::vector<quantd::v1::Job>* changed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checks the reloaded jobs marked inputs_unverified (outside mu_), failing those whose inputs
   // changed; returns the jobs it changed.
   std::vector<quantd::v1::Job> VerifyRecoveredJobs();
