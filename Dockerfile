@@ -53,7 +53,8 @@ RUN apt-get update -qq \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 quantd \
  && useradd --system --uid 10001 --gid quantd --home-dir /var/lib/quantd --shell /usr/sbin/nologin quantd \
- && install -d -o quantd -g quantd /var/lib/quantd /var/cache/quantd-worker
+ && install -d -o quantd -g quantd /var/lib/quantd /var/cache/quantd-worker \
+ && install -d /models
 
 # ---- worker-cuda: GPU worker ----------------------------------------------------------------
 FROM runtime AS worker-cuda
@@ -79,4 +80,5 @@ USER quantd
 WORKDIR /var/lib/quantd
 VOLUME ["/var/lib/quantd"]
 EXPOSE 7070 9464
-CMD ["quantd", "--listen=0.0.0.0:7070", "--metrics_listen=0.0.0.0:9464", "--data_dir=/var/lib/quantd", "--local_workers=0"]
+# Jobs may read model directories and calibration files only under /models (mount them there).
+CMD ["quantd", "--listen=0.0.0.0:7070", "--metrics_listen=0.0.0.0:9464", "--data_dir=/var/lib/quantd", "--local_workers=0", "--input_root=/models"]

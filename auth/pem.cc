@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "auth/openssl_ptr.h"
 #include "common/file_util.h"
 #include "openssl/bio.h"
 #include "openssl/err.h"
@@ -12,20 +13,6 @@
 
 namespace quantd::auth {
 namespace {
-
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-struct PkeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-
-std::unique_ptr<BIO, BioFree> MemBio(const std::string& s) {
-  return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(s.data(), static_cast<int>(s.size())));
-}
 
 absl::StatusOr<std::string> ReadText(const std::string& path, absl::string_view what) {
   absl::StatusOr<std::string> text = ReadFile(path, 1 << 20);

@@ -8,7 +8,9 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "auth/client_cert.h"
 #include "auth/pem.h"
+#include "auth/scopes.h"
 #include "common/mutex.h"
 #include "common/status_macros.h"
 #include "grpc/grpc.h"
@@ -29,8 +31,9 @@ struct Processor {
   Mutex mu;
   // Set once at construction; read under mu so that ThreadSanitizer sees the hand-off from the
   // constructing thread to gRPC's (which happens inside uninstrumented libgrpc).
-  std::shared_ptr<const TokenStore> tokens ABSL_GUARDED_BY(mu);
-  std::set<std::string> seen ABSL_GUARDED_BY(mu);  // token names already logged
+  std::shared_ptr<const TokenStore> tokens ABSL_GUARDED_BY(mu);  // null: no tokens
+  bool require_token ABSL_GUARDED_BY(mu) = true;
+  std::set<std::string> seen ABSL_GUARDED_BY(mu);  // caller names already logged
 };
 
 void Done(grpc_process_auth_metadata_done_cb cb, void* user_data, grpc_status_code code,
@@ -39,8 +42,17 @@ void Done(grpc_process_auth_metadata_done_cb cb, void* user_data, grpc_status_co
   cb(user_data, consumed, num_consumed, nullptr, 0, code, message.c_str());
 }
 
+// The PEM of the client certificate of the call's connection, or "".
+std::string PeerCertificate(const grpc_auth_context* context) {
+  if (context == nullptr) return "";
+  grpc_auth_property_iterator it =
+      grpc_auth_context_find_properties_by_name(context, GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  const grpc_auth_property* p = grpc_auth_property_iterator_next(&it);
+  return p == nullptr ? "" : std::string(p->value, p->value_length);
+}
+
 // Called by gRPC's server auth filter for every incoming call, before the handler.
-void Process(void* state, grpc_auth_context* /*context*/, const grpc_metadata* md, size_t n,
+void Process(void* state, grpc_auth_context* context, const grpc_metadata* md, size_t n,
              grpc_process_auth_metadata_done_cb cb, void* user_data) {
   auto* p = static_cast<Processor*>(state);
   absl::string_view path;
@@ -55,44 +67,94 @@ void Process(void* state, grpc_auth_context* /*context*/, const grpc_metadata* m
     return;
   }
   const std::string method(path);
-  if (auth == nullptr) {
-    std::fprintf(stderr, "quantd: auth: %s refused: no token sent\n", method.c_str());
-    Done(cb, user_data, GRPC_STATUS_UNAUTHENTICATED,
-         absl::StrCat("no token sent: ", method,
-                      " needs metadata 'authorization: Bearer <token>' (quantctl: --token-file "
-                      "or $QUANTD_TOKEN; quantd-worker: --auth_token_file)"));
-    return;
-  }
-  const absl::string_view value = View(auth->value);
-  if (value.size() < 7 || !absl::EqualsIgnoreCase(value.substr(0, 7), "Bearer ")) {
-    std::fprintf(stderr, "quantd: auth: %s refused: authorization is not a bearer token\n",
-                 method.c_str());
-    Done(cb, user_data, GRPC_STATUS_UNAUTHENTICATED,
-         "no token sent: the authorization metadata is not 'Bearer <token>'");
-    return;
-  }
-  const std::string token(absl::StripAsciiWhitespace(value.substr(7)));
   std::shared_ptr<const TokenSet> tokens;
+  bool require_token = true;
   {
     MutexLock l(&p->mu);
-    tokens = p->tokens->Get();
+    if (p->tokens) tokens = p->tokens->Get();
+    require_token = p->require_token;
   }
-  std::optional<std::string> name = tokens->Match(token);
-  if (!name) {
-    std::fprintf(stderr, "quantd: auth: %s refused: token not accepted\n", method.c_str());
+  Identity id;
+  const char* kind = "token";
+  if (auth == nullptr) {
+    const std::string pem = require_token ? "" : PeerCertificate(context);
+    if (pem.empty()) {
+      std::fprintf(stderr, "quantd: auth: %s refused: no token sent\n", method.c_str());
+      Done(cb, user_data, GRPC_STATUS_UNAUTHENTICATED,
+           absl::StrCat("no token sent: ", method,
+                        " needs metadata 'authorization: Bearer <token>' (quantctl: --token-file "
+                        "or $QUANTD_TOKEN; quantd-worker: --auth_token_file)"));
+      return;
+    }
+    absl::StatusOr<Identity> cert = IdentityFromCertificate(pem);
+    if (!cert.ok()) {
+      std::fprintf(stderr, "quantd: auth: %s refused: %s\n", method.c_str(),
+                   std::string(cert.status().message()).c_str());
+      Done(cb, user_data, GRPC_STATUS_PERMISSION_DENIED, std::string(cert.status().message()));
+      return;
+    }
+    id = *std::move(cert);
+    kind = "certificate";
+  } else {
+    const absl::string_view value = View(auth->value);
+    if (value.size() < 7 || !absl::EqualsIgnoreCase(value.substr(0, 7), "Bearer ")) {
+      std::fprintf(stderr, "quantd: auth: %s refused: authorization is not a bearer token\n",
+                   method.c_str());
+      Done(cb, user_data, GRPC_STATUS_UNAUTHENTICATED,
+           "no token sent: the authorization metadata is not 'Bearer <token>'");
+      return;
+    }
+    const std::string token(absl::StripAsciiWhitespace(value.substr(7)));
+    std::optional<Identity> match = tokens ? tokens->Match(token) : std::nullopt;
+    if (!match) {
+      std::fprintf(stderr, "quantd: auth: %s refused: token not accepted\n", method.c_str());
+      Done(cb, user_data, GRPC_STATUS_PERMISSION_DENIED,
+           "token rejected: it is not in quantd's --auth_token_file");
+      return;
+    }
+    id = *std::move(match);
+  }
+  const std::optional<uint32_t> needed = RequiredScope(path);
+  if (!needed) {
+    std::fprintf(stderr, "quantd: auth: %s refused: not in the scope table\n", method.c_str());
     Done(cb, user_data, GRPC_STATUS_PERMISSION_DENIED,
-         "token rejected: it is not in quantd's --auth_token_file");
+         absl::StrCat(method, " is not in quantd's scope table (auth/scopes.cc): no caller may use it"));
     return;
   }
+  if ((id.scopes & *needed) != *needed) {
+    const std::string scope = ScopesToString(*needed);
+    std::fprintf(stderr, "quantd: auth: %s refused: %s \"%s\" lacks scope %s\n", method.c_str(),
+                 kind, id.name.c_str(), scope.c_str());
+    Done(cb, user_data, GRPC_STATUS_PERMISSION_DENIED,
+         absl::StrCat(kind, " \"", id.name, "\" lacks scope \"", scope, "\" needed by ", method,
+                      " (it has: ", ScopesToString(id.scopes), "); ",
+                      std::string(kind) == "token"
+                          ? absl::StrCat("grant it with scopes=...,", scope,
+                                         " on the token's line in quantd's --auth_token_file")
+                          : absl::StrCat("grant it with OU=quantd:", scope,
+                                         " in the client certificate's subject")));
+    return;
+  }
+  if (context != nullptr) {
+    grpc_auth_context_add_cstring_property(context, kCallerProperty, id.name.c_str());
+    if (!id.tenant.empty()) {
+      grpc_auth_context_add_cstring_property(context, kTenantProperty, id.tenant.c_str());
+    }
+  }
   {
     MutexLock l(&p->mu);
-    if (p->seen.insert(*name).second) {
-      std::fprintf(stderr, "quantd: auth: first call with token \"%s\" (%s)\n", name->c_str(),
-                   method.c_str());
+    if (p->seen.insert(absl::StrCat(kind, ":", id.name)).second) {
+      std::fprintf(stderr, "quantd: auth: first call with %s \"%s\" (%s; scopes %s%s%s)\n", kind,
+                   id.name.c_str(), method.c_str(), ScopesToString(id.scopes).c_str(),
+                   id.tenant.empty() ? "" : ", tenant ", id.tenant.c_str());
     }
   }
   // Consuming the authorization entry removes it from what the handler sees.
-  Done(cb, user_data, GRPC_STATUS_OK, "", auth, 1);
+  if (auth != nullptr) {
+    Done(cb, user_data, GRPC_STATUS_OK, "", auth, 1);
+  } else {
+    Done(cb, user_data, GRPC_STATUS_OK, "");
+  }
 }
 
 void Destroy(void* state) {
@@ -109,14 +171,17 @@ void Destroy(void* state) {
 class CoreServerCredentials final : public grpc::ServerCredentials {
  public:
   // `make` runs after the base class initialized gRPC; it may return null (see ok()).
+  // With neither tokens nor client certificates to check, no processor is installed.
   CoreServerCredentials(const std::function<grpc_server_credentials*()>& make,
-                        std::shared_ptr<const TokenStore> tokens)
+                        std::shared_ptr<const TokenStore> tokens, bool require_token,
+                        bool client_certificates)
       : core_(make()) {
-    if (core_ == nullptr || tokens == nullptr) return;
+    if (core_ == nullptr || (tokens == nullptr && !client_certificates)) return;
     auto* p = new Processor;
     {
       MutexLock l(&p->mu);
       p->tokens = std::move(tokens);
+      p->require_token = require_token && p->tokens != nullptr;
     }
     grpc_server_credentials_set_auth_metadata_processor(core_, {Process, Destroy, p});
   }
@@ -174,7 +239,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
                           : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
         nullptr);
   };
-  auto creds = std::make_shared<CoreServerCredentials>(make, options.tokens);
+  auto creds = std::make_shared<CoreServerCredentials>(
+      make, options.tokens, options.require_token, !client_ca.empty());
   if (!creds->ok()) {
     return absl::InvalidArgumentError(absl::StrCat("gRPC refused the TLS files ",
                                                    options.tls_cert_file, " / ",

@@ -2,9 +2,15 @@
 // bearer-token checks on every call, done by a gRPC auth metadata processor before any
 // service handler runs.
 //
-// With tokens set, every call needs metadata "authorization: Bearer <token>":
+// With tokens required, every call needs metadata "authorization: Bearer <token>":
 //   no authorization metadata (or not "Bearer ...")  -> UNAUTHENTICATED ("no token sent")
 //   a token that is not in the set                   -> PERMISSION_DENIED ("token rejected")
+// With mutual TLS and tokens not required, a call without a token is identified by its client
+// certificate (auth/client_cert.h); a token, when sent, is checked as above and decides.
+// The caller's identity (auth/scopes.h) must then hold the scope the method needs
+// (RequiredScope), else PERMISSION_DENIED naming the caller, the scope and the method. An
+// accepted call carries the auth-context properties kCallerProperty (the identity's name) and,
+// for a tenant-limited caller, kTenantProperty.
 // Methods under /grpc.health.v1.Health/ are exempt (Kubernetes probes); everything else,
 // server reflection included, needs a token. The accepted token is removed from the call's
 // metadata, so handlers never see it; tokens are never logged.
@@ -26,6 +32,9 @@ namespace quantd::auth {
 struct ServerSecurityOptions {
   // Accepted bearer tokens, replaceable while serving. Default: null = no token check.
   std::shared_ptr<TokenStore> tokens;
+  // Whether every call must send a token. false only for mutual TLS without a token file: calls
+  // without a token are then identified by their certificate. Default: true.
+  bool require_token = true;
   // PEM certificate chain and private key; both or neither. Default: empty = plaintext.
   std::string tls_cert_file;
   std::string tls_key_file;

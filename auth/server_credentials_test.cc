@@ -16,6 +16,8 @@ namespace quantd::auth {
 namespace {
 
 constexpr char kToken[] = "tttttttttttttttttttt";
+constexpr char kReader[] = "rrrrrrrrrrrrrrrrrrrr";   // scopes=read tenant=team-a.
+constexpr char kWorker[] = "wwwwwwwwwwwwwwwwwwww";   // scopes=worker
 
 // Answers every method with "saw-token" / "no-token": whether the handler saw authorization
 // metadata (the processor must consume it).
@@ -24,7 +26,13 @@ class Echo final : public grpc::CallbackGenericService {
     class Reactor final : public grpc::ServerGenericBidiReactor {
      public:
       explicit Reactor(grpc::GenericCallbackServerContext* ctx) {
-        grpc::Slice s(ctx->client_metadata().count("authorization") ? "saw-token" : "no-token");
+        std::string body = ctx->client_metadata().count("authorization") ? "saw-token" : "no-token";
+        for (const char* property : {kCallerProperty, kTenantProperty}) {
+          for (const auto& v : ctx->auth_context()->FindPropertyValues(property)) {
+            body += " " + std::string(property) + "=" + std::string(v.data(), v.size());
+          }
+        }
+        grpc::Slice s(body);
         resp_ = grpc::ByteBuffer(&s, 1);
         StartRead(&req_);
       }
@@ -76,7 +84,10 @@ class ServerCredentialsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     tokens_ = std::make_shared<TokenStore>(
-        std::make_shared<TokenSet>(std::vector<TokenEntry>{{kToken, "tester"}}));
+        std::make_shared<TokenSet>(std::vector<TokenEntry>{
+            {kToken, "tester"},
+            {kReader, "reader", kScopeRead, "team-a."},
+            {kWorker, "worker", kScopeWorker, ""}}));
     ServerSecurityOptions o;
     o.tokens = tokens_;
     auto creds = MakeServerCredentials(o);
@@ -128,10 +139,44 @@ TEST_F(ServerCredentialsTest, WrongTokenIsPermissionDenied) {
 TEST_F(ServerCredentialsTest, RightTokenReachesHandlerWithoutTheToken) {
   Reply r = Call(Channel(kToken), "/quantd.v1.RegistryService/ListModels");
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-  EXPECT_EQ(r.body, "no-token");  // consumed by the processor
+  EXPECT_EQ(r.body, "no-token quantd.caller=tester");  // consumed by the processor
   // The scheme is case-insensitive.
   Reply lower = Call(Channel(""), "/quantd.v1.QuantService/ListJobs", std::string("bearer ") + kToken);
   EXPECT_TRUE(lower.status.ok()) << lower.status.error_message();
+}
+
+// Least privilege: each method needs its scope; a client token (default scopes) cannot call
+// the WorkerService; the denial names the caller, the scope and the method.
+TEST_F(ServerCredentialsTest, ScopesAreCheckedBeforeTheHandler) {
+  Reply reg = Call(Channel(kToken), "/quantd.v1.WorkerService/Register");
+  EXPECT_EQ(reg.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(reg.status.error_message().find(
+                "token \"tester\" lacks scope \"worker\" needed by /quantd.v1.WorkerService/Register"),
+            std::string::npos)
+      << reg.status.error_message();
+  EXPECT_EQ(reg.body, "");  // the handler never ran
+  Reply lease = Call(Channel(kWorker), "/quantd.v1.WorkerService/LeaseTask");
+  EXPECT_TRUE(lease.status.ok()) << lease.status.error_message();
+  EXPECT_EQ(lease.body, "no-token quantd.caller=worker");
+  // A worker token is not a client token.
+  Reply submit_by_worker = Call(Channel(kWorker), "/quantd.v1.QuantService/SubmitJob");
+  EXPECT_EQ(submit_by_worker.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(submit_by_worker.status.error_message().find("lacks scope \"submit\""), std::string::npos);
+  // read allows reads, not submit or delete; the tenant travels to the handler.
+  Reply read = Call(Channel(kReader), "/quantd.v1.RegistryService/FetchArtifact");
+  EXPECT_TRUE(read.status.ok()) << read.status.error_message();
+  EXPECT_EQ(read.body, "no-token quantd.caller=reader quantd.tenant=team-a.");
+  Reply submit = Call(Channel(kReader), "/quantd.v1.QuantService/SubmitJob");
+  EXPECT_EQ(submit.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(submit.status.error_message().find("(it has: read)"), std::string::npos)
+      << submit.status.error_message();
+  EXPECT_EQ(Call(Channel(kReader), "/quantd.v1.RegistryService/DeleteModel").status.error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(Call(Channel(kToken), "/quantd.v1.RegistryService/DeleteModel").status.ok());
+  // A method missing from the scope table is refused (fail closed), even for a full token.
+  Reply unknown = Call(Channel(kToken), "/quantd.v1.QuantService/NotARealMethod");
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(unknown.status.error_message().find("scope table"), std::string::npos);
 }
 
 TEST_F(ServerCredentialsTest, ReplacedTokenSetTakesEffectOnTheNextCall) {

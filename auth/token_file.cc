@@ -12,7 +12,9 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "openssl/crypto.h"
@@ -34,6 +36,37 @@ bool PrintableNoSpace(const std::string& s) {
   return true;
 }
 
+// Splits what follows the token into the name and the scopes=/tenant= fields.
+absl::Status ParseRest(absl::string_view rest, TokenEntry* e) {
+  std::vector<absl::string_view> name_words;
+  bool tenant_given = false;
+  for (absl::string_view w : absl::StrSplit(rest, absl::ByAnyChar(" \t"), absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&w, "scopes=")) {
+      if (e->scopes_given) return absl::InvalidArgumentError("scopes= given twice");
+      absl::StatusOr<uint32_t> s = ParseScopes(w);
+      if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("scopes=", w, ": ", s.status().message()));
+      e->scopes = *s;
+      e->scopes_given = true;
+    } else if (absl::ConsumePrefix(&w, "tenant=")) {
+      if (tenant_given) return absl::InvalidArgumentError("tenant= given twice");
+      e->tenant = std::string(w);
+      tenant_given = true;
+    } else if (w.find('=') != absl::string_view::npos) {
+      // A misspelt field ("scope=read") must not silently leave the token with the defaults.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown field \"", w, "\" (fields: scopes=LIST, tenant=PREFIX; names cannot contain '=')"));
+    } else {
+      name_words.push_back(w);
+    }
+  }
+  if (!name_words.empty()) e->name = absl::StrJoin(name_words, " ");
+  if (!e->tenant.empty()) {
+    absl::Status t = ValidateTenant(e->tenant, e->scopes);
+    if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("tenant=", t.message()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(const std::string& path,
@@ -47,9 +80,7 @@ absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(const std::string& path,
     const size_t sp = line.find_first_of(" \t");
     TokenEntry e;
     e.token = std::string(line.substr(0, sp));
-    e.name = sp == absl::string_view::npos
-                 ? absl::StrCat("line ", line_no)
-                 : std::string(absl::StripAsciiWhitespace(line.substr(sp)));
+    e.name = absl::StrCat("line ", line_no);
     // Never echo the token itself in an error.
     if (!PrintableNoSpace(e.token)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -59,6 +90,12 @@ absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(const std::string& path,
       return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": token is ",
                                                      e.token.size(), " characters, at least ",
                                                      kMinTokenLength, " required"));
+    }
+    if (sp != absl::string_view::npos) {
+      absl::Status fields = ParseRest(line.substr(sp), &e);
+      if (!fields.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": ", fields.message()));
+      }
     }
     for (const TokenEntry& prev : out) {
       if (prev.token == e.token) {
@@ -102,14 +139,14 @@ absl::StatusOr<std::string> ReadClientToken(const std::string& path) {
 }
 
 TokenSet::TokenSet(const std::vector<TokenEntry>& entries) {
-  for (const TokenEntry& e : entries) Add(e.token, e.name);
+  for (const TokenEntry& e : entries) Add(e.token, Identity{e.name, e.scopes, e.tenant});
 }
 
-void TokenSet::Add(const std::string& token, const std::string& name) {
-  entries_.push_back({Digest(token), name});
+void TokenSet::Add(const std::string& token, const Identity& identity) {
+  entries_.push_back({Digest(token), identity});
 }
 
-std::optional<std::string> TokenSet::Match(const std::string& presented) const {
+std::optional<Identity> TokenSet::Match(const std::string& presented) const {
   const std::array<uint8_t, 32> d = Digest(presented);
   size_t found = 0;  // index + 1 of the matching entry; 0 = none
   for (size_t i = 0; i < entries_.size(); ++i) {
@@ -118,7 +155,7 @@ std::optional<std::string> TokenSet::Match(const std::string& presented) const {
     found = (found & mask) | ((i + 1) & ~mask);
   }
   if (found == 0) return std::nullopt;
-  return entries_[found - 1].name;
+  return entries_[found - 1].identity;
 }
 
 absl::StatusOr<std::string> RandomToken() {

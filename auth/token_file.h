@@ -2,9 +2,14 @@
 // reading of a single token for clients (quantctl, quantd-worker).
 //
 // File format (docs/reliability.md, "Authentication and TLS"): one token per line, optionally
-// followed by whitespace and a name used in logs ("s3cr3t-token-value  ci-runner"). Blank lines
-// and lines starting with '#' are ignored; surrounding whitespace and a trailing '\r' are
-// stripped. A token is at least kMinTokenLength printable ASCII characters without spaces
+// followed by whitespace and a name used in logs and audit lines, and by the fields
+// "scopes=submit,read" and "tenant=PREFIX" in any order
+// ("s3cr3t-token-value  ci-runner  scopes=submit,read  tenant=team-a."). Words of the name are
+// joined by one space. A line without "scopes=" gets kDefaultScopes (auth/scopes.h:
+// submit,read,admin, never worker). "tenant=" limits the token to models whose names start with
+// PREFIX (a model-name prefix: [A-Za-z0-9._-], starting with a letter or digit); it cannot be
+// combined with the worker scope. Blank lines and lines starting with '#' are ignored;
+// surrounding whitespace and a trailing '\r' are stripped. A token is at least kMinTokenLength printable ASCII characters without spaces
 // (it travels as an HTTP/2 header value). The file must not grant any permission to "other"
 // (mode & 0007 == 0): a world-readable token file is refused.
 // Tokens are kept only as SHA-256 digests; Match compares in constant time.
@@ -22,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "auth/scopes.h"
 #include "common/mutex.h"
 
 namespace quantd::auth {
@@ -32,10 +38,14 @@ inline constexpr size_t kMinTokenLength = 16;
 struct TokenEntry {
   std::string token;
   std::string name;  // the name after the token, else "line N"
+  uint32_t scopes = kDefaultScopes;  // Default: kDefaultScopes (a line without "scopes=")
+  std::string tenant;                // Default: empty = every model
+  bool scopes_given = false;         // the line had "scopes="
 };
 
 // Parses the text of a token file; `path` only names the file in errors. INVALID_ARGUMENT
-// naming path:line for a bad token or a duplicate, and for a file with no tokens.
+// naming path:line for a bad token, a duplicate, an unknown or repeated field or scope, an
+// invalid tenant prefix, a tenant on a worker token, and for a file with no tokens.
 absl::StatusOr<std::vector<TokenEntry>> ParseTokenFile(const std::string& path,
                                                        const std::string& text);
 
@@ -52,19 +62,19 @@ class TokenSet {
   TokenSet() = default;
   explicit TokenSet(const std::vector<TokenEntry>& entries);
 
-  // Adds one token (e.g. the one quantd generates for its local workers).
-  void Add(const std::string& token, const std::string& name);
+  // Adds one token (e.g. the one quantd generates for its local workers, scopes = worker).
+  void Add(const std::string& token, const Identity& identity);
   size_t size() const { return entries_.size(); }
 
-  // The name of the entry whose token equals `presented`, or nullopt. Hashes `presented` and
-  // compares the digest with every entry without early exit, so the time does not depend on
-  // how much of a token matched.
-  std::optional<std::string> Match(const std::string& presented) const;
+  // The identity (name, scopes, tenant) of the entry whose token equals `presented`, or nullopt.
+  // Hashes `presented` and compares the digest with every entry without early exit, so the time
+  // does not depend on how much of a token matched.
+  std::optional<Identity> Match(const std::string& presented) const;
 
  private:
   struct Entry {
     std::array<uint8_t, 32> digest;
-    std::string name;
+    Identity identity;
   };
   std::vector<Entry> entries_;
 };

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -30,6 +32,49 @@ TEST(TokenFile, ParsesTokensNamesCommentsAndBlankLines) {
   EXPECT_EQ((*e)[0].name, "ci runner");
   EXPECT_EQ((*e)[1].token, "bbbbbbbbbbbbbbbb");
   EXPECT_EQ((*e)[1].name, "line 4");
+  // Old-format lines (no scopes=) get the default: everything a client did before scopes
+  // existed, but not worker.
+  for (const TokenEntry& t : *e) {
+    EXPECT_EQ(t.scopes, kDefaultScopes);
+    EXPECT_FALSE(t.scopes_given);
+    EXPECT_EQ(t.scopes & kScopeWorker, 0u);
+    EXPECT_EQ(t.tenant, "");
+  }
+}
+
+TEST(TokenFile, ParsesScopesAndTenants) {
+  auto e = ParseTokenFile("f",
+                          "aaaaaaaaaaaaaaaa team a ci scopes=submit,read tenant=team-a.\n"
+                          "bbbbbbbbbbbbbbbb scopes=worker gpu box\n"
+                          "cccccccccccccccc\tscopes=metrics\n");
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_EQ(e->size(), 3u);
+  EXPECT_EQ((*e)[0].name, "team a ci");
+  EXPECT_EQ((*e)[0].scopes, kScopeSubmit | kScopeRead);
+  EXPECT_TRUE((*e)[0].scopes_given);
+  EXPECT_EQ((*e)[0].tenant, "team-a.");
+  EXPECT_EQ((*e)[1].name, "gpu box");
+  EXPECT_EQ((*e)[1].scopes, kScopeWorker);
+  EXPECT_EQ((*e)[2].name, "line 3");
+  EXPECT_EQ((*e)[2].scopes, kScopeMetrics);
+}
+
+TEST(TokenFile, RejectsBadScopesAndTenants) {
+  for (const auto& [line, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"aaaaaaaaaaaaaaaa ci scopes=submit,wroker", "f:1: scopes=submit,wroker: unknown scope \"wroker\""},
+           {"aaaaaaaaaaaaaaaa ci scopes=", "empty scope list"},
+           {"aaaaaaaaaaaaaaaa ci scopes=read scopes=submit", "scopes= given twice"},
+           // A misspelt field must not leave the token with the default scopes.
+           {"aaaaaaaaaaaaaaaa ci scope=read", "unknown field \"scope=read\""},
+           {"aaaaaaaaaaaaaaaa ci tenant=../x", "not a model-name prefix"},
+           {"aaaaaaaaaaaaaaaa ci scopes=worker tenant=a.", "worker scope"},
+       }) {
+    auto r = ParseTokenFile("f", line + "\n");
+    ASSERT_FALSE(r.ok()) << line;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(expected), std::string::npos) << r.status();
+    EXPECT_EQ(r.status().message().find("aaaaaaaaaaaaaaaa"), std::string::npos) << r.status();
+  }
 }
 
 TEST(TokenFile, RejectsEmptyShortDuplicateAndNonAscii) {
@@ -71,15 +116,26 @@ TEST(TokenFile, LoadRefusesWorldReadableAndMissingFiles) {
 }
 
 TEST(TokenSet, MatchesOnlyWholeTokens) {
-  TokenSet set({{"eeeeeeeeeeeeeeee", "one"}, {"ffffffffffffffff", "two"}});
-  set.Add("gggggggggggggggg", "local workers");
+  TokenEntry one{"eeeeeeeeeeeeeeee", "one"};
+  TokenEntry two{"ffffffffffffffff", "two", kScopeRead, "team-b."};
+  TokenSet set({one, two});
+  set.Add("gggggggggggggggg", Identity{"local workers", kScopeWorker, ""});
   EXPECT_EQ(set.size(), 3u);
-  EXPECT_EQ(set.Match("eeeeeeeeeeeeeeee"), "one");
-  EXPECT_EQ(set.Match("ffffffffffffffff"), "two");
-  EXPECT_EQ(set.Match("gggggggggggggggg"), "local workers");
-  EXPECT_EQ(set.Match("eeeeeeeeeeeeeee"), std::nullopt);    // prefix
-  EXPECT_EQ(set.Match("eeeeeeeeeeeeeeeee"), std::nullopt);  // longer
-  EXPECT_EQ(set.Match(""), std::nullopt);
+  auto name = [&set](const std::string& t) -> std::optional<std::string> {
+    auto id = set.Match(t);
+    if (!id) return std::nullopt;
+    return id->name;
+  };
+  EXPECT_EQ(name("eeeeeeeeeeeeeeee"), "one");
+  EXPECT_EQ(name("ffffffffffffffff"), "two");
+  EXPECT_EQ(name("gggggggggggggggg"), "local workers");
+  EXPECT_EQ(set.Match("eeeeeeeeeeeeeeee")->scopes, kDefaultScopes);
+  EXPECT_EQ(set.Match("ffffffffffffffff")->scopes, kScopeRead);
+  EXPECT_EQ(set.Match("ffffffffffffffff")->tenant, "team-b.");
+  EXPECT_EQ(set.Match("gggggggggggggggg")->scopes, kScopeWorker);
+  EXPECT_EQ(name("eeeeeeeeeeeeeee"), std::nullopt);    // prefix
+  EXPECT_EQ(name("eeeeeeeeeeeeeeeee"), std::nullopt);  // longer
+  EXPECT_EQ(name(""), std::nullopt);
   EXPECT_EQ(TokenSet().Match("eeeeeeeeeeeeeeee"), std::nullopt);
 }
 

@@ -370,7 +370,9 @@ exit codes:
   0  success
   1  job failed or cancelled, or the server refused the request (NOT_FOUND,
      INVALID_ARGUMENT, DATA_LOSS, ...; UNAUTHENTICATED = no token sent,
-     PERMISSION_DENIED = token rejected); printed to stderr as "quantctl: CODE: message"
+     PERMISSION_DENIED = token rejected, a scope or tenant the token lacks (the message
+     names it), or an input outside quantd's --input_root); printed to stderr as
+     "quantctl: CODE: message"
   2  usage error
   3  quality gate failed (--max-ppl-ratio)
   4  server unavailable (UNAVAILABLE or DEADLINE_EXCEEDED; connect timeout 5 s), including

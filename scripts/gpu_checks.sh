@@ -49,7 +49,7 @@ e2e() {  # $1 = device, $2 = port; prints the fetched model's perplexity
   local dev=$1 port=$2 data="$OUT/e2e-$1" name="stories260K-gpucheck-${1//:/}"
   mkdir -p "$data"
   $B/quantd --data_dir="$data" --local_workers=1 --device="$dev" --listen=127.0.0.1:$port \
-    --metrics_listen=127.0.0.1:$((port + 1)) 2>"$data/quantd.log" &
+    --input_root="$PWD/examples" --metrics_listen=127.0.0.1:$((port + 1)) 2>"$data/quantd.log" &
   local pid=$!
   export QUANTD_ADDR=127.0.0.1:$port
   for _ in $(seq 1 50); do $B/quantctl jobs >/dev/null 2>&1 && break; sleep 0.2; done

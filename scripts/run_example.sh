@@ -11,7 +11,7 @@ NAME=stories260K-${METHOD}-${BITS}bit
 DATA=$(mktemp -d /tmp/quantd-example.XXXXXX)
 OUT=${OUT:-out/$NAME}
 ./build/quantd --data_dir="$DATA" --local_workers=2 --listen=127.0.0.1:7070 \
-  --metrics_listen=127.0.0.1:9464 2>"$DATA/quantd.log" &
+  --metrics_listen=127.0.0.1:9464 --input_root="$PWD/examples" 2>"$DATA/quantd.log" &
 QUANTD_PID=$!
 trap 'kill $QUANTD_PID 2>/dev/null; wait $QUANTD_PID 2>/dev/null || true' EXIT
 export QUANTD_ADDR=127.0.0.1:7070

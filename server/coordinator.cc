@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "auth/scopes.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "server/job_builder.h"
@@ -80,6 +81,8 @@ Coordinator::Coordinator(const CoordinatorOptions& options, Metrics* metrics)
 absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(const CoordinatorOptions& options,
                                                                  Metrics* metrics) {
   std::unique_ptr<Coordinator> c(new Coordinator(options, metrics));
+  QUANTD_ASSIGN_OR_RETURN(c->input_roots_,
+                          InputRoots::Create(options.input_roots, options.allow_any_input_path));
   QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(options.data_dir, "jobs")));
   QUANTD_RETURN_IF_ERROR(c->registry_.Init());
   QUANTD_ASSIGN_OR_RETURN(c->store_, JobStore::Open(JoinPath(options.data_dir, "quantd.db")));
@@ -385,7 +388,7 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::BuildAndStore(
   QUANTD_RETURN_IF_ERROR(ValidateAndDefault(&req));
   const std::string job_id = RandomId("j-");
   const std::string dir = JobDir(job_id);
-  auto row = BuildJob(req, job_id, dir, options_.max_hessian_shards);
+  auto row = BuildJob(req, input_roots_, job_id, dir, options_.max_hessian_shards);
   if (!row.ok()) {
     RemoveAll(dir).IgnoreError();
     return row.status();
@@ -431,7 +434,7 @@ absl::StatusOr<Job> Coordinator::GetJob(const std::string& id) {
 }
 
 absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
-    const quantd::v1::ListJobsRequest& req) {
+    const quantd::v1::ListJobsRequest& req, const std::string& tenant) {
   int size = req.page_size() <= 0 ? 50 : req.page_size();
   if (size > 500) size = 500;
   size_t start = 0;
@@ -446,7 +449,8 @@ absl::StatusOr<quantd::v1::ListJobsResponse> Coordinator::ListJobs(
   MutexLock l(&mu_);
   size_t i = start;
   for (; i < job_order_.size() && resp.jobs_size() < size; ++i) {
-    *resp.add_jobs() = jobs_.at(job_order_[i]).job;
+    const Job& job = jobs_.at(job_order_[i]).job;
+    if (auth::TenantAllows(tenant, job.name())) *resp.add_jobs() = job;
   }
   if (i < job_order_.size()) resp.set_next_page_token(std::to_string(i));
   return resp;
@@ -798,6 +802,65 @@ void Coordinator::EngineLoop() {
   }
 }
 
+std::string Coordinator::ApplyStepResultLocked(JobEntry& e, int phase, const std::string& step,
+                                               const absl::Status& s, int published_version,
+                                               std::vector<Job>* changed) {
+  if (Terminal(e.job.state()) || e.phase != phase) return "";  // cancelled meanwhile
+  if (!s.ok()) {
+    // The steps are idempotent and their writes atomic, so an I/O failure (a full disk, a
+    // transient error) is retried with backoff before the job fails; nothing is published
+    // until a step succeeds as a whole.
+    ++e.step_failures;
+    if (e.step_failures < options_.max_step_attempts && s.code() != absl::StatusCode::kDataLoss &&
+        s.code() != absl::StatusCode::kInvalidArgument) {
+      const absl::Duration delay = absl::Milliseconds(500) * (1 << std::min(e.step_failures, 6));
+      e.step_retry_at = absl::Now() + delay;
+      std::fprintf(stderr, "quantd: job %s: %s step failed (attempt %d of %d), retrying in %s: %s\n",
+                   e.job.id().c_str(), step.c_str(), e.step_failures, options_.max_step_attempts,
+                   absl::FormatDuration(delay).c_str(), s.ToString().c_str());
+      return "";
+    }
+    // Failed for good. Its partial output goes before the job shows FAILED (a client that
+    // sees the failure must not find the leftovers), outside the lock: below.
+    return absl::StrCat(step, " step failed: ", s.ToString());
+  }
+  Transition tr = BeginLocked(e);
+  tr.phase = phase + 1;
+  SetJobPhase(tr.phase, e.stages, &tr.job);
+  if (tr.phase == PublishPhase(e.stages)) {
+    tr.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
+    tr.job.set_version(published_version);
+    tr.job.set_phase("done");
+  }
+  double sum = 0;
+  int n = 0;
+  for (const TaskState& t : e.tasks) {
+    const auto& r = t.row.result;
+    if (t.row.task.kind() == quantd::v1::TASK_KIND_QUANTIZE && t.row.state == TaskRowState::kDone) {
+      sum += r.proxy_loss();
+      ++n;
+    }
+    if (t.row.task.kind() == quantd::v1::TASK_KIND_EVAL && t.row.state == TaskRowState::kDone) {
+      if (t.row.task.eval_target() == "fp") tr.job.set_fp_ppl(r.ppl());
+      if (t.row.task.eval_target() == "quantized") tr.job.set_quant_ppl(r.ppl());
+    }
+  }
+  if (n > 0) tr.job.set_mean_proxy_loss(sum / n);
+  absl::Status st = CommitLocked(e, std::move(tr));
+  if (!st.ok()) {
+    // Nothing changed: the step (idempotent) runs again after a back-off.
+    ++e.step_failures;
+    e.step_retry_at = absl::Now() + absl::Seconds(1);
+    std::fprintf(stderr, "quantd: job %s: storing the end of its %s step failed, retrying: %s\n",
+                 e.job.id().c_str(), step.c_str(), st.ToString().c_str());
+    return "";
+  }
+  e.step_failures = 0;
+  e.step_retry_at = absl::InfinitePast();
+  changed->push_back(e.job);
+  return "";
+}
+
 void Coordinator::EngineStep() {
   // 0. Jobs reloaded after a restart: check their inputs before anything of them runs.
   std::vector<Job> changed = VerifyRecoveredJobs();
@@ -884,60 +947,23 @@ void Coordinator::EngineStep() {
       s = v.status();
       if (v.ok()) published_version = *v;
     }
-    MutexLock l(&mu_);
-    JobEntry& e = jobs_.at(p.job.id());
-    if (Terminal(e.job.state()) || e.phase != p.phase) continue;  // cancelled meanwhile
-    if (!s.ok()) {
-      // The steps are idempotent and their writes atomic, so an I/O failure (a full disk, a
-      // transient error) is retried with backoff before the job fails; nothing is published
-      // until a step succeeds as a whole.
-      ++e.step_failures;
-      if (e.step_failures < options_.max_step_attempts && s.code() != absl::StatusCode::kDataLoss &&
-          s.code() != absl::StatusCode::kInvalidArgument) {
-        const absl::Duration delay = absl::Milliseconds(500) * (1 << std::min(e.step_failures, 6));
-        e.step_retry_at = absl::Now() + delay;
-        std::fprintf(stderr, "quantd: job %s: %s step failed (attempt %d of %d), retrying in %s: %s\n",
-                     e.job.id().c_str(), step.c_str(), e.step_failures, options_.max_step_attempts,
-                     absl::FormatDuration(delay).c_str(), s.ToString().c_str());
-        continue;
-      }
-      FailJobLocked(e, absl::StrCat(step, " step failed: ", s.ToString())).IgnoreError();
-    } else {
-      Transition tr = BeginLocked(e);
-      tr.phase = p.phase + 1;
-      SetJobPhase(tr.phase, e.stages, &tr.job);
-      if (tr.phase == PublishPhase(e.stages)) {
-        tr.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
-        tr.job.set_version(published_version);
-        tr.job.set_phase("done");
-      }
-      double sum = 0;
-      int n = 0;
-      for (const TaskState& t : e.tasks) {
-        const auto& r = t.row.result;
-        if (t.row.task.kind() == quantd::v1::TASK_KIND_QUANTIZE && t.row.state == TaskRowState::kDone) {
-          sum += r.proxy_loss();
-          ++n;
-        }
-        if (t.row.task.kind() == quantd::v1::TASK_KIND_EVAL && t.row.state == TaskRowState::kDone) {
-          if (t.row.task.eval_target() == "fp") tr.job.set_fp_ppl(r.ppl());
-          if (t.row.task.eval_target() == "quantized") tr.job.set_quant_ppl(r.ppl());
-        }
-      }
-      if (n > 0) tr.job.set_mean_proxy_loss(sum / n);
-      absl::Status st = CommitLocked(e, std::move(tr));
-      if (!st.ok()) {
-        // Nothing changed: the step (idempotent) runs again after a back-off.
-        ++e.step_failures;
-        e.step_retry_at = absl::Now() + absl::Seconds(1);
-        std::fprintf(stderr, "quantd: job %s: storing the end of its %s step failed, retrying: %s\n",
-                     e.job.id().c_str(), step.c_str(), st.ToString().c_str());
-        continue;
-      }
-      e.step_failures = 0;
-      e.step_retry_at = absl::InfinitePast();
+    std::string final_error;  // set when the step failed for good
+    {
+      MutexLock l(&mu_);
+      final_error = ApplyStepResultLocked(jobs_.at(p.job.id()), p.phase, step, s,
+                                          published_version, &changed);
     }
-    changed.push_back(e.job);
+    if (!final_error.empty()) {
+      RemoveAll(registry_.StagingDir(p.job.id())).IgnoreError();
+      MutexLock l(&mu_);
+      JobEntry& e = jobs_.at(p.job.id());
+      if (Terminal(e.job.state()) || e.phase != p.phase) continue;
+      if (!FailJobLocked(e, final_error).ok()) {
+        e.step_retry_at = absl::Now() + absl::Seconds(1);  // the store failed: try again
+        continue;
+      }
+      changed.push_back(e.job);
+    }
   }
   for (const Job& j : changed) Notify(j);
   if (!changed.empty()) PublishJobCounts();

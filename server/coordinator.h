@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "common/mutex.h"
 #include "proto/quantd.pb.h"
+#include "server/input_roots.h"
 #include "server/job_store.h"
 #include "server/metrics.h"
 #include "server/registry.h"
@@ -38,6 +39,10 @@ struct CoordinatorOptions {
   int max_attempts = 3;                               // Default: 3 tries per task
   int max_step_attempts = 4;  // Default: 4 tries of a coordinator step (merge/assemble/publish)
   int max_hessian_shards = 8;                         // Default: 8 shards per job
+  // Directories job inputs must resolve into (server/input_roots.h). Default: none, which
+  // refuses every submission unless allow_any_input_path.
+  std::vector<std::string> input_roots;
+  bool allow_any_input_path = false;  // Default: false
 };
 
 class Coordinator {
@@ -49,7 +54,9 @@ class Coordinator {
   // --- QuantService ---
   absl::StatusOr<quantd::v1::SubmitJobResponse> Submit(const quantd::v1::SubmitJobRequest& req);
   absl::StatusOr<quantd::v1::Job> GetJob(const std::string& id);
-  absl::StatusOr<quantd::v1::ListJobsResponse> ListJobs(const quantd::v1::ListJobsRequest& req);
+  // Jobs in creation order; with `tenant` set, only jobs whose model name starts with it.
+  absl::StatusOr<quantd::v1::ListJobsResponse> ListJobs(const quantd::v1::ListJobsRequest& req,
+                                                        const std::string& tenant = "");
   absl::StatusOr<quantd::v1::Job> Cancel(const std::string& id);
 
   // Calls `listener` with every later change of job `id` (from arbitrary threads, never two
@@ -134,6 +141,14 @@ class Coordinator {
   std::string ResumeRefusal(const quantd::v1::Job& job) const;
   void EngineLoop();
   void EngineStep();
+  // Applies the outcome `s` of the coordinator's own step of `phase` (merge, assemble, publish)
+  // to `e`: the next phase on success, a retry with back-off on a transient failure. Returns the
+  // job's error when the step failed for good (the caller removes the staging directory, then
+  // fails the job), else "". Appends changed jobs to `changed`.
+  std::string ApplyStepResultLocked(JobEntry& e, int phase, const std::string& step,
+                                    const absl::Status& s, int published_version,
+                                    std::vector<quantd::v1::Job>* changed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checks the reloaded jobs marked inputs_unverified (outside mu_), failing those whose inputs
   // changed; returns the jobs it changed.
   std::vector<quantd::v1::Job> VerifyRecoveredJobs();
@@ -185,6 +200,7 @@ class Coordinator {
   CoordinatorOptions options_;
   Metrics* metrics_;
   Registry registry_;
+  InputRoots input_roots_;  // set once in Create
   std::unique_ptr<JobStore> store_;
 
   Mutex mu_;

@@ -54,6 +54,7 @@ class CoordinatorTest : public ::testing::Test {
     CoordinatorOptions o;
     o.data_dir = TempDir();
     o.lease_timeout = absl::Seconds(600);  // no expiry during a test
+    o.input_roots = {Src() + "/examples"};  // job inputs are read only under a root
     auto c = Coordinator::Create(o, &metrics_);
     ASSERT_TRUE(c.ok()) << c.status();
     coord_ = std::move(*c);

@@ -172,9 +172,12 @@ absl::Status SnapshotFile(const std::string& src, const std::string& dst) {
 
 // Reads calibration/evaluation data: token files directly, text through the model's tokenizer
 // (model::EncodeDocuments: one document per "<|endoftext|>"- or blank-line-separated chunk).
-absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const std::string& what,
+// `path` is what the request named (errors and the format come from it), `real` the resolved
+// path inside an input root that is read.
+absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const std::string& real,
+                                                const std::string& what,
                                                 const std::string& model_dir, int vocab) {
-  if (!fs::exists(path)) return absl::NotFoundError(absl::StrCat(what, " file ", path, " does not exist"));
+  if (!fs::exists(real)) return absl::NotFoundError(absl::StrCat(what, " file ", path, " does not exist"));
   std::vector<int32_t> tokens;
   if (absl::EndsWith(path, ".txt")) {
     // tokenizer.json if present, else llama2.c tokenizer.bin / tok512.bin (model/tokenizer.h).
@@ -184,10 +187,10 @@ absl::StatusOr<std::vector<int32_t>> ReadTokens(const std::string& path, const s
           " is text, but the model directory has no tokenizer.json or tokenizer.bin to encode it"));
     }
     QUANTD_ASSIGN_OR_RETURN(auto tok, model::LoadTokenizerForModel(model_dir));
-    QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(path, uint64_t{1} << 30));
+    QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(real, uint64_t{1} << 30));
     QUANTD_ASSIGN_OR_RETURN(tokens, model::EncodeDocuments(*tok, text));
   } else {
-    auto loaded = model::LoadTokenFile(path);
+    auto loaded = model::LoadTokenFile(real);
     if (!loaded.ok()) {
       return absl::Status(loaded.status().code(),
                           absl::StrCat(what, " file: ", loaded.status().message()));
@@ -254,21 +257,31 @@ uint64_t Fnv1a(std::string_view s) {
 
 }  // namespace
 
-absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& job_id,
-                                const std::string& job_dir, int max_hessian_shards) {
-  const std::string& model_dir = req.model_dir();
+absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& roots,
+                                const std::string& job_id, const std::string& job_dir,
+                                int max_hessian_shards) {
+  // Every file is read through its resolved path inside an input root.
+  QUANTD_ASSIGN_OR_RETURN(const std::string model_dir, roots.ResolveModelDir(req.model_dir()));
   if (!fs::is_directory(model_dir)) {
-    return absl::NotFoundError(absl::StrCat("model directory ", model_dir, " does not exist"));
+    return absl::NotFoundError(absl::StrCat("model directory ", req.model_dir(), " does not exist"));
+  }
+  QUANTD_ASSIGN_OR_RETURN(const std::string calib_path,
+                          roots.Resolve(req.calib_path(), "calibration file"));
+  std::string eval_path;
+  if (!req.eval_path().empty()) {
+    QUANTD_ASSIGN_OR_RETURN(eval_path, roots.Resolve(req.eval_path(), "evaluation file"));
   }
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(model_dir));
   if (req.spec().method() == "quarot") QUANTD_RETURN_IF_ERROR(model::QuarotSupported(cfg));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
   // Shape check of every tensor we will read, without loading the weights.
   QUANTD_RETURN_IF_ERROR(CheckShapes(*ckpt, cfg));
-  QUANTD_ASSIGN_OR_RETURN(auto calib, ReadTokens(req.calib_path(), "calibration", model_dir, cfg.vocab_size));
+  QUANTD_ASSIGN_OR_RETURN(auto calib, ReadTokens(req.calib_path(), calib_path, "calibration",
+                                                 model_dir, cfg.vocab_size));
   std::vector<int32_t> eval;
   if (!req.eval_path().empty()) {
-    QUANTD_ASSIGN_OR_RETURN(eval, ReadTokens(req.eval_path(), "evaluation", model_dir, cfg.vocab_size));
+    QUANTD_ASSIGN_OR_RETURN(eval, ReadTokens(req.eval_path(), eval_path, "evaluation", model_dir,
+                                             cfg.vocab_size));
     if (eval.size() < 2) return absl::InvalidArgumentError("evaluation data has fewer than 2 tokens");
   }
   const int seq_len = std::min(req.calib_seq_len(), cfg.max_position_embeddings);
@@ -301,7 +314,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   }
   std::sort(model_files.begin(), model_files.end());
   for (const std::string& n : model_files) {
-    QUANTD_RETURN_IF_ERROR(SnapshotFile(JoinPath(model_dir, n), JoinPath(in_model, n)));
+    // Resolved again right before the copy (a link may have changed since the directory was
+    // checked); linking the resolved file also keeps relative symlinks (HF caches) intact.
+    QUANTD_ASSIGN_OR_RETURN(std::string src,
+                            roots.Resolve(JoinPath(model_dir, n), "model file"));
+    QUANTD_RETURN_IF_ERROR(SnapshotFile(src, JoinPath(in_model, n)));
   }
   calib.resize(static_cast<size_t>(nseq * seq_len));
   std::string calib_bytes = TokensToU32(calib);
@@ -317,7 +334,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const std::string& 
   job.set_name(req.name());
   job.set_state(quantd::v1::JOB_STATE_QUEUED);
   *job.mutable_spec() = req.spec();
-  job.set_model_dir(model_dir);
+  job.set_model_dir(req.model_dir());  // as the client named it (request-id retries compare it)
   job.set_calib_path(req.calib_path());
   job.set_eval_path(req.eval_path());
   const bool sequential = req.spec().sequential();

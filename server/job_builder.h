@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
+#include "server/input_roots.h"
 #include "server/job_store.h"
 #include "engine/model/config.h"
 
@@ -38,10 +39,12 @@ void SetJobPhase(int phase, int stages, quantd::v1::Job* job);
 absl::Status ValidateAndDefault(quantd::v1::SubmitJobRequest* req);
 
 // Validates the model, calibration and evaluation files, snapshots them into `job_dir`/inputs,
-// and returns the job row (state QUEUED) with all its tasks. INVALID_ARGUMENT / NOT_FOUND name
-// the bad file and value.
-absl::StatusOr<JobRow> BuildJob(const quantd::v1::SubmitJobRequest& req, const std::string& job_id,
-                                const std::string& job_dir, int max_hessian_shards);
+// and returns the job row (state QUEUED) with all its tasks. Every file is resolved through
+// `roots` first and read through its resolved path: PERMISSION_DENIED / FAILED_PRECONDITION as
+// InputRoots::Resolve says. INVALID_ARGUMENT / NOT_FOUND name the bad file and value.
+absl::StatusOr<JobRow> BuildJob(const quantd::v1::SubmitJobRequest& req, const InputRoots& roots,
+                                const std::string& job_id, const std::string& job_dir,
+                                int max_hessian_shards);
 
 // The fingerprints BuildJob records, recomputed from the snapshot in `job_dir`/inputs: what a
 // restarted coordinator compares before it resumes a job (model files: sha256 over "name sha256"

@@ -1,5 +1,7 @@
 // quantd: the coordinator daemon. Parses flags and runs quantd::server::RunServer.
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -25,6 +27,38 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS on the gR
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+ABSL_FLAG(std::string, input_root, "",
+          "directory job inputs (model directories, calibration and evaluation files) must "
+          "resolve into, symlinks followed; repeat the flag for several. Without one, "
+          "submissions are refused unless --allow_any_input_path");
+ABSL_FLAG(bool, allow_any_input_path, false,
+          "let jobs read any path quantd can read (no --input_root confinement)");
+ABSL_FLAG(bool, metrics_require_token, false,
+          "/metrics needs HTTP Basic auth whose password is a token of --auth_token_file with "
+          "the metrics scope");
+
+namespace {
+
+// Every value of a repeatable string flag, in order ("--name=V", "--name V", one dash too):
+// absl keeps only the last occurrence.
+std::vector<std::string> RepeatedFlag(int argc, char** argv, const std::string& name) {
+  std::vector<std::string> out;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--") break;
+    for (const std::string& dash : {"--", "-"}) {
+      const std::string flag = dash + name;
+      if (a.rfind(flag + "=", 0) == 0) {
+        out.push_back(a.substr(flag.size() + 1));
+      } else if (a == flag && i + 1 < argc) {
+        out.push_back(argv[++i]);
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
 
 ABSL_FLAG(int, max_hessian_shards, 8,
           "Hessian tasks per job at most (each returns every layer's fp64 sums: fewer shards "
@@ -32,6 +66,7 @@ ABSL_FLAG(int, max_hessian_shards, 8,
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd: quantization-as-a-service coordinator");
+  std::vector<std::string> input_roots = RepeatedFlag(argc, argv, "input_root");
   absl::ParseCommandLine(argc, argv);
   quantd::server::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
@@ -53,6 +88,12 @@ int main(int argc, char** argv) {
   o.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (input_roots.empty() && !absl::GetFlag(FLAGS_input_root).empty()) {
+    input_roots.push_back(absl::GetFlag(FLAGS_input_root));  // e.g. from a --flagfile
+  }
+  o.coordinator.input_roots = input_roots;
+  o.coordinator.allow_any_input_path = absl::GetFlag(FLAGS_allow_any_input_path);
+  o.metrics_require_token = absl::GetFlag(FLAGS_metrics_require_token);
   absl::Status s = quantd::server::RunServer(o);
   if (!s.ok()) {
     std::fprintf(stderr, "quantd: %s\n", s.ToString().c_str());

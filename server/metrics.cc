@@ -85,12 +85,13 @@ Metrics::Metrics()
   for (const char* s : {"live", "lost"}) workers_.Add({{"state", s}}).Set(0);
 }
 
-absl::Status Metrics::Serve(const std::string& listen) {
+absl::Status Metrics::Serve(const std::string& listen, Authorizer authorize) {
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(listen);
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
   }
+  if (authorize) exposer_->RegisterAuth(std::move(authorize), "quantd");
   exposer_->RegisterCollectable(registry_);
   return absl::OkStatus();
 }

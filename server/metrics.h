@@ -7,6 +7,7 @@
 #ifndef QUANTD_SERVER_METRICS_H_
 #define QUANTD_SERVER_METRICS_H_
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -27,9 +28,12 @@ class Metrics {
  public:
   Metrics();
 
-  // Serves /metrics on `listen` ("host:port"). Returns INVALID_ARGUMENT/UNAVAILABLE when the
-  // address cannot be bound. Optional: without it the metrics are only counted.
-  absl::Status Serve(const std::string& listen);
+  // Serves /metrics on `listen` ("host:port"). With `authorize`, every scrape needs HTTP Basic
+  // authentication that it accepts (called with the user name and the password, from
+  // prometheus-cpp's server threads); others get 401. Returns UNAVAILABLE when the address
+  // cannot be bound. Optional: without it the metrics are only counted.
+  using Authorizer = std::function<bool(const std::string& user, const std::string& password)>;
+  absl::Status Serve(const std::string& listen, Authorizer authorize = nullptr);
 
   void SetJobsByState(const std::map<std::string, int>& counts);
   void SetJobProgress(const std::string& job_id, double ratio);

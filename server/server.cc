@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "auth/channel.h"
 #include "auth/server_credentials.h"
 #include "auth/token_file.h"
@@ -41,12 +42,27 @@ struct TokenReload {
   std::shared_ptr<auth::TokenStore> store;
 };
 
-// The tokens of the file at `path` plus the local workers' token.
+// What the local workers' token may do: be a worker, nothing else.
+const auth::Identity kLocalWorkers{"quantd local workers", auth::kScopeWorker, ""};
+
+// The tokens of the file at `path` (none when empty) plus the local workers' token. Logs how
+// many lines got the default scopes.
 absl::StatusOr<std::shared_ptr<const auth::TokenSet>> LoadTokens(const std::string& path,
                                                                   const std::string& local_token) {
-  QUANTD_ASSIGN_OR_RETURN(std::vector<auth::TokenEntry> entries, auth::LoadTokenFile(path));
+  std::vector<auth::TokenEntry> entries;
+  if (!path.empty()) {
+    QUANTD_ASSIGN_OR_RETURN(entries, auth::LoadTokenFile(path));
+    size_t defaulted = 0;
+    for (const auth::TokenEntry& e : entries) defaulted += e.scopes_given ? 0 : 1;
+    if (defaulted > 0) {
+      std::fprintf(stderr,
+                   "quantd: auth: %zu token(s) of %s have no scopes= and get the default %s "
+                   "(not worker, not metrics)\n",
+                   defaulted, path.c_str(), auth::ScopesToString(auth::kDefaultScopes).c_str());
+    }
+  }
   auto tokens = std::make_shared<auth::TokenSet>(entries);
-  tokens->Add(local_token, "quantd local workers");
+  tokens->Add(local_token, kLocalWorkers);
   return tokens;
 }
 
@@ -82,7 +98,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ConfigureSecurity(
   sec.tls_cert_file = options.tls_cert;
   sec.tls_key_file = options.tls_key;
   sec.tls_client_ca_file = options.tls_client_ca;
-  if (!options.auth_token_file.empty()) {
+  // Local workers need a token whenever calls are checked: with a token file, and with mutual
+  // TLS (they present the server's certificate, which must not carry the worker scope for
+  // everyone holding it; their token does).
+  const bool mutual_tls = !options.tls_client_ca.empty();
+  if (!options.auth_token_file.empty() || mutual_tls) {
     QUANTD_ASSIGN_OR_RETURN(std::string local_token, auth::RandomToken());
     QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<const auth::TokenSet> tokens,
                             LoadTokens(options.auth_token_file, local_token));
@@ -93,12 +113,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ConfigureSecurity(
     QUANTD_RETURN_IF_ERROR(auth::WritePrivateFile(
         local->auth_token_file,
         absl::StrCat("# written by quantd at startup for its local workers\n", local_token,
-                     " quantd-local-workers\n")));
+                     " quantd-local-workers scopes=worker\n")));
     sec.tokens = reload->store;
-    std::fprintf(stderr,
-                 "quantd: auth: %zu token(s) from %s (SIGHUP reloads it); grpc.health.v1 needs "
-                 "none\n",
-                 tokens->size() - 1, options.auth_token_file.c_str());
+    sec.require_token = !options.auth_token_file.empty();
+    if (options.auth_token_file.empty()) {
+      std::fprintf(stderr,
+                   "quantd: auth: mutual TLS: callers are identified by their certificates "
+                   "(scopes from OU=quantd:<scope>, default %s)\n",
+                   auth::ScopesToString(auth::kDefaultScopes).c_str());
+    } else {
+      std::fprintf(stderr,
+                   "quantd: auth: %zu token(s) from %s (SIGHUP reloads it); grpc.health.v1 needs "
+                   "none\n",
+                   tokens->size() - 1, options.auth_token_file.c_str());
+    }
     const bool tls = !options.tls_cert.empty();
     for (const std::string& addr : {options.listen, options.worker_listen}) {
       if (!tls && !addr.empty() && !auth::IsLoopbackAddress(addr)) {
@@ -137,7 +165,34 @@ absl::Status RunServer(const ServerOptions& options) {
   QUANTD_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
                           ConfigureSecurity(options, &wo, &reload));
   Metrics metrics;
-  if (!options.metrics_listen.empty()) QUANTD_RETURN_IF_ERROR(metrics.Serve(options.metrics_listen));
+  Metrics::Authorizer metrics_auth;
+  if (options.metrics_require_token) {
+    if (options.auth_token_file.empty()) {
+      return absl::InvalidArgumentError(
+          "--metrics_require_token needs --auth_token_file (scrapers authenticate with a token "
+          "of that file that has the metrics scope)");
+    }
+    metrics_auth = [store = reload.store](const std::string& /*user*/, const std::string& password) {
+      std::optional<auth::Identity> id = store->Get()->Match(password);
+      return id.has_value() && (id->scopes & auth::kScopeMetrics) != 0;
+    };
+  }
+  if (!options.metrics_listen.empty()) {
+    QUANTD_RETURN_IF_ERROR(metrics.Serve(options.metrics_listen, std::move(metrics_auth)));
+  }
+  const CoordinatorOptions& co = options.coordinator;
+  if (co.allow_any_input_path) {
+    std::fprintf(stderr,
+                 "quantd: warning: --allow_any_input_path: jobs may name any file quantd can "
+                 "read as their model or calibration data\n");
+  } else if (co.input_roots.empty()) {
+    std::fprintf(stderr,
+                 "quantd: warning: no --input_root: every submission is refused until quantd "
+                 "runs with --input_root=DIR (the directories jobs may read)\n");
+  } else {
+    std::fprintf(stderr, "quantd: job inputs only under --input_root %s\n",
+                 absl::StrJoin(co.input_roots, ", ").c_str());
+  }
   QUANTD_ASSIGN_OR_RETURN(auto coordinator, Coordinator::Create(options.coordinator, &metrics));
 
   QuantServiceImpl quant(coordinator.get());

@@ -1,7 +1,8 @@
 // RunServer: assembles the coordinator, the gRPC services (plus grpc.health.v1 and reflection),
 // the metrics endpoint and the local worker pool, and runs until SIGINT/SIGTERM. The gRPC ports
-// can require bearer tokens and serve TLS / mutual TLS (auth/server_credentials.h); local
-// workers then get a private token and what they need to dial the TLS port.
+// can require bearer tokens with scopes and serve TLS / mutual TLS (auth/server_credentials.h);
+// local workers then get a private worker-only token and what they need to dial the TLS port.
+// Job inputs are read only under options.coordinator.input_roots (server/input_roots.h).
 #ifndef QUANTD_SERVER_SERVER_H_
 #define QUANTD_SERVER_SERVER_H_
 
@@ -26,6 +27,9 @@ struct ServerOptions {
   std::string tls_cert;         // PEM chain; with tls_key: serve TLS. Default: none = plaintext
   std::string tls_key;          // Default: none
   std::string tls_client_ca;    // PEM CA; clients must present a cert it signed. Default: none
+  // /metrics needs HTTP Basic auth whose password is a token of auth_token_file with the
+  // metrics scope (docs/reliability.md, "Scopes and tenants"). Default: false = open.
+  bool metrics_require_token = false;
 };
 
 // Blocks until a termination signal; returns the first startup error otherwise.

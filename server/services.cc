@@ -8,9 +8,11 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "auth/scopes.h"
 #include "common/mutex.h"
 #include "common/tsan.h"
 #include "common/grpc_status.h"
+#include "server/caller.h"
 
 namespace quantd::server {
 namespace {
@@ -114,6 +116,29 @@ class FileStreamReactor : public OrderedReactor<grpc::ServerWriteReactor<quantd:
   Metrics* metrics_ = nullptr;
   quantd::v1::Chunk chunk_;
 };
+
+// A server-streaming call that ends at once with an error.
+template <typename Msg>
+class ErrorWriter : public OrderedReactor<grpc::ServerWriteReactor<Msg>> {
+ public:
+  explicit ErrorWriter(const grpc::Status& error) { this->FinishWith(error); }
+  void OnDone() override {
+    this->Begin();
+    delete this;
+  }
+};
+
+// Job `id` if the caller's tenant covers its model name (jobs of other tenants are refused
+// like their models).
+absl::StatusOr<quantd::v1::Job> VisibleJob(Coordinator* c, const Caller& caller,
+                                           const std::string& id) {
+  absl::StatusOr<quantd::v1::Job> job = c->GetJob(id);
+  if (job.ok() && !auth::TenantAllows(caller.tenant, job->name())) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "job ", id, " is outside the tenant \"", caller.tenant, "\" of \"", caller.name, "\""));
+  }
+  return job;
+}
 
 bool TerminalState(quantd::v1::JobState s) {
   return s == quantd::v1::JOB_STATE_SUCCEEDED || s == quantd::v1::JOB_STATE_FAILED ||
@@ -285,34 +310,55 @@ class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::
 }  // namespace
 
 // --- QuantService ---
+// Scopes were checked before these handlers run (auth/scopes.cc); they check tenants and write
+// the audit lines.
 
 ServerUnaryReactor* QuantServiceImpl::SubmitJob(CallbackServerContext* ctx,
                                                 const quantd::v1::SubmitJobRequest* req,
                                                 quantd::v1::SubmitJobResponse* resp) {
-  return Reply(ctx, c_->Submit(*req), resp);
+  const Caller caller = CallerOf(*ctx);
+  const absl::Status tenant = CheckTenant(caller, req->name());
+  absl::StatusOr<quantd::v1::SubmitJobResponse> out =
+      tenant.ok() ? c_->Submit(*req) : absl::StatusOr<quantd::v1::SubmitJobResponse>(tenant);
+  std::string what = absl::StrCat("name=", req->name(), " model_dir=", req->model_dir(),
+                                  " calib=", req->calib_path());
+  if (!req->eval_path().empty()) absl::StrAppend(&what, " eval=", req->eval_path());
+  if (out.ok()) absl::StrAppend(&what, " job=", out->job().id(), out->created() ? "" : " (retry)");
+  Audit(caller, "submit", what, out.status());
+  return Reply(ctx, std::move(out), resp);
 }
 
 ServerUnaryReactor* QuantServiceImpl::GetJob(CallbackServerContext* ctx,
                                              const quantd::v1::GetJobRequest* req,
                                              quantd::v1::Job* resp) {
-  return Reply(ctx, c_->GetJob(req->id()), resp);
+  return Reply(ctx, VisibleJob(c_, CallerOf(*ctx), req->id()), resp);
 }
 
 ServerUnaryReactor* QuantServiceImpl::ListJobs(CallbackServerContext* ctx,
                                                const quantd::v1::ListJobsRequest* req,
                                                quantd::v1::ListJobsResponse* resp) {
-  return Reply(ctx, c_->ListJobs(*req), resp);
+  return Reply(ctx, c_->ListJobs(*req, CallerOf(*ctx).tenant), resp);
 }
 
 grpc::ServerWriteReactor<quantd::v1::JobEvent>* QuantServiceImpl::WatchJob(
     CallbackServerContext* ctx, const quantd::v1::WatchJobRequest* req) {
+  const Caller caller = CallerOf(*ctx);
+  if (!caller.tenant.empty()) {
+    absl::StatusOr<quantd::v1::Job> job = VisibleJob(c_, caller, req->id());
+    if (!job.ok()) return new ErrorWriter<quantd::v1::JobEvent>(ToGrpc(job.status()));
+  }
   return new WatchReactor(c_, req->id());
 }
 
 ServerUnaryReactor* QuantServiceImpl::CancelJob(CallbackServerContext* ctx,
                                                 const quantd::v1::CancelJobRequest* req,
                                                 quantd::v1::Job* resp) {
-  return Reply(ctx, c_->Cancel(req->id()), resp);
+  const Caller caller = CallerOf(*ctx);
+  absl::StatusOr<quantd::v1::Job> out = VisibleJob(c_, caller, req->id());
+  if (out.ok()) out = c_->Cancel(req->id());
+  Audit(caller, "cancel", absl::StrCat("job=", req->id(), out.ok() ? " name=" + out->name() : ""),
+        out.status());
+  return Reply(ctx, std::move(out), resp);
 }
 
 // --- RegistryService ---
@@ -320,14 +366,19 @@ ServerUnaryReactor* QuantServiceImpl::CancelJob(CallbackServerContext* ctx,
 ServerUnaryReactor* RegistryServiceImpl::ListModels(CallbackServerContext* ctx,
                                                     const quantd::v1::ListModelsRequest* req,
                                                     quantd::v1::ListModelsResponse* resp) {
-  auto list = c_->registry().List(req->name());
+  const Caller caller = CallerOf(*ctx);
   absl::StatusOr<quantd::v1::ListModelsResponse> out;
-  if (list.ok()) {
-    quantd::v1::ListModelsResponse r;
-    for (auto& mv : *list) *r.add_models() = std::move(mv);
-    out = std::move(r);
-  } else {
+  if (absl::Status t = req->name().empty() ? absl::OkStatus() : CheckTenant(caller, req->name());
+      !t.ok()) {
+    out = t;
+  } else if (auto list = c_->registry().List(req->name()); !list.ok()) {
     out = list.status();
+  } else {
+    quantd::v1::ListModelsResponse r;
+    for (auto& mv : *list) {
+      if (auth::TenantAllows(caller.tenant, mv.name())) *r.add_models() = std::move(mv);
+    }
+    out = std::move(r);
   }
   return Reply(ctx, std::move(out), resp);
 }
@@ -335,22 +386,38 @@ ServerUnaryReactor* RegistryServiceImpl::ListModels(CallbackServerContext* ctx,
 ServerUnaryReactor* RegistryServiceImpl::GetModel(CallbackServerContext* ctx,
                                                   const quantd::v1::GetModelRequest* req,
                                                   quantd::v1::ModelVersion* resp) {
-  return Reply(ctx, c_->registry().Get(req->name(), req->version()), resp);
+  const absl::Status tenant = CheckTenant(CallerOf(*ctx), req->name());
+  absl::StatusOr<quantd::v1::ModelVersion> out =
+      tenant.ok() ? c_->registry().Get(req->name(), req->version())
+                  : absl::StatusOr<quantd::v1::ModelVersion>(tenant);
+  return Reply(ctx, std::move(out), resp);
 }
 
 ServerUnaryReactor* RegistryServiceImpl::DeleteModel(CallbackServerContext* ctx,
                                                      const quantd::v1::DeleteModelRequest* req,
                                                      quantd::v1::ModelVersion* resp) {
-  auto deleted = c_->registry().Delete(req->name(), req->version());
-  if (deleted.ok()) {
-    std::fprintf(stderr, "quantd: registry: deleted %s@%d\n", req->name().c_str(), req->version());
-  }
+  const Caller caller = CallerOf(*ctx);
+  const absl::Status tenant = CheckTenant(caller, req->name());
+  absl::StatusOr<quantd::v1::ModelVersion> deleted =
+      tenant.ok() ? c_->registry().Delete(req->name(), req->version())
+                  : absl::StatusOr<quantd::v1::ModelVersion>(tenant);
+  Audit(caller, "delete",
+        absl::StrCat("model=", req->name(), "@", deleted.ok() ? deleted->version() : req->version()),
+        deleted.status());
   return Reply(ctx, std::move(deleted), resp);
 }
 
 grpc::ServerWriteReactor<quantd::v1::Chunk>* RegistryServiceImpl::FetchArtifact(
     CallbackServerContext* ctx, const quantd::v1::FetchArtifactRequest* req) {
-  auto path = c_->registry().VerifiedFile(req->name(), req->version(), req->path());
+  const Caller caller = CallerOf(*ctx);
+  const absl::Status tenant = CheckTenant(caller, req->name());
+  absl::StatusOr<std::string> path =
+      tenant.ok() ? c_->registry().VerifiedFile(req->name(), req->version(), req->path())
+                  : absl::StatusOr<std::string>(tenant);
+  Audit(caller, "fetch",
+        absl::StrCat("model=", req->name(), "@", req->version(), " file=", req->path(),
+                     req->offset() ? absl::StrCat(" offset=", req->offset()) : ""),
+        path.status());
   if (!path.ok()) return new FileStreamReactor(ToGrpc(path.status()));
   return new FileStreamReactor(*path, req->offset(), &c_->metrics());
 }

@@ -3,6 +3,7 @@
 // server certificate for IP:127.0.0.1 and DNS:localhost, a client certificate from the same CA
 // and one from another CA.
 #include <dirent.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "auth/channel.h"
 #include "common/file_util.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -26,6 +28,11 @@ namespace {
 
 constexpr char kToken[] = "right-token-0123456789abcdef";
 constexpr char kWrongToken[] = "wrong-token-0123456789abcdef";
+// Lines of the shared token file with scopes (the two above have none: the default scopes).
+constexpr char kReaderToken[] = "reader-token-0123456789abcdef";    // scopes=read
+constexpr char kWorkerToken[] = "worker-token-0123456789abcdef";    // scopes=worker
+constexpr char kTeamAToken[] = "team-a-token-0123456789abcdef";     // tenant=team-a.
+constexpr char kMetricsToken[] = "metrics-token-0123456789abcdef";  // scopes=metrics
 
 std::string Model() { return SourceDir() + "/examples/stories260K"; }
 std::string Calib() { return SourceDir() + "/examples/tinystories/calib_stories_0_499.u16"; }
@@ -51,9 +58,9 @@ ca() {  # name
   key $1.key
   openssl req -x509 -new -key $1.key -out $1.pem -days 2 -subj "/CN=quantd test $1"
 }
-leaf() {  # name ca extensions
+leaf() {  # name ca extensions [subject]
   key $1.key
-  openssl req -new -key $1.key -out $1.csr -subj "/CN=quantd test $1"
+  openssl req -new -key $1.key -out $1.csr -subj "${4:-/CN=quantd test $1}"
   printf '%s\n' "$3" > $1.ext
   openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key -CAcreateserial -CAserial $2.srl \
     -out $1.pem -days 2 -extfile $1.ext 2>/dev/null
@@ -64,6 +71,7 @@ leaf server ca "subjectAltName=IP:127.0.0.1,DNS:localhost
 extendedKeyUsage=serverAuth,clientAuth"
 leaf client ca "extendedKeyUsage=clientAuth"
 leaf stranger other-ca "extendedKeyUsage=clientAuth"
+leaf reader ca "extendedKeyUsage=clientAuth" "/CN=cert-reader/OU=quantd:read"
 )";
   CommandResult r = Run({"/bin/sh", "-c", script});
   return r.exit_code == 0 ? "" : r.out + r.err;
@@ -76,10 +84,16 @@ class AuthTest : public ::testing::Test {
     setup_error_ = MakeCertificates(files->dir);
     WriteFile(files->Path("tokens"),
               std::string("# quantd tokens\n\n") + kToken + "  tester\n" +
-                  "another-token-0123456789 ci runner\n",
+                  "another-token-0123456789 ci runner\n" + kReaderToken +
+                  " reader scopes=read\n" + kWorkerToken + " remote gpu scopes=worker\n" +
+                  kTeamAToken + " team a scopes=submit,read,admin tenant=team-a.\n" +
+                  kMetricsToken + " prometheus scopes=metrics\n",
               0600);
     WriteFile(files->Path("client-token"), std::string(kToken) + "\n", 0600);
     WriteFile(files->Path("wrong-token"), std::string(kWrongToken) + "\n", 0600);
+    WriteFile(files->Path("reader-token"), std::string(kReaderToken) + "\n", 0600);
+    WriteFile(files->Path("worker-token"), std::string(kWorkerToken) + "\n", 0600);
+    WriteFile(files->Path("team-a-token"), std::string(kTeamAToken) + "\n", 0600);
   }
   static void TearDownTestSuite() {
     RemoveAll(files->dir).IgnoreError();
@@ -238,6 +252,203 @@ TEST_F(AuthTest, BearerTokens) {
   EXPECT_EQ(log.find(local_token), std::string::npos);
 }
 
+bool Contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+// Waits up to `seconds` for `needle` in the file at `path`.
+bool WaitForText(const std::string& path, const std::string& needle, int seconds) {
+  for (int i = 0; i < seconds * 10; ++i) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    if (Contains(ss.str(), needle)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+// Issue 25, step 2: a client credential registered as a worker and published its results. Now
+// the WorkerService needs the worker scope, which client tokens never get by default.
+TEST_F(AuthTest, ClientTokenCannotRegisterAsAWorker) {
+  Daemon d(0, {"--auth_token_file=" + files->Path("tokens")});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  const std::string cache = MakeTempDir("auth_worker");
+  CommandResult client = testing::Run(
+      {BinaryDir() + "/quantd-worker", "--coordinator=" + d.addr(), "--cache_dir=" + cache,
+       "--threads=1", "--auth_token_file=" + files->Path("client-token")},
+      {}, 60);
+  EXPECT_EQ(client.exit_code, 1) << client.err;
+  EXPECT_TRUE(Contains(client.err, "PERMISSION_DENIED")) << client.err;
+  EXPECT_TRUE(Contains(client.err,
+                       "token \"tester\" lacks scope \"worker\" needed by "
+                       "/quantd.v1.WorkerService/Register"))
+      << client.err;
+  EXPECT_TRUE(Contains(d.Log(), "/quantd.v1.WorkerService/Register refused: token \"tester\" "
+                                "lacks scope worker"))
+      << d.Log();
+  // A token with the worker scope registers.
+  const std::string log = cache + "/worker.log";
+  pid_t w = SpawnLogged({BinaryDir() + "/quantd-worker", "--coordinator=" + d.addr(),
+                         "--cache_dir=" + cache, "--threads=1", "--name=remote-gpu",
+                         "--auth_token_file=" + files->Path("worker-token")},
+                        log);
+  EXPECT_TRUE(WaitForText(log, "registered as", 60)) << log;
+  ::kill(w, SIGTERM);
+  ::waitpid(w, nullptr, 0);
+  // ...and is not a client: it cannot read jobs.
+  CommandResult as_client = Ctl(d, {"--token-file", files->Path("worker-token")}, {"jobs"});
+  EXPECT_EQ(as_client.exit_code, 1);
+  EXPECT_TRUE(Contains(as_client.err, "PERMISSION_DENIED: token \"remote gpu\" lacks scope "
+                                      "\"read\""))
+      << as_client.err;
+  RemoveAll(cache).IgnoreError();
+}
+
+// Scopes and tenants through quantctl, each with an allowed and a denied call; every submit,
+// fetch, cancel and delete leaves an audit line naming the caller.
+TEST_F(AuthTest, ScopesAndTenants) {
+  Daemon d(1, {"--auth_token_file=" + files->Path("tokens")});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  const std::vector<std::string> tester = {"--token-file", files->Path("client-token")};
+  const std::vector<std::string> reader = {"--token-file", files->Path("reader-token")};
+  const std::vector<std::string> team_a = {"--token-file", files->Path("team-a-token")};
+
+  // read: reads yes, submit no (the message names the caller, the scope and the method).
+  EXPECT_EQ(Ctl(d, reader, {"jobs"}).exit_code, 0);
+  CommandResult submit = Ctl(d, reader,
+                             {"submit", Model(), "--calib", Calib(), "--method", "rtn", "--bits",
+                              "4", "--name", "reader-job"});
+  EXPECT_EQ(submit.exit_code, 1) << submit.err;
+  EXPECT_TRUE(Contains(submit.err, "quantctl: PERMISSION_DENIED: token \"reader\" lacks scope "
+                                   "\"submit\" needed by /quantd.v1.QuantService/SubmitJob "
+                                   "(it has: read)"))
+      << submit.err;
+
+  // Tenants: team A submits under its prefix, not outside it.
+  CommandResult mine = SmallJob(d, team_a, "team-a.rtn4");
+  EXPECT_EQ(mine.exit_code, 0) << mine.out << mine.err << d.Log();
+  CommandResult outside = SmallJob(d, team_a, "shared-rtn4");
+  EXPECT_EQ(outside.exit_code, 1) << outside.err;
+  EXPECT_TRUE(Contains(outside.err, "PERMISSION_DENIED: \"team a\" is limited to models whose "
+                                    "names start with \"team-a.\""))
+      << outside.err;
+  CommandResult shared = SmallJob(d, tester, "shared-rtn4");
+  EXPECT_EQ(shared.exit_code, 0) << shared.out << shared.err;
+
+  // Team A sees and fetches only its models and jobs.
+  CommandResult models = Ctl(d, team_a, {"models"});
+  EXPECT_EQ(models.exit_code, 0) << models.err;
+  EXPECT_TRUE(Contains(models.out, "team-a.rtn4")) << models.out;
+  EXPECT_FALSE(Contains(models.out, "shared-rtn4")) << models.out;
+  CommandResult jobs = Ctl(d, team_a, {"jobs"});
+  EXPECT_TRUE(Contains(jobs.out, "team-a.rtn4")) << jobs.out;
+  EXPECT_FALSE(Contains(jobs.out, "shared-rtn4")) << jobs.out;
+  EXPECT_TRUE(Contains(Ctl(d, tester, {"jobs"}).out, "shared-rtn4"));
+  const std::string out = MakeTempDir("auth_fetch");
+  EXPECT_EQ(Ctl(d, team_a, {"fetch", "team-a.rtn4", "-o", out + "/mine"}).exit_code, 0);
+  CommandResult theirs = Ctl(d, team_a, {"fetch", "shared-rtn4", "-o", out + "/theirs"});
+  EXPECT_EQ(theirs.exit_code, 1) << theirs.err;
+  EXPECT_TRUE(Contains(theirs.err, "PERMISSION_DENIED")) << theirs.err;
+  RemoveAll(out).IgnoreError();
+
+  // admin: deletes need it (reader lacks it), and a tenant deletes only its own models.
+  CommandResult reader_delete = Ctl(d, reader, {"delete", "team-a.rtn4@1"});
+  EXPECT_EQ(reader_delete.exit_code, 1);
+  EXPECT_TRUE(Contains(reader_delete.err, "lacks scope \"admin\"")) << reader_delete.err;
+  CommandResult cross_delete = Ctl(d, team_a, {"delete", "shared-rtn4@1"});
+  EXPECT_EQ(cross_delete.exit_code, 1);
+  EXPECT_TRUE(Contains(cross_delete.err, "PERMISSION_DENIED")) << cross_delete.err;
+  EXPECT_EQ(Ctl(d, team_a, {"delete", "team-a.rtn4@1"}).exit_code, 0);
+  EXPECT_EQ(Ctl(d, tester, {"delete", "shared-rtn4@1"}).exit_code, 0);
+  EXPECT_EQ(Ctl(d, tester, {"cancel", "j-no-such-job"}).exit_code, 1);
+
+  // The audit log names the caller of every submit, fetch, cancel and delete, allowed or not.
+  const std::string log = d.Log();
+  for (const std::string& line :
+       {"quantd: audit: submit by \"team a\" (tenant team-a., ",
+        "quantd: audit: fetch by \"team a\" (tenant team-a., ",
+        "quantd: audit: delete by \"team a\" (tenant team-a., ",
+        "quantd: audit: submit by \"tester\" (", "quantd: audit: delete by \"tester\" (",
+        "quantd: audit: cancel by \"tester\" ("}) {
+    EXPECT_TRUE(Contains(log, line)) << line << "\n" << log;
+  }
+  EXPECT_TRUE(Contains(log, "name=shared-rtn4 model_dir=" + Model() + " calib=" + Calib() +
+                                ": PERMISSION_DENIED: \"team a\" is limited"))
+      << log;
+  EXPECT_FALSE(Contains(log, kTeamAToken));
+}
+
+// Issue 25, step 1: a job read a secret file. Inputs must now resolve inside an --input_root.
+TEST_F(AuthTest, InputsOutsideEveryRootAreRefused) {
+  const std::string inputs = MakeTempDir("auth_inputs");
+  const std::string elsewhere = MakeTempDir("auth_secret");
+  WriteFile(elsewhere + "/secret.txt", "root:x:0:0:root:/root:/bin/bash\n", 0644);
+  ASSERT_EQ(::symlink((elsewhere + "/secret.txt").c_str(), (inputs + "/calib.txt").c_str()), 0);
+  ASSERT_EQ(::symlink(Calib().c_str(), (inputs + "/calib.u16").c_str()), 0);
+  Daemon d(1, {"--input_root=" + SourceDir() + "/examples", "--input_root=" + inputs});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  auto submit = [&](const std::string& model, const std::string& calib, const std::string& name) {
+    return Ctl(d, {}, {"submit", model, "--calib", calib, "--method", "rtn", "--bits", "4",
+                       "--max-calib-seqs", "1", "--name", name, "--wait"});
+  };
+  CommandResult secret = submit(Model(), elsewhere + "/secret.txt", "leak");
+  EXPECT_EQ(secret.exit_code, 1) << secret.err;
+  EXPECT_TRUE(Contains(secret.err, "PERMISSION_DENIED: calibration file " + elsewhere +
+                                       "/secret.txt is outside every --input_root"))
+      << secret.err;
+  CommandResult link = submit(Model(), inputs + "/calib.txt", "leak");
+  EXPECT_EQ(link.exit_code, 1) << link.err;
+  EXPECT_TRUE(Contains(link.err, "PERMISSION_DENIED: calibration file " + inputs +
+                                     "/calib.txt resolves to " + elsewhere + "/secret.txt"))
+      << link.err;
+  CommandResult model = submit(elsewhere, Calib(), "leak");
+  EXPECT_EQ(model.exit_code, 1) << model.err;
+  EXPECT_TRUE(Contains(model.err, "PERMISSION_DENIED: model directory")) << model.err;
+  // A symlink inside a root to a file inside another root is fine: the job runs.
+  CommandResult ok = submit(Model(), inputs + "/calib.u16", "linked-calib");
+  EXPECT_EQ(ok.exit_code, 0) << ok.out << ok.err << d.Log();
+  EXPECT_TRUE(Contains(d.Log(), "quantd: audit: submit by \"anonymous\" (")) << d.Log();
+
+  // Without a root every submission is refused, saying how to configure one.
+  Daemon none(0, {"--allow_any_input_path=false"});
+  ASSERT_TRUE(none.ok()) << none.Log();
+  CommandResult refused = Ctl(none, {}, {"submit", Model(), "--calib", Calib(), "--method", "rtn",
+                                         "--bits", "4", "--name", "x"});
+  EXPECT_EQ(refused.exit_code, 1) << refused.err;
+  EXPECT_TRUE(Contains(refused.err, "FAILED_PRECONDITION")) << refused.err;
+  EXPECT_TRUE(Contains(refused.err, "--input_root=DIR")) << refused.err;
+  EXPECT_TRUE(Contains(none.Log(), "no --input_root")) << none.Log();
+  RemoveAll(inputs).IgnoreError();
+  RemoveAll(elsewhere).IgnoreError();
+}
+
+// --metrics_require_token: /metrics answers only HTTP Basic auth with a metrics-scope token.
+TEST_F(AuthTest, MetricsCanRequireAToken) {
+  Daemon d(0, {"--auth_token_file=" + files->Path("tokens"), "--metrics_require_token"});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  auto basic = [](const std::string& password) {
+    std::string encoded;
+    absl::Base64Escape("prometheus:" + password, &encoded);
+    return "Authorization: Basic " + encoded + "\r\n";
+  };
+  const std::string anonymous = HttpGetRaw(d.metrics_port(), "/metrics", "");
+  EXPECT_TRUE(Contains(anonymous, " 401 ")) << anonymous;
+  EXPECT_FALSE(Contains(anonymous, "quantd_jobs"));
+  const std::string client = HttpGetRaw(d.metrics_port(), "/metrics", basic(kToken));
+  EXPECT_TRUE(Contains(client, " 401 ")) << client;  // a client token lacks the metrics scope
+  const std::string scraper = HttpGetRaw(d.metrics_port(), "/metrics", basic(kMetricsToken));
+  EXPECT_TRUE(Contains(scraper, " 200 ")) << scraper;
+  EXPECT_TRUE(Contains(scraper, "quantd_jobs")) << scraper;
+  // Without a token file the flag cannot work: quantd refuses to start.
+  CommandResult r = testing::Run({BinaryDir() + "/quantd", "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                                  "--data_dir=" + d.data_dir() + "/other", "--local_workers=0",
+                                  "--metrics_require_token"},
+                                 {}, 30);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(Contains(r.err, "--metrics_require_token needs --auth_token_file")) << r.err;
+}
+
 // Token rotation without a restart: SIGHUP makes quantd re-read --auth_token_file. A file that
 // no longer loads changes nothing; the local workers' own token survives every reload.
 TEST_F(AuthTest, SighupReloadsTheTokenFile) {
@@ -308,6 +519,40 @@ TEST_F(AuthTest, Tls) {
   sec.tls_ca_file = files->Path("ca.pem");
   EXPECT_TRUE(HealthCheck(d.addr(), sec, &health).ok());
   EXPECT_EQ(health, std::string("\x08\x01", 2));
+}
+
+// Mutual TLS without a token file: scopes come from the client certificate's quantd: OUs; a
+// certificate without them gets the default (no worker); the local workers use their own token.
+TEST_F(AuthTest, MutualTlsScopesFromCertificates) {
+  Daemon d(1, {"--tls_cert=" + files->Path("server.pem"), "--tls_key=" + files->Path("server.key"),
+               "--tls_client_ca=" + files->Path("ca.pem")});
+  ASSERT_TRUE(d.ok()) << d.Log();
+  auto cert = [](const std::string& name) {
+    return std::vector<std::string>{"--tls-ca", files->Path("ca.pem"), "--tls-cert",
+                                    files->Path(name + ".pem"), "--tls-key", files->Path(name + ".key")};
+  };
+  CommandResult job = SmallJob(d, cert("client"), "mtls-scopes");
+  EXPECT_EQ(job.exit_code, 0) << job.out << job.err << d.Log();
+  EXPECT_EQ(Ctl(d, cert("reader"), {"models"}).exit_code, 0);
+  CommandResult denied = Ctl(d, cert("reader"),
+                             {"submit", Model(), "--calib", Calib(), "--method", "rtn", "--bits",
+                              "4", "--name", "reader-job"});
+  EXPECT_EQ(denied.exit_code, 1) << denied.err;
+  EXPECT_TRUE(Contains(denied.err, "PERMISSION_DENIED: certificate \"cert-reader\" lacks scope "
+                                   "\"submit\""))
+      << denied.err;
+  EXPECT_TRUE(Contains(denied.err, "OU=quantd:submit")) << denied.err;
+  // A certificate without quantd: OUs is a client, not a worker.
+  const std::string cache = MakeTempDir("auth_mtls_worker");
+  CommandResult w = testing::Run(
+      {BinaryDir() + "/quantd-worker", "--coordinator=" + d.addr(), "--cache_dir=" + cache,
+       "--threads=1", "--tls_ca=" + files->Path("ca.pem"), "--tls_cert=" + files->Path("client.pem"),
+       "--tls_key=" + files->Path("client.key")},
+      {}, 60);
+  EXPECT_EQ(w.exit_code, 1) << w.err;
+  EXPECT_TRUE(Contains(w.err, "lacks scope \"worker\"")) << w.err;
+  RemoveAll(cache).IgnoreError();
+  EXPECT_TRUE(Contains(d.Log(), "quantd: audit: submit by \"quantd test client\"")) << d.Log();
 }
 
 TEST_F(AuthTest, MutualTlsWithTokens) {

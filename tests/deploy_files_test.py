@@ -12,6 +12,8 @@ deploy/grafana/) against each other and against the code:
 - Grafana: every PromQL expression names only metrics quantd exports (server/metrics.cc), and
   the README metrics table lists them all; with promtool (Debian package prometheus) every
   expression and prometheus.yml are also parsed by Prometheus' own parser;
+- job inputs: quantd confines them with --input_root on a mounted volume (the image creates
+  the Dockerfile's root), never --allow_any_input_path;
 - Dockerfile: stages, flags, ports, user, volume; its runtime stage installs the Debian package
   of every shared library the built binaries load (ldd + dpkg -S);
 - the checks catch breakage: an unmodified copy passes, and each of a few mutated copies fails;
@@ -117,6 +119,23 @@ def check_command(c, where, argv):
     return binary, flags
 
 
+def check_input_roots(c, where, argv, mounts):
+    """quantd must confine job inputs with --input_root (never --allow_any_input_path), each
+    root on one of `mounts` (container paths; None: not checked)."""
+    roots = [a.split("=", 1)[1] for a in argv if a.startswith("--input_root=")]
+    roots += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--input_root"]
+    c.check("allow_any_input_path" not in parse_flags(argv[1:]),
+            "%s: quantd must not run with --allow_any_input_path" % where)
+    if not c.check(roots, "%s: quantd needs --input_root (without one every submission is "
+                   "refused)" % where):
+        return
+    for r in roots:
+        if mounts is not None:
+            c.check(any(r == m or r.startswith(m.rstrip("/") + "/") for m in mounts),
+                    "%s: --input_root=%s is not on a mounted volume (mounts: %s)" % (
+                        where, r, sorted(mounts)))
+
+
 # -- files -------------------------------------------------------------------------------------
 
 def load_all(c):
@@ -191,6 +210,7 @@ def check_k8s(c, docs):
                 "%s: %s must be a gRPC probe (grpc.health.v1) on port 7070, got %s" % (rel, probe, p))
     data_dir = flags.get("data_dir", "")
     mounts = {m["mountPath"]: m["name"] for m in ctr.get("volumeMounts", [])}
+    check_input_roots(c, rel, ctr["command"] + ctr.get("args", []), set(mounts))
     claim_names = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
     pvc_volumes = {v["name"] for v in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
     c.check(data_dir and mounts.get(data_dir) in claim_names | pvc_volumes,
@@ -289,6 +309,7 @@ def check_compose(c, docs):
     c.check("7070:7070" in q.get("ports", []) and "9464:9464" in q.get("ports", []),
             "%s: quantd must publish 7070 and 9464" % rel)
     vols = {v.split(":")[1]: v.split(":")[0] for v in q.get("volumes", [])}
+    check_input_roots(c, rel + " quantd", q["command"], set(vols))
     c.check(vols.get(flags.get("data_dir")) in docs[rel][0].get("volumes", {}),
             "%s: --data_dir=%s must be a named volume" % (rel, flags.get("data_dir")))
     workers = [n for n, s in services.items()
@@ -415,6 +436,11 @@ def check_dockerfile(c):
                 "data_dir": "/var/lib/quantd", "local_workers": "0"}
         for k, v in want.items():
             c.check(flags.get(k) == v, "Dockerfile CMD: --%s must be %s, got %s" % (k, v, flags.get(k)))
+        check_input_roots(c, "Dockerfile CMD", argv, None)
+        for r in (a.split("=", 1)[1] for a in argv if a.startswith("--input_root=")):
+            c.check(re.search(r"install -d[^\n]*\s%s(\s|$)" % re.escape(r), "\n".join(lines)),
+                    "Dockerfile: --input_root=%s must exist in the image (install -d %s), or "
+                    "quantd refuses to start" % (r, r))
     for l in lines:
         if l.upper().startswith("CMD ") and "quantd-worker" in l:
             check_command(c, "Dockerfile worker CMD", json.loads(l[4:]))
@@ -533,6 +559,10 @@ MUTATIONS = [
     ("deploy/k8s/coordinator-service.yaml", "  ports:\n    - name: grpc\n      port: 7070\n      targetPort: grpc\n      protocol",
      "  ports:\n    - name: grpc\n      port: 7070\n      targetPort: grpc\n     protocol", "parse"),
     ("Dockerfile", "--metrics_listen=0.0.0.0:9464", "--metrics-listen=0.0.0.0:9464", "no flag"),
+    ("deploy/compose.yaml", "      - --input_root=/examples\n", "", "needs --input_root"),
+    ("deploy/k8s/coordinator-statefulset.yaml", "--input_root=/models", "--input_root=/srv/models",
+     "not on a mounted volume"),
+    ("Dockerfile", " \\\n && install -d /models", "", "must exist in the image"),
 ]
 
 

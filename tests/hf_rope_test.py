@@ -114,7 +114,7 @@ def main():
             failures.append(f"yarn config not refused by name: exit {r.returncode} {r.stderr}")
 
         # 3. Through the service, and the export keeps the user's layout.
-        daemon, addr = start_quantd(bindir, tmp)
+        daemon, addr = start_quantd(bindir, tmp, tmp)  # the model and calib live under tmp
         if addr is None:
             failures.append("quantd did not start")
             return 1

@@ -48,12 +48,14 @@ def venv_python():
     return py
 
 
-def start_quantd(bindir, tmp):
-    """quantd with one local worker on a free loopback port; returns (process, address or None)."""
+def start_quantd(bindir, tmp, input_root):
+    """quantd with one local worker on a free loopback port, reading job inputs only under
+    `input_root`; returns (process, address or None)."""
     port_file = os.path.join(tmp, "port")
     daemon = subprocess.Popen(
         [os.path.join(bindir, "quantd"), "--listen=127.0.0.1:0", "--metrics_listen=",
-         f"--data_dir={tmp}/var", f"--port_file={port_file}", "--local_workers=1"],
+         f"--data_dir={tmp}/var", f"--port_file={port_file}", "--local_workers=1",
+         f"--input_root={input_root}"],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "quantd.log"), "w"))
     for _ in range(300):
         if os.path.exists(port_file) or daemon.poll() is not None:
@@ -103,7 +105,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="quantd-hf-")
     daemon = None
     try:
-        daemon, addr = start_quantd(bindir, tmp)
+        daemon, addr = start_quantd(bindir, tmp, os.path.join(src, "examples"))
         if addr is None:
             log("FAIL: quantd did not start"); return 1
         quantctl = os.path.join(bindir, "quantctl")

@@ -192,6 +192,16 @@ Daemon::Daemon(int local_workers, std::vector<std::string> extra_flags, std::str
                                    "--port_file=" + port_file,
                                    "--worker_binary=" + BinaryDir() + "/quantd-worker",
                                    "--local_workers=" + std::to_string(local_workers)};
+  // Job inputs: the source tree (examples/) and the temporary directories tests make under
+  // /tmp (MakeTempDir), unless the test chooses its own --input_root or --allow_any_input_path.
+  bool own_inputs = false;
+  for (const std::string& f : extra_flags) {
+    own_inputs = own_inputs || f.rfind("--input_root", 0) == 0 || f.rfind("--allow_any_input_path", 0) == 0;
+  }
+  if (!own_inputs) {
+    argv.push_back("--input_root=" + SourceDir());
+    argv.push_back("--input_root=/tmp");
+  }
   for (auto& f : extra_flags) argv.push_back(f);
   int log_fd = ::open((data_dir_ + "/quantd.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   pid_ = Spawn(argv, env, log_fd, log_fd);
@@ -246,6 +256,12 @@ std::string Daemon::Log() const {
 }
 
 std::string HttpGet(int port, const std::string& path) {
+  const std::string resp = HttpGetRaw(port, path, "");
+  size_t body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? "" : resp.substr(body + 4);
+}
+
+std::string HttpGetRaw(int port, const std::string& path, const std::string& headers) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
@@ -255,12 +271,11 @@ std::string HttpGet(int port, const std::string& path) {
     ::close(fd);
     return "";
   }
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" + headers + "\r\n";
   ::write(fd, req.data(), req.size());
   std::string resp = ReadAll(fd);
   ::close(fd);
-  size_t body = resp.find("\r\n\r\n");
-  return body == std::string::npos ? "" : resp.substr(body + 4);
+  return resp;
 }
 
 }  // namespace quantd::testing

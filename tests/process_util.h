@@ -45,7 +45,9 @@ CapturedRun RunCaptured(const std::vector<std::string>& argv, bool pty,
 
 class Daemon {
  public:
-  // Starts quantd with `local_workers` workers and extra flags; waits until it serves.
+  // Starts quantd with `local_workers` workers and extra flags; waits until it serves. Job
+  // inputs are confined to --input_root=$QUANTD_SOURCE_DIR and --input_root=/tmp unless
+  // `extra_flags` has its own --input_root or --allow_any_input_path.
   // `env` entries ("NAME=value") are added to quantd's environment (its workers inherit them).
   explicit Daemon(int local_workers, std::vector<std::string> extra_flags = {},
                   std::string data_dir = "", std::vector<std::string> env = {});
@@ -69,6 +71,9 @@ class Daemon {
 
 // GET http://127.0.0.1:port/path; returns the body or "" on failure.
 std::string HttpGet(int port, const std::string& path);
+// The same with extra request header lines (each ending in "\r\n"); returns the whole response,
+// status line and headers included, or "" on failure.
+std::string HttpGetRaw(int port, const std::string& path, const std::string& headers);
 
 }  // namespace quantd::testing
 

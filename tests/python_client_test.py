@@ -2,9 +2,11 @@
 """End-to-end test of the Python client (client/python/quantd_client.py) against a real quantd
 with 2 local workers: submit the stories260K job, watch it, fetch the artifact (sha256 checked
 against the manifest, resume from a partial download, a corrupt partial file is DATA_LOSS), and
-an invalid request is INVALID_ARGUMENT. A second quantd with bearer tokens and TLS: the client
-with the token and the CA runs a job; no token, a wrong token, no TLS and a world-readable token
-file are refused with the reason.
+an invalid request is INVALID_ARGUMENT, inputs outside --input_root (a file, a symlink pointing
+out) are PERMISSION_DENIED. A second quantd with bearer tokens and TLS: the client with the token
+and the CA runs a job; no token, a wrong token, no TLS and a world-readable token file are refused
+with the reason; a read-only token cannot submit and a tenant token cannot reach other models,
+each denial naming the scope or tenant in the library's exception and the CLI's output.
 
 The outer run (stdlib only) prepares a venv under $QUANTD_BINARY_DIR/python-client-venv with
 client/python/requirements.txt (kept across runs, reinstalled when the requirements change) and
@@ -109,8 +111,11 @@ def sha256_file(path):
 
 
 def start_quantd(cls, workers, flags=()):
-    """Starts quantd for a test class (cls.tmp, cls.proc, cls.log, cls.addr)."""
+    """Starts quantd for a test class (cls.tmp, cls.proc, cls.log, cls.addr); job inputs are
+    confined to the source tree and cls.inputs (--input_root)."""
     cls.tmp = tempfile.mkdtemp(prefix="quantd_pyclient_")
+    cls.inputs = os.path.join(cls.tmp, "inputs")
+    os.makedirs(cls.inputs)
     port_file = os.path.join(cls.tmp, "port")
     cls.log = open(os.path.join(cls.tmp, "quantd.log"), "w")
     cls.proc = subprocess.Popen(
@@ -118,7 +123,8 @@ def start_quantd(cls, workers, flags=()):
          "--metrics_listen=127.0.0.1:%d" % free_port(),
          "--data_dir=" + os.path.join(cls.tmp, "data"), "--port_file=" + port_file,
          "--worker_binary=" + os.path.join(BINARY_DIR, "quantd-worker"),
-         "--local_workers=%d" % workers] + list(flags),
+         "--local_workers=%d" % workers, "--input_root=" + SOURCE_DIR,
+         "--input_root=" + cls.inputs] + list(flags),
         stdout=cls.log, stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(300):
         if os.path.exists(port_file) and read(port_file).strip():
@@ -251,8 +257,29 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("NOT_FOUND", r.stderr)
 
+    def test_inputs_outside_the_input_root_are_refused(self):
+        import grpc
+        c = self.client
+        # A file outside --input_root, and a symlink inside the root that points outside it.
+        secret = os.path.join(self.tmp, "secret.txt")
+        with open(secret, "w") as f:
+            f.write("not for quantd\n")
+        with self.assertRaises(grpc.RpcError) as e:
+            c.submit(MODEL, calib=secret, method="rtn", bits=4, name="py-leak")
+        self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertIn("outside every --input_root", e.exception.details())
+        link = os.path.join(self.inputs, "calib.txt")
+        os.symlink(secret, link)
+        r = self.cli("submit", MODEL, "--calib", link, "--method", "rtn", "--bits", "4",
+                     "--name", "py-leak")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("PERMISSION_DENIED: calibration file %s resolves to %s" % (
+            link, os.path.realpath(secret)), r.stderr)
+
 
 TOKEN = "py-client-token-0123456789"
+READER = "py-reader-token-0123456789"   # scopes=read
+TEAM_A = "py-team-a-token-0123456789"   # scopes=submit,read tenant=py-team-a.
 
 
 class SecuredPythonClientTest(unittest.TestCase):
@@ -276,7 +303,8 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s
                        capture_output=True)
         cls.token_file = os.path.join(cls.certs, "tokens")
         with open(cls.token_file, "w") as f:
-            f.write("# test\n%s  py-tester\n" % TOKEN)
+            f.write("# test\n%s  py-tester\n%s py-reader scopes=read\n%s py-team-a "
+                    "scopes=submit,read tenant=py-team-a.\n" % (TOKEN, READER, TEAM_A))
         os.chmod(cls.token_file, 0o600)
         start_quantd(cls, 1, ["--auth_token_file=" + cls.token_file,
                               "--tls_cert=" + os.path.join(cls.certs, "server.pem"),
@@ -314,6 +342,28 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s
         with qc.Client(self.addr, token="wrong-token-0123456789", tls_ca=self.ca) as c:
             with self.assertRaises(grpc.RpcError) as e:
                 c.models()
+            self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        # Scopes: a read-only token reads but cannot submit, and the denial names the scope.
+        with qc.Client(self.addr, token=READER, tls_ca=self.ca) as c:
+            self.assertEqual(c.get_job(job.id).id, job.id)
+            with self.assertRaises(grpc.RpcError) as e:
+                c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-reader-job")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn('token "py-reader" lacks scope "submit"', e.exception.details())
+        r = self.cli("submit", MODEL, "--calib", CALIB, "--method", "rtn", "--bits", "4",
+                     "--name", "py-reader-job", env={"QUANTD_TOKEN": READER, "QUANTD_TLS_CA": self.ca})
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn('PERMISSION_DENIED: token "py-reader" lacks scope "submit"', r.stderr)
+        # Tenants: team A's token sees its models only, and cannot submit outside its prefix.
+        with qc.Client(self.addr, token=TEAM_A, tls_ca=self.ca) as c:
+            self.assertEqual(c.models(), [])  # py-secure is not under py-team-a.
+            with self.assertRaises(grpc.RpcError) as e:
+                c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-secure")
+            self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+            self.assertIn('"py-team-a" is limited to models whose names start with "py-team-a."',
+                          e.exception.details())
+            with self.assertRaises(grpc.RpcError) as e:
+                c.get_job(job.id)
             self.assertEqual(e.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
         # Plaintext against the TLS port never becomes ready.
         with self.assertRaises(grpc.FutureTimeoutError):

@@ -40,7 +40,11 @@ are missing and grpcio-tools is installed. $QUANTD_PROTO overrides the proto pat
 ../../proto/quantd.proto relative to this file).
 
 Errors: RPC failures raise grpc.RpcError (code() is the server's status: INVALID_ARGUMENT,
-NOT_FOUND, UNAVAILABLE, ...); a fetched file whose size or sha256 differs from the manifest
+NOT_FOUND, UNAVAILABLE, ...; details() the server's message). PERMISSION_DENIED says which check
+refused the call: a token not in quantd's file ("token rejected"), a scope the token lacks
+('token "ci" lacks scope "submit" needed by /quantd.v1.QuantService/SubmitJob (it has: read)'),
+a tenant ('"team a" is limited to models whose names start with "team-a."'), or an input path
+outside quantd's --input_root; the CLI prints "CODE: details" and exits 1. A fetched file whose size or sha256 differs from the manifest
 raises FetchError with code DATA_LOSS. Thread-safety: a Client may be shared by threads
 (grpc channels are thread-safe); fetch() into the same directory from two threads is not safe.
 """
