@@ -79,7 +79,7 @@ def main():
         if r.returncode != 0:
             failures.append(f"make_family_fixtures: {r.stderr[-2000:]}")
             return 1
-        daemon, addr = start_quantd(bindir, tmp)
+        daemon, addr = start_quantd(bindir, tmp, tmp)
         if addr is None:
             failures.append("quantd did not start")
             return 1
