@@ -7,12 +7,14 @@
 #define QUANTD_ENGINE_ARTIFACT_ARTIFACT_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
 #include "absl/status/statusor.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
+#include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
 
 namespace quantd::artifact {
@@ -46,6 +48,13 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
 // DATA_LOSS for corrupt packed or online-rotation tensors.
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                         model::LlamaConfig* config);
+
+// The same directory as a layer-streamed WeightSource: each layer read (and each .qweight
+// dequantized) when the forward reaches it, the online rotations from kOnlineDownTensor /
+// kOnlineOTensor. Also opens a plain HF checkpoint directory (no .qweight, no rotation).
+// DATA_LOSS for corrupt online-rotation tensors (corrupt packed tensors surface from Layer()).
+absl::StatusOr<std::unique_ptr<model::CheckpointWeightSource>> OpenArtifactSource(
+    const std::string& dir, model::LlamaConfig* config);
 
 // Output precision of ExportHfModel's floating-point tensors.
 enum class HfDType { kF16, kBF16, kF32 };
