@@ -23,6 +23,10 @@
 #include "common/file_util.h"
 #include "nlohmann/json.hpp"
 #include "engine/artifact/artifact.h"
+#include "engine/artifact/export_gguf.h"
+#include "engine/quant/grid_target.h"
+#include <filesystem>
+#include <map>
 #include "engine/model/forward.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/model/perplexity.h"
@@ -65,6 +69,16 @@ int RunMethods(const Flags& flags) {
        act_order = flags.GetInt("act-order", 0), sequential = flags.GetInt("sequential", 0);
   auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
+  // --grid: quantize rtn/gptq onto an export format's grid (quant/grid_target.h; bits 0 in a
+  // config and no group take the grid's own). --save DIR: write the last configuration's
+  // quantized model as a native artifact directory (config, packed tensors, tokenizer files,
+  // manifest.json with the spec) that `quantctl export`-style exporters read.
+  auto grid = quant::ParseGridTarget(flags.Get("grid", ""));
+  const std::string save_dir = flags.Get("save", "");
+  if (!grid.ok()) {
+    std::fprintf(stderr, "%s\n", grid.status().ToString().c_str());
+    return 2;
+  }
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
       !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() ||
       !act_order.ok() || !sequential.ok() || !damp.ok() || *seqs < 1 || *seq_len < 2) {
@@ -169,6 +183,13 @@ int RunMethods(const Flags& flags) {
     // act order is per output channel only (ValidateSpec), so a grouped config goes without it.
     spec.act_order = *act_order != 0 && spec.group_size == 0 &&
                      (spec.method == quant::Method::kGptq || spec.method == quant::Method::kQuarot);
+    if (*grid != quant::GridTarget::kDefault) {
+      const quant::GridShape shape = quant::GridShapeOf(*grid);
+      spec.grid = *grid;
+      if (spec.bits == 0) spec.bits = shape.bits;
+      if (spec.group_size == 0) spec.group_size = shape.group_size;
+      if (shape.group_size != 0) spec.act_order = false;
+    }
     if (absl::Status st = quant::ValidateSpec(spec); !st.ok()) {
       std::fprintf(stderr, "%s: %s\n", c.c_str(), st.ToString().c_str());
       return 2;
@@ -209,6 +230,7 @@ int RunMethods(const Flags& flags) {
     const model::LlamaWeights& src = rotate ? rot_fp : *fp;
     model::LlamaWeights w = src;
     std::vector<double> proxy(items.size());
+    std::vector<std::string> packed(items.size());
     std::vector<int> guarded(items.size());
     std::vector<absl::Status> qerr(items.size());
     // Quantizes items [begin, end) from `cap` into w (matrices in parallel).
@@ -233,6 +255,7 @@ int RunMethods(const Flags& flags) {
           continue;
         }
         model::MutableLinear(w, l, lin) = std::move(*deq);
+        packed[i] = std::move(q->packed);
         proxy[i] = q->proxy_loss;
         // quarot stores gptq matrices by design; only a rotated method can fall back to gptq.
         guarded[i] = spec.method != quant::Method::kQuarot && q->stored_method != spec.method;
@@ -290,6 +313,41 @@ int RunMethods(const Flags& flags) {
     if (spec.mse_clip) out["mse_clip"] = true;
     if (spec.act_order) out["act_order"] = true;
     if (spec.damp != 0.01) out["damp"] = spec.damp;
+    if (!save_dir.empty()) {
+      if (rotate) {
+        std::fprintf(stderr, "--save: quarot artifacts are not written by the bench\n");
+        return 2;
+      }
+      std::map<std::string, std::string> by_name;
+      for (size_t i = 0; i < items.size(); ++i) {
+        by_name[model::LinearTensorName(items[i].layer, items[i].lin)] = std::move(packed[i]);
+      }
+      nlohmann::json manifest = {
+          {"name", "bench"},
+          {"spec", {{"method", mb[0]}, {"bits", spec.bits}, {"group_size", spec.group_size},
+                    {"act_order", spec.act_order}, {"grid", std::string(quant::GridTargetName(spec.grid))}}},
+          {"perplexity", {{"quantd", p.ok() ? p->ppl : -1.0}}}};
+      absl::Status st = MakeDirs(save_dir);
+      if (st.ok()) st = artifact::WriteArtifactFromWeights(cfg, *fp, by_name, JoinPath(save_dir, "model.safetensors"));
+      for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "tok512.bin", "tokenizer.bin"}) {
+        if (!st.ok() || !std::filesystem::exists(JoinPath(dir, f))) continue;
+        auto bytes = ReadFile(JoinPath(dir, f), uint64_t{1} << 30);
+        st = bytes.ok() ? WriteFileAtomic(JoinPath(save_dir, f), *bytes) : bytes.status();
+      }
+      if (st.ok()) st = WriteFileAtomic(JoinPath(save_dir, "manifest.json"), manifest.dump(2) + "\n");
+      if (st.ok() && !flags.Get("gguf", "").empty()) {
+        auto g = artifact::ExportGguf(save_dir, flags.Get("gguf", ""));
+        st = g.status();
+        if (g.ok()) {
+          out["gguf"] = {{"path", flags.Get("gguf", "")}, {"bytes", g->bytes},
+                         {"quantized", g->quantized}, {"fallback_f32", g->fallback_f32}};
+        }
+      }
+      if (!st.ok()) {
+        std::fprintf(stderr, "--save %s: %s\n", save_dir.c_str(), st.ToString().c_str());
+        return 1;
+      }
+    }
     std::printf("%s\n", out.dump().c_str());
     std::fflush(stdout);
   }

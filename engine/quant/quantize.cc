@@ -282,11 +282,52 @@ std::string_view MethodName(Method m) {
   return "unknown";
 }
 
+RtnParams RtnParamsFor(const QuantSpec& spec) {
+  const GridShape shape = GridShapeOf(spec.grid);
+  RtnParams p;
+  p.bits = spec.bits;
+  p.form = shape.form;
+  p.group_size = spec.group_size;
+  p.mse_clip = spec.mse_clip;
+  p.fp16_scale = shape.fp16_scale;
+  return p;
+}
+
 absl::Status ValidateSpec(const QuantSpec& s) {
   const int mv = static_cast<int>(s.method);
   if (mv < 1 || mv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
   const std::string_view name = MethodName(s.method);
   const bool eight_bits = s.method == Method::kRtn || s.method == Method::kGptq;
+  if (s.grid != GridTarget::kDefault) {
+    const int gv = static_cast<int>(s.grid);
+    if (gv < 1 || gv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown grid ", gv));
+    const std::string grid(GridTargetName(s.grid));
+    const GridShape shape = GridShapeOf(s.grid);
+    if (!eight_bits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grid ", grid, " applies to rtn and gptq only, not ", std::string(name)));
+    }
+    if (shape.bits != 0 && s.bits != shape.bits) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("grid ", grid, " holds ", shape.bits, "-bit codes, not bits = ", s.bits));
+    }
+    if (shape.group_size != 0 && s.group_size != shape.group_size) {
+      return absl::InvalidArgumentError(absl::StrCat("grid ", grid, " has groups of ",
+                                                     shape.group_size, " weights, not group_size = ",
+                                                     s.group_size));
+    }
+    if (s.bits == 5) {
+      if (s.group_size < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("group_size = ", s.group_size, " is invalid"));
+      }
+      return ValidateSpec([&] {
+        QuantSpec four = s;  // 5 bits are checked like 4 once the grid allowed them
+        four.bits = 4;
+        four.grid = GridTarget::kDefault;
+        return four;
+      }());
+    }
+  }
   // quarot quantizes its rotated weights with gptq's grids, so it takes their options.
   const bool scalar_grid = eight_bits || s.method == Method::kQuarot;
   const bool bits_ok = eight_bits ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
@@ -361,7 +402,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
 
   if (spec.method == Method::kRtn) {
     c.group_size = spec.group_size;
-    RtnParams p{spec.bits, false, spec.group_size, spec.mse_clip};
+    const RtnParams p = RtnParamsFor(spec);
     QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, p));
     c.grids = std::move(r.grids);
     c.codes.assign(r.codes.begin(), r.codes.end());
@@ -375,7 +416,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
       QUANTD_ASSIGN_OR_RETURN(DampedHessian dh,
                               DampAndFactor(dev, hd, spec.damp, DampStyle::kGptq, layer_name));
       AppendNote(&result.note, dh.note);
-      GptqRounder rounder(wd, RtnParams{spec.bits, false, spec.group_size, spec.mse_clip});
+      GptqRounder rounder(wd, RtnParamsFor(spec));
       if (spec.act_order) {
         // Per-channel grids do not depend on the column order, so only the LDLQ sweep is
         // permuted; the codes go back to the original column order for the packed format.
