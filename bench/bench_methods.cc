@@ -70,9 +70,10 @@ int RunMethods(const Flags& flags) {
   auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
   // --grid: quantize rtn/gptq onto an export format's grid (quant/grid_target.h; bits 0 in a
-  // config and no group take the grid's own). --save DIR: write the last configuration's
-  // quantized model as a native artifact directory (config, packed tensors, tokenizer files,
-  // manifest.json with the spec) that `quantctl export`-style exporters read.
+  // config and no group take the grid's own). --save DIR: write each configuration's quantized
+  // model as a native artifact directory DIR/<method>-<bits> (config, packed tensors, tokenizer
+  // files, manifest.json with the spec), and with --gguf 1 also DIR/<method>-<bits>.gguf
+  // (artifact::ExportGguf, what `quantctl fetch --format gguf` writes).
   auto grid = quant::ParseGridTarget(flags.Get("grid", ""));
   const std::string save_dir = flags.Get("save", "");
   if (!grid.ok()) {
@@ -299,7 +300,7 @@ int RunMethods(const Flags& flags) {
     t0 = std::chrono::steady_clock::now();
     auto p = model::Perplexity(mcfg, w, *eval, popts);
     nlohmann::json out = {{"method", mb[0]},
-                          {"bits", bits},
+                          {"bits", spec.bits},
                           {"mean_proxy_loss", mean},
                           {"ppl", p.ok() ? p->ppl : -1.0},
                           {"quantize_seconds", qsecs},
@@ -327,19 +328,20 @@ int RunMethods(const Flags& flags) {
           {"spec", {{"method", mb[0]}, {"bits", spec.bits}, {"group_size", spec.group_size},
                     {"act_order", spec.act_order}, {"grid", std::string(quant::GridTargetName(spec.grid))}}},
           {"perplexity", {{"quantd", p.ok() ? p->ppl : -1.0}}}};
-      absl::Status st = MakeDirs(save_dir);
-      if (st.ok()) st = artifact::WriteArtifactFromWeights(cfg, *fp, by_name, JoinPath(save_dir, "model.safetensors"));
+      const std::string art = JoinPath(save_dir, absl::StrCat(mb[0], "-", spec.bits));
+      absl::Status st = MakeDirs(art);
+      if (st.ok()) st = artifact::WriteArtifactFromWeights(cfg, *fp, by_name, JoinPath(art, "model.safetensors"));
       for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "tok512.bin", "tokenizer.bin"}) {
         if (!st.ok() || !std::filesystem::exists(JoinPath(dir, f))) continue;
         auto bytes = ReadFile(JoinPath(dir, f), uint64_t{1} << 30);
-        st = bytes.ok() ? WriteFileAtomic(JoinPath(save_dir, f), *bytes) : bytes.status();
+        st = bytes.ok() ? WriteFileAtomic(JoinPath(art, f), *bytes) : bytes.status();
       }
-      if (st.ok()) st = WriteFileAtomic(JoinPath(save_dir, "manifest.json"), manifest.dump(2) + "\n");
-      if (st.ok() && !flags.Get("gguf", "").empty()) {
-        auto g = artifact::ExportGguf(save_dir, flags.Get("gguf", ""));
+      if (st.ok()) st = WriteFileAtomic(JoinPath(art, "manifest.json"), manifest.dump(2) + "\n");
+      if (st.ok() && flags.Get("gguf", "0") == "1") {
+        auto g = artifact::ExportGguf(art, art + ".gguf");
         st = g.status();
         if (g.ok()) {
-          out["gguf"] = {{"path", flags.Get("gguf", "")}, {"bytes", g->bytes},
+          out["gguf"] = {{"path", art + ".gguf"}, {"bytes", g->bytes},
                          {"quantized", g->quantized}, {"fallback_f32", g->fallback_f32}};
         }
       }
