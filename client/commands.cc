@@ -156,7 +156,7 @@ int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
       return Fail(io, absl::Status(st.code(), absl::StrCat(head->name(), "@", head->version(),
                                                            ": ", st.message())));
     }
-    if (*fmt != artifact::ExportFormat::kGguf) {
+    if (!artifact::ExportImplemented(*fmt)) {
       return Fail(io, absl::UnimplementedError(absl::StrCat(
                           "--format ", inv.export_format, " is not implemented yet; use gguf")));
     }

@@ -62,6 +62,8 @@ std::string WhyNot(const ExportSpec& s, ExportFormat f) {
 
 }  // namespace
 
+bool ExportImplemented(ExportFormat f) { return f == ExportFormat::kGguf; }
+
 absl::StatusOr<ExportFormat> ParseExportFormat(std::string_view name) {
   if (name == "gptq") return ExportFormat::kGptq;
   if (name == "compressed-tensors") return ExportFormat::kCompressedTensors;
@@ -143,8 +145,9 @@ absl::Status CheckExportable(const ExportSpec& spec, ExportFormat f) {
 
 std::vector<std::string> ExportFormatsFor(const ExportSpec& spec) {
   std::vector<std::string> out;
-  if (WhyNot(spec, ExportFormat::kGptq).empty()) out.push_back("gptq");
-  if (WhyNot(spec, ExportFormat::kCompressedTensors).empty()) out.push_back("compressed-tensors");
+  for (ExportFormat f : {ExportFormat::kGptq, ExportFormat::kCompressedTensors}) {
+    if (ExportImplemented(f) && WhyNot(spec, f).empty()) out.emplace_back(ExportFormatName(f));
+  }
   if (auto t = GgufTypeFor(spec); t.ok()) {
     out.push_back(absl::StrCat("gguf-", absl::AsciiStrToLower(std::string(model::GgmlTypeName(static_cast<uint32_t>(*t))))));
   }

@@ -44,7 +44,11 @@ absl::StatusOr<model::GgmlType> GgufTypeFor(const ExportSpec& spec);
 // formats it can be exported to.
 absl::Status CheckExportable(const ExportSpec& spec, ExportFormat f);
 
-// The names for the manifest: "gptq", "compressed-tensors", "gguf-q4_0" (GGUF with its type).
+// Whether `quantctl fetch` can write `f` yet (gguf; gptq and compressed-tensors are specified in
+// docs/formats/exports.md and refused with their reasons, but not written yet).
+bool ExportImplemented(ExportFormat f);
+
+// The names for the manifest, implemented formats only: "gptq", "compressed-tensors", "gguf-q4_0" (GGUF with its type).
 std::vector<std::string> ExportFormatsFor(const ExportSpec& spec);
 
 }  // namespace quantd::artifact
