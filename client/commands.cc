@@ -8,7 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/artifact/export_formats.h"
-#include "engine/artifact/export_gguf.h"
+#include "client/export_command.h"
 #include "client/client.h"
 #include "client/command_line.h"
 #include "client/connection_security.h"
@@ -177,20 +177,12 @@ int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
     io.out << "wrote Hugging Face checkpoint (" << inv.hf_dtype << ") to " << inv.out_dir << "\n";
   }
   if (!inv.export_format.empty()) {
-    const std::string file = JoinPath(inv.out_dir, "model.gguf");
-    absl::StatusOr<artifact::GgufExportSummary> g = artifact::ExportGguf(native_dir, file);
-    if (!g.ok()) return Fail(io, g.status());
-    absl::StatusOr<std::string> manifest = ReadFile(JoinPath(native_dir, "manifest.json"));
-    if (!manifest.ok()) return Fail(io, manifest.status());
-    if (absl::Status st = WriteFileAtomic(JoinPath(inv.out_dir, "quantd_manifest.json"), *manifest);
-        !st.ok()) {
-      return Fail(io, st);
-    }
+    absl::StatusOr<artifact::ExportFormat> fmt = artifact::ParseExportFormat(inv.export_format);
+    if (!fmt.ok()) return Fail(io, fmt.status());
+    absl::StatusOr<std::string> line = WriteEngineExport(native_dir, inv.out_dir, *fmt);
+    if (!line.ok()) return Fail(io, line.status());
     if (absl::Status st = RemoveAll(native_dir); !st.ok()) return Fail(io, st);
-    io.out << "wrote GGUF " << model::GgmlTypeName(static_cast<uint32_t>(g->type)) << " ("
-           << g->quantized << " quantized tensors";
-    if (g->fallback_f32 > 0) io.out << ", " << g->fallback_f32 << " F32: rows not a multiple of 32";
-    io.out << ", " << g->bytes << " bytes) to " << file << "\n";
+    io.out << *line << "\n";
   }
   return kExitOk;
 }
