@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
@@ -46,6 +47,14 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
 // DATA_LOSS for corrupt packed or online-rotation tensors.
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
                                                         model::LlamaConfig* config);
+
+// Copies every regular file of `native_dir` but the weights and config.json (tokenizer files)
+// into `out_dir`, manifest.json as quantd_manifest.json (provenance). Atomic per file.
+absl::Status CopySideFiles(const std::string& native_dir, const std::string& out_dir);
+
+// Sets the storage dtype of a config.json object in its own layout: "dtype" and/or "torch_dtype"
+// where present, else "torch_dtype" (docs/formats/config.md).
+void SetConfigDtype(nlohmann::json* config, const char* dtype_name);
 
 // Output precision of ExportHfModel's floating-point tensors.
 enum class HfDType { kF16, kBF16, kF32 };

@@ -62,7 +62,9 @@ std::string WhyNot(const ExportSpec& s, ExportFormat f) {
 
 }  // namespace
 
-bool ExportImplemented(ExportFormat f) { return f == ExportFormat::kGguf; }
+bool IsSymmetricGrid(const ExportSpec& spec) { return SymmetricGrid(spec); }
+
+bool ExportImplemented(ExportFormat f) { return f == ExportFormat::kGguf || f == ExportFormat::kCompressedTensors; }
 
 absl::StatusOr<ExportFormat> ParseExportFormat(std::string_view name) {
   if (name == "gptq") return ExportFormat::kGptq;

@@ -35,6 +35,10 @@ struct ExportSpec {
 // DATA_LOSS when the manifest is not JSON or lacks spec.method / spec.bits.
 absl::StatusOr<ExportSpec> ExportSpecFromManifest(std::string_view manifest_json);
 
+// Whether the grid of `spec` is symmetric (zero point 2^(bits-1) for every group): q4_0, q5_0,
+// q8_0, gptq-sym.
+bool IsSymmetricGrid(const ExportSpec& spec);
+
 // The GGUF tensor type the linears of `spec` are stored in: Q4_0 (4 bits, symmetric grid),
 // Q4_1 (4 bits, asymmetric), Q5_0 / Q5_1 (the q5 grids), Q8_0 (8 bits, symmetric); groups of 32.
 // FAILED_PRECONDITION with the reason otherwise.
