@@ -37,9 +37,10 @@ struct QuantSpec {
   uint64_t seed = 0;         // Default: 0. Seeds RHT signs.
   int group_size = 0;        // Default: 0 = per output channel (rtn, gptq, quarot only)
   bool mse_clip = false;     // Default: false (rtn, gptq, quarot)
-  // Default: false (gptq, quarot; per output channel only). GPTQ's "act order": columns are
-  // quantized in decreasing order of H_ii, so the inputs that carry the most energy are rounded
-  // first, while the most columns are left to absorb their error.
+  // Default: false (gptq, quarot). GPTQ's "act order": columns are quantized in decreasing order
+  // of H_ii, so the inputs that carry the most energy are rounded first, while the most columns
+  // are left to absorb their error. With groups the grids are static (AutoGPTQ static_groups):
+  // fit on the original weights of each group before the sweep.
   bool act_order = false;
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
   double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp; qtip: trellis input scale)
@@ -62,7 +63,7 @@ RtnParams RtnParamsFor(const QuantSpec& spec);
 
 // INVALID_ARGUMENT with the bad value (bits for the method, a grid with a method other than
 // rtn/gptq or with bits/group size it does not hold, negative group size, group size or
-// mse_clip with a method that ignores them, act_order outside gptq/quarot or with groups, greedy passes outside 0..100, non-finite or
+// mse_clip with a method that ignores them, act_order outside gptq/quarot, greedy passes outside 0..100, non-finite or
 // negative codebook scale, damp outside (0, 10]).
 absl::Status ValidateSpec(const QuantSpec& spec);
 
