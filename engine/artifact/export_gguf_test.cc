@@ -2,7 +2,7 @@
 // and tokenizer metadata llama.cpp reads, and dequantize (through our GGUF reader, then undoing
 // llama.cpp's Q/K permutation) to exactly the weights the artifact holds; refusals name the
 // reason and the formats a version supports. The independent readers (gguf-py, llama.cpp) are
-// in tests/gguf_export_test.py and bench/gguf_llama_cpp.sh.
+// in tests/engine_exports_test.py and bench/gguf_llama_cpp.sh.
 #include "engine/artifact/export_gguf.h"
 
 #include <unistd.h>

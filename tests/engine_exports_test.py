@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""GGUF export checked by an independent reader, gguf-py (issue 22).
+"""Engine exports checked by independent readers (issue 22): GGUF by gguf-py, compressed-tensors
+by the compressed-tensors package.
 
 Runs the real service: quantd with one local worker quantizes the bundled stories260K onto each
 GGUF grid (`--grid q4_0|q4_1|q5_0|q5_1|q8_0`, gptq and rtn), `quantctl fetch --format gguf`
@@ -10,9 +11,16 @@ bit-exactly for Q4_0/Q5_0/Q8_0, within fp32 rounding of d*q + m for Q4_1/Q5_1 (r
 columns, not whole blocks, are F32 and exact). Then the refusals: a quip-sharp version and a
 per-channel gptq version are refused at fetch --format gguf with FAILED_PRECONDITION.
 
+compressed-tensors (when a venv with it, torch and safetensors exists: $QUANTD_CT_VENV, default
+~/.cache/quantd/ct-venv): `--format compressed-tensors` of gptq 4-bit groups of 32 (asymmetric,
+packed zero points), gptq-sym 4-bit per channel with act order and rtn 8-bit groups of 32;
+compressed-tensors' own PackedQuantizationCompressor.decompress must give our f32 weights within
+2^-10 per element (fp16 scales and fp16 output).
+
 gguf-py comes from PyPI: the test uses the first venv with `gguf` and `numpy` among
 $QUANTD_GGUF_VENV, ~/.cache/quantd/hf-venv and ~/.cache/quantd/llama/venv, else exits 77
-(CTest: skipped) with the command that creates one.
+(CTest: skipped) with the command that creates one. The compressed-tensors part is skipped with a
+message when its venv is absent.
 """
 import json
 import os
@@ -95,6 +103,41 @@ sys.exit(0 if checked == 35 and worst < 1e-6 else 1)
 """
 
 
+# Runs inside the compressed-tensors venv: its decompressor against our f32 HF export.
+CT_COMPARE = r"""
+import json, sys, torch
+from safetensors.torch import load_file
+from compressed_tensors.quantization import QuantizationConfig
+from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+ct_dir, hf_dir = sys.argv[1], sys.argv[2]
+cfg = json.load(open(ct_dir + "/config.json"))["quantization_config"]
+scheme = QuantizationConfig.model_validate(cfg).config_groups["group_0"]
+sd, ref = load_file(ct_dir + "/model.safetensors"), load_file(hf_dir + "/model.safetensors")
+prefixes = sorted({k[:-len(".weight_packed")] for k in sd if k.endswith(".weight_packed")})
+worst = 0.0
+for p in prefixes:
+    local = {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")}
+    w = PackedQuantizationCompressor.decompress(local, scheme)["weight"].float()
+    r = ref[p + ".weight"].float()
+    worst = max(worst, ((w - r).abs() / (r.abs() + 1e-12)).max().item())
+dense = [k for k in cfg["ignore"] if k != "lm_head"]
+print("compressed-tensors: %d packed linears, worst per-element |delta|/|w| = %.3g, %d dense" % (
+    len(prefixes), worst, len(dense)))
+sys.exit(0 if len(prefixes) + len(dense) == 35 and worst <= 2 ** -10 + 1e-6 else 1)
+"""
+
+
+def ct_python():
+    v = os.environ.get("QUANTD_CT_VENV", os.path.expanduser("~/.cache/quantd/ct-venv"))
+    py = os.path.join(v, "bin", "python")
+    if os.path.exists(py) and subprocess.run(
+            [py, "-c", "import compressed_tensors, torch, safetensors"],
+            capture_output=True).returncode == 0:
+        return py
+    log(f"SKIP (compressed-tensors part): no venv with compressed-tensors + torch at {v}")
+    return None
+
+
 def main():
     src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
@@ -143,6 +186,20 @@ def main():
             r = subprocess.run([py, "-c", COMPARE, os.path.join(out, "model.gguf"), hf, exact])
             log(f"{grid} ({method}): {'ok' if r.returncode == 0 else 'FAIL'}")
             failures += r.returncode != 0
+        ct = ct_python()
+        if ct:
+            for name, method, flags in (
+                    ("ct-g32", "gptq", ("--bits", "4", "--group-size", "32")),
+                    ("ct-sym-ao", "gptq", ("--grid", "gptq-sym", "--bits", "4", "--act-order")),
+                    ("ct-8", "rtn", ("--bits", "8", "--group-size", "32"))):
+                submit(name, method, *flags)
+                out, hf = os.path.join(tmp, name), os.path.join(tmp, name + "-hf")
+                log(run("fetch", name, "-o", out, "--format", "compressed-tensors").stdout
+                    .strip().splitlines()[-1])
+                run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
+                r = subprocess.run([ct, "-c", CT_COMPARE, out, hf])
+                log(f"compressed-tensors {name}: {'ok' if r.returncode == 0 else 'FAIL'}")
+                failures += r.returncode != 0
         # Refusals, before anything is downloaded.
         submit("plain-gptq", "gptq", "--bits", "4")
         submit("qs2", "quip-sharp", "--bits", "2")
