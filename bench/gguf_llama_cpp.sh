@@ -36,11 +36,12 @@ for f in "$HF/config.json" "$ORIG" "$CALIB" "$EVAL" "$BIN/llama-quantize" "$BIN/
   [ -e "$f" ] || { echo "gguf_llama_cpp: missing $f" >&2; exit 1; }
 done
 
-# 1. Ours: Hessians once, gptq and rtn on the Q4_0 grid, each exported to GGUF.
+# 1. Ours: Hessians once, then rtn and gptq variants on the Q4_0 grid (a: act order with static
+#    groups, m: MSE clip of each block's scale, d0.1: damping 0.1), each exported to GGUF.
 if [ ! -s "$OUT/q4_0/gptq-4.gguf" ]; then
   "$BENCH" methods --model "$HF" --calib "$CALIB" --eval "$EVAL" --calib-seqs 16 \
-    --eval-tokens 4096 --configs gptq/0,rtn/0 --grid q4_0 --save "$OUT/q4_0" --gguf 1 \
-    > "$OUT/q4_0.jsonl"
+    --eval-tokens 512 --configs rtn/0,gptq/0,gptq/0/am,gptq/0/ad0.1,gptq/0/amd0.1 --grid q4_0 \
+    --save "$OUT/q4_0" --gguf 1 > "$OUT/q4_0.jsonl"
 fi
 
 # 2. llama.cpp's files.
@@ -61,15 +62,15 @@ q llama-iq4_nl-imat IQ4_NL --imatrix "$OUT/imatrix.gguf"
 
 # 3. Perplexity with quantd's protocol through llama.cpp, and llama-perplexity's own.
 PPL="$OUT/llama_ppl"
-if [ ! -x "$PPL" ]; then
+if [ ! -x "$PPL" ] || [ "$(dirname "$0")/llama_cpp/llama_ppl.cc" -nt "$PPL" ]; then
   libs=$(find "$LLAMA_BUILD" -name 'libllama.a' -o -name 'libggml*.a' | sort -r | tr '\n' ' ')
   g++ -O2 -std=c++17 -I"$LLAMA_SRC/include" -I"$LLAMA_SRC/ggml/include" \
     "$(dirname "$0")/llama_cpp/llama_ppl.cc" -Wl,--start-group $libs -Wl,--end-group \
     -fopenmp -lpthread -ldl -o "$PPL"
 fi
 printf '| file | bytes | ppl (quantd protocol, llama.cpp) | llama-perplexity --chunks 8 |\n|---|---|---|---|\n'
-for f in llama-f16 q4_0/gptq-4 q4_0/rtn-4 llama-q4_0 llama-q4_0-imat llama-q4_0-imat-f16emb \
-         llama-q4_1-imat llama-iq4_nl-imat; do
+for f in llama-f16 q4_0/rtn-4 q4_0/gptq-4 q4_0/gptq-4-am q4_0/gptq-4-ad0.1 q4_0/gptq-4-amd0.1 \
+         llama-q4_0 llama-q4_0-imat llama-q4_0-imat-f16emb llama-q4_1-imat llama-iq4_nl-imat; do
   g="$OUT/$f.gguf"
   [ -s "$g" ] || continue
   ours=$("$PPL" "$g" "$EVAL" 4096 512 2>/dev/null | sed -n 's/.*"ppl": \([0-9.]*\).*/\1/p')

@@ -1,7 +1,7 @@
 // llama_ppl: perplexity of a GGUF model under llama.cpp with the protocol of quantd's own
 // evaluation (engine/model/perplexity.h, docs/benchmarks.md): the whole text tokenized without
 // BOS, the first N tokens, non-overlapping windows of C tokens, every next-token target of each
-// window scored (llama-perplexity scores only the second half of each window and adds a BOS, so
+// window scored, 4,095 for 4,096 tokens (llama-perplexity scores only the second half of each window and adds a BOS, so
 // its numbers are not comparable with ours). Built and run by bench/gguf_llama_cpp.sh against
 // the llama.cpp library that llama-cpp-python vendors; not part of the quantd build.
 //   usage: llama_ppl MODEL.gguf TEXT_FILE [N=4096] [C=512]
@@ -72,7 +72,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "llama_decode failed\n");
       return 1;
     }
-    for (int i = 0; i + 1 < len; ++i) {
+    // Every position with a next token is scored, the window's last one included (its target is
+    // the next window's first token): x = s[i:i+C], y = s[i+1:i+C+1], as quantd's evaluation.
+    for (int i = 0; i < len && start + i + 1 < toks.size(); ++i) {
       const float* lg = llama_get_logits_ith(ctx, i);
       double mx = lg[0];
       for (int v = 1; v < n_vocab; ++v) mx = std::max(mx, static_cast<double>(lg[v]));
