@@ -25,11 +25,12 @@ message when its venv is absent.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from local_quantd import LocalQuantd  # noqa: E402
 
 SKIP = 77
 
@@ -142,85 +143,70 @@ def main():
     src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
     py = venv_python()
-    tmp = tempfile.mkdtemp(prefix="quantd-gguf-")
-    daemon = None
+    tmp = tempfile.mkdtemp(prefix="quantd-exports-")
     try:
-        port_file = os.path.join(tmp, "port")
-        daemon = subprocess.Popen(
-            [os.path.join(bindir, "quantd"), "--listen=127.0.0.1:0", "--metrics_listen=",
-             f"--data_dir={tmp}/var", f"--port_file={port_file}", "--local_workers=1"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "quantd.log"), "w"))
-        for _ in range(300):
-            if os.path.exists(port_file) or daemon.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not os.path.exists(port_file):
-            log("FAIL: quantd did not start"); return 1
-        addr = "127.0.0.1:" + open(port_file).read().strip()
-        quantctl = os.path.join(bindir, "quantctl")
-        ex = os.path.join(src, "examples")
-
-        def run(*args, expect=0):
-            r = subprocess.run([quantctl, "--addr", addr, *args], capture_output=True, text=True)
-            if r.returncode != expect:
-                raise RuntimeError(f"quantctl {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
-            return r
-
-        def submit(name, method, *flags):
-            run("submit", os.path.join(ex, "stories260K"), "--calib",
-                os.path.join(ex, "tinystories/calib_stories_0_499.u16"), "--method", method,
-                "--name", name, "--max-calib-seqs", "16", *flags, "--wait")
-
-        failures = 0
-        for grid, method in (("q4_0", "gptq"), ("q4_1", "gptq"), ("q5_0", "rtn"), ("q5_1", "gptq"),
-                             ("q8_0", "gptq")):
-            name = f"g-{grid}"
-            submit(name, method, "--grid", grid)
-            models = run("models", name).stdout
-            if f"gguf-{grid}" not in models:
-                log(f"FAIL: `quantctl models` does not list gguf-{grid}:\n{models}"); failures += 1
-            out, hf = os.path.join(tmp, name), os.path.join(tmp, name + "-hf")
-            log(run("fetch", name, "-o", out, "--format", "gguf").stdout.strip().splitlines()[-1])
-            run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
-            exact = "0" if grid.endswith("_1") else "1"
-            r = subprocess.run([py, "-c", COMPARE, os.path.join(out, "model.gguf"), hf, exact])
-            log(f"{grid} ({method}): {'ok' if r.returncode == 0 else 'FAIL'}")
-            failures += r.returncode != 0
-        ct = ct_python()
-        if ct:
-            for name, method, flags in (
-                    ("ct-g32", "gptq", ("--bits", "4", "--group-size", "32")),
-                    ("ct-sym-ao", "gptq", ("--grid", "gptq-sym", "--bits", "4", "--act-order")),
-                    ("ct-8", "rtn", ("--bits", "8", "--group-size", "32"))):
-                submit(name, method, *flags)
-                out, hf = os.path.join(tmp, name), os.path.join(tmp, name + "-hf")
-                log(run("fetch", name, "-o", out, "--format", "compressed-tensors").stdout
-                    .strip().splitlines()[-1])
-                run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
-                r = subprocess.run([ct, "-c", CT_COMPARE, out, hf])
-                log(f"compressed-tensors {name}: {'ok' if r.returncode == 0 else 'FAIL'}")
-                failures += r.returncode != 0
-        # Refusals, before anything is downloaded.
-        submit("plain-gptq", "gptq", "--bits", "4")
-        submit("qs2", "quip-sharp", "--bits", "2")
-        for name, why in (("plain-gptq", "one grid per output channel"),
-                          ("qs2", "no engine format reads")):
-            out = os.path.join(tmp, name)
-            r = run("fetch", name, "-o", out, "--format", "gguf", expect=1)
-            ok = "FAILED_PRECONDITION" in r.stderr and why in r.stderr and not os.path.exists(
-                os.path.join(out, ".quantd-native", "model.safetensors"))
-            log(f"refusal {name}: {'ok' if ok else 'FAIL'}: {r.stderr.strip()}")
-            failures += not ok
-        log("PASS" if failures == 0 else "FAIL")
-        return 0 if failures == 0 else 1
+        with LocalQuantd(bindir, tmp) as q:
+            return run_checks(q, src, py, tmp)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_checks(q, src, py, tmp):
+    ex = os.path.join(src, "examples")
+
+    def run(*args, expect=0):
+        r = q.quantctl(*args)
+        if r.returncode != expect:
+            raise RuntimeError(f"quantctl {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        return r
+
+    def submit(name, method, *flags):
+        run("submit", os.path.join(ex, "stories260K"), "--calib",
+            os.path.join(ex, "tinystories/calib_stories_0_499.u16"), "--method", method,
+            "--name", name, "--max-calib-seqs", "16", *flags, "--wait")
+
+    failures = 0
+    for grid, method in (("q4_0", "gptq"), ("q4_1", "gptq"), ("q5_0", "rtn"), ("q5_1", "gptq"),
+                         ("q8_0", "gptq")):
+        name = f"g-{grid}"
+        submit(name, method, "--grid", grid)
+        models = run("models", name).stdout
+        if f"gguf-{grid}" not in models:
+            log(f"FAIL: `quantctl models` does not list gguf-{grid}:\n{models}"); failures += 1
+        out, hf = os.path.join(tmp, name), os.path.join(tmp, name + "-hf")
+        log(run("fetch", name, "-o", out, "--format", "gguf").stdout.strip().splitlines()[-1])
+        run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
+        exact = "0" if grid.endswith("_1") else "1"
+        r = subprocess.run([py, "-c", COMPARE, os.path.join(out, "model.gguf"), hf, exact])
+        log(f"{grid} ({method}): {'ok' if r.returncode == 0 else 'FAIL'}")
+        failures += r.returncode != 0
+    ct = ct_python()
+    if ct:
+        for name, method, flags in (
+                ("ct-g32", "gptq", ("--bits", "4", "--group-size", "32")),
+                ("ct-sym-ao", "gptq", ("--grid", "gptq-sym", "--bits", "4", "--act-order")),
+                ("ct-8", "rtn", ("--bits", "8", "--group-size", "32"))):
+            submit(name, method, *flags)
+            out, hf = os.path.join(tmp, name), os.path.join(tmp, name + "-hf")
+            log(run("fetch", name, "-o", out, "--format", "compressed-tensors").stdout
+                .strip().splitlines()[-1])
+            run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
+            r = subprocess.run([ct, "-c", CT_COMPARE, out, hf])
+            log(f"compressed-tensors {name}: {'ok' if r.returncode == 0 else 'FAIL'}")
+            failures += r.returncode != 0
+    # Refusals, before anything is downloaded.
+    submit("plain-gptq", "gptq", "--bits", "4")
+    submit("qs2", "quip-sharp", "--bits", "2")
+    for name, why in (("plain-gptq", "one grid per output channel"),
+                      ("qs2", "no engine format reads")):
+        out = os.path.join(tmp, name)
+        r = run("fetch", name, "-o", out, "--format", "gguf", expect=1)
+        ok = "FAILED_PRECONDITION" in r.stderr and why in r.stderr and not os.path.exists(
+            os.path.join(out, ".quantd-native", "model.safetensors"))
+        log(f"refusal {name}: {'ok' if ok else 'FAIL'}: {r.stderr.strip()}")
+        failures += not ok
+    log("PASS" if failures == 0 else "FAIL")
+    return 0 if failures == 0 else 1
 
 
 if __name__ == "__main__":
