@@ -14,6 +14,7 @@
 #include "engine/format/float16.h"
 #include "engine/format/gguf_writer.h"
 #include "engine/model/config.h"
+#include "engine/model/rope.h"
 #include "engine/model/gguf_convert.h"
 #include "engine/quant/packed_matrix.h"
 #include "engine/quant/quantize.h"
@@ -153,6 +154,11 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   QUANTD_RETURN_IF_ERROR(CheckExportable(spec, ExportFormat::kGguf));
   QUANTD_ASSIGN_OR_RETURN(const GgmlType type, GgufTypeFor(spec));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(native_dir));
+  if (cfg.rope.type != model::RopeType::kDefault) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "RoPE type ", std::string(model::RopeTypeName(cfg.rope.type)),
+        " is not written to GGUF yet (only the default RoPE)"));
+  }
   QUANTD_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(native_dir, "config.json")));
   const nlohmann::json config = nlohmann::json::parse(config_text, nullptr, false);
   const nlohmann::json manifest = nlohmann::json::parse(manifest_text, nullptr, false);
@@ -186,7 +192,7 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   w.SetU32("llama.attention.key_length", static_cast<uint32_t>(cfg.head_dim));
   w.SetU32("llama.attention.value_length", static_cast<uint32_t>(cfg.head_dim));
   w.SetU32("llama.rope.dimension_count", static_cast<uint32_t>(cfg.head_dim));
-  w.SetF32("llama.rope.freq_base", static_cast<float>(cfg.rope_theta));
+  w.SetF32("llama.rope.freq_base", static_cast<float>(cfg.rope.theta));
   w.SetF32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(cfg.rms_norm_eps));
   w.SetU32("llama.vocab_size", static_cast<uint32_t>(cfg.vocab_size));
   model::GgufTokenizerIds ids;
