@@ -145,7 +145,7 @@ def main():
     py = venv_python()
     tmp = tempfile.mkdtemp(prefix="quantd-exports-")
     try:
-        with LocalQuantd(bindir, tmp) as q:
+        with LocalQuantd(bindir, tmp, input_root=os.path.join(src, "examples")) as q:
             return run_checks(q, src, py, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
