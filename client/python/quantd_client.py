@@ -24,7 +24,8 @@ the same codes as quantctl):
         [--wait [--progress-interval S]] [--json]
     python3 quantd_client.py watch JOB [--json] [--progress-interval S]
     python3 quantd_client.py status JOB [--json]
-    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--format native|gguf] [--json]
+    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--format native|gguf|compressed-tensors]
+        [--json]
 
 watch and submit --wait show quantctl's progress display (quantd_progress.py, docs/cli.md):
 on a terminal one line redrawn in place, else a line per phase change and one every S seconds
@@ -526,8 +527,9 @@ def main(argv=None):
     f = sub.add_parser("fetch", help="download a published model, verifying sha256")
     f.add_argument("model", help="NAME or NAME@VERSION")
     f.add_argument("-o", "--out", required=True)
-    f.add_argument("--format", default="native", choices=("native", "gguf"),
-                   help="gguf: DIR/model.gguf for llama.cpp (runs `quantctl export`)")
+    f.add_argument("--format", default="native", choices=("native", "gguf", "compressed-tensors"),
+                   help="gguf: DIR/model.gguf for llama.cpp; compressed-tensors: a vLLM "
+                        "checkpoint (both run `quantctl export`)")
     f.add_argument("--json", action="store_true")
     g = sub.add_parser("gen-stubs", help="generate quantd_pb2*.py from proto/quantd.proto")
     g.add_argument("dir", nargs="?", default=os.path.join(_HERE, "_gen"))
