@@ -13,6 +13,7 @@
 // no BOS (the GPTQ WikiText-2 convention: the text is one stream).
 #include <omp.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -23,6 +24,10 @@
 #include "common/file_util.h"
 #include "nlohmann/json.hpp"
 #include "engine/artifact/artifact.h"
+#include "engine/artifact/export_gguf.h"
+#include "engine/quant/grid_target.h"
+#include <filesystem>
+#include <map>
 #include "engine/model/forward.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/model/perplexity.h"
@@ -65,12 +70,25 @@ int RunMethods(const Flags& flags) {
        act_order = flags.GetInt("act-order", 0), sequential = flags.GetInt("sequential", 0);
   auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
+  // --grid: quantize rtn/gptq onto an export format's grid (quant/grid_target.h; bits 0 in a
+  // config and no group take the grid's own). --save DIR: write each configuration's quantized
+  // model as a native artifact directory DIR/<method>-<bits> (config, packed tensors, tokenizer
+  // files, manifest.json with the spec), and with --gguf 1 also DIR/<method>-<bits>.gguf
+  // (artifact::ExportGguf, what `quantctl fetch --format gguf` writes).
+  auto grid = quant::ParseGridTarget(flags.Get("grid", ""));
+  const std::string save_dir = flags.Get("save", "");
+  if (!grid.ok()) {
+    std::fprintf(stderr, "%s\n", grid.status().ToString().c_str());
+    return 2;
+  }
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
       !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() ||
       !act_order.ok() || !sequential.ok() || !damp.ok() || *seqs < 1 || *seq_len < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
-                 "[--configs rtn/2,gptq/2,quarot/4/g64,...|''] [--calib-seqs 16] [--seq-len 512] "
+                 "[--configs rtn/2,gptq/2,quarot/4/g64,gptq/4/g32amd0.1 (a: act order, m: mse clip, dX: "
+                 "damp X),...|''] "
+                 "[--calib-seqs 16] [--seq-len 512] [--grid q4_0|...] [--save DIR [--gguf 1]] "
                  "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
                  "[--act-order 0|1] [--sequential 0|1] [--damp 0.01]  (group size and mse-clip "
                  "apply to rtn, gptq and quarot; act-order to gptq and quarot)\n");
@@ -146,29 +164,57 @@ int RunMethods(const Flags& flags) {
     std::vector<std::string> mb = absl::StrSplit(c, '/');
     int bits = 0;
     int config_group = -1;  // METHOD/BITS/gN: group size N for this config only
+    // Options after the group (METHOD/BITS/[gN][a][m][dX]): a = act order, m = mse clip,
+    // dX = damping X.
+    bool config_act = false, config_mse = false;
+    double config_damp = 0;
     auto method = mb.size() == 2 || mb.size() == 3 ? quant::ParseMethod(mb[0])
                                                    : absl::InvalidArgumentError("bad");
-    if (!method.ok() || !absl::SimpleAtoi(mb[1], &bits) ||
-        (mb.size() == 3 && (mb[2].size() < 2 || mb[2][0] != 'g' ||
-                            !absl::SimpleAtoi(mb[2].substr(1), &config_group) ||
-                            config_group < 1))) {
-      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS or METHOD/BITS/gN\n",
-                   c.c_str());
+    bool bad = !method.ok() || !absl::SimpleAtoi(mb[1], &bits);
+    if (!bad && mb.size() == 3) {
+      std::string opt = mb[2];
+      if (!opt.empty() && opt[0] == 'g') {
+        size_t k = 1;
+        while (k < opt.size() && std::isdigit(static_cast<unsigned char>(opt[k]))) ++k;
+        bad = !absl::SimpleAtoi(opt.substr(1, k - 1), &config_group) || config_group < 1;
+        opt = opt.substr(k);
+      }
+      for (size_t k = 0; k < opt.size() && !bad; ++k) {
+        if (opt[k] == 'a') {
+          config_act = true;
+        } else if (opt[k] == 'm') {
+          config_mse = true;
+        } else if (opt[k] == 'd') {  // dX: damping X for this config (last option)
+          bad = !absl::SimpleAtod(opt.substr(k + 1), &config_damp);
+          break;
+        } else {
+          bad = true;
+        }
+      }
+    }
+    if (bad) {
+      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS[/[gN][a][m]]\n", c.c_str());
       return 2;
     }
     quant::QuantSpec spec;
     spec.method = *method;
     spec.bits = bits;
     spec.trellis_l = static_cast<int>(*trellis_l);
-    spec.damp = *damp;
+    spec.damp = config_damp > 0 ? config_damp : *damp;
     if (spec.method == quant::Method::kRtn || spec.method == quant::Method::kGptq ||
         spec.method == quant::Method::kQuarot) {
       spec.group_size = config_group > 0 ? config_group : static_cast<int>(*group_size);
-      spec.mse_clip = *mse_clip != 0;
+      spec.mse_clip = *mse_clip != 0 || config_mse;
     }
-    // act order is per output channel only (ValidateSpec), so a grouped config goes without it.
-    spec.act_order = *act_order != 0 && spec.group_size == 0 &&
+    // With groups, act order uses static groups (quant/quantize.h).
+    spec.act_order = (*act_order != 0 || config_act) &&
                      (spec.method == quant::Method::kGptq || spec.method == quant::Method::kQuarot);
+    if (*grid != quant::GridTarget::kDefault) {
+      const quant::GridShape shape = quant::GridShapeOf(*grid);
+      spec.grid = *grid;
+      if (spec.bits == 0) spec.bits = shape.bits;
+      if (spec.group_size == 0) spec.group_size = shape.group_size;
+    }
     if (absl::Status st = quant::ValidateSpec(spec); !st.ok()) {
       std::fprintf(stderr, "%s: %s\n", c.c_str(), st.ToString().c_str());
       return 2;
@@ -209,6 +255,7 @@ int RunMethods(const Flags& flags) {
     const model::LlamaWeights& src = rotate ? rot_fp : *fp;
     model::LlamaWeights w = src;
     std::vector<double> proxy(items.size());
+    std::vector<std::string> packed(items.size());
     std::vector<int> guarded(items.size());
     std::vector<absl::Status> qerr(items.size());
     // Quantizes items [begin, end) from `cap` into w (matrices in parallel).
@@ -233,6 +280,7 @@ int RunMethods(const Flags& flags) {
           continue;
         }
         model::MutableLinear(w, l, lin) = std::move(*deq);
+        packed[i] = std::move(q->packed);
         proxy[i] = q->proxy_loss;
         // quarot stores gptq matrices by design; only a rotated method can fall back to gptq.
         guarded[i] = spec.method != quant::Method::kQuarot && q->stored_method != spec.method;
@@ -276,7 +324,7 @@ int RunMethods(const Flags& flags) {
     t0 = std::chrono::steady_clock::now();
     auto p = model::Perplexity(mcfg, w, *eval, popts);
     nlohmann::json out = {{"method", mb[0]},
-                          {"bits", bits},
+                          {"bits", spec.bits},
                           {"mean_proxy_loss", mean},
                           {"ppl", p.ok() ? p->ppl : -1.0},
                           {"quantize_seconds", qsecs},
@@ -290,6 +338,43 @@ int RunMethods(const Flags& flags) {
     if (spec.mse_clip) out["mse_clip"] = true;
     if (spec.act_order) out["act_order"] = true;
     if (spec.damp != 0.01) out["damp"] = spec.damp;
+    if (!save_dir.empty()) {
+      if (rotate) {
+        std::fprintf(stderr, "--save: quarot artifacts are not written by the bench\n");
+        return 2;
+      }
+      std::map<std::string, std::string> by_name;
+      for (size_t i = 0; i < items.size(); ++i) {
+        by_name[model::LinearTensorName(items[i].layer, items[i].lin)] = std::move(packed[i]);
+      }
+      nlohmann::json manifest = {
+          {"name", "bench"},
+          {"spec", {{"method", mb[0]}, {"bits", spec.bits}, {"group_size", spec.group_size},
+                    {"act_order", spec.act_order}, {"grid", std::string(quant::GridTargetName(spec.grid))}}},
+          {"perplexity", {{"quantd", p.ok() ? p->ppl : -1.0}}}};
+      std::string art = JoinPath(save_dir, absl::StrCat(mb[0], "-", spec.bits));
+      if (mb.size() == 3) absl::StrAppend(&art, "-", mb[2]);
+      absl::Status st = MakeDirs(art);
+      if (st.ok()) st = artifact::WriteArtifactFromWeights(cfg, *fp, by_name, JoinPath(art, "model.safetensors"));
+      for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json", "tok512.bin", "tokenizer.bin"}) {
+        if (!st.ok() || !std::filesystem::exists(JoinPath(dir, f))) continue;
+        auto bytes = ReadFile(JoinPath(dir, f), uint64_t{1} << 30);
+        st = bytes.ok() ? WriteFileAtomic(JoinPath(art, f), *bytes) : bytes.status();
+      }
+      if (st.ok()) st = WriteFileAtomic(JoinPath(art, "manifest.json"), manifest.dump(2) + "\n");
+      if (st.ok() && flags.Get("gguf", "0") == "1") {
+        auto g = artifact::ExportGguf(art, art + ".gguf");
+        st = g.status();
+        if (g.ok()) {
+          out["gguf"] = {{"path", art + ".gguf"}, {"bytes", g->bytes},
+                         {"quantized", g->quantized}, {"fallback_f32", g->fallback_f32}};
+        }
+      }
+      if (!st.ok()) {
+        std::fprintf(stderr, "--save %s: %s\n", save_dir.c_str(), st.ToString().c_str());
+        return 1;
+      }
+    }
     std::printf("%s\n", out.dump().c_str());
     std::fflush(stdout);
   }

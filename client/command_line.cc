@@ -86,9 +86,15 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   quantd::v1::QuantSpec* spec = r.mutable_spec();
   QUANTD_ASSIGN_OR_RETURN(std::string method, Required(a, "submit", "--method"));
   spec->set_method(method);
-  QUANTD_ASSIGN_OR_RETURN(std::string bits_text, Required(a, "submit", "--bits"));
-  QUANTD_ASSIGN_OR_RETURN(int64_t bits, ParseInt("--bits", bits_text, 1, 64));
-  spec->set_bits(static_cast<int32_t>(bits));
+  // --grid: the server fills bits and group size from the grid when they are not given.
+  spec->set_grid(a.Get("--grid", ""));
+  if (!a.Has("--bits") && spec->grid().empty()) {
+    QUANTD_RETURN_IF_ERROR(Required(a, "submit", "--bits").status());
+  }
+  if (a.Has("--bits")) {
+    QUANTD_ASSIGN_OR_RETURN(int64_t bits, ParseInt("--bits", a.Get("--bits"), 1, 64));
+    spec->set_bits(static_cast<int32_t>(bits));
+  }
   if (a.Has("--seed")) {
     QUANTD_ASSIGN_OR_RETURN(uint64_t seed, ParseUint64("--seed", a.Get("--seed")));
     spec->set_seed(seed);
@@ -148,10 +154,13 @@ absl::Status ParseFetch(const ParsedArgs& a, Invocation* inv) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, Required(a, "fetch", "-o"));
   inv->out_dir = Absolute(dir);
   const std::string format = a.Get("--format", "native");
-  if (format != "native" && format != "hf") {
-    return Usage(absl::StrCat("fetch: unknown --format \"", format, "\"; expected native or hf"));
+  if (format != "native" && format != "hf" && format != "gptq" && format != "compressed-tensors" &&
+      format != "gguf") {
+    return Usage(absl::StrCat("fetch: unknown --format \"", format,
+                              "\"; expected native, hf, gptq, compressed-tensors or gguf"));
   }
   inv->hf_format = format == "hf";
+  if (format != "native" && format != "hf") inv->export_format = format;
   if (a.Has("--dtype")) {
     if (!inv->hf_format) return Usage("fetch: --dtype applies only to --format hf");
     inv->hf_dtype = a.Get("--dtype");
@@ -188,6 +197,7 @@ const std::vector<CommandSpec>& Commands() {
         {"--no-baseline-guard", false},
         {"--trellis-code", true},
         {"--trellis-l", true},
+        {"--grid", true},
         {"--damp", true},
         {"--codebook-scale", true},
         {"--calib-seq-len", true},
@@ -332,6 +342,7 @@ connection flags (before or after the command):
 commands:
   submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip,quarot,butterfly}
          --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
+         [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
          [--greedy-passes N] [--mse-clip] [--act-order] [--sequential] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
          [--trellis-l L] [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
@@ -340,7 +351,9 @@ commands:
       absolute. Without --request-id a random one is used (the same id returns the same job).
       The server validates method, bits and name. --wait then watches the job like `watch`
       and exits by its outcome; --max-ppl-ratio R (needs --wait and --eval) exits 3 if
-      quant_ppl / fp_ppl > R.
+      quant_ppl / fp_ppl > R. --grid (rtn, gptq) quantizes onto a grid an engine format holds
+      exactly, fp16 scales included (q4_0 ... q8_0: GGUF blocks of 32; bits and group size
+      default to the grid's); docs/formats/exports.md.
   watch JOB [--json] [--progress-interval S]
       Shows progress until the job ends, then its state, version and perplexities.
       Re-attaches if the connection breaks (up to 120 s). On a terminal: one line redrawn
@@ -352,13 +365,16 @@ commands:
   models [NAME] [--json] Lists published model versions (name, version, method, bits, ppl).
   delete NAME@VERSION [--json]
                          Deletes one published version (its files; the number is never reused).
-  fetch NAME[@VERSION] -o DIR [--format native|hf] [--dtype f16|bf16|f32]
+  fetch NAME[@VERSION] -o DIR [--format native|hf|gguf] [--dtype f16|bf16|f32]
       Downloads a model version (default: latest) into DIR, resuming broken transfers and
       verifying each file's size and sha256; writes DIR/manifest.json last.
       --format hf downloads the native files into DIR/.quantd-native (resumable, verified),
       then writes a Hugging Face checkpoint into DIR: model.safetensors with every quantized
       matrix dequantized (--dtype, default f16), config.json and the tokenizer files;
       the manifest is kept as quantd_manifest.json.
+      --format gguf writes DIR/model.gguf for llama.cpp from the version's own integer codes
+      (rtn/gptq with groups of 32; `models` lists each version's export formats); a version
+      that does not fit is refused (FAILED_PRECONDITION) before anything is downloaded.
   help, --help, -h       This text.
 
 --json: stdout holds exactly one JSON document: a Job (submit, watch, status, cancel) or an

@@ -43,6 +43,7 @@ struct Invocation {
   int32_t model_version = 0;  // fetch NAME@VERSION (0 = latest); delete NAME@VERSION (≥ 1)
   std::string out_dir;        // fetch -o, absolute
   bool hf_format = false;     // fetch --format hf (else native)
+  std::string export_format;  // fetch --format gptq|compressed-tensors|gguf ("" = native or hf)
   std::string hf_dtype = "f16";  // fetch --dtype f16|bf16|f32 (hf only)
 };
 

@@ -68,6 +68,13 @@ TEST(CommandLine, SubmitRequiredFlagsAndForms) {
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_EQ(inv->submit.spec().method(), "magic");
   EXPECT_EQ(inv->submit.spec().bits(), 7);
+  // --grid makes --bits optional: the server takes the grid's own bits (0 on the wire).
+  auto grid = ParseCommandLine({"submit", "m", "--calib", "c", "--method", "gptq", "--grid",
+                                "q4_0", "--name", "n"},
+                               nullptr);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  EXPECT_EQ(grid->submit.spec().grid(), "q4_0");
+  EXPECT_EQ(grid->submit.spec().bits(), 0);
 }
 
 TEST(CommandLine, QualityGateNeedsWaitAndEval) {
@@ -141,7 +148,13 @@ TEST(CommandLine, ModelsAndFetch) {
       ParseCommandLine({"fetch", "m", "-o", "d", "--format", "hf", "--dtype", "f8"}, nullptr).ok());
   // --dtype only means something for the HF export.
   EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--dtype", "f32"}, nullptr).ok());
-  EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "gguf"}, nullptr).ok());
+  auto gguf = ParseCommandLine({"fetch", "m", "-o", "d", "--format", "gguf"}, nullptr);
+  ASSERT_TRUE(gguf.ok()) << gguf.status();
+  EXPECT_EQ(gguf->export_format, "gguf");
+  EXPECT_FALSE(gguf->hf_format);
+  EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "gguf", "--dtype", "f32"},
+                                nullptr).ok());  // --dtype is for hf only
+  EXPECT_FALSE(ParseCommandLine({"fetch", "m", "-o", "d", "--format", "onnx"}, nullptr).ok());
   EXPECT_FALSE(ParseCommandLine({"fetch", "m@0", "-o", "d"}, nullptr).ok());
 }
 

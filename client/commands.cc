@@ -7,6 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/artifact/export_formats.h"
+#include "client/export_command.h"
 #include "client/client.h"
 #include "client/command_line.h"
 #include "client/connection_security.h"
@@ -136,12 +138,31 @@ int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
   opts.on_retry = [&io](const std::string& path, const absl::Status& st) {
     io.err << "quantctl: " << path << ": stream broke (" << st.message() << "); resuming\n";
   };
-  // --format hf: the verified native files go to a hidden subdirectory (so a broken download
-  // resumes there), then the HF checkpoint is written beside it.
-  const std::string native_dir =
-      inv.hf_format ? JoinPath(inv.out_dir, ".quantd-native") : inv.out_dir;
-  absl::StatusOr<v1::ModelVersion> mv =
-      client.Fetch(inv.model_name, inv.model_version, native_dir, opts);
+  // --format hf and the engine formats: the verified native files go to a hidden subdirectory
+  // (so a broken download resumes there), then the export is written beside it.
+  const bool convert = inv.hf_format || !inv.export_format.empty();
+  const std::string native_dir = convert ? JoinPath(inv.out_dir, ".quantd-native") : inv.out_dir;
+  int32_t version = inv.model_version;
+  if (!inv.export_format.empty()) {
+    // Refused before anything is downloaded, from the manifest's settings.
+    absl::StatusOr<artifact::ExportFormat> fmt = artifact::ParseExportFormat(inv.export_format);
+    if (!fmt.ok()) return Fail(io, fmt.status());
+    absl::StatusOr<v1::ModelVersion> head = client.GetModel(inv.model_name, inv.model_version);
+    if (!head.ok()) return Fail(io, head.status());
+    absl::StatusOr<artifact::ExportSpec> spec =
+        artifact::ExportSpecFromManifest(head->manifest_json());
+    if (!spec.ok()) return Fail(io, spec.status());
+    if (absl::Status st = artifact::CheckExportable(*spec, *fmt); !st.ok()) {
+      return Fail(io, absl::Status(st.code(), absl::StrCat(head->name(), "@", head->version(),
+                                                           ": ", st.message())));
+    }
+    if (!artifact::ExportImplemented(*fmt)) {
+      return Fail(io, absl::UnimplementedError(absl::StrCat(
+                          "--format ", inv.export_format, " is not implemented yet; use gguf")));
+    }
+    version = head->version();  // the version that was checked, even if a newer one appears
+  }
+  absl::StatusOr<v1::ModelVersion> mv = client.Fetch(inv.model_name, version, native_dir, opts);
   if (!mv.ok()) return Fail(io, mv.status());
   io.out << "fetched " << mv->name() << " version " << mv->version() << " (" << mv->files_size()
          << " files) to " << native_dir << "\n";
@@ -154,6 +175,14 @@ int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
     }
     if (absl::Status st = RemoveAll(native_dir); !st.ok()) return Fail(io, st);
     io.out << "wrote Hugging Face checkpoint (" << inv.hf_dtype << ") to " << inv.out_dir << "\n";
+  }
+  if (!inv.export_format.empty()) {
+    absl::StatusOr<artifact::ExportFormat> fmt = artifact::ParseExportFormat(inv.export_format);
+    if (!fmt.ok()) return Fail(io, fmt.status());
+    absl::StatusOr<std::string> line = WriteEngineExport(native_dir, inv.out_dir, *fmt);
+    if (!line.ok()) return Fail(io, line.status());
+    if (absl::Status st = RemoveAll(native_dir); !st.ok()) return Fail(io, st);
+    io.out << *line << "\n";
   }
   return kExitOk;
 }

@@ -301,10 +301,10 @@ TEST_F(CommandsTest, ModelsTableIsLenientAboutManifests) {
   Result r = Run({"models"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out,
-            "NAME         VERSION  METHOD      BITS  FP_PPL  Q_PPL\n"
-            "stories-qs2  1        quip-sharp  2     5.4540  7.2500\n"
-            "odd          2        -           -     -       -\n"
-            "broken       1        -           -     -       -\n");
+            "NAME         VERSION  METHOD      BITS  FP_PPL  Q_PPL   EXPORTS\n"
+            "stories-qs2  1        quip-sharp  2     5.4540  7.2500  -\n"
+            "odd          2        -           -     -       -       -\n"
+            "broken       1        -           -     -       -       -\n");
   r = Run({"models", "--json"});
   ASSERT_EQ(r.code, 0);
   EXPECT_EQ(json::parse(r.out)[0]["name"], "stories-qs2");
@@ -323,9 +323,10 @@ TEST_F(CommandsTest, FetchRefusesTraversalAndReportsNotFound) {
 }
 
 TEST_F(CommandsTest, UsageErrorsExit2AndUnreachableServerExit4) {
-  Result r = Run({"fetch", "m", "-o", "/tmp/x", "--format", "gguf"});
+  Result r = Run({"fetch", "m", "-o", "/tmp/x", "--format", "onnx"});
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find("expected native or hf"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("expected native, hf, gptq, compressed-tensors or gguf"), std::string::npos)
+      << r.err;
   EXPECT_EQ(Run({"bogus"}).code, 2);
   EXPECT_EQ(Run({"--help"}).code, 0);
   r = Run({"--addr", "127.0.0.1:1", "jobs"});

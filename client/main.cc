@@ -11,11 +11,15 @@
 #include "client/commands.h"
 #include "client/convert_command.h"
 #include "client/eval_command.h"
+#include "client/export_command.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (!args.empty() && args[0] == "eval") {  // local command: no server involved
     return quantd::client::RunEvalCommand({args.begin() + 1, args.end()}, std::cout, std::cerr);
+  }
+  if (!args.empty() && args[0] == "export") {  // local command: native artifact -> engine format
+    return quantd::client::RunExportCommand({args.begin() + 1, args.end()}, std::cout, std::cerr);
   }
   if (!args.empty() && args[0] == "convert-gguf") {  // local command
     return quantd::client::RunConvertGgufCommand({args.begin() + 1, args.end()}, std::cout,

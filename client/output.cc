@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/util/json_util.h"
@@ -64,6 +65,11 @@ ManifestSummary SummarizeManifest(const std::string& manifest_json) {
   if (!j.is_object()) return s;
   if (auto it = j.find("method"); it != j.end() && it->is_string()) s.method = it->get<std::string>();
   if (auto it = j.find("bits"); it != j.end() && it->is_number_integer()) s.bits = it->get<int>();
+  if (auto e = j.find("export_formats"); e != j.end() && e->is_array()) {
+    for (const auto& f : *e) {
+      if (f.is_string()) s.export_formats.push_back(f.get<std::string>());
+    }
+  }
   if (auto p = j.find("perplexity"); p != j.end() && p->is_object()) {
     if (auto it = p->find("fp"); it != p->end() && it->is_number()) s.fp_ppl = it->get<double>();
     if (auto it = p->find("quantized"); it != p->end() && it->is_number()) {
@@ -121,9 +127,10 @@ std::string ModelsTable(const std::vector<v1::ModelVersion>& models) {
   for (const v1::ModelVersion& m : models) {
     ManifestSummary s = SummarizeManifest(m.manifest_json());
     rows.push_back({m.name(), absl::StrCat(m.version()), s.method.value_or("-"),
-                    s.bits ? absl::StrCat(*s.bits) : "-", Ppl(s.fp_ppl), Ppl(s.quant_ppl)});
+                    s.bits ? absl::StrCat(*s.bits) : "-", Ppl(s.fp_ppl), Ppl(s.quant_ppl),
+                    s.export_formats.empty() ? "-" : absl::StrJoin(s.export_formats, ",")});
   }
-  return FormatTable({"NAME", "VERSION", "METHOD", "BITS", "FP_PPL", "Q_PPL"}, rows);
+  return FormatTable({"NAME", "VERSION", "METHOD", "BITS", "FP_PPL", "Q_PPL", "EXPORTS"}, rows);
 }
 
 std::string DescribeJob(const v1::Job& j) {

@@ -36,6 +36,7 @@ struct ManifestSummary {
   std::optional<int> bits;
   std::optional<double> fp_ppl;
   std::optional<double> quant_ppl;
+  std::vector<std::string> export_formats;  // manifest "export_formats" (fetch --format)
 };
 // Lenient: malformed JSON or missing keys give empty fields, never an error.
 ManifestSummary SummarizeManifest(const std::string& manifest_json);

@@ -131,6 +131,9 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   }
   // Stored with defaults filled in, so the manifest shows the settings that were used.
   req->mutable_spec()->set_damp(spec.damp);
+  req->mutable_spec()->set_bits(spec.bits);  // a grid's own bits and group size when left 0
+  req->mutable_spec()->set_group_size(spec.group_size);
+  req->mutable_spec()->set_grid(std::string(quant::GridTargetName(spec.grid)));
   req->mutable_spec()->set_greedy_passes(spec.greedy_passes);
   if (spec.method == quant::Method::kQtip) {
     req->mutable_spec()->set_trellis_code(std::string(quant::TrellisCodeName(spec.trellis_code)));

@@ -13,6 +13,7 @@
 #include "server/coordinator.h"
 #include "server/job_builder.h"
 #include "engine/artifact/artifact.h"
+#include "engine/artifact/export_formats.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
 #include "engine/model/quarot.h"
@@ -172,6 +173,18 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                {"codebook_scale", job.spec().codebook_scale()},
                {"damp", job.spec().damp()},
                {"baseline_guard", !job.spec().no_baseline_guard()}};
+  if (!job.spec().grid().empty()) m["spec"]["grid"] = job.spec().grid();
+  {
+    // Which engine formats `quantctl fetch --format` can write for this version.
+    artifact::ExportSpec es;
+    es.method = job.spec().method();
+    es.bits = job.spec().bits();
+    es.group_size = job.spec().group_size();
+    es.act_order = job.spec().act_order();
+    auto grid = quant::ParseGridTarget(job.spec().grid());
+    if (grid.ok()) es.grid = *grid;
+    m["export_formats"] = artifact::ExportFormatsFor(es);
+  }
   if (job.spec().method() == "qtip") {
     m["spec"]["trellis_code"] = job.spec().trellis_code();
     m["spec"]["trellis_l"] = job.spec().trellis_l();

@@ -239,6 +239,34 @@ class PythonClientTest(unittest.TestCase):
             c.delete_model("py-rtn4", 1)
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
+    def test_gguf_export(self):
+        # --grid q4_0 without bits (the grid's own), then a GGUF through `quantctl export`; a
+        # per-channel version is refused from its manifest before anything is downloaded.
+        qc, c = self.qc, self.client
+        quantctl = os.path.join(BINARY_DIR, "quantctl")
+        job = c.submit(MODEL, calib=CALIB, method="gptq", bits=0, grid="q4_0", name="py-q40",
+                       max_calib_seqs=8)
+        final = c.watch(job.id)
+        self.assertEqual(final.state, qc.pb.JOB_STATE_SUCCEEDED, final.error + self.quantd_log())
+        self.assertEqual((final.spec.bits, final.spec.group_size, final.spec.grid), (4, 32, "q4_0"))
+        out = os.path.join(self.tmp, "gguf")
+        c.fetch_export("py-q40", out, "gguf", quantctl=quantctl)
+        self.assertEqual(read(os.path.join(out, "model.gguf"), "rb")[:4], b"GGUF")
+        self.assertFalse(os.path.exists(os.path.join(out, ".quantd-native")))
+        self.assertIn("gguf-q4_0", json.loads(read(os.path.join(out, "quantd_manifest.json")))[
+            "export_formats"])
+        job = c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-rtn-pc", max_calib_seqs=8)
+        self.assertEqual(c.watch(job.id).state, qc.pb.JOB_STATE_SUCCEEDED)
+        env = dict(os.environ, QUANTCTL=quantctl)
+        r = subprocess.run([sys.executable, os.path.join(CLIENT_DIR, "quantd_client.py"), "--addr",
+                            self.addr, "fetch", "py-rtn-pc", "-o", os.path.join(self.tmp, "pc"),
+                            "--format", "gguf"], capture_output=True, text=True, timeout=300,
+                           env=env)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("FAILED_PRECONDITION", r.stderr)
+        self.assertIn("can be fetched as: native, hf", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "pc", ".quantd-native")))
+
     def test_invalid_requests(self):
         import grpc
         c = self.client

@@ -24,7 +24,8 @@ the same codes as quantctl):
         [--wait [--progress-interval S]] [--json]
     python3 quantd_client.py watch JOB [--json] [--progress-interval S]
     python3 quantd_client.py status JOB [--json]
-    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--json]
+    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--format native|gguf|compressed-tensors]
+        [--json]
 
 watch and submit --wait show quantctl's progress display (quantd_progress.py, docs/cli.md):
 on a terminal one line redrawn in place, else a line per phase change and one every S seconds
@@ -55,6 +56,8 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -332,6 +335,38 @@ class Client:
         os.replace(tmp, os.path.join(out_dir, "manifest.json"))
         return mv
 
+    def fetch_export(self, name, out_dir, fmt, version=0, on_file=None, quantctl=None):
+        """fetch() of an engine export (docs/formats/exports.md): `fmt` "gguf" writes
+        out_dir/model.gguf. The version's manifest is checked first: a version whose
+        "export_formats" lacks the format raises FetchError FAILED_PRECONDITION before anything
+        is downloaded. The native files go to out_dir/.quantd-native (resumable), then the
+        export is written by `quantctl export` (one implementation of the format, in C++):
+        `quantctl` is the argument, else $QUANTCTL, else quantctl on PATH. Returns the
+        ModelVersion."""
+        if fmt not in ("gguf", "gptq", "compressed-tensors"):
+            raise ValueError("unknown export format %r (want gguf, gptq or compressed-tensors)" % fmt)
+        mv = self.get_model(name, version)
+        try:
+            formats = json.loads(mv.manifest_json).get("export_formats", [])
+        except ValueError:
+            formats = []
+        if not any(f == fmt or f.startswith(fmt + "-") for f in formats):
+            raise FetchError("FAILED_PRECONDITION", "%s@%d cannot be exported to %s; this version "
+                             "can be fetched as: %s" % (mv.name, mv.version, fmt,
+                                                        ", ".join(["native", "hf"] + formats)))
+        native = os.path.join(out_dir, ".quantd-native")
+        mv = self.fetch(name, native, version=mv.version, on_file=on_file)
+        exe = quantctl or os.environ.get("QUANTCTL") or shutil.which("quantctl")
+        if not exe:
+            raise FetchError("FAILED_PRECONDITION", "quantctl (the exporter) not found: pass "
+                             "quantctl= or set $QUANTCTL")
+        r = subprocess.run([exe, "export", native, "-o", out_dir, "--format", fmt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise FetchError("INTERNAL", "quantctl export: " + (r.stderr.strip() or r.stdout))
+        shutil.rmtree(native, ignore_errors=True)
+        return mv
+
     def _download(self, mv, f, part):
         offset = os.path.getsize(part) if os.path.exists(part) else 0
         if offset > f.size:  # not ours to trust: start over
@@ -469,7 +504,11 @@ def main(argv=None):
     s.add_argument("--calib", required=True)
     s.add_argument("--eval", default="")
     s.add_argument("--method", required=True)
-    s.add_argument("--bits", type=int, required=True)
+    s.add_argument("--bits", type=int, default=0,
+                   help="required unless --grid gives them")
+    s.add_argument("--grid", default="",
+                   help="q4_0|q4_1|q5_0|q5_1|q8_0|gptq-sym|gptq-asym: an export format's grid")
+    s.add_argument("--group-size", type=int, default=0)
     s.add_argument("--name", required=True)
     s.add_argument("--request-id", default="")
     s.add_argument("--seed", type=int, default=0)
@@ -488,12 +527,17 @@ def main(argv=None):
     f = sub.add_parser("fetch", help="download a published model, verifying sha256")
     f.add_argument("model", help="NAME or NAME@VERSION")
     f.add_argument("-o", "--out", required=True)
+    f.add_argument("--format", default="native", choices=("native", "gguf", "compressed-tensors"),
+                   help="gguf: DIR/model.gguf for llama.cpp; compressed-tensors: a vLLM "
+                        "checkpoint (both run `quantctl export`)")
     f.add_argument("--json", action="store_true")
     g = sub.add_parser("gen-stubs", help="generate quantd_pb2*.py from proto/quantd.proto")
     g.add_argument("dir", nargs="?", default=os.path.join(_HERE, "_gen"))
     args = ap.parse_args(argv)
     if getattr(args, "progress_interval", 1) < 1:
         ap.error("--progress-interval must be >= 1")
+    if args.cmd == "submit" and not args.bits and not args.grid:
+        ap.error("submit: --bits is required (unless --grid gives it)")
 
     if args.cmd == "gen-stubs":
         generate_stubs(args.dir)
@@ -516,7 +560,8 @@ def main(argv=None):
                                 method=args.method, bits=args.bits, name=args.name,
                                 request_id=args.request_id, seed=args.seed,
                                 max_calib_seqs=args.max_calib_seqs,
-                                sequential=args.sequential)
+                                sequential=args.sequential, grid=args.grid,
+                                group_size=args.group_size)
             if not args.wait:
                 print(json.dumps(_job_dict(job)) if args.json else job.id)
                 return 0
@@ -543,7 +588,11 @@ def main(argv=None):
                         "resumed at %d" % resumed_from if resumed_from else "downloaded")
                     print("%s %d bytes %s" % (path, size, how), flush=True)
 
-            mv = client.fetch(name, args.out, version=int(version or 0), on_file=on_file)
+            if args.format == "native":
+                mv = client.fetch(name, args.out, version=int(version or 0), on_file=on_file)
+            else:
+                mv = client.fetch_export(name, args.out, args.format, version=int(version or 0),
+                                         on_file=on_file)
             if args.json:
                 print(json.dumps({"name": mv.name, "version": mv.version, "dir": args.out,
                                   "files": [{"path": f.path, "size": f.size, "sha256": f.sha256}

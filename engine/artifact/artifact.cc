@@ -283,6 +283,38 @@ std::vector<float> ToFloats(const model::TensorView& t) {
 
 }  // namespace
 
+void SetConfigDtype(nlohmann::json* config, const char* dtype_name) {
+  // The storage dtype, in the config's own layout (docs/formats/config.md): transformers >= 4.56
+  // writes "dtype", older versions "torch_dtype"; set whichever the config has, else
+  // torch_dtype, which every version reads. All other keys (RoPE layout included) stay as given.
+  bool has_dtype_key = false;
+  for (const char* key : {"dtype", "torch_dtype"}) {
+    if (config->contains(key)) {
+      (*config)[key] = dtype_name;
+      has_dtype_key = true;
+    }
+  }
+  if (!has_dtype_key) (*config)["torch_dtype"] = dtype_name;
+}
+
+absl::Status CopySideFiles(const std::string& native_dir, const std::string& out_dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(native_dir, ec)) {
+    const std::string fname = e.path().filename().string();
+    if (!e.is_regular_file() || fname == "model.safetensors" || fname == "config.json" ||
+        fname == "model.safetensors.index.json" || fname[0] == '.') {
+      continue;
+    }
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path().string()));
+    const std::string dst = fname == "manifest.json" ? "quantd_manifest.json" : fname;
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, dst), bytes));
+  }
+  if (ec) {
+    return absl::InternalError(absl::StrCat("listing ", native_dir, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ExportHfModel(const std::string& native_dir, const std::string& out_dir,
                            HfDType dtype) {
   QUANTD_ASSIGN_OR_RETURN(std::string config_text,
@@ -355,35 +387,10 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
     ckpt->ReleasePages(o.source);
   }
   QUANTD_RETURN_IF_ERROR(writer->Finish());
-  // Tokenizer and other files, copied as they are.
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(native_dir, ec)) {
-    const std::string fname = e.path().filename().string();
-    if (!e.is_regular_file() || fname == "model.safetensors" || fname == "config.json" ||
-        fname == "model.safetensors.index.json" || fname[0] == '.') {
-      continue;
-    }
-    QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(e.path().string()));
-    const std::string dst = fname == "manifest.json" ? "quantd_manifest.json" : fname;
-    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, dst), bytes));
-  }
-  if (ec) {
-    return absl::InternalError(absl::StrCat("listing ", native_dir, ": ", ec.message()));
-  }
-  // The storage dtype, in the config's own layout (docs/formats/config.md): transformers >= 4.56
-  // writes "dtype", older versions "torch_dtype"; set whichever the config has, else
-  // torch_dtype, which every version reads. All other keys (RoPE layout included) stay as given.
-  const char* dtype_name = dtype == HfDType::kF16    ? "float16"
-                           : dtype == HfDType::kBF16 ? "bfloat16"
-                                                     : "float32";
-  bool has_dtype_key = false;
-  for (const char* key : {"dtype", "torch_dtype"}) {
-    if (config.contains(key)) {
-      config[key] = dtype_name;
-      has_dtype_key = true;
-    }
-  }
-  if (!has_dtype_key) config["torch_dtype"] = dtype_name;
+  QUANTD_RETURN_IF_ERROR(CopySideFiles(native_dir, out_dir));
+  SetConfigDtype(&config, dtype == HfDType::kF16    ? "float16"
+                          : dtype == HfDType::kBF16 ? "bfloat16"
+                                                    : "float32");
   QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
   return SyncDir(out_dir);
 }

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
 #include "engine/model/weight_source.h"
@@ -62,6 +63,14 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
 // DATA_LOSS for corrupt online-rotation tensors (corrupt packed tensors surface from Layer()).
 absl::StatusOr<std::unique_ptr<model::CheckpointWeightSource>> OpenArtifactSource(
     const std::string& dir, model::LlamaConfig* config);
+
+// Copies every regular file of `native_dir` but the weights and config.json (tokenizer files)
+// into `out_dir`, manifest.json as quantd_manifest.json (provenance). Atomic per file.
+absl::Status CopySideFiles(const std::string& native_dir, const std::string& out_dir);
+
+// Sets the storage dtype of a config.json object in its own layout: "dtype" and/or "torch_dtype"
+// where present, else "torch_dtype" (docs/formats/config.md).
+void SetConfigDtype(nlohmann::json* config, const char* dtype_name);
 
 // Output precision of ExportHfModel's floating-point tensors.
 enum class HfDType { kF16, kBF16, kF32 };

@@ -72,6 +72,8 @@ bool IsSupported(uint32_t t) {
     case GgmlType::kF16:
     case GgmlType::kQ4_0:
     case GgmlType::kQ4_1:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
     case GgmlType::kQ8_0:
     case GgmlType::kBF16:
       return true;
@@ -111,6 +113,8 @@ int64_t GgmlBlockSize(GgmlType t) {
       return 1;
     case GgmlType::kQ4_0:
     case GgmlType::kQ4_1:
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
     case GgmlType::kQ8_0:
       return 32;
   }
@@ -124,6 +128,8 @@ int64_t GgmlBlockBytes(GgmlType t) {
     case GgmlType::kBF16: return 2;
     case GgmlType::kQ4_0: return 18;  // f16 d, 16 bytes of nibbles
     case GgmlType::kQ4_1: return 20;  // f16 d, f16 m, 16 bytes of nibbles
+    case GgmlType::kQ5_0: return 22;  // f16 d, 4 bytes of high bits, 16 bytes of nibbles
+    case GgmlType::kQ5_1: return 24;  // f16 d, f16 m, 4 bytes of high bits, 16 bytes of nibbles
     case GgmlType::kQ8_0: return 34;  // f16 d, 32 x int8
   }
   return 1;
@@ -167,6 +173,32 @@ void DequantizeGgml(GgmlType t, const char* src, int64_t n, float* dst) {
         }
       }
       return;
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1: {
+      // ggml-common.h block_q5_0 / block_q5_1: bit j of the little-endian u32 qh is bit 4 of
+      // weight j, bit j + 16 that of weight j + 16.
+      const bool with_min = t == GgmlType::kQ5_1;
+      const int head = with_min ? 4 : 2, bytes = with_min ? 24 : 22;
+      for (int64_t b = 0; b < n / 32; ++b, src += bytes, dst += 32) {
+        const float d = HalfToFloat(Load16(src));
+        const float m = with_min ? HalfToFloat(Load16(src + 2)) : 0.0f;
+        uint32_t qh;
+        std::memcpy(&qh, src + head, 4);
+        for (int j = 0; j < 16; ++j) {
+          const auto q = static_cast<unsigned char>(src[head + 4 + j]);
+          const int lo = (q & 0x0f) | static_cast<int>((qh >> j) & 1) << 4;
+          const int hi = (q >> 4) | static_cast<int>((qh >> (j + 16)) & 1) << 4;
+          if (with_min) {
+            dst[j] = d * static_cast<float>(lo) + m;
+            dst[j + 16] = d * static_cast<float>(hi) + m;
+          } else {
+            dst[j] = d * static_cast<float>(lo - 16);
+            dst[j + 16] = d * static_cast<float>(hi - 16);
+          }
+        }
+      }
+      return;
+    }
   }
 }
 

@@ -1,5 +1,6 @@
 // Reading GGUF files (llama.cpp's single-file model container, docs/formats/gguf.md): header,
-// typed metadata, tensor directory, and dequantization of F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors
+// typed metadata, tensor directory, and dequantization of F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1
+// tensors
 // to fp32.
 //
 // GgufFile validates the whole file before exposing anything: magic, version (2 or 3), every
@@ -45,7 +46,9 @@ struct GgufValue {
 };
 
 // Tensor element types (ggml_type numbering). Only these are accepted.
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kBF16 = 30 };
+enum class GgmlType : uint32_t {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kBF16 = 30
+};
 // Name of any ggml type id, e.g. 12 -> "Q4_K"; "unknown" for ids ggml never defined.
 std::string_view GgmlTypeName(uint32_t type);
 

@@ -126,6 +126,41 @@ absl::StatusOr<std::string> HfTensorName(const std::string& g) {
   return absl::NotFoundError(internal::Cat("no Hugging Face name for GGUF tensor \"", g, "\""));
 }
 
+absl::StatusOr<std::string> GgufTensorName(const std::string& hf) {
+  if (hf == "model.embed_tokens.weight") return std::string("token_embd.weight");
+  if (hf == "model.norm.weight") return std::string("output_norm.weight");
+  if (hf == "lm_head.weight") return std::string("output.weight");
+  const std::string prefix = "model.layers.", suffix = ".weight";
+  if (hf.rfind(prefix, 0) == 0 && hf.size() > prefix.size() + suffix.size() &&
+      hf.compare(hf.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    const size_t dot = hf.find('.', prefix.size());
+    int layer;
+    if (dot != std::string::npos &&
+        absl::SimpleAtoi(hf.substr(prefix.size(), dot - prefix.size()), &layer) && layer >= 0) {
+      const std::string part = hf.substr(dot + 1, hf.size() - dot - 1 - suffix.size());
+      for (const auto& [g, h] : BlockNames()) {
+        if (h == part) return internal::Cat("blk.", layer, ".", g, ".weight");
+      }
+    }
+  }
+  return absl::NotFoundError(internal::Cat("no GGUF name for tensor \"", hf, "\""));
+}
+
+absl::StatusOr<std::vector<int64_t>> QkPermutation(int64_t rows, int n_head) {
+  if (n_head <= 0 || rows % (2 * static_cast<int64_t>(n_head)) != 0) {
+    return absl::InvalidArgumentError(internal::Cat(
+        "Q/K permutation: ", rows, " rows are not a multiple of 2 x ", n_head, " heads"));
+  }
+  const int64_t d = rows / n_head, half = d / 2;
+  std::vector<int64_t> from(rows);
+  for (int64_t h = 0; h < n_head; ++h) {
+    for (int64_t s = 0; s < 2; ++s) {
+      for (int64_t i = 0; i < half; ++i) from[h * d + 2 * i + s] = h * d + s * half + i;
+    }
+  }
+  return from;
+}
+
 absl::Status UnpermuteQk(float* data, int64_t rows, int64_t cols, int n_head) {
   if (n_head <= 0 || rows % (2 * static_cast<int64_t>(n_head)) != 0) {
     return absl::InvalidArgumentError(internal::Cat(

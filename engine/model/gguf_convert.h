@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model/config.h"
@@ -37,6 +38,14 @@ absl::StatusOr<std::string> GgufToHfConfigJson(const GgufFile& f, DType dtype = 
 // HF name of a GGUF tensor name ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight");
 // NOT_FOUND for names outside the llama mapping.
 absl::StatusOr<std::string> HfTensorName(const std::string& gguf_name);
+
+// GGUF name of an HF llama tensor name (the inverse of HfTensorName); NOT_FOUND otherwise.
+absl::StatusOr<std::string> GgufTensorName(const std::string& hf_name);
+
+// llama.cpp's Q/K row permutation (convert_hf_to_gguf.py LlamaModel.permute): GGUF row
+// h*D + 2i + s is HF row h*D + s*D/2 + i (D = rows / n_head). Returns, for each GGUF row, the HF
+// row it holds. INVALID_ARGUMENT unless rows is a multiple of 2 * n_head.
+absl::StatusOr<std::vector<int64_t>> QkPermutation(int64_t rows, int n_head);
 
 // Inverse of llama.cpp's Q/K permutation on a row-major [rows][cols] fp32 matrix in place:
 // GGUF row h*D + 2i + s holds HF row h*D + s*D/2 + i (D = rows / n_head).

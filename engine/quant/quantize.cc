@@ -50,16 +50,27 @@ class FixedGridRounder : public ColumnRounder {
 
 // GPTQ grids: per output channel fit on the whole (dead-column-zeroed) row, or per group fit on
 // the error-fed columns when the group is reached.
+// With `perm` (act order: LDLQ column j is original column perm[j]) the groups are static, as
+// AutoGPTQ's static_groups: every grid is fit up front on the original columns of its group, so
+// the grids do not depend on the order in which the sweep reaches the columns.
 class GptqRounder : public ColumnRounder {
  public:
-  GptqRounder(const MatrixD& w, const RtnParams& p)
+  GptqRounder(const MatrixD& w, const RtnParams& p, const std::vector<int>* perm = nullptr)
       : p_(p), groups_(NumGroups(static_cast<int>(w.cols()), p.group_size)),
-        gs_(groups_ == 1 ? 0 : p.group_size), grids_(static_cast<size_t>(w.rows()) * groups_) {
+        gs_(groups_ == 1 ? 0 : p.group_size), perm_(perm),
+        grids_(static_cast<size_t>(w.rows()) * groups_) {
     if (gs_ == 0) {
       for (int r = 0; r < w.rows(); ++r) grids_[r] = FitMinMaxGrid(&w(r, 0), w.cols(), p_);
+    } else if (perm_ != nullptr) {
+      for (int r = 0; r < w.rows(); ++r) {
+        for (int g = 0; g < groups_; ++g) {
+          const int c0 = g * gs_, len = std::min<int>(gs_, w.cols() - c0);
+          grids_[static_cast<size_t>(r) * groups_ + g] = FitMinMaxGrid(&w(r, c0), len, p_);
+        }
+      }
     }
   }
-  int group_size() const override { return gs_; }
+  int group_size() const override { return perm_ != nullptr ? 0 : gs_; }
   void BeginGroup(int k, const MatrixD& block) override {
     const int g = k / gs_;
     for (int r = 0; r < block.rows(); ++r) {
@@ -68,7 +79,8 @@ class GptqRounder : public ColumnRounder {
     }
   }
   int Round(int row, int col, double x, double* xhat) override {
-    const ScalarGrid& g = grids_[static_cast<size_t>(row) * groups_ + (gs_ ? col / gs_ : 0)];
+    const int orig = perm_ != nullptr ? (*perm_)[col] : col;
+    const ScalarGrid& g = grids_[static_cast<size_t>(row) * groups_ + (gs_ ? orig / gs_ : 0)];
     const int q = g.Code(x);
     *xhat = g.Dequant(q);
     return q;
@@ -79,6 +91,7 @@ class GptqRounder : public ColumnRounder {
   RtnParams p_;
   int groups_;
   int gs_;
+  const std::vector<int>* perm_;
   std::vector<ScalarGrid> grids_;
 };
 
@@ -282,11 +295,52 @@ std::string_view MethodName(Method m) {
   return "unknown";
 }
 
+RtnParams RtnParamsFor(const QuantSpec& spec) {
+  const GridShape shape = GridShapeOf(spec.grid);
+  RtnParams p;
+  p.bits = spec.bits;
+  p.form = shape.form;
+  p.group_size = spec.group_size;
+  p.mse_clip = spec.mse_clip;
+  p.fp16_scale = shape.fp16_scale;
+  return p;
+}
+
 absl::Status ValidateSpec(const QuantSpec& s) {
   const int mv = static_cast<int>(s.method);
   if (mv < 1 || mv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
   const std::string_view name = MethodName(s.method);
   const bool eight_bits = s.method == Method::kRtn || s.method == Method::kGptq;
+  if (s.grid != GridTarget::kDefault) {
+    const int gv = static_cast<int>(s.grid);
+    if (gv < 1 || gv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown grid ", gv));
+    const std::string grid(GridTargetName(s.grid));
+    const GridShape shape = GridShapeOf(s.grid);
+    if (!eight_bits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grid ", grid, " applies to rtn and gptq only, not ", std::string(name)));
+    }
+    if (shape.bits != 0 && s.bits != shape.bits) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("grid ", grid, " holds ", shape.bits, "-bit codes, not bits = ", s.bits));
+    }
+    if (shape.group_size != 0 && s.group_size != shape.group_size) {
+      return absl::InvalidArgumentError(absl::StrCat("grid ", grid, " has groups of ",
+                                                     shape.group_size, " weights, not group_size = ",
+                                                     s.group_size));
+    }
+    if (s.bits == 5) {
+      if (s.group_size < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("group_size = ", s.group_size, " is invalid"));
+      }
+      return ValidateSpec([&] {
+        QuantSpec four = s;  // 5 bits are checked like 4 once the grid allowed them
+        four.bits = 4;
+        four.grid = GridTarget::kDefault;
+        return four;
+      }());
+    }
+  }
   // quarot quantizes its rotated weights with gptq's grids, so it takes their options.
   const bool scalar_grid = eight_bits || s.method == Method::kQuarot;
   const bool bits_ok = eight_bits ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
@@ -302,10 +356,9 @@ absl::Status ValidateSpec(const QuantSpec& s) {
   if (s.mse_clip && !scalar_grid) {
     return absl::InvalidArgumentError(absl::StrCat("mse_clip is not supported by ", std::string(name)));
   }
-  if (s.act_order && (!(s.method == Method::kGptq || s.method == Method::kQuarot) || s.group_size > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "act_order is supported by gptq and quarot per output channel (group_size 0), not by ",
-        std::string(name), s.group_size > 0 ? absl::StrCat(" with group_size ", s.group_size) : ""));
+  if (s.act_order && !(s.method == Method::kGptq || s.method == Method::kQuarot)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("act_order is supported by gptq and quarot, not by ", std::string(name)));
   }
   if (s.greedy_passes < 0 || s.greedy_passes > 100 ||
       (s.greedy_passes > 0 && s.method != Method::kQuipSharp)) {
@@ -361,7 +414,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
 
   if (spec.method == Method::kRtn) {
     c.group_size = spec.group_size;
-    RtnParams p{spec.bits, false, spec.group_size, spec.mse_clip};
+    const RtnParams p = RtnParamsFor(spec);
     QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, p));
     c.grids = std::move(r.grids);
     c.codes.assign(r.codes.begin(), r.codes.end());
@@ -375,14 +428,15 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
       QUANTD_ASSIGN_OR_RETURN(DampedHessian dh,
                               DampAndFactor(dev, hd, spec.damp, DampStyle::kGptq, layer_name));
       AppendNote(&result.note, dh.note);
-      GptqRounder rounder(wd, RtnParams{spec.bits, false, spec.group_size, spec.mse_clip});
       if (spec.act_order) {
-        // Per-channel grids do not depend on the column order, so only the LDLQ sweep is
-        // permuted; the codes go back to the original column order for the packed format.
+        // Per-channel and static group grids do not depend on the column order, so only the
+        // LDLQ sweep is permuted; the codes go back to the original column order for the
+        // packed format.
         std::vector<int> perm(n);
         for (int j = 0; j < n; ++j) perm[j] = j;
         std::stable_sort(perm.begin(), perm.end(),
                          [&](int a, int b) { return hd(a, a) > hd(b, b); });
+        GptqRounder rounder(wd, RtnParamsFor(spec), &perm);
         MatrixD wp(m, n), hp(n, n);
         for (int j = 0; j < n; ++j) wp.col(j) = wd.col(perm[j]);
         for (int i = 0; i < n; ++i) {
@@ -395,11 +449,13 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
             c.codes[static_cast<size_t>(row) * n + perm[j]] = r.codes[static_cast<size_t>(row) * n + j];
           }
         }
+        c.grids = rounder.TakeGrids();
       } else {
+        GptqRounder rounder(wd, RtnParamsFor(spec));
         QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
         c.codes = std::move(r.codes);
+        c.grids = rounder.TakeGrids();
       }
-      c.grids = rounder.TakeGrids();
     } else {
       // Incoherence processing; quip-sharp first pads n to a multiple of 8 with zero columns.
       if (spec.method == Method::kQuipSharp && n % 8 != 0) {

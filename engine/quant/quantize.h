@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
 #include "engine/quant/device.h"
+#include "engine/quant/grid_target.h"
 #include "engine/quant/trellis.h"
 
 namespace quantd::quant {
@@ -36,9 +37,10 @@ struct QuantSpec {
   uint64_t seed = 0;         // Default: 0. Seeds RHT signs.
   int group_size = 0;        // Default: 0 = per output channel (rtn, gptq, quarot only)
   bool mse_clip = false;     // Default: false (rtn, gptq, quarot)
-  // Default: false (gptq, quarot; per output channel only). GPTQ's "act order": columns are
-  // quantized in decreasing order of H_ii, so the inputs that carry the most energy are rounded
-  // first, while the most columns are left to absorb their error.
+  // Default: false (gptq, quarot). GPTQ's "act order": columns are quantized in decreasing order
+  // of H_ii, so the inputs that carry the most energy are rounded first, while the most columns
+  // are left to absorb their error. With groups the grids are static (AutoGPTQ static_groups):
+  // fit on the original weights of each group before the sweep.
   bool act_order = false;
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
   double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp; qtip: trellis input scale)
@@ -50,10 +52,18 @@ struct QuantSpec {
   // matrix is never stored worse than the baseline (e.g. q/k layers whose energy sits on a few
   // outlier input channels, which the rotation spreads out). QuantizedMatrix says which was kept.
   bool baseline_guard = true;
+  // Default: kDefault (GPTQ min-max, fp32 scales). rtn and gptq only: quantize onto a grid an
+  // export format holds exactly (grid_target.h); bits and group_size must match its shape
+  // (5 bits only with q5_0/q5_1).
+  GridTarget grid = GridTarget::kDefault;
 };
 
-// INVALID_ARGUMENT with the bad value (bits for the method, negative group size, group size or
-// mse_clip with a method that ignores them, act_order outside gptq/quarot or with groups, greedy passes outside 0..100, non-finite or
+// The RtnParams rtn and gptq quantize `spec` with (bits, group size, clip, grid form).
+RtnParams RtnParamsFor(const QuantSpec& spec);
+
+// INVALID_ARGUMENT with the bad value (bits for the method, a grid with a method other than
+// rtn/gptq or with bits/group size it does not hold, negative group size, group size or
+// mse_clip with a method that ignores them, act_order outside gptq/quarot, greedy passes outside 0..100, non-finite or
 // negative codebook scale, damp outside (0, 10]).
 absl::Status ValidateSpec(const QuantSpec& spec);
 

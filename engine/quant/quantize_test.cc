@@ -1,4 +1,6 @@
 #include "engine/quant/quantize.h"
+#include "engine/quant/packed_matrix.h"
+#include "engine/quant/rtn.h"
 
 #include <algorithm>
 #include <limits>
@@ -231,10 +233,24 @@ TEST(QuantizeTest, ActOrderEqualsGptqOnThePermutedProblem) {
   EXPECT_NEAR(ordered->proxy_loss, ref->proxy_loss, 1e-12);
   EXPECT_LT(ordered->proxy_loss, natural->proxy_loss);
 
-  // Only gptq/quarot, and only per output channel.
+  // With groups the grids are static: each is the min-max grid of its group's ORIGINAL weights
+  // (what RTN fits), whatever order the sweep takes.
   a.group_size = 16;
-  EXPECT_EQ(QuantizeMatrix(*dev, w, h, a, "l").status().code(), absl::StatusCode::kInvalidArgument);
+  auto grouped = QuantizeMatrix(*dev, w, h, a, "l");
+  ASSERT_TRUE(grouped.ok()) << grouped.status();
+  auto gc = DecodePacked(grouped->packed);
+  ASSERT_TRUE(gc.ok());
+  auto rtn = QuantizeRtn(w.cast<double>(), RtnParams{3, GridForm::kAsymmetric, 16, false, false});
+  ASSERT_TRUE(rtn.ok());
+  ASSERT_EQ(gc->grids.size(), rtn->grids.size());
+  for (size_t i = 0; i < gc->grids.size(); ++i) {
+    ASSERT_EQ(gc->grids[i].scale, rtn->grids[i].scale) << i;
+    ASSERT_EQ(gc->grids[i].zero, rtn->grids[i].zero) << i;
+  }
+  EXPECT_LT(grouped->proxy_loss, RelativeProxyLoss(w.cast<double>(),
+                                                   rtn->what, h));  // the sweep still helps
   a.group_size = 0;
+  // Only gptq/quarot.
   a.method = Method::kRtn;
   EXPECT_EQ(ValidateSpec(a).code(), absl::StatusCode::kInvalidArgument);
   a.method = Method::kQuarot;

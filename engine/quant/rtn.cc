@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/format/float16.h"
 
 namespace quantd::quant {
 namespace {
@@ -12,7 +13,51 @@ constexpr int kClipGrid = 100;
 constexpr double kClipMaxShrink = 0.8;
 constexpr double kClipNorm = 2.4;
 
-ScalarGrid GridFromRange(double wmin, double wmax, int maxq, bool symmetric) {
+// fp16 grids (kMinOffset or fp16_scale): the stored numbers are fp16, and codes are chosen
+// against exactly those numbers.
+ScalarGrid Fp16Grid(double wmin, double wmax, int maxq, GridForm form) {
+  ScalarGrid g;
+  g.maxq = maxq;
+  const float half = static_cast<float>((maxq + 1) / 2);
+  switch (form) {
+    case GridForm::kMinOffset: {
+      const float m = model::HalfToFloat(model::FloatToHalf(static_cast<float>(wmin)));
+      g.scale = RoundToFp16Scale(std::max((wmax - m) / maxq, 0x1p-24));
+      g.zero = -m / g.scale;
+      return g;
+    }
+    case GridForm::kSignedMax: {
+      const double v = -wmin > wmax ? wmin : wmax;
+      g.scale = RoundToFp16Scale(v != 0 ? v / -half : 1.0);
+      g.zero = half;
+      return g;
+    }
+    case GridForm::kSymmetric: {
+      const double amax = std::max(-wmin, wmax);
+      g.scale = RoundToFp16Scale(amax > 0 ? 2 * amax / maxq : 2.0 / maxq);
+      g.zero = half;
+      return g;
+    }
+    case GridForm::kAsymmetric:
+      break;
+  }
+  wmin = std::min(wmin, 0.0);
+  wmax = std::max(wmax, 0.0);
+  if (wmin == 0 && wmax == 0) {
+    wmin = -1;
+    wmax = 1;
+  }
+  g.scale = RoundToFp16Scale((wmax - wmin) / maxq);
+  g.zero = static_cast<float>(
+      std::clamp(std::nearbyint(-wmin / g.scale), 0.0, static_cast<double>(maxq)));
+  return g;
+}
+
+ScalarGrid GridFromRange(double wmin, double wmax, int maxq, const RtnParams& p) {
+  if (p.fp16_scale || p.form == GridForm::kMinOffset || p.form == GridForm::kSignedMax) {
+    return Fp16Grid(wmin, wmax, maxq, p.form);
+  }
+  const bool symmetric = p.form == GridForm::kSymmetric;
   wmin = std::min(wmin, 0.0);
   wmax = std::max(wmax, 0.0);
   if (symmetric) {
@@ -34,6 +79,13 @@ ScalarGrid GridFromRange(double wmin, double wmax, int maxq, bool symmetric) {
 
 }  // namespace
 
+float RoundToFp16Scale(double x) {
+  const double a = std::min(std::fabs(x), 65504.0);
+  float h = model::HalfToFloat(model::FloatToHalf(static_cast<float>(a)));
+  if (h == 0 && a > 0) h = std::ldexp(1.0f, -24);
+  return x < 0 ? -h : h;
+}
+
 int ScalarGrid::Code(double w) const {
   const double q = std::nearbyint(w / scale + zero);
   return static_cast<int>(std::clamp(q, 0.0, static_cast<double>(maxq)));
@@ -46,12 +98,12 @@ ScalarGrid FitMinMaxGrid(const double* w, int len, const RtnParams& params) {
     wmin = std::min(wmin, w[i]);
     wmax = std::max(wmax, w[i]);
   }
-  ScalarGrid best = GridFromRange(wmin, wmax, maxq, params.symmetric);
+  ScalarGrid best = GridFromRange(wmin, wmax, maxq, params);
   if (!params.mse_clip) return best;
   double best_err = INFINITY;
   for (int i = 0; i < static_cast<int>(kClipMaxShrink * kClipGrid); ++i) {
     const double p = 1.0 - static_cast<double>(i) / kClipGrid;
-    ScalarGrid g = GridFromRange(p * wmin, p * wmax, maxq, params.symmetric);
+    ScalarGrid g = GridFromRange(p * wmin, p * wmax, maxq, params);
     double err = 0;
     for (int j = 0; j < len; ++j) err += std::pow(std::fabs(g.Round(w[j]) - w[j]), kClipNorm);
     if (err < best_err) {

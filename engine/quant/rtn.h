@@ -24,15 +24,36 @@ struct ScalarGrid {
   float Round(double w) const { return Dequant(Code(w)); }
 };
 
-struct RtnParams {
-  int bits = 4;            // 2..8
-  bool symmetric = false;  // Default: false (zero = (maxq+1)/2)
-  int group_size = 0;      // Default: 0 = one grid per output channel; else groups of columns
-  bool mse_clip = false;   // Default: false; search shrink factors 1 − i/100, i < 80, |err|^2.4
+// How a grid is fitted to the weights of one (row, group); maxq = 2^bits − 1.
+enum class GridForm : uint8_t {
+  // GPTQ Quantizer(sym=False): range [min(w,0), max(w,0)], scale = range/maxq, integer zero.
+  kAsymmetric = 0,
+  // GPTQ Quantizer(sym=True): scale = 2·max|w|/maxq, zero = (maxq+1)/2.
+  kSymmetric = 1,
+  // llama.cpp Q4_0/Q5_0 (ggml-quants.c quantize_row_q4_0_ref): v = the w of largest |w| (signed),
+  // scale = v / −((maxq+1)/2), zero = (maxq+1)/2, so v itself is code 0.
+  kSignedMax = 2,
+  // llama.cpp Q4_1/Q5_1: ŵ = d·q + m with m = min(w), d = (max(w) − m)/maxq (not widened to 0),
+  // stored as scale = d, zero = −m/d (fractional). d and m are always fp16 values.
+  kMinOffset = 3,
 };
 
-// Min-max grid of w[0..len) widened to include 0 (GPTQ Quantizer, perchannel, sym=false),
-// with the optional symmetric form and MSE clip search of `params`.
+struct RtnParams {
+  int bits = 4;            // 2..8
+  GridForm form = GridForm::kAsymmetric;  // Default: kAsymmetric
+  int group_size = 0;      // Default: 0 = one grid per output channel; else groups of columns
+  bool mse_clip = false;   // Default: false; search shrink factors 1 − i/100, i < 80, |err|^2.4
+  // Default: false. true: the scale is rounded to the nearest fp16 value BEFORE the zero and the
+  // codes are chosen, so a format storing fp16 scales holds the grid exactly (kMinOffset: always).
+  bool fp16_scale = false;
+};
+
+// The nearest fp16 value of x (ties to even), as a float; clamped to ±65504 and kept nonzero
+// (≥ 2^−24 in magnitude) when x is nonzero, so it can serve as a scale.
+float RoundToFp16Scale(double x);
+
+// Grid of w[0..len) in the form of `params` (GPTQ's min-max grid widened to include 0 by
+// default), with the optional MSE clip search and fp16 scale.
 ScalarGrid FitMinMaxGrid(const double* w, int len, const RtnParams& params);
 
 // QuIP scalar grid for b bits: s = 2.4·rms; scale = 2s/maxq, zero = maxq/2, so that

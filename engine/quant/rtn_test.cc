@@ -23,7 +23,7 @@ TEST(RtnTest, MinMaxGridMatchesGptqQuantizer) {
   EXPECT_FLOAT_EQ(gp.zero, 0.0f);
   EXPECT_FLOAT_EQ(gp.Dequant(3), 2.0f);
   // Symmetric form.
-  p.symmetric = true;
+  p.form = GridForm::kSymmetric;
   ScalarGrid gs = FitMinMaxGrid(w, 4, p);
   EXPECT_FLOAT_EQ(gs.zero, 2.0f);
   EXPECT_FLOAT_EQ(gs.scale, 1.0f);

@@ -8,9 +8,11 @@ namespace quantd::runner {
 absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec& p) {
   quant::QuantSpec spec;
   QUANTD_ASSIGN_OR_RETURN(spec.method, quant::ParseMethod(p.method()));
-  spec.bits = p.bits();
+  QUANTD_ASSIGN_OR_RETURN(spec.grid, quant::ParseGridTarget(p.grid()));
+  const quant::GridShape shape = quant::GridShapeOf(spec.grid);
+  spec.bits = p.bits() == 0 && shape.bits != 0 ? shape.bits : p.bits();
   spec.seed = p.seed();
-  spec.group_size = p.group_size();
+  spec.group_size = p.group_size() == 0 ? shape.group_size : p.group_size();
   spec.mse_clip = p.mse_clip();
   spec.act_order = p.act_order();
   spec.greedy_passes = p.has_greedy_passes()                      ? p.greedy_passes()

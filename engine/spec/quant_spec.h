@@ -15,7 +15,7 @@ namespace quantd::runner {
 // proxy loss against 0.06399 for 10 and 0.0739 for none (docs/benchmarks.md).
 inline constexpr int kDefaultGreedyPasses = 3;
 
-// Wire defaults: damp 0 means 0.01; trellis_code "" means 1mad and trellis_l 0 means 16; greedy_passes unset means kDefaultGreedyPasses for
+// Wire defaults: damp 0 means 0.01; with a grid, bits 0 and group_size 0 mean the grid's own; trellis_code "" means 1mad and trellis_l 0 means 16; greedy_passes unset means kDefaultGreedyPasses for
 // quip-sharp (0 for the other methods). The seed is the job-level seed; the coordinator derives each
 // matrix's seed from it. INVALID_ARGUMENT for an unknown method or a spec ValidateSpec rejects.
 absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec& p);

@@ -5,6 +5,38 @@
 namespace quantd::runner {
 namespace {
 
+TEST(QuantSpecFromProtoTest, GridFillsBitsAndGroupAndIsChecked) {
+  quantd::v1::QuantSpec p;
+  p.set_method("gptq");
+  p.set_grid("q4_0");  // bits 0 and group_size 0: the grid's own
+  auto s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->grid, quant::GridTarget::kQ4_0);
+  EXPECT_EQ(s->bits, 4);
+  EXPECT_EQ(s->group_size, 32);
+  p.set_grid("q5_1");
+  s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->bits, 5);
+  p.set_bits(3);  // q5_1 holds 5-bit codes
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_bits(0);
+  p.set_group_size(64);  // GGUF blocks are 32 wide
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_group_size(0);
+  p.set_grid("q9_9");
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_grid("gptq-sym");  // any bits / groups, but rtn and gptq only
+  p.set_bits(3);
+  EXPECT_TRUE(QuantSpecFromProto(p).ok());
+  p.set_method("quip");
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  p.set_method("rtn");
+  p.set_grid("");
+  p.set_bits(5);  // 5 bits only with a q5 grid
+  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   quantd::v1::QuantSpec p;
   p.set_method("gptq");
@@ -15,9 +47,9 @@ TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   auto s = QuantSpecFromProto(p);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_FALSE(s->act_order);
-  // act order is per output channel only: with group_size 32 the spec is refused.
+  // act order with groups uses static groups (quant/quantize.h): accepted.
   p.set_act_order(true);
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(QuantSpecFromProto(p).ok());
   p.set_group_size(0);
   s = QuantSpecFromProto(p);
   ASSERT_TRUE(s.ok()) << s.status();

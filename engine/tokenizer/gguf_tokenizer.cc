@@ -1,12 +1,16 @@
 #include "engine/tokenizer/gguf_tokenizer.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "common/file_util.h"
 #include "common/status_macros.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "engine/tokenizer/tokenizer_llama2c.h"
 #include "nlohmann/json.hpp"
 #include "common/str_util.h"
 
@@ -28,11 +32,9 @@ json ByteLevel(bool use_regex) {
           {"use_regex", use_regex}};
 }
 
-// The pre-tokenizer llama.cpp applies for tokenizer.ggml.pre, in tokenizer.json form.
-absl::StatusOr<json> PreTokenizer(const GgufFile& f) {
-  auto pre = f.GetString("tokenizer.ggml.pre");
-  if (!pre.ok() && pre.status().code() != absl::StatusCode::kNotFound) return pre.status();
-  const std::string name = pre.ok() ? *pre : "";
+// The pre-tokenizer llama.cpp applies for tokenizer.ggml.pre `name`, in tokenizer.json form;
+// null for names outside kSupportedPre.
+json PreTokenizerForName(const std::string& name) {
   if (name == "gpt2") return ByteLevel(true);
   if (name == "smollm" || name == "starcoder" || name == "refact" || name == "codeshell") {
     // Single digits split off, then the GPT-2 regex (as HF SmolLM2 / StarCoder ship it).
@@ -49,6 +51,15 @@ absl::StatusOr<json> PreTokenizer(const GgufFile& f) {
                                {"invert", false}},
                               ByteLevel(false)})}};
   }
+  return nullptr;
+}
+
+absl::StatusOr<json> PreTokenizer(const GgufFile& f) {
+  auto pre = f.GetString("tokenizer.ggml.pre");
+  if (!pre.ok() && pre.status().code() != absl::StatusCode::kNotFound) return pre.status();
+  const std::string name = pre.ok() ? *pre : "";
+  json j = PreTokenizerForName(name);
+  if (!j.is_null()) return j;
   return absl::InvalidArgumentError(internal::Cat(
       f.label(), ": tokenizer.ggml.pre = \"", name, "\" is not supported; supported: ",
       kSupportedPre));
@@ -247,6 +258,173 @@ absl::StatusOr<HfTokenizerFiles> GgufTokenizerToHf(const GgufFile& f) {
         internal::Cat(f.label(), ": tokenizer metadata is not valid UTF-8: ", e.what()));
   }
   return out;
+}
+
+namespace {
+
+constexpr int32_t kNormal = 1, kUnused = 5, kByte = 6;
+
+absl::Status NotExpressible(const std::string& path, std::string_view why) {
+  return absl::FailedPreconditionError(
+      internal::Cat(path, ": tokenizer cannot be written to GGUF: ", why));
+}
+
+// Tokens padded to vocab_size with [PAD<id>] (type UNUSED).
+absl::Status PadTokens(const std::string& path, int64_t vocab_size, std::vector<std::string>* tokens,
+                       std::vector<int32_t>* types) {
+  if (vocab_size > 0 && static_cast<int64_t>(tokens->size()) > vocab_size) {
+    return NotExpressible(path, internal::Cat(tokens->size(), " tokens, the model has ",
+                                              vocab_size, " embedding rows"));
+  }
+  for (int64_t i = static_cast<int64_t>(tokens->size()); i < vocab_size; ++i) {
+    tokens->push_back(internal::Cat("[PAD", i, "]"));
+    types->push_back(kUnused);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteHfJson(const std::string& path, const GgufTokenizerIds& ids, GgufWriter* w) {
+  QUANTD_ASSIGN_OR_RETURN(std::string text, ReadFile(path, uint64_t{1} << 30));
+  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) {
+    return absl::InvalidArgumentError(internal::Cat(path, ": not a tokenizer.json object"));
+  }
+  const json& model = root["model"];
+  const bool byte_level = root.contains("decoder") && root["decoder"].is_object() &&
+                          root["decoder"].value("type", "") == "ByteLevel";
+  if (model.value("type", "") != "BPE" || !byte_level || !model.contains("vocab") ||
+      !model["vocab"].is_object()) {
+    return NotExpressible(path, "only byte-level BPE tokenizer.json (GGUF \"gpt2\") is supported");
+  }
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;
+  auto put = [&](const std::string& tok, int64_t id, int32_t type) -> absl::Status {
+    if (id < 0 || id > (int64_t{1} << 24)) {
+      return absl::InvalidArgumentError(internal::Cat(path, ": token id ", id, " out of range"));
+    }
+    if (static_cast<int64_t>(tokens.size()) <= id) {
+      tokens.resize(id + 1);
+      types.resize(id + 1, 0);
+    }
+    tokens[id] = tok;
+    types[id] = type;
+    return absl::OkStatus();
+  };
+  for (const auto& [tok, id] : model["vocab"].items()) {
+    if (!id.is_number_integer()) return absl::InvalidArgumentError(internal::Cat(path, ": vocab id of ", tok));
+    QUANTD_RETURN_IF_ERROR(put(tok, id.get<int64_t>(), kNormal));
+  }
+  if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
+    for (const json& a : root["added_tokens"]) {
+      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
+          !a.contains("content") || !a["content"].is_string()) {
+        return absl::InvalidArgumentError(internal::Cat(path, ": malformed added_tokens entry"));
+      }
+      QUANTD_RETURN_IF_ERROR(put(a["content"].get<std::string>(), a["id"].get<int64_t>(),
+                                 a.value("special", false) ? static_cast<int32_t>(kControl)
+                                                           : static_cast<int32_t>(kUserDefined)));
+    }
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (types[i] == 0) {  // a hole in the ids
+      tokens[i] = internal::Cat("[PAD", i, "]");
+      types[i] = kUnused;
+    }
+  }
+  QUANTD_RETURN_IF_ERROR(PadTokens(path, ids.vocab_size, &tokens, &types));
+  std::vector<std::string> merges;
+  if (model.contains("merges") && model["merges"].is_array()) {
+    for (const json& m : model["merges"]) {
+      if (m.is_string()) {
+        merges.push_back(m.get<std::string>());
+      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+        merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+      } else {
+        return absl::InvalidArgumentError(internal::Cat(path, ": malformed merge entry"));
+      }
+    }
+  }
+  std::string pre = "default";
+  const json& pt = root.contains("pre_tokenizer") ? root["pre_tokenizer"] : json(nullptr);
+  for (const char* name : {"gpt2", "smollm", "llama-bpe"}) {
+    if (PreTokenizerForName(name) == pt) {
+      pre = name;
+      break;
+    }
+  }
+  w->SetString("tokenizer.ggml.model", "gpt2");
+  w->SetString("tokenizer.ggml.pre", pre);
+  w->SetStringArray("tokenizer.ggml.tokens", tokens);
+  w->SetI32Array("tokenizer.ggml.token_type", types);
+  w->SetStringArray("tokenizer.ggml.merges", merges);
+  // add_bos_token from tokenizer_config.json beside it (absent: false, as for GPT-2 BPE).
+  bool add_bos = false;
+  const std::string cfg_path = JoinPath(std::filesystem::path(path).parent_path().string(),
+                                        "tokenizer_config.json");
+  if (auto cfg_text = ReadFile(cfg_path, uint64_t{64} << 20); cfg_text.ok()) {
+    json cfg = json::parse(*cfg_text, nullptr, false);
+    if (cfg.is_object() && cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) {
+      add_bos = cfg["add_bos_token"].get<bool>();
+    }
+  }
+  w->SetBool("tokenizer.ggml.add_bos_token", add_bos);
+  return absl::OkStatus();
+}
+
+absl::Status WriteLlama2c(const std::string& path, const GgufTokenizerIds& ids, GgufWriter* w) {
+  QUANTD_ASSIGN_OR_RETURN(auto tok, Llama2cTokenizer::Load(path));
+  const int n = tok->vocab_size();
+  std::vector<std::string> tokens(n);
+  std::vector<float> scores(n);
+  std::vector<int32_t> types(n, kNormal);
+  for (int i = 0; i < n; ++i) {
+    std::string p = tok->Piece(i);
+    scores[i] = tok->Score(i);
+    if (i == 0) {
+      types[i] = static_cast<int32_t>(kUnknown);
+    } else if (i == 1 || i == 2) {
+      // llama2.c's export wrote BOS/EOS as "\n<s>\n" and "\n</s>\n".
+      p = i == 1 ? "<s>" : "</s>";
+      types[i] = static_cast<int32_t>(kControl);
+    } else if (p.size() == 6 && p.rfind("<0x", 0) == 0 && p[5] == '>') {
+      types[i] = kByte;
+    } else {
+      // llama2.c's export replaced SentencePiece's U+2581 by ' '; GGUF keeps U+2581.
+      std::string q;
+      for (char c : p) q += c == ' ' ? std::string("\xe2\x96\x81") : std::string(1, c);
+      p = std::move(q);
+    }
+    tokens[i] = std::move(p);
+  }
+  QUANTD_RETURN_IF_ERROR(PadTokens(path, ids.vocab_size, &tokens, &types));
+  scores.resize(tokens.size(), -1e9f);
+  w->SetString("tokenizer.ggml.model", "llama");
+  w->SetStringArray("tokenizer.ggml.tokens", tokens);
+  w->SetF32Array("tokenizer.ggml.scores", scores);
+  w->SetI32Array("tokenizer.ggml.token_type", types);
+  w->SetU32("tokenizer.ggml.unknown_token_id", 0);
+  w->SetBool("tokenizer.ggml.add_bos_token", true);
+  w->SetBool("tokenizer.ggml.add_space_prefix", true);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteGgufTokenizer(const std::string& model_dir, const GgufTokenizerIds& ids,
+                                GgufWriter* w) {
+  const std::string path = FindTokenizerFile(model_dir);
+  if (path.empty()) {
+    return absl::NotFoundError(internal::Cat(
+        model_dir, " has no tokenizer.json, tokenizer.bin or tok512.bin to write into the GGUF"));
+  }
+  if (std::filesystem::path(path).filename() == "tokenizer.json") {
+    QUANTD_RETURN_IF_ERROR(WriteHfJson(path, ids, w));
+  } else {
+    QUANTD_RETURN_IF_ERROR(WriteLlama2c(path, ids, w));
+  }
+  if (ids.bos >= 0) w->SetU32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(ids.bos));
+  if (ids.eos >= 0) w->SetU32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(ids.eos));
+  return absl::OkStatus();
 }
 
 }  // namespace quantd::model

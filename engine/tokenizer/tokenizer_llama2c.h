@@ -40,6 +40,7 @@ class Llama2cTokenizer : public Tokenizer {
 
   int vocab_size() const override { return static_cast<int>(pieces_.size()); }
   const std::string& Piece(int id) const { return pieces_[id]; }
+  float Score(int id) const { return scores_[id]; }
 
  private:
   Llama2cTokenizer() = default;

@@ -1,0 +1,169 @@
+#include "engine/artifact/export_compressed.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "engine/artifact/artifact.h"
+#include "engine/artifact/export_formats.h"
+#include "engine/format/checkpoint.h"
+#include "engine/format/float16.h"
+#include "engine/format/safetensors.h"
+#include "engine/quant/packed_matrix.h"
+#include "engine/quant/quantize.h"
+#include "engine/quant/rtn.h"
+#include "nlohmann/json.hpp"
+
+namespace quantd::artifact {
+namespace {
+
+absl::StatusOr<std::string> F16(const float* v, int64_t n, const std::string& name) {
+  std::string out(static_cast<size_t>(n) * 2, '\0');
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(v[i]) && std::fabs(v[i]) > 65504.0f) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": value ", v[i],
+                                                     " does not fit fp16"));
+    }
+    const uint16_t h = model::FloatToHalf(v[i]);
+    std::memcpy(&out[2 * i], &h, 2);
+  }
+  return out;
+}
+
+// compressed-tensors pack_to_int32: value i of a line lands at bit i·bits of the line's words
+// (low bits first); bits = 4 or 8, so no value straddles two words.
+void PackLine(const std::vector<uint32_t>& v, int bits, uint32_t* words) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    words[i * bits / 32] |= v[i] << (i * bits % 32);
+  }
+}
+
+std::string Words(const std::vector<uint32_t>& w) {
+  return std::string(reinterpret_cast<const char*>(w.data()), w.size() * 4);
+}
+
+}  // namespace
+
+absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::string& native_dir,
+                                                                const std::string& out_dir) {
+  QUANTD_ASSIGN_OR_RETURN(std::string manifest, ReadFile(JoinPath(native_dir, "manifest.json")));
+  QUANTD_ASSIGN_OR_RETURN(ExportSpec spec, ExportSpecFromManifest(manifest));
+  QUANTD_RETURN_IF_ERROR(CheckExportable(spec, ExportFormat::kCompressedTensors));
+  const bool sym = IsSymmetricGrid(spec);
+  QUANTD_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(native_dir, "config.json")));
+  nlohmann::json config = nlohmann::json::parse(config_text, nullptr, false);
+  if (!config.is_object()) return absl::InvalidArgumentError("config.json is not a JSON object");
+  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
+  for (const char* online : {kOnlineDownTensor, kOnlineOTensor}) {
+    if (ckpt->Get(online).ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(native_dir, " rotates activations online"));
+    }
+  }
+  CompressedExportSummary summary;
+  std::vector<model::TensorToWrite> out;
+  nlohmann::json ignore = nlohmann::json::array({"lm_head"});
+  for (const std::string& name : ckpt->Names()) {
+    if (!absl::EndsWith(name, ".qweight")) {
+      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
+      QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(name));
+      QUANTD_ASSIGN_OR_RETURN(std::string data, F16(m.data(), m.size(), name));
+      out.push_back({name, model::DType::kF16, v.shape, std::move(data)});
+      continue;
+    }
+    const std::string prefix = name.substr(0, name.size() - 8);
+    QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
+    auto c = quant::DecodePacked(v.data);
+    if (!c.ok()) return absl::DataLossError(absl::StrCat("tensor ", name, ": ", c.status().message()));
+    const int bits = c->bits, m = c->m, n = c->n;
+    const int groups = quant::NumGroups(n, c->group_size);
+    const int gs = groups == 1 ? n : c->group_size;
+    if ((c->method != static_cast<uint8_t>(quant::Method::kRtn) &&
+         c->method != static_cast<uint8_t>(quant::Method::kGptq)) ||
+        (bits != 4 && bits != 8) || c->grids.size() != static_cast<size_t>(m) * groups) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", name, " (", std::string(quant::MethodName(static_cast<quant::Method>(c->method))),
+          ", ", bits, " bits) does not fit pack-quantized: rtn/gptq at 4 or 8 bits"));
+    }
+    if (n % gs != 0) {
+      // A ragged last group has no pack-quantized form: dense fp16, listed in "ignore".
+      auto w = quant::DequantizeMatrix(v.data);
+      if (!w.ok()) return absl::DataLossError(absl::StrCat("tensor ", name, ": ", w.status().message()));
+      QUANTD_ASSIGN_OR_RETURN(std::string data, F16(w->data(), w->size(), prefix + ".weight"));
+      out.push_back({prefix + ".weight", model::DType::kF16, {m, n}, std::move(data)});
+      ignore.push_back(prefix);
+      ++summary.ignored;
+      continue;
+    }
+    const uint32_t half = 1u << (bits - 1);
+    const int words_per_row = (n * bits + 31) / 32;
+    std::vector<uint32_t> packed(static_cast<size_t>(m) * words_per_row, 0);
+    std::vector<float> scales(static_cast<size_t>(m) * groups);
+    std::vector<uint32_t> zeros(static_cast<size_t>(m) * groups);  // unsigned: zp + 2^(b-1)
+    std::vector<uint32_t> line(n);
+    for (int r = 0; r < m; ++r) {
+      for (int col = 0; col < n; ++col) line[col] = c->codes[static_cast<size_t>(r) * n + col];
+      PackLine(line, bits, &packed[static_cast<size_t>(r) * words_per_row]);
+      for (int g = 0; g < groups; ++g) {
+        const quant::ScalarGrid& grid = c->grids[static_cast<size_t>(r) * groups + g];
+        if (grid.zero != std::nearbyint(grid.zero) || grid.zero < 0 || grid.zero > grid.maxq ||
+            (sym && grid.zero != static_cast<float>(half))) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "tensor ", name, " row ", r, " group ", g, " has zero point ", grid.zero,
+              sym ? "; a symmetric export needs " : "; compressed-tensors needs an integer in [0, ",
+              sym ? absl::StrCat(half) : absl::StrCat(grid.maxq, "]")));
+        }
+        scales[static_cast<size_t>(r) * groups + g] = grid.scale;
+        zeros[static_cast<size_t>(r) * groups + g] = static_cast<uint32_t>(grid.zero);
+      }
+    }
+    out.push_back({prefix + ".weight_packed", model::DType::kI32, {m, words_per_row}, Words(packed)});
+    QUANTD_ASSIGN_OR_RETURN(std::string sc, F16(scales.data(), scales.size(), prefix + ".weight_scale"));
+    out.push_back({prefix + ".weight_scale", model::DType::kF16, {m, groups}, std::move(sc)});
+    const int64_t shape[2] = {m, n};
+    out.push_back({prefix + ".weight_shape", model::DType::kI64, {2},
+                   std::string(reinterpret_cast<const char*>(shape), sizeof(shape))});
+    if (!sym) {
+      // weight_zero_point: pack_to_int32(zp, bits, packed_dim=0), i.e. each group's column of m
+      // zero points packed like a row, stored [ceil(m·bits/32), groups].
+      const int zwords = (m * bits + 31) / 32;
+      std::vector<uint32_t> zcol(m), zpacked(static_cast<size_t>(zwords) * groups, 0),
+          tmp(zwords);
+      for (int g = 0; g < groups; ++g) {
+        for (int r = 0; r < m; ++r) zcol[r] = zeros[static_cast<size_t>(r) * groups + g];
+        std::fill(tmp.begin(), tmp.end(), 0);
+        PackLine(zcol, bits, tmp.data());
+        for (int k = 0; k < zwords; ++k) zpacked[static_cast<size_t>(k) * groups + g] = tmp[k];
+      }
+      out.push_back({prefix + ".weight_zero_point", model::DType::kI32, {zwords, groups}, Words(zpacked)});
+    }
+    ++summary.quantized;
+  }
+  nlohmann::json weights = {{"num_bits", spec.bits}, {"type", "int"}, {"symmetric", sym},
+                            {"strategy", spec.group_size > 0 ? "group" : "channel"},
+                            {"group_size", spec.group_size > 0 ? nlohmann::json(spec.group_size)
+                                                               : nlohmann::json(nullptr)},
+                            {"dynamic", false}, {"observer", "minmax"}, {"actorder", nullptr}};
+  config["quantization_config"] = {
+      {"quant_method", "compressed-tensors"},
+      {"format", "pack-quantized"},
+      {"quantization_status", "compressed"},
+      {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", weights},
+                                      {"input_activations", nullptr},
+                                      {"output_activations", nullptr},
+                                      {"format", "pack-quantized"}}}}},
+      {"ignore", ignore},
+      {"kv_cache_scheme", nullptr}};
+  SetConfigDtype(&config, "float16");
+  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
+  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), out));
+  QUANTD_RETURN_IF_ERROR(CopySideFiles(native_dir, out_dir));
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
+  QUANTD_RETURN_IF_ERROR(SyncDir(out_dir));
+  return summary;
+}
+
+}  // namespace quantd::artifact
