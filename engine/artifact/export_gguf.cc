@@ -154,6 +154,19 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   QUANTD_RETURN_IF_ERROR(CheckExportable(spec, ExportFormat::kGguf));
   QUANTD_ASSIGN_OR_RETURN(const GgmlType type, GgufTypeFor(spec));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(native_dir));
+  // Only what the GGUF "llama" architecture expresses: no biases, q/k norms, sliding windows or
+  // Gemma's norms (issue 23: the qwen2/qwen3/gemma GGUF architectures are not written yet).
+  const bool plain_llama = (cfg.family == model::Family::kLlama ||
+                            cfg.family == model::Family::kMistral) &&
+                           !cfg.qkv_bias && !cfg.o_bias && cfg.sliding_window == 0;
+  if (!plain_llama) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        std::string(model::ArchitectureName(cfg.family)),
+        cfg.qkv_bias || cfg.o_bias ? " with attention biases" : "",
+        cfg.sliding_window > 0 ? " with a sliding window" : "",
+        " is not written to GGUF yet (only the llama architecture without biases or sliding "
+        "windows); use --format hf or compressed-tensors"));
+  }
   if (cfg.rope.type != model::RopeType::kDefault) {
     return absl::FailedPreconditionError(absl::StrCat(
         "RoPE type ", std::string(model::RopeTypeName(cfg.rope.type)),
