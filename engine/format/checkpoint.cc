@@ -1,7 +1,10 @@
 #include "engine/format/checkpoint.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -97,23 +100,16 @@ absl::StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
   return it->second->Get(name);
 }
 
-absl::StatusOr<MatrixF> Checkpoint::ReadMatrix(std::string_view name) const {
-  QUANTD_ASSIGN_OR_RETURN(TensorView t, Get(name));
-  int64_t rows, cols;
-  if (t.shape.size() == 2) {
-    rows = t.shape[0];
-    cols = t.shape[1];
-  } else if (t.shape.size() == 1) {
-    rows = 1;
-    cols = t.shape[0];
-  } else {
-    return absl::InvalidArgumentError(internal::Cat(
-        dir_, ": tensor \"", name, "\" has rank ", t.shape.size(), ", expected 1 or 2"));
+absl::Status ConvertToF32(const TensorView& t, int64_t first, int64_t count, float* out) {
+  const size_t es = DTypeSize(t.dtype);
+  if (first < 0 || count < 0 || static_cast<uint64_t>(first + count) * es > t.data.size()) {
+    return absl::InvalidArgumentError(internal::Cat("tensor \"", t.name, "\": elements [", first,
+                                                   ", ", first + count, ") outside its ",
+                                                   t.data.size() / std::max<size_t>(es, 1),
+                                                   " elements"));
   }
-  MatrixF m(rows, cols);
-  float* out = m.data();
-  const char* p = t.data.data();
-  const int64_t n = rows * cols;
+  const char* p = t.data.data() + first * es;
+  const int64_t n = count;
   switch (t.dtype) {
     case DType::kF32:
       std::memcpy(out, p, n * 4);  // little-endian host assumed (x86/arm64)
@@ -132,11 +128,59 @@ absl::StatusOr<MatrixF> Checkpoint::ReadMatrix(std::string_view name) const {
       for (int64_t i = 0; i < n; ++i) out[i] = BFloat16ToFloat(Load16(p + 2 * i));
       break;
     default:
-      return absl::InvalidArgumentError(internal::Cat(dir_, ": tensor \"", name, "\" has dtype ",
+      return absl::InvalidArgumentError(internal::Cat("tensor \"", t.name, "\" has dtype ",
                                                      DTypeName(t.dtype),
                                                      ", expected F64/F32/F16/BF16"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MatrixF> Checkpoint::ReadMatrix(std::string_view name) const {
+  QUANTD_ASSIGN_OR_RETURN(TensorView t, Get(name));
+  int64_t rows, cols;
+  if (t.shape.size() == 2) {
+    rows = t.shape[0];
+    cols = t.shape[1];
+  } else if (t.shape.size() == 1) {
+    rows = 1;
+    cols = t.shape[0];
+  } else {
+    return absl::InvalidArgumentError(internal::Cat(
+        dir_, ": tensor \"", name, "\" has rank ", t.shape.size(), ", expected 1 or 2"));
+  }
+  MatrixF m(rows, cols);
+  absl::Status s = ConvertToF32(t, 0, rows * cols, m.data());
+  if (!s.ok()) return absl::InvalidArgumentError(internal::Cat(dir_, ": ", s.message()));
   return m;
+}
+
+absl::Status Checkpoint::ReadRows(std::string_view name, int64_t begin, int64_t count,
+                                  MatrixF* out) const {
+  QUANTD_ASSIGN_OR_RETURN(TensorView t, Get(name));
+  if (t.shape.size() != 2) {
+    return absl::InvalidArgumentError(internal::Cat(
+        dir_, ": tensor \"", name, "\" has rank ", t.shape.size(), ", expected 2"));
+  }
+  if (begin < 0 || count < 0 || begin + count > t.shape[0]) {
+    return absl::InvalidArgumentError(internal::Cat(dir_, ": tensor \"", name, "\": rows [",
+                                                   begin, ", ", begin + count, ") outside its ",
+                                                   t.shape[0], " rows"));
+  }
+  out->resize(count, t.shape[1]);
+  absl::Status s = ConvertToF32(t, begin * t.shape[1], count * t.shape[1], out->data());
+  if (!s.ok()) return absl::InvalidArgumentError(internal::Cat(dir_, ": ", s.message()));
+  return absl::OkStatus();
+}
+
+void Checkpoint::ReleasePages(std::string_view name) const {
+  auto t = Get(name);
+  if (!t.ok() || t->data.empty()) return;
+  // Only whole pages inside the tensor: a neighbour's bytes stay mapped.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(t->data.data());
+  const uintptr_t e = b + t->data.size();
+  const uintptr_t lo = (b + page - 1) / page * page, hi = e / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 }  // namespace quantd::model

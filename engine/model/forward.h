@@ -28,6 +28,13 @@ class ActivationSink {
   // When ≥ 0, Forward stops after this layer (a sink that only needs the first layers, e.g. a
   // layer-by-layer GPTQ capture) and returns a 0 × vocab matrix. Default: −1, the whole model.
   virtual int StopAfterLayer() const { return -1; }
+  // Called by the layer-streamed ForwardBatch (streamed_forward.h) once every row of `layer`
+  // has passed (after its down input); the reference Forward does not call it. An error stops
+  // the forward and is returned by it. Default: nothing.
+  virtual absl::Status OnLayerDone(int layer) {
+    (void)layer;
+    return absl::OkStatus();
+  }
 };
 
 // Returns logits [T x vocab] for one sequence starting at position 0.

@@ -1,5 +1,9 @@
 #include "engine/model/hessian_capture.h"
 
+#include <utility>
+
+#include "common/status_macros.h"
+
 namespace quantd::model {
 
 HessianCapture::HessianCapture(const LlamaConfig& cfg) : HessianCapture(cfg, -1) {}
@@ -26,14 +30,51 @@ void HessianCapture::OnLinearInput(int layer, LinearGroup group, const MatrixF& 
   if (only_layer_ >= 0 && layer != only_layer_) return;
   Slot& s = At(layer, group);
   // The product is computed outside the lock; only the addition is serialised.
+  MatrixD xtx = MatrixD::Zero(x.cols(), x.cols());
+  AddXtX(x, &xtx);
+  MutexLock lock(&s.mu);
+  if (s.sum.cols() != x.cols()) return;
+  s.sum += xtx;
+  s.tokens += x.rows();
+}
+
+void AddXtX(const MatrixF& x, MatrixD* sum) {
   const MatrixD xd = x.cast<double>();
   MatrixD xtx = MatrixD::Zero(xd.cols(), xd.cols());
   xtx.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
   xtx.triangularView<Eigen::StrictlyUpper>() = xtx.transpose();
-  MutexLock lock(&s.mu);
-  if (s.sum.cols() != xd.cols()) return;
-  s.sum += xtx;
-  s.tokens += x.rows();
+  *sum += xtx;
+}
+
+LayerHessianStream::LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit)
+    : cfg_(cfg),
+      first_(first),
+      last_(last),
+      stop_after_(last < cfg.num_layers ? last - 1 : -1),
+      emit_(std::move(emit)) {}
+
+void LayerHessianStream::OnLinearInput(int layer, LinearGroup group, const MatrixF& x) {
+  if (layer < first_ || layer >= last_) return;
+  const int g = static_cast<int>(group);
+  if (x.cols() != GroupInputDim(cfg_, group)) return;
+  if (sums_[g].cols() != x.cols()) sums_[g] = MatrixD::Zero(x.cols(), x.cols());
+  AddXtX(x, &sums_[g]);
+  tokens_[g] += x.rows();
+}
+
+absl::Status LayerHessianStream::OnLayerDone(int layer) {
+  if (layer < first_ || layer >= last_) return absl::OkStatus();
+  for (LinearGroup group : kAllGroups) {
+    const int g = static_cast<int>(group);
+    if (sums_[g].cols() == 0) {
+      const int n = GroupInputDim(cfg_, group);
+      sums_[g] = MatrixD::Zero(n, n);
+    }
+    QUANTD_RETURN_IF_ERROR(emit_(layer, group, sums_[g], tokens_[g]));
+    sums_[g] = MatrixD();
+    tokens_[g] = 0;
+  }
+  return absl::OkStatus();
 }
 
 const MatrixD& HessianCapture::Sum(int layer, LinearGroup g) const {

@@ -7,6 +7,7 @@
 #define QUANTD_ENGINE_MODEL_HESSIAN_CAPTURE_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -45,6 +46,32 @@ class HessianCapture : public ActivationSink {
   Slot& At(int layer, LinearGroup g) const;
   std::vector<std::unique_ptr<Slot>> slots_;  // layer * kNumGroups + group
   int only_layer_ = -1;                       // -1: every layer
+};
+
+// Adds xᵀx (fp64; x is rows x n fp32) to `sum` (n x n, symmetric, both triangles filled).
+void AddXtX(const MatrixF& x, MatrixD* sum);
+
+// The Hessian sums of a layer-streamed forward (ForwardBatch, streamed_forward.h), one layer
+// alive at a time: the four group sums of layer l grow while the forward is in layer l, and
+// when it reports the layer done they go to `emit` (in kAllGroups order) and are freed.
+// Captures layers [first, last); the forward stops after last - 1.
+// Thread-safety: single-threaded, like ForwardBatch's calls.
+class LayerHessianStream : public ActivationSink {
+ public:
+  using Emit = std::function<absl::Status(int layer, LinearGroup g, const MatrixD& sum,
+                                          int64_t tokens)>;
+  LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit);
+
+  void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
+  absl::Status OnLayerDone(int layer) override;
+  int StopAfterLayer() const override { return stop_after_; }
+
+ private:
+  LlamaConfig cfg_;
+  int first_, last_, stop_after_;
+  Emit emit_;
+  MatrixD sums_[kNumGroups];
+  int64_t tokens_[kNumGroups] = {};
 };
 
 }  // namespace quantd::model

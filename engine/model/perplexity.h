@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/model/config.h"
+#include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
 
 namespace quantd::model {
@@ -19,6 +20,9 @@ struct PerplexityOptions {
   int stride = 0;
   // Evaluate only the first max_tokens tokens of the stream; 0 = all. Default: 0.
   int64_t max_tokens = 0;
+  // Layer-streamed overload only: windows per layer-streamed pass are added while their tokens
+  // stay ≤ this (at least one window per pass). Default: 8192.
+  int64_t batch_tokens = 8192;
 };
 
 struct PerplexityResult {
@@ -39,6 +43,14 @@ struct PerplexityResult {
 // The sum of NLLs is reduced in window order in fp64, so results do not depend on threads.
 // INVALID_ARGUMENT for N < 2, bad options, or tokens outside the vocabulary.
 absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, const LlamaWeights& w,
+                                            absl::Span<const int32_t> tokens,
+                                            const PerplexityOptions& opts);
+
+// The same protocol and result on a layer-streamed, batched forward (streamed_forward.h): the
+// windows go through the model in passes of about opts.batch_tokens tokens, each pass reading
+// every layer from `src` once. Sums are reduced in window order in fp64, so the result does not
+// depend on threads or batch size beyond fp32 GEMM blocking.
+absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, WeightSource& src,
                                             absl::Span<const int32_t> tokens,
                                             const PerplexityOptions& opts);
 

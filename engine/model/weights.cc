@@ -4,6 +4,7 @@
 #include "absl/strings/str_join.h"
 #include "common/str_util.h"
 #include "common/status_macros.h"
+#include "engine/model/weight_source.h"
 
 namespace quantd::model {
 
@@ -81,7 +82,14 @@ std::pair<int, int> LinearShape(const LlamaConfig& c, Linear l) {
 }
 
 MatrixF& MutableLinear(LlamaWeights& w, int layer, Linear l) {
-  LayerWeights& lw = w.layers[layer];
+  return MutableLinear(w.layers[layer], l);
+}
+
+const MatrixF& GetLinear(const LayerWeights& lw, Linear l) {
+  return MutableLinear(const_cast<LayerWeights&>(lw), l);
+}
+
+MatrixF& MutableLinear(LayerWeights& lw, Linear l) {
   switch (l) {
     case Linear::kQ: return lw.q;
     case Linear::kK: return lw.k;
@@ -98,57 +106,9 @@ const MatrixF& GetLinear(const LlamaWeights& w, int layer, Linear l) {
   return MutableLinear(const_cast<LlamaWeights&>(w), layer, l);
 }
 
-namespace {
-
-// Reads `name` and checks its shape is exactly `want` (1 or 2 dims).
-absl::StatusOr<MatrixF> ReadChecked(const Checkpoint& ckpt, const std::string& name,
-                                    absl::string_view what, const std::vector<int64_t>& want) {
-  QUANTD_ASSIGN_OR_RETURN(TensorView t, ckpt.Get(name));
-  if (t.shape != want) {
-    return absl::InvalidArgumentError(
-        internal::Cat(what, ": weight has shape [", absl::StrJoin(t.shape, ","),
-                     "], config.json says [", absl::StrJoin(want, ","), "] (tensor ", name, ")"));
-  }
-  return ckpt.ReadMatrix(name);
-}
-
-absl::StatusOr<VectorF> ReadVector(const Checkpoint& ckpt, const std::string& name,
-                                   absl::string_view what, int n) {
-  QUANTD_ASSIGN_OR_RETURN(MatrixF m, ReadChecked(ckpt, name, what, {n}));
-  return VectorF(Eigen::Map<const VectorF>(m.data(), n));
-}
-
-}  // namespace
-
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const Checkpoint& ckpt, const LlamaConfig& cfg) {
-  LlamaWeights w;
-  const int h = cfg.hidden_size;
-  QUANTD_ASSIGN_OR_RETURN(w.embed, ReadChecked(ckpt, "model.embed_tokens.weight", "embed_tokens",
-                                               {cfg.vocab_size, h}));
-  w.layers.resize(cfg.num_layers);
-  for (int i = 0; i < cfg.num_layers; ++i) {
-    LayerWeights& lw = w.layers[i];
-    const std::string prefix = internal::Cat("model.layers.", i, ".");
-    QUANTD_ASSIGN_OR_RETURN(lw.attn_norm,
-                            ReadVector(ckpt, prefix + "input_layernorm.weight",
-                                       internal::Cat("layer ", i, " input_layernorm"), h));
-    QUANTD_ASSIGN_OR_RETURN(lw.ffn_norm,
-                            ReadVector(ckpt, prefix + "post_attention_layernorm.weight",
-                                       internal::Cat("layer ", i, " post_attention_layernorm"), h));
-    for (Linear l : kAllLinears) {
-      auto [out, in] = LinearShape(cfg, l);
-      QUANTD_ASSIGN_OR_RETURN(MutableLinear(w, i, l),
-                              ReadChecked(ckpt, LinearTensorName(i, l),
-                                          internal::Cat("layer ", i, " ", LinearName(l)),
-                                          {out, in}));
-    }
-  }
-  QUANTD_ASSIGN_OR_RETURN(w.final_norm, ReadVector(ckpt, "model.norm.weight", "model.norm", h));
-  if (!cfg.tie_word_embeddings) {
-    QUANTD_ASSIGN_OR_RETURN(w.lm_head,
-                            ReadChecked(ckpt, "lm_head.weight", "lm_head", {cfg.vocab_size, h}));
-  }
-  return w;
+  CheckpointWeightSource src(cfg, ckpt);
+  return MaterializeWeights(cfg, src);
 }
 
 }  // namespace quantd::model

@@ -62,6 +62,8 @@ struct LlamaWeights {
   OnlineRotation online_o;
 };
 
+MatrixF& MutableLinear(LayerWeights& lw, Linear l);
+const MatrixF& GetLinear(const LayerWeights& lw, Linear l);
 MatrixF& MutableLinear(LlamaWeights& w, int layer, Linear l);
 const MatrixF& GetLinear(const LlamaWeights& w, int layer, Linear l);
 
