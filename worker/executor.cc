@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string_view>
 #include <utility>
 
@@ -16,6 +17,8 @@
 #include "engine/model/hessian_capture.h"
 #include "engine/model/perplexity.h"
 #include "engine/model/quarot.h"
+#include "engine/model/streamed_forward.h"
+#include "engine/model/weight_source.h"
 #include "engine/format/safetensors.h"
 #include "engine/tokenizer/tokens.h"
 #include "engine/model/weights.h"
@@ -48,90 +51,111 @@ absl::StatusOr<std::string> InputPath(const Task& task, const BlobResolver& blob
   return absl::InvalidArgumentError(absl::StrCat("task has no input ", std::string(name_prefix)));
 }
 
-// Serializes the captured Hessians of layers [first, last) as one safetensors blob:
-// L<l>.<group>.sum (F64 [n,n]) and L<l>.<group>.tokens (I64 [1]).
-absl::StatusOr<std::string> SerializeCapture(const model::HessianCapture& cap, int first,
-                                             int last) {
-  std::vector<model::TensorToWrite> out;
+// The tensors of a Hessian shard for layers [first, last), in the order the layer-streamed
+// forward produces them: per layer and group (kAllGroups order) L<l>.<group>.sum (F64 [n,n])
+// then L<l>.<group>.tokens (I64 [1]).
+std::vector<model::TensorDecl> ShardDecls(const model::LlamaConfig& cfg, int first, int last) {
+  std::vector<model::TensorDecl> out;
   for (int l = first; l < last; ++l) {
-    for (model::LinearGroup g : {model::LinearGroup::kQkv, model::LinearGroup::kO,
-                                 model::LinearGroup::kGateUp, model::LinearGroup::kDown}) {
+    for (model::LinearGroup g : model::kAllGroups) {
       const std::string key = absl::StrCat("L", l, ".", std::string(model::GroupName(g)));
-      const MatrixD& h = cap.Sum(l, g);
-      model::TensorToWrite s;
-      s.name = key + ".sum";
-      s.dtype = model::DType::kF64;
-      s.shape = {h.rows(), h.cols()};
-      s.data.assign(reinterpret_cast<const char*>(h.data()), h.size() * sizeof(double));
-      model::TensorToWrite t;
-      t.name = key + ".tokens";
-      t.dtype = model::DType::kI64;
-      t.shape = {1};
-      int64_t n = cap.Tokens(l, g);
-      t.data.assign(reinterpret_cast<const char*>(&n), 8);
-      out.push_back(std::move(s));
-      out.push_back(std::move(t));
+      const int n = model::GroupInputDim(cfg, g);
+      out.push_back({key + ".sum", model::DType::kF64, {n, n}});
+      out.push_back({key + ".tokens", model::DType::kI64, {1}});
     }
   }
-  char tmpl[] = "/tmp/quantd_shard_XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
-  const std::string path = JoinPath(tmpl, "shard.safetensors");
-  absl::Status s = model::WriteSafetensors(path, out);
-  absl::StatusOr<std::string> bytes = s.ok() ? ReadFile(path) : absl::StatusOr<std::string>(s);
-  RemoveAll(tmpl).IgnoreError();
-  return bytes;
+  return out;
 }
 
-// A sequential job's Hessian task for layer `layer`: replaces the linears of every layer before
-// it with their quantized matrices ("quantized/<tensor>" inputs, dequantized in the basis the
-// quantize task saw: the rotated one for quarot). Each of those linears must be given once.
-absl::Status LoadQuantizedPrefix(const Task& task, const BlobResolver& blobs, int layer,
-                                 model::LlamaWeights* w) {
-  constexpr std::string_view kPrefix = "quantized/";  // server: kQuantizedInputPrefix
-  std::map<std::string, std::pair<int, model::Linear>> want;
-  for (int l = 0; l < layer; ++l) {
-    for (model::Linear lin : model::kAllLinears) want[model::LinearTensorName(l, lin)] = {l, lin};
-  }
-  size_t found = 0;
-  for (const auto& in : task.inputs()) {
-    if (in.name().rfind(kPrefix, 0) != 0) continue;
-    const std::string tensor = in.name().substr(kPrefix.size());
-    auto it = want.find(tensor);
-    if (it == want.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", layer,
-                                                     ": unexpected input ", in.name()));
-    }
-    const auto [l, lin] = it->second;
-    want.erase(it);
-    QUANTD_ASSIGN_OR_RETURN(std::string path, blobs(in.name()));
-    QUANTD_ASSIGN_OR_RETURN(std::string packed, ReadFile(path));
-    QUANTD_ASSIGN_OR_RETURN(MatrixF q, quant::DequantizeMatrix(packed));
-    MatrixF& dst = model::MutableLinear(*w, l, lin);
-    if (q.rows() != dst.rows() || q.cols() != dst.cols()) {
-      return absl::InvalidArgumentError(absl::StrCat("quantized ", tensor, " is [", q.rows(), ",",
-                                                     q.cols(), "], the model's is [", dst.rows(),
-                                                     ",", dst.cols(), "]"));
-    }
-    dst = std::move(q);
-    ++found;
-  }
-  if (!want.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sequential Hessian task for layer ", layer, " lacks the quantized ", want.begin()->first,
-        " (", want.size(), " of ", found + want.size(), " missing)"));
-  }
-  return absl::OkStatus();
-}
+// A sequential job's Hessian task for layer `layer` sees every layer before it with its linears
+// replaced by their quantized matrices ("quantized/<tensor>" inputs, dequantized in the basis
+// the quantize task saw: the rotated one for quarot), one layer at a time. Each of those
+// linears must be given once.
+class QuantizedPrefixSource : public model::WeightSource {
+ public:
+  QuantizedPrefixSource(model::WeightSource& base, int layer) : base_(base), layer_(layer) {}
 
+  absl::Status Init(const Task& task, const BlobResolver& blobs) {
+    constexpr std::string_view kPrefix = "quantized/";  // server: kQuantizedInputPrefix
+    std::map<std::string, std::pair<int, model::Linear>> want;
+    for (int l = 0; l < layer_; ++l) {
+      for (model::Linear lin : model::kAllLinears) want[model::LinearTensorName(l, lin)] = {l, lin};
+    }
+    size_t found = 0;
+    for (const auto& in : task.inputs()) {
+      if (in.name().rfind(kPrefix, 0) != 0) continue;
+      const std::string tensor = in.name().substr(kPrefix.size());
+      auto it = want.find(tensor);
+      if (it == want.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ",
+                                                       layer_, ": unexpected input ", in.name()));
+      }
+      const auto [l, lin] = it->second;
+      want.erase(it);
+      QUANTD_ASSIGN_OR_RETURN(std::string path, blobs(in.name()));
+      paths_[{l, lin}] = path;
+      ++found;
+    }
+    if (!want.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequential Hessian task for layer ", layer_, " lacks the quantized ",
+          want.begin()->first, " (", want.size(), " of ", found + want.size(), " missing)"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<const model::LayerWeights*> Layer(int l) override {
+    QUANTD_ASSIGN_OR_RETURN(const model::LayerWeights* base, base_.Layer(l));
+    if (l >= layer_) return base;
+    current_ = *base;
+    for (model::Linear lin : model::kAllLinears) {
+      QUANTD_ASSIGN_OR_RETURN(std::string packed, ReadFile(paths_.at({l, lin})));
+      QUANTD_ASSIGN_OR_RETURN(MatrixF q, quant::DequantizeMatrix(packed));
+      MatrixF& dst = model::MutableLinear(current_, lin);
+      if (q.rows() != dst.rows() || q.cols() != dst.cols()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("quantized ", model::LinearTensorName(l, lin), " is [", q.rows(), ",",
+                         q.cols(), "], the model's is [", dst.rows(), ",", dst.cols(), "]"));
+      }
+      dst = std::move(q);
+    }
+    return &current_;
+  }
+  absl::Status Embed(absl::Span<const int32_t> t, MatrixF* out) override {
+    return base_.Embed(t, out);
+  }
+  absl::StatusOr<VectorF> FinalNorm() override { return base_.FinalNorm(); }
+  absl::Status Head(int begin, int count, MatrixF* out) override {
+    return base_.Head(begin, count, out);
+  }
+  model::OnlineRotation online_down() const override { return base_.online_down(); }
+  model::OnlineRotation online_o() const override { return base_.online_o(); }
+
+ private:
+  model::WeightSource& base_;
+  const int layer_;
+  std::map<std::pair<int, model::Linear>, std::string> paths_;
+  model::LayerWeights current_;
+};
+
+// Hessian task: every sequence of the task's token range in one layer-streamed, batched
+// forward; each layer's sums are appended to the shard file as soon as the layer is done, so a
+// worker holds one layer's weights and one layer's accumulators at a time.
 absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blobs,
                                       const std::atomic<bool>& cancelled) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
-  QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::LoadLlamaWeights(*ckpt, cfg));
-  // QuaRot quantizes the rotated model: capture the Hessians of its linears' real inputs.
+  std::unique_ptr<model::WeightSource> fp;
+  model::LlamaWeights rotated;
+  // QuaRot quantizes the rotated model: capture the Hessians of its linears' real inputs. The
+  // rotation is applied to the whole model in memory (not yet streamed).
   if (task.spec().method() == "quarot") {
-    QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &w, task.spec().seed()));
+    QUANTD_ASSIGN_OR_RETURN(rotated, model::LoadLlamaWeights(*ckpt, cfg));
+    QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &rotated, task.spec().seed()));
+    fp = std::make_unique<model::MemoryWeightSource>(cfg, rotated);
+  } else {
+    fp = std::make_unique<model::CheckpointWeightSource>(cfg, *ckpt);
   }
   QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, "inputs/calib"));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));
@@ -144,26 +168,51 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   // A sequential job captures one layer through its quantized predecessors; otherwise every
   // layer of the fp (or rotated fp) model.
   const bool sequential = task.spec().sequential();
-  const int layer = sequential ? task.layer() : -1;
+  const int first = sequential ? task.layer() : 0;
+  const int last = sequential ? task.layer() + 1 : cfg.num_layers;
+  model::WeightSource* src = fp.get();
+  std::unique_ptr<QuantizedPrefixSource> prefix;
   if (sequential) {
-    if (layer < 0 || layer >= cfg.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", layer,
+    if (first < 0 || first >= cfg.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", first,
                                                      " of a ", cfg.num_layers, "-layer model"));
     }
-    QUANTD_RETURN_IF_ERROR(LoadQuantizedPrefix(task, blobs, layer, &w));
+    prefix = std::make_unique<QuantizedPrefixSource>(*fp, first);
+    QUANTD_RETURN_IF_ERROR(prefix->Init(task, blobs));
+    src = prefix.get();
   }
-  model::HessianCapture capture(cfg, layer);
-  const int64_t nseq = (end - begin) / len;
-  // Sequences run one after another so the fp64 sums are added in a fixed order: a retried
-  // task produces the same bytes on any worker (Forward itself may use threads).
-  for (int64_t s = 0; s < nseq && !cancelled.load(); ++s) {
-    absl::Span<const int32_t> seq(tokens.data() + begin + s * len, static_cast<size_t>(len));
-    QUANTD_RETURN_IF_ERROR(model::Forward(cfg, w, seq, &capture).status());
+  std::vector<absl::Span<const int32_t>> seqs;
+  for (int64_t s = begin; s < end; s += len) {
+    seqs.emplace_back(tokens.data() + s, static_cast<size_t>(len));
   }
-  if (cancelled.load()) return absl::CancelledError("task cancelled");
+
+  char tmpl[] = "/tmp/quantd_shard_XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
   TaskResult r;
-  QUANTD_ASSIGN_OR_RETURN(r.data, sequential ? SerializeCapture(capture, layer, layer + 1)
-                                             : SerializeCapture(capture, 0, cfg.num_layers));
+  r.data_path = JoinPath(tmpl, "shard.safetensors");
+  absl::Status status = [&]() -> absl::Status {
+    QUANTD_ASSIGN_OR_RETURN(auto writer, model::SafetensorsWriter::Create(
+                                             r.data_path, ShardDecls(cfg, first, last)));
+    // The layer's sums are added in one fixed order (all rows of the batch at once), so a
+    // retried task produces the same bytes on any worker.
+    model::LayerHessianStream stream(
+        cfg, first, last,
+        [&](int layer, model::LinearGroup g, const MatrixD& sum, int64_t n) -> absl::Status {
+          if (cancelled.load()) return absl::CancelledError("task cancelled");
+          const std::string key = absl::StrCat("L", layer, ".", std::string(model::GroupName(g)));
+          QUANTD_RETURN_IF_ERROR(writer->Append(
+              key + ".sum", std::string_view(reinterpret_cast<const char*>(sum.data()),
+                                             sum.size() * sizeof(double))));
+          return writer->Append(key + ".tokens",
+                                std::string_view(reinterpret_cast<const char*>(&n), 8));
+        });
+    QUANTD_RETURN_IF_ERROR(model::ForwardBatch(cfg, *src, seqs, &stream).status());
+    return writer->Finish();
+  }();
+  if (!status.ok()) {
+    RemoveAll(tmpl).IgnoreError();
+    return status;
+  }
   r.header.set_tokens(end - begin);
   return r;
 }
@@ -229,25 +278,24 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   return r;
 }
 
+// Evaluation: the fp checkpoint or the quantized artifact (dequantized one layer at a time),
+// every window batched into layer-streamed passes.
 absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) {
-  model::LlamaConfig cfg;
-  model::LlamaWeights w;
+  std::string dir;
   if (task.eval_target() == "fp") {
-    QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
-    QUANTD_ASSIGN_OR_RETURN(cfg, model::LoadLlamaConfig(dir));
-    QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
-    QUANTD_ASSIGN_OR_RETURN(w, model::LoadLlamaWeights(*ckpt, cfg));
+    QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, "inputs/model/"));
   } else if (task.eval_target() == "quantized") {
-    QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "staging/"));
-    QUANTD_ASSIGN_OR_RETURN(w, artifact::LoadArtifactWeights(dir, &cfg));
+    QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, "staging/"));
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown eval target '", task.eval_target(), "'"));
   }
+  model::LlamaConfig cfg;
+  QUANTD_ASSIGN_OR_RETURN(auto src, artifact::OpenArtifactSource(dir, &cfg));
   QUANTD_ASSIGN_OR_RETURN(std::string eval_path, InputPath(task, blobs, "inputs/eval"));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(eval_path));
   model::PerplexityOptions opts;
   opts.context = task.eval_context() > 0 ? task.eval_context() : 512;
-  QUANTD_ASSIGN_OR_RETURN(model::PerplexityResult p, model::Perplexity(cfg, w, tokens, opts));
+  QUANTD_ASSIGN_OR_RETURN(model::PerplexityResult p, model::Perplexity(cfg, *src, tokens, opts));
   TaskResult r;
   r.header.set_ppl(p.ppl);
   r.header.set_mean_nll(p.mean_nll);

@@ -18,7 +18,11 @@ namespace quantd::runner {
 
 struct TaskResult {
   quantd::v1::TaskReportHeader header;  // numbers only; identity fields are filled by the caller
-  std::string data;                     // result bytes (Hessian shard or packed matrix)
+  std::string data;                     // result bytes (packed matrix), when data_path is empty
+  // When set, the result bytes are this file's (a Hessian shard, written layer by layer) and
+  // `data` is empty. The file lies alone in its own directory, which the caller removes after
+  // sending.
+  std::string data_path;
 };
 
 // Maps an input blob name ("inputs/model/config.json") to a local file path.

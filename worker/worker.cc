@@ -251,6 +251,15 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   if (InjectedTaskDelay() > absl::ZeroDuration()) absl::SleepFor(InjectedTaskDelay());
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
   absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
+  // A result file's directory goes when this function returns, sent or not.
+  struct RemoveDir {
+    std::string dir;
+    ~RemoveDir() {
+      if (!dir.empty()) RemoveAll(dir).IgnoreError();
+    }
+  } result_dir{r.ok() && !r->data_path.empty()
+                   ? std::filesystem::path(r->data_path).parent_path().string()
+                   : std::string()};
   {
     MutexLock l(&mu_);
     current_lease_.clear();
@@ -274,6 +283,18 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
     h.set_error_code(static_cast<int>(r.status().code()));
     h.set_error(std::string(r.status().message()));
     Log(options_.name, absl::StrCat("task ", task.task_id(), " failed: ", r.status().ToString()));
+  } else if (!r->data_path.empty()) {
+    absl::StatusOr<uint64_t> size = FileSize(r->data_path);
+    absl::StatusOr<std::string> digest = Sha256File(r->data_path);
+    if (!size.ok() || !digest.ok()) {
+      const absl::Status& bad = !size.ok() ? size.status() : digest.status();
+      h.set_ok(false);
+      h.set_error_code(static_cast<int>(absl::StatusCode::kUnavailable));
+      h.set_error(absl::StrCat("result file: ", bad.message()));
+    } else {
+      h.set_result_size(*size);
+      h.set_result_sha256(*digest);
+    }
   } else {
     h.set_result_size(r->data.size());
     h.set_result_sha256(Sha256Hex(r->data));
@@ -284,13 +305,26 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   quantd::v1::TaskReport msg;
   *msg.mutable_header() = h;
   bool ok = writer->Write(msg);
-  if (r.ok()) {
+  if (r.ok() && h.ok() && !r->data_path.empty()) {
+    // Streamed from the file: a Hessian shard can be far larger than memory allows to copy.
+    std::ifstream in(r->data_path, std::ios::binary);
+    std::string buf(kChunkBytes, '\0');
+    while (ok && in) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      const std::streamsize n = in.gcount();
+      if (n <= 0) break;
+      quantd::v1::TaskReport chunk;
+      chunk.set_data(buf.data(), static_cast<size_t>(n));
+      ok = writer->Write(chunk);
+    }
+  } else if (r.ok()) {
     for (size_t off = 0; ok && off < r->data.size(); off += kChunkBytes) {
       quantd::v1::TaskReport chunk;
       chunk.set_data(r->data.substr(off, kChunkBytes));
       ok = writer->Write(chunk);
     }
   }
+
   writer->WritesDone();
   grpc::Status s = writer->Finish();
   if (!s.ok()) {

@@ -120,53 +120,10 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
   return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
 }
 
-absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
-                                                        model::LlamaConfig* config) {
+absl::StatusOr<std::unique_ptr<model::CheckpointWeightSource>> OpenArtifactSource(
+    const std::string& dir, model::LlamaConfig* config) {
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
-  auto vec = [&](const std::string& name) -> absl::StatusOr<VectorF> {
-    QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(name));
-    if (m.rows() != 1 || m.cols() != cfg.hidden_size) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " has ", m.size(),
-                                                     " values, expected ", cfg.hidden_size));
-    }
-    return VectorF(m.row(0).transpose());
-  };
-  model::LlamaWeights w;
-  QUANTD_ASSIGN_OR_RETURN(w.embed, ckpt->ReadMatrix("model.embed_tokens.weight"));
-  QUANTD_ASSIGN_OR_RETURN(w.final_norm, vec("model.norm.weight"));
-  if (!cfg.tie_word_embeddings) {
-    QUANTD_ASSIGN_OR_RETURN(w.lm_head, ckpt->ReadMatrix("lm_head.weight"));
-  }
-  w.layers.resize(cfg.num_layers);
-  for (int l = 0; l < cfg.num_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    QUANTD_ASSIGN_OR_RETURN(w.layers[l].attn_norm, vec(p + "input_layernorm.weight"));
-    QUANTD_ASSIGN_OR_RETURN(w.layers[l].ffn_norm, vec(p + "post_attention_layernorm.weight"));
-    for (model::Linear lin : {model::Linear::kQ, model::Linear::kK, model::Linear::kV,
-                              model::Linear::kO, model::Linear::kGate, model::Linear::kUp,
-                              model::Linear::kDown}) {
-      const std::string name = model::LinearTensorName(l, lin);
-      const std::string qname = QuantizedTensorName(name);
-      MatrixF& dst = model::MutableLinear(w, l, lin);
-      const auto [rows, cols] = model::LinearShape(cfg, lin);
-      if (auto q = ckpt->Get(qname); q.ok()) {
-        auto m = quant::DequantizeMatrix(q->data);
-        if (!m.ok()) {
-          return absl::DataLossError(absl::StrCat("tensor ", qname, ": ", m.status().message()));
-        }
-        dst = std::move(*m);
-      } else {
-        QUANTD_ASSIGN_OR_RETURN(dst, ckpt->ReadMatrix(name));
-      }
-      if (dst.rows() != rows || dst.cols() != cols) {
-        return absl::InvalidArgumentError(absl::StrCat("layer ", l, " ", std::string(model::LinearName(lin)),
-                                                       ": weight has shape [", dst.rows(), ",",
-                                                       dst.cols(), "], config.json says [", rows,
-                                                       ",", cols, "]"));
-      }
-    }
-  }
   // An online rotation tensor, if present: I64 [2] {size, seed} with size == `want`.
   auto online = [&](const char* name, int want, const char* what,
                     model::OnlineRotation* r) -> absl::Status {
@@ -184,14 +141,20 @@ absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
     *r = {static_cast<int>(v[0]), static_cast<uint64_t>(v[1])};
     return absl::OkStatus();
   };
-  QUANTD_RETURN_IF_ERROR(
-      online(kOnlineDownTensor, cfg.intermediate_size, "intermediate_size", &w.online_down));
-  QUANTD_RETURN_IF_ERROR(online(kOnlineOTensor, cfg.num_heads, "num_heads", &w.online_o));
-  if (w.embed.rows() != cfg.vocab_size || w.embed.cols() != cfg.hidden_size) {
-    return absl::InvalidArgumentError(absl::StrCat("embedding has shape [", w.embed.rows(), ",",
-                                                   w.embed.cols(), "], config.json says [",
-                                                   cfg.vocab_size, ",", cfg.hidden_size, "]"));
-  }
+  model::OnlineRotation down, o;
+  QUANTD_RETURN_IF_ERROR(online(kOnlineDownTensor, cfg.intermediate_size, "intermediate_size", &down));
+  QUANTD_RETURN_IF_ERROR(online(kOnlineOTensor, cfg.num_heads, "num_heads", &o));
+  auto src = std::make_unique<model::CheckpointWeightSource>(cfg, std::move(ckpt));
+  src->set_online(down, o);
+  if (config != nullptr) *config = cfg;
+  return src;
+}
+
+absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,
+                                                        model::LlamaConfig* config) {
+  model::LlamaConfig cfg;
+  QUANTD_ASSIGN_OR_RETURN(auto src, OpenArtifactSource(dir, &cfg));
+  QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::MaterializeWeights(cfg, *src));
   if (config != nullptr) *config = cfg;
   return w;
 }

@@ -7,6 +7,7 @@
 #define QUANTD_ENGINE_ARTIFACT_ARTIFACT_H_
 
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -14,6 +15,7 @@
 #include "nlohmann/json.hpp"
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
+#include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
 
 namespace quantd::artifact {
@@ -55,6 +57,13 @@ absl::Status CopySideFiles(const std::string& native_dir, const std::string& out
 // Sets the storage dtype of a config.json object in its own layout: "dtype" and/or "torch_dtype"
 // where present, else "torch_dtype" (docs/formats/config.md).
 void SetConfigDtype(nlohmann::json* config, const char* dtype_name);
+
+// The same directory as a layer-streamed WeightSource: each layer read (and each .qweight
+// dequantized) when the forward reaches it, the online rotations from kOnlineDownTensor /
+// kOnlineOTensor. Also opens a plain HF checkpoint directory (no .qweight, no rotation).
+// DATA_LOSS for corrupt online-rotation tensors (corrupt packed tensors surface from Layer()).
+absl::StatusOr<std::unique_ptr<model::CheckpointWeightSource>> OpenArtifactSource(
+    const std::string& dir, model::LlamaConfig* config);
 
 // Output precision of ExportHfModel's floating-point tensors.
 enum class HfDType { kF16, kBF16, kF32 };

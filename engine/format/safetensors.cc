@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <random>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -260,34 +262,38 @@ absl::StatusOr<TensorView> SafetensorsFile::Get(std::string_view name) const {
                     std::string_view(data_ + e.begin, e.end - e.begin)};
 }
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
-  std::vector<const TensorToWrite*> sorted;
-  for (const auto& t : tensors) sorted.push_back(&t);
-  std::sort(sorted.begin(), sorted.end(),
-            [](const TensorToWrite* a, const TensorToWrite* b) { return a->name < b->name; });
+namespace {
+
+// The 8-byte length and the padded JSON header for tensors laid out in `order` (indices into
+// `decls`); names are checked and `sizes` gets each tensor's byte size.
+absl::StatusOr<std::string> BuildHeader(const std::string& path,
+                                        const std::vector<TensorDecl>& decls,
+                                        const std::vector<size_t>& order,
+                                        const std::map<std::string, std::string>& metadata,
+                                        std::vector<uint64_t>* sizes) {
   json header = json::object();
   json meta = json::object();
   for (const auto& [k, v] : metadata) meta[k] = v;
   meta["format"] = "pt";
   header["__metadata__"] = meta;
+  sizes->assign(decls.size(), 0);
   uint64_t offset = 0;
-  for (size_t i = 0; i < sorted.size(); ++i) {
-    const TensorToWrite& t = *sorted[i];
+  for (size_t i : order) {
+    const TensorDecl& t = decls[i];
     if (t.name.empty() || t.name == "__metadata__") {
       return absl::InvalidArgumentError(
           internal::Cat(path, ": invalid tensor name \"", t.name, "\""));
     }
-    if (i > 0 && sorted[i - 1]->name == t.name) {
+    if (header.contains(t.name)) {
       return absl::InvalidArgumentError(
           internal::Cat(path, ": duplicate tensor \"", t.name, "\""));
     }
     uint64_t need;
-    if (!ByteSize(t.shape, t.dtype, &need) || need != t.data.size()) {
-      return absl::InvalidArgumentError(
-          internal::Cat(path, ": tensor \"", t.name, "\": shape ", ShapeStr(t.shape), " x ",
-                       DTypeName(t.dtype), " does not match ", t.data.size(), " data bytes"));
+    if (!ByteSize(t.shape, t.dtype, &need)) {
+      return absl::InvalidArgumentError(internal::Cat(path, ": tensor \"", t.name, "\": shape ",
+                                                     ShapeStr(t.shape), " is invalid"));
     }
+    (*sizes)[i] = need;
     header[t.name] = {{"dtype", std::string(DTypeName(t.dtype))},
                       {"shape", t.shape},
                       {"data_offsets", {offset, offset + need}}};
@@ -297,12 +303,108 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');
   std::string out;
-  out.reserve(8 + h.size() + offset);
   uint64_t n = h.size();
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
   out += h;
-  for (const TensorToWrite* t : sorted) out += t->data;
+  return out;
+}
+
+absl::Status ErrnoError(std::string_view what, const std::string& path, int err) {
+  if (err == ENOSPC) {
+    return absl::ResourceExhaustedError(internal::Cat(what, " ", path, ": ", std::strerror(err)));
+  }
+  return absl::InternalError(internal::Cat(what, " ", path, ": ", std::strerror(err)));
+}
+
+}  // namespace
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorDecl> decls;
+  std::vector<size_t> order;
+  for (const auto& t : tensors) {
+    order.push_back(decls.size());
+    decls.push_back({t.name, t.dtype, t.shape});
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return decls[a].name < decls[b].name; });
+  std::vector<uint64_t> sizes;
+  QUANTD_ASSIGN_OR_RETURN(std::string out, BuildHeader(path, decls, order, metadata, &sizes));
+  for (size_t i : order) {
+    const TensorToWrite& t = tensors[i];
+    if (sizes[i] != t.data.size()) {
+      return absl::InvalidArgumentError(
+          internal::Cat(path, ": tensor \"", t.name, "\": shape ", ShapeStr(t.shape), " x ",
+                       DTypeName(t.dtype), " does not match ", t.data.size(), " data bytes"));
+    }
+  }
+  for (size_t i : order) out += tensors[i].data;
   return WriteFileAtomic(path, out);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsWriter>> SafetensorsWriter::Create(
+    const std::string& path, std::vector<TensorDecl> decls,
+    const std::map<std::string, std::string>& metadata) {
+  std::unique_ptr<SafetensorsWriter> w(new SafetensorsWriter());
+  w->path_ = path;
+  std::vector<size_t> order(decls.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  QUANTD_ASSIGN_OR_RETURN(std::string header,
+                          BuildHeader(path, decls, order, metadata, &w->sizes_));
+  w->decls_ = std::move(decls);
+  std::random_device rd;
+  w->tmp_ = internal::Cat(path, ".tmp.", ::getpid(), ".", rd());
+  w->fd_ = ::open(w->tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w->fd_ < 0) return ErrnoError("create", w->tmp_, errno);
+  QUANTD_RETURN_IF_ERROR(w->Write(header));
+  return w;
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!done_) ::unlink(tmp_.c_str());
+}
+
+absl::Status SafetensorsWriter::Write(std::string_view bytes) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd_, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("write", tmp_, errno);
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsWriter::Append(std::string_view name, std::string_view bytes) {
+  if (next_ >= decls_.size() || decls_[next_].name != name) {
+    return absl::FailedPreconditionError(internal::Cat(
+        path_, ": tensor \"", name, "\" appended out of order, expected \"",
+        next_ < decls_.size() ? decls_[next_].name : std::string("<none>"), "\""));
+  }
+  if (bytes.size() != sizes_[next_]) {
+    return absl::InvalidArgumentError(internal::Cat(path_, ": tensor \"", name, "\" has ",
+                                                   bytes.size(), " bytes, its shape needs ",
+                                                   sizes_[next_]));
+  }
+  QUANTD_RETURN_IF_ERROR(Write(bytes));
+  ++next_;
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsWriter::Finish() {
+  if (next_ != decls_.size()) {
+    return absl::FailedPreconditionError(internal::Cat(path_, ": ", decls_.size() - next_,
+                                                      " declared tensors were not written"));
+  }
+  if (::fsync(fd_) != 0) return ErrnoError("fsync", tmp_, errno);
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) return ErrnoError("close", tmp_, errno);
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0) return ErrnoError("rename", tmp_, errno);
+  done_ = true;
+  const std::filesystem::path p(path_);
+  return SyncDir(p.has_parent_path() ? p.parent_path().string() : ".");
 }
 
 }  // namespace quantd::model

@@ -85,6 +85,49 @@ struct TensorToWrite {
 absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                               const std::map<std::string, std::string>& metadata = {});
 
+// A tensor's name, dtype and shape, without its bytes.
+struct TensorDecl {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+};
+
+// Writes a safetensors file whose tensors are declared up front and whose bytes arrive one
+// tensor at a time, so that a writer holds one tensor, not the file (per-layer Hessian shards,
+// streamed artifacts). The header is WriteSafetensors' (keys sorted, space-padded to 8 bytes,
+// "format":"pt"); the data section is in declaration order. The file appears at `path` only on
+// Finish() (temp + fsync + rename + directory fsync); a writer destroyed before that removes
+// its temp file.
+// Thread-safety: not thread-safe.
+class SafetensorsWriter {
+ public:
+  // INVALID_ARGUMENT for a bad or duplicate name or a bad shape; INTERNAL/RESOURCE_EXHAUSTED
+  // when the temp file cannot be written.
+  static absl::StatusOr<std::unique_ptr<SafetensorsWriter>> Create(
+      const std::string& path, std::vector<TensorDecl> decls,
+      const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // The bytes of the next declared tensor. FAILED_PRECONDITION for another name,
+  // INVALID_ARGUMENT for a size that does not match its shape.
+  absl::Status Append(std::string_view name, std::string_view bytes);
+  // FAILED_PRECONDITION when declared tensors are missing.
+  absl::Status Finish();
+
+ private:
+  SafetensorsWriter() = default;
+  absl::Status Write(std::string_view bytes);
+
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool done_ = false;
+  std::vector<TensorDecl> decls_;
+  std::vector<uint64_t> sizes_;
+  size_t next_ = 0;
+};
+
 }  // namespace quantd::model
 
 #endif  // QUANTD_ENGINE_FORMAT_SAFETENSORS_H_

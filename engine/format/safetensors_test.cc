@@ -1,6 +1,7 @@
 #include "engine/format/safetensors.h"
 
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -171,6 +172,57 @@ TEST(SafetensorsTest, OpensExampleModel) {
   auto e = (*f)->Get("model.embed_tokens.weight");
   ASSERT_TRUE(e.ok());
   EXPECT_EQ(e->shape, (std::vector<int64_t>{512, 64}));
+}
+
+// The streaming writer: tensors declared in a non-sorted order arrive one at a time; the file
+// reads back like WriteSafetensors' (same header), and a writer that does not finish leaves
+// nothing behind.
+TEST(SafetensorsTest, StreamingWriterRoundTripsInDeclarationOrder) {
+  const std::string path = Tmp("stream.safetensors");
+  std::vector<TensorDecl> decls = {{"L10.sum", DType::kF64, {2}},
+                                   {"L2.sum", DType::kU8, {3}},
+                                   {"L2.tokens", DType::kI64, {1}}};
+  auto w = SafetensorsWriter::Create(path, decls);
+  ASSERT_TRUE(w.ok()) << w.status();
+  const double d[2] = {1.5, -2.0};
+  const int64_t n = 7;
+  EXPECT_EQ((*w)->Append("L2.sum", "abc").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*w)->Append("L10.sum", "abc").code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE((*w)->Append("L10.sum", std::string_view(reinterpret_cast<const char*>(d), 16)).ok());
+  ASSERT_TRUE((*w)->Append("L2.sum", "abc").ok());
+  EXPECT_EQ((*w)->Finish().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(FileSize(path).ok());
+  ASSERT_TRUE((*w)->Append("L2.tokens", std::string_view(reinterpret_cast<const char*>(&n), 8)).ok());
+  ASSERT_TRUE((*w)->Finish().ok());
+  auto f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status();
+  auto a = (*f)->Get("L10.sum");
+  auto b = (*f)->Get("L2.sum");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->data, std::string_view(reinterpret_cast<const char*>(d), 16));
+  EXPECT_EQ(b->data, "abc");
+
+  // Declared in sorted order, the bytes equal WriteSafetensors'.
+  const std::string p2 = Tmp("stream2.safetensors"), p3 = Tmp("whole.safetensors");
+  auto w2 = SafetensorsWriter::Create(p2, {{"a", DType::kU8, {2}}, {"b", DType::kU8, {1}}});
+  ASSERT_TRUE(w2.ok());
+  ASSERT_TRUE((*w2)->Append("a", "xy").ok() && (*w2)->Append("b", "z").ok());
+  ASSERT_TRUE((*w2)->Finish().ok());
+  ASSERT_TRUE(WriteSafetensors(p3, {{"b", DType::kU8, {1}, "z"}, {"a", DType::kU8, {2}, "xy"}}).ok());
+  EXPECT_EQ(*ReadFile(p2), *ReadFile(p3));
+
+  // Abandoned: no file, no temp file.
+  const std::string dir = Tmp("abandoned");
+  ASSERT_TRUE(MakeDirs(dir).ok());
+  {
+    auto w3 = SafetensorsWriter::Create(JoinPath(dir, "x.safetensors"), {{"a", DType::kU8, {1}}});
+    ASSERT_TRUE(w3.ok());
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir));
+  EXPECT_EQ(SafetensorsWriter::Create(Tmp("dup"), {{"a", DType::kU8, {1}}, {"a", DType::kU8, {1}}})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

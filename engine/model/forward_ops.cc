@@ -99,9 +99,12 @@ absl::StatusOr<OnlineRhts> MakeOnlineRhts(const LlamaConfig& cfg, const OnlineRo
 void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate) {
   const Eigen::Index cols = w.rows();
   if (!accumulate) out->resize(x.rows(), cols);
+  // Large products run as fixed 256-column blocks, spread over OpenMP threads. The blocks do
+  // not depend on the thread count, so neither do the results (a retried task on a worker
+  // with other cores gives the same bytes).
+  constexpr Eigen::Index kBlock = 256;
   const double flops = 2.0 * x.rows() * x.cols() * cols;
-  const int threads = omp_in_parallel() || flops < 4e6 ? 1 : omp_get_max_threads();
-  if (threads <= 1) {
+  if (flops < 4e6 || cols <= kBlock) {
     if (accumulate) {
       out->noalias() += x * w.transpose();
     } else {
@@ -109,13 +112,10 @@ void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate) 
     }
     return;
   }
-  // Column blocks, multiples of 16 so the kernels see whole packets.
-  const Eigen::Index block = ((cols + threads - 1) / threads + 15) / 16 * 16;
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int b = 0; b < threads; ++b) {
-    const Eigen::Index c0 = b * block;
-    if (c0 >= cols) continue;
-    const Eigen::Index n = std::min(block, cols - c0);
+  const int blocks = static_cast<int>((cols + kBlock - 1) / kBlock);
+#pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
+  for (int b = 0; b < blocks; ++b) {
+    const Eigen::Index c0 = b * kBlock, n = std::min(kBlock, cols - c0);
     if (accumulate) {
       out->middleCols(c0, n).noalias() += x * w.middleRows(c0, n).transpose();
     } else {
