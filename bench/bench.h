@@ -34,7 +34,11 @@ int RunHessian(const Flags& flags);
 //                    [--device cpu|auto|cuda:N] (default cpu)
 int RunLayer(const Flags& flags);
 // quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]
+//                      [--mode batched|reference]
 int RunForward(const Flags& flags);
+// quantd-bench synth --shape {llama2-7b,tinyllama-1.1b,tiny} --out DIR [--layers N]
+//                    [--shard-gb 4] [--seed 0] (bench_synth.cc)
+int RunSynth(const Flags& flags);
 // quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,...] (bench_methods.cc)
 int RunMethods(const Flags& flags);
 // quantd-bench tokenize --model DIR --text FILE [--bytes N] (bench_tokenize.cc)

@@ -1,6 +1,11 @@
-// quantd-bench forward: throughput of the CPU forward pass (model::Forward, one sequence per
-// thread, EIGEN_DONT_PARALLELIZE inside) on a model directory, against the aggregate fp32 GEMM
-// rate of the same threads on a representative shape measured in the same run.
+// quantd-bench forward: throughput of the CPU forward pass on a model directory, against an
+// fp32 GEMM rate measured in the same run.
+//  --mode batched (default): the layer-streamed ForwardBatch (streamed_forward.h) over all
+//    windows at once, weights read one layer at a time from the checkpoint, logits in vocabulary
+//    chunks; the reference rate is Eigen's multi-threaded fp32 GEMM on the same shapes (every
+//    linear of a layer and the lm_head, [tokens x in]·[in x out], weighted by their FLOPs).
+//  --mode reference: model::Forward, one sequence per thread (EIGEN_DONT_PARALLELIZE inside),
+//    whole model in memory, against p independent single-threaded GEMMs of the MLP's shape.
 //
 // FLOPs per window of T tokens, counted as 2 per multiply-add: every linear (q,k,v,o,gate,up,
 // down) 2·T·in·out, attention scores and weighted sum 2·2·(T(T+1)/2)·head_dim per head, and the
@@ -15,6 +20,7 @@
 #include "nlohmann/json.hpp"
 #include "engine/artifact/artifact.h"
 #include "engine/model/forward.h"
+#include "engine/model/streamed_forward.h"
 #include "engine/tokenizer/tokens.h"
 
 namespace quantd::bench {
@@ -35,6 +41,92 @@ double WindowFlops(const model::LlamaConfig& c, double t) {
 
 }  // namespace
 
+// Eigen's fp32 GEMM rate (GFLOP/s, p threads) over the shapes of ForwardBatch's products for
+// `rows` tokens: each distinct linear shape and the lm_head, timed once each after a warm-up,
+// FLOP-weighted by how often the model runs them.
+double BatchedGemmRate(const model::LlamaConfig& c, int64_t rows, int p) {
+  Eigen::setNbThreads(p);
+  const int q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  const int d = c.hidden_size, ff = c.intermediate_size;
+  struct Shape {
+    int in, out;
+    double count;
+  };
+  const std::vector<Shape> shapes = {{d, q, 1.0 * c.num_layers},      {d, kv, 2.0 * c.num_layers},
+                                     {q, d, 1.0 * c.num_layers},      {d, ff, 2.0 * c.num_layers},
+                                     {ff, d, 1.0 * c.num_layers},     {d, std::min(c.vocab_size, 8192), 0}};
+  double flops = 0, secs = 0;
+  for (const Shape& s : shapes) {
+    const MatrixF a = MatrixF::Random(rows, s.in), w = MatrixF::Random(s.out, s.in);
+    MatrixF out(rows, s.out);
+    out.noalias() = a * w.transpose();  // warm-up
+    auto t0 = std::chrono::steady_clock::now();
+    out.noalias() = a * w.transpose();
+    const double t = Seconds(t0);
+    const double f = 2.0 * rows * s.in * s.out;
+    // The lm_head row stands for the whole vocabulary once.
+    const double weight = s.count > 0 ? s.count : static_cast<double>(c.vocab_size) / s.out;
+    flops += weight * f;
+    secs += weight * t;
+  }
+  Eigen::setNbThreads(1);
+  return flops / secs / 1e9;
+}
+
+int RunForwardBatched(const Flags& flags, const std::string& dir, std::vector<int32_t> ids,
+                      int ctx, int p) {
+  model::LlamaConfig cfg;
+  auto src = artifact::OpenArtifactSource(dir, &cfg);
+  if (!src.ok()) {
+    std::fprintf(stderr, "%s\n", src.status().ToString().c_str());
+    return 1;
+  }
+  for (int32_t& id : ids) id %= cfg.vocab_size;
+  ctx = std::min(ctx, cfg.max_position_embeddings);
+  std::vector<absl::Span<const int32_t>> seqs;
+  double flops = 0;
+  for (size_t b = 0; b < ids.size(); b += ctx) {
+    const size_t n = std::min<size_t>(ctx, ids.size() - b);
+    seqs.emplace_back(ids.data() + b, n);
+    flops += WindowFlops(cfg, static_cast<double>(n));
+  }
+  omp_set_num_threads(p);
+  auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<MatrixF> hidden = model::ForwardBatch(cfg, **src, seqs);
+  double sink = 0;
+  absl::Status s = hidden.status();
+  if (s.ok()) {
+    s = model::ForEachLogitsChunk(cfg, **src, *hidden, 0, [&](int, const MatrixF& logits) {
+      sink += logits(0, 0);
+      return absl::OkStatus();
+    });
+  }
+  const double secs = Seconds(t0);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  const double gemm_gflops = BatchedGemmRate(cfg, static_cast<int64_t>(ids.size()), p);
+  const double gflops = flops / secs / 1e9;
+  nlohmann::json out = {{"mode", "batched"},
+                        {"model", dir},
+                        {"params_hidden", cfg.hidden_size},
+                        {"layers", cfg.num_layers},
+                        {"vocab", cfg.vocab_size},
+                        {"tokens", ids.size()},
+                        {"sequences", seqs.size()},
+                        {"context", ctx},
+                        {"threads", p},
+                        {"seconds", secs},
+                        {"tokens_per_s", ids.size() / secs},
+                        {"gflops", gflops},
+                        {"gemm_gflops", gemm_gflops},
+                        {"ratio", gflops / gemm_gflops},
+                        {"checksum", sink}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
 int RunForward(const Flags& flags) {
   const std::string dir = flags.Get("model", "");
   absl::StatusOr<long long> tokens = flags.GetInt("tokens", 2048);
@@ -46,13 +138,11 @@ int RunForward(const Flags& flags) {
                          "[--threads P] [--data TOKENS]\n");
     return 2;
   }
-  model::LlamaConfig cfg;
-  absl::StatusOr<model::LlamaWeights> w = artifact::LoadArtifactWeights(dir, &cfg);
-  if (!w.ok()) {
-    std::fprintf(stderr, "%s\n", w.status().ToString().c_str());
-    return 1;
+  const std::string mode = flags.Get("mode", "batched");
+  if (mode != "batched" && mode != "reference") {
+    std::fprintf(stderr, "--mode must be batched or reference, got %s\n", mode.c_str());
+    return 2;
   }
-  const int ctx = static_cast<int>(std::min<long long>(*context, cfg.max_position_embeddings));
   std::vector<int32_t> ids;
   if (flags.Has("data")) {
     auto t = model::LoadTokenFile(flags.Get("data", ""));
@@ -64,11 +154,20 @@ int RunForward(const Flags& flags) {
     ids.resize(std::min<size_t>(ids.size(), static_cast<size_t>(*tokens)));
   } else {
     std::mt19937 rng(1);
-    std::uniform_int_distribution<int32_t> pick(0, cfg.vocab_size - 1);
+    std::uniform_int_distribution<int32_t> pick(0, 1 << 30);
     ids.resize(static_cast<size_t>(*tokens));
-    for (int32_t& id : ids) id = pick(rng);
+    for (int32_t& id : ids) id = pick(rng);  // reduced modulo the vocabulary below
   }
   const int p = *threads > 0 ? static_cast<int>(*threads) : omp_get_max_threads();
+  if (mode == "batched") return RunForwardBatched(flags, dir, std::move(ids), *context, p);
+  model::LlamaConfig cfg;
+  absl::StatusOr<model::LlamaWeights> w = artifact::LoadArtifactWeights(dir, &cfg);
+  if (!w.ok()) {
+    std::fprintf(stderr, "%s\n", w.status().ToString().c_str());
+    return 1;
+  }
+  for (int32_t& id : ids) id %= cfg.vocab_size;
+  const int ctx = static_cast<int>(std::min<long long>(*context, cfg.max_position_embeddings));
   const int windows = static_cast<int>((ids.size() + ctx - 1) / ctx);
   double flops = 0;
   for (int i = 0; i < windows; ++i) {
@@ -111,7 +210,8 @@ int RunForward(const Flags& flags) {
   }
   const double gemm_gflops = 2.0 * ctx * d * ff * rounds * p / gemm_secs / 1e9;
   const double gflops = flops / secs / 1e9;
-  nlohmann::json out = {{"model", dir},
+  nlohmann::json out = {{"mode", "reference"},
+                        {"model", dir},
                         {"params_hidden", cfg.hidden_size},
                         {"layers", cfg.num_layers},
                         {"vocab", cfg.vocab_size},

@@ -55,6 +55,9 @@ int main(int argc, char** argv) {
       "       quantd-bench layer --method {rtn,gptq,quip,quip-sharp,qtip} --bits B --m 4096 --n 4096\n"
       "                          [--device cpu|auto|cuda:N]\n"
       "       quantd-bench forward --model DIR [--tokens N] [--context T] [--threads P] [--data TOKENS]\n"
+      "                            [--mode batched|reference]\n"
+      "       quantd-bench synth --shape {llama2-7b,tinyllama-1.1b,tiny} --out DIR [--layers N]\n"
+      "                          [--shard-gb 4] [--seed 0]\n"
       "       quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,gptq/4/g64,...]\n"
       "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
       "                            [--trellis-l 16] [--group-size 0] [--mse-clip 0|1]\n"
@@ -74,6 +77,7 @@ int main(int argc, char** argv) {
   if (cmd == "hessian") return quantd::bench::RunHessian(*flags);
   if (cmd == "layer") return quantd::bench::RunLayer(*flags);
   if (cmd == "forward") return quantd::bench::RunForward(*flags);
+  if (cmd == "synth") return quantd::bench::RunSynth(*flags);
   if (cmd == "methods") return quantd::bench::RunMethods(*flags);
   if (cmd == "tokenize") return quantd::bench::RunTokenize(*flags);
   std::fputs(usage, stderr);

@@ -97,14 +97,15 @@ absl::StatusOr<OnlineRhts> MakeOnlineRhts(const LlamaConfig& cfg, const OnlineRo
 }
 
 void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate) {
-  const Eigen::Index cols = w.rows();
-  if (!accumulate) out->resize(x.rows(), cols);
-  // Large products run as fixed 256-column blocks, spread over OpenMP threads. The blocks do
-  // not depend on the thread count, so neither do the results (a retried task on a worker
-  // with other cores gives the same bytes).
-  constexpr Eigen::Index kBlock = 256;
-  const double flops = 2.0 * x.rows() * x.cols() * cols;
-  if (flops < 4e6 || cols <= kBlock) {
+  const Eigen::Index rows = x.rows(), cols = w.rows();
+  if (!accumulate) out->resize(rows, cols);
+  // Large products run as fixed tiles of 512 rows x 256 output columns spread over OpenMP
+  // threads. The tiles do not depend on the thread count, so neither do the results (a retried
+  // task on a worker with other cores gives the same bytes).
+  constexpr Eigen::Index kRows = 512, kCols = 256;
+  const Eigen::Index rt = (rows + kRows - 1) / kRows, ct = (cols + kCols - 1) / kCols;
+  const double flops = 2.0 * rows * x.cols() * cols;
+  if (flops < 4e6 || rt * ct == 1) {
     if (accumulate) {
       out->noalias() += x * w.transpose();
     } else {
@@ -112,14 +113,16 @@ void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate) 
     }
     return;
   }
-  const int blocks = static_cast<int>((cols + kBlock - 1) / kBlock);
+  const int tiles = static_cast<int>(rt * ct);
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
-  for (int b = 0; b < blocks; ++b) {
-    const Eigen::Index c0 = b * kBlock, n = std::min(kBlock, cols - c0);
+  for (int t = 0; t < tiles; ++t) {
+    const Eigen::Index r0 = (t / ct) * kRows, c0 = (t % ct) * kCols;
+    const Eigen::Index m = std::min(kRows, rows - r0), n = std::min(kCols, cols - c0);
+    auto dst = out->block(r0, c0, m, n);
     if (accumulate) {
-      out->middleCols(c0, n).noalias() += x * w.middleRows(c0, n).transpose();
+      dst.noalias() += x.middleRows(r0, m) * w.middleRows(c0, n).transpose();
     } else {
-      out->middleCols(c0, n).noalias() = x * w.middleRows(c0, n).transpose();
+      dst.noalias() = x.middleRows(r0, m) * w.middleRows(c0, n).transpose();
     }
   }
 }

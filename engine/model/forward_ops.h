@@ -50,7 +50,7 @@ inline absl::StatusOr<OnlineRhts> MakeOnlineRhts(const LlamaConfig& cfg, const L
 }
 
 // out = x · wᵀ (accumulate: out += x · wᵀ), x [rows x in], w [cols x in] row-major like
-// Linear.weight. Large products run as fixed blocks of output columns across OpenMP threads;
+// Linear.weight. Large products run as fixed tiles (rows x output columns) across OpenMP threads;
 // the results do not depend on the thread count.
 void MatMulT(const MatrixF& x, const MatrixF& w, MatrixF* out, bool accumulate = false);
 
