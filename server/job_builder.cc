@@ -18,6 +18,7 @@
 #include "engine/model/quarot.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/tokens.h"
+#include "engine/model/streamed_forward.h"
 #include "engine/model/weights.h"
 #include "engine/quant/packed_matrix.h"
 #include "engine/quant/quantize.h"
@@ -429,22 +430,29 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
   const uint64_t layer_params = d * (q + 2 * kv) + q * d + 3 * d * ff + 2 * d;
   const uint64_t params =
       v * d * (cfg.tie_word_embeddings ? 1 : 2) + cfg.num_layers * layer_params + d;
-  const uint64_t weights = 4 * params;
+  // The layer-streamed forward (streamed_forward.h) holds one layer's fp32 weights plus, while
+  // converting, that layer's mapped checkpoint pages (at most as many bytes again).
+  const uint64_t layer = 2 * static_cast<uint64_t>(model::LayerWeightBytes(cfg));
+  const uint64_t per_token = static_cast<uint64_t>(model::BatchBytesPerToken(cfg));
   uint64_t bytes = 0;
   switch (task.kind()) {
     case quantd::v1::TASK_KIND_HESSIAN: {
-      // Accumulators per layer: qkv and gate_up see d inputs, o sees q, down sees ff (fp64).
-      // A sequential job's task captures one layer.
-      const uint64_t layers = task.spec().sequential() ? 1 : cfg.num_layers;
-      const uint64_t hess = 8 * layers * (2 * d * d + q * q + ff * ff);
-      const uint64_t seq = std::max<int32_t>(task.seq_len(), 1);
-      const uint64_t act = 4 * seq * (4 * d + 2 * ff + v + seq * cfg.num_heads);
-      bytes = weights + hess + act;
+      // Every sequence of the task in one batch; one layer's fp64 accumulators (qkv and gate_up
+      // see d inputs, o sees q, down ff) plus one group's xᵀx and fp64 input copy at a time.
+      // QuaRot rotates the whole model in memory first.
+      const uint64_t rows = std::max<int64_t>(task.token_end() - task.token_begin(), 1);
+      const uint64_t hess = 8 * (2 * d * d + q * q + ff * ff) + 8 * ff * ff + 8 * rows * ff;
+      const uint64_t weights = task.spec().method() == "quarot" ? 4 * params : layer;
+      bytes = weights + hess + per_token * rows;
       break;
     }
     case quantd::v1::TASK_KIND_EVAL: {
-      const uint64_t seq = std::max<int32_t>(task.eval_context(), 1);
-      bytes = weights + 4 * seq * (4 * d + 2 * ff + 2 * v + seq * cfg.num_heads);
+      // Windows batched up to AutoBatchTokens; the vocabulary in chunks of ≤ 64 MiB of logits
+      // plus the chunk's lm_head rows.
+      const int context = std::max<int32_t>(task.eval_context(), 1);
+      const uint64_t rows = static_cast<uint64_t>(model::AutoBatchTokens(cfg, context));
+      const uint64_t chunk = static_cast<uint64_t>(model::DefaultVocabChunk(cfg, rows));
+      bytes = layer + per_token * rows + 4 * rows * chunk + 4 * chunk * d + 16 * rows;
       break;
     }
     case quantd::v1::TASK_KIND_QUANTIZE: {

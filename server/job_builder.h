@@ -59,9 +59,10 @@ absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_di
 // the code that interprets it (a quantd upgrade) changes.
 std::string SpecFingerprint(const quantd::v1::QuantSpec& spec);
 
-// Estimated peak working memory (bytes) of `task` on a worker, from the model's shape: fp32
-// weights for forward passes (Hessian, evaluation) plus fp64 Hessian accumulators and
-// activations; for quantization the fp64 Hessian and its factorizations plus the weight copies.
+// Estimated peak working memory (bytes) of `task` on a worker, from the model's shape: for the
+// layer-streamed forward passes (Hessian, evaluation) one layer's weights, the batch's
+// activations and one layer's fp64 Hessian accumulators (QuaRot: the whole rotated model); for
+// quantization the fp64 Hessian and its factorizations plus the weight copies.
 // Deliberately generous (about 1.5x of what the worker allocates).
 uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& task);
 

@@ -2,6 +2,8 @@
 // artifact in staging, writing the manifest and publishing. Each step is idempotent: after a
 // crash the engine runs it again from the stored task results.
 #include <filesystem>
+#include <memory>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -26,61 +28,71 @@ using json = nlohmann::json;
 absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
                                         const std::vector<TaskRow>& tasks) {
   // Sum shard results in task-id order (fixed order: the merged bytes do not depend on which
-  // worker finished first).
-  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<double>>> sums;
-  std::map<std::string, int64_t> tokens;
+  // worker finished first), one Hessian at a time: the shards stay memory-mapped and only the
+  // key being summed is resident, so the coordinator holds one layer group's matrix, not the
+  // model's (docs/ARCHITECTURE.md).
+  std::vector<std::pair<int64_t, std::unique_ptr<model::SafetensorsFile>>> shards;
   for (const TaskRow& t : tasks) {
     if (t.task.kind() != quantd::v1::TASK_KIND_HESSIAN || t.phase != phase) continue;
     const std::string path = JoinPath(JobDir(job.id()), HessianShardResult(t.task_id));
     QUANTD_ASSIGN_OR_RETURN(auto file, model::SafetensorsFile::Open(path));
+    shards.emplace_back(t.task_id, std::move(file));
+  }
+  std::set<std::string> keys;  // "L<layer>.<group>"
+  for (const auto& [id, file] : shards) {
     for (const std::string& name : file->Names()) {
-      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, file->Get(name));
       if (absl::EndsWith(name, ".sum")) {
-        if (v.dtype != model::DType::kF64) {
-          return absl::DataLossError(absl::StrCat("shard ", t.task_id, " tensor ", name, " is not F64"));
-        }
-        const std::string key = name.substr(0, name.size() - 4);
-        auto& slot = sums[key];
-        const size_t n = v.data.size() / sizeof(double);
-        if (slot.second.empty()) {
-          slot.first = v.shape;
-          slot.second.assign(n, 0.0);
-        } else if (slot.first != v.shape) {
-          return absl::DataLossError(absl::StrCat("shard ", t.task_id, " tensor ", name,
-                                                  " has a different shape than earlier shards"));
-        }
-        const double* src = reinterpret_cast<const double*>(v.data.data());
-        for (size_t i = 0; i < n; ++i) slot.second[i] += src[i];
-      } else if (absl::EndsWith(name, ".tokens")) {
-        if (v.dtype != model::DType::kI64 || v.data.size() != 8) {
-          return absl::DataLossError(absl::StrCat("shard ", t.task_id, " tensor ", name, " is not one I64"));
-        }
-        int64_t n;
-        memcpy(&n, v.data.data(), 8);
-        tokens[name.substr(0, name.size() - 7)] += n;
+        keys.insert(name.substr(0, name.size() - 4));
+      } else if (!absl::EndsWith(name, ".tokens")) {
+        return absl::DataLossError(absl::StrCat("shard ", id, ": unexpected tensor ", name));
       }
     }
   }
-  for (auto& [key, slot] : sums) {
+  for (const std::string& key : keys) {
     // key = "L<layer>.<group>"
-    size_t dot = key.find('.');
+    const size_t dot = key.find('.');
     if (key.size() < 3 || key[0] != 'L' || dot == std::string::npos) {
       return absl::DataLossError(absl::StrCat("unexpected Hessian tensor ", key));
     }
-    int layer = std::stoi(key.substr(1, dot - 1));
-    std::vector<model::TensorToWrite> out(2);
-    out[0].name = "sum";
-    out[0].dtype = model::DType::kF64;
-    out[0].shape = slot.first;
-    out[0].data.assign(reinterpret_cast<const char*>(slot.second.data()),
-                       slot.second.size() * sizeof(double));
-    out[1].name = "tokens";
-    out[1].dtype = model::DType::kI64;
-    out[1].shape = {1};
-    int64_t n = tokens[key];
-    out[1].data.assign(reinterpret_cast<const char*>(&n), 8);
-    QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(
-        JoinPath(JobDir(job.id()), MergedHessianBlob(layer, key.substr(dot + 1))), out));
+    const int layer = std::stoi(key.substr(1, dot - 1));
+    std::vector<int64_t> shape;
+    std::vector<double> sum;
+    int64_t tokens = 0;
+    for (const auto& [id, file] : shards) {
+      auto v = file->Get(key + ".sum");
+      if (!v.ok()) continue;
+      if (v->dtype != model::DType::kF64) {
+        return absl::DataLossError(absl::StrCat("shard ", id, " tensor ", key, ".sum is not F64"));
+      }
+      const size_t n = v->data.size() / sizeof(double);
+      if (sum.empty()) {
+        shape = v->shape;
+        sum.assign(n, 0.0);
+      } else if (shape != v->shape) {
+        return absl::DataLossError(absl::StrCat("shard ", id, " tensor ", key,
+                                                ".sum has a different shape than earlier shards"));
+      }
+      const double* src = reinterpret_cast<const double*>(v->data.data());
+      for (size_t i = 0; i < n; ++i) sum[i] += src[i];
+      auto t = file->Get(key + ".tokens");
+      if (!t.ok() || t->dtype != model::DType::kI64 || t->data.size() != 8) {
+        return absl::DataLossError(absl::StrCat("shard ", id, " tensor ", key, ".tokens is not one I64"));
+      }
+      int64_t k;
+      memcpy(&k, t->data.data(), 8);
+      tokens += k;
+      model::ReleasePages(v->data);
+    }
+    // Written from the sum itself (no copy): the same bytes as WriteSafetensors'.
+    QUANTD_ASSIGN_OR_RETURN(
+        auto w, model::SafetensorsWriter::Create(
+                    JoinPath(JobDir(job.id()), MergedHessianBlob(layer, key.substr(dot + 1))),
+                    {{"sum", model::DType::kF64, shape}, {"tokens", model::DType::kI64, {1}}}));
+    QUANTD_RETURN_IF_ERROR(w->Append(
+        "sum", std::string_view(reinterpret_cast<const char*>(sum.data()), sum.size() * 8)));
+    QUANTD_RETURN_IF_ERROR(
+        w->Append("tokens", std::string_view(reinterpret_cast<const char*>(&tokens), 8)));
+    QUANTD_RETURN_IF_ERROR(w->Finish());
   }
   return absl::OkStatus();
 }
@@ -91,25 +103,30 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
   QUANTD_RETURN_IF_ERROR(MakeDirs(staging));
   const std::string src_dir = JoinPath(JobDir(job.id()), "inputs/model");
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(src_dir));
-  std::map<std::string, std::string> packed;
+  // Weight name -> the quantize task's packed result file.
+  std::map<std::string, std::string> packed_files;
   for (const TaskRow& t : tasks) {
     if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
-    QUANTD_ASSIGN_OR_RETURN(std::string bytes,
-                            ReadFile(JoinPath(JobDir(job.id()), QuantizedResult(t.task_id))));
-    packed[t.task.tensor_name()] = std::move(bytes);
+    packed_files[t.task.tensor_name()] = JoinPath(JobDir(job.id()), QuantizedResult(t.task_id));
   }
   const bool quarot = job.spec().method() == "quarot";
   if (quarot) {
     // The rotated, norm-fused, untied fp model around the packed (rotated-basis) matrices,
-    // plus the online down_proj rotation (docs/formats/artifact.md).
+    // plus the online down_proj rotation (docs/formats/artifact.md). Not streamed yet: the
+    // rotated model is built in memory.
+    std::map<std::string, std::string> packed;
+    for (const auto& [name, path] : packed_files) {
+      QUANTD_ASSIGN_OR_RETURN(packed[name], ReadFile(path));
+    }
     QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(src_dir));
     QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::LoadLlamaWeights(*ckpt, cfg));
     QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &w, job.spec().seed()));
     QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactFromWeights(
         cfg, w, packed, JoinPath(staging, "model.safetensors")));
   } else {
-    QUANTD_RETURN_IF_ERROR(
-        artifact::WriteArtifactModel(*ckpt, packed, JoinPath(staging, "model.safetensors")));
+    // Streamed: one packed matrix in memory at a time.
+    QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactModelFromFiles(
+        *ckpt, packed_files, JoinPath(staging, "model.safetensors")));
   }
   for (const auto& e : fs::directory_iterator(src_dir)) {
     const std::string n = e.path().filename().string();

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <filesystem>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -12,6 +14,7 @@
 #include "common/status_macros.h"
 #include "engine/format/float16.h"
 #include "engine/format/safetensors.h"
+#include "engine/quant/packed_matrix.h"
 #include "engine/quant/quantize.h"
 
 namespace quantd::artifact {
@@ -42,28 +45,82 @@ absl::Status AllPackedUsed(size_t replaced, const std::map<std::string, std::str
 
 }  // namespace
 
-absl::Status WriteArtifactModel(const model::Checkpoint& src,
-                                const std::map<std::string, std::string>& packed,
-                                const std::string& out_path) {
-  std::vector<model::TensorToWrite> out;
+namespace {
+
+// Every tensor of `src` in name order, those in `packed_sizes` replaced by their .qweight
+// (bytes from read_packed), streamed: one packed matrix in memory at a time, the source's bytes
+// copied from the mapping. The bytes equal WriteSafetensors' of the same tensors.
+absl::Status WriteArtifactStreamed(
+    const model::Checkpoint& src, const std::map<std::string, uint64_t>& packed_sizes,
+    const std::function<absl::StatusOr<std::string>(const std::string&)>& read_packed,
+    const std::string& out_path) {
+  std::vector<model::TensorDecl> decls;
+  std::map<std::string, std::string> source_of;  // output name -> source weight name
   size_t replaced = 0;
   for (const std::string& name : src.Names()) {
-    auto it = packed.find(name);
-    model::TensorToWrite t;
-    if (it != packed.end()) {
-      t = PackedTensor(name, it->second);
+    auto it = packed_sizes.find(name);
+    if (it != packed_sizes.end()) {
+      const std::string q = QuantizedTensorName(name);
+      decls.push_back({q, model::DType::kU8, {static_cast<int64_t>(it->second)}});
+      source_of[q] = name;
       ++replaced;
     } else {
       QUANTD_ASSIGN_OR_RETURN(model::TensorView v, src.Get(name));
-      t.name = name;
-      t.dtype = v.dtype;
-      t.shape = v.shape;
-      t.data = std::string(v.data);
+      decls.push_back({name, v.dtype, v.shape});
+      source_of[name] = name;
     }
-    out.push_back(std::move(t));
   }
-  QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
-  return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
+  if (replaced != packed_sizes.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        packed_sizes.size() - replaced, " quantized tensors have no source tensor"));
+  }
+  std::sort(decls.begin(), decls.end(),
+            [](const model::TensorDecl& a, const model::TensorDecl& b) { return a.name < b.name; });
+  QUANTD_ASSIGN_OR_RETURN(auto w, model::SafetensorsWriter::Create(out_path, decls,
+                                                                   {{"quantd_format", "1"}}));
+  for (const model::TensorDecl& d : decls) {
+    const std::string& name = source_of[d.name];
+    if (d.name != name) {
+      QUANTD_ASSIGN_OR_RETURN(std::string bytes, read_packed(name));
+      QUANTD_RETURN_IF_ERROR(w->Append(d.name, bytes));
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, src.Get(name));
+      QUANTD_RETURN_IF_ERROR(w->Append(d.name, v.data));
+      src.ReleasePages(name);
+    }
+  }
+  return w->Finish();
+}
+
+}  // namespace
+
+absl::Status WriteArtifactModel(const model::Checkpoint& src,
+                                const std::map<std::string, std::string>& packed,
+                                const std::string& out_path) {
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& [name, bytes] : packed) sizes[name] = bytes.size();
+  return WriteArtifactStreamed(
+      src, sizes, [&](const std::string& name) { return packed.at(name); }, out_path);
+}
+
+absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
+                                         const std::map<std::string, std::string>& packed_files,
+                                         const std::string& out_path) {
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& [name, path] : packed_files) {
+    QUANTD_ASSIGN_OR_RETURN(sizes[name], FileSize(path));
+  }
+  return WriteArtifactStreamed(
+      src, sizes,
+      [&](const std::string& name) -> absl::StatusOr<std::string> {
+        const std::string& path = packed_files.at(name);
+        QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+        if (bytes.size() != sizes.at(name)) {
+          return absl::DataLossError(absl::StrCat(path, " changed size while assembling"));
+        }
+        return bytes;
+      },
+      out_path);
 }
 
 absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
@@ -277,36 +334,58 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
   const model::DType out_dtype = dtype == HfDType::kF16    ? model::DType::kF16
                                  : dtype == HfDType::kBF16 ? model::DType::kBF16
                                                            : model::DType::kF32;
-  std::vector<model::TensorToWrite> out;
+  // Two passes so that one tensor at a time is in memory: the output's names and shapes
+  // (a .qweight's from its packed header), then each tensor's bytes in name order, as
+  // WriteSafetensors lays them out.
+  struct Out {
+    model::TensorDecl decl;
+    std::string source;
+  };
+  std::vector<Out> outs;
   for (const std::string& name : ckpt->Names()) {
     QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
-    model::TensorToWrite t;
     if (absl::EndsWith(name, ".qweight")) {
+      auto c = quant::DecodePacked(v.data);
+      if (!c.ok()) {
+        return absl::DataLossError(absl::StrCat("tensor ", name, ": ", c.status().message()));
+      }
+      outs.push_back({{name.substr(0, name.size() - 8) + ".weight", out_dtype, {c->m, c->n}}, name});
+    } else {
+      outs.push_back({{name, IsFloat(v.dtype) ? out_dtype : v.dtype, v.shape}, name});
+    }
+  }
+  std::sort(outs.begin(), outs.end(),
+            [](const Out& a, const Out& b) { return a.decl.name < b.decl.name; });
+  std::vector<model::TensorDecl> decls;
+  for (const Out& o : outs) decls.push_back(o.decl);
+  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
+  QUANTD_ASSIGN_OR_RETURN(
+      auto writer, model::SafetensorsWriter::Create(JoinPath(out_dir, "model.safetensors"), decls));
+  for (const Out& o : outs) {
+    QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(o.source));
+    std::string bytes;
+    if (absl::EndsWith(o.source, ".qweight")) {
       auto m = quant::DequantizeMatrix(v.data);
       if (!m.ok()) {
-        return absl::DataLossError(absl::StrCat("tensor ", name, ": ", m.status().message()));
+        return absl::DataLossError(absl::StrCat("tensor ", o.source, ": ", m.status().message()));
       }
-      t.name = name.substr(0, name.size() - 8) + ".weight";
-      t.shape = {m->rows(), m->cols()};
+      if (m->rows() != o.decl.shape[0] || m->cols() != o.decl.shape[1]) {
+        return absl::DataLossError(absl::StrCat("tensor ", o.source, ": header says [",
+                                                o.decl.shape[0], ",", o.decl.shape[1],
+                                                "], dequantized [", m->rows(), ",", m->cols(), "]"));
+      }
       // MatrixF is row-major, matching safetensors' layout.
-      QUANTD_ASSIGN_OR_RETURN(t.data, EncodeFloats(m->data(), m->size(), dtype, t.name));
-      t.dtype = out_dtype;
+      QUANTD_ASSIGN_OR_RETURN(bytes, EncodeFloats(m->data(), m->size(), dtype, o.decl.name));
     } else if (IsFloat(v.dtype)) {
       const std::vector<float> f = ToFloats(v);
-      t.name = name;
-      t.shape = v.shape;
-      QUANTD_ASSIGN_OR_RETURN(t.data, EncodeFloats(f.data(), f.size(), dtype, name));
-      t.dtype = out_dtype;
+      QUANTD_ASSIGN_OR_RETURN(bytes, EncodeFloats(f.data(), f.size(), dtype, o.source));
     } else {
-      t.name = name;
-      t.dtype = v.dtype;
-      t.shape = v.shape;
-      t.data = std::string(v.data);
+      bytes = std::string(v.data);
     }
-    out.push_back(std::move(t));
+    QUANTD_RETURN_IF_ERROR(writer->Append(o.decl.name, bytes));
+    ckpt->ReleasePages(o.source);
   }
-  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
-  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), out));
+  QUANTD_RETURN_IF_ERROR(writer->Finish());
   QUANTD_RETURN_IF_ERROR(CopySideFiles(native_dir, out_dir));
   SetConfigDtype(&config, dtype == HfDType::kF16    ? "float16"
                           : dtype == HfDType::kBF16 ? "bfloat16"

@@ -30,6 +30,13 @@ absl::Status WriteArtifactModel(const model::Checkpoint& src,
                                 const std::map<std::string, std::string>& packed,
                                 const std::string& out_path);
 
+// The same file from packed matrices stored in files (weight name -> path), read one at a
+// time: the writer holds one packed matrix, not the model (the coordinator's assembly).
+// DATA_LOSS when a file changes size while being read.
+absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
+                                         const std::map<std::string, std::string>& packed_files,
+                                         const std::string& out_path);
+
 // The tensor recording QuaRot's online down_proj rotation: I64 [2] = {size, seed (bits)}.
 inline constexpr char kOnlineDownTensor[] = "quantd.online_hadamard_down";
 // QuaRot's online rotation across heads before o_proj: I64 [2] = {size = num_heads, seed}.

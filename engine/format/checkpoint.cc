@@ -174,13 +174,7 @@ absl::Status Checkpoint::ReadRows(std::string_view name, int64_t begin, int64_t 
 
 void Checkpoint::ReleasePages(std::string_view name) const {
   auto t = Get(name);
-  if (!t.ok() || t->data.empty()) return;
-  // Only whole pages inside the tensor: a neighbour's bytes stay mapped.
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t b = reinterpret_cast<uintptr_t>(t->data.data());
-  const uintptr_t e = b + t->data.size();
-  const uintptr_t lo = (b + page - 1) / page * page, hi = e / page * page;
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  if (t.ok()) model::ReleasePages(t->data);
 }
 
 }  // namespace quantd::model

@@ -262,6 +262,15 @@ absl::StatusOr<TensorView> SafetensorsFile::Get(std::string_view name) const {
                     std::string_view(data_ + e.begin, e.end - e.begin)};
 }
 
+void ReleasePages(std::string_view mapped_bytes) {
+  if (mapped_bytes.empty()) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(mapped_bytes.data());
+  const uintptr_t e = b + mapped_bytes.size();
+  const uintptr_t lo = (b + page - 1) / page * page, hi = e / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 namespace {
 
 // The 8-byte length and the padded JSON header for tensors laid out in `order` (indices into

@@ -72,6 +72,11 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// Drops this process's resident pages of a memory-mapped range (whole pages inside it; the file
+// stays in the page cache and later reads fault them back in). For streaming readers of large
+// files, so that RSS holds what is being worked on, not everything read so far.
+void ReleasePages(std::string_view mapped_bytes);
+
 struct TensorToWrite {
   std::string name;
   DType dtype;

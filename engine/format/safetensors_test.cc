@@ -179,6 +179,7 @@ TEST(SafetensorsTest, OpensExampleModel) {
 // nothing behind.
 TEST(SafetensorsTest, StreamingWriterRoundTripsInDeclarationOrder) {
   const std::string path = Tmp("stream.safetensors");
+  RemoveAll(path).IgnoreError();  // a previous run's
   std::vector<TensorDecl> decls = {{"L10.sum", DType::kF64, {2}},
                                    {"L2.sum", DType::kU8, {3}},
                                    {"L2.tokens", DType::kI64, {1}}};
@@ -213,6 +214,7 @@ TEST(SafetensorsTest, StreamingWriterRoundTripsInDeclarationOrder) {
 
   // Abandoned: no file, no temp file.
   const std::string dir = Tmp("abandoned");
+  RemoveAll(dir).IgnoreError();
   ASSERT_TRUE(MakeDirs(dir).ok());
   {
     auto w3 = SafetensorsWriter::Create(JoinPath(dir, "x.safetensors"), {{"a", DType::kU8, {1}}});

@@ -106,10 +106,12 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, WeightSource
                                             absl::Span<const int32_t> tokens,
                                             const PerplexityOptions& opts) {
   QUANTD_ASSIGN_OR_RETURN(std::vector<Window> windows, MakeWindows(cfg, &tokens, opts));
-  if (opts.batch_tokens < 1) {
+  if (opts.batch_tokens < 0) {
     return absl::InvalidArgumentError(
-        internal::Cat("perplexity: batch_tokens ", opts.batch_tokens, " must be positive"));
+        internal::Cat("perplexity: batch_tokens ", opts.batch_tokens, " is negative"));
   }
+  const int64_t batch_tokens =
+      opts.batch_tokens > 0 ? opts.batch_tokens : AutoBatchTokens(cfg, opts.context);
   const int64_t E = static_cast<int64_t>(tokens.size()) - 1;
   const int n = static_cast<int>(windows.size());
   double total = 0;
@@ -119,7 +121,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, WeightSource
     int64_t rows = 0;
     std::vector<absl::Span<const int32_t>> seqs;
     while (last < n && (last == first || rows + (windows[last].end - windows[last].begin) <=
-                                             opts.batch_tokens)) {
+                                             batch_tokens)) {
       const Window& win = windows[last++];
       seqs.push_back(tokens.subspan(win.begin, win.end - win.begin));
       rows += win.end - win.begin;

@@ -21,8 +21,9 @@ struct PerplexityOptions {
   // Evaluate only the first max_tokens tokens of the stream; 0 = all. Default: 0.
   int64_t max_tokens = 0;
   // Layer-streamed overload only: windows per layer-streamed pass are added while their tokens
-  // stay ≤ this (at least one window per pass). Default: 8192.
-  int64_t batch_tokens = 8192;
+  // stay ≤ this (at least one window per pass); 0 = AutoBatchTokens (streamed_forward.h).
+  // Default: 0.
+  int64_t batch_tokens = 0;
 };
 
 struct PerplexityResult {

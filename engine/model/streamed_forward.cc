@@ -130,6 +130,25 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
   return h;
 }
 
+int64_t BatchBytesPerToken(const LlamaConfig& cfg) {
+  const int64_t d = cfg.hidden_size, ff = cfg.intermediate_size;
+  const int64_t q = static_cast<int64_t>(cfg.num_heads) * cfg.head_dim;
+  const int64_t kv = static_cast<int64_t>(cfg.num_kv_heads) * cfg.head_dim;
+  return 4 * (2 * d + 2 * q + 2 * kv + 2 * ff);
+}
+
+int64_t LayerWeightBytes(const LlamaConfig& cfg) {
+  const int64_t d = cfg.hidden_size, ff = cfg.intermediate_size;
+  const int64_t q = static_cast<int64_t>(cfg.num_heads) * cfg.head_dim;
+  const int64_t kv = static_cast<int64_t>(cfg.num_kv_heads) * cfg.head_dim;
+  return 4 * (d * (q + 2 * kv) + q * d + 3 * d * ff + 2 * d);
+}
+
+int64_t AutoBatchTokens(const LlamaConfig& cfg, int context) {
+  const int64_t fit = (int64_t{1} << 30) / std::max<int64_t>(BatchBytesPerToken(cfg), 1);
+  return std::max<int64_t>(context, std::min<int64_t>(fit, 16384));
+}
+
 int DefaultVocabChunk(const LlamaConfig& cfg, int64_t rows) {
   constexpr int64_t kFloats = int64_t{16} << 20;  // 64 MiB of fp32 logits
   const int64_t chunk = std::max<int64_t>(256, kFloats / std::max<int64_t>(rows, 1));

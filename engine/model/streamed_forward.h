@@ -33,6 +33,16 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
                                      absl::Span<const absl::Span<const int32_t>> sequences,
                                      ActivationSink* sink = nullptr);
 
+// Footprint model of ForwardBatch, for memory estimates (server admission) and batch sizing.
+// fp32 bytes kept per token of a batch: residual, normed input, q, k, v, attention output,
+// gate and up.
+int64_t BatchBytesPerToken(const LlamaConfig& cfg);
+// fp32 bytes of one decoder layer's weights (what a WeightSource holds at a time).
+int64_t LayerWeightBytes(const LlamaConfig& cfg);
+// Tokens per pass when PerplexityOptions::batch_tokens is 0: as many as keep the batch's
+// activations within 1 GiB, at least `context` (one window), at most 16384.
+int64_t AutoBatchTokens(const LlamaConfig& cfg, int context);
+
 // Vocabulary columns per logits chunk for `rows` rows: the whole vocabulary when a
 // [rows x vocab] fp32 block fits 64 MiB, else 64 MiB / rows (at least 256).
 int DefaultVocabChunk(const LlamaConfig& cfg, int64_t rows);
