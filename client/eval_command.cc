@@ -8,6 +8,7 @@
 #include "common/file_util.h"
 #include "engine/artifact/artifact.h"
 #include "engine/model/forward.h"
+#include "engine/model/streamed_forward.h"
 #include "engine/model/perplexity.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/tokens.h"
@@ -59,10 +60,11 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
     err << "usage: quantctl eval MODEL_DIR --data TOKENS|TEXT.txt [--context N] [--json] [--logits-out FILE]\n";
     return 2;
   }
+  // Layer-streamed: one layer's weights in memory at a time (a 7B model fits a laptop).
   model::LlamaConfig cfg;
-  auto weights = artifact::LoadArtifactWeights(dir, &cfg);
-  if (!weights.ok()) {
-    err << "quantctl: " << weights.status().ToString() << "\n";
+  auto src = artifact::OpenArtifactSource(dir, &cfg);
+  if (!src.ok()) {
+    err << "quantctl: " << src.status().ToString() << "\n";
     return 1;
   }
   // A .txt file goes through the directory's tokenizer exactly as SubmitJob encodes text data.
@@ -75,7 +77,8 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
     // The logits of the first window, [T x vocab] little-endian f32: for comparing our forward
     // pass with another implementation (tests/hf_transformers_test.py).
     const size_t t = std::min<size_t>(tokens->size(), static_cast<size_t>(context));
-    auto logits = model::Forward(cfg, *weights, absl::MakeConstSpan(tokens->data(), t));
+    const std::vector<absl::Span<const int32_t>> window = {absl::MakeConstSpan(tokens->data(), t)};
+    auto logits = model::ForwardBatchLogits(cfg, **src, window);
     if (!logits.ok()) {
       err << "quantctl: " << logits.status().ToString() << "\n";
       return 1;
@@ -88,7 +91,7 @@ int RunEvalCommand(const std::vector<std::string>& args, std::ostream& out, std:
   }
   model::PerplexityOptions opts;
   opts.context = context;
-  auto p = model::Perplexity(cfg, *weights, *tokens, opts);
+  auto p = model::Perplexity(cfg, **src, *tokens, opts);
   if (!p.ok()) {
     err << "quantctl: " << p.status().ToString() << "\n";
     return 1;

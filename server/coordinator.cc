@@ -1,6 +1,12 @@
 #include "server/coordinator.h"
 
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <random>
 
@@ -650,7 +656,27 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
   return absl::InvalidArgumentError(absl::StrCat("blob '", name, "' is not readable by workers"));
 }
 
+absl::StatusOr<std::string> Coordinator::SpoolPath() {
+  const std::string dir = JoinPath(options_.data_dir, "spool");
+  QUANTD_RETURN_IF_ERROR(MakeDirs(dir));
+  static std::atomic<uint64_t> next{0};
+  return JoinPath(dir, absl::StrCat("report.", ::getpid(), ".", absl::ToUnixNanos(absl::Now()),
+                                    ".", next.fetch_add(1)));
+}
+
 absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const std::string& data) {
+  return ReportResult(h, &data, "");
+}
+
+absl::Status Coordinator::ReportSpooled(const quantd::v1::TaskReportHeader& h,
+                                        const std::string& spool_path) {
+  absl::Status s = ReportResult(h, nullptr, spool_path);
+  ::unlink(spool_path.c_str());  // moved on success; dropped otherwise
+  return s;
+}
+
+absl::Status Coordinator::ReportResult(const quantd::v1::TaskReportHeader& h,
+                                       const std::string* data, const std::string& spool) {
   std::string result_path;
   quantd::v1::TaskKind kind;
   {
@@ -675,11 +701,29 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
     }
   }
   if (h.ok() && !result_path.empty()) {
-    if (data.size() != h.result_size() || Sha256Hex(data) != h.result_sha256()) {
-      return absl::DataLossError(absl::StrCat("task ", h.task_id(), " result: got ", data.size(),
+    uint64_t size = 0;
+    std::string digest;
+    if (data != nullptr) {
+      size = data->size();
+      digest = Sha256Hex(*data);
+    } else {
+      QUANTD_ASSIGN_OR_RETURN(size, FileSize(spool));
+      QUANTD_ASSIGN_OR_RETURN(digest, Sha256File(spool));
+    }
+    if (size != h.result_size() || digest != h.result_sha256()) {
+      return absl::DataLossError(absl::StrCat("task ", h.task_id(), " result: got ", size,
                                               " bytes that do not match the header's size/sha256"));
     }
-    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(result_path, data));
+    if (data != nullptr) {
+      QUANTD_RETURN_IF_ERROR(WriteFileAtomic(result_path, *data));
+    } else {
+      // The spool file is complete and fsynced by the service; rename is the atomic step.
+      if (::rename(spool.c_str(), result_path.c_str()) != 0) {
+        return absl::InternalError(absl::StrCat("rename ", spool, " -> ", result_path, ": ",
+                                                std::strerror(errno)));
+      }
+      QUANTD_RETURN_IF_ERROR(SyncDir(std::filesystem::path(result_path).parent_path().string()));
+    }
   }
   Job snapshot;
   std::string worker_name;
@@ -710,7 +754,8 @@ absl::Status Coordinator::Report(const quantd::v1::TaskReportHeader& h, const st
       if (kind == quantd::v1::TASK_KIND_HESSIAN) metrics_->HessianTokens(h.tokens());
       if (kind == quantd::v1::TASK_KIND_QUANTIZE) {
         metrics_->MatrixProxyLoss(h.proxy_loss());
-        if (auto info = quant::InspectPacked(data); info.ok()) {
+        if (auto info = quant::InspectPacked(data != nullptr ? *data : std::string());
+            info.ok()) {
           metrics_->WeightsQuantized(int64_t{info->m} * info->n);
         }
       }

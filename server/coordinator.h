@@ -77,6 +77,13 @@ class Coordinator {
   // (quantized/ of a matrix not quantized yet).
   absl::StatusOr<std::string> BlobPath(const std::string& job_id, const std::string& name);
   absl::Status Report(const quantd::v1::TaskReportHeader& header, const std::string& data);
+  // The same for a result the service spooled to `spool_path` (a file from SpoolPath(), moved
+  // into the job directory on success, removed otherwise): large results (Hessian shards) never
+  // sit in the coordinator's memory.
+  absl::Status ReportSpooled(const quantd::v1::TaskReportHeader& header,
+                             const std::string& spool_path);
+  // A fresh path under data_dir/spool for ReportSpooled (the directory is created).
+  absl::StatusOr<std::string> SpoolPath();
 
   Registry& registry() { return registry_; }
   JobStore& store_for_testing() { return *store_; }
@@ -88,6 +95,9 @@ class Coordinator {
   Metrics& metrics() { return *metrics_; }
 
  private:
+  // Report / ReportSpooled: the result bytes are *data, or the file `spool` when data is null.
+  absl::Status ReportResult(const quantd::v1::TaskReportHeader& header, const std::string* data,
+                            const std::string& spool);
   struct TaskState {
     TaskRow row;
     bool leased = false;

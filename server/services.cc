@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <unistd.h>
 
+#include <fstream>
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "auth/scopes.h"
 #include "common/mutex.h"
@@ -221,7 +224,21 @@ class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::
         FinishWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "report without a header"));
         return;
       }
-      const absl::Status reported = c_->Report(header_, data_);
+      absl::Status reported;
+      if (spool_.is_open()) {
+        spool_.flush();
+        const bool ok = spool_.good();
+        spool_.close();
+        // fsync before the coordinator renames it into the job directory.
+        const int fd = ::open(spool_path_.c_str(), O_RDONLY | O_CLOEXEC);
+        const bool synced = fd >= 0 && ::fsync(fd) == 0;
+        if (fd >= 0) ::close(fd);
+        reported = ok && synced ? c_->ReportSpooled(header_, spool_path_)
+                                : absl::ResourceExhaustedError("writing the spooled report failed");
+        ::unlink(spool_path_.c_str());
+      } else {
+        reported = c_->Report(header_, data_);
+      }
       FinishWith(ToGrpc(reported));
       return;
     }
@@ -232,32 +249,61 @@ class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::
       }
       header_ = msg_.header();
       have_header_ = true;
-      if (header_.result_size() > (uint64_t{8} << 30)) {
-        FinishWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "result larger than 8 GiB"));
+      // Spooled to disk above kSpoolBytes; a 70B model's fp64 Hessian shard is ~190 GiB.
+      if (header_.result_size() > (uint64_t{256} << 30)) {
+        FinishWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "result larger than 256 GiB"));
         return;
       }
-      data_.reserve(header_.result_size());
+      if (header_.result_size() > kSpoolBytes) {
+        // Large results (Hessian shards) go to a file as they arrive.
+        absl::StatusOr<std::string> path = c_->SpoolPath();
+        if (path.ok()) {
+          spool_path_ = *path;
+          spool_.open(spool_path_, std::ios::binary | std::ios::trunc);
+        }
+        if (!path.ok() || !spool_.is_open()) {
+          FinishWith(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                  "cannot spool the report to disk"));
+          return;
+        }
+      } else {
+        data_.reserve(header_.result_size());
+      }
     } else {
-      if (!have_header_ || data_.size() + msg_.data().size() > header_.result_size()) {
+      if (!have_header_ || received_ + msg_.data().size() > header_.result_size()) {
         FinishWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                 "report data before the header or beyond result_size"));
         return;
       }
-      data_ += msg_.data();
+      received_ += msg_.data().size();
+      if (spool_.is_open()) {
+        spool_.write(msg_.data().data(), static_cast<std::streamsize>(msg_.data().size()));
+      } else {
+        data_ += msg_.data();
+      }
     }
     Read(&msg_);
   }
   void OnDone() override {
     Begin();
+    if (spool_.is_open()) {  // the stream broke off
+      spool_.close();
+      ::unlink(spool_path_.c_str());
+    }
     delete this;
   }
 
  private:
+  // Results larger than this are spooled to disk instead of memory.
+  static constexpr uint64_t kSpoolBytes = uint64_t{64} << 20;
   Coordinator* c_;
   quantd::v1::TaskReport msg_;
   quantd::v1::TaskReportHeader header_;
   bool have_header_ = false;
+  uint64_t received_ = 0;
   std::string data_;
+  std::string spool_path_;
+  std::ofstream spool_;
 };
 
 }  // namespace

@@ -58,7 +58,11 @@ void LayerHessianStream::OnLinearInput(int layer, LinearGroup group, const Matri
   const int g = static_cast<int>(group);
   if (x.cols() != GroupInputDim(cfg_, group)) return;
   if (sums_[g].cols() != x.cols()) sums_[g] = MatrixD::Zero(x.cols(), x.cols());
-  AddXtX(x, &sums_[g]);
+  // Straight into the sum (no n x n temporary: 6.6 GB for a 70B down_proj). Starting from
+  // zero this gives AddXtX's bits.
+  const MatrixD xd = x.cast<double>();
+  sums_[g].selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
+  sums_[g].triangularView<Eigen::StrictlyUpper>() = sums_[g].transpose();
   tokens_[g] += x.rows();
 }
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Real-size benchmarks (issue 21); heavy, never part of CI. Writes one JSON object per line to
+# $OUT/<case>.json, each with the peak RSS (VmHWM / /usr/bin/time "maximum resident set") of
+# every process involved. Synthetic checkpoints (quantd-bench synth) are created on first use in
+# $REALSIZE_DIR (TinyLlama-1.1B shape: 2.2 GB, Llama-2-7B shape: 13.5 GB).
+#
+# usage: scripts/bench_realsize.sh CASE...   (default: forward1b eval7b forward7b service1b)
+#   forward1b  quantd-bench forward --mode batched on the 1.1B shape, 8 x 512 tokens
+#   forward7b  the same on the 7B shape, 2 x 512 tokens
+#   eval7b     quantctl eval (layer-streamed) on the 7B shape over 1,024 tokens
+#   service1b  quantd + 2 local workers: gptq 4-bit, 4 x 512 calibration tokens, evaluation over
+#              1,024 tokens; then quantctl fetch (native and --format hf). Reports the Hessian
+#              phase's shard bytes and the coordinator's peak disk use.
+#   service7b  the same with rtn 4-bit on the 7B shape (needs ~45 GB per Hessian shard of disk:
+#              see docs/ARCHITECTURE.md "Real-size models")
+# env: BUILD (default build), REALSIZE_DIR (default $HOME/.cache/quantd/realsize),
+#      OUT (default out/bench_realsize), PORT (default 7370)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${BUILD:-build}
+DATA=${REALSIZE_DIR:-$HOME/.cache/quantd/realsize}
+OUT=${OUT:-out/bench_realsize}
+PORT=${PORT:-7370}
+mkdir -p "$DATA" "$OUT"
+CASES=("$@")
+[ ${#CASES[@]} -eq 0 ] && CASES=(forward1b eval7b forward7b service1b)
+
+synth() {  # synth SHAPE -> prints the model dir
+  local dir="$DATA/$1"
+  if [ ! -s "$dir/config.json" ]; then
+    "$B/quantd-bench" synth --shape "$1" --out "$dir" >&2
+  fi
+  echo "$dir"
+}
+
+tokens() {  # tokens FILE N VOCAB: N random u16 token ids in [3, VOCAB)
+  [ -s "$1" ] || python3 -c "
+import random, struct, sys
+r = random.Random(int(sys.argv[2]))
+open(sys.argv[1], 'wb').write(struct.pack('<%dH' % int(sys.argv[2]), *[r.randrange(3, int(sys.argv[3])) for _ in range(int(sys.argv[2]))]))
+" "$1" "$2" "$3"
+}
+
+timed() {  # timed CASE CMD...: runs CMD, merges its last JSON line with peak_rss_mib
+  local name=$1; shift
+  local t; t=$(mktemp)
+  local line
+  line=$(/usr/bin/time -f '%M %e' -o "$t" "$@" | tail -n 1)
+  read -r kib secs < <(tail -n 1 "$t")
+  rm -f "$t"
+  python3 -c "
+import json, sys
+d = json.loads(sys.argv[1]) if sys.argv[1].startswith('{') else {'output': sys.argv[1]}
+d.update({'case': sys.argv[2], 'peak_rss_mib': round(int(sys.argv[3]) / 1024, 1), 'wall_s': float(sys.argv[4])})
+print(json.dumps(d))" "$line" "$name" "$kib" "$secs" | tee "$OUT/$name.json"
+}
+
+service() {  # service CASE SHAPE METHOD
+  local name=$1 shape=$2 method=$3
+  local model; model=$(synth "$shape")
+  tokens "$DATA/calib_2048.u16" 2048 32000
+  tokens "$DATA/eval_1024.u16" 1024 32000
+  local dd; dd=$(mktemp -d "${TMPDIR:-/tmp}/realsize.XXXXXX")
+  "$B/quantd" --data_dir="$dd/var" --local_workers=2 --listen=127.0.0.1:$PORT \
+    --metrics_listen=127.0.0.1:$((PORT + 1)) 2>"$dd/quantd.log" &
+  local qp=$!
+  export QUANTD_ADDR=127.0.0.1:$PORT
+  for _ in $(seq 1 100); do "$B/quantctl" jobs >/dev/null 2>&1 && break; sleep 0.2; done
+  # Peak RSS of quantd and each worker (VmHWM is a high-water mark: the last sample before a
+  # process exits is its peak) and the coordinator's peak disk use, sampled every 2 s.
+  (
+    declare -A hwm; disk=0; shards=0
+    while kill -0 $qp 2>/dev/null; do
+      for p in $qp $(pgrep -P $qp || true); do
+        v=$(awk '/VmHWM/ {print $2}' /proc/$p/status 2>/dev/null || true)
+        [ -n "$v" ] && hwm[$p]=$v
+      done
+      d=$(du -sk "$dd/var" 2>/dev/null | cut -f1 || echo 0)
+      [ "${d:-0}" -gt "$disk" ] && disk=$d
+      s=$(cat "$dd"/var/jobs/*/results/hessian_* 2>/dev/null | wc -c || echo 0)
+      [ "${s:-0}" -gt "$shards" ] && shards=$s
+      { for p in "${!hwm[@]}"; do echo "$p ${hwm[$p]}"; done; echo "disk $disk"; echo "shards $shards"; } > "$dd/rss.txt"
+      sleep 2
+    done
+  ) &
+  local sp=$!
+  local t0=$SECONDS
+  "$B/quantctl" submit "$model" --calib "$DATA/calib_2048.u16" --eval "$DATA/eval_1024.u16" \
+    --calib-seq-len 512 --method "$method" --bits 4 --name "$name" --wait > "$dd/submit.txt" 2>&1 || true
+  local job_s=$((SECONDS - t0))
+  rm -rf "$dd/fetch" "$dd/fetch_hf"
+  timed "$name.fetch_native" "$B/quantctl" fetch "$name" -o "$dd/fetch" > /dev/null
+  timed "$name.fetch_hf" "$B/quantctl" fetch "$name" -o "$dd/fetch_hf" --format hf > /dev/null
+  kill $qp; wait $qp 2>/dev/null || true
+  wait $sp 2>/dev/null || true
+  python3 - "$dd" "$name" "$qp" "$job_s" <<'PY' | tee "$OUT/$name.json"
+import json, sys
+dd, name, qp, job_s = sys.argv[1:5]
+rss, disk, shards = {}, 0, 0
+for line in open(dd + "/rss.txt"):
+    k, v = line.split()
+    if k == "disk":
+        disk = int(v)
+    elif k == "shards":
+        shards = int(v)
+    else:
+        rss["quantd" if k == qp else "worker_" + k] = round(int(v) / 1024, 1)
+status = open(dd + "/submit.txt").read().strip().splitlines()
+print(json.dumps({"case": name, "job_seconds": int(job_s), "status": status[-1] if status else "",
+                  "peak_rss_mib": rss, "coordinator_peak_disk_mib": round(disk / 1024),
+                  "hessian_shard_bytes_peak": shards}))
+PY
+  rm -rf "$dd"
+}
+
+for c in "${CASES[@]}"; do
+  case $c in
+    forward1b) timed forward1b "$B/quantd-bench" forward --model "$(synth tinyllama-1.1b)" \
+                 --tokens 4096 --context 512 ;;
+    forward7b) timed forward7b "$B/quantd-bench" forward --model "$(synth llama2-7b)" \
+                 --tokens 1024 --context 512 ;;
+    eval7b) tokens "$DATA/eval_1024.u16" 1024 32000
+            timed eval7b "$B/quantctl" eval "$(synth llama2-7b)" --data "$DATA/eval_1024.u16" \
+              --context 512 --json ;;
+    service1b) service service1b tinyllama-1.1b gptq ;;
+    service7b) service service7b llama2-7b rtn ;;
+    *) echo "unknown case $c" >&2; exit 2 ;;
+  esac
+done
