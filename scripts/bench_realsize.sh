@@ -13,8 +13,10 @@
 #              phase's shard bytes and the coordinator's peak disk use.
 #   service7b  the same with rtn 4-bit on the 7B shape (needs ~45 GB per Hessian shard of disk:
 #              see docs/ARCHITECTURE.md "Real-size models")
-# env: BUILD (default build), REALSIZE_DIR (default $HOME/.cache/quantd/realsize),
-#      OUT (default out/bench_realsize), PORT (default 7370)
+# env: EVAL_TOKENS (eval7b's token count, default 1024), BUILD (default build), REALSIZE_DIR (default $HOME/.cache/quantd/realsize),
+#      OUT (default out/bench_realsize), PORT (default 7370), SHARDS (quantd
+#      --max_hessian_shards for the service cases, default 2: each shard is every layer's fp64
+#      Hessian sums, 7.8 GB for the 1.1B shape)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
@@ -62,6 +64,7 @@ service() {  # service CASE SHAPE METHOD
   tokens "$DATA/eval_1024.u16" 1024 32000
   local dd; dd=$(mktemp -d "${TMPDIR:-/tmp}/realsize.XXXXXX")
   "$B/quantd" --data_dir="$dd/var" --local_workers=2 --listen=127.0.0.1:$PORT \
+    --max_hessian_shards="${SHARDS:-2}" \
     --metrics_listen=127.0.0.1:$((PORT + 1)) 2>"$dd/quantd.log" &
   local qp=$!
   export QUANTD_ADDR=127.0.0.1:$PORT
@@ -119,8 +122,9 @@ for c in "${CASES[@]}"; do
                  --tokens 4096 --context 512 ;;
     forward7b) timed forward7b "$B/quantd-bench" forward --model "$(synth llama2-7b)" \
                  --tokens 1024 --context 512 ;;
-    eval7b) tokens "$DATA/eval_1024.u16" 1024 32000
-            timed eval7b "$B/quantctl" eval "$(synth llama2-7b)" --data "$DATA/eval_1024.u16" \
+    eval7b) n=${EVAL_TOKENS:-1024}
+            tokens "$DATA/eval_$n.u16" "$n" 32000
+            timed eval7b "$B/quantctl" eval "$(synth llama2-7b)" --data "$DATA/eval_$n.u16" \
               --context 512 --json ;;
     service1b) service service1b tinyllama-1.1b gptq ;;
     service7b) service service7b llama2-7b rtn ;;

@@ -60,6 +60,10 @@ std::vector<std::string> RepeatedFlag(int argc, char** argv, const std::string& 
 
 }  // namespace
 
+ABSL_FLAG(int, max_hessian_shards, 8,
+          "Hessian tasks per job at most (each returns every layer's fp64 sums: fewer shards "
+          "move fewer bytes and need less coordinator disk; docs/ARCHITECTURE.md)");
+
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd: quantization-as-a-service coordinator");
   std::vector<std::string> input_roots = RepeatedFlag(argc, argv, "input_root");
@@ -70,6 +74,12 @@ int main(int argc, char** argv) {
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.coordinator.data_dir = absl::GetFlag(FLAGS_data_dir);
   o.coordinator.lease_timeout = absl::Seconds(absl::GetFlag(FLAGS_lease_timeout_s));
+  if (absl::GetFlag(FLAGS_max_hessian_shards) < 1) {
+    std::fprintf(stderr, "quantd: --max_hessian_shards must be at least 1, got %d\n",
+                 absl::GetFlag(FLAGS_max_hessian_shards));
+    return 2;
+  }
+  o.coordinator.max_hessian_shards = absl::GetFlag(FLAGS_max_hessian_shards);
   o.local_workers = absl::GetFlag(FLAGS_local_workers);
   o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   o.device = absl::GetFlag(FLAGS_device);

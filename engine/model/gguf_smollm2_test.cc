@@ -11,22 +11,14 @@
 #include "engine/model/config.h"
 #include "engine/model/forward.h"
 #include "engine/tokenizer/tokenizer_hf.h"
+#include "engine/model/test_util.h"
 #include "engine/model/weights.h"
 
 namespace quantd::model {
 namespace {
 
-std::string HfDir() {
-  const char* cache = std::getenv("QUANTD_CACHE");
-  const char* home = std::getenv("HOME");
-  const std::string root = cache != nullptr ? cache
-                           : home != nullptr ? std::string(home) + "/.cache/quantd"
-                                             : "/nonexistent";
-  return root + "/smollm2-135m/hf";
-}
-
 TEST(Smollm2Test, ConvertedModelHasTheExpectedShapeAndSpeaksEnglish) {
-  const std::string dir = HfDir();
+  const std::string dir = testing::Smollm2Dir();
   if (!FileSize(dir + "/config.json").ok()) {
     GTEST_SKIP() << dir << " absent; run scripts/fetch_smollm2.sh to enable this test";
   }

@@ -266,17 +266,8 @@ TEST(StreamedForwardTest, RejectsBadBatchesAndWeights) {
   EXPECT_NE(r.status().message().find("layer 2 down_proj"), absl::string_view::npos) << r.status();
 }
 
-std::string SmolDir() {
-  const char* cache = std::getenv("QUANTD_CACHE");
-  const char* home = std::getenv("HOME");
-  const std::string root = cache != nullptr ? cache
-                           : home != nullptr ? std::string(home) + "/.cache/quantd"
-                                             : "/nonexistent";
-  return root + "/smollm2-135m/hf";
-}
-
 TEST(StreamedForwardTest, Smollm2BatchedLogitsAndHessiansMatchTheReference) {
-  const std::string dir = SmolDir();
+  const std::string dir = testing::Smollm2Dir();
   if (!FileSize(dir + "/config.json").ok()) {
     GTEST_SKIP() << dir << " absent; run scripts/fetch_smollm2.sh to enable this test";
   }

@@ -21,6 +21,17 @@ inline std::string ExamplePath(const std::string& rel) {
   return root + "/examples/" + rel;
 }
 
+// The SmolLM2-135M directory scripts/fetch_smollm2.sh writes:
+// ${QUANTD_CACHE:-$HOME/.cache/quantd}/smollm2-135m/hf (absent in CI: tests skip).
+inline std::string Smollm2Dir() {
+  const char* cache = std::getenv("QUANTD_CACHE");
+  const char* home = std::getenv("HOME");
+  const std::string root = cache != nullptr ? cache
+                           : home != nullptr ? std::string(home) + "/.cache/quantd"
+                                             : "/nonexistent";
+  return root + "/smollm2-135m/hf";
+}
+
 struct Stories260K {
   LlamaConfig cfg;
   LlamaWeights w;
