@@ -248,6 +248,17 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
     current_lease_ = task.lease_id();
     current_job_ = task.job_id();
   }
+  // The lease stays named in heartbeats until the report is sent: checksumming and sending a
+  // large result (a Hessian shard of several GB) can take longer than the lease timeout, and a
+  // lease that expires meanwhile makes the coordinator drop the result and run the task again.
+  struct ReleaseLease {
+    Worker* w;
+    ~ReleaseLease() {
+      MutexLock l(&w->mu_);
+      w->current_lease_.clear();
+      w->current_job_.clear();
+    }
+  } release_lease{this};
   if (InjectedTaskDelay() > absl::ZeroDuration()) absl::SleepFor(InjectedTaskDelay());
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
   absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
@@ -260,11 +271,6 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   } result_dir{r.ok() && !r->data_path.empty()
                    ? std::filesystem::path(r->data_path).parent_path().string()
                    : std::string()};
-  {
-    MutexLock l(&mu_);
-    current_lease_.clear();
-    current_job_.clear();
-  }
   if (cancelled_.load()) {
     Log(options_.name, absl::StrCat("task ", task.task_id(), " of ", task.job_id(), " cancelled"));
     return absl::OkStatus();
