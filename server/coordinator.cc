@@ -699,7 +699,22 @@ absl::Status Coordinator::ReportResult(const quantd::v1::TaskReportHeader& h,
     } else if (h.ok() && kind == quantd::v1::TASK_KIND_QUANTIZE) {
       result_path = JoinPath(JobDir(h.job_id()), QuantizedResult(h.task_id()));
     }
+    if (!result_path.empty()) t.storing = true;
   }
+  // Clears `storing` however this returns; a lease that ran out meanwhile expires at the
+  // engine's next pass.
+  struct StoringDone {
+    Coordinator* c;
+    const quantd::v1::TaskReportHeader& h;
+    ~StoringDone() {
+      MutexLock l(&c->mu_);
+      auto it = c->jobs_.find(h.job_id());
+      if (it != c->jobs_.end() && h.task_id() >= 0 &&
+          h.task_id() < static_cast<int64_t>(it->second.tasks.size())) {
+        it->second.tasks[h.task_id()].storing = false;
+      }
+    }
+  } storing_done{this, h};
   if (h.ok() && !result_path.empty()) {
     uint64_t size = 0;
     std::string digest;
@@ -876,7 +891,7 @@ void Coordinator::EngineStep() {
     for (auto& [id, e] : jobs_) {
       if (Terminal(e.job.state())) continue;
       for (TaskState& t : e.tasks) {
-        if (!t.leased || t.lease_expiry > now) continue;
+        if (!t.leased || t.storing || t.lease_expiry > now) continue;
         // The attempt is stored before the lease ends; if the write fails the lease stays
         // (expired) and the next step tries again.
         Transition tr = BeginLocked(e);

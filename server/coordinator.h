@@ -105,6 +105,9 @@ class Coordinator {
     std::string worker_id;
     std::string worker_name;  // the lease holder's name, for quantd_worker_leases
     absl::Time lease_expiry;
+    // The task's report is being checked and stored (a multi-GB shard's sha256 takes minutes):
+    // its lease does not expire meanwhile.
+    bool storing = false;
     bool admission_logged = false;  // "does not fit" logged once per task
   };
   struct JobEntry {
