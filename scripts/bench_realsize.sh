@@ -64,7 +64,7 @@ service() {  # service CASE SHAPE METHOD
   tokens "$DATA/eval_1024.u16" 1024 32000
   local dd; dd=$(mktemp -d "${TMPDIR:-/tmp}/realsize.XXXXXX")
   "$B/quantd" --data_dir="$dd/var" --local_workers=2 --listen=127.0.0.1:$PORT \
-    --max_hessian_shards="${SHARDS:-2}" \
+    --max_hessian_shards="${SHARDS:-2}" --input_root="$DATA" \
     --metrics_listen=127.0.0.1:$((PORT + 1)) 2>"$dd/quantd.log" &
   local qp=$!
   export QUANTD_ADDR=127.0.0.1:$PORT
