@@ -183,6 +183,31 @@ TEST(ExportFormatsTest, RefusalsNameTheReasonAndTheSupportedFormats) {
   EXPECT_TRUE(ExportFormatsFor({"quip-sharp", 2, 0, false, quant::GridTarget::kDefault}).empty());
 }
 
+// Models the GGUF "llama" architecture cannot express (biases, q/k norms, Gemma's norms, active
+// sliding windows) are refused before any tensor is read, naming the architecture; the
+// issue 23 family fixtures' configs are enough.
+TEST(ExportGgufFamiliesTest, NonLlamaFamiliesAreRefused) {
+  char tmpl[] = "/tmp/quantd_gguf_family_XXXXXX";
+  const std::string tmp = ::mkdtemp(tmpl);
+  const std::string manifest =
+      R"({"name": "f", "version": 1, "spec": {"method": "gptq", "bits": 4, "group_size": 32,
+          "grid": "q4_0"}})";
+  for (const char* family : {"qwen2", "qwen3", "gemma2", "gemma3"}) {
+    const std::string dir = tmp + "/" + family;
+    ASSERT_TRUE(MakeDirs(dir).ok());
+    auto config = ReadFile(SourceDir() + "/engine/model/testdata/families/" + family + "/config.json");
+    ASSERT_TRUE(config.ok()) << config.status();
+    ASSERT_TRUE(WriteFileAtomic(dir + "/config.json", *config).ok());
+    ASSERT_TRUE(WriteFileAtomic(dir + "/manifest.json", manifest).ok());
+    auto s = ExportGguf(dir, dir + "/model.gguf");
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << family << s.status();
+    EXPECT_NE(s.status().message().find("is not written to GGUF yet"), absl::string_view::npos)
+        << s.status();
+    EXPECT_NE(s.status().message().find("ForCausalLM"), absl::string_view::npos) << s.status();
+    EXPECT_NE(::access((dir + "/model.gguf").c_str(), F_OK), 0) << family;
+  }
+}
+
 TEST(ExportFormatsTest, ManifestSpecParsing) {
   auto s = ExportSpecFromManifest(R"({"spec": {"method": "gptq", "bits": 4, "group_size": 32,
                                               "grid": "q4_0"}})");
