@@ -630,14 +630,15 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
     MutexLock l(&mu_);
     if (jobs_.find(job_id) == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
   }
-  if (name.rfind("staging/", 0) == 0) {
-    return JoinPath(registry_.StagingDir(job_id), name.substr(8));
+  if (absl::StartsWith(name, jobfiles::kStagingPrefix)) {
+    return JoinPath(registry_.StagingDir(job_id), name.substr(std::string_view(jobfiles::kStagingPrefix).size()));
   }
-  if (name.rfind("inputs/", 0) == 0 || name.rfind("hessians/", 0) == 0) {
+  if (absl::StartsWith(name, jobfiles::kInputsPrefix) ||
+      absl::StartsWith(name, jobfiles::kHessiansPrefix)) {
     return JoinPath(JobDir(job_id), name);
   }
-  if (absl::StartsWith(name, kQuantizedInputPrefix)) {
-    const std::string tensor = name.substr(sizeof(kQuantizedInputPrefix) - 1);
+  if (absl::StartsWith(name, jobfiles::kQuantizedPrefix)) {
+    const std::string tensor = name.substr(std::string_view(jobfiles::kQuantizedPrefix).size());
     MutexLock l(&mu_);
     auto it = jobs_.find(job_id);
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
@@ -856,8 +857,8 @@ std::string Coordinator::ApplyStepResultLocked(JobEntry& e, int phase, const std
       ++n;
     }
     if (t.row.task.kind() == quantd::v1::TASK_KIND_EVAL && t.row.state == TaskRowState::kDone) {
-      if (t.row.task.eval_target() == "fp") tr.job.set_fp_ppl(r.ppl());
-      if (t.row.task.eval_target() == "quantized") tr.job.set_quant_ppl(r.ppl());
+      if (t.row.task.eval_target() == jobfiles::kEvalTargetFp) tr.job.set_fp_ppl(r.ppl());
+      if (t.row.task.eval_target() == jobfiles::kEvalTargetQuantized) tr.job.set_quant_ppl(r.ppl());
     }
   }
   if (n > 0) tr.job.set_mean_proxy_loss(sum / n);

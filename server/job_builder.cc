@@ -65,7 +65,7 @@ int StagesOf(const std::vector<TaskRow>& tasks) {
 
 absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_dir) {
   InputFingerprints fps;
-  const std::string in_model = JoinPath(job_dir, "inputs/model");
+  const std::string in_model = JoinPath(job_dir, jobfiles::kModelDir);
   std::vector<std::string> names;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(in_model, ec)) {
@@ -79,8 +79,8 @@ absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_di
     absl::StrAppend(&material, n, " ", d, "\n");
   }
   fps.model = Sha256Hex(material);
-  QUANTD_ASSIGN_OR_RETURN(fps.calib, Sha256File(JoinPath(job_dir, "inputs/calib.u32")));
-  const std::string eval = JoinPath(job_dir, "inputs/eval.u32");
+  QUANTD_ASSIGN_OR_RETURN(fps.calib, Sha256File(JoinPath(job_dir, jobfiles::kCalibTokens)));
+  const std::string eval = JoinPath(job_dir, jobfiles::kEvalTokens);
   if (fs::exists(eval)) {
     QUANTD_ASSIGN_OR_RETURN(fps.eval, Sha256File(eval));
   }
@@ -103,16 +103,6 @@ std::string SpecFingerprint(const quantd::v1::QuantSpec& spec) {
                                 quarot, "\n", bytes));
 }
 
-std::string HessianShardResult(int64_t task_id) {
-  return absl::StrCat("results/hessian_", task_id, ".safetensors");
-}
-std::string MergedHessianBlob(int layer, std::string_view group) {
-  return absl::StrCat("hessians/L", layer, ".", std::string(group), ".safetensors");
-}
-std::string QuantizedResult(int64_t task_id) { return absl::StrCat("results/quant_", task_id, ".qpm"); }
-std::string QuantizedInput(std::string_view tensor) {
-  return absl::StrCat(kQuantizedInputPrefix, std::string(tensor));
-}
 
 absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   if (req->request_id().size() > 256) {
@@ -301,10 +291,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   }
 
   // Snapshot inputs.
-  const std::string in_model = JoinPath(job_dir, "inputs/model");
+  const std::string in_model = JoinPath(job_dir, jobfiles::kModelDir);
   QUANTD_RETURN_IF_ERROR(MakeDirs(in_model));
-  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(job_dir, "results")));
-  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(job_dir, "hessians")));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(job_dir, jobfiles::kResultsDir)));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(JoinPath(job_dir, jobfiles::kHessiansDir)));
   std::vector<std::string> model_files;
   for (const auto& e : fs::directory_iterator(model_dir)) {
     if (!e.is_regular_file()) continue;
@@ -325,9 +315,9 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   }
   calib.resize(static_cast<size_t>(nseq * seq_len));
   std::string calib_bytes = TokensToU32(calib);
-  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, "inputs/calib.u32"), calib_bytes));
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, jobfiles::kCalibTokens), calib_bytes));
   if (!eval.empty()) {
-    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, "inputs/eval.u32"), TokensToU32(eval)));
+    QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, jobfiles::kEvalTokens), TokensToU32(eval)));
   }
 
   JobRow row;
@@ -353,7 +343,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   job.set_spec_fingerprint(SpecFingerprint(job.spec()));
 
   auto model_inputs = [&](quantd::v1::Task* t) {
-    for (const std::string& n : model_files) t->add_inputs()->set_name("inputs/model/" + n);
+    for (const std::string& n : model_files) t->add_inputs()->set_name(jobfiles::ModelFile(n));
   };
   int64_t next_id = 0;
   // A task row with its identity filled in; the caller adds kind-specific fields and pushes it.
@@ -375,7 +365,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       // sequential: it captures layer `stage` through the quantized layers before it.
       if (req.spec().method() == "quarot" || sequential) *t.task.mutable_spec() = req.spec();
       model_inputs(&t.task);
-      t.task.add_inputs()->set_name("inputs/calib.u32");
+      t.task.add_inputs()->set_name(std::string(jobfiles::kCalibTokens));
       if (sequential) {
         t.task.set_layer(stage);
         for (int l = 0; l < stage; ++l) {
@@ -392,8 +382,8 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     if (stage == 0 && !eval.empty()) {
       TaskRow t = new_task(HessianPhase(0), quantd::v1::TASK_KIND_EVAL);
       model_inputs(&t.task);
-      t.task.add_inputs()->set_name("inputs/eval.u32");
-      t.task.set_eval_target("fp");
+      t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
+      t.task.set_eval_target(std::string(jobfiles::kEvalTargetFp));
       t.task.set_eval_context(req.eval_context());
       row.tasks.push_back(std::move(t));
     }
@@ -415,10 +405,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   }
   if (!eval.empty()) {
     TaskRow t = new_task(EvaluatePhase(stages), quantd::v1::TASK_KIND_EVAL);
-    t.task.add_inputs()->set_name("staging/config.json");
-    t.task.add_inputs()->set_name("staging/model.safetensors");
-    t.task.add_inputs()->set_name("inputs/eval.u32");
-    t.task.set_eval_target("quantized");
+    t.task.add_inputs()->set_name(std::string(jobfiles::kStagedConfig));
+    t.task.add_inputs()->set_name(std::string(jobfiles::kStagedModel));
+    t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
+    t.task.set_eval_target(std::string(jobfiles::kEvalTargetQuantized));
     t.task.set_eval_context(req.eval_context());
     row.tasks.push_back(std::move(t));
   }

@@ -13,6 +13,7 @@
 #include "server/input_roots.h"
 #include "server/job_store.h"
 #include "engine/model/config.h"
+#include "engine/spec/job_files.h"
 
 namespace quantd::server {
 
@@ -66,14 +67,11 @@ std::string SpecFingerprint(const quantd::v1::QuantSpec& spec);
 // Deliberately generous (about 1.5x of what the worker allocates).
 uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& task);
 
-// Blob names used between coordinator and workers (relative to the job's blob space).
-std::string HessianShardResult(int64_t task_id);       // results/hessian_<id>.safetensors
-std::string MergedHessianBlob(int layer, std::string_view group);  // hessians/L<l>.<g>.safetensors
-std::string QuantizedResult(int64_t task_id);          // results/quant_<id>.qpm
-// What a sequential job's Hessian task names the finished quantized matrix `tensor` by
-// ("quantized/<tensor>"); the coordinator resolves it to that matrix's QuantizedResult.
-std::string QuantizedInput(std::string_view tensor);
-inline constexpr char kQuantizedInputPrefix[] = "quantized/";  // worker: executor.cc
+// Blob names used between coordinator and workers: engine/spec/job_files.h.
+using jobfiles::HessianShardResult;
+using jobfiles::MergedHessianBlob;
+using jobfiles::QuantizedInput;
+using jobfiles::QuantizedResult;
 
 }  // namespace quantd::server
 

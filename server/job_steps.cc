@@ -101,7 +101,7 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
   const std::string staging = registry_.StagingDir(job.id());
   RemoveAll(staging).IgnoreError();
   QUANTD_RETURN_IF_ERROR(MakeDirs(staging));
-  const std::string src_dir = JoinPath(JobDir(job.id()), "inputs/model");
+  const std::string src_dir = JoinPath(JobDir(job.id()), jobfiles::kModelDir);
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(src_dir));
   // Weight name -> the quantize task's packed result file.
   std::map<std::string, std::string> packed_files;

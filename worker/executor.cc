@@ -23,6 +23,7 @@
 #include "engine/tokenizer/tokens.h"
 #include "engine/model/weights.h"
 #include "engine/quant/quantize.h"
+#include "engine/spec/job_files.h"
 #include "engine/spec/quant_spec.h"
 
 namespace quantd::runner {
@@ -30,16 +31,16 @@ namespace {
 
 using quantd::v1::Task;
 
-// Directory holding the resolved model inputs ("inputs/model/...").
+// Directory holding the resolved inputs under `prefix` (jobfiles::kModelPrefix, kStagingPrefix).
 absl::StatusOr<std::string> ModelDir(const Task& task, const BlobResolver& blobs,
-                                     const std::string& prefix) {
+                                     std::string_view prefix) {
   std::string dir;
   for (const auto& in : task.inputs()) {
     if (in.name().rfind(prefix, 0) != 0) continue;
     QUANTD_ASSIGN_OR_RETURN(std::string p, blobs(in.name()));
     dir = std::filesystem::path(p).parent_path().string();
   }
-  if (dir.empty()) return absl::InvalidArgumentError(absl::StrCat("task has no ", prefix, " inputs"));
+  if (dir.empty()) return absl::InvalidArgumentError(absl::StrCat("task has no ", std::string(prefix), " inputs"));
   return dir;
 }
 
@@ -76,7 +77,7 @@ class QuantizedPrefixSource : public model::WeightSource {
   QuantizedPrefixSource(model::WeightSource& base, int layer) : base_(base), layer_(layer) {}
 
   absl::Status Init(const Task& task, const BlobResolver& blobs) {
-    constexpr std::string_view kPrefix = "quantized/";  // server: kQuantizedInputPrefix
+    constexpr std::string_view kPrefix = jobfiles::kQuantizedPrefix;
     std::map<std::string, std::pair<int, model::Linear>> want;
     for (int l = 0; l < layer_; ++l) {
       for (model::Linear lin : model::kAllLinears) want[model::LinearTensorName(l, lin)] = {l, lin};
@@ -143,7 +144,7 @@ class QuantizedPrefixSource : public model::WeightSource {
 // worker holds one layer's weights and one layer's accumulators at a time.
 absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blobs,
                                       const std::atomic<bool>& cancelled) {
-  QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
+  QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
   std::unique_ptr<model::WeightSource> fp;
@@ -157,7 +158,7 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   } else {
     fp = std::make_unique<model::CheckpointWeightSource>(cfg, *ckpt);
   }
-  QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, "inputs/calib"));
+  QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, jobfiles::kCalibPrefix));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));
   const int64_t begin = task.token_begin(), end = task.token_end(), len = task.seq_len();
   if (begin < 0 || end > static_cast<int64_t>(tokens.size()) || begin >= end || len <= 0 ||
@@ -219,7 +220,7 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
 
 absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blobs,
                                        quant::Device& device) {
-  QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, "inputs/model/"));
+  QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
   QUANTD_ASSIGN_OR_RETURN(MatrixF w, ckpt->ReadMatrix(task.tensor_name()));
   if (task.spec().method() == "quarot") {
@@ -249,7 +250,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
     }
     QUANTD_ASSIGN_OR_RETURN(w, model::QuarotLinear(cfg, lin, w, norm, task.spec().seed()));
   }
-  QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, "hessians/"));
+  QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, jobfiles::kHessiansPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto hfile, model::SafetensorsFile::Open(hpath));
   QUANTD_ASSIGN_OR_RETURN(model::TensorView sum, hfile->Get("sum"));
   QUANTD_ASSIGN_OR_RETURN(model::TensorView tok, hfile->Get("tokens"));
@@ -282,16 +283,16 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
 // every window batched into layer-streamed passes.
 absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) {
   std::string dir;
-  if (task.eval_target() == "fp") {
-    QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, "inputs/model/"));
-  } else if (task.eval_target() == "quantized") {
-    QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, "staging/"));
+  if (task.eval_target() == jobfiles::kEvalTargetFp) {
+    QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
+  } else if (task.eval_target() == jobfiles::kEvalTargetQuantized) {
+    QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, jobfiles::kStagingPrefix));
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown eval target '", task.eval_target(), "'"));
   }
   model::LlamaConfig cfg;
   QUANTD_ASSIGN_OR_RETURN(auto src, artifact::OpenArtifactSource(dir, &cfg));
-  QUANTD_ASSIGN_OR_RETURN(std::string eval_path, InputPath(task, blobs, "inputs/eval"));
+  QUANTD_ASSIGN_OR_RETURN(std::string eval_path, InputPath(task, blobs, jobfiles::kEvalPrefix));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(eval_path));
   model::PerplexityOptions opts;
   opts.context = task.eval_context() > 0 ? task.eval_context() : 512;
