@@ -201,14 +201,13 @@ int RunMethods(const Flags& flags) {
     spec.bits = bits;
     spec.trellis_l = static_cast<int>(*trellis_l);
     spec.damp = config_damp > 0 ? config_damp : *damp;
-    if (spec.method == quant::Method::kRtn || spec.method == quant::Method::kGptq ||
-        spec.method == quant::Method::kQuarot) {
+    const quant::MethodTraits& traits = quant::TraitsOf(spec.method);
+    if (traits.scalar_grid) {
       spec.group_size = config_group > 0 ? config_group : static_cast<int>(*group_size);
       spec.mse_clip = *mse_clip != 0 || config_mse;
     }
     // With groups, act order uses static groups (quant/quantize.h).
-    spec.act_order = (*act_order != 0 || config_act) &&
-                     (spec.method == quant::Method::kGptq || spec.method == quant::Method::kQuarot);
+    spec.act_order = (*act_order != 0 || config_act) && traits.act_order;
     if (*grid != quant::GridTarget::kDefault) {
       const quant::GridShape shape = quant::GridShapeOf(*grid);
       spec.grid = *grid;
@@ -221,7 +220,7 @@ int RunMethods(const Flags& flags) {
     }
     // quarot quantizes the rotated model (fused norms, untied head, online Hadamards) with
     // Hessians captured through it, as the service's quarot job does (job_steps.cc).
-    const bool rotate = spec.method == quant::Method::kQuarot;
+    const bool rotate = traits.transforms_model;
     double hessian_secs = 0;
     t0 = std::chrono::steady_clock::now();
     if (rotate && !rotated) {
@@ -283,7 +282,7 @@ int RunMethods(const Flags& flags) {
         packed[i] = std::move(q->packed);
         proxy[i] = q->proxy_loss;
         // quarot stores gptq matrices by design; only a rotated method can fall back to gptq.
-        guarded[i] = spec.method != quant::Method::kQuarot && q->stored_method != spec.method;
+        guarded[i] = traits.baseline_guard && q->stored_method != spec.method;
       }
     };
     double qsecs = 0;
@@ -333,7 +332,7 @@ int RunMethods(const Flags& flags) {
                           {"guard_kept_gptq", nguard}};
     if (hessian_secs > 0) out["hessian_seconds"] = hessian_secs;
     if (*sequential) out["sequential"] = true;
-    if (spec.method == quant::Method::kQtip) out["trellis_l"] = spec.trellis_l;
+    if (traits.trellis) out["trellis_l"] = spec.trellis_l;
     if (spec.group_size > 0) out["group_size"] = spec.group_size;
     if (spec.mse_clip) out["mse_clip"] = true;
     if (spec.act_order) out["act_order"] = true;

@@ -98,7 +98,7 @@ std::string SpecFingerprint(const quantd::v1::QuantSpec& spec) {
   // The packed format version and quantd's version stand for "the code that interprets it";
   // quarot's model transform has its own version.
   const std::string quarot =
-      spec.method() == "quarot" ? absl::StrCat(" quarot v", model::kQuarotVersion) : "";
+      runner::MethodOf(spec).transforms_model ? absl::StrCat(" quarot v", model::kQuarotVersion) : "";
   return Sha256Hex(absl::StrCat("quantd ", QUANTD_VERSION, " packed v", quant::kPackedVersion,
                                 quarot, "\n", bytes));
 }
@@ -114,7 +114,7 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
         "': use 1-128 characters [A-Za-z0-9._-], starting with a letter or digit"));
   }
   QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, runner::QuantSpecFromProto(req->spec()));
-  if (req->spec().sequential() && spec.method == quant::Method::kRtn) {
+  if (req->spec().sequential() && !quant::TraitsOf(spec.method).uses_hessian) {
     return absl::InvalidArgumentError(
         "sequential is not supported by rtn: it uses no Hessians, so there is nothing to capture "
         "through the quantized layers");
@@ -125,7 +125,7 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   req->mutable_spec()->set_group_size(spec.group_size);
   req->mutable_spec()->set_grid(std::string(quant::GridTargetName(spec.grid)));
   req->mutable_spec()->set_greedy_passes(spec.greedy_passes);
-  if (spec.method == quant::Method::kQtip) {
+  if (quant::TraitsOf(spec.method).trellis) {
     req->mutable_spec()->set_trellis_code(std::string(quant::TrellisCodeName(spec.trellis_code)));
     req->mutable_spec()->set_trellis_l(spec.trellis_l);
   }
@@ -265,7 +265,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     QUANTD_ASSIGN_OR_RETURN(eval_path, roots.Resolve(req.eval_path(), "evaluation file"));
   }
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(model_dir));
-  if (req.spec().method() == "quarot") QUANTD_RETURN_IF_ERROR(model::QuarotSupported(cfg));
+  if (runner::MethodOf(req.spec()).transforms_model) QUANTD_RETURN_IF_ERROR(model::QuarotSupported(cfg));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
   // Shape check of every tensor we will read, without loading the weights.
   QUANTD_RETURN_IF_ERROR(CheckShapes(*ckpt, cfg));
@@ -363,7 +363,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       TaskRow t = new_task(HessianPhase(stage), quantd::v1::TASK_KIND_HESSIAN);
       // quarot: the worker rotates the model before capturing (the spec carries the seed);
       // sequential: it captures layer `stage` through the quantized layers before it.
-      if (req.spec().method() == "quarot" || sequential) *t.task.mutable_spec() = req.spec();
+      if (runner::MethodOf(req.spec()).transforms_model || sequential) *t.task.mutable_spec() = req.spec();
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(std::string(jobfiles::kCalibTokens));
       if (sequential) {
@@ -436,7 +436,7 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       // QuaRot rotates the whole model in memory first.
       const uint64_t rows = std::max<int64_t>(task.token_end() - task.token_begin(), 1);
       const uint64_t hess = 8 * (2 * d * d + q * q + ff * ff) + 8 * ff * ff + 8 * rows * ff;
-      const uint64_t weights = task.spec().method() == "quarot" ? 4 * params : layer;
+      const uint64_t weights = runner::MethodOf(task.spec()).transforms_model ? 4 * params : layer;
       bytes = weights + hess + per_token * rows;
       break;
     }

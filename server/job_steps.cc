@@ -20,6 +20,7 @@
 #include "engine/model/weights.h"
 #include "engine/format/safetensors.h"
 #include "engine/quant/quantize.h"
+#include "engine/spec/quant_spec.h"
 
 namespace quantd::server {
 namespace fs = std::filesystem;
@@ -109,7 +110,7 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
     if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
     packed_files[t.task.tensor_name()] = JoinPath(JobDir(job.id()), QuantizedResult(t.task_id));
   }
-  const bool quarot = job.spec().method() == "quarot";
+  const bool quarot = runner::MethodOf(job.spec()).transforms_model;
   if (quarot) {
     // The rotated, norm-fused, untied fp model around the packed (rotated-basis) matrices,
     // plus the online down_proj rotation (docs/formats/artifact.md). Not streamed yet: the
@@ -185,7 +186,7 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
     if (grid.ok()) es.grid = *grid;
     m["export_formats"] = artifact::ExportFormatsFor(es);
   }
-  if (job.spec().method() == "qtip") {
+  if (runner::MethodOf(job.spec()).trellis) {
     m["spec"]["trellis_code"] = job.spec().trellis_code();
     m["spec"]["trellis_l"] = job.spec().trellis_l();
   }

@@ -151,7 +151,7 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   model::LlamaWeights rotated;
   // QuaRot quantizes the rotated model: capture the Hessians of its linears' real inputs. The
   // rotation is applied to the whole model in memory (not yet streamed).
-  if (task.spec().method() == "quarot") {
+  if (runner::MethodOf(task.spec()).transforms_model) {
     QUANTD_ASSIGN_OR_RETURN(rotated, model::LoadLlamaWeights(*ckpt, cfg));
     QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &rotated, task.spec().seed()));
     fp = std::make_unique<model::MemoryWeightSource>(cfg, rotated);
@@ -223,7 +223,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
   QUANTD_ASSIGN_OR_RETURN(MatrixF w, ckpt->ReadMatrix(task.tensor_name()));
-  if (task.spec().method() == "quarot") {
+  if (runner::MethodOf(task.spec()).transforms_model) {
     // The same transform the Hessian tasks and the assembly apply, for this one matrix.
     QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
     model::Linear lin = model::Linear::kQ;

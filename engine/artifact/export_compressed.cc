@@ -81,8 +81,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
     const int bits = c->bits, m = c->m, n = c->n;
     const int groups = quant::NumGroups(n, c->group_size);
     const int gs = groups == 1 ? n : c->group_size;
-    if ((c->method != static_cast<uint8_t>(quant::Method::kRtn) &&
-         c->method != static_cast<uint8_t>(quant::Method::kGptq)) ||
+    if (!quant::TraitsOf(static_cast<quant::Method>(c->method)).engine_exportable ||
         (bits != 4 && bits != 8) || c->grids.size() != static_cast<size_t>(m) * groups) {
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor ", name, " (", std::string(quant::MethodName(static_cast<quant::Method>(c->method))),

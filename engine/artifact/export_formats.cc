@@ -4,12 +4,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "engine/quant/method_table.h"
 #include "nlohmann/json.hpp"
 
 namespace quantd::artifact {
 namespace {
 
-bool ScalarMethod(const ExportSpec& s) { return s.method == "rtn" || s.method == "gptq"; }
+bool ScalarMethod(const ExportSpec& s) {
+  auto t = quant::FindMethod(s.method);
+  return t.ok() && (*t)->engine_exportable;
+}
 
 // Grids whose zero point is fractional (ŵ = d·q + m): only GGUF's _1 types hold them.
 bool MinOffsetGrid(const ExportSpec& s) {
@@ -23,7 +27,7 @@ bool SymmetricGrid(const ExportSpec& s) {
 // Empty when exportable, else the reason.
 std::string WhyNot(const ExportSpec& s, ExportFormat f) {
   if (!ScalarMethod(s)) {
-    if (s.method == "quarot") {
+    if (auto t = quant::FindMethod(s.method); t.ok() && (*t)->transforms_model) {
       return "quarot rotates activations online (Hadamards inside the network), which no engine "
              "format expresses";
     }

@@ -68,8 +68,7 @@ absl::StatusOr<std::string> EncodeBlocks(const quant::PackedContents& c, GgmlTyp
         "tensor ", name, " does not fit GGUF ", std::string(model::GgmlTypeName(static_cast<uint32_t>(t))), ": ",
         why));
   };
-  if (c.method != static_cast<uint8_t>(quant::Method::kRtn) &&
-      c.method != static_cast<uint8_t>(quant::Method::kGptq)) {
+  if (!quant::TraitsOf(static_cast<quant::Method>(c.method)).engine_exportable) {
     return misfit(absl::StrCat("it was stored by method ",
                                std::string(quant::MethodName(static_cast<quant::Method>(c.method)))));
   }

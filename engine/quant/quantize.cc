@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "engine/quant/block_ldlq.h"
@@ -270,30 +271,11 @@ absl::Status QuantizeButterfly(Device& dev, const QuantSpec& spec, const MatrixD
 }  // namespace
 
 absl::StatusOr<Method> ParseMethod(std::string_view name) {
-  if (name == "rtn") return Method::kRtn;
-  if (name == "gptq") return Method::kGptq;
-  if (name == "quip") return Method::kQuip;
-  if (name == "quip-sharp") return Method::kQuipSharp;
-  if (name == "qtip") return Method::kQtip;
-  if (name == "quarot") return Method::kQuarot;
-  if (name == "butterfly") return Method::kButterfly;
-  return absl::InvalidArgumentError(absl::StrCat("unknown method \"", std::string(name),
-                                                 "\" (want rtn, gptq, quip, quip-sharp, qtip, "
-                                                 "quarot or butterfly)"));
+  QUANTD_ASSIGN_OR_RETURN(const MethodTraits* t, FindMethod(name));
+  return t->method;
 }
 
-std::string_view MethodName(Method m) {
-  switch (m) {
-    case Method::kRtn: return "rtn";
-    case Method::kGptq: return "gptq";
-    case Method::kQuip: return "quip";
-    case Method::kQuipSharp: return "quip-sharp";
-    case Method::kQtip: return "qtip";
-    case Method::kQuarot: return "quarot";
-    case Method::kButterfly: return "butterfly";
-  }
-  return "unknown";
-}
+std::string_view MethodName(Method m) { return TraitsOf(m).name; }
 
 RtnParams RtnParamsFor(const QuantSpec& spec) {
   const GridShape shape = GridShapeOf(spec.grid);
@@ -307,18 +289,19 @@ RtnParams RtnParamsFor(const QuantSpec& spec) {
 }
 
 absl::Status ValidateSpec(const QuantSpec& s) {
-  const int mv = static_cast<int>(s.method);
-  if (mv < 1 || mv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown method ", mv));
-  const std::string_view name = MethodName(s.method);
-  const bool eight_bits = s.method == Method::kRtn || s.method == Method::kGptq;
+  const MethodTraits& t = TraitsOf(s.method);
+  if (t.bits_mask == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown method ", static_cast<int>(s.method)));
+  }
+  const std::string name(t.name);
   if (s.grid != GridTarget::kDefault) {
     const int gv = static_cast<int>(s.grid);
     if (gv < 1 || gv > 7) return absl::InvalidArgumentError(absl::StrCat("unknown grid ", gv));
     const std::string grid(GridTargetName(s.grid));
     const GridShape shape = GridShapeOf(s.grid);
-    if (!eight_bits) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "grid ", grid, " applies to rtn and gptq only, not ", std::string(name)));
+    if (!t.export_grid) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("grid ", grid, " applies to rtn and gptq only, not ", name));
     }
     if (shape.bits != 0 && s.bits != shape.bits) {
       return absl::InvalidArgumentError(
@@ -341,38 +324,37 @@ absl::Status ValidateSpec(const QuantSpec& s) {
       }());
     }
   }
-  // quarot quantizes its rotated weights with gptq's grids, so it takes their options.
-  const bool scalar_grid = eight_bits || s.method == Method::kQuarot;
-  const bool bits_ok = eight_bits ? (s.bits == 2 || s.bits == 3 || s.bits == 4 || s.bits == 8)
-                                  : (s.bits >= 2 && s.bits <= 4);
-  if (!bits_ok) {
-    return absl::InvalidArgumentError(absl::StrCat("bits = ", s.bits, " is not supported by ", std::string(name),
-                                                   eight_bits ? " (2, 3, 4, 8)" : " (2, 3, 4)"));
+  if (!BitsAllowed(t, s.bits)) {
+    std::vector<std::string> widths;
+    for (int b = 0; b < 32; ++b) {
+      if (BitsAllowed(t, b)) widths.push_back(absl::StrCat(b));
+    }
+    return absl::InvalidArgumentError(absl::StrCat("bits = ", s.bits, " is not supported by ", name,
+                                                   " (", absl::StrJoin(widths, ", "), ")"));
   }
-  if (s.group_size < 0 || (s.group_size > 0 && !scalar_grid)) {
+  if (s.group_size < 0 || (s.group_size > 0 && !t.scalar_grid)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("group_size = ", s.group_size, " is invalid for ", std::string(name)));
+        absl::StrCat("group_size = ", s.group_size, " is invalid for ", name));
   }
-  if (s.mse_clip && !scalar_grid) {
-    return absl::InvalidArgumentError(absl::StrCat("mse_clip is not supported by ", std::string(name)));
+  if (s.mse_clip && !t.scalar_grid) {
+    return absl::InvalidArgumentError(absl::StrCat("mse_clip is not supported by ", name));
   }
-  if (s.act_order && !(s.method == Method::kGptq || s.method == Method::kQuarot)) {
+  if (s.act_order && !t.act_order) {
     return absl::InvalidArgumentError(
-        absl::StrCat("act_order is supported by gptq and quarot, not by ", std::string(name)));
+        absl::StrCat("act_order is supported by gptq and quarot, not by ", name));
   }
-  if (s.greedy_passes < 0 || s.greedy_passes > 100 ||
-      (s.greedy_passes > 0 && s.method != Method::kQuipSharp)) {
+  if (s.greedy_passes < 0 || s.greedy_passes > 100 || (s.greedy_passes > 0 && !t.greedy_passes)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("greedy_passes = ", s.greedy_passes, " is invalid for ", std::string(name)));
+        absl::StrCat("greedy_passes = ", s.greedy_passes, " is invalid for ", name));
   }
   if (!std::isfinite(s.codebook_scale) || s.codebook_scale < 0 ||
-      (s.codebook_scale != 0 && s.method != Method::kQuipSharp && s.method != Method::kQtip)) {
+      (s.codebook_scale != 0 && !t.codebook_scale)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("codebook_scale = ", s.codebook_scale, " is invalid for ", std::string(name)));
+        absl::StrCat("codebook_scale = ", s.codebook_scale, " is invalid for ", name));
   }
-  if (s.method == Method::kQtip) {
-    TrellisConfig t{s.trellis_code, s.trellis_l, s.bits, s.trellis_code == TrellisCode::kHyb ? 2 : 1};
-    QUANTD_RETURN_IF_ERROR(ValidateTrellisConfig(t));
+  if (t.trellis) {
+    TrellisConfig tc{s.trellis_code, s.trellis_l, s.bits, s.trellis_code == TrellisCode::kHyb ? 2 : 1};
+    QUANTD_RETURN_IF_ERROR(ValidateTrellisConfig(tc));
   }
   if (!(s.damp > 0 && s.damp <= 10)) {
     return absl::InvalidArgumentError(absl::StrCat("damp = ", s.damp, " must be in (0, 10]"));

@@ -15,19 +15,13 @@
 #include "common/matrix.h"
 #include "engine/quant/device.h"
 #include "engine/quant/grid_target.h"
+#include "engine/quant/method_table.h"
 #include "engine/quant/trellis.h"
 
 namespace quantd::quant {
 
-// kQuarot is a model-level method (engine/model/quarot.h): the job rotates the model and each
-// matrix, already in the rotated basis, is quantized with GPTQ (stored as a gptq packed matrix).
-// kButterfly: RHT on the output side, RHT then a learned butterfly (butterfly.h) on the input
-// side, QuIP scalar grid, LDLQ.
-enum class Method : uint8_t {
-  kRtn = 1, kGptq = 2, kQuip = 3, kQuipSharp = 4, kQtip = 5, kQuarot = 6, kButterfly = 7
-};
-
-// "rtn", "gptq", "quip", "quip-sharp", "qtip", "quarot", "butterfly"; INVALID_ARGUMENT otherwise.
+// Method and what each one is: method_table.h.
+// A name of the method table; INVALID_ARGUMENT listing the names otherwise.
 absl::StatusOr<Method> ParseMethod(std::string_view name);
 std::string_view MethodName(Method m);
 

@@ -20,6 +20,10 @@ inline constexpr int kDefaultGreedyPasses = 3;
 // matrix's seed from it. INVALID_ARGUMENT for an unknown method or a spec ValidateSpec rejects.
 absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec& p);
 
+// The method table's row for the wire spec's method (quant/method_table.h); the "unknown" row,
+// which allows nothing, for a name that is not a method (specs are validated at submit).
+const quant::MethodTraits& MethodOf(const quantd::v1::QuantSpec& p);
+
 }  // namespace quantd::runner
 
 #endif  // QUANTD_ENGINE_SPEC_QUANT_SPEC_H_
