@@ -4,10 +4,13 @@
 #ifndef QUANTD_BENCH_BENCH_H_
 #define QUANTD_BENCH_BENCH_H_
 
+#include <chrono>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "engine/quant/device.h"
 
 namespace quantd::bench {
 
@@ -25,6 +28,14 @@ class Flags {
  private:
   std::map<std::string, std::string> values_;
 };
+
+// The Device `--device` names (cpu, auto, cuda:N; default cpu); nullptr after printing the
+// reason to stderr.
+std::unique_ptr<quant::Device> DeviceFromFlags(const Flags& flags);
+
+inline double Seconds(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
 
 // quantd-bench codebook --codebook {scalar2,e8p,rvq3,rvq4} --samples N [--scale S]
 int RunCodebook(const Flags& flags);

@@ -13,27 +13,14 @@
 #include "engine/quant/synthetic.h"
 
 namespace quantd::bench {
-namespace {
-
-double Seconds(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
-
 int RunHessian(const Flags& flags) {
   absl::StatusOr<long long> n = flags.GetInt("n", 4096), tokens = flags.GetInt("tokens", 8192);
   if (!n.ok() || !tokens.ok() || *n <= 0 || *tokens <= 0) {
     std::fprintf(stderr, "bad --n or --tokens\n");
     return 2;
   }
-  const std::string device = flags.Get("device", "cpu");
-  absl::StatusOr<std::unique_ptr<quant::Device>> made = device::MakeDevice(device);
-  if (!made.ok()) {
-    std::fprintf(stderr, "--device %s: %s\n", device.c_str(), made.status().ToString().c_str());
-    return 2;
-  }
-  std::unique_ptr<quant::Device> dev = *std::move(made);
+  std::unique_ptr<quant::Device> dev = DeviceFromFlags(flags);
+  if (dev == nullptr) return 2;
   {  // warm-up: context, handles and first-call costs stay out of the timings
     MatrixF wx = MatrixF::Ones(64, 64);
     MatrixD wh = MatrixD::Zero(64, 64);
@@ -64,7 +51,7 @@ int RunHessian(const Flags& flags) {
   out["tflops"] = gflops / 1e3;
   if (!dev->host_memory()) {
     for (bool fp64 : {true, false}) {
-      absl::StatusOr<double> peak = device::MeasureGemmPeakTflops(device, 8192, fp64);
+      absl::StatusOr<double> peak = device::MeasureGemmPeakTflops(flags.Get("device", "cpu"), 8192, fp64);
       if (!peak.ok()) {
         std::fprintf(stderr, "%s\n", peak.status().ToString().c_str());
         return 1;

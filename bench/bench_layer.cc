@@ -24,13 +24,8 @@ int RunLayer(const Flags& flags) {
   spec.method = *method;
   spec.bits = static_cast<int>(*bits);
   spec.greedy_passes = static_cast<int>(*greedy);
-  const std::string device = flags.Get("device", "cpu");
-  absl::StatusOr<std::unique_ptr<quant::Device>> made = device::MakeDevice(device);
-  if (!made.ok()) {
-    std::fprintf(stderr, "--device %s: %s\n", device.c_str(), made.status().ToString().c_str());
-    return 2;
-  }
-  std::unique_ptr<quant::Device> dev = *std::move(made);
+  std::unique_ptr<quant::Device> dev = DeviceFromFlags(flags);
+  if (dev == nullptr) return 2;
   MatrixF w = quant::SyntheticWeight(static_cast<int>(*m), static_cast<int>(*n), 1);
   MatrixD h = quant::SyntheticHessian(static_cast<int>(*n), 2);
   auto t0 = std::chrono::steady_clock::now();

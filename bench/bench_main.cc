@@ -5,6 +5,7 @@
 
 #include "absl/strings/numbers.h"
 #include "bench/bench.h"
+#include "engine/device/device_registry.h"
 
 namespace quantd::bench {
 
@@ -43,6 +44,16 @@ absl::StatusOr<double> Flags::GetDouble(const std::string& key, double def) cons
     return absl::InvalidArgumentError("--" + key + " must be a number, got " + it->second);
   }
   return v;
+}
+
+std::unique_ptr<quant::Device> DeviceFromFlags(const Flags& flags) {
+  const std::string device = flags.Get("device", "cpu");
+  absl::StatusOr<std::unique_ptr<quant::Device>> made = device::MakeDevice(device);
+  if (!made.ok()) {
+    std::fprintf(stderr, "--device %s: %s\n", device.c_str(), made.status().ToString().c_str());
+    return nullptr;
+  }
+  return *std::move(made);
 }
 
 }  // namespace quantd::bench

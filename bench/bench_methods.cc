@@ -40,10 +40,6 @@
 namespace quantd::bench {
 namespace {
 
-double Seconds(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 absl::StatusOr<std::vector<int32_t>> LoadTokens(const std::string& path, const std::string& model_dir) {
   if (path.size() > 4 && path.compare(path.size() - 4, 4, ".txt") == 0) {
     auto tok = model::LoadTokenizerForModel(model_dir);

@@ -48,22 +48,25 @@ QuantdClient::QuantdClient(std::shared_ptr<grpc::Channel> channel, const ClientO
       jobs_(v1::QuantService::NewStub(channel_)),
       registry_(v1::RegistryService::NewStub(channel_)) {}
 
-absl::StatusOr<v1::SubmitJobResponse> QuantdClient::Submit(const v1::SubmitJobRequest& req) {
+template <typename Stub, typename Req, typename Resp>
+absl::StatusOr<Resp> QuantdClient::Unary(
+    Stub& stub, grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Req&, Resp*),
+    const Req& req) {
   grpc::ClientContext ctx;
   ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
-  v1::SubmitJobResponse resp;
-  QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->SubmitJob(&ctx, req, &resp)));
+  Resp resp;
+  QUANTD_RETURN_IF_ERROR(FromGrpc((stub.*rpc)(&ctx, req, &resp)));
   return resp;
 }
 
+absl::StatusOr<v1::SubmitJobResponse> QuantdClient::Submit(const v1::SubmitJobRequest& req) {
+  return Unary(*jobs_, &v1::QuantService::Stub::SubmitJob, req);
+}
+
 absl::StatusOr<v1::Job> QuantdClient::GetJob(const std::string& id) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::GetJobRequest req;
   req.set_id(id);
-  v1::Job job;
-  QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->GetJob(&ctx, req, &job)));
-  return job;
+  return Unary(*jobs_, &v1::QuantService::Stub::GetJob, req);
 }
 
 absl::StatusOr<std::vector<v1::Job>> QuantdClient::ListJobs() {
@@ -71,13 +74,11 @@ absl::StatusOr<std::vector<v1::Job>> QuantdClient::ListJobs() {
   std::string token;
   for (int page = 0;; ++page) {
     if (page > 100000) return absl::InternalError("ListJobs: server keeps returning page tokens");
-    grpc::ClientContext ctx;
-    ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
     v1::ListJobsRequest req;
     req.set_page_size(500);
     req.set_page_token(token);
-    v1::ListJobsResponse resp;
-    QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->ListJobs(&ctx, req, &resp)));
+    QUANTD_ASSIGN_OR_RETURN(v1::ListJobsResponse resp,
+                            Unary(*jobs_, &v1::QuantService::Stub::ListJobs, req));
     for (v1::Job& j : *resp.mutable_jobs()) all.push_back(std::move(j));
     if (resp.next_page_token().empty()) break;
     if (resp.next_page_token() == token) {
@@ -89,13 +90,9 @@ absl::StatusOr<std::vector<v1::Job>> QuantdClient::ListJobs() {
 }
 
 absl::StatusOr<v1::Job> QuantdClient::Cancel(const std::string& id) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::CancelJobRequest req;
   req.set_id(id);
-  v1::Job job;
-  QUANTD_RETURN_IF_ERROR(FromGrpc(jobs_->CancelJob(&ctx, req, &job)));
-  return job;
+  return Unary(*jobs_, &v1::QuantService::Stub::CancelJob, req);
 }
 
 absl::StatusOr<v1::Job> QuantdClient::Watch(
@@ -145,37 +142,27 @@ absl::StatusOr<v1::Job> QuantdClient::Watch(
 }
 
 absl::StatusOr<std::vector<v1::ModelVersion>> QuantdClient::ListModels(const std::string& name) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::ListModelsRequest req;
   req.set_name(name);
-  v1::ListModelsResponse resp;
-  QUANTD_RETURN_IF_ERROR(FromGrpc(registry_->ListModels(&ctx, req, &resp)));
+  QUANTD_ASSIGN_OR_RETURN(v1::ListModelsResponse resp,
+                          Unary(*registry_, &v1::RegistryService::Stub::ListModels, req));
   return std::vector<v1::ModelVersion>(resp.models().begin(), resp.models().end());
 }
 
 absl::StatusOr<v1::ModelVersion> QuantdClient::DeleteModel(const std::string& name,
                                                            int32_t version) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::DeleteModelRequest req;
   req.set_name(name);
   req.set_version(version);
-  v1::ModelVersion mv;
-  QUANTD_RETURN_IF_ERROR(FromGrpc(registry_->DeleteModel(&ctx, req, &mv)));
-  return mv;
+  return Unary(*registry_, &v1::RegistryService::Stub::DeleteModel, req);
 }
 
 absl::StatusOr<v1::ModelVersion> QuantdClient::GetModel(const std::string& name,
                                                         int32_t version) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.rpc_timeout));
   v1::GetModelRequest req;
   req.set_name(name);
   req.set_version(version);
-  v1::ModelVersion mv;
-  QUANTD_RETURN_IF_ERROR(FromGrpc(registry_->GetModel(&ctx, req, &mv)));
-  return mv;
+  return Unary(*registry_, &v1::RegistryService::Stub::GetModel, req);
 }
 
 absl::StatusOr<v1::ModelVersion> QuantdClient::Fetch(const std::string& name, int32_t version,

@@ -77,6 +77,12 @@ class QuantdClient {
                                                  const FetchOptions& options = {});
 
  private:
+  // One unary call on `stub` with the client's deadline: (stub.*rpc)(ctx, req, &resp).
+  template <typename Stub, typename Req, typename Resp>
+  absl::StatusOr<Resp> Unary(Stub& stub,
+                             grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Req&, Resp*),
+                             const Req& req);
+
   std::shared_ptr<grpc::Channel> channel_;
   ClientOptions options_;
   std::unique_ptr<quantd::v1::QuantService::Stub> jobs_;
