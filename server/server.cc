@@ -195,9 +195,13 @@ absl::Status RunServer(const ServerOptions& options) {
   }
   QUANTD_ASSIGN_OR_RETURN(auto coordinator, Coordinator::Create(options.coordinator, &metrics));
 
-  QuantServiceImpl quant(coordinator.get());
+  // Submissions and reports run here, off the gRPC callback threads (services.h). Destroyed
+  // after the server's Shutdown (which waits for their reactors) and before the coordinator.
+  auto submit_work = std::make_unique<WorkQueue>(4, "quantd-submit");
+  auto report_work = std::make_unique<WorkQueue>(8, "quantd-report");
+  QuantServiceImpl quant(coordinator.get(), submit_work.get());
   RegistryServiceImpl registry(coordinator.get());
-  WorkerServiceImpl workers(coordinator.get());
+  WorkerServiceImpl workers(coordinator.get(), report_work.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -257,6 +261,8 @@ absl::Status RunServer(const ServerOptions& options) {
   if (pool) pool->Stop();
   if (!wo.auth_token_file.empty()) RemoveAll(wo.auth_token_file).IgnoreError();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  submit_work.reset();
+  report_work.reset();
   coordinator.reset();
   return absl::OkStatus();
 }

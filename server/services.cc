@@ -214,7 +214,7 @@ class WatchReactor : public OrderedReactor<grpc::ServerWriteReactor<quantd::v1::
 // Reads a task report: a header, then the result bytes.
 class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::TaskReport>> {
  public:
-  explicit ReportReactor(Coordinator* c) : c_(c) {
+  ReportReactor(Coordinator* c, WorkQueue* work) : c_(c), work_(work) {
     Read(&msg_);
   }
   void OnReadDone(bool ok) override {
@@ -224,22 +224,8 @@ class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::
         FinishWith(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "report without a header"));
         return;
       }
-      absl::Status reported;
-      if (spool_.is_open()) {
-        spool_.flush();
-        const bool ok = spool_.good();
-        spool_.close();
-        // fsync before the coordinator renames it into the job directory.
-        const int fd = ::open(spool_path_.c_str(), O_RDONLY | O_CLOEXEC);
-        const bool synced = fd >= 0 && ::fsync(fd) == 0;
-        if (fd >= 0) ::close(fd);
-        reported = ok && synced ? c_->ReportSpooled(header_, spool_path_)
-                                : absl::ResourceExhaustedError("writing the spooled report failed");
-        ::unlink(spool_path_.c_str());
-      } else {
-        reported = c_->Report(header_, data_);
-      }
-      FinishWith(ToGrpc(reported));
+      // The fsync, the hash and the decode take seconds for a big result: off this thread.
+      work_->Post([this] { FinishWith(ToGrpc(Store())); });
       return;
     }
     if (msg_.has_header()) {
@@ -286,7 +272,7 @@ class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::
   }
   void OnDone() override {
     Begin();
-    if (spool_.is_open()) {  // the stream broke off
+    if (spool_.is_open()) {  // the stream broke off before the last message
       spool_.close();
       ::unlink(spool_path_.c_str());
     }
@@ -294,10 +280,31 @@ class ReportReactor : public OrderedReactor<grpc::ServerReadReactor<quantd::v1::
   }
 
  private:
+  // Hands the complete report to the coordinator (a WorkQueue thread).
+  absl::Status Store() {
+    absl::Status reported;
+    if (spool_.is_open()) {
+      spool_.flush();
+      const bool ok = spool_.good();
+      spool_.close();
+      // fsync before the coordinator renames it into the job directory.
+      const int fd = ::open(spool_path_.c_str(), O_RDONLY | O_CLOEXEC);
+      const bool synced = fd >= 0 && ::fsync(fd) == 0;
+      if (fd >= 0) ::close(fd);
+      reported = ok && synced ? c_->ReportSpooled(header_, spool_path_)
+                              : absl::ResourceExhaustedError("writing the spooled report failed");
+      ::unlink(spool_path_.c_str());
+    } else {
+      reported = c_->Report(header_, data_);
+    }
+    return reported;
+  }
+
   // Results larger than this are spooled to disk instead of memory (every Hessian shard of the
   // example model already is, so the e2e tests cover the path).
   static constexpr uint64_t kSpoolBytes = uint64_t{1} << 20;
   Coordinator* c_;
+  WorkQueue* work_;
   quantd::v1::TaskReport msg_;
   quantd::v1::TaskReportHeader header_;
   bool have_header_ = false;
@@ -317,15 +324,22 @@ ServerUnaryReactor* QuantServiceImpl::SubmitJob(CallbackServerContext* ctx,
                                                 const quantd::v1::SubmitJobRequest* req,
                                                 quantd::v1::SubmitJobResponse* resp) {
   const Caller caller = CallerOf(*ctx);
-  const absl::Status tenant = CheckTenant(caller, req->name());
-  absl::StatusOr<quantd::v1::SubmitJobResponse> out =
-      tenant.ok() ? c_->Submit(*req) : absl::StatusOr<quantd::v1::SubmitJobResponse>(tenant);
-  std::string what = absl::StrCat("name=", req->name(), " model_dir=", req->model_dir(),
-                                  " calib=", req->calib_path());
-  if (!req->eval_path().empty()) absl::StrAppend(&what, " eval=", req->eval_path());
-  if (out.ok()) absl::StrAppend(&what, " job=", out->job().id(), out->created() ? "" : " (retry)");
-  Audit(caller, "submit", what, out.status());
-  return Reply(ctx, std::move(out), resp);
+  auto* reactor = ctx->DefaultReactor();
+  // Validation, the inputs' snapshot and tokenization take seconds for a big model: off the
+  // callback thread. gRPC keeps *req and *resp alive until the reactor finishes.
+  work_->Post([this, caller, req, resp, reactor] {
+    const absl::Status tenant = CheckTenant(caller, req->name());
+    absl::StatusOr<quantd::v1::SubmitJobResponse> out =
+        tenant.ok() ? c_->Submit(*req) : absl::StatusOr<quantd::v1::SubmitJobResponse>(tenant);
+    std::string what = absl::StrCat("name=", req->name(), " model_dir=", req->model_dir(),
+                                    " calib=", req->calib_path());
+    if (!req->eval_path().empty()) absl::StrAppend(&what, " eval=", req->eval_path());
+    if (out.ok()) absl::StrAppend(&what, " job=", out->job().id(), out->created() ? "" : " (retry)");
+    Audit(caller, "submit", what, out.status());
+    if (out.ok()) *resp = std::move(*out);
+    reactor->Finish(ToGrpc(out.status()));
+  });
+  return reactor;
 }
 
 ServerUnaryReactor* QuantServiceImpl::GetJob(CallbackServerContext* ctx,
@@ -451,7 +465,7 @@ grpc::ServerWriteReactor<quantd::v1::Chunk>* WorkerServiceImpl::FetchBlob(
 
 grpc::ServerReadReactor<quantd::v1::TaskReport>* WorkerServiceImpl::ReportTask(
     CallbackServerContext* ctx, quantd::v1::TaskReportResponse* resp) {
-  return new ReportReactor(c_);
+  return new ReportReactor(c_, work_);
 }
 
 }  // namespace quantd::server

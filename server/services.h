@@ -6,15 +6,18 @@
 #define QUANTD_SERVER_SERVICES_H_
 
 #include "proto/quantd.grpc.pb.h"
+#include "common/work_queue.h"
 #include "server/coordinator.h"
 
 namespace quantd::server {
 
 inline constexpr size_t kChunkBytes = 2 << 20;  // 2 MiB, under gRPC's 4 MiB receive default
 
+// `work` runs what takes seconds (SubmitJob's validation, snapshot and tokenization; a report's
+// fsync, hash and decode) off the gRPC callback threads; it must outlive the server's Shutdown.
 class QuantServiceImpl final : public quantd::v1::QuantService::CallbackService {
  public:
-  explicit QuantServiceImpl(Coordinator* c) : c_(c) {}
+  QuantServiceImpl(Coordinator* c, WorkQueue* work) : c_(c), work_(work) {}
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx,
                                       const quantd::v1::SubmitJobRequest* req,
                                       quantd::v1::SubmitJobResponse* resp) override;
@@ -32,6 +35,7 @@ class QuantServiceImpl final : public quantd::v1::QuantService::CallbackService 
 
  private:
   Coordinator* c_;
+  WorkQueue* work_;
 };
 
 class RegistryServiceImpl final : public quantd::v1::RegistryService::CallbackService {
@@ -55,7 +59,7 @@ class RegistryServiceImpl final : public quantd::v1::RegistryService::CallbackSe
 
 class WorkerServiceImpl final : public quantd::v1::WorkerService::CallbackService {
  public:
-  explicit WorkerServiceImpl(Coordinator* c) : c_(c) {}
+  WorkerServiceImpl(Coordinator* c, WorkQueue* work) : c_(c), work_(work) {}
   grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* ctx,
                                      const quantd::v1::RegisterRequest* req,
                                      quantd::v1::RegisterResponse* resp) override;
@@ -72,6 +76,7 @@ class WorkerServiceImpl final : public quantd::v1::WorkerService::CallbackServic
 
  private:
   Coordinator* c_;
+  WorkQueue* work_;
 };
 
 }  // namespace quantd::server
