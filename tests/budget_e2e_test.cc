@@ -75,8 +75,8 @@ TEST(BudgetE2E, BudgetedJobMeetsItsBudgetAndBeatsUniformTwoBits) {
         std::string_view(reinterpret_cast<const char*>(q->data.data()), q->data.size()));
     ASSERT_TRUE(info.ok()) << info.status();
     EXPECT_EQ(info->bits, t["bits"].get<int>()) << t.dump();
-    code_bits += double{info->bits} * info->m * info->n;
-    weights += double{info->m} * info->n;
+    code_bits += static_cast<double>(info->bits) * info->m * info->n;
+    weights += static_cast<double>(info->m) * info->n;
     ++at_bits[info->bits];
   }
   EXPECT_LE(code_bits / weights, 2.5);
