@@ -6,9 +6,8 @@
 // of g bits, where g is the gcd of the matrices' sizes (exact: matrix sizes of one model share a
 // large gcd, e.g. 110,592 on SmolLM2-135M) or, when that would exceed kMaxBudgetUnits cells per
 // matrix, a coarser unit with every cost rounded up (never over the budget; at most n·g bits of
-// the budget are left unused). The budget counts code bits only: per-matrix overhead (scales,
-// sign bits, headers) does not depend on the width for any method here, so it shifts every
-// allocation by the same amount (docs/algorithms.md "Bit budget").
+// the budget are left unused). The budget counts code bits only (bits · numel): callers report
+// the stored size beside it (docs/algorithms.md "Bit budget").
 // Thread-safety: a pure function.
 #ifndef QUANTD_ENGINE_QUANT_BIT_BUDGET_H_
 #define QUANTD_ENGINE_QUANT_BIT_BUDGET_H_
