@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "bench/bench.h"
 #include "common/status_macros.h"
 #include "engine/quant/bit_budget.h"
 #include "engine/quant/quantize.h"
@@ -16,10 +17,6 @@ namespace quantd::bench {
 namespace {
 
 constexpr int kWidths[] = {2, 3, 4};
-
-double Seconds(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // `src` with matrix i replaced by the dequantized pick[i] of `q` (per width index).
 absl::StatusOr<model::LlamaWeights> Mixed(const model::LlamaWeights& src, const MatrixList& items,
