@@ -364,8 +364,8 @@ commands:
       exactly, fp16 scales included (q4_0 ... q8_0: GGUF blocks of 32; bits and group size
       default to the grid's); docs/formats/exports.md. --avg-bits X (2 <= X <= 4, instead of
       --bits) is a bit budget: every matrix is quantized at 2, 3 and 4 bits and each keeps the
-      width that minimizes the summed loss (--budget-weight abs: output-error energy, the
-      default; rel: relative proxy loss) at an average of at most X code bits per weight.
+      width that minimizes the summed loss (--budget-weight rel: relative proxy loss, the
+      default; abs: output-error energy) at an average of at most X code bits per weight.
   watch JOB [--json] [--progress-interval S]
       Shows progress until the job ends, then its state, version and perplexities.
       Re-attaches if the connection breaks (up to 120 s). On a terminal: one line redrawn

@@ -23,7 +23,7 @@ absl::StatusOr<JobAllocation> AllocateJobBits(const quantd::v1::Job& job,
     if (fresh) names.push_back(t.task.tensor_name());
     it->second[t.task.spec().bits()] = &t;
   }
-  const bool absolute = spec.budget_weight() != "rel";
+  const bool absolute = spec.budget_weight() == "abs";
   std::vector<quant::BudgetMatrix> mats;
   std::vector<std::vector<const TaskRow*>> picks;
   for (const std::string& name : names) {

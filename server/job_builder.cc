@@ -122,7 +122,7 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   // Stored with defaults filled in, so the manifest shows the settings that were used.
   req->mutable_spec()->set_damp(spec.damp);
   if (runner::HasBitBudget(req->spec())) {
-    if (req->spec().budget_weight().empty()) req->mutable_spec()->set_budget_weight("abs");
+    if (req->spec().budget_weight().empty()) req->mutable_spec()->set_budget_weight("rel");
   } else {
     req->mutable_spec()->set_bits(spec.bits);  // a grid's own bits and group size when left 0
   }

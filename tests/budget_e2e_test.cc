@@ -51,7 +51,7 @@ TEST(BudgetE2E, BudgetedJobMeetsItsBudgetAndBeatsUniformTwoBits) {
   const json m = json::parse(*text, nullptr, false);
   ASSERT_TRUE(m.is_object());
   EXPECT_EQ(m["spec"]["avg_bits"], 2.5);
-  EXPECT_EQ(m["spec"]["budget_weight"], "abs");
+  EXPECT_EQ(m["spec"]["budget_weight"], "rel");
   const json& b = m["bit_budget"];
   ASSERT_TRUE(b.is_object()) << m.dump(2);
   EXPECT_LE(b["code_bits_per_weight"].get<double>(), 2.5);
