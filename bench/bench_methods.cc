@@ -8,6 +8,13 @@
 // first configuration that needs it; that row reports hessian_seconds. --sequential 1 is GPTQ's
 // sequential mode instead: layer by layer, each layer's Hessians are captured through the model
 // whose earlier layers are already quantized (forward passes stop after the layer).
+// METHOD/bX is a bit budget (quant/bit_budget.h): every matrix is quantized at 2, 3 and 4 bits
+// (reusing a METHOD/2.. row of the same run), then per-matrix widths averaging at most X code
+// bits per weight are chosen to minimize the summed loss under each objective of
+// --budget-weights (one row each): rel = Σ relative proxy loss, abs = Σ tr(E H Eᵀ) (the
+// output-error energy), measured = each matrix's measured increase of the calibration NLL when
+// it alone is quantized at 2 bits (--sens-tokens of calibration), scaled to the other widths by
+// its proxy loss ratio.
 //
 // Token files are .u16/.u32/.npy; a .txt file is encoded whole with the model's tokenizer and
 // no BOS (the GPTQ WikiText-2 convention: the text is one stream).
@@ -21,6 +28,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench.h"
+#include "bench/bench_budget.h"
 #include "common/file_util.h"
 #include "nlohmann/json.hpp"
 #include "engine/artifact/artifact.h"
@@ -34,6 +42,7 @@
 #include "engine/model/quarot.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "engine/tokenizer/tokens.h"
+#include "engine/quant/bit_budget.h"
 #include "engine/quant/device.h"
 #include "engine/quant/quantize.h"
 
@@ -66,6 +75,11 @@ int RunMethods(const Flags& flags) {
        act_order = flags.GetInt("act-order", 0), sequential = flags.GetInt("sequential", 0);
   auto damp = flags.GetDouble("damp", 0.01);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
+  // Bit budget rows (METHOD/bX): the objectives to allocate with, and the calibration tokens the
+  // "measured" sensitivity is taken on.
+  const std::vector<std::string> budget_weights =
+      absl::StrSplit(flags.Get("budget-weights", "abs"), ',', absl::SkipEmpty());
+  auto sens_tokens = flags.GetInt("sens-tokens", 1024);
   // --grid: quantize rtn/gptq onto an export format's grid (quant/grid_target.h; bits 0 in a
   // config and no group take the grid's own). --save DIR: write each configuration's quantized
   // model as a native artifact directory DIR/<method>-<bits> (config, packed tensors, tokenizer
@@ -79,11 +93,13 @@ int RunMethods(const Flags& flags) {
   }
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
       !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() ||
-      !act_order.ok() || !sequential.ok() || !damp.ok() || *seqs < 1 || *seq_len < 2) {
+      !act_order.ok() || !sequential.ok() || !damp.ok() || !sens_tokens.ok() || *seqs < 1 ||
+      *seq_len < 2 || *sens_tokens < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
                  "[--configs rtn/2,gptq/2,quarot/4/g64,gptq/4/g32amd0.1 (a: act order, m: mse clip, dX: "
-                 "damp X),...|''] "
+                 "damp X),quip-sharp/b2.5 (bit budget: 2.5 bits on average),...|''] "
+                 "[--budget-weights abs,rel,measured] [--sens-tokens 1024] "
                  "[--calib-seqs 16] [--seq-len 512] [--grid q4_0|...] [--save DIR [--gguf 1]] "
                  "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
                  "[--act-order 0|1] [--sequential 0|1] [--damp 0.01]  (group size and mse-clip "
@@ -148,6 +164,12 @@ int RunMethods(const Flags& flags) {
   for (int l = 0; l < cfg.num_layers; ++l) {
     for (model::Linear lin : kLinears) items.push_back({l, lin});
   }
+  std::vector<std::pair<int, model::Linear>> items_view;
+  for (const Item& it : items) items_view.push_back({it.layer, it.lin});
+  // Quantized results of the configurations run so far, by config ("quip-sharp/2"): a bit
+  // budget row reuses the uniform rows of its method.
+  std::map<std::string, Quantized> done;
+  std::map<std::string, std::vector<double>> dnll_cache;  // measured sensitivities, by method
   // Each capture is made once, by the first config that needs it (its row reports the time).
   std::unique_ptr<model::HessianCapture> fp_cap;
   bool rotated = false;
@@ -164,6 +186,15 @@ int RunMethods(const Flags& flags) {
     // dX = damping X.
     bool config_act = false, config_mse = false;
     double config_damp = 0;
+    // METHOD/bX: a bit budget of X code bits per weight on average over widths 2, 3, 4.
+    double avg_bits = 0;
+    if (mb.size() == 2 && mb[1].size() > 1 && mb[1][0] == 'b') {
+      if (!absl::SimpleAtod(mb[1].substr(1), &avg_bits) || !(avg_bits >= 2 && avg_bits <= 4)) {
+        std::fprintf(stderr, "bad config \"%s\": the budget must be in [2, 4]\n", c.c_str());
+        return 2;
+      }
+      mb[1] = "2";
+    }
     auto method = mb.size() == 2 || mb.size() == 3 ? quant::ParseMethod(mb[0])
                                                    : absl::InvalidArgumentError("bad");
     bool bad = !method.ok() || !absl::SimpleAtoi(mb[1], &bits);
@@ -212,6 +243,11 @@ int RunMethods(const Flags& flags) {
     }
     if (absl::Status st = quant::ValidateSpec(spec); !st.ok()) {
       std::fprintf(stderr, "%s: %s\n", c.c_str(), st.ToString().c_str());
+      return 2;
+    }
+    if (avg_bits > 0 && *sequential) {
+      std::fprintf(stderr, "%s: a bit budget needs every matrix's losses first (not --sequential)\n",
+                   c.c_str());
       return 2;
     }
     // quarot quantizes the rotated model (fused norms, untied head, online Hadamards) with
@@ -281,6 +317,26 @@ int RunMethods(const Flags& flags) {
         guarded[i] = traits.baseline_guard && q->stored_method != spec.method;
       }
     };
+    if (avg_bits > 0) {
+      const model::HessianCapture& cap = rotate ? *rot_cap : *fp_cap;
+      BudgetRun run{mb[0], avg_bits,      &cap,  &mcfg,         &src,        &items_view,
+                    budget_weights, *sens_tokens, &*calib, &*eval, popts, hessian_secs};
+      auto quantize_at = [&](int b) -> absl::StatusOr<Quantized> {
+        spec.bits = b;
+        std::fill(qerr.begin(), qerr.end(), absl::OkStatus());
+        quantize(0, items.size(), cap);
+        for (const absl::Status& s : qerr) {
+          if (!s.ok()) return s;
+        }
+        return Quantized{packed, proxy, guarded};
+      };
+      const absl::Status st = RunBudget(run, quantize_at, &done, &dnll_cache);
+      if (!st.ok()) {
+        std::fprintf(stderr, "%s: %s\n", c.c_str(), st.ToString().c_str());
+        return 1;
+      }
+      continue;
+    }
     double qsecs = 0;
     if (!*sequential) {
       t0 = std::chrono::steady_clock::now();
@@ -316,6 +372,7 @@ int RunMethods(const Flags& flags) {
       nguard += guarded[i];
     }
     mean /= items.size();
+    if (!*sequential) done[c] = {packed, proxy, guarded};
     t0 = std::chrono::steady_clock::now();
     auto p = model::Perplexity(mcfg, w, *eval, popts);
     nlohmann::json out = {{"method", mb[0]},
@@ -325,6 +382,7 @@ int RunMethods(const Flags& flags) {
                           {"quantize_seconds", qsecs},
                           {"eval_seconds", Seconds(t0)},
                           {"matrices", items.size()},
+                          {"stored_bits_per_weight", StoredBitsPerWeight(packed, src, items_view)},
                           {"guard_kept_gptq", nguard}};
     if (hessian_secs > 0) out["hessian_seconds"] = hessian_secs;
     if (*sequential) out["sequential"] = true;

@@ -88,13 +88,19 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   spec->set_method(method);
   // --grid: the server fills bits and group size from the grid when they are not given.
   spec->set_grid(a.Get("--grid", ""));
-  if (!a.Has("--bits") && spec->grid().empty()) {
+  // --avg-bits: a bit budget, which chooses each matrix's bits (2, 3 or 4) itself.
+  if (!a.Has("--bits") && spec->grid().empty() && !a.Has("--avg-bits")) {
     QUANTD_RETURN_IF_ERROR(Required(a, "submit", "--bits").status());
   }
   if (a.Has("--bits")) {
     QUANTD_ASSIGN_OR_RETURN(int64_t bits, ParseInt("--bits", a.Get("--bits"), 1, 64));
     spec->set_bits(static_cast<int32_t>(bits));
   }
+  if (a.Has("--avg-bits")) {
+    QUANTD_ASSIGN_OR_RETURN(double avg, ParseDouble("--avg-bits", a.Get("--avg-bits")));
+    spec->set_avg_bits(avg);  // range checked by the server
+  }
+  spec->set_budget_weight(a.Get("--budget-weight", ""));
   if (a.Has("--seed")) {
     QUANTD_ASSIGN_OR_RETURN(uint64_t seed, ParseUint64("--seed", a.Get("--seed")));
     spec->set_seed(seed);
@@ -186,6 +192,8 @@ const std::vector<CommandSpec>& Commands() {
         {"--eval", true},
         {"--method", true},
         {"--bits", true},
+        {"--avg-bits", true},
+        {"--budget-weight", true},
         {"--name", true},
         {"--request-id", true},
         {"--seed", true},
@@ -341,7 +349,8 @@ connection flags (before or after the command):
 
 commands:
   submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip,quarot,butterfly}
-         --bits {2,3,4,8} --name NAME [--request-id ID] [--seed N] [--group-size N]
+         {--bits {2,3,4,8} | --avg-bits X [--budget-weight {abs,rel}]} --name NAME
+         [--request-id ID] [--seed N] [--group-size N]
          [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
          [--greedy-passes N] [--mse-clip] [--act-order] [--sequential] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
@@ -353,7 +362,10 @@ commands:
       and exits by its outcome; --max-ppl-ratio R (needs --wait and --eval) exits 3 if
       quant_ppl / fp_ppl > R. --grid (rtn, gptq) quantizes onto a grid an engine format holds
       exactly, fp16 scales included (q4_0 ... q8_0: GGUF blocks of 32; bits and group size
-      default to the grid's); docs/formats/exports.md.
+      default to the grid's); docs/formats/exports.md. --avg-bits X (2 <= X <= 4, instead of
+      --bits) is a bit budget: every matrix is quantized at 2, 3 and 4 bits and each keeps the
+      width that minimizes the summed loss (--budget-weight rel: relative proxy loss, the
+      default; abs: output-error energy) at an average of at most X code bits per weight.
   watch JOB [--json] [--progress-interval S]
       Shows progress until the job ends, then its state, version and perplexities.
       Re-attaches if the connection breaks (up to 120 s). On a terminal: one line redrawn

@@ -75,6 +75,19 @@ TEST(CommandLine, SubmitRequiredFlagsAndForms) {
   ASSERT_TRUE(grid.ok()) << grid.status();
   EXPECT_EQ(grid->submit.spec().grid(), "q4_0");
   EXPECT_EQ(grid->submit.spec().bits(), 0);
+  // --avg-bits makes --bits optional too (a bit budget picks each matrix's bits); its range and
+  // --budget-weight are the server's to judge.
+  auto budget = ParseCommandLine({"submit", "m", "--calib", "c", "--method", "quip-sharp",
+                                  "--avg-bits", "2.5", "--budget-weight", "rel", "--name", "n"},
+                                 nullptr);
+  ASSERT_TRUE(budget.ok()) << budget.status();
+  EXPECT_EQ(budget->submit.spec().avg_bits(), 2.5);
+  EXPECT_EQ(budget->submit.spec().budget_weight(), "rel");
+  EXPECT_EQ(budget->submit.spec().bits(), 0);
+  EXPECT_FALSE(ParseCommandLine({"submit", "m", "--calib", "c", "--method", "quip-sharp",
+                                 "--avg-bits", "two", "--name", "n"},
+                                nullptr)
+                   .ok());
 }
 
 TEST(CommandLine, QualityGateNeedsWaitAndEval) {

@@ -132,6 +132,12 @@ class FakeRegistry final : public v1::RegistryService::Service {
     a->set_version(1);
     a->set_manifest_json(
         R"({"method":"quip-sharp","bits":2,"perplexity":{"fp":5.454,"quantized":7.25}})");
+    v1::ModelVersion* d = resp->add_models();
+    d->set_name("budget");
+    d->set_version(1);
+    d->set_manifest_json(
+        R"({"method":"quip-sharp","bits":0,"bit_budget":{"code_bits_per_weight":2.4987},)"
+        R"("perplexity":{"fp":5.454,"quantized":9.5}})");
     v1::ModelVersion* b = resp->add_models();
     b->set_name("odd");
     b->set_version(2);
@@ -301,10 +307,11 @@ TEST_F(CommandsTest, ModelsTableIsLenientAboutManifests) {
   Result r = Run({"models"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out,
-            "NAME         VERSION  METHOD      BITS  FP_PPL  Q_PPL   EXPORTS\n"
-            "stories-qs2  1        quip-sharp  2     5.4540  7.2500  -\n"
-            "odd          2        -           -     -       -       -\n"
-            "broken       1        -           -     -       -       -\n");
+            "NAME         VERSION  METHOD      BITS      FP_PPL  Q_PPL   EXPORTS\n"
+            "stories-qs2  1        quip-sharp  2         5.4540  7.2500  -\n"
+            "budget       1        quip-sharp  2.50 avg  5.4540  9.5000  -\n"
+            "odd          2        -           -         -       -       -\n"
+            "broken       1        -           -         -       -       -\n");
   r = Run({"models", "--json"});
   ASSERT_EQ(r.code, 0);
   EXPECT_EQ(json::parse(r.out)[0]["name"], "stories-qs2");

@@ -65,6 +65,11 @@ ManifestSummary SummarizeManifest(const std::string& manifest_json) {
   if (!j.is_object()) return s;
   if (auto it = j.find("method"); it != j.end() && it->is_string()) s.method = it->get<std::string>();
   if (auto it = j.find("bits"); it != j.end() && it->is_number_integer()) s.bits = it->get<int>();
+  if (auto b = j.find("bit_budget"); b != j.end() && b->is_object()) {
+    if (auto it = b->find("code_bits_per_weight"); it != b->end() && it->is_number()) {
+      s.avg_bits = it->get<double>();
+    }
+  }
   if (auto e = j.find("export_formats"); e != j.end() && e->is_array()) {
     for (const auto& f : *e) {
       if (f.is_string()) s.export_formats.push_back(f.get<std::string>());
@@ -107,11 +112,20 @@ std::string FormatTable(const std::vector<std::string>& header,
   return out;
 }
 
+namespace {
+
+// "2", or "avg 2.5" for a bit budget.
+std::string SpecBits(const v1::QuantSpec& s) {
+  return s.avg_bits() > 0 ? absl::StrCat("avg ", s.avg_bits()) : absl::StrCat(s.bits());
+}
+
+}  // namespace
+
 std::string JobsTable(const std::vector<v1::Job>& jobs) {
   std::vector<std::vector<std::string>> rows;
   for (const v1::Job& j : jobs) {
     rows.push_back({j.id(), StateName(j.state()), j.name(),
-                    absl::StrCat(j.spec().method(), "/", j.spec().bits()),
+                    absl::StrCat(j.spec().method(), "/", SpecBits(j.spec())),
                     PhaseText(j),
                     absl::StrFormat("%.0f%%", 100.0 * j.progress()),
                     j.version() > 0 ? absl::StrCat(j.version()) : "-", PplOrDash(j.fp_ppl()),
@@ -127,7 +141,10 @@ std::string ModelsTable(const std::vector<v1::ModelVersion>& models) {
   for (const v1::ModelVersion& m : models) {
     ManifestSummary s = SummarizeManifest(m.manifest_json());
     rows.push_back({m.name(), absl::StrCat(m.version()), s.method.value_or("-"),
-                    s.bits ? absl::StrCat(*s.bits) : "-", Ppl(s.fp_ppl), Ppl(s.quant_ppl),
+                    s.avg_bits ? absl::StrFormat("%.2f avg", *s.avg_bits)
+                    : s.bits   ? absl::StrCat(*s.bits)
+                               : "-",
+                    Ppl(s.fp_ppl), Ppl(s.quant_ppl),
                     s.export_formats.empty() ? "-" : absl::StrJoin(s.export_formats, ",")});
   }
   return FormatTable({"NAME", "VERSION", "METHOD", "BITS", "FP_PPL", "Q_PPL", "EXPORTS"}, rows);
@@ -141,7 +158,7 @@ std::string DescribeJob(const v1::Job& j) {
   kv("id", j.id());
   kv("name", j.name());
   kv("state", StateName(j.state()));
-  kv("method", absl::StrCat(j.spec().method(), ", ", j.spec().bits(), " bits",
+  kv("method", absl::StrCat(j.spec().method(), ", ", SpecBits(j.spec()), " bits",
                             j.spec().sequential() ? ", sequential" : ""));
   kv("phase", PhaseText(j));
   kv("progress", absl::StrFormat("%d/%d tasks, %.1f%%", j.tasks_done(), j.tasks_total(),

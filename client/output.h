@@ -34,6 +34,7 @@ std::string StateName(quantd::v1::JobState state);
 struct ManifestSummary {
   std::optional<std::string> method;
   std::optional<int> bits;
+  std::optional<double> avg_bits;  // a bit budget's achieved code bits per weight
   std::optional<double> fp_ppl;
   std::optional<double> quant_ppl;
   std::vector<std::string> export_formats;  // manifest "export_formats" (fetch --format)

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "absl/strings/match.h"
@@ -19,7 +20,9 @@
 #include "auth/scopes.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "server/job_budget.h"
 #include "server/job_builder.h"
+#include "engine/spec/quant_spec.h"
 #include "engine/quant/quantize.h"
 
 namespace quantd::server {
@@ -850,9 +853,20 @@ std::string Coordinator::ApplyStepResultLocked(JobEntry& e, int phase, const std
   }
   double sum = 0;
   int n = 0;
+  // A bit budget's mean is over the widths it kept, once every width is in.
+  std::optional<JobAllocation> alloc;
+  if (runner::HasBitBudget(e.job.spec()) && phase >= QuantizePhase(e.stages - 1)) {
+    std::vector<TaskRow> rows;
+    for (const TaskState& t : e.tasks) rows.push_back(t.row);
+    if (auto a = AllocateJobBits(e.job, rows); a.ok()) alloc = std::move(*a);
+  }
   for (const TaskState& t : e.tasks) {
     const auto& r = t.row.result;
     if (t.row.task.kind() == quantd::v1::TASK_KIND_QUANTIZE && t.row.state == TaskRowState::kDone) {
+      if (alloc) {
+        auto it = alloc->by_tensor.find(t.row.task.tensor_name());
+        if (it == alloc->by_tensor.end() || it->second.task_id != t.row.task_id) continue;
+      }
       sum += r.proxy_loss();
       ++n;
     }

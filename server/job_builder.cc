@@ -121,7 +121,11 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   }
   // Stored with defaults filled in, so the manifest shows the settings that were used.
   req->mutable_spec()->set_damp(spec.damp);
-  req->mutable_spec()->set_bits(spec.bits);  // a grid's own bits and group size when left 0
+  if (runner::HasBitBudget(req->spec())) {
+    if (req->spec().budget_weight().empty()) req->mutable_spec()->set_budget_weight("rel");
+  } else {
+    req->mutable_spec()->set_bits(spec.bits);  // a grid's own bits and group size when left 0
+  }
   req->mutable_spec()->set_group_size(spec.group_size);
   req->mutable_spec()->set_grid(std::string(quant::GridTargetName(spec.grid)));
   req->mutable_spec()->set_greedy_passes(spec.greedy_passes);
@@ -388,18 +392,27 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       row.tasks.push_back(std::move(t));
     }
     const int first = sequential ? stage : 0, last = sequential ? stage + 1 : cfg.num_layers;
+    // A bit budget quantizes every matrix at each candidate width (same seed), and the
+    // coordinator picks one per matrix after the phase (AllocateJobBits).
+    std::vector<int> widths = {req.spec().bits()};
+    if (runner::HasBitBudget(req.spec())) {
+      widths.assign(std::begin(runner::kBudgetWidths), std::end(runner::kBudgetWidths));
+    }
     for (int l = first; l < last; ++l) {
       for (model::Linear lin : model::kAllLinears) {
-        TaskRow t = new_task(QuantizePhase(stage), quantd::v1::TASK_KIND_QUANTIZE);
-        *t.task.mutable_spec() = req.spec();
-        model_inputs(&t.task);
-        t.task.add_inputs()->set_name(
-            MergedHessianBlob(l, std::string(model::GroupName(model::GroupOf(lin)))));
-        t.task.set_layer(l);
-        t.task.set_linear(std::string(model::LinearName(lin)));
-        t.task.set_tensor_name(model::LinearTensorName(l, lin));
-        t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
-        row.tasks.push_back(std::move(t));
+        for (int bits : widths) {
+          TaskRow t = new_task(QuantizePhase(stage), quantd::v1::TASK_KIND_QUANTIZE);
+          *t.task.mutable_spec() = widths.size() > 1 ? runner::BudgetWidthSpec(req.spec(), bits)
+                                                     : req.spec();
+          model_inputs(&t.task);
+          t.task.add_inputs()->set_name(
+              MergedHessianBlob(l, std::string(model::GroupName(model::GroupOf(lin)))));
+          t.task.set_layer(l);
+          t.task.set_linear(std::string(model::LinearName(lin)));
+          t.task.set_tensor_name(model::LinearTensorName(l, lin));
+          t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
+          row.tasks.push_back(std::move(t));
+        }
       }
     }
   }

@@ -11,6 +11,7 @@
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "server/coordinator.h"
+#include "server/job_budget.h"
 #include "server/job_builder.h"
 #include "engine/artifact/artifact.h"
 #include "engine/artifact/export_formats.h"
@@ -104,11 +105,19 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
   QUANTD_RETURN_IF_ERROR(MakeDirs(staging));
   const std::string src_dir = JoinPath(JobDir(job.id()), jobfiles::kModelDir);
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(src_dir));
-  // Weight name -> the quantize task's packed result file.
+  // Weight name -> the quantize task's packed result file (with a bit budget: the task of the
+  // width chosen for it).
   std::map<std::string, std::string> packed_files;
-  for (const TaskRow& t : tasks) {
-    if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
-    packed_files[t.task.tensor_name()] = JoinPath(JobDir(job.id()), QuantizedResult(t.task_id));
+  if (runner::HasBitBudget(job.spec())) {
+    QUANTD_ASSIGN_OR_RETURN(JobAllocation a, AllocateJobBits(job, tasks));
+    for (const auto& [name, choice] : a.by_tensor) {
+      packed_files[name] = JoinPath(JobDir(job.id()), QuantizedResult(choice.task_id));
+    }
+  } else {
+    for (const TaskRow& t : tasks) {
+      if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
+      packed_files[t.task.tensor_name()] = JoinPath(JobDir(job.id()), QuantizedResult(t.task_id));
+    }
   }
   const bool quarot = runner::MethodOf(job.spec()).transforms_model;
   if (quarot) {
@@ -186,6 +195,25 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
     if (grid.ok()) es.grid = *grid;
     m["export_formats"] = artifact::ExportFormatsFor(es);
   }
+  // A bit budget: the allocation (which width each matrix got, and the averages it reached).
+  const bool budget = runner::HasBitBudget(job.spec());
+  JobAllocation alloc;
+  if (budget) {
+    QUANTD_ASSIGN_OR_RETURN(alloc, AllocateJobBits(job, tasks));
+    m["spec"]["avg_bits"] = job.spec().avg_bits();
+    m["spec"]["budget_weight"] = job.spec().budget_weight();
+    json at_bits = json::object();
+    for (const auto& [b, count] : alloc.matrices_at_bits) at_bits[absl::StrCat(b)] = count;
+    m["bit_budget"] = {{"avg_bits", job.spec().avg_bits()},
+                       {"budget_weight", job.spec().budget_weight()},
+                       {"widths", runner::kBudgetWidths},
+                       {"code_bits_per_weight", alloc.code_bits_per_weight},
+                       {"stored_bits_per_weight", alloc.stored_bits_per_weight},
+                       {"objective", alloc.objective},
+                       {"matrices_at_bits", at_bits}};
+    // Mixed widths: the engine formats' exports assume one width for every matrix.
+    m["export_formats"] = json::array();
+  }
   if (runner::MethodOf(job.spec()).trellis) {
     m["spec"]["trellis_code"] = job.spec().trellis_code();
     m["spec"]["trellis_l"] = job.spec().trellis_l();
@@ -203,11 +231,16 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
         calib_tokens += r.tokens();
         break;
       case quantd::v1::TASK_KIND_QUANTIZE: {
+        if (budget) {
+          auto it = alloc.by_tensor.find(t.task.tensor_name());
+          if (it == alloc.by_tensor.end() || it->second.task_id != t.task_id) break;  // not kept
+        }
         json e = {{"name", t.task.tensor_name()},
                   {"stored_as", artifact::QuantizedTensorName(t.task.tensor_name())},
                   {"proxy_loss", r.proxy_loss()},
                   {"packed_bytes", r.result_size()},
                   {"seconds", r.seconds()}};
+        if (budget) e["bits"] = t.task.spec().bits();
         if (!r.note().empty()) e["note"] = r.note();
         if (!r.stored_method().empty()) {
           e["stored_method"] = r.stored_method();

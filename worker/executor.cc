@@ -276,6 +276,8 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   r.header.set_note(q.note);
   r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
   r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
+  r.header.set_weight_energy(q.weight_energy);
+  r.header.set_weights(static_cast<int64_t>(w.rows()) * w.cols());
   return r;
 }
 

@@ -509,6 +509,9 @@ def main(argv=None):
     s.add_argument("--grid", default="",
                    help="q4_0|q4_1|q5_0|q5_1|q8_0|gptq-sym|gptq-asym: an export format's grid")
     s.add_argument("--group-size", type=int, default=0)
+    s.add_argument("--avg-bits", type=float, default=0,
+                   help="a bit budget instead of --bits: 2/3/4 bits per matrix, this average")
+    s.add_argument("--budget-weight", default="", help="rel (default) | abs")
     s.add_argument("--name", required=True)
     s.add_argument("--request-id", default="")
     s.add_argument("--seed", type=int, default=0)
@@ -536,8 +539,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if getattr(args, "progress_interval", 1) < 1:
         ap.error("--progress-interval must be >= 1")
-    if args.cmd == "submit" and not args.bits and not args.grid:
-        ap.error("submit: --bits is required (unless --grid gives it)")
+    if args.cmd == "submit" and not args.bits and not args.grid and not args.avg_bits:
+        ap.error("submit: --bits is required (unless --grid or --avg-bits gives it)")
 
     if args.cmd == "gen-stubs":
         generate_stubs(args.dir)
@@ -561,7 +564,8 @@ def main(argv=None):
                                 request_id=args.request_id, seed=args.seed,
                                 max_calib_seqs=args.max_calib_seqs,
                                 sequential=args.sequential, grid=args.grid,
-                                group_size=args.group_size)
+                                group_size=args.group_size, avg_bits=args.avg_bits,
+                                budget_weight=args.budget_weight)
             if not args.wait:
                 print(json.dumps(_job_dict(job)) if args.json else job.id)
                 return 0

@@ -97,6 +97,11 @@ absl::StatusOr<ExportSpec> ExportSpecFromManifest(std::string_view manifest_json
       !s["bits"].is_number_integer()) {
     return absl::DataLossError("manifest.json spec lacks method or bits");
   }
+  if (s.contains("avg_bits")) {
+    return absl::FailedPreconditionError(
+        "this version has a bit budget (spec.avg_bits): its matrices have different widths, and "
+        "the engine formats' exports assume one width for every matrix");
+  }
   ExportSpec e;
   e.method = s["method"].get<std::string>();
   e.bits = s["bits"].get<int>();

@@ -495,7 +495,14 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
   QUANTD_ASSIGN_OR_RETURN(result.packed, EncodePacked(c));
   // The loss is measured on exactly what a reader of `packed` gets back.
   QUANTD_ASSIGN_OR_RETURN(MatrixF what, DequantizeMatrix(result.packed));
-  result.proxy_loss = RelativeProxyLoss(w.cast<double>(), what.cast<double>(), h);
+  // RelativeProxyLoss's arithmetic, keeping its denominator tr(W H Wᵀ) for the bit budget.
+  {
+    const MatrixD wd = w.cast<double>();
+    const MatrixD d = what.cast<double>() - wd;
+    result.weight_energy = (wd * h).cwiseProduct(wd).sum();
+    result.proxy_loss =
+        result.weight_energy == 0 ? 0 : (d * h).cwiseProduct(d).sum() / result.weight_energy;
+  }
   result.rotated_proxy_loss = result.proxy_loss;
   result.stored_method = spec.method;
   if (spec.baseline_guard && c.rht) {

@@ -68,6 +68,9 @@ struct QuantizedMatrix {
   Method stored_method = Method::kRtn;  // the method of `packed`: spec.method, or kGptq when the
                                         // baseline guard kept the baseline
   double rotated_proxy_loss = 0;        // guard used: the rotated method's own loss; else = proxy_loss
+  // tr(W H Wᵀ) against the undamped H: proxy_loss · weight_energy = tr(E H Eᵀ), the output-error
+  // energy per calibration token (what a bit budget with budget_weight "abs" minimizes).
+  double weight_energy = 0;
 };
 
 // w: [m×n] fp32 row-major (out×in); h: [n×n] fp64 = E[x xᵀ] (undamped). layer_name is used in

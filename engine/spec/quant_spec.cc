@@ -1,11 +1,73 @@
 #include "engine/spec/quant_spec.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
 namespace quantd::runner {
 
+namespace {
+
+absl::Status ValidateBudget(const quantd::v1::QuantSpec& p) {
+  if (p.avg_bits() == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("budget_weight \"", p.budget_weight(),
+                                                   "\" applies only with avg_bits"));
+  }
+  if (!std::isfinite(p.avg_bits()) || p.avg_bits() < kBudgetWidths[0] ||
+      p.avg_bits() > kBudgetWidths[std::size(kBudgetWidths) - 1]) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "avg_bits ", p.avg_bits(), " is outside [2, 4] (a bit budget chooses 2, 3 or 4 bits per matrix)"));
+  }
+  if (p.bits() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("bits ", p.bits(), " and avg_bits ", p.avg_bits(),
+                                                   " both given: with a bit budget each matrix's "
+                                                   "bits are chosen (leave bits 0)"));
+  }
+  if (!p.grid().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("grid ", p.grid(),
+                                                   " fixes the bits; it cannot be used with avg_bits"));
+  }
+  if (p.sequential()) {
+    return absl::InvalidArgumentError(
+        "sequential cannot be used with avg_bits: the budget needs every matrix's losses at every "
+        "width before any layer is fixed");
+  }
+  if (!p.budget_weight().empty() && p.budget_weight() != "abs" && p.budget_weight() != "rel") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget_weight \"", p.budget_weight(), "\" is not \"abs\" or \"rel\""));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool HasBitBudget(const quantd::v1::QuantSpec& p) {
+  return p.avg_bits() != 0 || !p.budget_weight().empty();
+}
+
+quantd::v1::QuantSpec BudgetWidthSpec(const quantd::v1::QuantSpec& job, int bits) {
+  quantd::v1::QuantSpec s = job;
+  s.set_bits(bits);
+  s.clear_avg_bits();
+  s.clear_budget_weight();
+  return s;
+}
+
 absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec& p) {
+  if (HasBitBudget(p)) {
+    QUANTD_RETURN_IF_ERROR(ValidateBudget(p));
+    absl::StatusOr<quant::QuantSpec> narrowest;
+    for (int b : kBudgetWidths) {
+      auto s = QuantSpecFromProto(BudgetWidthSpec(p, b));
+      if (!s.ok()) {
+        return absl::Status(s.status().code(),
+                            absl::StrCat("with avg_bits ", p.avg_bits(), ": ", s.status().message()));
+      }
+      if (!narrowest.ok()) narrowest = std::move(s);
+    }
+    return narrowest;
+  }
   quant::QuantSpec spec;
   QUANTD_ASSIGN_OR_RETURN(spec.method, quant::ParseMethod(p.method()));
   QUANTD_ASSIGN_OR_RETURN(spec.grid, quant::ParseGridTarget(p.grid()));

@@ -18,11 +18,26 @@ inline constexpr int kDefaultGreedyPasses = 3;
 // Wire defaults: damp 0 means 0.01; with a grid, bits 0 and group_size 0 mean the grid's own; trellis_code "" means 1mad and trellis_l 0 means 16; greedy_passes unset means kDefaultGreedyPasses for
 // quip-sharp (0 for the other methods). The seed is the job-level seed; the coordinator derives each
 // matrix's seed from it. INVALID_ARGUMENT for an unknown method or a spec ValidateSpec rejects.
+//
+// A spec with a bit budget (avg_bits or budget_weight set) is checked at every width of
+// kBudgetWidths, with the budget's own rules (INVALID_ARGUMENT naming the value: avg_bits outside
+// [2, 4] or not finite, bits given too, a grid, sequential, budget_weight other than "abs"/"rel",
+// budget_weight without avg_bits); the result then has the narrowest width as its bits.
 absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec& p);
 
 // The method table's row for the wire spec's method (quant/method_table.h); the "unknown" row,
 // which allows nothing, for a name that is not a method (specs are validated at submit).
 const quant::MethodTraits& MethodOf(const quantd::v1::QuantSpec& p);
+
+// The widths a bit budget chooses from (code bits per weight), narrowest first.
+inline constexpr int kBudgetWidths[] = {2, 3, 4};
+
+// Whether the wire spec asks for a bit budget.
+bool HasBitBudget(const quantd::v1::QuantSpec& p);
+
+// The spec a budgeted job's quantize task runs at one width: `job` with bits = `bits` and the
+// budget fields cleared (a plain uniform spec).
+quantd::v1::QuantSpec BudgetWidthSpec(const quantd::v1::QuantSpec& job, int bits);
 
 }  // namespace quantd::runner
 

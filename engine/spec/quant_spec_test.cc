@@ -1,5 +1,8 @@
 #include "engine/spec/quant_spec.h"
 
+#include <cmath>
+#include <string>
+
 #include "gtest/gtest.h"
 
 namespace quantd::runner {
@@ -35,6 +38,52 @@ TEST(QuantSpecFromProtoTest, GridFillsBitsAndGroupAndIsChecked) {
   p.set_grid("");
   p.set_bits(5);  // 5 bits only with a q5 grid
   EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(QuantSpecFromProtoTest, BitBudgetIsValidatedAtEveryWidth) {
+  quantd::v1::QuantSpec p;
+  p.set_method("quip-sharp");
+  p.set_avg_bits(2.5);
+  auto s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->bits, 2);  // the narrowest width
+  EXPECT_TRUE(HasBitBudget(p));
+  const quantd::v1::QuantSpec w = BudgetWidthSpec(p, 4);
+  EXPECT_EQ(w.bits(), 4);
+  EXPECT_FALSE(HasBitBudget(w));
+  EXPECT_EQ(w.method(), "quip-sharp");
+  p.set_budget_weight("rel");
+  EXPECT_TRUE(QuantSpecFromProto(p).ok());
+  // Each refusal names the value.
+  auto refused = [&](const quantd::v1::QuantSpec& bad, const std::string& needle) {
+    auto r = QuantSpecFromProto(bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << needle;
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status();
+  };
+  for (double bad : {1.5, 4.25, -3.0, std::nan("")}) {
+    quantd::v1::QuantSpec b = p;
+    b.set_avg_bits(bad);
+    refused(b, "avg_bits");
+  }
+  quantd::v1::QuantSpec b = p;
+  b.set_bits(3);
+  refused(b, "bits 3 and avg_bits 2.5");
+  b = p;
+  b.set_budget_weight("fisher");
+  refused(b, "fisher");
+  b = p;
+  b.set_avg_bits(0);
+  refused(b, "budget_weight \"rel\" applies only with avg_bits");
+  b = p;
+  b.set_sequential(true);
+  refused(b, "sequential");
+  b = p;
+  b.set_method("gptq");
+  b.set_grid("q4_0");
+  refused(b, "grid q4_0");
+  b = p;
+  b.set_group_size(64);  // quip-sharp has no groups: refused at every width, saying so
+  refused(b, "with avg_bits 2.5");
 }
 
 TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
