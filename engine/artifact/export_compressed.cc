@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "engine/artifact/artifact.h"
 #include "engine/artifact/export_formats.h"
+#include "engine/artifact/export_pack.h"
 #include "engine/format/checkpoint.h"
 #include "engine/format/float16.h"
 #include "engine/format/safetensors.h"
@@ -19,34 +20,6 @@
 #include "nlohmann/json.hpp"
 
 namespace quantd::artifact {
-namespace {
-
-absl::StatusOr<std::string> F16(const float* v, int64_t n, const std::string& name) {
-  std::string out(static_cast<size_t>(n) * 2, '\0');
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::isfinite(v[i]) && std::fabs(v[i]) > 65504.0f) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": value ", v[i],
-                                                     " does not fit fp16"));
-    }
-    const uint16_t h = model::FloatToHalf(v[i]);
-    std::memcpy(&out[2 * i], &h, 2);
-  }
-  return out;
-}
-
-// compressed-tensors pack_to_int32: value i of a line lands at bit i·bits of the line's words
-// (low bits first); bits = 4 or 8, so no value straddles two words.
-void PackLine(const std::vector<uint32_t>& v, int bits, uint32_t* words) {
-  for (size_t i = 0; i < v.size(); ++i) {
-    words[i * bits / 32] |= v[i] << (i * bits % 32);
-  }
-}
-
-std::string Words(const std::vector<uint32_t>& w) {
-  return std::string(reinterpret_cast<const char*>(w.data()), w.size() * 4);
-}
-
-}  // namespace
 
 absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::string& native_dir,
                                                                 const std::string& out_dir) {
@@ -70,7 +43,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
     if (!absl::EndsWith(name, ".qweight")) {
       QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
       QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(name));
-      QUANTD_ASSIGN_OR_RETURN(std::string data, F16(m.data(), m.size(), name));
+      QUANTD_ASSIGN_OR_RETURN(std::string data, F16Bytes(m.data(), m.size(), name));
       out.push_back({name, model::DType::kF16, v.shape, std::move(data)});
       continue;
     }
@@ -91,7 +64,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
       // A ragged last group has no pack-quantized form: dense fp16, listed in "ignore".
       auto w = quant::DequantizeMatrix(v.data);
       if (!w.ok()) return absl::DataLossError(absl::StrCat("tensor ", name, ": ", w.status().message()));
-      QUANTD_ASSIGN_OR_RETURN(std::string data, F16(w->data(), w->size(), prefix + ".weight"));
+      QUANTD_ASSIGN_OR_RETURN(std::string data, F16Bytes(w->data(), w->size(), prefix + ".weight"));
       out.push_back({prefix + ".weight", model::DType::kF16, {m, n}, std::move(data)});
       ignore.push_back(prefix);
       ++summary.ignored;
@@ -105,7 +78,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
     std::vector<uint32_t> line(n);
     for (int r = 0; r < m; ++r) {
       for (int col = 0; col < n; ++col) line[col] = c->codes[static_cast<size_t>(r) * n + col];
-      PackLine(line, bits, &packed[static_cast<size_t>(r) * words_per_row]);
+      PackBits(line.data(), line.size(), bits, &packed[static_cast<size_t>(r) * words_per_row]);
       for (int g = 0; g < groups; ++g) {
         const quant::ScalarGrid& grid = c->grids[static_cast<size_t>(r) * groups + g];
         if (grid.zero != std::nearbyint(grid.zero) || grid.zero < 0 || grid.zero > grid.maxq ||
@@ -119,8 +92,8 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
         zeros[static_cast<size_t>(r) * groups + g] = static_cast<uint32_t>(grid.zero);
       }
     }
-    out.push_back({prefix + ".weight_packed", model::DType::kI32, {m, words_per_row}, Words(packed)});
-    QUANTD_ASSIGN_OR_RETURN(std::string sc, F16(scales.data(), scales.size(), prefix + ".weight_scale"));
+    out.push_back({prefix + ".weight_packed", model::DType::kI32, {m, words_per_row}, WordBytes(packed)});
+    QUANTD_ASSIGN_OR_RETURN(std::string sc, F16Bytes(scales.data(), scales.size(), prefix + ".weight_scale"));
     out.push_back({prefix + ".weight_scale", model::DType::kF16, {m, groups}, std::move(sc)});
     const int64_t shape[2] = {m, n};
     out.push_back({prefix + ".weight_shape", model::DType::kI64, {2},
@@ -134,10 +107,10 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
       for (int g = 0; g < groups; ++g) {
         for (int r = 0; r < m; ++r) zcol[r] = zeros[static_cast<size_t>(r) * groups + g];
         std::fill(tmp.begin(), tmp.end(), 0);
-        PackLine(zcol, bits, tmp.data());
+        PackBits(zcol.data(), zcol.size(), bits, tmp.data());
         for (int k = 0; k < zwords; ++k) zpacked[static_cast<size_t>(k) * groups + g] = tmp[k];
       }
-      out.push_back({prefix + ".weight_zero_point", model::DType::kI32, {zwords, groups}, Words(zpacked)});
+      out.push_back({prefix + ".weight_zero_point", model::DType::kI32, {zwords, groups}, WordBytes(zpacked)});
     }
     ++summary.quantized;
   }
