@@ -68,7 +68,7 @@ absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
   // Pass 1: check every grid, decide which modules are packed (the same module name in every
   // block: optimum selects modules by name) and whether any zero point is 0, which GPTQ v1's
   // "zero − 1" cannot store.
-  std::set<std::string> all_modules, dense_modules;
+  std::set<std::string> all_modules, dense_modules, grouped_modules;
   bool zero_zero = false;
   for (const std::string& name : ckpt->Names()) {
     if (!absl::EndsWith(name, ".qweight")) continue;
@@ -105,7 +105,13 @@ absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
     }
     all_modules.insert(module);
     if (!GptqPackable(c.bits, c.m, c.n)) dense_modules.insert(module);
+    if (groups > 1) grouped_modules.insert(module);
   }
+  // A job's groups wider than every packed linear (stories260K's 64 inputs with groups of 128)
+  // leave one group per row: that is per channel, and written so (group_size −1), because
+  // gptqmodel's kernels refuse in_features < group_size.
+  bool any_grouped = false;
+  for (const std::string& mod : grouped_modules) any_grouped = any_grouped || dense_modules.count(mod) == 0;
   // Symmetric grids are v1 (zero − 1 = 2^(bits−1) − 1, what every engine assumes); asymmetric
   // ones v1 too unless a zero of 0 forces v2 (docs/formats/exports.md).
   GptqExportSummary summary;
@@ -167,7 +173,7 @@ absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
   }
   nlohmann::json q = {{"quant_method", "gptq"},
                       {"bits", spec.bits},
-                      {"group_size", spec.group_size > 0 ? spec.group_size : -1},
+                      {"group_size", spec.group_size > 0 && any_grouped ? spec.group_size : -1},
                       {"desc_act", spec.act_order},
                       {"sym", sym},
                       {"checkpoint_format", summary.checkpoint_format}};
