@@ -51,19 +51,11 @@ bool GptqPackable(int bits, int out_features, int in_features) {
 
 absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
                                              const std::string& out_dir) {
-  QUANTD_ASSIGN_OR_RETURN(std::string manifest, ReadFile(JoinPath(native_dir, "manifest.json")));
-  QUANTD_ASSIGN_OR_RETURN(ExportSpec spec, ExportSpecFromManifest(manifest));
-  QUANTD_RETURN_IF_ERROR(CheckExportable(spec, ExportFormat::kGptq));
+  QUANTD_ASSIGN_OR_RETURN(ExportSource src, OpenExportSource(native_dir, ExportFormat::kGptq));
+  const ExportSpec& spec = src.spec;
+  nlohmann::json& config = src.config;
+  const model::Checkpoint* ckpt = src.ckpt.get();
   const bool sym = IsSymmetricGrid(spec);
-  QUANTD_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(native_dir, "config.json")));
-  nlohmann::json config = nlohmann::json::parse(config_text, nullptr, false);
-  if (!config.is_object()) return absl::InvalidArgumentError("config.json is not a JSON object");
-  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
-  for (const char* online : {kOnlineDownTensor, kOnlineOTensor}) {
-    if (ckpt->Get(online).ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(native_dir, " rotates activations online"));
-    }
-  }
 
   // Pass 1: check every grid, decide which modules are packed (the same module name in every
   // block: optimum selects modules by name) and whether any zero point is 0, which GPTQ v1's
@@ -121,19 +113,12 @@ absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
   std::vector<model::TensorToWrite> out;
   for (const std::string& name : ckpt->Names()) {
     if (!absl::EndsWith(name, ".qweight")) {
-      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
-      QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(name));
-      QUANTD_ASSIGN_OR_RETURN(std::string data, F16Bytes(m.data(), m.size(), name));
-      out.push_back({name, model::DType::kF16, v.shape, std::move(data)});
+      QUANTD_RETURN_IF_ERROR(AppendF16Tensor(*ckpt, name, &out));
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - 8);
     if (dense_modules.count(ModuleInBlock(prefix)) > 0) {
-      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
-      auto w = quant::DequantizeMatrix(v.data);
-      if (!w.ok()) return absl::DataLossError(absl::StrCat("tensor ", name, ": ", w.status().message()));
-      QUANTD_ASSIGN_OR_RETURN(std::string data, F16Bytes(w->data(), w->size(), prefix + ".weight"));
-      out.push_back({prefix + ".weight", model::DType::kF16, {w->rows(), w->cols()}, std::move(data)});
+      QUANTD_RETURN_IF_ERROR(AppendDenseLinear(*ckpt, name, &out));
       ++summary.dense;
       continue;
     }
@@ -191,12 +176,7 @@ absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
     q["modules_in_block_to_quantize"] = nlohmann::json::array({keep});
   }
   config["quantization_config"] = q;
-  SetConfigDtype(&config, "float16");
-  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
-  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), out));
-  QUANTD_RETURN_IF_ERROR(CopySideFiles(native_dir, out_dir));
-  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
-  QUANTD_RETURN_IF_ERROR(SyncDir(out_dir));
+  QUANTD_RETURN_IF_ERROR(WriteHfExportDir(native_dir, out_dir, out, std::move(config)));
   return summary;
 }
 

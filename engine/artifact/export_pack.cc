@@ -4,9 +4,63 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "engine/artifact/artifact.h"
 #include "engine/format/float16.h"
+#include "engine/quant/quantize.h"
 
 namespace quantd::artifact {
+
+absl::StatusOr<ExportSource> OpenExportSource(const std::string& native_dir, ExportFormat format) {
+  ExportSource src;
+  QUANTD_ASSIGN_OR_RETURN(std::string manifest, ReadFile(JoinPath(native_dir, "manifest.json")));
+  QUANTD_ASSIGN_OR_RETURN(src.spec, ExportSpecFromManifest(manifest));
+  QUANTD_RETURN_IF_ERROR(CheckExportable(src.spec, format));
+  QUANTD_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(native_dir, "config.json")));
+  src.config = nlohmann::json::parse(config_text, nullptr, false);
+  if (!src.config.is_object()) return absl::InvalidArgumentError("config.json is not a JSON object");
+  QUANTD_ASSIGN_OR_RETURN(src.ckpt, model::Checkpoint::Open(native_dir));
+  for (const char* online : {kOnlineDownTensor, kOnlineOTensor}) {
+    if (src.ckpt->Get(online).ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(native_dir, " rotates activations online"));
+    }
+  }
+  return src;
+}
+
+absl::Status WriteHfExportDir(const std::string& native_dir, const std::string& out_dir,
+                              const std::vector<model::TensorToWrite>& tensors,
+                              nlohmann::json config) {
+  SetConfigDtype(&config, "float16");
+  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
+  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), tensors));
+  QUANTD_RETURN_IF_ERROR(CopySideFiles(native_dir, out_dir));
+  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
+  return SyncDir(out_dir);
+}
+
+absl::Status AppendF16Tensor(const model::Checkpoint& ckpt, const std::string& name,
+                             std::vector<model::TensorToWrite>* out) {
+  QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt.Get(name));
+  QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt.ReadMatrix(name));
+  QUANTD_ASSIGN_OR_RETURN(std::string data, F16Bytes(m.data(), m.size(), name));
+  out->push_back({name, model::DType::kF16, v.shape, std::move(data)});
+  return absl::OkStatus();
+}
+
+absl::Status AppendDenseLinear(const model::Checkpoint& ckpt, const std::string& qweight_name,
+                               std::vector<model::TensorToWrite>* out) {
+  const std::string weight = qweight_name.substr(0, qweight_name.size() - 8) + ".weight";
+  QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt.Get(qweight_name));
+  auto w = quant::DequantizeMatrix(v.data);
+  if (!w.ok()) {
+    return absl::DataLossError(absl::StrCat("tensor ", qweight_name, ": ", w.status().message()));
+  }
+  QUANTD_ASSIGN_OR_RETURN(std::string data, F16Bytes(w->data(), w->size(), weight));
+  out->push_back({weight, model::DType::kF16, {w->rows(), w->cols()}, std::move(data)});
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::string> F16Bytes(const float* v, int64_t n, const std::string& name) {
   std::string out(static_cast<size_t>(n) * 2, '\0');
