@@ -7,8 +7,11 @@ and 8 bits), `quantctl fetch --format gptq` writes each checkpoint directory, an
 transformers, optimum and gptqmodel (its torch kernel, CPU):
 
   1. transformers' AutoModelForCausalLM.from_pretrained loads the directory through optimum and
-     gptqmodel (the GPTQ quantizer replaces the linears named by the config with gptqmodel's
-     TorchQuantLinear and converts a "gptq" (v1) checkpoint's zero points);
+     gptqmodel with its reference torch kernel (`GPTQConfig(backend="torch")`: the GPTQ quantizer
+     replaces the linears the config names with gptqmodel's TorchQuantLinear and converts a
+     "gptq" (v1) checkpoint's zero points); the kernel gptqmodel picks by itself is loaded too
+     and its logits reported, not asserted (on CPU it may pick TorchFusedLinear, which ignores
+     zero points: right for symmetric checkpoints only);
   2. each quantized linear's own dequantization (gptqmodel `dequantize_weight()`) equals our
      weights (`quantctl fetch --format hf --dtype f32` of the same version) within the fp16
      rounding of the scale: |Δ| ≤ |q − z|·|s − fp16(s)| ≤ 2^-11·max|w| per row and group, and
@@ -77,8 +80,10 @@ failed = 0
 for case in sys.argv[3:]:
     name, gptq_dir, f32_dir, ours_file = case.split(",")
     qc = json.load(open(gptq_dir + "/config.json"))["quantization_config"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(gptq_dir, device_map="cpu",
-                                                              dtype=torch.float16)
+    # gptqmodel's reference torch kernel (backend "torch"): what is asserted.
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        gptq_dir, device_map="cpu", dtype=torch.float16,
+        quantization_config=transformers.GPTQConfig(bits=qc["bits"], backend="torch"))
     model.eval()
     ours_w = safetensors(f32_dir + "/model.safetensors")
     worst, nq, kinds, bad = 0.0, 0, set(), []
@@ -100,6 +105,18 @@ for case in sys.argv[3:]:
     rng = float(np.abs(ours).max())
     agree = float((logits.argmax(1) == ours.argmax(1)).mean())
     ok = nq > 0 and not bad and d <= 0.05 * rng and agree >= 0.97
+    # The kernel gptqmodel picks by itself ("auto"), reported, not asserted: on CPU it may pick
+    # TorchFusedLinear, whose CPU path (gptqmodel 7.7.0 transform_cpu) replaces the zero points
+    # by 0, i.e. is right only for symmetric checkpoints (docs/formats/exports.md).
+    auto = transformers.AutoModelForCausalLM.from_pretrained(gptq_dir, device_map="cpu",
+                                                             dtype=torch.float16)
+    auto.eval()
+    with torch.no_grad():
+        la = auto(torch.from_numpy(tokens)[None, :]).logits[0].float().numpy()
+    akinds = sorted({type(m).__name__ for m in auto.modules() if isinstance(m, BaseQuantLinear)})
+    print("%s: default kernel %s: max |delta logit| = %.4f, argmax agreement %.3f" % (
+        name, ",".join(akinds), float(np.abs(la - ours).max()),
+        float((la.argmax(1) == ours.argmax(1)).mean())), flush=True)
     print("%s: %s, %d-bit, group_size %s, sym %s, desc_act %s: %d quantized linears (%s), worst "
           "weight |delta|/max|w| %.2g%s; max |delta logit| = %.4f (logit range %.1f), argmax "
           "agreement %.3f: %s" % (
