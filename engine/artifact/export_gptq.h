@@ -1,5 +1,6 @@
 // GPTQ checkpoint export of a native artifact (docs/formats/exports.md, "GPTQ"): a Hugging Face
-// directory that transformers (optimum + gptqmodel), gptqmodel itself, vLLM and TGI load, each
+// directory in the layout transformers (optimum + gptqmodel), gptqmodel itself, vLLM and TGI read
+// (checked with transformers + gptqmodel: tests/gptq_export_test.py), each
 // quantized linear as qweight / qzeros / scales / g_idx made from the artifact's own integer
 // codes (never requantized), everything else fp16.
 // Thread-safety: may run concurrently for different output directories.
