@@ -182,9 +182,9 @@ int RunMethods(const Flags& flags) {
     std::vector<std::string> mb = absl::StrSplit(c, '/');
     int bits = 0;
     int config_group = -1;  // METHOD/BITS/gN: group size N for this config only
-    // Options after the group (METHOD/BITS/[gN][a][m][dX]): a = act order, m = mse clip,
-    // dX = damping X.
-    bool config_act = false, config_mse = false;
+    // Options after the group (METHOD/BITS/[gN][a][m][h][dX]): a = act order, m = mse clip,
+    // h = Hessian-weighted grid choice (QuantSpec::hessian_scale), dX = damping X.
+    bool config_act = false, config_mse = false, config_hscale = false;
     double config_damp = 0;
     // METHOD/bX: a bit budget of X code bits per weight on average over widths 2, 3, 4.
     double avg_bits = 0;
@@ -211,6 +211,8 @@ int RunMethods(const Flags& flags) {
           config_act = true;
         } else if (opt[k] == 'm') {
           config_mse = true;
+        } else if (opt[k] == 'h') {  // h: Hessian-diagonal-weighted grid choice (hessian_scale)
+          config_hscale = true;
         } else if (opt[k] == 'd') {  // dX: damping X for this config (last option)
           bad = !absl::SimpleAtod(opt.substr(k + 1), &config_damp);
           break;
@@ -220,7 +222,7 @@ int RunMethods(const Flags& flags) {
       }
     }
     if (bad) {
-      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS[/[gN][a][m]]\n", c.c_str());
+      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS[/[gN][a][m][h][dX]]\n", c.c_str());
       return 2;
     }
     quant::QuantSpec spec;
@@ -232,6 +234,7 @@ int RunMethods(const Flags& flags) {
     if (traits.scalar_grid) {
       spec.group_size = config_group > 0 ? config_group : static_cast<int>(*group_size);
       spec.mse_clip = *mse_clip != 0 || config_mse;
+      spec.hessian_scale = config_hscale;
     }
     // With groups, act order uses static groups (quant/quantize.h).
     spec.act_order = (*act_order != 0 || config_act) && traits.act_order;
@@ -390,6 +393,7 @@ int RunMethods(const Flags& flags) {
     if (spec.group_size > 0) out["group_size"] = spec.group_size;
     if (spec.mse_clip) out["mse_clip"] = true;
     if (spec.act_order) out["act_order"] = true;
+    if (spec.hessian_scale) out["hessian_scale"] = true;
     if (spec.damp != 0.01) out["damp"] = spec.damp;
     if (!save_dir.empty()) {
       if (rotate) {

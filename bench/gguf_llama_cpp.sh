@@ -44,6 +44,14 @@ if [ ! -s "$OUT/q4_0/gptq-4.gguf" ]; then
     --save "$OUT/q4_0" --gguf 1 > "$OUT/q4_0.jsonl"
 fi
 
+# 1b. The Hessian-weighted grid choice (QuantSpec.hessian_scale, option h; docs/benchmarks.md):
+#     gptq + act order + h, gptq + h, and rtn + h (the control: imatrix's idea without feedback).
+if [ ! -s "$OUT/q4_0/gptq-4-ah.gguf" ]; then
+  "$BENCH" methods --model "$HF" --calib "$CALIB" --eval "$EVAL" --calib-seqs 16 \
+    --eval-tokens 128 --configs gptq/0/ah,rtn/0/h,gptq/0/h --grid q4_0 \
+    --save "$OUT/q4_0" --gguf 1 > "$OUT/q4_0_hscale.jsonl"
+fi
+
 # 2. llama.cpp's files.
 [ -s "$OUT/llama-f16.gguf" ] || "$BIN/llama-quantize" --allow-requantize "$ORIG" "$OUT/llama-f16.gguf" F16 >/dev/null 2>&1
 [ -s "$OUT/imatrix.gguf" ] || "$BIN/llama-imatrix" -m "$OUT/llama-f16.gguf" -f "$CALIB" -c 512 --chunks 16 \
@@ -70,6 +78,7 @@ if [ ! -x "$PPL" ] || [ "$(dirname "$0")/llama_cpp/llama_ppl.cc" -nt "$PPL" ]; t
 fi
 printf '| file | bytes | ppl (quantd protocol, llama.cpp) | llama-perplexity --chunks 8 |\n|---|---|---|---|\n'
 for f in llama-f16 q4_0/rtn-4 q4_0/gptq-4 q4_0/gptq-4-am q4_0/gptq-4-ad0.1 q4_0/gptq-4-amd0.1 \
+         q4_0/gptq-4-ah q4_0/rtn-4-h q4_0/gptq-4-h \
          llama-q4_0 llama-q4_0-imat llama-q4_0-imat-f16emb llama-q4_1-imat llama-iq4_nl-imat; do
   g="$OUT/$f.gguf"
   [ -s "$g" ] || continue

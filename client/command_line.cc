@@ -377,7 +377,7 @@ commands:
   models [NAME] [--json] Lists published model versions (name, version, method, bits, ppl).
   delete NAME@VERSION [--json]
                          Deletes one published version (its files; the number is never reused).
-  fetch NAME[@VERSION] -o DIR [--format native|hf|gguf] [--dtype f16|bf16|f32]
+  fetch NAME[@VERSION] -o DIR [--format native|hf|gguf|gptq|compressed-tensors] [--dtype f16|bf16|f32]
       Downloads a model version (default: latest) into DIR, resuming broken transfers and
       verifying each file's size and sha256; writes DIR/manifest.json last.
       --format hf downloads the native files into DIR/.quantd-native (resumable, verified),
@@ -387,6 +387,9 @@ commands:
       --format gguf writes DIR/model.gguf for llama.cpp from the version's own integer codes
       (rtn/gptq with groups of 32; `models` lists each version's export formats); a version
       that does not fit is refused (FAILED_PRECONDITION) before anything is downloaded.
+      --format gptq writes a GPTQ checkpoint directory (transformers + gptqmodel, vLLM, TGI;
+      rtn/gptq at 2/3/4/8 bits); --format compressed-tensors a pack-quantized one (vLLM;
+      4/8 bits). Both are refused the same way when the version does not fit.
   help, --help, -h       This text.
 
 --json: stdout holds exactly one JSON document: a Job (submit, watch, status, cancel) or an

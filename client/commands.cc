@@ -158,7 +158,7 @@ int Fetch(QuantdClient& client, const Invocation& inv, const Streams& io) {
     }
     if (!artifact::ExportImplemented(*fmt)) {
       return Fail(io, absl::UnimplementedError(absl::StrCat(
-                          "--format ", inv.export_format, " is not implemented yet; use gguf")));
+                          "--format ", inv.export_format, " is not implemented yet")));
     }
     version = head->version();  // the version that was checked, even if a newer one appears
   }

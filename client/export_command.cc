@@ -5,6 +5,7 @@
 #include "common/status_macros.h"
 #include "engine/artifact/artifact.h"
 #include "engine/artifact/export_compressed.h"
+#include "engine/artifact/export_gptq.h"
 #include "engine/artifact/export_gguf.h"
 
 namespace quantd::client {
@@ -18,7 +19,7 @@ absl::StatusOr<std::string> WriteEngineExport(const std::string& native_dir,
   if (!artifact::ExportImplemented(format)) {
     return absl::UnimplementedError(absl::StrCat(
         "--format ", std::string(artifact::ExportFormatName(format)),
-        " is not implemented yet; use gguf or compressed-tensors"));
+        " is not implemented yet"));
   }
   QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
   if (format == artifact::ExportFormat::kCompressedTensors) {
@@ -27,6 +28,14 @@ absl::StatusOr<std::string> WriteEngineExport(const std::string& native_dir,
     std::string line = absl::StrCat("wrote compressed-tensors pack-quantized checkpoint (",
                                     c.quantized, " packed linears");
     if (c.ignored > 0) absl::StrAppend(&line, ", ", c.ignored, " dense: ragged last group");
+    absl::StrAppend(&line, ") to ", out_dir);
+    return line;
+  }
+  if (format == artifact::ExportFormat::kGptq) {
+    QUANTD_ASSIGN_OR_RETURN(artifact::GptqExportSummary g, artifact::ExportGptq(native_dir, out_dir));
+    std::string line = absl::StrCat("wrote GPTQ checkpoint (checkpoint_format ", g.checkpoint_format,
+                                    ", ", g.quantized, " packed linears");
+    if (g.dense > 0) absl::StrAppend(&line, ", ", g.dense, " fp16: a dimension does not fill int32 words");
     absl::StrAppend(&line, ") to ", out_dir);
     return line;
   }
@@ -43,7 +52,7 @@ absl::StatusOr<std::string> WriteEngineExport(const std::string& native_dir,
 
 int RunExportCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
   constexpr const char* kUsage =
-      "usage: quantctl export NATIVE_DIR -o DIR --format gguf|compressed-tensors|hf "
+      "usage: quantctl export NATIVE_DIR -o DIR --format gguf|gptq|compressed-tensors|hf "
       "[--dtype f16|bf16|f32 (hf)]\n";
   std::string in, dir, format, dtype = "f16";
   for (size_t i = 0; i < args.size(); ++i) {

@@ -255,6 +255,14 @@ class PythonClientTest(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(out, ".quantd-native")))
         self.assertIn("gguf-q4_0", json.loads(read(os.path.join(out, "quantd_manifest.json")))[
             "export_formats"])
+        # The same version as a GPTQ checkpoint (a q4_0 grid is symmetric: GPTQ v1, sym).
+        gq = os.path.join(self.tmp, "gptq")
+        c.fetch_export("py-q40", gq, "gptq", quantctl=quantctl)
+        q = json.loads(read(os.path.join(gq, "config.json")))["quantization_config"]
+        self.assertEqual((q["quant_method"], q["bits"], q["group_size"], q["sym"],
+                          q["checkpoint_format"]), ("gptq", 4, 32, True, "gptq"))
+        self.assertTrue(os.path.exists(os.path.join(gq, "model.safetensors")))
+        self.assertFalse(os.path.exists(os.path.join(gq, ".quantd-native")))
         job = c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-rtn-pc", max_calib_seqs=8)
         self.assertEqual(c.watch(job.id).state, qc.pb.JOB_STATE_SUCCEEDED)
         env = dict(os.environ, QUANTCTL=quantctl)

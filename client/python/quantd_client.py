@@ -24,7 +24,7 @@ the same codes as quantctl):
         [--wait [--progress-interval S]] [--json]
     python3 quantd_client.py watch JOB [--json] [--progress-interval S]
     python3 quantd_client.py status JOB [--json]
-    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--format native|gguf|compressed-tensors]
+    python3 quantd_client.py fetch NAME[@VERSION] -o DIR [--format native|gguf|gptq|compressed-tensors]
         [--json]
 
 watch and submit --wait show quantctl's progress display (quantd_progress.py, docs/cli.md):
@@ -337,7 +337,7 @@ class Client:
 
     def fetch_export(self, name, out_dir, fmt, version=0, on_file=None, quantctl=None):
         """fetch() of an engine export (docs/formats/exports.md): `fmt` "gguf" writes
-        out_dir/model.gguf. The version's manifest is checked first: a version whose
+        out_dir/model.gguf, "gptq" and "compressed-tensors" a Hugging Face directory. The version's manifest is checked first: a version whose
         "export_formats" lacks the format raises FetchError FAILED_PRECONDITION before anything
         is downloaded. The native files go to out_dir/.quantd-native (resumable), then the
         export is written by `quantctl export` (one implementation of the format, in C++):
@@ -530,9 +530,10 @@ def main(argv=None):
     f = sub.add_parser("fetch", help="download a published model, verifying sha256")
     f.add_argument("model", help="NAME or NAME@VERSION")
     f.add_argument("-o", "--out", required=True)
-    f.add_argument("--format", default="native", choices=("native", "gguf", "compressed-tensors"),
-                   help="gguf: DIR/model.gguf for llama.cpp; compressed-tensors: a vLLM "
-                        "checkpoint (both run `quantctl export`)")
+    f.add_argument("--format", default="native", choices=("native", "gguf", "gptq", "compressed-tensors"),
+                   help="gguf: DIR/model.gguf for llama.cpp; gptq: a GPTQ checkpoint "
+                        "(transformers + gptqmodel, vLLM, TGI); compressed-tensors: a vLLM "
+                        "checkpoint (all run `quantctl export`)")
     f.add_argument("--json", action="store_true")
     g = sub.add_parser("gen-stubs", help="generate quantd_pb2*.py from proto/quantd.proto")
     g.add_argument("dir", nargs="?", default=os.path.join(_HERE, "_gen"))

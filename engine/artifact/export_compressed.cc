@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "engine/artifact/artifact.h"
 #include "engine/artifact/export_formats.h"
+#include "engine/artifact/export_pack.h"
 #include "engine/format/checkpoint.h"
 #include "engine/format/float16.h"
 #include "engine/format/safetensors.h"
@@ -19,59 +20,20 @@
 #include "nlohmann/json.hpp"
 
 namespace quantd::artifact {
-namespace {
-
-absl::StatusOr<std::string> F16(const float* v, int64_t n, const std::string& name) {
-  std::string out(static_cast<size_t>(n) * 2, '\0');
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::isfinite(v[i]) && std::fabs(v[i]) > 65504.0f) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": value ", v[i],
-                                                     " does not fit fp16"));
-    }
-    const uint16_t h = model::FloatToHalf(v[i]);
-    std::memcpy(&out[2 * i], &h, 2);
-  }
-  return out;
-}
-
-// compressed-tensors pack_to_int32: value i of a line lands at bit i·bits of the line's words
-// (low bits first); bits = 4 or 8, so no value straddles two words.
-void PackLine(const std::vector<uint32_t>& v, int bits, uint32_t* words) {
-  for (size_t i = 0; i < v.size(); ++i) {
-    words[i * bits / 32] |= v[i] << (i * bits % 32);
-  }
-}
-
-std::string Words(const std::vector<uint32_t>& w) {
-  return std::string(reinterpret_cast<const char*>(w.data()), w.size() * 4);
-}
-
-}  // namespace
 
 absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::string& native_dir,
                                                                 const std::string& out_dir) {
-  QUANTD_ASSIGN_OR_RETURN(std::string manifest, ReadFile(JoinPath(native_dir, "manifest.json")));
-  QUANTD_ASSIGN_OR_RETURN(ExportSpec spec, ExportSpecFromManifest(manifest));
-  QUANTD_RETURN_IF_ERROR(CheckExportable(spec, ExportFormat::kCompressedTensors));
+  QUANTD_ASSIGN_OR_RETURN(ExportSource src, OpenExportSource(native_dir, ExportFormat::kCompressedTensors));
+  const ExportSpec& spec = src.spec;
+  nlohmann::json& config = src.config;
+  const model::Checkpoint* ckpt = src.ckpt.get();
   const bool sym = IsSymmetricGrid(spec);
-  QUANTD_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(native_dir, "config.json")));
-  nlohmann::json config = nlohmann::json::parse(config_text, nullptr, false);
-  if (!config.is_object()) return absl::InvalidArgumentError("config.json is not a JSON object");
-  QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(native_dir));
-  for (const char* online : {kOnlineDownTensor, kOnlineOTensor}) {
-    if (ckpt->Get(online).ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(native_dir, " rotates activations online"));
-    }
-  }
   CompressedExportSummary summary;
   std::vector<model::TensorToWrite> out;
   nlohmann::json ignore = nlohmann::json::array({"lm_head"});
   for (const std::string& name : ckpt->Names()) {
     if (!absl::EndsWith(name, ".qweight")) {
-      QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
-      QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(name));
-      QUANTD_ASSIGN_OR_RETURN(std::string data, F16(m.data(), m.size(), name));
-      out.push_back({name, model::DType::kF16, v.shape, std::move(data)});
+      QUANTD_RETURN_IF_ERROR(AppendF16Tensor(*ckpt, name, &out));
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - 8);
@@ -89,10 +51,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
     }
     if (n % gs != 0) {
       // A ragged last group has no pack-quantized form: dense fp16, listed in "ignore".
-      auto w = quant::DequantizeMatrix(v.data);
-      if (!w.ok()) return absl::DataLossError(absl::StrCat("tensor ", name, ": ", w.status().message()));
-      QUANTD_ASSIGN_OR_RETURN(std::string data, F16(w->data(), w->size(), prefix + ".weight"));
-      out.push_back({prefix + ".weight", model::DType::kF16, {m, n}, std::move(data)});
+      QUANTD_RETURN_IF_ERROR(AppendDenseLinear(*ckpt, name, &out));
       ignore.push_back(prefix);
       ++summary.ignored;
       continue;
@@ -105,7 +64,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
     std::vector<uint32_t> line(n);
     for (int r = 0; r < m; ++r) {
       for (int col = 0; col < n; ++col) line[col] = c->codes[static_cast<size_t>(r) * n + col];
-      PackLine(line, bits, &packed[static_cast<size_t>(r) * words_per_row]);
+      PackBits(line.data(), line.size(), bits, &packed[static_cast<size_t>(r) * words_per_row]);
       for (int g = 0; g < groups; ++g) {
         const quant::ScalarGrid& grid = c->grids[static_cast<size_t>(r) * groups + g];
         if (grid.zero != std::nearbyint(grid.zero) || grid.zero < 0 || grid.zero > grid.maxq ||
@@ -119,8 +78,8 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
         zeros[static_cast<size_t>(r) * groups + g] = static_cast<uint32_t>(grid.zero);
       }
     }
-    out.push_back({prefix + ".weight_packed", model::DType::kI32, {m, words_per_row}, Words(packed)});
-    QUANTD_ASSIGN_OR_RETURN(std::string sc, F16(scales.data(), scales.size(), prefix + ".weight_scale"));
+    out.push_back({prefix + ".weight_packed", model::DType::kI32, {m, words_per_row}, WordBytes(packed)});
+    QUANTD_ASSIGN_OR_RETURN(std::string sc, F16Bytes(scales.data(), scales.size(), prefix + ".weight_scale"));
     out.push_back({prefix + ".weight_scale", model::DType::kF16, {m, groups}, std::move(sc)});
     const int64_t shape[2] = {m, n};
     out.push_back({prefix + ".weight_shape", model::DType::kI64, {2},
@@ -134,10 +93,10 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
       for (int g = 0; g < groups; ++g) {
         for (int r = 0; r < m; ++r) zcol[r] = zeros[static_cast<size_t>(r) * groups + g];
         std::fill(tmp.begin(), tmp.end(), 0);
-        PackLine(zcol, bits, tmp.data());
+        PackBits(zcol.data(), zcol.size(), bits, tmp.data());
         for (int k = 0; k < zwords; ++k) zpacked[static_cast<size_t>(k) * groups + g] = tmp[k];
       }
-      out.push_back({prefix + ".weight_zero_point", model::DType::kI32, {zwords, groups}, Words(zpacked)});
+      out.push_back({prefix + ".weight_zero_point", model::DType::kI32, {zwords, groups}, WordBytes(zpacked)});
     }
     ++summary.quantized;
   }
@@ -156,12 +115,7 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
                                       {"format", "pack-quantized"}}}}},
       {"ignore", ignore},
       {"kv_cache_scheme", nullptr}};
-  SetConfigDtype(&config, "float16");
-  QUANTD_RETURN_IF_ERROR(MakeDirs(out_dir));
-  QUANTD_RETURN_IF_ERROR(model::WriteSafetensors(JoinPath(out_dir, "model.safetensors"), out));
-  QUANTD_RETURN_IF_ERROR(CopySideFiles(native_dir, out_dir));
-  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(out_dir, "config.json"), config.dump(2) + "\n"));
-  QUANTD_RETURN_IF_ERROR(SyncDir(out_dir));
+  QUANTD_RETURN_IF_ERROR(WriteHfExportDir(native_dir, out_dir, out, std::move(config)));
   return summary;
 }
 

@@ -48,8 +48,8 @@ absl::StatusOr<model::GgmlType> GgufTypeFor(const ExportSpec& spec);
 // formats it can be exported to.
 absl::Status CheckExportable(const ExportSpec& spec, ExportFormat f);
 
-// Whether `quantctl fetch` can write `f` yet (gguf; gptq and compressed-tensors are specified in
-// docs/formats/exports.md and refused with their reasons, but not written yet).
+// Whether `quantctl fetch` can write `f` (all three formats are written now; kept so a format
+// can be specified and refused with its reasons before its writer exists).
 bool ExportImplemented(ExportFormat f);
 
 // The names for the manifest, implemented formats only: "gptq", "compressed-tensors", "gguf-q4_0" (GGUF with its type).

@@ -175,9 +175,11 @@ TEST(ExportFormatsTest, RefusalsNameTheReasonAndTheSupportedFormats) {
   // What the manifest lists (implemented formats only).
   EXPECT_TRUE(CheckExportable({"gptq", 4, 32, false, quant::GridTarget::kQ4_0}, ExportFormat::kGptq).ok());
   EXPECT_EQ(ExportFormatsFor({"gptq", 4, 32, false, quant::GridTarget::kQ4_0}),
-            (std::vector<std::string>{"compressed-tensors", "gguf-q4_0"}));
+            (std::vector<std::string>{"gptq", "compressed-tensors", "gguf-q4_0"}));
   EXPECT_EQ(ExportFormatsFor({"rtn", 4, 32, false, quant::GridTarget::kDefault}),
-            (std::vector<std::string>{"compressed-tensors", "gguf-q4_1"}));
+            (std::vector<std::string>{"gptq", "compressed-tensors", "gguf-q4_1"}));
+  EXPECT_EQ(ExportFormatsFor({"gptq", 3, 0, true, quant::GridTarget::kDefault}),
+            (std::vector<std::string>{"gptq"}));
   EXPECT_EQ(ExportFormatsFor({"gptq", 5, 32, false, quant::GridTarget::kQ5_1}),
             (std::vector<std::string>{"gguf-q5_1"}));
   EXPECT_TRUE(ExportFormatsFor({"quip-sharp", 2, 0, false, quant::GridTarget::kDefault}).empty());

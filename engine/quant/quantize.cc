@@ -56,17 +56,20 @@ class FixedGridRounder : public ColumnRounder {
 // the grids do not depend on the order in which the sweep reaches the columns.
 class GptqRounder : public ColumnRounder {
  public:
-  GptqRounder(const MatrixD& w, const RtnParams& p, const std::vector<int>* perm = nullptr)
+  // diag (optional, n entries in the original column order): the Hessian diagonal that weights
+  // each grid's fit (QuantSpec::hessian_scale).
+  GptqRounder(const MatrixD& w, const RtnParams& p, const std::vector<int>* perm = nullptr,
+              const std::vector<double>* diag = nullptr)
       : p_(p), groups_(NumGroups(static_cast<int>(w.cols()), p.group_size)),
-        gs_(groups_ == 1 ? 0 : p.group_size), perm_(perm),
+        gs_(groups_ == 1 ? 0 : p.group_size), perm_(perm), diag_(diag),
         grids_(static_cast<size_t>(w.rows()) * groups_) {
     if (gs_ == 0) {
-      for (int r = 0; r < w.rows(); ++r) grids_[r] = FitMinMaxGrid(&w(r, 0), w.cols(), p_);
+      for (int r = 0; r < w.rows(); ++r) grids_[r] = Fit(&w(r, 0), 0, w.cols());
     } else if (perm_ != nullptr) {
       for (int r = 0; r < w.rows(); ++r) {
         for (int g = 0; g < groups_; ++g) {
           const int c0 = g * gs_, len = std::min<int>(gs_, w.cols() - c0);
-          grids_[static_cast<size_t>(r) * groups_ + g] = FitMinMaxGrid(&w(r, c0), len, p_);
+          grids_[static_cast<size_t>(r) * groups_ + g] = Fit(&w(r, c0), c0, len);
         }
       }
     }
@@ -76,7 +79,7 @@ class GptqRounder : public ColumnRounder {
     const int g = k / gs_;
     for (int r = 0; r < block.rows(); ++r) {
       grids_[static_cast<size_t>(r) * groups_ + g] =
-          FitMinMaxGrid(&block(r, 0), static_cast<int>(block.cols()), p_);
+          Fit(&block(r, 0), k, static_cast<int>(block.cols()));
     }
   }
   int Round(int row, int col, double x, double* xhat) override {
@@ -89,10 +92,18 @@ class GptqRounder : public ColumnRounder {
   std::vector<ScalarGrid> TakeGrids() { return std::move(grids_); }
 
  private:
+  // Columns [c0, c0 + len) of the original order (without act order the sweep's order is the
+  // original one).
+  ScalarGrid Fit(const double* w, int c0, int len) const {
+    return diag_ != nullptr ? FitWeightedGrid(w, diag_->data() + c0, len, p_)
+                            : FitMinMaxGrid(w, len, p_);
+  }
+
   RtnParams p_;
   int groups_;
   int gs_;
   const std::vector<int>* perm_;
+  const std::vector<double>* diag_;
   std::vector<ScalarGrid> grids_;
 };
 
@@ -336,6 +347,9 @@ absl::Status ValidateSpec(const QuantSpec& s) {
     return absl::InvalidArgumentError(
         absl::StrCat("group_size = ", s.group_size, " is invalid for ", name));
   }
+  if (s.hessian_scale && !t.scalar_grid) {
+    return absl::InvalidArgumentError(absl::StrCat("hessian_scale is not supported by ", name));
+  }
   if (s.mse_clip && !t.scalar_grid) {
     return absl::InvalidArgumentError(absl::StrCat("mse_clip is not supported by ", name));
   }
@@ -397,7 +411,13 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
   if (spec.method == Method::kRtn) {
     c.group_size = spec.group_size;
     const RtnParams p = RtnParamsFor(spec);
-    QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, p));
+    std::vector<double> diag;
+    if (spec.hessian_scale) {
+      diag.resize(n);
+      for (int j = 0; j < n; ++j) diag[j] = hd(j, j);
+    }
+    QUANTD_ASSIGN_OR_RETURN(RtnResult r,
+                            QuantizeRtn(wd, p, spec.hessian_scale ? diag.data() : nullptr));
     c.grids = std::move(r.grids);
     c.codes.assign(r.codes.begin(), r.codes.end());
   } else {
@@ -407,6 +427,14 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
     }
     if (spec.method == Method::kGptq) {
       c.group_size = spec.group_size;
+      // hessian_scale: the undamped diagonal (dead columns already zeroed), E[x_i^2] as an
+      // importance matrix collects it.
+      std::vector<double> diag;
+      if (spec.hessian_scale) {
+        diag.resize(n);
+        for (int j = 0; j < n; ++j) diag[j] = hd(j, j);
+      }
+      const std::vector<double>* dp = spec.hessian_scale ? &diag : nullptr;
       QUANTD_ASSIGN_OR_RETURN(DampedHessian dh,
                               DampAndFactor(dev, hd, spec.damp, DampStyle::kGptq, layer_name));
       AppendNote(&result.note, dh.note);
@@ -418,7 +446,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
         for (int j = 0; j < n; ++j) perm[j] = j;
         std::stable_sort(perm.begin(), perm.end(),
                          [&](int a, int b) { return hd(a, a) > hd(b, b); });
-        GptqRounder rounder(wd, RtnParamsFor(spec), &perm);
+        GptqRounder rounder(wd, RtnParamsFor(spec), &perm, dp);
         MatrixD wp(m, n), hp(n, n);
         for (int j = 0; j < n; ++j) wp.col(j) = wd.col(perm[j]);
         for (int i = 0; i < n; ++i) {
@@ -433,7 +461,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
         }
         c.grids = rounder.TakeGrids();
       } else {
-        GptqRounder rounder(wd, RtnParamsFor(spec));
+        GptqRounder rounder(wd, RtnParamsFor(spec), nullptr, dp);
         QUANTD_ASSIGN_OR_RETURN(LdlqResult r, LdlqGptq(dev, wd, dh.h, rounder));
         c.codes = std::move(r.codes);
         c.grids = rounder.TakeGrids();

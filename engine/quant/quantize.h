@@ -36,6 +36,11 @@ struct QuantSpec {
   // are left to absorb their error. With groups the grids are static (AutoGPTQ static_groups):
   // fit on the original weights of each group before the sweep.
   bool act_order = false;
+  // Default: false (rtn, gptq, quarot). Choose each grid (scale; zero for asymmetric forms) by
+  // the error weighted with the Hessian diagonal, sum_i H_ii (w_i - ŵ_i)^2, over shrunk/widened
+  // ranges and least-squares scales (rtn.h FitWeightedGrid), as llama.cpp's importance matrix
+  // does; gptq's error feedback then rounds onto that grid. Replaces mse_clip's search.
+  bool hessian_scale = false;
   int greedy_passes = 0;     // Default: 0 (quip-sharp)
   double codebook_scale = 0; // Default: 0 = codebook default (quip-sharp; qtip: trellis input scale)
   TrellisCode trellis_code = TrellisCode::k1Mad;  // Default: 1mad (qtip)

@@ -66,6 +66,12 @@ TEST(QuantizeTest, ValidateSpecNamesTheBadValue) {
   s = QuantSpec{};
   s.greedy_passes = -2;
   EXPECT_EQ(ValidateSpec(s).code(), absl::StatusCode::kInvalidArgument);
+  s = QuantSpec{};
+  s.hessian_scale = true;  // quip-sharp has no scalar grid to choose
+  EXPECT_THAT(ValidateSpec(s).message(), HasSubstr("hessian_scale"));
+  s.method = Method::kGptq;
+  s.bits = 4;
+  EXPECT_TRUE(ValidateSpec(s).ok());
 }
 
 TEST(QuantizeTest, AllMethodsRoundTripOnAllShapes) {

@@ -114,6 +114,56 @@ ScalarGrid FitMinMaxGrid(const double* w, int len, const RtnParams& params) {
   return best;
 }
 
+ScalarGrid FitWeightedGrid(const double* w, const double* h, int len, const RtnParams& params) {
+  const int maxq = (1 << params.bits) - 1;
+  double wmin = 0, wmax = 0, hsum = 0;
+  for (int i = 0; i < len; ++i) {
+    wmin = std::min(wmin, w[i]);
+    wmax = std::max(wmax, w[i]);
+    hsum += h[i];
+  }
+  const bool unit = !(hsum > 0);
+  auto weight = [&](int i) { return unit ? 1.0 : h[i]; };
+  auto score = [&](const ScalarGrid& g) {
+    double err = 0;
+    for (int i = 0; i < len; ++i) {
+      const double e = g.Round(w[i]) - w[i];
+      err += weight(i) * e * e;
+    }
+    return err;
+  };
+  const bool fixed_zero = params.form == GridForm::kSymmetric || params.form == GridForm::kSignedMax;
+  const bool fp16 = params.fp16_scale || params.form == GridForm::kMinOffset ||
+                    params.form == GridForm::kSignedMax;
+  ScalarGrid best = GridFromRange(wmin, wmax, maxq, params);
+  double best_err = score(best);
+  for (int i = -12; i < static_cast<int>(kClipMaxShrink * kClipGrid); ++i) {
+    const double p = 1.0 - static_cast<double>(i) / kClipGrid;
+    const ScalarGrid g = GridFromRange(p * wmin, p * wmax, maxq, params);
+    double err = score(g);
+    if (err < best_err) {
+      best_err = err;
+      best = g;
+    }
+    if (!fixed_zero) continue;
+    double num = 0, den = 0;
+    for (int j = 0; j < len; ++j) {
+      const double c = g.Code(w[j]) - g.zero;
+      num += weight(j) * w[j] * c;
+      den += weight(j) * c * c;
+    }
+    if (!(den > 0) || num == 0) continue;
+    ScalarGrid r = g;
+    r.scale = fp16 ? RoundToFp16Scale(num / den) : static_cast<float>(num / den);
+    err = score(r);
+    if (err < best_err) {
+      best_err = err;
+      best = r;
+    }
+  }
+  return best;
+}
+
 ScalarGrid QuipGrid(double rms, int bits) {
   ScalarGrid g;
   g.maxq = (1 << bits) - 1;
@@ -128,7 +178,8 @@ int NumGroups(int n, int group_size) {
   return (n + group_size - 1) / group_size;
 }
 
-absl::StatusOr<RtnResult> QuantizeRtn(const MatrixD& w, const RtnParams& params) {
+absl::StatusOr<RtnResult> QuantizeRtn(const MatrixD& w, const RtnParams& params,
+                                      const double* col_weight) {
   if (params.bits < 2 || params.bits > 8) {
     return absl::InvalidArgumentError(absl::StrCat("RTN bits must be 2..8, got ", params.bits));
   }
@@ -145,7 +196,9 @@ absl::StatusOr<RtnResult> QuantizeRtn(const MatrixD& w, const RtnParams& params)
   for (int r = 0; r < m; ++r) {
     for (int g = 0; g < groups; ++g) {
       const int c0 = g * gs, len = std::min(gs, n - c0);
-      const ScalarGrid grid = FitMinMaxGrid(&w(r, c0), len, params);
+      const ScalarGrid grid = col_weight != nullptr
+                                  ? FitWeightedGrid(&w(r, c0), col_weight + c0, len, params)
+                                  : FitMinMaxGrid(&w(r, c0), len, params);
       out.grids[static_cast<size_t>(r) * groups + g] = grid;
       for (int c = c0; c < c0 + len; ++c) {
         const int q = grid.Code(w(r, c));

@@ -56,6 +56,16 @@ float RoundToFp16Scale(double x);
 // default), with the optional MSE clip search and fp16 scale.
 ScalarGrid FitMinMaxGrid(const double* w, int len, const RtnParams& params);
 
+// Importance-weighted grid choice (QuantSpec::hessian_scale): the grid of the form of `params`
+// that minimizes sum_i h_i (w_i - round(w_i))^2 over the candidates: the min-max range scaled by
+// p = 1 - i/100 for i in [-12, 80), and, for the forms with a fixed zero (kSymmetric,
+// kSignedMax), each candidate's least-squares scale for its own codes,
+// d = sum h w (q - z) / sum h (q - z)^2 (llama.cpp's make_qx_quants with an importance matrix
+// searches the same two ways). h_i >= 0 is the Hessian diagonal E[x_i^2] of the column; all-zero
+// h falls back to h_i = 1. Scales are rounded as `params` says (fp16) before they are scored.
+// `params.mse_clip` is ignored: this search replaces it.
+ScalarGrid FitWeightedGrid(const double* w, const double* h, int len, const RtnParams& params);
+
 // QuIP scalar grid for b bits: s = 2.4·rms; scale = 2s/maxq, zero = maxq/2, so that
 // q = clamp(round(((w/s+1)/2)·maxq)) and ŵ = s(2q/maxq − 1).
 ScalarGrid QuipGrid(double rms, int bits);
@@ -72,7 +82,10 @@ struct RtnResult {
 
 // Round-to-nearest of w [m×n] with one grid per (row, group). INVALID_ARGUMENT for bits
 // outside 2..8 or a negative group size.
-absl::StatusOr<RtnResult> QuantizeRtn(const MatrixD& w, const RtnParams& params);
+// col_weight (n entries, optional): each column's importance (the Hessian diagonal); given, every
+// grid is chosen by FitWeightedGrid instead of FitMinMaxGrid.
+absl::StatusOr<RtnResult> QuantizeRtn(const MatrixD& w, const RtnParams& params,
+                                      const double* col_weight = nullptr);
 
 }  // namespace quantd::quant
 

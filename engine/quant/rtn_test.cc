@@ -1,6 +1,7 @@
 #include "engine/quant/rtn.h"
 
 #include <cmath>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "engine/quant/synthetic.h"
@@ -73,6 +74,55 @@ TEST(RtnTest, MseClipNeverWorseAndGroupsHelp) {
   EXPECT_LT(grouped, plain);
   p.bits = 9;
   EXPECT_EQ(QuantizeRtn(w, p).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The Hessian-weighted grid choice (QuantSpec::hessian_scale): never worse than the min-max grid
+// in the weighted error it minimizes (p = 1 is a candidate); follows the weights (a column with
+// all the weight is fit nearly exactly by the least-squares scale); all-zero weights fall back to
+// unit weights; the grid keeps its form (fp16 scale, zero 2^(b-1) for kSignedMax).
+TEST(RtnTest, WeightedGridMinimizesTheWeightedError) {
+  MatrixD w = GaussianMatrix(64, 32, 3);
+  MatrixD h = GaussianMatrix(1, 32, 4).cwiseAbs2();
+  for (GridForm form : {GridForm::kAsymmetric, GridForm::kSymmetric, GridForm::kSignedMax,
+                        GridForm::kMinOffset}) {
+    RtnParams p;
+    p.bits = 4;
+    p.form = form;
+    p.fp16_scale = true;
+    double total_minmax = 0, total_weighted = 0;
+    for (int r = 0; r < w.rows(); ++r) {
+      const ScalarGrid a = FitMinMaxGrid(&w(r, 0), 32, p);
+      const ScalarGrid b = FitWeightedGrid(&w(r, 0), &h(0, 0), 32, p);
+      double ea = 0, eb = 0;
+      for (int j = 0; j < 32; ++j) {
+        ea += h(0, j) * std::pow(a.Round(w(r, j)) - w(r, j), 2);
+        eb += h(0, j) * std::pow(b.Round(w(r, j)) - w(r, j), 2);
+      }
+      ASSERT_LE(eb, ea * (1 + 1e-12)) << static_cast<int>(form) << " row " << r;
+      EXPECT_EQ(b.scale, RoundToFp16Scale(b.scale));
+      if (form == GridForm::kSignedMax || form == GridForm::kSymmetric) EXPECT_EQ(b.zero, 8.0f);
+      total_minmax += ea;
+      total_weighted += eb;
+    }
+    EXPECT_LT(total_weighted, 0.9 * total_minmax) << static_cast<int>(form);
+  }
+  // All the weight on column 5: the least-squares scale puts w_5 on the grid (to fp16 rounding).
+  RtnParams p;
+  p.bits = 4;
+  p.form = GridForm::kSignedMax;
+  std::vector<double> one(32, 0.0);
+  one[5] = 1.0;
+  for (int r = 0; r < 8; ++r) {
+    const ScalarGrid g = FitWeightedGrid(&w(r, 0), one.data(), 32, p);
+    EXPECT_LE(std::fabs(g.Round(w(r, 5)) - w(r, 5)), 8 * std::fabs(g.scale) * std::ldexp(1.0, -10))
+        << r;
+  }
+  // All-zero weights: unit weights.
+  std::vector<double> zero(32, 0.0), unit(32, 1.0);
+  const ScalarGrid z = FitWeightedGrid(&w(0, 0), zero.data(), 32, p);
+  const ScalarGrid u = FitWeightedGrid(&w(0, 0), unit.data(), 32, p);
+  EXPECT_EQ(z.scale, u.scale);
+  EXPECT_EQ(z.zero, u.zero);
 }
 
 }  // namespace
