@@ -2,14 +2,21 @@
 // artifact (e.g. one written by `quantd-bench methods --save`) against its fp model, with the
 // perplexity before and after on the same evaluation tokens. Prints one JSON line with the
 // perplexity before, one per tuned block (held-out loss before, per epoch, kept), and one with
-// the perplexity after, the fine-tuning time and the process's peak RSS.
+// the perplexity after, the fine-tuning time and the process's peak RSS. --save DIR writes the
+// tuned model as a quantd_format 2 artifact (the source's packed matrices, the tuned norms and
+// each linear's real scales; docs/formats/artifact.md) and reports its reloaded perplexity.
 #include <sys/resource.h>
 
 #include <chrono>
 #include <cstdio>
 
+#include <filesystem>
+#include <map>
+
 #include "bench/bench.h"
+#include "common/file_util.h"
 #include "engine/artifact/artifact.h"
+#include "engine/format/checkpoint.h"
 #include "engine/model/finetune.h"
 #include "engine/model/perplexity.h"
 #include "nlohmann/json.hpp"
@@ -21,6 +28,38 @@ double PeakRssMiB() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Writes `dir` (created): model.safetensors from the tuned weights `q` with the source
+// artifact's packed matrices and each one's tuned scales, and every other file of `src_dir`
+// (config, tokenizer, manifest) copied.
+absl::Status SaveTuned(const model::LlamaConfig& cfg, const model::LlamaWeights& q,
+                       const std::vector<model::LayerScales>& scales, const std::string& src_dir,
+                       const std::string& dir) {
+  auto ckpt = model::Checkpoint::Open(src_dir);
+  if (!ckpt.ok()) return ckpt.status();
+  std::map<std::string, std::string> packed;
+  std::map<std::string, artifact::RealScales> real;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (model::Linear lin : model::kAllLinears) {
+      const std::string name = model::LinearTensorName(l, lin);
+      auto v = (*ckpt)->Get(artifact::QuantizedTensorName(name));
+      if (!v.ok()) continue;  // stored dense: q already holds the tuned matrix
+      packed[name] = std::string(v->data);
+      const int i = static_cast<int>(lin);
+      real[name] = {scales[l].out[i], scales[l].in[i]};
+    }
+  }
+  if (absl::Status st = MakeDirs(dir); !st.ok()) return st;
+  for (const auto& e : std::filesystem::directory_iterator(src_dir)) {
+    const std::string f = e.path().filename().string();
+    if (!e.is_regular_file() || f == "model.safetensors") continue;
+    auto bytes = ReadFile(e.path().string(), uint64_t{1} << 30);
+    if (!bytes.ok()) return bytes.status();
+    if (absl::Status st = WriteFileAtomic(JoinPath(dir, f), *bytes); !st.ok()) return st;
+  }
+  return artifact::WriteArtifactFromWeights(cfg, q, packed, JoinPath(dir, "model.safetensors"),
+                                            real);
 }
 
 }  // namespace
@@ -39,7 +78,7 @@ int RunFinetune(const Flags& flags) {
     std::fprintf(stderr,
                  "usage: quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib TOKENS|TXT "
                  "--eval TOKENS|TXT [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] "
-                 "[--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1]\n");
+                 "[--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1] [--save DIR]\n");
     return 2;
   }
   model::FinetuneOptions opts;
@@ -87,8 +126,9 @@ int RunFinetune(const Flags& flags) {
                           .c_str());
   std::fflush(stdout);
   t0 = std::chrono::steady_clock::now();
+  std::vector<model::LayerScales> scales;
   auto reports = model::FinetuneBlocks(
-      qcfg, *fp, &*q, *calib, opts, nullptr, [](const model::BlockTuneReport& r) {
+      qcfg, *fp, &*q, *calib, opts, &scales, [](const model::BlockTuneReport& r) {
         std::printf("%s\n", nlohmann::json({{"layer", r.layer},
                                             {"heldout_before", r.heldout_before},
                                             {"heldout_curve", r.heldout_curve},
@@ -110,13 +150,30 @@ int RunFinetune(const Flags& flags) {
     std::fprintf(stderr, "%s\n", after.status().ToString().c_str());
     return 1;
   }
-  std::printf("%s\n", nlohmann::json({{"ppl_before", before->ppl},
-                                      {"ppl_after", after->ppl},
-                                      {"finetune_seconds", ft_secs},
-                                      {"eval_seconds", Seconds(t0)},
-                                      {"peak_rss_mib", PeakRssMiB()}})
-                          .dump()
-                          .c_str());
+  nlohmann::json out = {{"ppl_before", before->ppl},
+                        {"ppl_after", after->ppl},
+                        {"finetune_seconds", ft_secs},
+                        {"eval_seconds", Seconds(t0)},
+                        {"peak_rss_mib", PeakRssMiB()}};
+  const std::string save = flags.Get("save", "");
+  if (!save.empty()) {
+    absl::Status st = SaveTuned(qcfg, *q, scales, art, save);
+    if (st.ok()) {
+      model::LlamaConfig rcfg;
+      auto reloaded = artifact::LoadArtifactWeights(save, &rcfg);
+      st = reloaded.status();
+      if (st.ok()) {
+        auto p = model::Perplexity(rcfg, *reloaded, *eval, popts);
+        st = p.status();
+        if (p.ok()) out["saved"] = {{"path", save}, {"ppl_reloaded", p->ppl}};
+      }
+    }
+    if (!st.ok()) {
+      std::fprintf(stderr, "--save %s: %s\n", save.c_str(), st.ToString().c_str());
+      return 1;
+    }
+  }
+  std::printf("%s\n", out.dump().c_str());
   return 0;
 }
 

@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
       "       quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib F --eval F\n"
       "                             [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
       "                             [--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1]\n"
+      "                             [--save DIR]\n"
       "       quantd-bench tokenize --model DIR --text FILE [--bytes N]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
