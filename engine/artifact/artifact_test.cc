@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "engine/artifact/export_compressed.h"
 #include "engine/artifact/export_gguf.h"
+#include "engine/artifact/export_gptq.h"
 #include "engine/format/safetensors.h"
 #include "engine/model/forward.h"
 #include "engine/model/quarot.h"
@@ -168,6 +169,9 @@ TEST_F(ArtifactTest, FinetunedScalesRoundTripAsFormat2) {
   auto ct = ExportCompressedTensors(dir, tmp_ + "/ft-ct");
   EXPECT_EQ(ct.status().code(), absl::StatusCode::kFailedPrecondition) << ct.status();
   EXPECT_NE(ct.status().message().find("fine-tuned real scales"), std::string::npos) << ct.status();
+  auto gq = ExportGptq(dir, tmp_ + "/ft-gptq");
+  EXPECT_EQ(gq.status().code(), absl::StatusCode::kFailedPrecondition) << gq.status();
+  EXPECT_NE(gq.status().message().find("fine-tuned real scales"), std::string::npos) << gq.status();
 
   // Scales of the wrong size, or for a matrix that is not packed, are refused.
   auto bad = scales;

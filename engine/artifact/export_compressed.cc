@@ -31,13 +31,6 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
   CompressedExportSummary summary;
   std::vector<model::TensorToWrite> out;
   nlohmann::json ignore = nlohmann::json::array({"lm_head"});
-  for (const std::string& n : ckpt->Names()) {
-    if (IsScaleTensor(n)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", n, ": the artifact carries fine-tuned real scales (quantd_format 2), which the compressed-tensors "
-          "export cannot express; export it as hf (dequantized) instead"));
-    }
-  }
   for (const std::string& name : ckpt->Names()) {
     if (!absl::EndsWith(name, ".qweight")) {
       QUANTD_RETURN_IF_ERROR(AppendF16Tensor(*ckpt, name, &out));
