@@ -5,9 +5,11 @@
 #define QUANTD_BENCH_BENCH_H_
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/quant/device.h"
@@ -52,8 +54,16 @@ int RunForward(const Flags& flags);
 int RunSynth(const Flags& flags);
 // quantd-bench methods --model DIR --calib F --eval F [--configs rtn/2,...] (bench_methods.cc)
 int RunMethods(const Flags& flags);
+// quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib F --eval F [--epochs 5] ...
+// (bench_finetune.cc)
+int RunFinetune(const Flags& flags);
 // quantd-bench tokenize --model DIR --text FILE [--bytes N] (bench_tokenize.cc)
 int RunTokenize(const Flags& flags);
+
+// Token ids from a .u16/.u32/.npy file, or a .txt file encoded whole with `model_dir`'s
+// tokenizer and no BOS (the GPTQ WikiText-2 convention: the text is one stream).
+absl::StatusOr<std::vector<int32_t>> LoadBenchTokens(const std::string& path,
+                                                     const std::string& model_dir);
 
 }  // namespace quantd::bench
 

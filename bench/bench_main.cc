@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
       "                            [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
       "                            [--trellis-l 16] [--group-size 0] [--mse-clip 0|1]\n"
       "                            [--act-order 0|1] [--sequential 0|1] [--damp 0.01]\n"
+      "       quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib F --eval F\n"
+      "                             [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
+      "                             [--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1]\n"
+      "                             [--save DIR]\n"
       "       quantd-bench tokenize --model DIR --text FILE [--bytes N]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
@@ -90,6 +94,7 @@ int main(int argc, char** argv) {
   if (cmd == "forward") return quantd::bench::RunForward(*flags);
   if (cmd == "synth") return quantd::bench::RunSynth(*flags);
   if (cmd == "methods") return quantd::bench::RunMethods(*flags);
+  if (cmd == "finetune") return quantd::bench::RunFinetune(*flags);
   if (cmd == "tokenize") return quantd::bench::RunTokenize(*flags);
   std::fputs(usage, stderr);
   return 2;

@@ -49,7 +49,13 @@
 namespace quantd::bench {
 namespace {
 
-absl::StatusOr<std::vector<int32_t>> LoadTokens(const std::string& path, const std::string& model_dir) {
+constexpr model::Linear kLinears[] = {model::Linear::kQ,    model::Linear::kK, model::Linear::kV,
+                                      model::Linear::kO,    model::Linear::kGate,
+                                      model::Linear::kUp,   model::Linear::kDown};
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> LoadBenchTokens(const std::string& path, const std::string& model_dir) {
   if (path.size() > 4 && path.compare(path.size() - 4, 4, ".txt") == 0) {
     auto tok = model::LoadTokenizerForModel(model_dir);
     if (!tok.ok()) return tok.status();
@@ -59,12 +65,6 @@ absl::StatusOr<std::vector<int32_t>> LoadTokens(const std::string& path, const s
   }
   return model::LoadTokenFile(path);
 }
-
-constexpr model::Linear kLinears[] = {model::Linear::kQ,    model::Linear::kK, model::Linear::kV,
-                                      model::Linear::kO,    model::Linear::kGate,
-                                      model::Linear::kUp,   model::Linear::kDown};
-
-}  // namespace
 
 int RunMethods(const Flags& flags) {
   const std::string dir = flags.Get("model", ""), calib_path = flags.Get("calib", ""),
@@ -108,7 +108,7 @@ int RunMethods(const Flags& flags) {
   }
   model::LlamaConfig cfg;
   auto fp = artifact::LoadArtifactWeights(dir, &cfg);
-  auto calib = LoadTokens(calib_path, dir), eval = LoadTokens(eval_path, dir);
+  auto calib = LoadBenchTokens(calib_path, dir), eval = LoadBenchTokens(eval_path, dir);
   for (const absl::Status& s : {fp.status(), calib.status(), eval.status()}) {
     if (!s.ok()) {
       std::fprintf(stderr, "%s\n", s.ToString().c_str());

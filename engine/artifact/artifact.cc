@@ -19,6 +19,12 @@
 
 namespace quantd::artifact {
 
+bool IsScaleTensor(std::string_view name) {
+  const absl::string_view n(name.data(), name.size());
+  return absl::EndsWith(n, std::string(".qweight") + model::kOutScaleSuffix) ||
+         absl::EndsWith(n, std::string(".qweight") + model::kInScaleSuffix);
+}
+
 std::string QuantizedTensorName(std::string_view weight_name) {
   std::string name(weight_name);
   if (absl::EndsWith(name, ".weight")) name.resize(name.size() - 7);
@@ -125,7 +131,8 @@ absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
 
 absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
                                       const std::map<std::string, std::string>& packed,
-                                      const std::string& out_path) {
+                                      const std::string& out_path,
+                                      const std::map<std::string, RealScales>& scales) {
   std::vector<model::TensorToWrite> out;
   size_t replaced = 0;
   auto add = [&](const std::string& name, const float* v, std::vector<int64_t> shape) {
@@ -175,7 +182,31 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
   add_online(kOnlineDownTensor, w.online_down);
   add_online(kOnlineOTensor, w.online_o);
   QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
-  return model::WriteSafetensors(out_path, out, {{"quantd_format", "1"}});
+  for (const auto& [name, sc] : scales) {
+    auto it = packed.find(name);
+    if (it == packed.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("scales for ", name, ", which is not packed"));
+    }
+    QUANTD_ASSIGN_OR_RETURN(quant::PackedInfo info, quant::InspectPacked(it->second));
+    if (sc.out.size() != info.m || sc.in.size() != info.n) {
+      return absl::InvalidArgumentError(absl::StrCat("scales for ", name, " have sizes ",
+                                                     sc.out.size(), " and ", sc.in.size(),
+                                                     ", the packed matrix is [", info.m, ",",
+                                                     info.n, "]"));
+    }
+    const std::string q = QuantizedTensorName(name);
+    for (const auto& [suffix, v] : {std::pair<const char*, const VectorF*>{model::kOutScaleSuffix, &sc.out},
+                                    {model::kInScaleSuffix, &sc.in}}) {
+      model::TensorToWrite t;
+      t.name = q + suffix;
+      t.dtype = model::DType::kF32;
+      t.shape = {v->size()};
+      t.data.assign(reinterpret_cast<const char*>(v->data()), v->size() * sizeof(float));
+      out.push_back(std::move(t));
+    }
+  }
+  return model::WriteSafetensors(out_path, out,
+                                 {{"quantd_format", scales.empty() ? "1" : "2"}});
 }
 
 absl::StatusOr<std::unique_ptr<model::CheckpointWeightSource>> OpenArtifactSource(
@@ -344,6 +375,7 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
   };
   std::vector<Out> outs;
   for (const std::string& name : ckpt->Names()) {
+    if (IsScaleTensor(name)) continue;  // folded into the dequantized weight below
     QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt->Get(name));
     if (absl::EndsWith(name, ".qweight")) {
       auto c = quant::DecodePacked(v.data);
@@ -370,6 +402,7 @@ absl::Status ExportHfModel(const std::string& native_dir, const std::string& out
       if (!m.ok()) {
         return absl::DataLossError(absl::StrCat("tensor ", o.source, ": ", m.status().message()));
       }
+      QUANTD_RETURN_IF_ERROR(model::ApplyPackedScales(*ckpt, o.source, &*m));
       if (m->rows() != o.decl.shape[0] || m->cols() != o.decl.shape[1]) {
         return absl::DataLossError(absl::StrCat("tensor ", o.source, ": header says [",
                                                 o.decl.shape[0], ",", o.decl.shape[1],

@@ -23,6 +23,9 @@ namespace quantd::artifact {
 // "model.layers.0.mlp.down_proj.weight" -> "model.layers.0.mlp.down_proj.qweight".
 std::string QuantizedTensorName(std::string_view weight_name);
 
+// Whether `name` is a quantd_format 2 scale tensor ("<p>.qweight_out_scale" / "_in_scale").
+bool IsScaleTensor(std::string_view name);
+
 // Writes `out_path`: every tensor of `src`, with those named in `packed` (weight name -> packed
 // matrix bytes) replaced by their .qweight tensors. Atomic. INVALID_ARGUMENT if `packed` names a
 // tensor that `src` lacks.
@@ -42,16 +45,25 @@ inline constexpr char kOnlineDownTensor[] = "quantd.online_hadamard_down";
 // QuaRot's online rotation across heads before o_proj: I64 [2] = {size = num_heads, seed}.
 inline constexpr char kOnlineOTensor[] = "quantd.online_hadamard_o";
 
+// Fine-tuned real scales of one packed linear (quantd_format 2, model::kOutScaleSuffix):
+// the weight is diag(out)·Dequantize(qweight)·diag(in). out [rows], in [cols].
+struct RealScales {
+  VectorF out, in;
+};
+
 // Writes `out_path` from in-memory (e.g. QuaRot-rotated) weights: every tensor under its HF name
 // in F32, lm_head.weight when cfg is untied, the linears named in `packed` as .qweight, and
-// kOnlineDownTensor / kOnlineOTensor when w.online_down / w.online_o is set. Atomic. INVALID_ARGUMENT if `packed` names a
-// tensor the weights lack.
+// kOnlineDownTensor / kOnlineOTensor when w.online_down / w.online_o is set, and for every weight
+// name in `scales` (which must also be in `packed`) its two F32 scale tensors; the file says
+// quantd_format 2 when there are scales, else 1. Atomic. INVALID_ARGUMENT if `packed` names a
+// tensor the weights lack, or `scales` a weight that is not packed or scales of the wrong size.
 absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
                                       const std::map<std::string, std::string>& packed,
-                                      const std::string& out_path);
+                                      const std::string& out_path,
+                                      const std::map<std::string, RealScales>& scales = {});
 
 // Loads a native artifact directory (config.json + model.safetensors) into fp32 weights,
-// dequantizing every .qweight and setting online_down / online_o from kOnlineDownTensor /
+// dequantizing every .qweight (and applying its quantd_format 2 scales) and setting online_down / online_o from kOnlineDownTensor /
 // kOnlineOTensor (absent: none).
 // DATA_LOSS for corrupt packed or online-rotation tensors.
 absl::StatusOr<model::LlamaWeights> LoadArtifactWeights(const std::string& dir,

@@ -15,8 +15,13 @@
 
 #include "common/file_util.h"
 #include "gtest/gtest.h"
+#include "engine/artifact/export_compressed.h"
+#include "engine/artifact/export_gguf.h"
+#include "engine/artifact/export_gptq.h"
+#include "engine/format/safetensors.h"
 #include "engine/model/forward.h"
 #include "engine/model/quarot.h"
+#include "engine/quant/grid_target.h"
 #include "engine/quant/quantize.h"
 
 namespace quantd::artifact {
@@ -102,6 +107,86 @@ TEST_F(ArtifactTest, QuantizedMatricesAreReplacedAndDequantizedOnLoad) {
   // Unquantized matrices are bit-identical.
   auto k0 = (*orig)->ReadMatrix("model.layers.0.self_attn.k_proj.weight");
   EXPECT_EQ(model::GetLinear(native_, 0, model::Linear::kK), *k0);
+}
+
+// Fine-tuned real scales (quantd_format 2): written next to their .qweight, applied on load and
+// by the HF export, refused by the GGUF and compressed-tensors exports; an artifact without
+// scales still says quantd_format 1 and loads as before.
+TEST_F(ArtifactTest, FinetunedScalesRoundTripAsFormat2) {
+  auto ckpt = model::Checkpoint::Open(tmp_ + "/native");
+  ASSERT_TRUE(ckpt.ok());
+  std::map<std::string, std::string> packed;
+  std::map<std::string, RealScales> scales;
+  for (auto [l, lin] : {std::pair{0, model::Linear::kQ}, std::pair{1, model::Linear::kDown}}) {
+    const std::string name = model::LinearTensorName(l, lin);
+    auto v = (*ckpt)->Get(QuantizedTensorName(name));
+    ASSERT_TRUE(v.ok());
+    packed[name] = std::string(v->data);
+    const MatrixF& w = model::GetLinear(native_, l, lin);
+    RealScales sc;
+    sc.out = VectorF::LinSpaced(w.rows(), 0.8f, 1.2f);
+    sc.in = VectorF::LinSpaced(w.cols(), -1.1f, 0.9f);
+    scales[name] = sc;
+  }
+  const std::string dir = tmp_ + "/ft";
+  ASSERT_TRUE(MakeDirs(dir).ok());
+  for (const char* f : {"config.json", "tok512.bin"}) {
+    auto bytes = ReadFile(src_ + "/" + f);
+    ASSERT_TRUE(bytes.ok());
+    ASSERT_TRUE(WriteFileAtomic(dir + "/" + f, *bytes).ok());
+  }
+  const nlohmann::json manifest = {
+      {"spec", {{"method", "rtn"}, {"bits", 4}, {"group_size", 0}, {"act_order", false},
+                {"grid", std::string(quant::GridTargetName(quant::GridTarget::kDefault))}}}};
+  ASSERT_TRUE(WriteFileAtomic(dir + "/manifest.json", manifest.dump()).ok());
+  ASSERT_TRUE(WriteArtifactFromWeights(cfg_, native_, packed, dir + "/model.safetensors", scales).ok());
+  auto file = model::SafetensorsFile::Open(dir + "/model.safetensors");
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ((*file)->metadata().at("quantd_format"), "2");
+  EXPECT_TRUE(IsScaleTensor("model.layers.0.self_attn.q_proj.qweight_out_scale"));
+  EXPECT_FALSE(IsScaleTensor("model.layers.0.self_attn.q_proj.qweight"));
+
+  model::LlamaConfig cfg;
+  auto w = LoadArtifactWeights(dir, &cfg);
+  ASSERT_TRUE(w.ok()) << w.status();
+  for (auto [l, lin] : {std::pair{0, model::Linear::kQ}, std::pair{1, model::Linear::kDown}}) {
+    const RealScales& sc = scales[model::LinearTensorName(l, lin)];
+    const MatrixF want = sc.out.asDiagonal() * model::GetLinear(native_, l, lin) * sc.in.asDiagonal();
+    EXPECT_LE((model::GetLinear(*w, l, lin) - want).cwiseAbs().maxCoeff(), 1e-6f);
+  }
+  EXPECT_EQ(model::GetLinear(*w, 0, model::Linear::kK), model::GetLinear(native_, 0, model::Linear::kK));
+
+  ASSERT_TRUE(ExportHfModel(dir, tmp_ + "/ft-hf", HfDType::kF32).ok());
+  auto hf = model::Checkpoint::Open(tmp_ + "/ft-hf");
+  ASSERT_TRUE(hf.ok());
+  auto q = (*hf)->ReadMatrix("model.layers.0.self_attn.q_proj.weight");
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(*q, model::GetLinear(*w, 0, model::Linear::kQ));
+  EXPECT_FALSE((*hf)->Get("model.layers.0.self_attn.q_proj.qweight_out_scale").ok());
+
+  auto gguf = ExportGguf(dir, tmp_ + "/ft.gguf");
+  EXPECT_EQ(gguf.status().code(), absl::StatusCode::kFailedPrecondition) << gguf.status();
+  auto ct = ExportCompressedTensors(dir, tmp_ + "/ft-ct");
+  EXPECT_EQ(ct.status().code(), absl::StatusCode::kFailedPrecondition) << ct.status();
+  EXPECT_NE(ct.status().message().find("fine-tuned real scales"), std::string::npos) << ct.status();
+  auto gq = ExportGptq(dir, tmp_ + "/ft-gptq");
+  EXPECT_EQ(gq.status().code(), absl::StatusCode::kFailedPrecondition) << gq.status();
+  EXPECT_NE(gq.status().message().find("fine-tuned real scales"), std::string::npos) << gq.status();
+
+  // Scales of the wrong size, or for a matrix that is not packed, are refused.
+  auto bad = scales;
+  bad.begin()->second.in.resize(3);
+  EXPECT_EQ(WriteArtifactFromWeights(cfg_, native_, packed, dir + "/x.safetensors", bad).code(),
+            absl::StatusCode::kInvalidArgument);
+  bad = scales;
+  bad["model.layers.0.self_attn.k_proj.weight"] = scales.begin()->second;
+  EXPECT_EQ(WriteArtifactFromWeights(cfg_, native_, packed, dir + "/x.safetensors", bad).code(),
+            absl::StatusCode::kInvalidArgument);
+  // No scales: format 1.
+  ASSERT_TRUE(WriteArtifactFromWeights(cfg_, native_, packed, dir + "/model.safetensors").ok());
+  file = model::SafetensorsFile::Open(dir + "/model.safetensors");
+  ASSERT_TRUE(file.ok());
+  EXPECT_EQ((*file)->metadata().at("quantd_format"), "1");
 }
 
 // A QuaRot model written from weights: the untied head, unit norms and the online rotation come

@@ -215,6 +215,13 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
 
   GgufExportSummary summary;
   summary.type = type;
+  for (const std::string& n : ckpt->Names()) {
+    if (IsScaleTensor(n)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", n, ": the artifact carries fine-tuned real scales (quantd_format 2), which the GGUF "
+          "export cannot express; export it as hf (dequantized) instead"));
+    }
+  }
   for (const std::string& stored : ckpt->Names()) {
     const bool packed = absl::EndsWith(stored, ".qweight");
     const std::string hf = packed ? stored.substr(0, stored.size() - 8) + ".weight" : stored;

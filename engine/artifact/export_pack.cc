@@ -26,6 +26,14 @@ absl::StatusOr<ExportSource> OpenExportSource(const std::string& native_dir, Exp
       return absl::FailedPreconditionError(absl::StrCat(native_dir, " rotates activations online"));
     }
   }
+  for (const std::string& n : src.ckpt->Names()) {
+    if (IsScaleTensor(n)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", n, ": the artifact carries fine-tuned real scales (quantd_format 2), which the ",
+          std::string(ExportFormatName(format)),
+          " export cannot express; export it as hf (dequantized) instead"));
+    }
+  }
   return src;
 }
 

@@ -28,7 +28,8 @@ struct ExportSource {
 
 // Reads manifest.json (CheckExportable: FAILED_PRECONDITION naming the reason and the formats),
 // config.json (INVALID_ARGUMENT when not an object) and the checkpoint of `native_dir`;
-// FAILED_PRECONDITION when the artifact rotates activations online (QuaRot).
+// FAILED_PRECONDITION when the artifact rotates activations online (QuaRot) or carries
+// fine-tuned real scales (quantd_format 2; docs/formats/artifact.md).
 absl::StatusOr<ExportSource> OpenExportSource(const std::string& native_dir, ExportFormat format);
 
 // Writes `out_dir`: model.safetensors from `tensors`, the side files of `native_dir`

@@ -39,6 +39,30 @@ absl::Status CheckRows(int begin, int count, int rows) {
 
 }  // namespace
 
+absl::Status ApplyPackedScales(const Checkpoint& ckpt, const std::string& qname, MatrixF* w) {
+  auto out = ckpt.Get(qname + kOutScaleSuffix);
+  auto in = ckpt.Get(qname + kInScaleSuffix);
+  if (!out.ok() && !in.ok()) return absl::OkStatus();
+  if (out.ok() != in.ok()) {
+    return absl::DataLossError(internal::Cat("tensor ", qname, " has ",
+                                             out.ok() ? kOutScaleSuffix : kInScaleSuffix,
+                                             " but not ", out.ok() ? kInScaleSuffix : kOutScaleSuffix));
+  }
+  VectorF scale[2];
+  const TensorView* views[2] = {&*out, &*in};
+  const int64_t want[2] = {w->rows(), w->cols()};
+  for (int i = 0; i < 2; ++i) {
+    const TensorView& t = *views[i];
+    if (t.dtype != DType::kF32 || t.shape != std::vector<int64_t>{want[i]}) {
+      return absl::DataLossError(internal::Cat("tensor ", t.name, " is not F32 [", want[i], "]"));
+    }
+    scale[i].resize(want[i]);
+    QUANTD_RETURN_IF_ERROR(ConvertToF32(t, 0, want[i], scale[i].data()));
+  }
+  *w = scale[0].asDiagonal() * *w * scale[1].asDiagonal();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<const LayerWeights*> MemoryWeightSource::Layer(int layer) {
   if (layer < 0 || layer >= static_cast<int>(w_.layers.size())) {
     return absl::InvalidArgumentError(
@@ -97,6 +121,7 @@ absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
                                                        ",", m->cols(), "], config.json says [",
                                                        out, ",", in, "] (tensor ", qname, ")"));
       }
+      QUANTD_RETURN_IF_ERROR(ApplyPackedScales(*ckpt_, qname, &*m));
       dst = std::move(*m);
       ckpt_->ReleasePages(qname);
       continue;

@@ -22,6 +22,15 @@
 
 namespace quantd::model {
 
+// quantd_format 2 (docs/formats/artifact.md): a fine-tuned packed linear "<p>.qweight" may come
+// with real scales "<p>.qweight" + kOutScaleSuffix (F32 [out]) and "<p>.qweight" +
+// kInScaleSuffix (F32 [in]); its weight is then diag(out)·Dequantize(qweight)·diag(in).
+inline constexpr char kOutScaleSuffix[] = "_out_scale";
+inline constexpr char kInScaleSuffix[] = "_in_scale";
+// Multiplies the dequantized `w` of packed tensor `qname` by its scales when `ckpt` has them.
+// DATA_LOSS when only one of the two exists or one is not F32 of the right length.
+absl::Status ApplyPackedScales(const Checkpoint& ckpt, const std::string& qname, MatrixF* w);
+
 class WeightSource {
  public:
   virtual ~WeightSource() = default;

@@ -1,0 +1,258 @@
+#include "engine/model/finetune.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "common/status_macros.h"
+#include "common/str_util.h"
+#include "engine/model/block_grad.h"
+#include "engine/model/forward_ops.h"
+#include "engine/tokenizer/tokens.h"
+
+namespace quantd::model {
+namespace {
+
+using MF = grad::Mat<float>;
+using Params = grad::BlockParams<float>;
+using Grads = grad::BlockGrads<float>;
+
+// The tunable vectors of a block, in a fixed order (norms, then a and b of each linear).
+std::vector<VectorF*> Tunables(Params* p) {
+  std::vector<VectorF*> v = {&p->attn_norm, &p->ffn_norm};
+  for (auto& l : p->lin) v.push_back(&l.a);
+  for (auto& l : p->lin) v.push_back(&l.b);
+  return v;
+}
+std::vector<const VectorF*> GradVectors(const Grads& g) {
+  std::vector<const VectorF*> v = {&g.attn_norm, &g.ffn_norm};
+  for (const VectorF& a : g.a) v.push_back(&a);
+  for (const VectorF& b : g.b) v.push_back(&b);
+  return v;
+}
+
+// Adam (Kingma & Ba) with bias correction, β1 0.9, β2 0.999, ε 1e-8, on float vectors.
+class Adam {
+ public:
+  Adam(std::vector<VectorF*> params, double lr) : params_(std::move(params)), lr_(lr) {
+    for (VectorF* p : params_) {
+      m_.push_back(VectorD::Zero(p->size()));
+      v_.push_back(VectorD::Zero(p->size()));
+    }
+  }
+  void Step(const std::vector<const VectorF*>& grads) {
+    ++t_;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    const double c1 = 1.0 - std::pow(b1, t_), c2 = 1.0 - std::pow(b2, t_);
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const VectorD g = grads[i]->cast<double>();
+      m_[i] = b1 * m_[i] + (1 - b1) * g;
+      v_[i] = b2 * v_[i] + (1 - b2) * g.cwiseProduct(g);
+      const VectorD step =
+          lr_ * (m_[i] / c1).array() / ((v_[i] / c2).array().sqrt() + eps);
+      *params_[i] -= step.cast<float>();
+    }
+  }
+
+ private:
+  std::vector<VectorF*> params_;
+  double lr_;
+  int t_ = 0;
+  std::vector<VectorD> m_, v_;
+};
+
+// y[s] = block(x[s]) for every sequence s (in parallel).
+void ForwardAll(const grad::BlockDims& d, const Params& p, const MF& cos, const MF& sin,
+                const std::vector<MF>& x, std::vector<MF>* y) {
+  y->resize(x.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int s = 0; s < static_cast<int>(x.size()); ++s) {
+    grad::BlockCache<float> cache;
+    grad::BlockForward<float>(d, p, cos, sin, x[s], &cache, &(*y)[s]);
+  }
+}
+
+// Σ (y − target)² / Σ target² over sequences [begin, end), in double.
+double RelativeLoss(const std::vector<MF>& y, const std::vector<MF>& target, int begin, int end) {
+  double err = 0, energy = 0;
+  for (int s = begin; s < end; ++s) {
+    err += (y[s] - target[s]).cast<double>().squaredNorm();
+    energy += target[s].cast<double>().squaredNorm();
+  }
+  return energy > 0 ? err / energy : 0.0;
+}
+
+absl::Status CheckSameShapes(const LlamaConfig& cfg, const LlamaWeights& fp,
+                             const LlamaWeights& q) {
+  if (static_cast<int>(fp.layers.size()) != cfg.num_layers ||
+      static_cast<int>(q.layers.size()) != cfg.num_layers) {
+    return absl::InvalidArgumentError(internal::Cat(
+        "fine-tuning: the fp model has ", fp.layers.size(), " layers and the quantized one ",
+        q.layers.size(), "; config says ", cfg.num_layers));
+  }
+  if (fp.online_down.size != 0 || fp.online_o.size != 0 || q.online_down.size != 0 ||
+      q.online_o.size != 0) {
+    return absl::FailedPreconditionError(
+        "fine-tuning does not support online rotations (quarot models)");
+  }
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) {
+      const auto [out, in] = LinearShape(cfg, lin);
+      for (const LlamaWeights* w : {&fp, &q}) {
+        const MatrixF& m = GetLinear(*w, l, lin);
+        if (m.rows() != out || m.cols() != in) {
+          return absl::InvalidArgumentError(internal::Cat(
+              "fine-tuning: layer ", l, " ", LinearName(lin), " has shape [", m.rows(), ",",
+              m.cols(), "], config says [", out, ",", in, "]"));
+        }
+      }
+    }
+    QUANTD_RETURN_IF_ERROR(CheckLayerVectors(cfg, l, fp.layers[l]));
+    QUANTD_RETURN_IF_ERROR(CheckLayerVectors(cfg, l, q.layers[l]));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateFinetuneOptions(const FinetuneOptions& o) {
+  if (o.seq_len < 2) return absl::InvalidArgumentError(internal::Cat("finetune seq_len ", o.seq_len, " < 2"));
+  if (o.epochs < 0 || o.epochs > 1000)
+    return absl::InvalidArgumentError(internal::Cat("finetune epochs ", o.epochs, " not in 0..1000"));
+  if (!(o.learning_rate > 0 && o.learning_rate <= 1))
+    return absl::InvalidArgumentError(
+        internal::Cat("finetune learning rate ", o.learning_rate, " not in (0, 1]"));
+  if (o.batch_sequences < 1)
+    return absl::InvalidArgumentError(internal::Cat("finetune batch ", o.batch_sequences, " < 1"));
+  if (o.holdout_sequences < 1)
+    return absl::InvalidArgumentError(
+        internal::Cat("finetune held-out sequences ", o.holdout_sequences, " < 1"));
+  if (o.patience < 1)
+    return absl::InvalidArgumentError(internal::Cat("finetune patience ", o.patience, " < 1"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<BlockTuneReport>> FinetuneBlocks(
+    const LlamaConfig& cfg, const LlamaWeights& fp, LlamaWeights* q,
+    absl::Span<const int32_t> calib, const FinetuneOptions& opts,
+    std::vector<LayerScales>* scales, const FinetuneProgress& progress) {
+  QUANTD_RETURN_IF_ERROR(ValidateFinetuneOptions(opts));
+  QUANTD_RETURN_IF_ERROR(CheckSameShapes(cfg, fp, *q));
+  QUANTD_RETURN_IF_ERROR(ValidateTokens(calib, cfg.vocab_size));
+  const int len = std::min(opts.seq_len, cfg.max_position_embeddings);
+  const int nseq = static_cast<int>(calib.size() / len);
+  const int ntrain = nseq - opts.holdout_sequences;
+  if (ntrain < 1) {
+    return absl::InvalidArgumentError(internal::Cat(
+        "fine-tuning needs more than ", opts.holdout_sequences, " sequences of ", len,
+        " tokens; the calibration data has ", calib.size(), " tokens"));
+  }
+  std::vector<grad::BlockDims> dims;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    QUANTD_ASSIGN_OR_RETURN(grad::BlockDims d, grad::BlockDimsFor(cfg, l));
+    dims.push_back(d);
+  }
+  MatrixF cos, sin;
+  ops::RopeTables(cfg, len, &cos, &sin);
+
+  // Activations entering the current block: through the fp model and through the tuned one.
+  std::vector<MF> x_fp(nseq), x_q(nseq), target;
+  for (int s = 0; s < nseq; ++s) {
+    MF e(len, cfg.hidden_size);
+    for (int t = 0; t < len; ++t) e.row(t) = fp.embed.row(calib[size_t{1} * s * len + t]);
+    ops::ScaleEmbedding(cfg, &e);
+    x_fp[s] = e;
+    for (int t = 0; t < len; ++t) e.row(t) = q->embed.row(calib[size_t{1} * s * len + t]);
+    ops::ScaleEmbedding(cfg, &e);
+    x_q[s] = std::move(e);
+  }
+  if (scales != nullptr) scales->assign(cfg.num_layers, LayerScales());
+
+  std::vector<BlockTuneReport> reports;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const grad::BlockDims& d = dims[l];
+    ForwardAll(d, grad::ParamsFromWeights<float>(fp.layers[l]), cos, sin, x_fp, &target);
+    Params p = grad::ParamsFromWeights<float>(q->layers[l]);
+    std::vector<VectorF*> tun = Tunables(&p);
+    std::vector<VectorF> best;
+    for (const VectorF* v : tun) best.push_back(*v);
+
+    BlockTuneReport rep;
+    rep.layer = l;
+    std::vector<MF> y;
+    auto heldout = [&] {
+      std::vector<MF> xs(x_q.begin() + ntrain, x_q.end()), ts(target.begin() + ntrain, target.end());
+      ForwardAll(d, p, cos, sin, xs, &y);
+      return RelativeLoss(y, ts, 0, static_cast<int>(ts.size()));
+    };
+    rep.heldout_before = rep.heldout_best = heldout();
+    Adam adam(tun, opts.learning_rate);
+    std::vector<int> order(ntrain);
+    for (int s = 0; s < ntrain; ++s) order[s] = s;
+    std::mt19937_64 rng(0x9E3779B97F4A7C15ULL ^ static_cast<uint64_t>(l));
+    int since_best = 0;
+    for (int epoch = 0; epoch < opts.epochs; ++epoch) {
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int b0 = 0; b0 < ntrain; b0 += opts.batch_sequences) {
+        const int nb = std::min(opts.batch_sequences, ntrain - b0);
+        std::vector<Grads> g(nb);
+        std::vector<double> energy(nb);
+        std::vector<MF> dy(nb);
+        std::vector<grad::BlockCache<float>> cache(nb);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int i = 0; i < nb; ++i) {
+          const int s = order[b0 + i];
+          MF out;
+          grad::BlockForward<float>(d, p, cos, sin, x_q[s], &cache[i], &out);
+          dy[i] = out - target[s];
+          energy[i] = target[s].cast<double>().squaredNorm();
+        }
+        double total = 0;
+        for (double e : energy) total += e;
+        const float k = total > 0 ? static_cast<float>(2.0 / total) : 0.0f;
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int i = 0; i < nb; ++i) {
+          g[i].Zero(p);
+          dy[i] *= k;  // ∂(Σ(y − Y)² / ΣY²)/∂y
+          grad::BlockBackward<float>(d, p, cos, sin, cache[i], dy[i], &g[i], nullptr);
+        }
+        for (int i = 1; i < nb; ++i) g[0].Add(g[i]);
+        adam.Step(GradVectors(g[0]));
+      }
+      const double h = heldout();
+      rep.heldout_curve.push_back(h);
+      rep.epochs_run = epoch + 1;
+      if (h < rep.heldout_best) {
+        rep.heldout_best = h;
+        for (size_t i = 0; i < tun.size(); ++i) best[i] = *tun[i];
+        since_best = 0;
+      } else if (++since_best >= opts.patience) {
+        break;
+      }
+    }
+    for (size_t i = 0; i < tun.size(); ++i) *tun[i] = best[i];
+    grad::WriteParams<float>(p, &q->layers[l]);
+    if (scales != nullptr) {
+      for (int i = 0; i < grad::kBlockLinears; ++i) {
+        (*scales)[l].out[i] = p.lin[i].a;
+        (*scales)[l].in[i] = p.lin[i].b;
+      }
+    }
+    // The next block's inputs: through the tuned block, and through the fp block.
+    std::vector<MF> next;
+    ForwardAll(d, p, cos, sin, x_q, &next);
+    x_q = std::move(next);
+    x_fp = std::move(target);
+    rep.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (progress) progress(rep);
+    reports.push_back(std::move(rep));
+  }
+  return reports;
+}
+
+}  // namespace quantd::model
