@@ -1,7 +1,8 @@
 // llama_logits: llama.cpp's logits for a fixed sequence of token ids, to compare a GGUF export
 // with quantd's own forward of the same weights (tests/gguf_families_test.py). The ids are read
 // as uint16 little-endian (quantd's token files), decoded in one batch at positions 0..T-1
-// without BOS, and the logits of every position written as [T][n_vocab] little-endian fp32.
+// without BOS, and the logits of every position written as [T][n_vocab] little-endian fp32
+// (K/V cache in fp32, no flash attention).
 // Built against the llama.cpp library that llama-cpp-python vendors (like llama_ppl.cc); not
 // part of the quantd build.
 //   usage: llama_logits MODEL.gguf TOKENS.u16 OUT.f32
@@ -42,6 +43,11 @@ int main(int argc, char** argv) {
   cp.n_ubatch = cp.n_ctx;
   cp.n_threads = 1;
   cp.n_threads_batch = 1;
+  // fp32 K/V cache and no flash attention (whose CPU path works in fp16): with F32 weights the
+  // whole graph then runs in fp32, as quantd's forward.
+  cp.type_k = GGML_TYPE_F32;
+  cp.type_v = GGML_TYPE_F32;
+  cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   llama_context* ctx = llama_init_from_model(model, cp);
   if (ctx == nullptr) {
     std::fprintf(stderr, "cannot create a context\n");
