@@ -231,13 +231,9 @@ absl::Status CheckShapes(const model::Checkpoint& ckpt, const model::LlamaConfig
                 kv = int64_t{c.num_kv_heads} * c.head_dim, f = c.intermediate_size;
   QUANTD_RETURN_IF_ERROR(check("model.embed_tokens.weight", {c.vocab_size, h}));
   for (int l = 0; l < c.num_layers; ++l) {
-    const std::pair<model::Linear, std::vector<int64_t>> shapes[] = {
-        {model::Linear::kQ, {q, h}},    {model::Linear::kK, {kv, h}},
-        {model::Linear::kV, {kv, h}},   {model::Linear::kO, {h, q}},
-        {model::Linear::kGate, {f, h}}, {model::Linear::kUp, {f, h}},
-        {model::Linear::kDown, {h, f}}};
-    for (const auto& [lin, want] : shapes) {
-      QUANTD_RETURN_IF_ERROR(check(model::LinearTensorName(l, lin), want));
+    for (const model::StoredLinear& sl : model::StoredLinears(c)) {
+      const auto [out, in] = model::StoredShape(c, sl);
+      QUANTD_RETURN_IF_ERROR(check(model::StoredTensorName(l, sl), {out, in}));
     }
     for (const model::LayerVectorSpec& v : model::LayerVectors(c)) {
       QUANTD_RETURN_IF_ERROR(check(absl::StrCat("model.layers.", l, ".", std::string(v.suffix)), {v.size}));
@@ -373,8 +369,8 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       if (sequential) {
         t.task.set_layer(stage);
         for (int l = 0; l < stage; ++l) {
-          for (model::Linear lin : model::kAllLinears) {
-            t.task.add_inputs()->set_name(QuantizedInput(model::LinearTensorName(l, lin)));
+          for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
+            t.task.add_inputs()->set_name(QuantizedInput(model::StoredTensorName(l, sl)));
           }
         }
       }
@@ -399,17 +395,19 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       widths.assign(std::begin(runner::kBudgetWidths), std::end(runner::kBudgetWidths));
     }
     for (int l = first; l < last; ++l) {
-      for (model::Linear lin : model::kAllLinears) {
+      // One task per stored matrix (Phi-3's fused qkv_proj / gate_up_proj included) and width,
+      // with the Hessian of its group's shared input.
+      for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
         for (int bits : widths) {
           TaskRow t = new_task(QuantizePhase(stage), quantd::v1::TASK_KIND_QUANTIZE);
           *t.task.mutable_spec() = widths.size() > 1 ? runner::BudgetWidthSpec(req.spec(), bits)
                                                      : req.spec();
           model_inputs(&t.task);
           t.task.add_inputs()->set_name(
-              MergedHessianBlob(l, std::string(model::GroupName(model::GroupOf(lin)))));
+              MergedHessianBlob(l, std::string(model::GroupName(sl.group))));
           t.task.set_layer(l);
-          t.task.set_linear(std::string(model::LinearName(lin)));
-          t.task.set_tensor_name(model::LinearTensorName(l, lin));
+          t.task.set_linear(std::string(sl.name));
+          t.task.set_tensor_name(model::StoredTensorName(l, sl));
           t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
           row.tasks.push_back(std::move(t));
         }
@@ -466,7 +464,9 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       const uint64_t n = task.linear() == "down_proj" ? ff : task.linear() == "o_proj" ? q : d;
       const uint64_t m = task.linear() == "down_proj" ? d
                          : task.linear() == "k_proj" || task.linear() == "v_proj" ? kv
-                         : task.linear() == "q_proj" ? q : ff;
+                         : task.linear() == "q_proj" ? q
+                         : task.linear() == "qkv_proj" ? q + 2 * kv  // Phi-3's fused matrices
+                         : task.linear() == "gate_up_proj" ? 2 * ff : ff;
       // H, its damped copy, the LDL factors and an inverse (fp64, n padded to 256 for the
       // Hadamard), plus weight copies in fp32/fp64.
       const uint64_t np = (n + 255) / 256 * 256;

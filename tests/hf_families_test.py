@@ -2,7 +2,7 @@
 """Every model family quantd runs, checked against transformers itself (issue 23).
 
 For each family of tests/fixtures/make_family_fixtures.py (llama3, mistral, qwen2, qwen3, gemma2,
-gemma3)
+gemma3, phi3: its fused qkv_proj / gate_up_proj are quantized and exported as the fused matrices)
 a tiny random model is written with the venv's transformers, then, with
 rel = max|ours - transformers| / max|transformers logit| <= 1e-4:
   1. `quantctl eval --logits-out` (the layer-streamed forward) on the directory vs transformers;
@@ -24,7 +24,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_transformers_test import SKIP, log, start_quantd, stop_quantd, venv_python  # noqa: E402
 
-FAMILIES = ("gemma2", "gemma3", "llama3", "mistral", "qwen2", "qwen3")
+FAMILIES = ("gemma2", "gemma3", "llama3", "mistral", "phi3", "qwen2", "qwen3")
 TOL = 1e-4
 
 # Runs inside the venv: transformers' logits on HF_DIR vs ours (a [T][vocab] f32 file); prints

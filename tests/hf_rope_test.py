@@ -4,14 +4,14 @@
 transformers >= 5 writes RoPE as "rope_parameters": {"rope_type", "rope_theta", ...}; older versions
 wrote top-level "rope_theta" and "rope_scaling". For each rope type quantd implements (llama3, linear,
 default, all with rope_theta 500000), tests/fixtures/make_rope_fixture.py writes a tiny random
-LlamaForCausalLM with the venv's transformers. Checks, on 64 tokens, with
+LlamaForCausalLM with the venv's transformers (and yarn, dynamic with factor 4). Checks, on 64 tokens, with
 rel = max|ours - transformers| / max|transformers logit| <= 1e-4:
   1. `quantctl eval --logits-out` on the directory vs transformers on it;
   2. the same with config.json rewritten in the older layout (which transformers 5 also reads);
   3. through the service: quantd quantizes the llama3 model (rtn, 8 bits), `quantctl fetch --format
      hf` writes config.json still in the rope_parameters layout (no rope_theta, rope_scaling or
      torch_dtype added; "dtype" updated), and transformers on that export vs quantctl eval on it;
-  4. a config with rope_type "yarn" (not implemented) is refused by quantctl eval, by name.
+  4. a config with rope_type "proportional" (not implemented) is refused by quantctl eval, by name.
 Uses the venv of hf_transformers_test.py and skips (exit 77) like it when there is none, or when
 its transformers is older than 5 (then it cannot write the rope_parameters layout).
 """
@@ -89,7 +89,7 @@ def main():
             failures.append(f"{what}: {c.stdout}{c.stderr[-2000:]}")
 
     try:
-        for rope in ("llama3", "linear", "default"):
+        for rope in ("llama3", "linear", "default", "yarn", "dynamic"):
             d = os.path.join(tmp, rope)
             r = subprocess.run([py, os.path.join(src, "tests/fixtures/make_rope_fixture.py"), d,
                                 "--rope", rope, "--tokens", str(T)], capture_output=True, text=True)
@@ -101,17 +101,16 @@ def main():
             check(f"{rope} (rope_theta + rope_scaling)", d + "_v4")
 
         # 4. Not implemented: refused by name.
-        yarn = os.path.join(tmp, "yarn")
-        shutil.copytree(os.path.join(tmp, "default"), yarn)
-        c = json.load(open(os.path.join(yarn, "config.json")))
-        c["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0,
-                                "original_max_position_embeddings": 64}
-        json.dump(c, open(os.path.join(yarn, "config.json"), "w"))
-        r = eval_logits(yarn, os.path.join(tmp, "yarn.f32"))
-        ok = r.returncode != 0 and "INVALID_ARGUMENT" in r.stderr and '"yarn"' in r.stderr
-        log(f"yarn refused: {ok} ({r.stderr.strip()})")
+        bad = os.path.join(tmp, "proportional")
+        shutil.copytree(os.path.join(tmp, "default"), bad)
+        c = json.load(open(os.path.join(bad, "config.json")))
+        c["rope_parameters"] = {"rope_type": "proportional", "rope_theta": 500000.0}
+        json.dump(c, open(os.path.join(bad, "config.json"), "w"))
+        r = eval_logits(bad, os.path.join(tmp, "proportional.f32"))
+        ok = r.returncode != 0 and "INVALID_ARGUMENT" in r.stderr and '"proportional"' in r.stderr
+        log(f"proportional refused: {ok} ({r.stderr.strip()})")
         if not ok:
-            failures.append(f"yarn config not refused by name: exit {r.returncode} {r.stderr}")
+            failures.append(f"proportional config not refused by name: exit {r.returncode} {r.stderr}")
 
         # 3. Through the service, and the export keeps the user's layout.
         daemon, addr = start_quantd(bindir, tmp, tmp)  # the model and calib live under tmp

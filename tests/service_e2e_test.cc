@@ -13,6 +13,7 @@
 #include "engine/artifact/artifact.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/perplexity.h"
+#include "engine/quant/packed_matrix.h"
 #include "engine/tokenizer/tokens.h"
 
 namespace quantd::testing {
@@ -150,7 +151,8 @@ TEST_F(ServiceE2E, FamiliesGptq4Bit) {
       f.write(reinterpret_cast<const char*>(&t), 2);
     }
   }
-  for (const char* fam : {"qwen2", "gemma2"}) {
+  for (const char* fam : {"qwen2", "gemma2", "phi3"}) {
+    const bool phi3 = std::string(fam) == "phi3";
     const std::string model = SourceDir() + "/engine/model/testdata/families/" + fam;
     const std::string name = std::string("fam-") + fam;
     json job = Submit(d, {model, "--calib", calib, "--method", "gptq", "--bits", "4", "--name",
@@ -179,8 +181,19 @@ TEST_F(ServiceE2E, FamiliesGptq4Bit) {
         ++quantized;
       }
     }
-    EXPECT_EQ(quantized, 14) << fam;  // 2 layers x 7 linears
-    EXPECT_EQ(vectors, std::string(fam) == "qwen2" ? 2 * 5 + 1 : 2 * 4 + 1) << fam;
+    // 2 layers x 7 linears; Phi-3: 2 x (qkv_proj, o_proj, gate_up_proj, down_proj), each
+    // quantized as the one fused matrix it is.
+    EXPECT_EQ(quantized, phi3 ? 8 : 14) << fam;
+    if (phi3) {
+      auto qkv = (*art)->Get("model.layers.1.self_attn.qkv_proj.qweight");
+      ASSERT_TRUE(qkv.ok()) << qkv.status();
+      auto packed = quant::DecodePacked(qkv->data);
+      ASSERT_TRUE(packed.ok()) << packed.status();
+      EXPECT_EQ(packed->m, 64);  // q 32 + k 16 + v 16 rows
+      EXPECT_EQ(packed->n, 32);
+    }
+    EXPECT_EQ(vectors, std::string(fam) == "qwen2" ? 2 * 5 + 1 : phi3 ? 2 * 2 + 1 : 2 * 4 + 1)
+        << fam;
     model::LlamaConfig cfg;
     auto weights = artifact::LoadArtifactWeights(out, &cfg);
     ASSERT_TRUE(weights.ok()) << weights.status();
@@ -206,6 +219,14 @@ TEST_F(ServiceE2E, FamiliesGptq4Bit) {
   EXPECT_EQ(q.exit_code, 1) << q.out << q.err;
   EXPECT_NE(q.err.find("INVALID_ARGUMENT"), std::string::npos) << q.err;
   EXPECT_NE(q.err.find("quarot does not support Gemma2ForCausalLM"), std::string::npos) << q.err;
+  // QuaRot on Phi-3: each fused matrix is rotated part by part, as the in-memory transform does.
+  json pq = Submit(d, {SourceDir() + "/engine/model/testdata/families/phi3", "--calib", calib,
+                       "--method", "quarot", "--bits", "4", "--name", "fam-phi3-quarot",
+                       "--calib-seq-len", "64", "--eval-context", "64"});
+  ASSERT_TRUE(pq.contains("id")) << pq.dump();
+  CommandResult pw = d.Quantctl({"watch", pq["id"]});
+  ASSERT_EQ(pw.exit_code, 0) << pw.out << pw.err << d.Log();
+  EXPECT_EQ(Status(d, pq["id"])["state"], "JOB_STATE_SUCCEEDED");
 }
 
 TEST_F(ServiceE2E, IdempotentSubmitAndVersions) {
@@ -282,15 +303,15 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
         << bytes->substr(0, bytes->size() / 2);
   }
   // A config.json in the transformers 5 layout with a RoPE type quantd does not implement.
-  std::filesystem::create_directories(tmp + "/yarn");
+  std::filesystem::create_directories(tmp + "/badrope");
   for (const char* f : {"model.safetensors", "tok512.bin"}) {
-    std::filesystem::copy_file(ExampleModel() + "/" + f, tmp + "/yarn/" + f);
+    std::filesystem::copy_file(ExampleModel() + "/" + f, tmp + "/badrope/" + f);
   }
   {
     json cfg = json::parse(*ReadFile(ExampleModel() + "/config.json"));
     cfg.erase("rope_theta");
-    cfg["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 10000.0}, {"factor", 4.0}};
-    std::ofstream(tmp + "/yarn/config.json") << cfg.dump();
+    cfg["rope_parameters"] = {{"rope_type", "proportional"}, {"rope_theta", 10000.0}};
+    std::ofstream(tmp + "/badrope/config.json") << cfg.dump();
   }
   struct Case {
     std::string what;
@@ -324,13 +345,13 @@ TEST_F(ServiceE2E, BadRequestsAreRejectedAndDaemonKeepsServing) {
     EXPECT_NE(gpt2.err.find(arch), std::string::npos) << gpt2.err;
   }
   // The RoPE type is refused at submit, by name, not ignored (issue 19).
-  CommandResult yarn = d.Quantctl({"submit", tmp + "/yarn", "--calib", ExampleCalib(), "--method",
-                                   "rtn", "--bits", "4", "--name", "yarn"});
-  EXPECT_EQ(yarn.exit_code, 1) << yarn.out << yarn.err;
-  EXPECT_NE(yarn.err.find("INVALID_ARGUMENT"), std::string::npos) << yarn.err;
-  EXPECT_NE(yarn.err.find("rope_parameters.rope_type = \"yarn\" is not supported"),
+  CommandResult badrope = d.Quantctl({"submit", tmp + "/badrope", "--calib", ExampleCalib(),
+                                      "--method", "rtn", "--bits", "4", "--name", "badrope"});
+  EXPECT_EQ(badrope.exit_code, 1) << badrope.out << badrope.err;
+  EXPECT_NE(badrope.err.find("INVALID_ARGUMENT"), std::string::npos) << badrope.err;
+  EXPECT_NE(badrope.err.find("rope_parameters.rope_type = \"proportional\" is not supported"),
             std::string::npos)
-      << yarn.err;
+      << badrope.err;
   // A name with NUL cannot pass through argv; the server-side check is in registry_test.
   CommandResult jobs = d.Quantctl({"jobs"});
   EXPECT_EQ(jobs.exit_code, 0) << jobs.err;

@@ -74,13 +74,16 @@ std::vector<model::TensorDecl> ShardDecls(const model::LlamaConfig& cfg, int fir
 // linears must be given once.
 class QuantizedPrefixSource : public model::WeightSource {
  public:
-  QuantizedPrefixSource(model::WeightSource& base, int layer) : base_(base), layer_(layer) {}
+  QuantizedPrefixSource(const model::LlamaConfig& cfg, model::WeightSource& base, int layer)
+      : cfg_(cfg), base_(base), layer_(layer) {}
 
   absl::Status Init(const Task& task, const BlobResolver& blobs) {
     constexpr std::string_view kPrefix = jobfiles::kQuantizedPrefix;
-    std::map<std::string, std::pair<int, model::Linear>> want;
+    const model::LlamaConfig& cfg = cfg_;
+    std::map<std::string, std::pair<int, size_t>> want;  // tensor -> (layer, StoredLinears index)
+    const std::vector<model::StoredLinear> stored = model::StoredLinears(cfg);
     for (int l = 0; l < layer_; ++l) {
-      for (model::Linear lin : model::kAllLinears) want[model::LinearTensorName(l, lin)] = {l, lin};
+      for (size_t i = 0; i < stored.size(); ++i) want[model::StoredTensorName(l, stored[i])] = {l, i};
     }
     size_t found = 0;
     for (const auto& in : task.inputs()) {
@@ -109,16 +112,13 @@ class QuantizedPrefixSource : public model::WeightSource {
     QUANTD_ASSIGN_OR_RETURN(const model::LayerWeights* base, base_.Layer(l));
     if (l >= layer_) return base;
     current_ = *base;
-    for (model::Linear lin : model::kAllLinears) {
-      QUANTD_ASSIGN_OR_RETURN(std::string packed, ReadFile(paths_.at({l, lin})));
+    const std::vector<model::StoredLinear> stored = model::StoredLinears(cfg_);
+    for (size_t i = 0; i < stored.size(); ++i) {
+      QUANTD_ASSIGN_OR_RETURN(std::string packed, ReadFile(paths_.at({l, i})));
       QUANTD_ASSIGN_OR_RETURN(MatrixF q, quant::DequantizeMatrix(packed));
-      MatrixF& dst = model::MutableLinear(current_, lin);
-      if (q.rows() != dst.rows() || q.cols() != dst.cols()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("quantized ", model::LinearTensorName(l, lin), " is [", q.rows(), ",",
-                         q.cols(), "], the model's is [", dst.rows(), ",", dst.cols(), "]"));
-      }
-      dst = std::move(q);
+      QUANTD_RETURN_IF_ERROR(model::ScatterStored(
+          cfg_, stored[i], std::move(q), &current_,
+          absl::StrCat("quantized ", model::StoredTensorName(l, stored[i]))));
     }
     return &current_;
   }
@@ -133,9 +133,10 @@ class QuantizedPrefixSource : public model::WeightSource {
   model::OnlineRotation online_o() const override { return base_.online_o(); }
 
  private:
+  const model::LlamaConfig cfg_;
   model::WeightSource& base_;
   const int layer_;
-  std::map<std::pair<int, model::Linear>, std::string> paths_;
+  std::map<std::pair<int, size_t>, std::string> paths_;
   model::LayerWeights current_;
 };
 
@@ -178,7 +179,7 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
       return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", first,
                                                      " of a ", cfg.num_layers, "-layer model"));
     }
-    prefix = std::make_unique<QuantizedPrefixSource>(*fp, first);
+    prefix = std::make_unique<QuantizedPrefixSource>(cfg, *fp, first);
     QUANTD_RETURN_IF_ERROR(prefix->Init(task, blobs));
     src = prefix.get();
   }
@@ -226,29 +227,21 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   if (runner::MethodOf(task.spec()).transforms_model) {
     // The same transform the Hessian tasks and the assembly apply, for this one matrix.
     QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
-    model::Linear lin = model::Linear::kQ;
-    bool found = false;
-    for (model::Linear l : model::kAllLinears) {
-      if (model::LinearTensorName(task.layer(), l) == task.tensor_name()) {
-        lin = l;
-        found = true;
-      }
-    }
-    if (!found) {
-      return absl::InvalidArgumentError(absl::StrCat("quarot: ", task.tensor_name(),
-                                                     " is not a linear of layer ", task.layer()));
+    absl::StatusOr<model::StoredLinear> sl =
+        model::FindStoredLinear(cfg, task.layer(), task.tensor_name());
+    if (!sl.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("quarot: ", sl.status().message()));
     }
     VectorF norm;
-    if (lin != model::Linear::kO && lin != model::Linear::kDown) {
+    if (sl->group == model::LinearGroup::kQkv || sl->group == model::LinearGroup::kGateUp) {
       const std::string norm_name =
           absl::StrCat("model.layers.", task.layer(), ".",
-                       model::GroupOf(lin) == model::LinearGroup::kGateUp
-                           ? "post_attention_layernorm.weight"
-                           : "input_layernorm.weight");
+                       sl->group == model::LinearGroup::kGateUp ? "post_attention_layernorm.weight"
+                                                                : "input_layernorm.weight");
       QUANTD_ASSIGN_OR_RETURN(MatrixF nm, ckpt->ReadMatrix(norm_name));
       norm = Eigen::Map<const VectorF>(nm.data(), nm.size());
     }
-    QUANTD_ASSIGN_OR_RETURN(w, model::QuarotLinear(cfg, lin, w, norm, task.spec().seed()));
+    QUANTD_ASSIGN_OR_RETURN(w, model::QuarotStored(cfg, *sl, w, norm, task.spec().seed()));
   }
   QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, jobfiles::kHessiansPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto hfile, model::SafetensorsFile::Open(hpath));

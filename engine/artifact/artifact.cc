@@ -165,8 +165,8 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
     for (const model::LayerVectorSpec& v : model::LayerVectors(cfg)) {
       add_vector(p + std::string(v.suffix), w.layers[l].*v.member);
     }
-    for (model::Linear lin : model::kAllLinears) {
-      add_matrix(model::LinearTensorName(l, lin), model::GetLinear(w, l, lin));
+    for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
+      add_matrix(model::StoredTensorName(l, sl), model::GatherStored(w.layers[l], sl));
     }
   }
   auto add_online = [&](const char* name, const model::OnlineRotation& r) {

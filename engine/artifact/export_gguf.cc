@@ -144,6 +144,129 @@ int64_t TokenIdOr(const nlohmann::json& cfg, const char* key, int64_t fallback) 
   return fallback;
 }
 
+// The GGUF architecture llama.cpp runs a model of `cfg` as, and what its graph needs.
+struct GgufArch {
+  std::string name;         // general.architecture and the metadata key prefix
+  bool permute_qk = false;  // llama: RoPE on adjacent pairs, so q/k rows are permuted
+  bool sliding = false;     // gemma2/gemma3: per-layer sliding-window pattern
+};
+
+// Facts from llama.cpp's src/models/{llama,qwen2,qwen3,gemma2,gemma3}.cpp (the version
+// llama-cpp-python 0.3.36 vendors) and conversion/{llama,qwen,gemma}.py.
+absl::StatusOr<GgufArch> ChooseArch(const model::LlamaConfig& cfg) {
+  using model::Family;
+  const std::string arch_name(model::ArchitectureName(cfg.family));
+  auto refuse = [&](const std::string& why) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        arch_name, " ", why, " is not expressible in GGUF for llama.cpp; use --format hf or "
+        "compressed-tensors"));
+  };
+  const bool biases = cfg.qkv_bias || cfg.o_bias;
+  GgufArch a;
+  switch (cfg.family) {
+    case Family::kLlama:
+    case Family::kMistral:
+      if (biases) return refuse("with attention biases");
+      if (cfg.sliding_window > 0) return refuse("with a sliding window");
+      a.name = "llama";
+      a.permute_qk = true;
+      break;
+    case Family::kQwen2:
+      // llama.cpp's qwen2 graph: q/k/v biases, full attention, o_proj [hidden, hidden].
+      if (cfg.o_bias) return refuse("with an o_proj bias");
+      if (cfg.sliding_window > 0) return refuse("with sliding-window layers (use_sliding_window)");
+      if (cfg.num_heads * cfg.head_dim != cfg.hidden_size) {
+        return refuse(absl::StrCat("with num_attention_heads x head_dim = ",
+                                   cfg.num_heads * cfg.head_dim, " != hidden_size ",
+                                   cfg.hidden_size));
+      }
+      a.name = "qwen2";
+      break;
+    case Family::kQwen3:
+      if (biases) return refuse("with attention biases (attention_bias)");
+      if (cfg.sliding_window > 0) return refuse("with sliding-window layers (use_sliding_window)");
+      a.name = "qwen3";
+      break;
+    case Family::kGemma2:
+    case Family::kGemma3: {
+      const bool g2 = cfg.family == Family::kGemma2;
+      if (biases) return refuse("with attention biases (attention_bias)");
+      // llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the 27B
+      // shapes (46 layers for Gemma 2, 62 for Gemma 3), not by query_pre_attn_scalar.
+      const bool big = cfg.num_layers == (g2 ? 46 : 62);
+      const double want = big ? double(cfg.hidden_size / cfg.num_heads) : double(cfg.head_dim);
+      if (cfg.query_pre_attn_scalar != want) {
+        return refuse(absl::StrCat("with query_pre_attn_scalar ", cfg.query_pre_attn_scalar,
+                                   " (llama.cpp's graph scales queries by 1/sqrt(", want, "))"));
+      }
+      if (g2) {
+        // Gemma 2's graph always soft-caps both (and divides by the caps).
+        if (cfg.attn_softcap <= 0 || cfg.final_softcap <= 0) {
+          return refuse("without attention and final logit soft-capping");
+        }
+        if (!cfg.tie_word_embeddings) return refuse("with an untied lm_head");
+      } else {
+        if (cfg.attn_softcap > 0) return refuse("with attention logit soft-capping");
+        if (cfg.sliding_window == 0 && !cfg.sliding_layers.empty() && cfg.rope_local != cfg.rope) {
+          return refuse("with a local RoPE but no sliding window");
+        }
+        if (cfg.sliding_window > 0 && cfg.rope_local.type != model::RopeType::kDefault &&
+            cfg.rope_local.type != model::RopeType::kDynamic) {
+          return refuse(absl::StrCat("with RoPE type ",
+                                     std::string(model::RopeTypeName(cfg.rope_local.type)),
+                                     " on the sliding layers"));
+        }
+      }
+      a.name = g2 ? "gemma2" : "gemma3";
+      a.sliding = true;
+      break;
+    }
+    case Family::kPhi3:
+      return refuse("(fused qkv_proj / gate_up_proj, LongRoPE: not written yet)");
+  }
+  // RoPE: default (dynamic is the default up to max_position_embeddings) or linear.
+  const model::RopeType rt = cfg.rope.type;
+  if (rt != model::RopeType::kDefault && rt != model::RopeType::kDynamic &&
+      rt != model::RopeType::kLinear) {
+    return refuse(absl::StrCat("with RoPE type ", std::string(model::RopeTypeName(rt)),
+                               " (only default, dynamic and linear are written)"));
+  }
+  if (model::RotaryDim(cfg.rope, cfg.head_dim) != cfg.head_dim) return refuse("with partial RoPE");
+  return a;
+}
+
+// GGUF name of HF tensor `hf` in `cfg`'s family: the per-family names (biases, q/k norms,
+// Gemma's sandwich norms) first, then the llama mapping (engine/model/gguf_convert.h).
+absl::StatusOr<std::string> GgufName(const model::LlamaConfig& cfg, const std::string& hf) {
+  static constexpr std::pair<const char*, const char*> kCommon[] = {
+      {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"}};
+  static constexpr std::pair<const char*, const char*> kSandwich[] = {
+      {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+      {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
+      {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"}};
+  const std::string prefix = "model.layers.";
+  if (absl::StartsWith(hf, prefix)) {
+    const size_t dot = hf.find('.', prefix.size());
+    if (dot != std::string::npos) {
+      const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
+      const std::string part = hf.substr(dot + 1);
+      for (const auto& [h, g] : kCommon) {
+        if (part == h) return absl::StrCat("blk.", layer, ".", g);
+      }
+      if (cfg.sandwich_norms) {
+        for (const auto& [h, g] : kSandwich) {
+          if (part == h) return absl::StrCat("blk.", layer, ".", g);
+        }
+      }
+    }
+  }
+  return model::GgufTensorName(hf);
+}
+
 }  // namespace
 
 absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
@@ -153,24 +276,7 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   QUANTD_RETURN_IF_ERROR(CheckExportable(spec, ExportFormat::kGguf));
   QUANTD_ASSIGN_OR_RETURN(const GgmlType type, GgufTypeFor(spec));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(native_dir));
-  // Only what the GGUF "llama" architecture expresses: no biases, q/k norms, sliding windows or
-  // Gemma's norms (issue 23: the qwen2/qwen3/gemma GGUF architectures are not written yet).
-  const bool plain_llama = (cfg.family == model::Family::kLlama ||
-                            cfg.family == model::Family::kMistral) &&
-                           !cfg.qkv_bias && !cfg.o_bias && cfg.sliding_window == 0;
-  if (!plain_llama) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        std::string(model::ArchitectureName(cfg.family)),
-        cfg.qkv_bias || cfg.o_bias ? " with attention biases" : "",
-        cfg.sliding_window > 0 ? " with a sliding window" : "",
-        " is not written to GGUF yet (only the llama architecture without biases or sliding "
-        "windows); use --format hf or compressed-tensors"));
-  }
-  if (cfg.rope.type != model::RopeType::kDefault) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "RoPE type ", std::string(model::RopeTypeName(cfg.rope.type)),
-        " is not written to GGUF yet (only the default RoPE)"));
-  }
+  QUANTD_ASSIGN_OR_RETURN(const GgufArch arch, ChooseArch(cfg));
   QUANTD_ASSIGN_OR_RETURN(std::string config_text, ReadFile(JoinPath(native_dir, "config.json")));
   const nlohmann::json config = nlohmann::json::parse(config_text, nullptr, false);
   const nlohmann::json manifest = nlohmann::json::parse(manifest_text, nullptr, false);
@@ -183,7 +289,7 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   }
 
   model::GgufWriter w;
-  w.SetString("general.architecture", "llama");
+  w.SetString("general.architecture", arch.name);
   std::string name = "quantd export";
   if (manifest.is_object() && manifest.contains("name") && manifest["name"].is_string()) {
     name = manifest["name"].get<std::string>();
@@ -195,18 +301,41 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   w.SetU32("general.file_type", FileType(type));
   w.SetU32("general.quantization_version", 2);  // GGML_QNT_VERSION
   w.SetU32("general.alignment", 32);
-  w.SetU32("llama.context_length", static_cast<uint32_t>(cfg.max_position_embeddings));
-  w.SetU32("llama.embedding_length", static_cast<uint32_t>(cfg.hidden_size));
-  w.SetU32("llama.block_count", static_cast<uint32_t>(cfg.num_layers));
-  w.SetU32("llama.feed_forward_length", static_cast<uint32_t>(cfg.intermediate_size));
-  w.SetU32("llama.attention.head_count", static_cast<uint32_t>(cfg.num_heads));
-  w.SetU32("llama.attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
-  w.SetU32("llama.attention.key_length", static_cast<uint32_t>(cfg.head_dim));
-  w.SetU32("llama.attention.value_length", static_cast<uint32_t>(cfg.head_dim));
-  w.SetU32("llama.rope.dimension_count", static_cast<uint32_t>(cfg.head_dim));
-  w.SetF32("llama.rope.freq_base", static_cast<float>(cfg.rope.theta));
-  w.SetF32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(cfg.rms_norm_eps));
-  w.SetU32("llama.vocab_size", static_cast<uint32_t>(cfg.vocab_size));
+  const std::string k = arch.name + ".";
+  w.SetU32(k + "context_length", static_cast<uint32_t>(cfg.max_position_embeddings));
+  w.SetU32(k + "embedding_length", static_cast<uint32_t>(cfg.hidden_size));
+  w.SetU32(k + "block_count", static_cast<uint32_t>(cfg.num_layers));
+  w.SetU32(k + "feed_forward_length", static_cast<uint32_t>(cfg.intermediate_size));
+  w.SetU32(k + "attention.head_count", static_cast<uint32_t>(cfg.num_heads));
+  w.SetU32(k + "attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
+  w.SetU32(k + "attention.key_length", static_cast<uint32_t>(cfg.head_dim));
+  w.SetU32(k + "attention.value_length", static_cast<uint32_t>(cfg.head_dim));
+  w.SetU32(k + "rope.dimension_count", static_cast<uint32_t>(cfg.head_dim));
+  w.SetF32(k + "rope.freq_base", static_cast<float>(cfg.rope.theta));
+  if (cfg.rope.type == model::RopeType::kLinear) {
+    w.SetString(k + "rope.scaling.type", "linear");
+    w.SetF32(k + "rope.scaling.factor", static_cast<float>(cfg.rope.factor));
+  }
+  w.SetF32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.rms_norm_eps));
+  w.SetU32(k + "vocab_size", static_cast<uint32_t>(cfg.vocab_size));
+  if (arch.sliding) {
+    // Which layers slide, per layer (llama.cpp reads an array as well as a period).
+    std::vector<int32_t> pattern(cfg.num_layers, 0);
+    for (int l = 0; l < cfg.num_layers; ++l) pattern[l] = cfg.LayerWindow(l) > 0 ? 1 : 0;
+    if (cfg.sliding_window > 0) {
+      w.SetU32(k + "attention.sliding_window", static_cast<uint32_t>(cfg.sliding_window));
+      w.SetI32Array(k + "attention.sliding_window_pattern", pattern);
+      if (cfg.has_local_rope) w.SetF32(k + "rope.freq_base_swa", static_cast<float>(cfg.rope_local.theta));
+    } else if (cfg.family == model::Family::kGemma2) {
+      w.SetI32Array(k + "attention.sliding_window_pattern", pattern);  // all 0: no layer slides
+    }
+  }
+  if (cfg.attn_softcap > 0) {
+    w.SetF32(k + "attn_logit_softcapping", static_cast<float>(cfg.attn_softcap));
+  }
+  if (cfg.final_softcap > 0) {
+    w.SetF32(k + "final_logit_softcapping", static_cast<float>(cfg.final_softcap));
+  }
   model::GgufTokenizerIds ids;
   ids.bos = TokenIdOr(config, "bos_token_id", -1);
   ids.eos = TokenIdOr(config, "eos_token_id", -1);
@@ -225,17 +354,23 @@ absl::StatusOr<GgufExportSummary> ExportGguf(const std::string& native_dir,
   for (const std::string& stored : ckpt->Names()) {
     const bool packed = absl::EndsWith(stored, ".qweight");
     const std::string hf = packed ? stored.substr(0, stored.size() - 8) + ".weight" : stored;
-    auto gguf_name = model::GgufTensorName(hf);
+    auto gguf_name = GgufName(cfg, hf);
     if (!gguf_name.ok()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "tensor ", stored, " has no llama GGUF equivalent: ", gguf_name.status().message()));
+      return absl::FailedPreconditionError(absl::StrCat("tensor ", stored, " has no ", arch.name,
+                                                        " GGUF equivalent: ",
+                                                        gguf_name.status().message()));
     }
-    const bool is_q = absl::StrContains(*gguf_name, ".attn_q."),
-               is_k = absl::StrContains(*gguf_name, ".attn_k.");
+    const bool is_q = arch.permute_qk && absl::EndsWith(*gguf_name, ".attn_q.weight"),
+               is_k = arch.permute_qk && absl::EndsWith(*gguf_name, ".attn_k.weight");
     if (!packed) {
       QUANTD_ASSIGN_OR_RETURN(MatrixF m, ckpt->ReadMatrix(stored));
       if (is_q || is_k) {
         return absl::FailedPreconditionError(absl::StrCat("tensor ", stored, " is not quantized"));
+      }
+      // Gemma's RMSNorm scales are stored as w and applied as (1 + w); llama.cpp multiplies by
+      // the stored value, so the converter stores 1 + w (conversion/gemma.py).
+      if (cfg.norm_plus_one && m.rows() == 1 && absl::EndsWith(hf, "norm.weight")) {
+        m.array() += 1.0f;
       }
       AddFloatMatrix(&w, *gguf_name, m);
       continue;

@@ -28,6 +28,7 @@ constexpr FamilyInfo kFamilies[] = {
     {Family::kQwen3, "Qwen3ForCausalLM", "qwen3"},
     {Family::kGemma2, "Gemma2ForCausalLM", "gemma2"},
     {Family::kGemma3, "Gemma3ForCausalLM", "gemma3_text"},
+    {Family::kPhi3, "Phi3ForCausalLM", "phi3"},
 };
 
 absl::Status Bad(absl::string_view what) { return absl::InvalidArgumentError(what); }
@@ -81,7 +82,7 @@ constexpr std::string_view kImplemented[] = {
     "sliding_window", "attention_bias", "use_sliding_window", "max_window_layers", "layer_types",
     "hidden_activation", "query_pre_attn_scalar", "attn_logit_softcapping",
     "final_logit_softcapping", "rope_local_base_freq", "sliding_window_pattern",
-    "_sliding_window_pattern"};
+    "_sliding_window_pattern", "original_max_position_embeddings"};
 // No effect on the logits of LlamaForCausalLM / MistralForCausalLM at inference in fp32:
 // metadata, storage dtype, token ids, output flags, attention kernel choice, training-only
 // settings (dropout, init), pretraining_tp (splits the same matmuls), and the generation
@@ -90,7 +91,7 @@ constexpr std::string_view kHarmless[] = {
     "_name_or_path", "name_or_path", "transformers_version", "_commit_hash", "tokenizer_class",
     "prefix", "finetuning_task", "task_specific_params", "id2label", "label2id", "num_labels",
     "problem_type", "is_llama_config", "torch_dtype", "dtype", "use_bfloat16",
-    "initializer_range", "attention_dropout", "use_cache", "pretraining_tp", "eos_token_id",
+    "initializer_range", "attention_dropout", "resid_pdrop", "embd_pdrop", "use_cache", "pretraining_tp", "eos_token_id",
     "pad_token_id", "sep_token_id", "decoder_start_token_id", "output_attentions",
     "output_hidden_states", "return_dict", "use_return_dict", "torchscript", "tf_legacy_loss",
     "chunk_size_feed_forward", "is_decoder", "tie_encoder_decoder", "cross_attention_hidden_size",
@@ -124,8 +125,8 @@ std::string Short(const json& v) {
   return s.size() > 80 ? s.substr(0, 77) + "..." : s;
 }
 
-// The keys outside kImplemented (see above).
-absl::Status CheckOtherKeys(const json& j) {
+// The keys outside kImplemented (see above). `f`: the config's family.
+absl::Status CheckOtherKeys(const json& j, Family f) {
   for (const auto& [key, v] : j.items()) {
     if (In(kImplemented, key) || In(kHarmless, key)) continue;
     if (In(kMustBeFalse, key)) {
@@ -142,9 +143,17 @@ absl::Status CheckOtherKeys(const json& j) {
       return Bad(internal::Cat("config: per_layer_config = ", Short(v), " is not supported"));
     } else if (key == "auto_map") {  // custom code that trust_remote_code would run instead
       if (v.is_object()) {
-        bool model_code = false;
-        for (const auto& [k, unused] : v.items()) model_code |= absl::StartsWith(k, "AutoModel");
-        if (!model_code) continue;
+        // Custom model code is refused unless it names the family's own architecture class
+        // ("modeling_phi3.Phi3ForCausalLM" in Phi-3's repositories): without trust_remote_code
+        // transformers loads its built-in class of that name, which is what quantd implements.
+        const std::string own = internal::Cat(".", ArchitectureName(f));
+        bool other_code = false;
+        for (const auto& [k, target] : v.items()) {
+          if (!absl::StartsWith(k, "AutoModel")) continue;
+          other_code |= !target.is_string() || !absl::EndsWith(target.get<std::string>(), own) ||
+                        k != "AutoModelForCausalLM";
+        }
+        if (!other_code) continue;
       }
       return Bad(internal::Cat("config: auto_map = ", Short(v),
                               " names custom model code; quantd implements only the built-in "
@@ -173,6 +182,7 @@ absl::Status CheckFamilyKeys(const json& j, Family f) {
   const bool gemma = f == Family::kGemma2 || f == Family::kGemma3;
   QUANTD_RETURN_IF_ERROR(off("attention_bias", f == Family::kLlama || f == Family::kQwen3 ||
                                                    gemma));
+  QUANTD_RETURN_IF_ERROR(off("original_max_position_embeddings", f == Family::kPhi3));
   QUANTD_RETURN_IF_ERROR(off("rope_local_base_freq", f == Family::kGemma3));
   QUANTD_RETURN_IF_ERROR(off("sliding_window_pattern", f == Family::kGemma3));
   QUANTD_RETURN_IF_ERROR(off("_sliding_window_pattern", f == Family::kGemma3));
@@ -221,6 +231,8 @@ absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
     case Family::kGemma3:
       window = has_window_key ? 0 : 4096;  // the config classes' default
       break;
+    case Family::kPhi3:
+      break;  // Phi3Config: sliding_window None
   }
   QUANTD_RETURN_IF_ERROR(GetInt(j, "sliding_window", 1, 1 << 30, false, &window));
   if (f == Family::kLlama) {
@@ -248,7 +260,7 @@ absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
     for (int l = 0; l < c->num_layers; ++l) {
       const json& t = (*lt)[l];
       if (t == "sliding_attention") {
-        if (f == Family::kLlama || f == Family::kMistral) {
+        if (f == Family::kLlama || f == Family::kMistral || f == Family::kPhi3) {
           return Bad(internal::Cat("config: layer_types[", l, "] = \"sliding_attention\" is not "
                                   "used by ", ArchitectureName(f)));
         }
@@ -270,8 +282,8 @@ absl::Status ParseSliding(const json& j, Family f, LlamaConfig* c) {
     QUANTD_RETURN_IF_ERROR(GetInt(j, "sliding_window_pattern", 1, 1 << 20, false, &pattern));
     for (int l = 0; l < c->num_layers; ++l) layers[l] = (l + 1) % pattern != 0;
   }
-  if (f == Family::kMistral) {
-    // MistralModel applies config.sliding_window to every layer.
+  if (f == Family::kMistral || f == Family::kPhi3) {
+    // MistralModel and Phi3Model apply config.sliding_window to every layer.
     std::fill(layers.begin(), layers.end(), 1);
   }
   bool any = false;
@@ -376,7 +388,7 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
                             "model; supported: ", supported));
   }
   const Family f = fam->family;
-  QUANTD_RETURN_IF_ERROR(CheckOtherKeys(j));
+  QUANTD_RETURN_IF_ERROR(CheckOtherKeys(j, f));
   QUANTD_RETURN_IF_ERROR(CheckFamilyKeys(j, f));
 
   LlamaConfig c;
@@ -435,8 +447,21 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
   if (f == Family::kGemma3) {
     QUANTD_RETURN_IF_ERROR(ParseGemma3Rope(j, &c));
   } else {
-    QUANTD_ASSIGN_OR_RETURN(c.rope, ParseRopeParams(j, c.max_position_embeddings));
+    RopeParseOptions ro;
+    ro.max_position_embeddings = c.max_position_embeddings;
+    if (f == Family::kPhi3) {
+      // Phi3Config: partial_rotary_factor, su / yarn = longrope, and the top-level
+      // original_max_position_embeddings (default 4096) over the RoPE object's.
+      ro.phi3 = true;
+      ro.allow_partial_rotary = true;
+      ro.top_original_max_position_embeddings = 4096;
+      QUANTD_RETURN_IF_ERROR(GetInt(j, "original_max_position_embeddings", 1, 1 << 24, false,
+                                    &ro.top_original_max_position_embeddings));
+    }
+    QUANTD_ASSIGN_OR_RETURN(c.rope, ParseRopeParams(j, ro));
   }
+  QUANTD_RETURN_IF_ERROR(CheckRopeForHead(c.rope, c.head_dim));
+  if (c.has_local_rope) QUANTD_RETURN_IF_ERROR(CheckRopeForHead(c.rope_local, c.head_dim));
   QUANTD_RETURN_IF_ERROR(ParseSliding(j, f, &c));
   QUANTD_ASSIGN_OR_RETURN(c.tie_word_embeddings,
                           GetBool(j, "tie_word_embeddings", gemma));
@@ -452,8 +477,10 @@ absl::StatusOr<LlamaConfig> ParseChecked(const json& j) {
       c.qkv_bias = true;  // Qwen2Attention: q/k/v with bias, o_proj without
       break;
     case Family::kMistral:
+    case Family::kPhi3:
       break;
   }
+  c.fused_qkv = c.fused_gate_up = f == Family::kPhi3;
   c.qk_norm = f == Family::kQwen3 || f == Family::kGemma3;
   if (gemma) {
     c.norm_plus_one = true;

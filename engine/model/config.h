@@ -3,7 +3,8 @@
 // Llama 1/2/3.x, Mistral (sliding window), Qwen2/2.5 (q/k/v biases, optional sliding layers),
 // Qwen3 (per-head q/k RMSNorm), Gemma 2 ((1 + w) norms, embedding scale, GeGLU, pre/post
 // norms, logit soft-capping, alternating sliding layers) and Gemma 3 text (Gemma 2's layout with
-// (1 + w) q/k norms and a second RoPE for the sliding layers).
+// (1 + w) q/k norms and a second RoPE for the sliding layers) and Phi-3 (fused qkv_proj and
+// gate_up_proj tensors, LongRoPE, partial rotary embeddings, optional sliding window).
 // Thread-safety: plain value type; the functions are thread-safe.
 #ifndef QUANTD_ENGINE_MODEL_CONFIG_H_
 #define QUANTD_ENGINE_MODEL_CONFIG_H_
@@ -20,12 +21,12 @@
 namespace quantd::model {
 
 // The model class a config.json names (architectures / model_type).
-enum class Family { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGemma3 };
+enum class Family { kLlama, kMistral, kQwen2, kQwen3, kGemma2, kGemma3, kPhi3 };
 
 // "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-// "Gemma2ForCausalLM", "Gemma3ForCausalLM".
+// "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM".
 std::string_view ArchitectureName(Family f);
-// "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text".
+// "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3".
 std::string_view ModelTypeName(Family f);
 // The architectures quantd accepts, for error messages: "LlamaForCausalLM, MistralForCausalLM, ...".
 std::string SupportedArchitectures();
@@ -75,6 +76,11 @@ struct LlamaConfig {
   // Soft-capping cap·tanh(x / cap) of attention scores and of the final logits; 0 = none.
   double attn_softcap = 0.0;
   double final_softcap = 0.0;
+  // Phi-3: the checkpoint stores q/k/v as one matrix self_attn.qkv_proj = [q; k; v] (rows) and
+  // gate/up as mlp.gate_up_proj = [gate; up]; quantd quantizes each as the one matrix it is
+  // (weights.h: StoredLinears).
+  bool fused_qkv = false;
+  bool fused_gate_up = false;
 
   float AttentionScale() const {
     return 1.0f / static_cast<float>(std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar

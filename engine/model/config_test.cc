@@ -1,10 +1,13 @@
 #include "engine/model/config.h"
 
+#include <cmath>
 #include <string>
 
 #include <gtest/gtest.h>
 
 #include "engine/model/test_util.h"
+#include "engine/model/weights.h"
+#include "nlohmann/json.hpp"
 
 namespace quantd::model {
 namespace {
@@ -187,10 +190,10 @@ TEST(ConfigTest, RopeLayoutsTogetherMustAgree) {
 }
 
 TEST(ConfigTest, RefusesRopeItDoesNotImplement) {
-  ExpectInvalid(With("rope_parameters", R"({"rope_type":"yarn","factor":4,"rope_theta":1e4})"),
-                "rope_parameters.rope_type = \"yarn\" is not supported");
-  ExpectInvalid(With("rope_scaling", R"({"type":"dynamic","factor":2})"),
-                "rope_scaling.rope_type = \"dynamic\"");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"proportional","rope_theta":1e4})"),
+                "rope_parameters.rope_type = \"proportional\" is not supported");
+  ExpectInvalid(With("rope_scaling", R"({"type":"mrope","factor":2})"),
+                "rope_scaling.rope_type = \"mrope\"");
   ExpectInvalid(With("rope_parameters", R"({"rope_type":"llama4x"})"), "llama4x");
   ExpectInvalid(With("rope_parameters", R"({"rope_type":7})"), "rope_type must be a string");
   ExpectInvalid(With("rope_parameters", R"("llama3")"), "rope_parameters must be an object");
@@ -313,7 +316,7 @@ TEST(ConfigTest, PublishedFamilyConfigs) {
   EXPECT_EQ(g3->LayerRope(5).theta, 1e6);
   EXPECT_EQ(g3->LayerRope(0).theta, 1e4);
   ExpectInvalid(With(gemma3, "rope_local_base_freq", "0"), "rope_local_base_freq");
-  ExpectInvalid(With(gemma3, "rope_scaling", R"({"rope_type":"yarn","factor":8})"), "yarn");
+  ExpectInvalid(With(gemma3, "rope_scaling", R"({"rope_type":"proportional"})"), "proportional");
   ExpectInvalid(With(qwen3, "rope_local_base_freq", "10000"),
                 "rope_local_base_freq = 10000 is not used by Qwen3ForCausalLM");
   // Mistral-7B-v0.1: sliding_window 4096 < 32768, honoured on every layer.
@@ -327,12 +330,13 @@ TEST(ConfigTest, PublishedFamilyConfigs) {
 TEST(ConfigTest, UnsupportedFamiliesNameTheSupportedOnes) {
   for (const std::string& j :
        {With(With("architectures", "null"), "model_type", "\"falcon\""),
-        With("architectures", R"(["Phi3ForCausalLM"])"),
+        With("architectures", R"(["PhiForCausalLM"])"),
         With(With("architectures", R"(["Qwen2ForCausalLM"])"), "model_type", "\"qwen3\"")}) {
     auto c = ParseLlamaConfig(j);
     EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << j;
     for (const char* name : {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                             "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"}) {
+                             "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+                             "Phi3ForCausalLM"}) {
       EXPECT_NE(c.status().message().find(name), absl::string_view::npos) << c.status();
     }
   }
@@ -343,6 +347,100 @@ TEST(ConfigTest, UnsupportedFamiliesNameTheSupportedOnes) {
                        "num_key_value_heads", "3"),
                   "not a multiple of num_key_value_heads 3");
   }
+}
+
+// dynamic, yarn and longrope with transformers' defaults; settings transformers 4 and 5 read
+// differently are refused.
+TEST(ConfigTest, DynamicYarnLongrope) {
+  auto d = ParseLlamaConfig(With("rope_scaling", R"({"type":"dynamic","factor":2})"));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->rope.type, RopeType::kDynamic);
+  EXPECT_EQ(d->rope.factor, 2.0);
+  // Qwen2.5's yarn: factor 4, original 32768 (max_position_embeddings 131072 agrees).
+  std::string qwen = With(With("max_position_embeddings", "131072"), "rope_scaling",
+                          R"({"type":"yarn","factor":4.0,"original_max_position_embeddings":32768})");
+  auto y = ParseLlamaConfig(qwen);
+  ASSERT_TRUE(y.ok()) << y.status();
+  EXPECT_EQ(y->rope.type, RopeType::kYarn);
+  EXPECT_EQ(y->rope.original_max_position_embeddings, 32768);
+  EXPECT_DOUBLE_EQ(y->rope.attention_factor, 0.1 * std::log(4.0) + 1.0);
+  EXPECT_EQ(y->rope.beta_fast, 32.0);
+  EXPECT_EQ(y->rope.beta_slow, 1.0);
+  auto ym = ParseLlamaConfig(With("rope_parameters",
+      R"({"rope_type":"yarn","factor":4,"mscale":1,"mscale_all_dim":0.5,"beta_fast":0})"));
+  ASSERT_TRUE(ym.ok()) << ym.status();
+  EXPECT_DOUBLE_EQ(ym->rope.attention_factor,
+                   (0.1 * std::log(4.0) + 1.0) / (0.05 * std::log(4.0) + 1.0));
+  EXPECT_EQ(ym->rope.beta_fast, 32.0);  // transformers: `get("beta_fast") or 32`
+  ExpectInvalid(With(With("max_position_embeddings", "131072"), "rope_scaling",
+                     R"({"type":"yarn","factor":2.0,"original_max_position_embeddings":32768})"),
+                "transformers 4 and 5");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"yarn"})"), "factor is missing");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"yarn","factor":2,"truncate":1})"),
+                "truncate must be a bool");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"dynamic","factor":2,"beta_fast":3})"),
+                "beta_fast");
+  // longrope outside Phi-3: rope_parameters' own original_max_position_embeddings.
+  auto lr = ParseLlamaConfig(With("rope_parameters",
+      R"({"rope_type":"longrope","short_factor":[1,1,1,1],"long_factor":[2,2,2,2],"original_max_position_embeddings":128})"));
+  ASSERT_TRUE(lr.ok()) << lr.status();
+  EXPECT_EQ(lr->rope.factor, 4.0);  // 512 / 128
+  EXPECT_DOUBLE_EQ(lr->rope.attention_factor, std::sqrt(1 + std::log(4.0) / std::log(128.0)));
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"longrope","short_factor":[1,1,1],"long_factor":[2,2,2]})"),
+                "short_factor has 3 entries; the 8 rotated dims of a head need 4");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"longrope","long_factor":[2,2,2,2]})"),
+                "short_factor is missing");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"longrope","short_factor":[1,0,1,1],"long_factor":[2,2,2,2]})"),
+                "short_factor has the entry 0");
+  ExpectInvalid(With("rope_parameters", R"({"rope_type":"longrope","factor":3,"short_factor":[1,1,1,1],"long_factor":[2,2,2,2],"original_max_position_embeddings":128})"),
+                "transformers 4 and 5");
+}
+
+// Phi-3-mini-128k-instruct (transformers 4 layout, auto_map naming its own class) and
+// Phi-4-mini (partial_rotary_factor 0.75).
+TEST(ConfigTest, Phi3Configs) {
+  std::string factors = "[";
+  for (int i = 0; i < 48; ++i) factors += (i ? "," : "") + std::to_string(1.0 + 0.1 * i);
+  factors += "]";
+  const std::string phi3 = R"({"_name_or_path":"Phi-3-mini-128k-instruct","architectures":["Phi3ForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"auto_map":{"AutoConfig":"configuration_phi3.Phi3Config","AutoModelForCausalLM":"modeling_phi3.Phi3ForCausalLM"},"bos_token_id":1,"embd_pdrop":0.0,"eos_token_id":32000,"hidden_act":"silu","hidden_size":3072,"initializer_range":0.02,"intermediate_size":8192,"max_position_embeddings":131072,"model_type":"phi3","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":32,"original_max_position_embeddings":4096,"pad_token_id":32000,"resid_pdrop":0.0,"rms_norm_eps":1e-05,"rope_scaling":{"long_factor":)" +
+                           factors + R"(,"short_factor":)" + factors + R"(,"type":"longrope"},"rope_theta":10000.0,"sliding_window":262144,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.40.2","use_cache":true,"vocab_size":32064})";
+  auto c = ParseLlamaConfig(phi3);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->family, Family::kPhi3);
+  EXPECT_TRUE(c->fused_qkv && c->fused_gate_up);
+  EXPECT_EQ(c->rope.type, RopeType::kLongrope);
+  EXPECT_EQ(c->rope.original_max_position_embeddings, 4096);
+  EXPECT_EQ(c->rope.factor, 32.0);
+  EXPECT_DOUBLE_EQ(c->rope.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)));
+  EXPECT_EQ(c->LayerWindow(0), 262144);  // longer than any sequence: never bites
+  EXPECT_EQ(StoredLinears(*c).size(), 4u);
+  // "su" is longrope's old name; the top-level original_max_position_embeddings wins.
+  std::string su = phi3;
+  su.replace(su.find(R"("type":"longrope")"), 17, R"("type":"su")");
+  auto s = ParseLlamaConfig(su);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->rope, c->rope);
+  auto edit = [&](const char* key, const char* value) {
+    nlohmann::json j = nlohmann::json::parse(phi3);
+    j[key] = nlohmann::json::parse(value);
+    return j.dump();
+  };
+  ExpectInvalid(edit("rope_scaling", R"({"type":"llama3","factor":8})"),
+                "not supported by Phi3ForCausalLM (default, longrope)");
+  ExpectInvalid(edit("attention_bias", "true"), "attention_bias");
+  ExpectInvalid(edit("auto_map", R"({"AutoModelForCausalLM":"modeling_x.XForCausalLM"})"),
+                "auto_map");
+  ExpectInvalid(With("original_max_position_embeddings", "64"),
+                "original_max_position_embeddings = 64 is not used by LlamaForCausalLM");
+  ExpectInvalid(With("partial_rotary_factor", "0.5"), "partial_rotary_factor = 0.5 is not supported");
+  // Phi-4-mini: 3/4 of each head rotates.
+  nlohmann::json j4 = nlohmann::json::parse(phi3);
+  j4["partial_rotary_factor"] = 0.75;
+  j4["rope_scaling"] = nullptr;
+  auto p4 = ParseLlamaConfig(j4.dump());
+  ASSERT_TRUE(p4.ok()) << p4.status();
+  EXPECT_EQ(RotaryDim(p4->rope, p4->head_dim), 72);
+  ExpectInvalid(edit("partial_rotary_factor", "0.75"), "short_factor has 48 entries");
 }
 
 TEST(ConfigTest, RejectsBadDimensions) {

@@ -35,6 +35,8 @@ struct Fixture {
   LlamaConfig cfg;
   std::vector<int32_t> tokens;
   std::vector<float> ref;  // [T][vocab]
+  // longrope: the logits of the prefix run alone (short factors), [P][vocab]; else empty.
+  std::vector<float> ref_prefix;
   double scale = 0;        // max |ref|
   std::unique_ptr<Checkpoint> ckpt;
 };
@@ -55,26 +57,33 @@ Fixture Load(const std::string& family) {
     std::memcpy(f.ref.data(), bytes->data(), f.ref.size() * 4);  // little-endian hosts only
   }
   for (float v : f.ref) f.scale = std::max<double>(f.scale, std::abs(v));
+  if (auto p = ReadFile(dir + "/ref_prefix_logits.f32"); p.ok()) {
+    f.ref_prefix.resize(p->size() / 4);
+    std::memcpy(f.ref_prefix.data(), p->data(), f.ref_prefix.size() * 4);
+  }
   auto ckpt = Checkpoint::Open(dir);
   EXPECT_TRUE(ckpt.ok()) << ckpt.status();
   if (ckpt.ok()) f.ckpt = std::move(*ckpt);
   return f;
 }
 
-// max |a - ref| over the first a.rows() rows of ref, / max |ref|.
-double RelDiff(const MatrixF& a, const Fixture& f) {
+// max |a - ref| over the first a.rows() rows of ref, / max |f.ref|.
+double RelDiff(const MatrixF& a, const Fixture& f, const std::vector<float>& ref) {
   double d = 0;
   for (Eigen::Index i = 0; i < a.size(); ++i) {
-    d = std::max<double>(d, std::abs(a.data()[i] - f.ref[i]));
+    d = std::max<double>(d, std::abs(a.data()[i] - ref[i]));
   }
   return d / f.scale;
 }
+double RelDiff(const MatrixF& a, const Fixture& f) { return RelDiff(a, f, f.ref); }
 
 class FamiliesTest : public ::testing::TestWithParam<const char*> {};
 
 // Both forwards equal transformers' logits within 1e-4 relative. The batched one runs the prompt
 // together with a prefix of it (each sequence starts at position 0 and slides its own window);
-// the prefix's logits are the first rows of the prompt's (causal).
+// the prefix's logits are the first rows of the prompt's (causal), or with longrope, where the
+// prefix is short enough for the short factors and the prompt is not, transformers' logits of
+// the prefix alone.
 TEST_P(FamiliesTest, BothForwardsMatchTransformers) {
   const Fixture f = Load(GetParam());
   ASSERT_TRUE(f.ckpt != nullptr && !f.tokens.empty());
@@ -99,7 +108,14 @@ TEST_P(FamiliesTest, BothForwardsMatchTransformers) {
   ASSERT_TRUE(batched.ok()) << batched.status();
   ASSERT_EQ(batched->rows(), T + prefix);
   const double rel_full = RelDiff(MatrixF(batched->topRows(T)), f);
-  const double rel_prefix = RelDiff(MatrixF(batched->bottomRows(prefix)), f);
+  const bool own_prefix = !f.ref_prefix.empty();
+  if (own_prefix) {
+    ASSERT_EQ(f.ref_prefix.size(), static_cast<size_t>(prefix) * cfg.vocab_size);
+    // The factors matter: the prompt's first rows are not the prefix's logits.
+    EXPECT_GT(RelDiff(MatrixF(batched->topRows(prefix)), f, f.ref_prefix), 1e-2);
+  }
+  const double rel_prefix =
+      RelDiff(MatrixF(batched->bottomRows(prefix)), f, own_prefix ? f.ref_prefix : f.ref);
   std::printf("%s batched forward: %.3g (prompt), %.3g (prefix)\n", GetParam(), rel_full,
               rel_prefix);
   EXPECT_LE(rel_full, 1e-4);
@@ -141,7 +157,8 @@ TEST_P(FamiliesTest, QuarotKeepsTheFunctionOrRefuses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamiliesTest,
-                         ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"),
+                         ::testing::Values("llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3",
+                                           "phi3"),
                          [](const ::testing::TestParamInfo<const char*>& i) {
                            return std::string(i.param);
                          });
@@ -190,6 +207,46 @@ TEST(FamiliesConfigTest, FixtureConfigsDescribeTheirFamily) {
   EXPECT_EQ(g3.LayerRope(0).theta, 1e4);
   EXPECT_EQ(g3.LayerRope(1).type, RopeType::kLinear);
   EXPECT_EQ(g3.LayerRope(1).theta, 1e6);
+  const LlamaConfig phi3 = load("phi3");
+  EXPECT_EQ(phi3.family, Family::kPhi3);
+  EXPECT_TRUE(phi3.fused_qkv && phi3.fused_gate_up);
+  EXPECT_FALSE(phi3.tie_word_embeddings || phi3.qkv_bias);
+  EXPECT_EQ(phi3.rope.type, RopeType::kLongrope);
+  EXPECT_EQ(phi3.rope.original_max_position_embeddings, 16);
+  EXPECT_EQ(phi3.rope.partial_rotary_factor, 0.75);
+  EXPECT_EQ(RotaryDim(phi3.rope, phi3.head_dim), 6);
+  EXPECT_DOUBLE_EQ(phi3.rope.attention_factor, std::sqrt(2.0));  // factor 256 / 16
+  EXPECT_EQ(phi3.LayerWindow(0), 8);
+  EXPECT_EQ(phi3.LayerWindow(1), 8);
+  std::vector<std::string> names;
+  for (const StoredLinear& s : StoredLinears(phi3)) names.push_back(StoredTensorName(1, s));
+  EXPECT_EQ(names, (std::vector<std::string>{"model.layers.1.self_attn.qkv_proj.weight",
+                                             "model.layers.1.self_attn.o_proj.weight",
+                                             "model.layers.1.mlp.gate_up_proj.weight",
+                                             "model.layers.1.mlp.down_proj.weight"}));
+}
+
+// Phi-3: the attention factor, the partial rotation and the fused layout each matter here.
+TEST(FamiliesConfigTest, Phi3NeedsLongropeAndPartialRotary) {
+  const Fixture f = Load("phi3");
+  ASSERT_TRUE(f.ckpt != nullptr);
+  auto w = LoadLlamaWeights(*f.ckpt, f.cfg);
+  ASSERT_TRUE(w.ok()) << w.status();
+  LlamaConfig no_scaling = f.cfg, full_rotary = f.cfg;
+  no_scaling.rope.attention_factor = 1.0;
+  full_rotary.rope.partial_rotary_factor = 1.0;
+  full_rotary.rope.short_factor.resize(4, 1.0);
+  full_rotary.rope.long_factor.resize(4, 1.0);
+  for (const LlamaConfig& wrong_cfg : {no_scaling, full_rotary}) {
+    auto wrong = Forward(wrong_cfg, *w, f.tokens);
+    ASSERT_TRUE(wrong.ok());
+    EXPECT_GT(RelDiff(*wrong, f), 1e-2);
+  }
+  // q, k and v are the row blocks of qkv_proj.
+  auto qkv = f.ckpt->ReadMatrix("model.layers.0.self_attn.qkv_proj.weight");
+  ASSERT_TRUE(qkv.ok());
+  EXPECT_EQ(MatrixF(qkv->topRows(32)), w->layers[0].q);
+  EXPECT_EQ(MatrixF(qkv->bottomRows(16)), w->layers[0].v);
 }
 
 // Gemma 3: with one RoPE for every layer (the local one ignored) the logits are wrong, so the

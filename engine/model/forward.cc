@@ -83,8 +83,8 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
     k.noalias() = h * lw.k.transpose();
     v.noalias() = h * lw.v.transpose();
     ops::QkvPost(cfg, lw, &q, &k, &v);
-    ops::ApplyRope(rope.Cos(cfg, layer), rope.Sin(cfg, layer), nh, hd, q);
-    ops::ApplyRope(rope.Cos(cfg, layer), rope.Sin(cfg, layer), nkv, hd, k);
+    ops::ApplyRope(rope.Cos(cfg, layer, T), rope.Sin(cfg, layer, T), nh, hd, q);
+    ops::ApplyRope(rope.Cos(cfg, layer, T), rope.Sin(cfg, layer, T), nkv, hd, k);
     q *= scale;
     for (int head = 0; head < nh; ++head) {
       const int kvh = head / group;

@@ -20,20 +20,37 @@ void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* si
 }
 
 RopeTableSet::RopeTableSet(const LlamaConfig& cfg, int positions) {
-  RopeTables(cfg, positions, &cos, &sin);
-  if (cfg.has_local_rope) RopeTables(cfg.rope_local, cfg.head_dim, positions, &local_cos, &local_sin);
+  auto build = [&](const RopeParams& p, Tables* t) {
+    RopeTables(p, cfg.head_dim, positions, &t[0].cos, &t[0].sin, /*seq_len=*/1);  // short
+    if (RopeUsesLongFactors(p, positions)) {
+      RopeTables(p, cfg.head_dim, positions, &t[1].cos, &t[1].sin, positions);
+    }
+  };
+  build(cfg.rope, global_);
+  if (cfg.has_local_rope) build(cfg.rope_local, local_);
 }
 
-void RopeTables(const RopeParams& rope, int head_dim, int positions, MatrixF* cos, MatrixF* sin) {
-  const std::vector<float> inv_freq = RopeInverseFrequencies(rope, head_dim);
+const RopeTableSet::Tables& RopeTableSet::Pick(const LlamaConfig& cfg, int layer,
+                                               int seq_len) const {
+  const RopeParams& p = cfg.LayerRope(layer);
+  const Tables* t = &p == &cfg.rope_local ? local_ : global_;
+  return t[RopeUsesLongFactors(p, seq_len) ? 1 : 0];
+}
+
+void RopeTables(const RopeParams& rope, int head_dim, int positions, MatrixF* cos, MatrixF* sin,
+                int seq_len) {
+  const std::vector<float> inv_freq =
+      RopeInverseFrequencies(rope, head_dim, seq_len > 0 ? seq_len : positions);
   const int half = static_cast<int>(inv_freq.size());
+  // transformers: cos(angle) * attention_scaling in fp32.
+  const float scaling = static_cast<float>(rope.attention_factor);
   cos->resize(positions, half);
   sin->resize(positions, half);
   for (int i = 0; i < half; ++i) {
     for (int t = 0; t < positions; ++t) {
       const float angle = static_cast<float>(t) * inv_freq[i];
-      (*cos)(t, i) = std::cos(angle);
-      (*sin)(t, i) = std::sin(angle);
+      (*cos)(t, i) = std::cos(angle) * scaling;
+      (*sin)(t, i) = std::sin(angle) * scaling;
     }
   }
 }
@@ -110,7 +127,7 @@ void SoftcapLogits(const LlamaConfig& cfg, MatrixF* logits) {
 
 void ApplyRope(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
                Eigen::Ref<MatrixF> m) {
-  const int half = hd / 2;
+  const int half = static_cast<int>(cos.cols());  // hd / 2 unless partial rotary
   for (Eigen::Index t = 0; t < m.rows(); ++t) {
     float* row = m.row(t).data();
     const float* c = cos.row(t).data();

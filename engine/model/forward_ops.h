@@ -17,25 +17,37 @@
 
 namespace quantd::model::ops {
 
-// RoPE inverse frequencies inv_freq[i] for i < head_dim / 2 of cfg.rope (rope.h: default,
-// linear, llama3), for both forward passes.
+// RoPE inverse frequencies inv_freq[i] for i < RotaryDim / 2 of cfg.rope (rope.h), for both
+// forward passes.
 std::vector<float> RopeInvFreq(const LlamaConfig& cfg);
 
-// cos/sin tables [positions x head_dim/2] for positions 0 .. positions-1.
+// cos/sin tables [positions x RotaryDim/2] for positions 0 .. positions-1 of a sequence of
+// `seq_len` tokens (longrope's factors depend on it; 0: positions), times the rope's
+// attention_factor (yarn, longrope).
 void RopeTables(const LlamaConfig& cfg, int positions, MatrixF* cos, MatrixF* sin);
-void RopeTables(const RopeParams& rope, int head_dim, int positions, MatrixF* cos, MatrixF* sin);
+void RopeTables(const RopeParams& rope, int head_dim, int positions, MatrixF* cos, MatrixF* sin,
+                int seq_len = 0);
 
-// The RoPE tables of every layer kind of a model: `global` for all layers, `local` for Gemma 3's
-// sliding layers (cfg.has_local_rope).
-struct RopeTableSet {
-  MatrixF cos, sin, local_cos, local_sin;
+// The RoPE tables of every layer kind of a model for sequences of up to `positions` tokens:
+// the global rope for all layers, rope_local for Gemma 3's sliding layers (cfg.has_local_rope),
+// each also with longrope's long factors when a sequence that long uses them.
+class RopeTableSet {
+ public:
   RopeTableSet(const LlamaConfig& cfg, int positions);
-  const MatrixF& Cos(const LlamaConfig& cfg, int layer) const {
-    return &cfg.LayerRope(layer) == &cfg.rope_local ? local_cos : cos;
+  // The tables of `layer` for a sequence of `seq_len` <= positions tokens.
+  const MatrixF& Cos(const LlamaConfig& cfg, int layer, int seq_len) const {
+    return Pick(cfg, layer, seq_len).cos;
   }
-  const MatrixF& Sin(const LlamaConfig& cfg, int layer) const {
-    return &cfg.LayerRope(layer) == &cfg.rope_local ? local_sin : sin;
+  const MatrixF& Sin(const LlamaConfig& cfg, int layer, int seq_len) const {
+    return Pick(cfg, layer, seq_len).sin;
   }
+
+ private:
+  struct Tables {
+    MatrixF cos, sin;
+  };
+  const Tables& Pick(const LlamaConfig& cfg, int layer, int seq_len) const;
+  Tables global_[2], local_[2];  // [1]: longrope's long factors
 };
 
 // out = rmsnorm(x) * (offset + weight), row-wise (offset 1: Gemma's (1 + w) norms).
@@ -66,7 +78,8 @@ inline bool PlainResidual(const VectorF& bias, const VectorF& post_norm) {
 void SoftcapLogits(const LlamaConfig& cfg, MatrixF* logits);
 
 // Rotates each head of rows [0, m.rows()) of `m` (rows x heads*hd) in place, rotate_half
-// convention: row t uses position t of the tables.
+// convention over the first 2 * cos.cols() dims of each head (the rest pass through: partial
+// rotary): row t uses position t of the tables.
 void ApplyRope(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
                Eigen::Ref<MatrixF> m);
 

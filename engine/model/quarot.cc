@@ -110,6 +110,18 @@ absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const Mat
   return MatrixF(m.cast<float>());
 }
 
+absl::StatusOr<MatrixF> QuarotStored(const LlamaConfig& cfg, const StoredLinear& s,
+                                     const MatrixF& w, const VectorF& norm, uint64_t seed) {
+  if (s.parts.size() == 1) return QuarotLinear(cfg, s.parts[0], w, norm, seed);
+  LayerWeights parts;
+  QUANTD_RETURN_IF_ERROR(ScatterStored(cfg, s, w, &parts, absl::StrCat("quarot ", std::string(s.name))));
+  for (Linear l : s.parts) {
+    MatrixF& m = MutableLinear(parts, l);
+    QUANTD_ASSIGN_OR_RETURN(m, QuarotLinear(cfg, l, m, norm, seed));
+  }
+  return GatherStored(parts, s);
+}
+
 absl::Status QuarotSupported(const LlamaConfig& cfg) {
   if (cfg.norm_plus_one || cfg.sandwich_norms) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -65,6 +65,12 @@ absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed);
 absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const MatrixF& w,
                                      const VectorF& norm, uint64_t seed);
 
+// A stored linear (weights.h: one Linear, or Phi-3's fused qkv_proj / gate_up_proj) exactly as
+// ApplyQuarot transforms its parts: each row block by QuarotLinear. `norm` as for QuarotLinear.
+// INVALID_ARGUMENT for a shape that does not match cfg.
+absl::StatusOr<MatrixF> QuarotStored(const LlamaConfig& cfg, const StoredLinear& s,
+                                     const MatrixF& w, const VectorF& norm, uint64_t seed);
+
 // Every row x of `rows` (length r.n()·head_dim, laid out [head][head_dim]) ← (R ⊗ I) x: for
 // each offset d < head_dim the vector over heads (x[h·head_dim + d])_h is multiplied by R.
 // Rows of another length are a programming error and leave `rows` unchanged.

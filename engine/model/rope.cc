@@ -1,5 +1,6 @@
 #include "engine/model/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <set>
@@ -33,31 +34,70 @@ absl::StatusOr<std::optional<double>> Number(const json& obj, const std::string&
   return std::optional<double>(v);
 }
 
+// A list of positive numbers at `obj[key]` (longrope's factors); INVALID_ARGUMENT if absent.
+absl::StatusOr<std::vector<double>> Factors(const json& obj, const std::string& where,
+                                            const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) {
+    return Bad(internal::Cat("config: ", where, key, " is missing (rope_type longrope)"));
+  }
+  if (!it->is_array() || it->empty() || it->size() > 4096) {
+    return Bad(internal::Cat("config: ", where, key, " must be a list of numbers, got ",
+                            it->dump().substr(0, 80)));
+  }
+  std::vector<double> v;
+  for (const json& x : *it) {
+    if (!x.is_number() || !(x.get<double>() > 0) || !(x.get<double>() < 1e9)) {
+      return Bad(internal::Cat("config: ", where, key, " has the entry ", x.dump(),
+                              "; each must be a number in (0, 1e9)"));
+    }
+    v.push_back(x.get<double>());
+  }
+  return v;
+}
+
+// YaRN's mscale (transformers' yarn_get_mscale).
+double YarnMscale(double scale, double mscale) {
+  return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+
 // One reading of the RoPE settings. `obj` is the RoPE object (rope_parameters or rope_scaling;
-// nullptr: none) and `where` its key with a trailing '.' for messages; rope_theta comes from
-// `obj` when `theta_from_obj` and it has one, else `top_theta`, else 10000.
-absl::StatusOr<RopeParams> Read(const json* obj, const std::string& where, bool theta_from_obj,
-                                std::optional<double> top_theta, int max_position_embeddings) {
+// nullptr: none) and `where` its key with a trailing '.' for messages; rope_theta and
+// partial_rotary_factor come from `obj` when `from_obj` and it has them, else the top-level
+// values, else 10000 and 1.
+absl::StatusOr<RopeParams> Read(const json* obj, const std::string& where, bool from_obj,
+                                std::optional<double> top_theta, std::optional<double> top_partial,
+                                const RopeParseOptions& opts) {
   RopeParams p;
   p.theta = top_theta.value_or(10000.0);
-  if (obj == nullptr) return p;
-  if (!obj->is_object()) {
+  p.partial_rotary_factor = top_partial.value_or(1.0);
+  if (obj != nullptr && !obj->is_object()) {
     return Bad(internal::Cat("config: ", where.substr(0, where.size() - 1),
                             " must be an object, got ", obj->dump()));
   }
+  const json empty = json::object();
+  const json& o = obj != nullptr ? *obj : empty;
   std::string type = "default";
-  const auto rt = obj->find("rope_type");
-  const auto t = obj->find("type");  // the name before transformers 4.43
+  const auto rt = o.find("rope_type");
+  const auto t = o.find("type");  // the name before transformers 4.43
   for (auto it : {t, rt}) {
-    if (it == obj->end() || it->is_null()) continue;
+    if (it == o.end() || it->is_null()) continue;
     if (!it->is_string()) {
       return Bad(internal::Cat("config: ", where, it.key(), " must be a string, got ", it->dump()));
     }
     type = it->get<std::string>();
   }
-  if (rt != obj->end() && t != obj->end() && rt->is_string() && t->is_string() && *rt != *t) {
+  if (rt != o.end() && t != o.end() && rt->is_string() && t->is_string() && *rt != *t) {
     return Bad(internal::Cat("config: ", where, "type = ", t->dump(), " and ", where,
                             "rope_type = ", rt->dump(), " disagree"));
+  }
+  if (opts.phi3) {
+    // Phi3Config: "su" and "yarn" are old names of longrope; only default and longrope exist.
+    if (type == "su" || type == "yarn") type = "longrope";
+    if (type != "default" && type != "longrope") {
+      return Bad(internal::Cat("config: ", where, "rope_type = \"", type,
+                              "\" is not supported by Phi3ForCausalLM (default, longrope)"));
+    }
   }
   std::set<std::string> used = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
   if (type == "default") {
@@ -69,39 +109,127 @@ absl::StatusOr<RopeParams> Read(const json* obj, const std::string& where, bool 
     p.type = RopeType::kLlama3;
     used.insert({"factor", "low_freq_factor", "high_freq_factor",
                  "original_max_position_embeddings"});
+  } else if (type == "dynamic") {
+    p.type = RopeType::kDynamic;
+    used.insert("factor");
+  } else if (type == "yarn") {
+    p.type = RopeType::kYarn;
+    used.insert({"factor", "original_max_position_embeddings", "attention_factor", "beta_fast",
+                 "beta_slow", "mscale", "mscale_all_dim", "truncate"});
+  } else if (type == "longrope") {
+    p.type = RopeType::kLongrope;
+    used.insert({"factor", "original_max_position_embeddings", "attention_factor",
+                 "short_factor", "long_factor"});
   } else {
     return Bad(internal::Cat("config: ", where, "rope_type = \"", type,
-                            "\" is not supported (supported: default, linear, llama3)"));
+                            "\" is not supported (supported: default, linear, llama3, dynamic, "
+                            "yarn, longrope)"));
   }
-  for (const auto& [key, value] : obj->items()) {
+  for (const auto& [key, value] : o.items()) {
     if (used.count(key) == 0) {
-      return Bad(internal::Cat("config: ", where, key, " = ", value.dump(),
+      return Bad(internal::Cat("config: ", where, key, " = ", value.dump().substr(0, 80),
                               " is not used by rope_type \"", type,
                               "\"; quantd refuses keys it would ignore"));
     }
   }
-  if (theta_from_obj) {
-    QUANTD_ASSIGN_OR_RETURN(auto theta, Number(*obj, where, "rope_theta", 0, false, 1e12));
+  if (from_obj) {
+    QUANTD_ASSIGN_OR_RETURN(auto theta, Number(o, where, "rope_theta", 0, false, 1e12));
     if (theta) p.theta = *theta;
+    QUANTD_ASSIGN_OR_RETURN(auto partial,
+                            Number(o, where, "partial_rotary_factor", 0, false, 1 + 1e-9));
+    if (partial) p.partial_rotary_factor = *partial;
   }
-  QUANTD_ASSIGN_OR_RETURN(auto partial,
-                          Number(*obj, where, "partial_rotary_factor", 0, false, 2));
-  if (partial && *partial != 1.0) {
-    return Bad(internal::Cat("config: ", where, "partial_rotary_factor = ", *partial,
-                            " is not supported (RoPE on the whole head only)"));
+  if (p.partial_rotary_factor != 1.0 && !opts.allow_partial_rotary) {
+    return Bad(internal::Cat("config: ", from_obj ? where : "", "partial_rotary_factor = ",
+                            p.partial_rotary_factor,
+                            " is not supported for this architecture (RoPE on the whole head "
+                            "only; Phi3ForCausalLM rotates part of the head)"));
   }
   if (p.type == RopeType::kDefault) return p;
-  QUANTD_ASSIGN_OR_RETURN(auto factor, Number(*obj, where, "factor", 0, false, 1e6));
+
+  // original_max_position_embeddings (llama3, yarn, longrope).
+  p.original_max_position_embeddings = opts.max_position_embeddings;
+  if (auto it = o.find("original_max_position_embeddings"); it != o.end() && !it->is_null()) {
+    if (!it->is_number_integer() || it->get<int64_t>() < 1 || it->get<int64_t>() > (1 << 24)) {
+      return Bad(internal::Cat("config: ", where, "original_max_position_embeddings = ",
+                              it->dump(), " must be an integer in [1, ", 1 << 24, "]"));
+    }
+    p.original_max_position_embeddings = static_cast<int>(it->get<int64_t>());
+  }
+  const bool uses_orig = p.type == RopeType::kLlama3 || p.type == RopeType::kYarn ||
+                         p.type == RopeType::kLongrope;
+  if (uses_orig && opts.top_original_max_position_embeddings > 0) {
+    p.original_max_position_embeddings = opts.top_original_max_position_embeddings;
+  }
+  if (!uses_orig) p.original_max_position_embeddings = 0;
+  const double implicit_factor =
+      uses_orig ? double(opts.max_position_embeddings) / p.original_max_position_embeddings : 1.0;
+
+  QUANTD_ASSIGN_OR_RETURN(auto factor, Number(o, where, "factor", 0, false, 1e6));
+  if (p.type == RopeType::kLongrope) {
+    // transformers 5 takes factor, else max_position_embeddings / original; transformers 4 the
+    // ratio only.
+    if (factor && *factor != implicit_factor) {
+      return Bad(internal::Cat("config: ", where, "factor = ", *factor,
+                              " differs from max_position_embeddings / "
+                              "original_max_position_embeddings = ", implicit_factor,
+                              "; transformers 4 and 5 would compute different attention factors"));
+    }
+    p.factor = implicit_factor;
+    QUANTD_ASSIGN_OR_RETURN(p.short_factor, Factors(o, where, "short_factor"));
+    QUANTD_ASSIGN_OR_RETURN(p.long_factor, Factors(o, where, "long_factor"));
+    QUANTD_ASSIGN_OR_RETURN(auto att, Number(o, where, "attention_factor", 0, true, 1e3));
+    p.attention_factor =
+        att ? *att
+            : (p.factor <= 1.0 ? 1.0
+                               : std::sqrt(1 + std::log(p.factor) /
+                                                   std::log(double(p.original_max_position_embeddings))));
+    return p;
+  }
   if (!factor) {
     return Bad(internal::Cat("config: ", where, "factor is missing (rope_type ", type, ")"));
   }
   p.factor = *factor;
   if (p.type == RopeType::kLinear) return p;
   if (p.factor < 1) {
-    return Bad(internal::Cat("config: ", where, "factor = ", p.factor, " must be >= 1 for llama3"));
+    return Bad(internal::Cat("config: ", where, "factor = ", p.factor, " must be >= 1 for ", type));
   }
-  QUANTD_ASSIGN_OR_RETURN(auto low, Number(*obj, where, "low_freq_factor", 0, false, 1e6));
-  QUANTD_ASSIGN_OR_RETURN(auto high, Number(*obj, where, "high_freq_factor", 0, false, 1e6));
+  if (p.type == RopeType::kDynamic) return p;
+  if (p.type == RopeType::kYarn) {
+    // transformers 4 replaces factor by max_position_embeddings / original when the object
+    // names original_max_position_embeddings; 5 keeps factor. Accept only what both agree on.
+    if (o.contains("original_max_position_embeddings") && implicit_factor != 1.0 &&
+        implicit_factor != p.factor) {
+      return Bad(internal::Cat("config: ", where, "factor = ", p.factor,
+                              " differs from max_position_embeddings / "
+                              "original_max_position_embeddings = ", implicit_factor,
+                              "; transformers 4 and 5 would compute different frequencies"));
+    }
+    QUANTD_ASSIGN_OR_RETURN(auto att, Number(o, where, "attention_factor", 0, true, 1e3));
+    QUANTD_ASSIGN_OR_RETURN(auto mscale, Number(o, where, "mscale", 0, true, 1e6));
+    QUANTD_ASSIGN_OR_RETURN(auto mscale_all, Number(o, where, "mscale_all_dim", 0, true, 1e6));
+    QUANTD_ASSIGN_OR_RETURN(auto fast, Number(o, where, "beta_fast", 0, true, 1e6));
+    QUANTD_ASSIGN_OR_RETURN(auto slow, Number(o, where, "beta_slow", 0, true, 1e6));
+    if (att) {
+      p.attention_factor = *att;
+    } else if (mscale && mscale_all && *mscale != 0 && *mscale_all != 0) {
+      p.attention_factor = YarnMscale(p.factor, *mscale) / YarnMscale(p.factor, *mscale_all);
+    } else {
+      p.attention_factor = YarnMscale(p.factor, 1.0);
+    }
+    // transformers: `get("beta_fast") or 32`: 0 means the default too.
+    p.beta_fast = fast && *fast != 0 ? *fast : 32.0;
+    p.beta_slow = slow && *slow != 0 ? *slow : 1.0;
+    if (auto it = o.find("truncate"); it != o.end() && !it->is_null()) {
+      if (!it->is_boolean()) {
+        return Bad(internal::Cat("config: ", where, "truncate must be a bool, got ", it->dump()));
+      }
+      p.truncate = it->get<bool>();
+    }
+    return p;
+  }
+  QUANTD_ASSIGN_OR_RETURN(auto low, Number(o, where, "low_freq_factor", 0, false, 1e6));
+  QUANTD_ASSIGN_OR_RETURN(auto high, Number(o, where, "high_freq_factor", 0, false, 1e6));
   if (!low || !high) {
     return Bad(internal::Cat("config: ", where, !low ? "low" : "high",
                             "_freq_factor is missing (rope_type llama3)"));
@@ -112,24 +240,30 @@ absl::StatusOr<RopeParams> Read(const json* obj, const std::string& where, bool 
   }
   p.low_freq_factor = *low;
   p.high_freq_factor = *high;
-  p.original_max_position_embeddings = max_position_embeddings;
-  if (auto it = obj->find("original_max_position_embeddings"); it != obj->end() && !it->is_null()) {
-    if (!it->is_number_integer() || it->get<int64_t>() < 1 || it->get<int64_t>() > (1 << 24)) {
-      return Bad(internal::Cat("config: ", where, "original_max_position_embeddings = ",
-                              it->dump(), " must be an integer in [1, ", 1 << 24, "]"));
-    }
-    p.original_max_position_embeddings = static_cast<int>(it->get<int64_t>());
-  }
   return p;
 }
 
 std::string Describe(const RopeParams& p) {
   std::string s = internal::Cat("rope_type ", RopeTypeName(p.type), ", rope_theta ", p.theta);
+  if (p.partial_rotary_factor != 1.0) {
+    s += internal::Cat(", partial_rotary_factor ", p.partial_rotary_factor);
+  }
   if (p.type != RopeType::kDefault) s += internal::Cat(", factor ", p.factor);
   if (p.type == RopeType::kLlama3) {
     s += internal::Cat(", low_freq_factor ", p.low_freq_factor, ", high_freq_factor ",
-                       p.high_freq_factor, ", original_max_position_embeddings ",
-                       p.original_max_position_embeddings);
+                       p.high_freq_factor);
+  }
+  if (p.original_max_position_embeddings != 0) {
+    s += internal::Cat(", original_max_position_embeddings ", p.original_max_position_embeddings);
+  }
+  if (p.type == RopeType::kYarn) {
+    s += internal::Cat(", beta_fast ", p.beta_fast, ", beta_slow ", p.beta_slow, ", truncate ",
+                       p.truncate ? "true" : "false");
+  }
+  if (p.attention_factor != 1.0) s += internal::Cat(", attention_factor ", p.attention_factor);
+  if (p.type == RopeType::kLongrope) {
+    s += internal::Cat(", ", p.short_factor.size(), " short / ", p.long_factor.size(),
+                       " long factors");
   }
   return s;
 }
@@ -139,7 +273,11 @@ std::string Describe(const RopeParams& p) {
 bool RopeParams::operator==(const RopeParams& o) const {
   return type == o.type && theta == o.theta && factor == o.factor &&
          low_freq_factor == o.low_freq_factor && high_freq_factor == o.high_freq_factor &&
-         original_max_position_embeddings == o.original_max_position_embeddings;
+         original_max_position_embeddings == o.original_max_position_embeddings &&
+         partial_rotary_factor == o.partial_rotary_factor &&
+         attention_factor == o.attention_factor && beta_fast == o.beta_fast &&
+         beta_slow == o.beta_slow && truncate == o.truncate && short_factor == o.short_factor &&
+         long_factor == o.long_factor;
 }
 
 std::string_view RopeTypeName(RopeType t) {
@@ -148,13 +286,19 @@ std::string_view RopeTypeName(RopeType t) {
       return "linear";
     case RopeType::kLlama3:
       return "llama3";
+    case RopeType::kDynamic:
+      return "dynamic";
+    case RopeType::kYarn:
+      return "yarn";
+    case RopeType::kLongrope:
+      return "longrope";
     case RopeType::kDefault:
       break;
   }
   return "default";
 }
 
-absl::StatusOr<RopeParams> ParseRopeParams(const json& config, int max_position_embeddings) {
+absl::StatusOr<RopeParams> ParseRopeParams(const json& config, const RopeParseOptions& opts) {
   auto present = [&](const char* key) -> const json* {
     auto it = config.find(key);
     return it == config.end() || it->is_null() ? nullptr : &*it;
@@ -163,19 +307,16 @@ absl::StatusOr<RopeParams> ParseRopeParams(const json& config, int max_position_
   const json* scaling = present("rope_scaling");
   QUANTD_ASSIGN_OR_RETURN(std::optional<double> top_theta,
                           Number(config, "", "rope_theta", 0, false, 1e12));
-  // A top-level partial_rotary_factor is moved into the RoPE object by transformers 5 and read
-  // directly by transformers 4: either way it applies.
-  QUANTD_ASSIGN_OR_RETURN(auto partial, Number(config, "", "partial_rotary_factor", 0, false, 2));
-  if (partial && *partial != 1.0) {
-    return Bad(internal::Cat("config: partial_rotary_factor = ", *partial,
-                            " is not supported (RoPE on the whole head only)"));
-  }
+  // A top-level partial_rotary_factor is moved into the RoPE object by transformers 5 (unless
+  // the object has its own) and read directly by transformers 4.
+  QUANTD_ASSIGN_OR_RETURN(auto top_partial,
+                          Number(config, "", "partial_rotary_factor", 0, false, 1 + 1e-9));
   // transformers 5: a non-empty rope_scaling replaces rope_parameters.
   const bool scaling_wins = scaling != nullptr && !(scaling->is_object() && scaling->empty());
   const json* v5_obj = scaling_wins ? scaling : params;
   const std::string v5_where = scaling_wins ? "rope_scaling." : "rope_parameters.";
-  QUANTD_ASSIGN_OR_RETURN(
-      RopeParams v5, Read(v5_obj, v5_where, true, top_theta, max_position_embeddings));
+  QUANTD_ASSIGN_OR_RETURN(RopeParams v5,
+                          Read(v5_obj, v5_where, true, top_theta, top_partial, opts));
   struct Reading {
     const char* who;
     RopeParams p;
@@ -183,12 +324,12 @@ absl::StatusOr<RopeParams> ParseRopeParams(const json& config, int max_position_
   std::vector<Reading> others;
   if (top_theta || scaling != nullptr) {  // transformers 4 reads only the old keys
     QUANTD_ASSIGN_OR_RETURN(RopeParams v4, Read(scaling, "rope_scaling.", false, top_theta,
-                                                max_position_embeddings));
+                                                top_partial, opts));
     others.push_back({"transformers 4 (rope_theta, rope_scaling)", v4});
   }
   if (params != nullptr && scaling_wins) {  // what the user may have meant by rope_parameters
     QUANTD_ASSIGN_OR_RETURN(RopeParams own, Read(params, "rope_parameters.", true, top_theta,
-                                                 max_position_embeddings));
+                                                 top_partial, opts));
     others.push_back({"rope_parameters alone", own});
   }
   for (const Reading& r : others) {
@@ -202,27 +343,96 @@ absl::StatusOr<RopeParams> ParseRopeParams(const json& config, int max_position_
   return v5;
 }
 
-std::vector<float> RopeInverseFrequencies(const RopeParams& p, int head_dim) {
-  const int half = head_dim / 2;
+int RotaryDim(const RopeParams& p, int head_dim) {
+  // transformers: int(head_dim * partial_rotary_factor), a float product truncated.
+  return static_cast<int>(static_cast<double>(head_dim) * p.partial_rotary_factor);
+}
+
+absl::Status CheckRopeForHead(const RopeParams& p, int head_dim) {
+  const int dim = RotaryDim(p, head_dim);
+  if (dim < 2 || dim % 2 != 0) {
+    return Bad(internal::Cat("config: head_dim ", head_dim, " x partial_rotary_factor ",
+                            p.partial_rotary_factor, " gives ", dim,
+                            " rotated dims; they must be even and at least 2"));
+  }
+  if (p.type == RopeType::kLongrope) {
+    for (const auto& [name, v] : {std::pair{"short_factor", &p.short_factor},
+                                  std::pair{"long_factor", &p.long_factor}}) {
+      if (static_cast<int>(v->size()) != dim / 2) {
+        return Bad(internal::Cat("config: rope ", name, " has ", v->size(),
+                                " entries; the ", dim, " rotated dims of a head need ", dim / 2));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+bool RopeUsesLongFactors(const RopeParams& p, int seq_len) {
+  return p.type == RopeType::kLongrope && seq_len > p.original_max_position_embeddings;
+}
+
+std::vector<float> RopeInverseFrequencies(const RopeParams& p, int head_dim, int seq_len) {
+  const int dim = RotaryDim(p, head_dim);
+  const int half = dim / 2;
   std::vector<float> out(half);
   constexpr double kPi = 3.14159265358979323846;
+  // YaRN's correction range [low, high] of pair indices (transformers' find_correction_range).
+  double low = 0, high = 0;
+  if (p.type == RopeType::kYarn) {
+    auto correction_dim = [&](double rotations) {
+      return dim * std::log(p.original_max_position_embeddings / (rotations * 2 * kPi)) /
+             (2 * std::log(p.theta));
+    };
+    low = correction_dim(p.beta_fast);
+    high = correction_dim(p.beta_slow);
+    if (p.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, double(dim - 1));
+    if (low == high) high += 0.001;  // transformers: prevents a singular ramp
+  }
+  const bool long_factors = RopeUsesLongFactors(p, seq_len);
   for (int i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(p.theta, (2.0 * i) / head_dim);
-    if (p.type == RopeType::kLinear) {
-      f /= p.factor;
-    } else if (p.type == RopeType::kLlama3) {
-      // Meta's apply_scaling (Llama 3.1), as transformers' _compute_llama3_parameters.
-      const double old_ctx = p.original_max_position_embeddings;
-      const double low_wavelen = old_ctx / p.low_freq_factor;
-      const double high_wavelen = old_ctx / p.high_freq_factor;
-      const double wavelen = 2 * kPi / f;
-      if (wavelen > low_wavelen) {
+    const double pos = std::pow(p.theta, (2.0 * i) / dim);
+    double f = 1.0 / pos;
+    switch (p.type) {
+      case RopeType::kDefault:
+      case RopeType::kDynamic:  // == default up to max_position_embeddings
+        break;
+      case RopeType::kLinear:
         f /= p.factor;
-      } else if (!(wavelen < high_wavelen)) {
-        const double smooth =
-            (old_ctx / wavelen - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor);
-        f = (1 - smooth) * f / p.factor + smooth * f;
+        break;
+      case RopeType::kLlama3: {
+        // Meta's apply_scaling (Llama 3.1), as transformers' _compute_llama3_parameters.
+        const double old_ctx = p.original_max_position_embeddings;
+        const double low_wavelen = old_ctx / p.low_freq_factor;
+        const double high_wavelen = old_ctx / p.high_freq_factor;
+        const double wavelen = 2 * kPi / f;
+        if (wavelen > low_wavelen) {
+          f /= p.factor;
+        } else if (!(wavelen < high_wavelen)) {
+          const double smooth =
+              (old_ctx / wavelen - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor);
+          f = (1 - smooth) * f / p.factor + smooth * f;
+        }
+        break;
       }
+      case RopeType::kYarn: {
+        // Pairs below `low` keep their frequency (extrapolation), above `high` are divided by
+        // factor (interpolation), linear in between.
+        const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+        const double extrapolation = 1.0 - ramp;
+        f = f / p.factor * (1 - extrapolation) + f * extrapolation;
+        break;
+      }
+      case RopeType::kLongrope:
+      {
+        const std::vector<double>& ext = long_factors ? p.long_factor : p.short_factor;
+        f = 1.0 / ((static_cast<size_t>(i) < ext.size() ? ext[i] : 1.0) * pos);
+      }
+        break;
     }
     out[i] = static_cast<float>(f);
   }

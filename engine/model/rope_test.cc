@@ -65,6 +65,62 @@ TEST(RopeTest, InverseFrequenciesMatchTransformers) {
   for (int i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(got[i], std::pow(10000.0, -2.0 * i / 8));
 }
 
+// dynamic, yarn and longrope against transformers 5.25's ROPE_INIT_FUNCTIONS (head_dim 16,
+// rope_theta 10000, max_position_embeddings 4096; printed with %.9g), parsed from config.json.
+TEST(RopeTest, DynamicYarnLongropeMatchTransformers) {
+  auto parse = [](const std::string& arch, const std::string& extra, const std::string& rope) {
+    auto c = ParseLlamaConfig(R"({"architectures":[")" + arch + R"("],"hidden_size":64,
+        "intermediate_size":64,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":16,
+        "max_position_embeddings":4096)" + extra + R"(,"rope_parameters":)" + rope + "}");
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->rope : RopeParams{};
+  };
+  struct Case {
+    RopeParams p;
+    int seq_len;
+    std::vector<float> inv_freq;
+    double attention_factor;
+  };
+  const Case cases[] = {
+      {parse("LlamaForCausalLM", "", R"({"rope_type":"yarn","rope_theta":10000.0,"factor":4.0,"original_max_position_embeddings":1024})"),
+       0,
+       {1.0f, 0.316227764f, 0.0812500045f, 0.0197642371f, 0.00437500002f, 0.000790569466f,
+        0.000250000012f, 7.90569466e-05f},
+       1.1386294361119891},
+      {parse("LlamaForCausalLM", "", R"({"rope_type":"yarn","rope_theta":10000.0,"factor":4.0,"original_max_position_embeddings":1024,"beta_fast":8,"beta_slow":2,"truncate":false,"mscale":1.0,"mscale_all_dim":0.5})"),
+       0,
+       {1.0f, 0.316227764f, 0.100000001f, 0.0240998566f, 0.00249999994f, 0.000790569466f,
+        0.000250000012f, 7.90569466e-05f},
+       1.0648216253695715},
+      {parse("LlamaForCausalLM", "", R"({"rope_type":"dynamic","rope_theta":10000.0,"factor":4.0})"),
+       4096,
+       {1.0f, 0.316227764f, 0.100000001f, 0.0316227786f, 0.00999999978f, 0.00316227786f,
+        0.00100000005f, 0.000316227786f},
+       1.0},
+      {parse("Phi3ForCausalLM", R"(,"original_max_position_embeddings":512,"partial_rotary_factor":0.5)",
+             R"({"rope_type":"longrope","rope_theta":10000.0,"short_factor":[1.0,1.5,2.0,3.0],"long_factor":[2.0,5.0,11.0,31.0]})"),
+       512,
+       {1.0f, 0.0666666701f, 0.00499999989f, 0.00033333333f},
+       1.1547005383792515},
+      {parse("Phi3ForCausalLM", R"(,"original_max_position_embeddings":512,"partial_rotary_factor":0.5)",
+             R"({"rope_type":"longrope","rope_theta":10000.0,"short_factor":[1.0,1.5,2.0,3.0],"long_factor":[2.0,5.0,11.0,31.0]})"),
+       513,
+       {0.5f, 0.0199999996f, 0.000909090915f, 3.22580636e-05f},
+       1.1547005383792515},
+  };
+  for (const Case& c : cases) {
+    const std::vector<float> got = RopeInverseFrequencies(c.p, 16, c.seq_len);
+    ASSERT_EQ(got.size(), c.inv_freq.size()) << RopeTypeName(c.p.type);
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_NEAR(got[i], c.inv_freq[i], 3e-7 * c.inv_freq[i])
+          << RopeTypeName(c.p.type) << " seq_len " << c.seq_len << " i=" << i;
+    }
+    EXPECT_NEAR(c.p.attention_factor, c.attention_factor, 1e-12) << RopeTypeName(c.p.type);
+  }
+  EXPECT_FALSE(RopeUsesLongFactors(cases[3].p, 512));
+  EXPECT_TRUE(RopeUsesLongFactors(cases[4].p, 513));
+}
+
 // Reads config.json of the fixture, optionally rewritten into the pre-transformers-5 layout.
 LlamaConfig FixtureConfig(bool old_layout) {
   json j = json::parse(*ReadFile(FixtureDir() + "/config.json"));

@@ -89,7 +89,8 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
     const int window = cfg.LayerWindow(layer);
     for (int s = 0; s < nseq; ++s) {
       const Eigen::Index T = offset[s + 1] - offset[s];
-      const MatrixF &c = rope.Cos(cfg, layer), &sn = rope.Sin(cfg, layer);
+      const MatrixF &c = rope.Cos(cfg, layer, static_cast<int>(T)),
+                     &sn = rope.Sin(cfg, layer, static_cast<int>(T));
       ops::ApplyRope(c, sn, nh, hd, q.middleRows(offset[s], T));
       ops::ApplyRope(c, sn, nkv, hd, k.middleRows(offset[s], T));
     }

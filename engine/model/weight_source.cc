@@ -104,11 +104,10 @@ absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
                                       internal::Cat("layer ", i, " ", s.suffix), s.size,
                                       &(layer_.*s.member)));
   }
-  for (Linear l : kAllLinears) {
-    const auto [out, in] = LinearShape(cfg_, l);
-    const std::string name = LinearTensorName(i, l);
-    const std::string what = internal::Cat("layer ", i, " ", LinearName(l));
-    MatrixF& dst = MutableLinear(layer_, l);
+  for (const StoredLinear& sl : StoredLinears(cfg_)) {
+    const auto [out, in] = StoredShape(cfg_, sl);
+    const std::string name = StoredTensorName(i, sl);
+    const std::string what = internal::Cat("layer ", i, " ", sl.name);
     // A native artifact stores "<prefix>.qweight" (packed) in place of "<prefix>.weight".
     const std::string qname = name.substr(0, name.size() - 6) + "qweight";
     if (auto q = ckpt_->Get(qname); q.ok()) {
@@ -122,14 +121,16 @@ absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
                                                        out, ",", in, "] (tensor ", qname, ")"));
       }
       QUANTD_RETURN_IF_ERROR(ApplyPackedScales(*ckpt_, qname, &*m));
-      dst = std::move(*m);
+      QUANTD_RETURN_IF_ERROR(
+          ScatterStored(cfg_, sl, std::move(*m), &layer_, internal::Cat(what, " (tensor ", qname, ")")));
       ckpt_->ReleasePages(qname);
       continue;
     }
     QUANTD_ASSIGN_OR_RETURN(TensorView t, ckpt_->Get(name));
     QUANTD_RETURN_IF_ERROR(CheckShape(t, what, {out, in}));
-    dst.resize(out, in);
+    MatrixF dst(out, in);
     QUANTD_RETURN_IF_ERROR(ConvertToF32(t, 0, static_cast<int64_t>(out) * in, dst.data()));
+    QUANTD_RETURN_IF_ERROR(ScatterStored(cfg_, sl, std::move(dst), &layer_, what));
     ckpt_->ReleasePages(name);
   }
   return &layer_;

@@ -81,6 +81,81 @@ std::pair<int, int> LinearShape(const LlamaConfig& c, Linear l) {
   return {0, 0};
 }
 
+std::vector<StoredLinear> StoredLinears(const LlamaConfig& c) {
+  std::vector<StoredLinear> v;
+  if (c.fused_qkv) {
+    v.push_back({"qkv_proj", LinearGroup::kQkv, {Linear::kQ, Linear::kK, Linear::kV}});
+  } else {
+    for (Linear l : {Linear::kQ, Linear::kK, Linear::kV}) v.push_back({LinearName(l), GroupOf(l), {l}});
+  }
+  v.push_back({LinearName(Linear::kO), LinearGroup::kO, {Linear::kO}});
+  if (c.fused_gate_up) {
+    v.push_back({"gate_up_proj", LinearGroup::kGateUp, {Linear::kGate, Linear::kUp}});
+  } else {
+    for (Linear l : {Linear::kGate, Linear::kUp}) v.push_back({LinearName(l), GroupOf(l), {l}});
+  }
+  v.push_back({LinearName(Linear::kDown), LinearGroup::kDown, {Linear::kDown}});
+  return v;
+}
+
+std::string StoredTensorName(int layer, const StoredLinear& s) {
+  const bool attn = s.group == LinearGroup::kQkv || s.group == LinearGroup::kO;
+  return internal::Cat("model.layers.", layer, attn ? ".self_attn." : ".mlp.", s.name, ".weight");
+}
+
+std::pair<int, int> StoredShape(const LlamaConfig& c, const StoredLinear& s) {
+  int rows = 0;
+  for (Linear l : s.parts) rows += LinearShape(c, l).first;
+  return {rows, GroupInputDim(c, s.group)};
+}
+
+MatrixF GatherStored(const LayerWeights& lw, const StoredLinear& s) {
+  if (s.parts.size() == 1) return GetLinear(lw, s.parts[0]);
+  Eigen::Index rows = 0, cols = 0;
+  for (Linear l : s.parts) {
+    rows += GetLinear(lw, l).rows();
+    cols = GetLinear(lw, l).cols();
+  }
+  MatrixF m(rows, cols);
+  Eigen::Index r = 0;
+  for (Linear l : s.parts) {
+    const MatrixF& p = GetLinear(lw, l);
+    m.middleRows(r, p.rows()) = p;
+    r += p.rows();
+  }
+  return m;
+}
+
+absl::Status ScatterStored(const LlamaConfig& c, const StoredLinear& s, MatrixF m,
+                           LayerWeights* lw, std::string_view what) {
+  const auto [out, in] = StoredShape(c, s);
+  if (m.rows() != out || m.cols() != in) {
+    return absl::InvalidArgumentError(internal::Cat(what, ": weight has shape [", m.rows(), ",",
+                                                   m.cols(), "], config.json says [", out, ",",
+                                                   in, "]"));
+  }
+  if (s.parts.size() == 1) {
+    MutableLinear(*lw, s.parts[0]) = std::move(m);
+    return absl::OkStatus();
+  }
+  Eigen::Index r = 0;
+  for (Linear l : s.parts) {
+    const int rows = LinearShape(c, l).first;
+    MutableLinear(*lw, l) = m.middleRows(r, rows);
+    r += rows;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StoredLinear> FindStoredLinear(const LlamaConfig& c, int layer,
+                                              std::string_view tensor_name) {
+  for (const StoredLinear& s : StoredLinears(c)) {
+    if (StoredTensorName(layer, s) == tensor_name) return s;
+  }
+  return absl::NotFoundError(internal::Cat(tensor_name, " is not a linear weight of layer ", layer,
+                                          " of this ", ArchitectureName(c.family), " model"));
+}
+
 MatrixF& MutableLinear(LlamaWeights& w, int layer, Linear l) {
   return MutableLinear(w.layers[layer], l);
 }

@@ -36,6 +36,34 @@ int GroupInputDim(const LlamaConfig& c, LinearGroup g);
 // [out, in] of a linear layer according to the config.
 std::pair<int, int> LinearShape(const LlamaConfig& c, Linear l);
 
+struct LayerWeights;
+
+// A linear weight as the checkpoint stores it: one Linear, or (Phi-3: cfg.fused_qkv /
+// fused_gate_up) the Linears of one group stacked by rows, self_attn.qkv_proj = [q; k; v] and
+// mlp.gate_up_proj = [gate; up]. Each stored linear is one quantize task and one packed matrix,
+// quantized with its group's Hessian (the parts share their input).
+struct StoredLinear {
+  std::string_view name;     // "q_proj", ..., "down_proj", "qkv_proj", "gate_up_proj"
+  LinearGroup group;
+  std::vector<Linear> parts;  // row blocks, top to bottom
+};
+// The stored linears of every layer of `c`, in a fixed order (the q/k/v group, o, the gate/up
+// group, down).
+std::vector<StoredLinear> StoredLinears(const LlamaConfig& c);
+// HF tensor name, e.g. "model.layers.3.self_attn.qkv_proj.weight".
+std::string StoredTensorName(int layer, const StoredLinear& s);
+// [out, in]: the parts' rows summed, their shared in_features.
+std::pair<int, int> StoredShape(const LlamaConfig& c, const StoredLinear& s);
+// The stored matrix of `s` from the parts in `lw` (stacked rows).
+MatrixF GatherStored(const LayerWeights& lw, const StoredLinear& s);
+// Splits `m` (StoredShape) into the parts of `lw`. INVALID_ARGUMENT (naming `what`) when `m`
+// does not have the stored shape.
+absl::Status ScatterStored(const LlamaConfig& c, const StoredLinear& s, MatrixF m,
+                           LayerWeights* lw, std::string_view what);
+// The stored linear of `layer` named `tensor_name` (a ".weight" name); NOT_FOUND if none.
+absl::StatusOr<StoredLinear> FindStoredLinear(const LlamaConfig& c, int layer,
+                                              std::string_view tensor_name);
+
 struct LayerWeights {
   // attn_norm: input_layernorm. ffn_norm: the MLP's input norm (post_attention_layernorm, or
   // Gemma 2's pre_feedforward_layernorm). [hidden]
