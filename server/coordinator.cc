@@ -391,7 +391,8 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::BuildAndStore(
   QUANTD_RETURN_IF_ERROR(ValidateAndDefault(&req));
   const std::string job_id = RandomId("j-");
   const std::string dir = JobDir(job_id);
-  auto row = BuildJob(req, input_roots_, job_id, dir, options_.max_hessian_shards);
+  auto row = BuildJob(req, input_roots_, job_id, dir, options_.max_hessian_shards,
+                      options_.hessian_stage_bytes);
   if (!row.ok()) {
     RemoveAll(dir).IgnoreError();
     return row.status();
@@ -968,9 +969,14 @@ void Coordinator::EngineStep() {
     if (kind == PhaseKind::kHessian) {
       step = "merge";
       s = MergeHessians(p.job, p.phase, p.tasks);
-    } else if (kind == PhaseKind::kQuantize && p.phase == QuantizePhase(p.stages - 1)) {
-      step = "assemble";
-      s = Assemble(p.job, p.tasks);
+    } else if (kind == PhaseKind::kQuantize) {
+      // The stage's matrices are quantized: its Hessians are no longer needed.
+      step = "drop hessians";
+      s = DropStageHessians(p.job, p.phase, p.tasks);
+      if (s.ok() && p.phase == QuantizePhase(p.stages - 1)) {
+        step = "assemble";
+        s = Assemble(p.job, p.tasks);
+      }
     } else if (kind == PhaseKind::kEvaluate) {
       step = "publish";
       auto v = Publish(p.job, p.tasks);
