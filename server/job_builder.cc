@@ -476,8 +476,12 @@ uint64_t HessianLayerBytes(const model::LlamaConfig& cfg) {
 
 int HessianStageLayers(const model::LlamaConfig& cfg, int64_t shards, uint64_t stage_bytes) {
   const uint64_t per_layer = static_cast<uint64_t>(shards + 1) * HessianLayerBytes(cfg);
-  const uint64_t k = per_layer == 0 ? 0 : stage_bytes / per_layer;
-  return static_cast<int>(std::clamp<uint64_t>(k, 1, static_cast<uint64_t>(cfg.num_layers)));
+  const uint64_t L = static_cast<uint64_t>(std::max(cfg.num_layers, 1));
+  const uint64_t k = std::clamp<uint64_t>(per_layer == 0 ? L : stage_bytes / per_layer, 1, L);
+  // As many stages as the budget needs, their sizes balanced (22 layers in blocks of at most
+  // 21: 11 + 11, not 21 + 1): stage s reruns the layers before it, so big first blocks cost.
+  const uint64_t stages = (L + k - 1) / k;
+  return static_cast<int>((L + stages - 1) / stages);
 }
 
 uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& task) {

@@ -51,9 +51,10 @@ absl::StatusOr<JobRow> BuildJob(const quantd::v1::SubmitJobRequest& req, const I
 // Bytes of one layer's Hessian sums as a shard or merged blob stores them: the upper triangle
 // of each group's fp64 sum (n(n+1)/2 values) plus its token count.
 uint64_t HessianLayerBytes(const model::LlamaConfig& cfg);
-// Layers per Hessian stage of a (non-sequential) job with `shards` shards per stage: the most
-// whose shards plus merged Hessians, (shards + 1) x layers x HessianLayerBytes, fit
-// `stage_bytes`; at least 1, at most every layer.
+// Layers per Hessian stage of a (non-sequential) job with `shards` shards per stage: the fewest
+// stages whose shards plus merged Hessians, (shards + 1) x layers x HessianLayerBytes, fit
+// `stage_bytes`, with the layers spread evenly over them (the last block may be smaller); at
+// least 1 layer, at most every layer.
 int HessianStageLayers(const model::LlamaConfig& cfg, int64_t shards, uint64_t stage_bytes);
 
 // The fingerprints BuildJob records, recomputed from the snapshot in `job_dir`/inputs: what a
