@@ -81,6 +81,7 @@ service() {  # service CASE SHAPE METHOD [nocalib]
   # their sum is the bytes moved; and the most on disk at once) and the merged Hessians' peak,
   # sampled every 2 s.
   (
+    set +u  # bash < 4.4 calls an empty associative array unbound
     declare -A hwm shard; disk=0; wdisk=0; shards_now=0; merged=0
     while kill -0 $qp 2>/dev/null; do
       for p in $qp $(pgrep -P $qp || true); do
