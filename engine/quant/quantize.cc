@@ -378,10 +378,23 @@ absl::Status ValidateSpec(const QuantSpec& s) {
 
 namespace {
 
+// The packed header fields every method sets alike (an unpadded m x n matrix).
+PackedContents NewContents(const QuantSpec& spec, int m, int n) {
+  PackedContents c;
+  c.method = static_cast<uint8_t>(spec.method);
+  c.bits = spec.bits;
+  c.m = m;
+  c.n = n;
+  c.n_padded = n;
+  c.seed = spec.seed;
+  return c;
+}
+
 // rtn's grids and codes into `c` (whose method, bits and shape are set); `diag` is H's
 // diagonal for hessian_scale, else null.
 absl::Status FillRtn(const QuantSpec& spec, const MatrixD& wd, const double* diag,
                      PackedContents* c) {
+
   c->group_size = spec.group_size;
   QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, RtnParamsFor(spec), diag));
   c->grids = std::move(r.grids);
@@ -408,13 +421,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrixNoHessian(const MatrixF& w, const 
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", std::string(layer_name), ": weight contains NaN or Inf"));
   }
-  PackedContents c;
-  c.method = static_cast<uint8_t>(spec.method);
-  c.bits = spec.bits;
-  c.m = m;
-  c.n = n;
-  c.n_padded = n;
-  c.seed = spec.seed;
+  PackedContents c = NewContents(spec, m, n);
   const MatrixD wd = w.cast<double>();
   QUANTD_RETURN_IF_ERROR(FillRtn(spec, wd, nullptr, &c));
   QuantizedMatrix result;
@@ -450,13 +457,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
   }
 
   QuantizedMatrix result;
-  PackedContents c;
-  c.method = static_cast<uint8_t>(spec.method);
-  c.bits = spec.bits;
-  c.m = m;
-  c.n = n;
-  c.n_padded = n;
-  c.seed = spec.seed;
+  PackedContents c = NewContents(spec, m, n);
   MatrixD wd = w.cast<double>();
   MatrixD hd = h;
 
