@@ -12,13 +12,16 @@
 #              1,024 tokens; then quantctl fetch (native and --format hf). Reports the Hessian
 #              phase's shard bytes (all shards, and the most on disk at once), the merged
 #              Hessians' peak and the coordinator's peak disk use (its data dir without the
-#              local workers' caches) and the workers' caches' peak.
+#              local workers' caches and the input snapshot, hard links to the benchmark's
+#              files) and the workers' caches' peak.
 #   service7b  the same with rtn 4-bit on the 7B shape, without calibration data (rtn then
 #              captures no Hessians; RTN_CALIB=1 passes the calibration tokens instead)
 # env: EVAL_TOKENS (eval7b's token count, default 1024), BUILD (default build), REALSIZE_DIR (default $HOME/.cache/quantd/realsize),
 #      OUT (default out/bench_realsize), PORT (default 7370), SHARDS (quantd
 #      --max_hessian_shards for the service cases, default 2), STAGE_MB (quantd
-#      --hessian_stage_mb, default quantd's). Run it under nice with OMP_WAIT_POLICY=passive on a
+#      --hessian_stage_mb, default quantd's), NO_EVAL (service cases: submit without
+#      evaluation data, e.g. to measure the 7B quantize/assemble/fetch path on a loaded
+#      machine, where each 7B evaluation over 1,024 tokens takes about an hour). Run it under nice with OMP_WAIT_POLICY=passive on a
 #      shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +65,9 @@ print(json.dumps(d))" "$line" "$name" "$kib" "$secs" | tee "$OUT/$name.json"
 
 service() {  # service CASE SHAPE METHOD [nocalib]
   local name=$1 shape=$2 method=$3 calib=(--calib "$DATA/calib_2048.u16")
+  local eval=(--eval "$DATA/eval_1024.u16")
   [ "${4:-}" = nocalib ] && calib=()
+  [ -n "${NO_EVAL:-}" ] && eval=()
   local model; model=$(synth "$shape")
   tokens "$DATA/calib_2048.u16" 2048 32000
   tokens "$DATA/eval_1024.u16" 1024 32000
@@ -88,7 +93,8 @@ service() {  # service CASE SHAPE METHOD [nocalib]
         v=$(awk '/VmHWM/ {print $2}' /proc/$p/status 2>/dev/null || true)
         [ -n "$v" ] && hwm[$p]=$v
       done
-      t=$(du -sk "$dd/var" 2>/dev/null | cut -f1 || echo 0)
+      # The input snapshot is hard links to the user's files (no new disk): not counted.
+      t=$(du -sk --exclude=inputs "$dd/var" 2>/dev/null | cut -f1 || echo 0)
       w=$(du -sk "$dd/var/worker-cache" 2>/dev/null | cut -f1 || echo 0)
       [ $((t - w)) -gt "$disk" ] && disk=$((t - w))
       [ "${w:-0}" -gt "$wdisk" ] && wdisk=$w
@@ -110,7 +116,7 @@ service() {  # service CASE SHAPE METHOD [nocalib]
   ) &
   local sp=$!
   local t0=$SECONDS
-  "$B/quantctl" submit "$model" "${calib[@]}" --eval "$DATA/eval_1024.u16" \
+  "$B/quantctl" submit "$model" "${calib[@]}" "${eval[@]}" \
     --calib-seq-len 512 --method "$method" --bits 4 --name "$name" --wait > "$dd/submit.txt" 2>&1 || true
   local job_s=$((SECONDS - t0))
   "$B/quantctl" jobs --json > "$dd/jobs.json" 2>/dev/null || true
