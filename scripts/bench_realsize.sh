@@ -116,8 +116,16 @@ service() {  # service CASE SHAPE METHOD [nocalib]
   ) &
   local sp=$!
   local t0=$SECONDS
-  "$B/quantctl" submit "$model" "${calib[@]}" "${eval[@]}" \
-    --calib-seq-len 512 --method "$method" --bits 4 --name "$name" --wait > "$dd/submit.txt" 2>&1 || true
+  # Submitting a 7B model hashes and snapshots 13.5 GB, which on a loaded machine can outlast
+  # quantctl's 120 s RPC deadline (exit 4) while quantd goes on to create the job: submitting
+  # again with the same request id attaches to that job.
+  local rid; rid="bench-$name-$(date +%s)"
+  for _ in 1 2 3 4 5 6; do
+    local rc=0
+    "$B/quantctl" submit "$model" "${calib[@]}" "${eval[@]}" --request-id "$rid" \
+      --calib-seq-len 512 --method "$method" --bits 4 --name "$name" --wait >> "$dd/submit.txt" 2>&1 || rc=$?
+    [ "$rc" -ne 4 ] && break
+  done
   local job_s=$((SECONDS - t0))
   "$B/quantctl" jobs --json > "$dd/jobs.json" 2>/dev/null || true
   rm -rf "$dd/fetch" "$dd/fetch_hf"
