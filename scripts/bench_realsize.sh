@@ -94,9 +94,9 @@ service() {  # service CASE SHAPE METHOD [nocalib]
         [ -n "$v" ] && hwm[$p]=$v
       done
       # The input snapshot is hard links to the user's files (no new disk): not counted.
-      t=$(du -sk --exclude=inputs "$dd/var" 2>/dev/null | cut -f1 || echo 0)
+      t=$(du -sk --exclude=inputs --exclude=worker-cache "$dd/var" 2>/dev/null | cut -f1 || echo 0)
       w=$(du -sk "$dd/var/worker-cache" 2>/dev/null | cut -f1 || echo 0)
-      [ $((t - w)) -gt "$disk" ] && disk=$((t - w))
+      [ "${t:-0}" -gt "$disk" ] && disk=$t
       [ "${w:-0}" -gt "$wdisk" ] && wdisk=$w
       now=0
       while read -r f sz; do
@@ -105,7 +105,7 @@ service() {  # service CASE SHAPE METHOD [nocalib]
         [ "${shard[$f]:-0}" -lt "$sz" ] && shard[$f]=$sz
       done < <(stat -c '%n %s' "$dd"/var/jobs/*/results/hessian_* 2>/dev/null || true)
       [ "$now" -gt "$shards_now" ] && shards_now=$now
-      m=$(du -sb "$dd"/var/jobs/*/hessians 2>/dev/null | awk '{s += $1} END {print s + 0}')
+      m=$(du -sb "$dd"/var/jobs/*/hessians 2>/dev/null | awk '{s += $1} END {printf "%d", s}')
       [ "${m:-0}" -gt "$merged" ] && merged=$m
       total=0; for f in "${!shard[@]}"; do total=$((total + shard[$f])); done
       { for p in "${!hwm[@]}"; do echo "$p ${hwm[$p]}"; done; echo "disk $disk"; echo "wdisk $wdisk"
