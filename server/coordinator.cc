@@ -847,6 +847,9 @@ std::string Coordinator::ApplyStepResultLocked(JobEntry& e, int phase, const std
   Transition tr = BeginLocked(e);
   tr.phase = phase + 1;
   SetJobPhase(tr.phase, e.stages, &tr.job);
+  if (tr.job.state() == quantd::v1::JOB_STATE_QUEUED) {
+    tr.job.set_state(quantd::v1::JOB_STATE_RUNNING);  // stepped past an empty first phase
+  }
   if (tr.phase == PublishPhase(e.stages)) {
     tr.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
     tr.job.set_version(published_version);
@@ -947,14 +950,16 @@ void Coordinator::EngineStep() {
     MutexLock l(&mu_);
     for (const std::string& id : job_order_) {
       JobEntry& e = jobs_.at(id);
-      if (Terminal(e.job.state()) || e.job.state() == quantd::v1::JOB_STATE_QUEUED ||
-          e.inputs_unverified) {
-        continue;
-      }
-      bool all_done = true;
+      if (Terminal(e.job.state()) || e.inputs_unverified) continue;
+      bool all_done = true, any = false;
       for (const TaskState& t : e.tasks) {
-        if (t.row.phase <= e.phase && t.row.state != TaskRowState::kDone) all_done = false;
+        if (t.row.phase > e.phase) continue;
+        any = true;
+        if (t.row.state != TaskRowState::kDone) all_done = false;
       }
+      // A queued job starts with its first lease, unless it starts with a phase without tasks
+      // (an rtn job without calibration or evaluation data: its hessian phase is empty).
+      if (e.job.state() == quantd::v1::JOB_STATE_QUEUED && any) continue;
       if (!all_done || absl::Now() < e.step_retry_at) continue;
       Pending p{e.job, e.phase, e.stages, {}};
       for (const TaskState& t : e.tasks) p.tasks.push_back(t.row);
