@@ -240,6 +240,19 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   return r;
 }
 
+// A quantize task's result: the packed bytes and the numbers the manifest reports.
+TaskResult QuantizeResult(quant::QuantizedMatrix q, int64_t weights) {
+  TaskResult r;
+  r.data = std::move(q.packed);
+  r.header.set_proxy_loss(q.proxy_loss);
+  r.header.set_note(q.note);
+  r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
+  r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
+  r.header.set_weight_energy(q.weight_energy);
+  r.header.set_weights(weights);
+  return r;
+}
+
 absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blobs,
                                        quant::Device& device) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
@@ -285,13 +298,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
     }
     QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
                             quant::QuantizeMatrixNoHessian(w, spec, task.tensor_name()));
-    TaskResult r;
-    r.data = std::move(q.packed);
-    r.header.set_proxy_loss(q.proxy_loss);
-    r.header.set_note(q.note);
-    r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
-    r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
-    return r;
+    return QuantizeResult(std::move(q), static_cast<int64_t>(w.rows()) * w.cols());
   }
   QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, jobfiles::kHessiansPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto hfile, model::SafetensorsFile::Open(hpath));
@@ -316,15 +323,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   h /= static_cast<double>(ntok);
   QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
                           quant::QuantizeMatrix(device, w, h, spec, task.tensor_name()));
-  TaskResult r;
-  r.data = std::move(q.packed);
-  r.header.set_proxy_loss(q.proxy_loss);
-  r.header.set_note(q.note);
-  r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
-  r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
-  r.header.set_weight_energy(q.weight_energy);
-  r.header.set_weights(static_cast<int64_t>(w.rows()) * w.cols());
-  return r;
+  return QuantizeResult(std::move(q), static_cast<int64_t>(w.rows()) * w.cols());
 }
 
 // Evaluation: the fp checkpoint or the quantized artifact (dequantized one layer at a time),

@@ -394,7 +394,6 @@ PackedContents NewContents(const QuantSpec& spec, int m, int n) {
 // diagonal for hessian_scale, else null.
 absl::Status FillRtn(const QuantSpec& spec, const MatrixD& wd, const double* diag,
                      PackedContents* c) {
-
   c->group_size = spec.group_size;
   QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, RtnParamsFor(spec), diag));
   c->grids = std::move(r.grids);
@@ -429,6 +428,7 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrixNoHessian(const MatrixF& w, const 
   QUANTD_ASSIGN_OR_RETURN(MatrixF what, DequantizeMatrix(result.packed));
   const double den = wd.squaredNorm();
   result.proxy_loss = den == 0 ? 0 : (what.cast<double>() - wd).squaredNorm() / den;
+  result.weight_energy = den;  // tr(W H Wᵀ) with H = I
   result.rotated_proxy_loss = result.proxy_loss;
   result.stored_method = Method::kRtn;
   result.note = "no calibration data: proxy loss with H = I (relative weight error)";
