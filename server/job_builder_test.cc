@@ -153,6 +153,12 @@ TEST_F(BuildJobTest, RtnWithoutCalibrationDataHasNoHessianTasks) {
   ASSERT_TRUE(fps.ok()) << fps.status();
   EXPECT_EQ(fps->calib, "");
 
+  // So does rtn with a bit budget (its widths are chosen by Hessian-weighted loss).
+  auto budget = Request("rtn", false);
+  budget.mutable_spec()->set_bits(0);
+  budget.mutable_spec()->set_avg_bits(3);
+  EXPECT_EQ(ValidateAndDefault(&budget).code(), absl::StatusCode::kInvalidArgument);
+
   // Every other method needs it.
   auto gptq = Request("gptq", false);
   absl::Status s = ValidateAndDefault(&gptq);
