@@ -70,8 +70,11 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   QUANTD_RETURN_IF_ERROR(ExpectPositionals(a, "submit", 1, 1, "MODEL_DIR"));
   quantd::v1::SubmitJobRequest& r = inv->submit;
   r.set_model_dir(Absolute(a.positional[0]));
-  QUANTD_ASSIGN_OR_RETURN(std::string calib, Required(a, "submit", "--calib"));
-  r.set_calib_path(Absolute(calib));
+  // Optional for rtn only (the server says so): without it the job captures no Hessians.
+  if (a.Has("--calib")) {
+    if (a.Get("--calib").empty()) return Usage("submit: --calib must not be empty");
+    r.set_calib_path(Absolute(a.Get("--calib")));
+  }
   if (a.Has("--eval")) {
     if (a.Get("--eval").empty()) return Usage("submit: --eval must not be empty");
     r.set_eval_path(Absolute(a.Get("--eval")));
@@ -348,7 +351,7 @@ connection flags (before or after the command):
                       client certificate for mutual TLS (else $QUANTD_TLS_CERT/_KEY).
 
 commands:
-  submit MODEL_DIR --calib FILE [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip,quarot,butterfly}
+  submit MODEL_DIR [--calib FILE] [--eval FILE] --method {rtn,gptq,quip,quip-sharp,qtip,quarot,butterfly}
          {--bits {2,3,4,8} | --avg-bits X [--budget-weight {abs,rel}]} --name NAME
          [--request-id ID] [--seed N] [--group-size N]
          [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
@@ -358,7 +361,8 @@ commands:
          [--wait [--progress-interval S]] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made
       absolute. Without --request-id a random one is used (the same id returns the same job).
-      The server validates method, bits and name. --wait then watches the job like `watch`
+      --calib is required except for rtn, which without it skips the Hessian capture (its
+      proxy losses are then relative weight errors). The server validates method, bits and name. --wait then watches the job like `watch`
       and exits by its outcome; --max-ppl-ratio R (needs --wait and --eval) exits 3 if
       quant_ppl / fp_ppl > R. --grid (rtn, gptq) quantizes onto a grid an engine format holds
       exactly, fp16 scales included (q4_0 ... q8_0: GGUF blocks of 32; bits and group size

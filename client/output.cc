@@ -36,7 +36,9 @@ std::string PplOrDash(double v) { return v > 0 ? absl::StrFormat("%.4f", v) : st
 std::string PhaseText(const v1::Job& j) {
   if (j.phase().empty()) return "-";
   if (j.layer_stage() > 0) {
-    return absl::StrCat(j.phase(), ", layer ", j.layer_stage(), "/", j.layer_stages());
+    // A sequential job's stages are its layers; a staged job's are blocks of layers.
+    return absl::StrCat(j.phase(), j.spec().sequential() ? ", layer " : ", stage ", j.layer_stage(),
+                        "/", j.layer_stages());
   }
   return j.phase();
 }

@@ -32,7 +32,9 @@ std::map<std::string, int> DoneByKind(const v1::Job& job) {
 // "quantize", "quantize, layer 3/30".
 std::string PhaseLabel(const v1::Job& j) {
   if (j.layer_stage() > 0) {
-    return absl::StrCat(j.phase(), ", layer ", j.layer_stage(), "/", j.layer_stages());
+    // A sequential job's stages are its layers; a staged job's are blocks of layers.
+    return absl::StrCat(j.phase(), j.spec().sequential() ? ", layer " : ", stage ", j.layer_stage(),
+                        "/", j.layer_stages());
   }
   return j.phase();
 }

@@ -36,6 +36,7 @@ Sim Simulate(const std::vector<SimPhase>& phases, int workers, int layer_stages 
   job.set_id("j");
   job.set_state(v1::JOB_STATE_QUEUED);
   job.set_layer_stages(layer_stages);
+  job.mutable_spec()->set_sequential(layer_stages > 0);  // stages of one layer each
   std::vector<std::string> kinds;
   for (const SimPhase& p : phases) {
     job.set_tasks_total(job.tasks_total() + p.tasks);

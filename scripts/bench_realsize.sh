@@ -10,13 +10,19 @@
 #   eval7b     quantctl eval (layer-streamed) on the 7B shape over 1,024 tokens
 #   service1b  quantd + 2 local workers: gptq 4-bit, 4 x 512 calibration tokens, evaluation over
 #              1,024 tokens; then quantctl fetch (native and --format hf). Reports the Hessian
-#              phase's shard bytes and the coordinator's peak disk use.
-#   service7b  the same with rtn 4-bit on the 7B shape (needs ~45 GB per Hessian shard of disk:
-#              see docs/ARCHITECTURE.md "Real-size models")
+#              phase's shard bytes (all shards, and the most on disk at once), the merged
+#              Hessians' peak and the coordinator's peak disk use (its data dir without the
+#              local workers' caches and the input snapshot, hard links to the benchmark's
+#              files) and the workers' caches' peak.
+#   service7b  the same with rtn 4-bit on the 7B shape, without calibration data (rtn then
+#              captures no Hessians; RTN_CALIB=1 passes the calibration tokens instead)
 # env: EVAL_TOKENS (eval7b's token count, default 1024), BUILD (default build), REALSIZE_DIR (default $HOME/.cache/quantd/realsize),
 #      OUT (default out/bench_realsize), PORT (default 7370), SHARDS (quantd
-#      --max_hessian_shards for the service cases, default 2: each shard is every layer's fp64
-#      Hessian sums, 7.8 GB for the 1.1B shape)
+#      --max_hessian_shards for the service cases, default 2), STAGE_MB (quantd
+#      --hessian_stage_mb, default quantd's), NO_EVAL (service cases: submit without
+#      evaluation data, e.g. to measure the 7B quantize/assemble/fetch path on a loaded
+#      machine, where each 7B evaluation over 1,024 tokens takes about an hour). Run it under nice with OMP_WAIT_POLICY=passive on a
+#      shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
@@ -57,61 +63,99 @@ d.update({'case': sys.argv[2], 'peak_rss_mib': round(int(sys.argv[3]) / 1024, 1)
 print(json.dumps(d))" "$line" "$name" "$kib" "$secs" | tee "$OUT/$name.json"
 }
 
-service() {  # service CASE SHAPE METHOD
-  local name=$1 shape=$2 method=$3
+service() {  # service CASE SHAPE METHOD [nocalib]
+  local name=$1 shape=$2 method=$3 calib=(--calib "$DATA/calib_2048.u16")
+  local eval=(--eval "$DATA/eval_1024.u16")
+  [ "${4:-}" = nocalib ] && calib=()
+  [ -n "${NO_EVAL:-}" ] && eval=()
   local model; model=$(synth "$shape")
   tokens "$DATA/calib_2048.u16" 2048 32000
   tokens "$DATA/eval_1024.u16" 1024 32000
   local dd; dd=$(mktemp -d "${TMPDIR:-/tmp}/realsize.XXXXXX")
+  local stage=()
+  [ -n "${STAGE_MB:-}" ] && stage=(--hessian_stage_mb="$STAGE_MB")
   "$B/quantd" --data_dir="$dd/var" --local_workers=2 --listen=127.0.0.1:$PORT \
-    --max_hessian_shards="${SHARDS:-2}" --input_root="$DATA" \
+    --max_hessian_shards="${SHARDS:-2}" "${stage[@]}" --input_root="$DATA" \
     --metrics_listen=127.0.0.1:$((PORT + 1)) 2>"$dd/quantd.log" &
   local qp=$!
   export QUANTD_ADDR=127.0.0.1:$PORT
   for _ in $(seq 1 100); do "$B/quantctl" jobs >/dev/null 2>&1 && break; sleep 0.2; done
   # Peak RSS of quantd and each worker (VmHWM is a high-water mark: the last sample before a
-  # process exits is its peak) and the coordinator's peak disk use, sampled every 2 s.
+  # process exits is its peak), the coordinator's peak disk use (data dir minus the local
+  # workers' caches), the workers' caches' peak, the Hessian shards (every shard file's size:
+  # their sum is the bytes moved; and the most on disk at once) and the merged Hessians' peak,
+  # sampled every 2 s.
   (
-    declare -A hwm; disk=0; shards=0
+    set +u  # bash < 4.4 calls an empty associative array unbound
+    declare -A hwm shard; disk=0; wdisk=0; shards_now=0; merged=0
     while kill -0 $qp 2>/dev/null; do
       for p in $qp $(pgrep -P $qp || true); do
         v=$(awk '/VmHWM/ {print $2}' /proc/$p/status 2>/dev/null || true)
         [ -n "$v" ] && hwm[$p]=$v
       done
-      d=$(du -sk "$dd/var" 2>/dev/null | cut -f1 || echo 0)
-      [ "${d:-0}" -gt "$disk" ] && disk=$d
-      s=$(cat "$dd"/var/jobs/*/results/hessian_* 2>/dev/null | wc -c || echo 0)
-      [ "${s:-0}" -gt "$shards" ] && shards=$s
-      { for p in "${!hwm[@]}"; do echo "$p ${hwm[$p]}"; done; echo "disk $disk"; echo "shards $shards"; } > "$dd/rss.txt"
+      # The input snapshot is hard links to the user's files (no new disk): not counted.
+      t=$(du -sk --exclude=inputs --exclude=worker-cache "$dd/var" 2>/dev/null | cut -f1 || echo 0)
+      w=$(du -sk "$dd/var/worker-cache" 2>/dev/null | cut -f1 || echo 0)
+      [ "${t:-0}" -gt "$disk" ] && disk=$t
+      [ "${w:-0}" -gt "$wdisk" ] && wdisk=$w
+      now=0
+      while read -r f sz; do
+        [ -z "$f" ] && continue
+        now=$((now + sz))
+        [ "${shard[$f]:-0}" -lt "$sz" ] && shard[$f]=$sz
+      done < <(stat -c '%n %s' "$dd"/var/jobs/*/results/hessian_* 2>/dev/null || true)
+      [ "$now" -gt "$shards_now" ] && shards_now=$now
+      m=$(du -sb "$dd"/var/jobs/*/hessians 2>/dev/null | awk '{s += $1} END {printf "%d", s}')
+      [ "${m:-0}" -gt "$merged" ] && merged=$m
+      total=0; for f in "${!shard[@]}"; do total=$((total + shard[$f])); done
+      { for p in "${!hwm[@]}"; do echo "$p ${hwm[$p]}"; done; echo "disk $disk"; echo "wdisk $wdisk"
+        echo "shards_total $total"; echo "shards_peak $shards_now"; echo "shard_files ${#shard[@]}"
+        echo "merged_peak $merged"; } > "$dd/rss.tmp" && mv "$dd/rss.tmp" "$dd/rss.txt"
       sleep 2
     done
   ) &
   local sp=$!
   local t0=$SECONDS
-  "$B/quantctl" submit "$model" --calib "$DATA/calib_2048.u16" --eval "$DATA/eval_1024.u16" \
-    --calib-seq-len 512 --method "$method" --bits 4 --name "$name" --wait > "$dd/submit.txt" 2>&1 || true
+  # Submitting a 7B model hashes and snapshots 13.5 GB, which on a loaded machine can outlast
+  # quantctl's 120 s RPC deadline (exit 4) while quantd goes on to create the job: submitting
+  # again with the same request id attaches to that job.
+  local rid; rid="bench-$name-$(date +%s)"
+  for _ in 1 2 3 4 5 6; do
+    local rc=0
+    "$B/quantctl" submit "$model" "${calib[@]}" "${eval[@]}" --request-id "$rid" \
+      --calib-seq-len 512 --method "$method" --bits 4 --name "$name" --wait >> "$dd/submit.txt" 2>&1 || rc=$?
+    [ "$rc" -ne 4 ] && break
+  done
   local job_s=$((SECONDS - t0))
+  "$B/quantctl" jobs --json > "$dd/jobs.json" 2>/dev/null || true
   rm -rf "$dd/fetch" "$dd/fetch_hf"
   timed "$name.fetch_native" "$B/quantctl" fetch "$name" -o "$dd/fetch" > /dev/null
+  rm -rf "$dd/fetch"  # the hf export is the bigger of the two; one at a time on a small disk
   timed "$name.fetch_hf" "$B/quantctl" fetch "$name" -o "$dd/fetch_hf" --format hf > /dev/null
+  rm -rf "$dd/fetch_hf"
   kill $qp; wait $qp 2>/dev/null || true
   wait $sp 2>/dev/null || true
+  cp "$dd/quantd.log" "$OUT/$name.quantd.log" 2>/dev/null || true
+  cp "$dd/jobs.json" "$OUT/$name.jobs.json" 2>/dev/null || true
   python3 - "$dd" "$name" "$qp" "$job_s" <<'PY' | tee "$OUT/$name.json"
 import json, sys
 dd, name, qp, job_s = sys.argv[1:5]
-rss, disk, shards = {}, 0, 0
+rss, extra = {}, {}
 for line in open(dd + "/rss.txt"):
     k, v = line.split()
-    if k == "disk":
-        disk = int(v)
-    elif k == "shards":
-        shards = int(v)
+    if k in ("disk", "wdisk", "shards_total", "shards_peak", "shard_files", "merged_peak"):
+        extra[k] = int(v)
     else:
         rss["quantd" if k == qp else "worker_" + k] = round(int(v) / 1024, 1)
 status = open(dd + "/submit.txt").read().strip().splitlines()
 print(json.dumps({"case": name, "job_seconds": int(job_s), "status": status[-1] if status else "",
-                  "peak_rss_mib": rss, "coordinator_peak_disk_mib": round(disk / 1024),
-                  "hessian_shard_bytes_peak": shards}))
+                  "peak_rss_mib": rss,
+                  "coordinator_peak_disk_mib": round(extra.get("disk", 0) / 1024),
+                  "worker_caches_peak_disk_mib": round(extra.get("wdisk", 0) / 1024),
+                  "hessian_shards": extra.get("shard_files", 0),
+                  "hessian_shard_bytes_moved": extra.get("shards_total", 0),
+                  "hessian_shard_bytes_peak_on_disk": extra.get("shards_peak", 0),
+                  "merged_hessian_bytes_peak": extra.get("merged_peak", 0)}))
 PY
   rm -rf "$dd"
 }
@@ -127,7 +171,8 @@ for c in "${CASES[@]}"; do
             timed eval7b "$B/quantctl" eval "$(synth llama2-7b)" --data "$DATA/eval_$n.u16" \
               --context 512 --json ;;
     service1b) service service1b tinyllama-1.1b gptq ;;
-    service7b) service service7b llama2-7b rtn ;;
+    service7b) if [ -n "${RTN_CALIB:-}" ]; then service service7b llama2-7b rtn
+               else service service7b llama2-7b rtn nocalib; fi ;;
     *) echo "unknown case $c" >&2; exit 2 ;;
   esac
 done

@@ -391,7 +391,8 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::BuildAndStore(
   QUANTD_RETURN_IF_ERROR(ValidateAndDefault(&req));
   const std::string job_id = RandomId("j-");
   const std::string dir = JobDir(job_id);
-  auto row = BuildJob(req, input_roots_, job_id, dir, options_.max_hessian_shards);
+  auto row = BuildJob(req, input_roots_, job_id, dir, options_.max_hessian_shards,
+                      options_.hessian_stage_bytes);
   if (!row.ok()) {
     RemoveAll(dir).IgnoreError();
     return row.status();
@@ -846,6 +847,9 @@ std::string Coordinator::ApplyStepResultLocked(JobEntry& e, int phase, const std
   Transition tr = BeginLocked(e);
   tr.phase = phase + 1;
   SetJobPhase(tr.phase, e.stages, &tr.job);
+  if (tr.job.state() == quantd::v1::JOB_STATE_QUEUED) {
+    tr.job.set_state(quantd::v1::JOB_STATE_RUNNING);  // stepped past an empty first phase
+  }
   if (tr.phase == PublishPhase(e.stages)) {
     tr.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
     tr.job.set_version(published_version);
@@ -946,14 +950,16 @@ void Coordinator::EngineStep() {
     MutexLock l(&mu_);
     for (const std::string& id : job_order_) {
       JobEntry& e = jobs_.at(id);
-      if (Terminal(e.job.state()) || e.job.state() == quantd::v1::JOB_STATE_QUEUED ||
-          e.inputs_unverified) {
-        continue;
-      }
-      bool all_done = true;
+      if (Terminal(e.job.state()) || e.inputs_unverified) continue;
+      bool all_done = true, any = false;
       for (const TaskState& t : e.tasks) {
-        if (t.row.phase <= e.phase && t.row.state != TaskRowState::kDone) all_done = false;
+        if (t.row.phase > e.phase) continue;
+        any = true;
+        if (t.row.state != TaskRowState::kDone) all_done = false;
       }
+      // A queued job starts with its first lease, unless it starts with a phase without tasks
+      // (an rtn job without calibration or evaluation data: its hessian phase is empty).
+      if (e.job.state() == quantd::v1::JOB_STATE_QUEUED && any) continue;
       if (!all_done || absl::Now() < e.step_retry_at) continue;
       Pending p{e.job, e.phase, e.stages, {}};
       for (const TaskState& t : e.tasks) p.tasks.push_back(t.row);
@@ -968,9 +974,14 @@ void Coordinator::EngineStep() {
     if (kind == PhaseKind::kHessian) {
       step = "merge";
       s = MergeHessians(p.job, p.phase, p.tasks);
-    } else if (kind == PhaseKind::kQuantize && p.phase == QuantizePhase(p.stages - 1)) {
-      step = "assemble";
-      s = Assemble(p.job, p.tasks);
+    } else if (kind == PhaseKind::kQuantize) {
+      // The stage's matrices are quantized: its Hessians are no longer needed.
+      step = "drop hessians";
+      s = DropStageHessians(p.job, p.phase, p.tasks);
+      if (s.ok() && p.phase == QuantizePhase(p.stages - 1)) {
+        step = "assemble";
+        s = Assemble(p.job, p.tasks);
+      }
     } else if (kind == PhaseKind::kEvaluate) {
       step = "publish";
       auto v = Publish(p.job, p.tasks);

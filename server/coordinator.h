@@ -38,7 +38,11 @@ struct CoordinatorOptions {
   absl::Duration heartbeat_interval = absl::Seconds(2);  // Default: 2 s (told to workers)
   int max_attempts = 3;                               // Default: 3 tries per task
   int max_step_attempts = 4;  // Default: 4 tries of a coordinator step (merge/assemble/publish)
-  int max_hessian_shards = 8;                         // Default: 8 shards per job
+  int max_hessian_shards = 8;                         // Default: 8 shards per stage
+  // Coordinator disk for one Hessian stage (its shards plus merged Hessians, packed upper
+  // triangles): a model whose Hessians exceed it is captured in blocks of layers
+  // (HessianStageLayers). Default: 32 GiB.
+  uint64_t hessian_stage_bytes = uint64_t{32} << 30;
   // Directories job inputs must resolve into (server/input_roots.h). Default: none, which
   // refuses every submission unless allow_any_input_path.
   std::vector<std::string> input_roots;
@@ -160,6 +164,11 @@ class Coordinator {
   // sequential job).
   absl::Status MergeHessians(const quantd::v1::Job& job, int phase,
                              const std::vector<TaskRow>& tasks);
+  // Deletes the Hessian shards of the stage whose quantize phase `phase` has finished and the
+  // merged Hessians its quantize tasks read, so the coordinator's disk holds one stage's
+  // Hessian data at a time (docs/ARCHITECTURE.md). Idempotent.
+  absl::Status DropStageHessians(const quantd::v1::Job& job, int phase,
+                                 const std::vector<TaskRow>& tasks);
   absl::Status Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
   absl::StatusOr<int> Publish(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
 

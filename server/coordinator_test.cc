@@ -198,5 +198,33 @@ TEST_F(CoordinatorTest, SubmissionsBuildConcurrently) {
   EXPECT_EQ(r->job().id(), s->job().id());
 }
 
+// An rtn job without calibration or evaluation data has no task in its first (hessian) phase:
+// the engine steps it into the quantize phase without waiting for a lease that cannot come.
+TEST_F(CoordinatorTest, AJobWhoseFirstPhaseIsEmptyStartsWithoutALease) {
+  quantd::v1::SubmitJobRequest req = Request("req-empty-phase", "rtn-no-calib");
+  req.clear_calib_path();
+  req.mutable_spec()->set_method("rtn");
+  auto sub = coord_->Submit(req);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  const std::string job = sub->job().id();
+  absl::StatusOr<quantd::v1::Job> j;
+  for (int i = 0; i < 300; ++i) {
+    j = coord_->GetJob(job);
+    ASSERT_TRUE(j.ok()) << j.status();
+    if (j->phase() == "quantize") break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(j->phase(), "quantize");
+  EXPECT_EQ(j->state(), quantd::v1::JOB_STATE_RUNNING);
+  // Its first lease is a quantize task without a Hessian input.
+  const std::string w = RegisterWorker("w-empty");
+  quantd::v1::LeaseTaskRequest lr;
+  lr.set_worker_id(w);
+  auto lease = coord_->Lease(lr);
+  ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
+  EXPECT_EQ(lease->task().kind(), quantd::v1::TASK_KIND_QUANTIZE);
+  for (const auto& in : lease->task().inputs()) EXPECT_NE(in.name().rfind("hessians/", 0), 0u);
+}
+
 }  // namespace
 }  // namespace quantd::server

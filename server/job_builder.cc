@@ -79,7 +79,10 @@ absl::StatusOr<InputFingerprints> FingerprintJobInputs(const std::string& job_di
     absl::StrAppend(&material, n, " ", d, "\n");
   }
   fps.model = Sha256Hex(material);
-  QUANTD_ASSIGN_OR_RETURN(fps.calib, Sha256File(JoinPath(job_dir, jobfiles::kCalibTokens)));
+  const std::string calib = JoinPath(job_dir, jobfiles::kCalibTokens);
+  if (fs::exists(calib)) {  // absent for an rtn job submitted without calibration data
+    QUANTD_ASSIGN_OR_RETURN(fps.calib, Sha256File(calib));
+  }
   const std::string eval = JoinPath(job_dir, jobfiles::kEvalTokens);
   if (fs::exists(eval)) {
     QUANTD_ASSIGN_OR_RETURN(fps.eval, Sha256File(eval));
@@ -147,7 +150,19 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
         absl::StrCat("eval_context ", req->eval_context(), " is outside [8, 65536]"));
   }
   if (req->model_dir().empty()) return absl::InvalidArgumentError("model_dir is empty");
-  if (req->calib_path().empty()) return absl::InvalidArgumentError("calib_path is empty");
+  // rtn needs the Hessians only for its proxy loss: without calibration data the job skips
+  // the Hessian capture (docs/ARCHITECTURE.md "A job").
+  // hessian_scale reads H's diagonal and a bit budget weighs the widths by proxy loss: both
+  // need the Hessians.
+  if (req->calib_path().empty() &&
+      (spec.method != quant::Method::kRtn || spec.hessian_scale ||
+       runner::HasBitBudget(req->spec()))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "calib_path is empty; only rtn runs without calibration data, not ",
+        std::string(quant::MethodName(spec.method)),
+        spec.hessian_scale ? " with hessian_scale" : "",
+        runner::HasBitBudget(req->spec()) ? " with a bit budget" : ""));
+  }
   for (const std::string* p : {&req->model_dir(), &req->calib_path(), &req->eval_path()}) {
     if (p->find('\0') != std::string::npos || p->size() > 4096) {
       return absl::InvalidArgumentError("a path contains NUL or is longer than 4096 bytes");
@@ -252,14 +267,17 @@ uint64_t Fnv1a(std::string_view s) {
 
 absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& roots,
                                 const std::string& job_id, const std::string& job_dir,
-                                int max_hessian_shards) {
+                                int max_hessian_shards, uint64_t stage_bytes) {
   // Every file is read through its resolved path inside an input root.
   QUANTD_ASSIGN_OR_RETURN(const std::string model_dir, roots.ResolveModelDir(req.model_dir()));
   if (!fs::is_directory(model_dir)) {
     return absl::NotFoundError(absl::StrCat("model directory ", req.model_dir(), " does not exist"));
   }
-  QUANTD_ASSIGN_OR_RETURN(const std::string calib_path,
-                          roots.Resolve(req.calib_path(), "calibration file"));
+  const bool has_calib = !req.calib_path().empty();  // rtn may run without (ValidateAndDefault)
+  std::string calib_path;
+  if (has_calib) {
+    QUANTD_ASSIGN_OR_RETURN(calib_path, roots.Resolve(req.calib_path(), "calibration file"));
+  }
   std::string eval_path;
   if (!req.eval_path().empty()) {
     QUANTD_ASSIGN_OR_RETURN(eval_path, roots.Resolve(req.eval_path(), "evaluation file"));
@@ -269,8 +287,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
   // Shape check of every tensor we will read, without loading the weights.
   QUANTD_RETURN_IF_ERROR(CheckShapes(*ckpt, cfg));
-  QUANTD_ASSIGN_OR_RETURN(auto calib, ReadTokens(req.calib_path(), calib_path, "calibration",
-                                                 model_dir, cfg.vocab_size));
+  std::vector<int32_t> calib;
+  if (has_calib) {
+    QUANTD_ASSIGN_OR_RETURN(calib, ReadTokens(req.calib_path(), calib_path, "calibration",
+                                              model_dir, cfg.vocab_size));
+  }
   std::vector<int32_t> eval;
   if (!req.eval_path().empty()) {
     QUANTD_ASSIGN_OR_RETURN(eval, ReadTokens(req.eval_path(), eval_path, "evaluation", model_dir,
@@ -280,7 +301,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   const int seq_len = std::min(req.calib_seq_len(), cfg.max_position_embeddings);
   int64_t nseq = static_cast<int64_t>(calib.size()) / seq_len;
   if (req.max_calib_seqs() > 0) nseq = std::min<int64_t>(nseq, req.max_calib_seqs());
-  if (nseq < 1) {
+  if (has_calib && nseq < 1) {
     return absl::InvalidArgumentError(absl::StrCat("calibration data has ", calib.size(),
                                                    " tokens, fewer than one sequence of ", seq_len));
   }
@@ -313,9 +334,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
                             roots.Resolve(JoinPath(model_dir, n), "model file"));
     QUANTD_RETURN_IF_ERROR(SnapshotFile(src, JoinPath(in_model, n)));
   }
-  calib.resize(static_cast<size_t>(nseq * seq_len));
-  std::string calib_bytes = TokensToU32(calib);
-  QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, jobfiles::kCalibTokens), calib_bytes));
+  if (has_calib) {
+    calib.resize(static_cast<size_t>(nseq * seq_len));
+    QUANTD_RETURN_IF_ERROR(
+        WriteFileAtomic(JoinPath(job_dir, jobfiles::kCalibTokens), TokensToU32(calib)));
+  }
   if (!eval.empty()) {
     QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(job_dir, jobfiles::kEvalTokens), TokensToU32(eval)));
   }
@@ -331,7 +354,15 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   job.set_calib_path(req.calib_path());
   job.set_eval_path(req.eval_path());
   const bool sequential = req.spec().sequential();
-  const int stages = sequential ? cfg.num_layers : 1;
+  // Stage s captures layers [first(s), first(s + 1)): one layer per stage when sequential,
+  // otherwise blocks of HessianStageLayers layers, so that a stage's shards and merged Hessians
+  // fit the coordinator's budget; each stage's Hessian files are deleted once its matrices are
+  // quantized (docs/ARCHITECTURE.md "Hessian data at real size").
+  // No calibration data (rtn only): no Hessian tasks, the quantize tasks get no Hessian.
+  const int64_t shards = has_calib ? std::min<int64_t>(nseq, std::max(1, max_hessian_shards)) : 0;
+  const int block =
+      sequential ? 1 : (has_calib ? HessianStageLayers(cfg, shards, stage_bytes) : cfg.num_layers);
+  const int stages = (cfg.num_layers + block - 1) / block;
   SetJobPhase(HessianPhase(0), stages, &job);
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
@@ -356,9 +387,8 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     t.task.set_kind(kind);
     return t;
   };
-  const int64_t shards = std::min<int64_t>(nseq, std::max(1, max_hessian_shards));
-  // Stage s captures layer s (sequential) or every layer, then quantizes what it captured.
   for (int stage = 0; stage < stages; ++stage) {
+    const int first = stage * block, last = std::min(cfg.num_layers, first + block);
     for (int64_t s = 0; s < shards; ++s) {
       TaskRow t = new_task(HessianPhase(stage), quantd::v1::TASK_KIND_HESSIAN);
       // quarot: the worker rotates the model before capturing (the spec carries the seed);
@@ -366,8 +396,12 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       if (runner::MethodOf(req.spec()).transforms_model || sequential) *t.task.mutable_spec() = req.spec();
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(std::string(jobfiles::kCalibTokens));
+      // A block stage's task runs the fp layers before `first` without capturing them.
+      if (stages > 1) {
+        t.task.set_layer(first);
+        t.task.set_layer_count(last - first);
+      }
       if (sequential) {
-        t.task.set_layer(stage);
         for (int l = 0; l < stage; ++l) {
           for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
             t.task.add_inputs()->set_name(QuantizedInput(model::StoredTensorName(l, sl)));
@@ -387,7 +421,6 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       t.task.set_eval_context(req.eval_context());
       row.tasks.push_back(std::move(t));
     }
-    const int first = sequential ? stage : 0, last = sequential ? stage + 1 : cfg.num_layers;
     // A bit budget quantizes every matrix at each candidate width (same seed), and the
     // coordinator picks one per matrix after the phase (AllocateJobBits).
     std::vector<int> widths = {req.spec().bits()};
@@ -403,8 +436,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
           *t.task.mutable_spec() = widths.size() > 1 ? runner::BudgetWidthSpec(req.spec(), bits)
                                                      : req.spec();
           model_inputs(&t.task);
-          t.task.add_inputs()->set_name(
-              MergedHessianBlob(l, std::string(model::GroupName(sl.group))));
+          if (has_calib) {
+            t.task.add_inputs()->set_name(
+                MergedHessianBlob(l, std::string(model::GroupName(sl.group))));
+          }
           t.task.set_layer(l);
           t.task.set_linear(std::string(sl.name));
           t.task.set_tensor_name(model::StoredTensorName(l, sl));
@@ -428,6 +463,25 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   return row;
 }
 
+uint64_t HessianLayerBytes(const model::LlamaConfig& cfg) {
+  uint64_t bytes = 0;
+  for (model::LinearGroup g : model::kAllGroups) {
+    const uint64_t n = static_cast<uint64_t>(model::GroupInputDim(cfg, g));
+    bytes += 8 * (n * (n + 1) / 2) + 8;
+  }
+  return bytes;
+}
+
+int HessianStageLayers(const model::LlamaConfig& cfg, int64_t shards, uint64_t stage_bytes) {
+  const uint64_t per_layer = static_cast<uint64_t>(shards + 1) * HessianLayerBytes(cfg);
+  const uint64_t L = static_cast<uint64_t>(std::max(cfg.num_layers, 1));
+  const uint64_t k = std::clamp<uint64_t>(per_layer == 0 ? L : stage_bytes / per_layer, 1, L);
+  // As many stages as the budget needs, their sizes balanced (22 layers in blocks of at most
+  // 21: 11 + 11, not 21 + 1): stage s reruns the layers before it, so big first blocks cost.
+  const uint64_t stages = (L + k - 1) / k;
+  return static_cast<int>((L + stages - 1) / stages);
+}
+
 uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& task) {
   const uint64_t d = cfg.hidden_size, ff = cfg.intermediate_size, v = cfg.vocab_size;
   const uint64_t q = static_cast<uint64_t>(cfg.num_heads) * cfg.head_dim;
@@ -446,7 +500,9 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       // see d inputs, o sees q, down ff) plus one group's xᵀx and fp64 input copy at a time.
       // QuaRot rotates the whole model in memory first.
       const uint64_t rows = std::max<int64_t>(task.token_end() - task.token_begin(), 1);
-      const uint64_t hess = 8 * (2 * d * d + q * q + ff * ff) + 8 * ff * ff + 8 * rows * ff;
+      // Writing a group packs its upper triangle (half an n x n fp64 matrix) first.
+      const uint64_t hess =
+          8 * (2 * d * d + q * q + ff * ff) + 8 * ff * ff + 4 * ff * ff + 8 * rows * ff;
       const uint64_t weights = runner::MethodOf(task.spec()).transforms_model ? 4 * params : layer;
       bytes = weights + hess + per_token * rows;
       break;
@@ -468,9 +524,12 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
                          : task.linear() == "qkv_proj" ? q + 2 * kv  // Phi-3's fused matrices
                          : task.linear() == "gate_up_proj" ? 2 * ff : ff;
       // H, its damped copy, the LDL factors and an inverse (fp64, n padded to 256 for the
-      // Hadamard), plus weight copies in fp32/fp64.
+      // Hadamard), plus weight copies in fp32/fp64. Without a Hessian (rtn without calibration
+      // data) only the weight copies.
       const uint64_t np = (n + 255) / 256 * 256;
-      bytes = 8 * 4 * np * np + 8 * 4 * m * np;
+      bool has_hessian = false;
+      for (const auto& in : task.inputs()) has_hessian |= absl::StartsWith(in.name(), jobfiles::kHessiansPrefix);
+      bytes = (has_hessian ? 8 * 4 * np * np : 0) + 8 * 4 * m * np;
       break;
     }
     default:

@@ -18,7 +18,8 @@
 namespace quantd::server {
 
 // Job phases; tasks of phase p are leased only while the job is in phase p. A job has S stages
-// (1, or one per layer for a sequential job): stage s is a Hessian phase 2s (shards, and in stage
+// (one per layer for a sequential job, else blocks of HessianStageLayers layers: 1 stage for a
+// model whose Hessians fit the budget): stage s is a Hessian phase 2s (shards, and in stage
 // 0 the fp evaluation) and a quantize phase 2s + 1 (one task per weight matrix of the stage's
 // layers), then come evaluate (2S: the staged artifact) and publish (2S + 1: coordinator only,
 // no tasks). A one-stage job thus has phases 0..3, the numbering jobs stored before sequential
@@ -45,7 +46,16 @@ absl::Status ValidateAndDefault(quantd::v1::SubmitJobRequest* req);
 // InputRoots::Resolve says. INVALID_ARGUMENT / NOT_FOUND name the bad file and value.
 absl::StatusOr<JobRow> BuildJob(const quantd::v1::SubmitJobRequest& req, const InputRoots& roots,
                                 const std::string& job_id, const std::string& job_dir,
-                                int max_hessian_shards);
+                                int max_hessian_shards, uint64_t stage_bytes);
+
+// Bytes of one layer's Hessian sums as a shard or merged blob stores them: the upper triangle
+// of each group's fp64 sum (n(n+1)/2 values) plus its token count.
+uint64_t HessianLayerBytes(const model::LlamaConfig& cfg);
+// Layers per Hessian stage of a (non-sequential) job with `shards` shards per stage: the fewest
+// stages whose shards plus merged Hessians, (shards + 1) x layers x HessianLayerBytes, fit
+// `stage_bytes`, with the layers spread evenly over them (the last block may be smaller); at
+// least 1 layer, at most every layer.
+int HessianStageLayers(const model::LlamaConfig& cfg, int64_t shards, uint64_t stage_bytes);
 
 // The fingerprints BuildJob records, recomputed from the snapshot in `job_dir`/inputs: what a
 // restarted coordinator compares before it resumes a job (model files: sha256 over "name sha256"

@@ -1,6 +1,10 @@
 // The coordinator's own steps between task phases: merging Hessian shards, assembling the
 // artifact in staging, writing the manifest and publishing. Each step is idempotent: after a
 // crash the engine runs it again from the stored task results.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -43,8 +47,8 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
   std::set<std::string> keys;  // "L<layer>.<group>"
   for (const auto& [id, file] : shards) {
     for (const std::string& name : file->Names()) {
-      if (absl::EndsWith(name, ".sum")) {
-        keys.insert(name.substr(0, name.size() - 4));
+      if (absl::EndsWith(name, ".upper")) {
+        keys.insert(name.substr(0, name.size() - 6));
       } else if (!absl::EndsWith(name, ".tokens")) {
         return absl::DataLossError(absl::StrCat("shard ", id, ": unexpected tensor ", name));
       }
@@ -61,10 +65,12 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
     std::vector<double> sum;
     int64_t tokens = 0;
     for (const auto& [id, file] : shards) {
-      auto v = file->Get(key + ".sum");
+      // The packed upper triangles (hessian_shard.h) add elementwise like the full sums.
+      auto v = file->Get(key + ".upper");
       if (!v.ok()) continue;
-      if (v->dtype != model::DType::kF64) {
-        return absl::DataLossError(absl::StrCat("shard ", id, " tensor ", key, ".sum is not F64"));
+      if (v->dtype != model::DType::kF64 || v->shape.size() != 1) {
+        return absl::DataLossError(
+            absl::StrCat("shard ", id, " tensor ", key, ".upper is not a 1-D F64 tensor"));
       }
       const size_t n = v->data.size() / sizeof(double);
       if (sum.empty()) {
@@ -72,7 +78,7 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
         sum.assign(n, 0.0);
       } else if (shape != v->shape) {
         return absl::DataLossError(absl::StrCat("shard ", id, " tensor ", key,
-                                                ".sum has a different shape than earlier shards"));
+                                                ".upper has a different shape than earlier shards"));
       }
       const double* src = reinterpret_cast<const double*>(v->data.data());
       for (size_t i = 0; i < n; ++i) sum[i] += src[i];
@@ -89,12 +95,33 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
     QUANTD_ASSIGN_OR_RETURN(
         auto w, model::SafetensorsWriter::Create(
                     JoinPath(JobDir(job.id()), MergedHessianBlob(layer, key.substr(dot + 1))),
-                    {{"sum", model::DType::kF64, shape}, {"tokens", model::DType::kI64, {1}}}));
+                    {{"upper", model::DType::kF64, shape}, {"tokens", model::DType::kI64, {1}}}));
     QUANTD_RETURN_IF_ERROR(w->Append(
-        "sum", std::string_view(reinterpret_cast<const char*>(sum.data()), sum.size() * 8)));
+        "upper", std::string_view(reinterpret_cast<const char*>(sum.data()), sum.size() * 8)));
     QUANTD_RETURN_IF_ERROR(
         w->Append("tokens", std::string_view(reinterpret_cast<const char*>(&tokens), 8)));
     QUANTD_RETURN_IF_ERROR(w->Finish());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::DropStageHessians(const quantd::v1::Job& job, int phase,
+                                             const std::vector<TaskRow>& tasks) {
+  std::set<std::string> files;
+  for (const TaskRow& t : tasks) {
+    if (t.task.kind() == quantd::v1::TASK_KIND_HESSIAN && t.phase == phase - 1) {
+      files.insert(HessianShardResult(t.task_id));
+    } else if (t.task.kind() == quantd::v1::TASK_KIND_QUANTIZE && t.phase == phase) {
+      for (const auto& in : t.task.inputs()) {
+        if (absl::StartsWith(in.name(), jobfiles::kHessiansPrefix)) files.insert(in.name());
+      }
+    }
+  }
+  for (const std::string& f : files) {
+    const std::string path = JoinPath(JobDir(job.id()), f);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return absl::InternalError(absl::StrCat("delete ", path, ": ", std::strerror(errno)));
+    }
   }
   return absl::OkStatus();
 }

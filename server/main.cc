@@ -61,8 +61,12 @@ std::vector<std::string> RepeatedFlag(int argc, char** argv, const std::string& 
 }  // namespace
 
 ABSL_FLAG(int, max_hessian_shards, 8,
-          "Hessian tasks per job at most (each returns every layer's fp64 sums: fewer shards "
-          "move fewer bytes and need less coordinator disk; docs/ARCHITECTURE.md)");
+          "Hessian tasks per stage at most (each returns its stage's layers' fp64 sums: fewer "
+          "shards move fewer bytes and need less coordinator disk; docs/ARCHITECTURE.md)");
+ABSL_FLAG(int64_t, hessian_stage_mb, 32768,
+          "Coordinator disk (MiB) for one Hessian stage, its shards plus merged Hessians: a "
+          "model whose Hessians need more is captured in blocks of layers, each block's "
+          "Hessians deleted once its matrices are quantized (docs/ARCHITECTURE.md)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("quantd: quantization-as-a-service coordinator");
@@ -80,6 +84,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   o.coordinator.max_hessian_shards = absl::GetFlag(FLAGS_max_hessian_shards);
+  if (absl::GetFlag(FLAGS_hessian_stage_mb) < 1) {
+    std::fprintf(stderr, "quantd: --hessian_stage_mb must be at least 1, got %lld\n",
+                 static_cast<long long>(absl::GetFlag(FLAGS_hessian_stage_mb)));
+    return 2;
+  }
+  o.coordinator.hessian_stage_bytes =
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_hessian_stage_mb)) << 20;
   o.local_workers = absl::GetFlag(FLAGS_local_workers);
   o.worker_binary = absl::GetFlag(FLAGS_worker_binary);
   o.device = absl::GetFlag(FLAGS_device);

@@ -1,11 +1,17 @@
 #include "worker/executor.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
@@ -15,6 +21,7 @@
 #include "engine/model/config.h"
 #include "engine/model/forward.h"
 #include "engine/model/hessian_capture.h"
+#include "engine/model/hessian_shard.h"
 #include "engine/model/perplexity.h"
 #include "engine/model/quarot.h"
 #include "engine/model/streamed_forward.h"
@@ -53,15 +60,16 @@ absl::StatusOr<std::string> InputPath(const Task& task, const BlobResolver& blob
 }
 
 // The tensors of a Hessian shard for layers [first, last), in the order the layer-streamed
-// forward produces them: per layer and group (kAllGroups order) L<l>.<group>.sum (F64 [n,n])
-// then L<l>.<group>.tokens (I64 [1]).
+// forward produces them: per layer and group (kAllGroups order) L<l>.<group>.upper (F64
+// [n(n+1)/2], the packed upper triangle of the sum: hessian_shard.h) then L<l>.<group>.tokens
+// (I64 [1]).
 std::vector<model::TensorDecl> ShardDecls(const model::LlamaConfig& cfg, int first, int last) {
   std::vector<model::TensorDecl> out;
   for (int l = first; l < last; ++l) {
     for (model::LinearGroup g : model::kAllGroups) {
       const std::string key = absl::StrCat("L", l, ".", std::string(model::GroupName(g)));
       const int n = model::GroupInputDim(cfg, g);
-      out.push_back({key + ".sum", model::DType::kF64, {n, n}});
+      out.push_back({key + ".upper", model::DType::kF64, {model::PackedUpperSize(n)}});
       out.push_back({key + ".tokens", model::DType::kI64, {1}});
     }
   }
@@ -143,8 +151,11 @@ class QuantizedPrefixSource : public model::WeightSource {
 // Hessian task: every sequence of the task's token range in one layer-streamed, batched
 // forward; each layer's sums are appended to the shard file as soon as the layer is done, so a
 // worker holds one layer's weights and one layer's accumulators at a time.
+constexpr char kShardDirPrefix[] = "quantd_shard_";
+
 absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blobs,
-                                      const std::atomic<bool>& cancelled) {
+                                      const std::atomic<bool>& cancelled,
+                                      const std::string& scratch_dir) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
@@ -167,18 +178,20 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
     return absl::InvalidArgumentError(absl::StrCat("bad token range [", begin, ", ", end,
                                                    ") for ", tokens.size(), " tokens"));
   }
-  // A sequential job captures one layer through its quantized predecessors; otherwise every
-  // layer of the fp (or rotated fp) model.
+  // A sequential job captures one layer through its quantized predecessors; a job staged in
+  // blocks captures layers [layer, layer + layer_count) of the fp (or rotated fp) model;
+  // otherwise every layer.
   const bool sequential = task.spec().sequential();
-  const int first = sequential ? task.layer() : 0;
-  const int last = sequential ? task.layer() + 1 : cfg.num_layers;
+  const int count = task.layer_count() > 0 ? task.layer_count() : sequential ? 1 : 0;
+  const int first = count > 0 ? task.layer() : 0;
+  const int last = count > 0 ? task.layer() + count : cfg.num_layers;
+  if (first < 0 || first >= cfg.num_layers || last > cfg.num_layers || count < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Hessian task for layers [", first, ", ", last,
+                                                   ") of a ", cfg.num_layers, "-layer model"));
+  }
   model::WeightSource* src = fp.get();
   std::unique_ptr<QuantizedPrefixSource> prefix;
   if (sequential) {
-    if (first < 0 || first >= cfg.num_layers) {
-      return absl::InvalidArgumentError(absl::StrCat("sequential Hessian task for layer ", first,
-                                                     " of a ", cfg.num_layers, "-layer model"));
-    }
     prefix = std::make_unique<QuantizedPrefixSource>(cfg, *fp, first);
     QUANTD_RETURN_IF_ERROR(prefix->Init(task, blobs));
     src = prefix.get();
@@ -188,8 +201,16 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
     seqs.emplace_back(tokens.data() + s, static_cast<size_t>(len));
   }
 
-  char tmpl[] = "/tmp/quantd_shard_XXXXXX";
-  if (::mkdtemp(tmpl) == nullptr) return absl::InternalError("mkdtemp failed");
+  // Named after this process, so a later worker can tell a dead one's leftovers
+  // (RemoveStaleShards).
+  std::string tmpl_str =
+      JoinPath(scratch_dir, absl::StrCat(kShardDirPrefix, ::getpid(), "_XXXXXX"));
+  std::vector<char> tmpl_buf(tmpl_str.begin(), tmpl_str.end());
+  tmpl_buf.push_back('\0');
+  if (::mkdtemp(tmpl_buf.data()) == nullptr) {
+    return absl::InternalError(absl::StrCat("mkdtemp ", tmpl_str, ": ", std::strerror(errno)));
+  }
+  const std::string tmpl(tmpl_buf.data());
   TaskResult r;
   r.data_path = JoinPath(tmpl, "shard.safetensors");
   absl::Status status = [&]() -> absl::Status {
@@ -202,9 +223,10 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
         [&](int layer, model::LinearGroup g, const MatrixD& sum, int64_t n) -> absl::Status {
           if (cancelled.load()) return absl::CancelledError("task cancelled");
           const std::string key = absl::StrCat("L", layer, ".", std::string(model::GroupName(g)));
+          const std::vector<double> upper = model::PackUpper(sum);
           QUANTD_RETURN_IF_ERROR(writer->Append(
-              key + ".sum", std::string_view(reinterpret_cast<const char*>(sum.data()),
-                                             sum.size() * sizeof(double))));
+              key + ".upper", std::string_view(reinterpret_cast<const char*>(upper.data()),
+                                               upper.size() * sizeof(double))));
           return writer->Append(key + ".tokens",
                                 std::string_view(reinterpret_cast<const char*>(&n), 8));
         });
@@ -216,6 +238,19 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
     return status;
   }
   r.header.set_tokens(end - begin);
+  return r;
+}
+
+// A quantize task's result: the packed bytes and the numbers the manifest reports.
+TaskResult QuantizeResult(quant::QuantizedMatrix q, int64_t weights) {
+  TaskResult r;
+  r.data = std::move(q.packed);
+  r.header.set_proxy_loss(q.proxy_loss);
+  r.header.set_note(q.note);
+  r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
+  r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
+  r.header.set_weight_energy(q.weight_energy);
+  r.header.set_weights(weights);
   return r;
 }
 
@@ -243,12 +278,29 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
     }
     QUANTD_ASSIGN_OR_RETURN(w, model::QuarotStored(cfg, *sl, w, norm, task.spec().seed()));
   }
+  QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, QuantSpecFromProto(task.spec()));
+  spec.seed = task.seed();  // this matrix's seed, derived by the coordinator from the job's
+  bool has_hessian = false;
+  for (const auto& in : task.inputs()) has_hessian |= in.name().rfind(jobfiles::kHessiansPrefix, 0) == 0;
+  if (!has_hessian) {
+    // An rtn job without calibration data: nothing but the proxy loss needs a Hessian, which
+    // is then taken as the identity (the relative Frobenius error of the weight).
+    if (spec.method != quant::Method::kRtn) {
+      return absl::InvalidArgumentError(absl::StrCat("quantize task for ", task.tensor_name(),
+                                                     " has no Hessian input; only rtn runs without"));
+    }
+    QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
+                            quant::QuantizeMatrixNoHessian(w, spec, task.tensor_name()));
+    return QuantizeResult(std::move(q), static_cast<int64_t>(w.rows()) * w.cols());
+  }
   QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, jobfiles::kHessiansPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto hfile, model::SafetensorsFile::Open(hpath));
-  QUANTD_ASSIGN_OR_RETURN(model::TensorView sum, hfile->Get("sum"));
+  QUANTD_ASSIGN_OR_RETURN(model::TensorView sum, hfile->Get("upper"));
   QUANTD_ASSIGN_OR_RETURN(model::TensorView tok, hfile->Get("tokens"));
-  if (sum.dtype != model::DType::kF64 || sum.shape.size() != 2 || sum.shape[0] != sum.shape[1] ||
-      sum.shape[1] != w.cols() || tok.dtype != model::DType::kI64 || tok.data.size() != 8) {
+  const int64_t n = w.cols();
+  if (sum.dtype != model::DType::kF64 || sum.shape.size() != 1 ||
+      sum.shape[0] != model::PackedUpperSize(n) || tok.dtype != model::DType::kI64 ||
+      tok.data.size() != 8) {
     return absl::InvalidArgumentError(absl::StrCat("Hessian for ", task.tensor_name(),
                                                    " does not match the weight's ", w.cols(),
                                                    " input features"));
@@ -256,22 +308,15 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   int64_t ntok;
   memcpy(&ntok, tok.data.data(), 8);
   if (ntok <= 0) return absl::FailedPreconditionError("Hessian was built from zero tokens");
-  const int64_t n = sum.shape[0];
-  MatrixD h = Eigen::Map<const MatrixD>(reinterpret_cast<const double*>(sum.data.data()), n, n);
+  QUANTD_ASSIGN_OR_RETURN(
+      MatrixD h, model::UnpackUpper(absl::MakeConstSpan(reinterpret_cast<const double*>(
+                                                            sum.data.data()),
+                                                        static_cast<size_t>(sum.shape[0])),
+                                    n));
   h /= static_cast<double>(ntok);
-  QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, QuantSpecFromProto(task.spec()));
-  spec.seed = task.seed();  // this matrix's seed, derived by the coordinator from the job's
   QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
                           quant::QuantizeMatrix(device, w, h, spec, task.tensor_name()));
-  TaskResult r;
-  r.data = std::move(q.packed);
-  r.header.set_proxy_loss(q.proxy_loss);
-  r.header.set_note(q.note);
-  r.header.set_stored_method(std::string(quant::MethodName(q.stored_method)));
-  r.header.set_rotated_proxy_loss(q.rotated_proxy_loss);
-  r.header.set_weight_energy(q.weight_energy);
-  r.header.set_weights(static_cast<int64_t>(w.rows()) * w.cols());
-  return r;
+  return QuantizeResult(std::move(q), static_cast<int64_t>(w.rows()) * w.cols());
 }
 
 // Evaluation: the fp checkpoint or the quantized artifact (dequantized one layer at a time),
@@ -301,12 +346,30 @@ absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) 
 
 }  // namespace
 
+int RemoveStaleShards(const std::string& scratch_dir) {
+  int removed = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(scratch_dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(kShardDirPrefix, 0) != 0) continue;
+    const std::string rest = name.substr(sizeof(kShardDirPrefix) - 1);
+    const size_t us = rest.find('_');
+    long pid = 0;
+    if (us == std::string::npos || !absl::SimpleAtoi(rest.substr(0, us), &pid) || pid <= 0) continue;
+    // Alive (or not ours to judge: EPERM) means in use, unless it is our own pid reused.
+    if (pid != ::getpid() && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) continue;
+    if (RemoveAll(e.path().string()).ok()) ++removed;
+  }
+  return removed;
+}
+
 absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blobs,
-                                       quant::Device& device, const std::atomic<bool>& cancelled) {
+                                       quant::Device& device, const std::atomic<bool>& cancelled,
+                                       const std::string& scratch_dir) {
   const absl::Time start = absl::Now();
   absl::StatusOr<TaskResult> r;
   switch (task.kind()) {
-    case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, cancelled); break;
+    case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, cancelled, scratch_dir); break;
     case quantd::v1::TASK_KIND_QUANTIZE: r = RunQuantize(task, blobs, device); break;
     case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs); break;
     default:

@@ -31,8 +31,15 @@ using BlobResolver = std::function<absl::StatusOr<std::string>(const std::string
 // Runs `task`. `cancelled` is polled between units of work; when it becomes true the call
 // returns CANCELLED. Errors keep their absl code (INVALID_ARGUMENT / FAILED_PRECONDITION are
 // final for the job, others are retried elsewhere).
+// A Hessian shard is written under `scratch_dir` (a worker passes its cache dir), in a directory
+// named quantd_shard_<pid>_XXXXXX.
 absl::StatusOr<TaskResult> ExecuteTask(const quantd::v1::Task& task, const BlobResolver& blobs,
-                                       quant::Device& device, const std::atomic<bool>& cancelled);
+                                       quant::Device& device, const std::atomic<bool>& cancelled,
+                                       const std::string& scratch_dir = "/tmp");
+
+// Removes the shard directories under `scratch_dir` left by processes that no longer run (a
+// worker killed while writing or sending a shard). Returns how many it removed.
+int RemoveStaleShards(const std::string& scratch_dir);
 
 }  // namespace quantd::runner
 

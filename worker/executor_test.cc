@@ -3,6 +3,10 @@
 // model with those layers replaced), and its input errors.
 #include "worker/executor.h"
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <filesystem>
 #include <map>
@@ -11,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "engine/model/forward.h"
 #include "engine/model/hessian_capture.h"
+#include "engine/model/hessian_shard.h"
 #include "engine/model/streamed_forward.h"
 #include "engine/format/safetensors.h"
 #include "engine/model/test_util.h"
@@ -24,6 +29,16 @@ namespace {
 using model::testing::ExamplePath;
 
 constexpr int kSeqLen = 64;
+
+// The full symmetric matrix of a shard's packed `upper` tensor.
+MatrixD Unpacked(const model::TensorView& upper, int64_t n) {
+  auto m = model::UnpackUpper(
+      absl::MakeConstSpan(reinterpret_cast<const double*>(upper.data.data()),
+                          upper.data.size() / sizeof(double)),
+      n);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? *m : MatrixD();
+}
 
 class SequentialHessianTest : public ::testing::Test {
  protected:
@@ -82,7 +97,7 @@ class SequentialHessianTest : public ::testing::Test {
     }
     return out;
   }
-  absl::StatusOr<TaskResult> Run(const quantd::v1::Task& task) {
+  absl::StatusOr<TaskResult> Run(const quantd::v1::Task& task, const std::string& scratch = "/tmp") {
     BlobResolver resolve = [this](const std::string& name) -> absl::StatusOr<std::string> {
       auto it = blobs_.find(name);
       if (it == blobs_.end()) return absl::NotFoundError(name);
@@ -90,7 +105,7 @@ class SequentialHessianTest : public ::testing::Test {
     };
     auto dev = quant::MakeCpuDevice(1);
     std::atomic<bool> cancelled{false};
-    return ExecuteTask(task, resolve, *dev, cancelled);
+    return ExecuteTask(task, resolve, *dev, cancelled, scratch);
   }
 
   std::unique_ptr<model::testing::Stories260K> m_;
@@ -137,12 +152,11 @@ TEST_F(SequentialHessianTest, CapturesLayerOneThroughTheQuantizedLayerZero) {
   }
   for (model::LinearGroup g : model::kAllGroups) {
     const std::string key = "L1." + std::string(model::GroupName(g));
-    auto sum = (*file)->Get(key + ".sum");
-    ASSERT_TRUE(sum.ok()) << key;
+    auto upper = (*file)->Get(key + ".upper");
+    ASSERT_TRUE(upper.ok()) << key;
     const MatrixD& want = ref.Sum(1, g);
-    ASSERT_EQ(sum->shape, (std::vector<int64_t>{want.rows(), want.cols()}));
-    const Eigen::Map<const MatrixD> got(reinterpret_cast<const double*>(sum->data.data()),
-                                        want.rows(), want.cols());
+    ASSERT_EQ(upper->shape, (std::vector<int64_t>{model::PackedUpperSize(want.rows())}));
+    const MatrixD got = Unpacked(*upper, want.rows());
     // The reference forward one sequence at a time: equal within the batched forward's bound
     // (docs/ARCHITECTURE.md, "Layer-streamed forward").
     EXPECT_LT((got - want).norm(), 1e-5 * want.norm()) << key;
@@ -152,7 +166,7 @@ TEST_F(SequentialHessianTest, CapturesLayerOneThroughTheQuantizedLayerZero) {
     EXPECT_GT((got - fp.Sum(1, g)).cwiseAbs().maxCoeff(), 1e-3 * want.cwiseAbs().maxCoeff())
         << key;
     // Only the task's layer is in the shard.
-    EXPECT_FALSE((*file)->Get("L0." + std::string(model::GroupName(g)) + ".sum").ok());
+    EXPECT_FALSE((*file)->Get("L0." + std::string(model::GroupName(g)) + ".upper").ok());
   }
   // A retried task sends the same bytes.
   auto again = Run(TaskFor(1, Layer0Inputs()));
@@ -182,6 +196,128 @@ TEST_F(SequentialHessianTest, MissingUnexpectedOrOutOfRangeInputsAreInvalid) {
   // Layer 0 needs no quantized input and captures the fp model's first layer.
   r = Run(TaskFor(0, {}));
   ASSERT_TRUE(r.ok()) << r.status();
+}
+
+// A job staged in blocks of layers (HessianStageLayers): the task for layers [1, 3) of the fp
+// model runs layer 0 without capturing it, and its shard holds exactly layers 1 and 2 as packed
+// upper triangles, with the bits of the same forward capturing every layer: a staged job merges
+// the same Hessians as a one-stage job. A retry gives the same bytes.
+TEST_F(SequentialHessianTest, LayerBlockTaskCapturesItsLayersWithTheFullCapturesBits) {
+  ASSERT_GE(m_->cfg.num_layers, 3);
+  quantd::v1::Task t = TaskFor(1, {});
+  t.mutable_spec()->set_sequential(false);
+  t.mutable_spec()->set_method("gptq");
+  t.set_layer_count(2);
+  const std::string scratch = JoinPath(dir_, "scratch");
+  ASSERT_TRUE(MakeDirs(scratch).ok());
+  auto r = Run(t, scratch);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // Written under the scratch dir, in a directory named after this process.
+  EXPECT_EQ(std::filesystem::path(r->data_path).parent_path().parent_path().string(), scratch);
+  EXPECT_EQ(std::filesystem::path(r->data_path).parent_path().filename().string().rfind(
+                absl::StrCat("quantd_shard_", ::getpid(), "_"), 0),
+            0u);
+  auto file = model::SafetensorsFile::Open(r->data_path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  EXPECT_EQ((*file)->Names().size(), 2u * 2 * model::kNumGroups);  // 2 layers x (upper, tokens)
+
+  auto tokens = model::LoadTokenFile(blobs_.at("inputs/calib.u16"));
+  ASSERT_TRUE(tokens.ok());
+  std::map<std::pair<int, model::LinearGroup>, MatrixD> all;
+  {
+    model::MemoryWeightSource src(m_->cfg, m_->w);
+    model::LayerHessianStream stream(
+        m_->cfg, 0, m_->cfg.num_layers,
+        [&](int l, model::LinearGroup g, const MatrixD& sum, int64_t) {
+          all[{l, g}] = sum;
+          return absl::OkStatus();
+        });
+    std::vector<absl::Span<const int32_t>> seqs;
+    for (int s = 0; s < 2; ++s) seqs.emplace_back(tokens->data() + s * kSeqLen, kSeqLen);
+    ASSERT_TRUE(model::ForwardBatch(m_->cfg, src, seqs, &stream).ok());
+  }
+  for (int l = 0; l < m_->cfg.num_layers; ++l) {
+    for (model::LinearGroup g : model::kAllGroups) {
+      const std::string key = absl::StrCat("L", l, ".", std::string(model::GroupName(g)));
+      auto upper = (*file)->Get(key + ".upper");
+      if (l != 1 && l != 2) {
+        EXPECT_FALSE(upper.ok()) << key;
+        continue;
+      }
+      ASSERT_TRUE(upper.ok()) << key;
+      const MatrixD& want = all.at({l, g});
+      EXPECT_EQ(Unpacked(*upper, want.rows()), want) << key;
+      auto tok = (*file)->Get(key + ".tokens");
+      ASSERT_TRUE(tok.ok());
+      int64_t n;
+      memcpy(&n, tok->data.data(), 8);
+      EXPECT_EQ(n, 2 * kSeqLen);
+    }
+  }
+  auto again = Run(t, scratch);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(*ReadFile(again->data_path), *ReadFile(r->data_path));
+
+  // Out-of-range blocks are refused.
+  t.set_layer(m_->cfg.num_layers - 1);
+  EXPECT_EQ(Run(t, scratch).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Shard directories of a live process stay; a dead process's are removed, and so are ones
+  // named after the caller's own pid (called at worker start: an earlier process's).
+  pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  ASSERT_EQ(::waitpid(child, nullptr, 0), child);
+  const std::string dead = JoinPath(scratch, absl::StrCat("quantd_shard_", child, "_abcdef"));
+  ASSERT_TRUE(MakeDirs(dead).ok());
+  ASSERT_TRUE(WriteFileAtomic(JoinPath(dead, "shard.safetensors"), "partial").ok());
+  ASSERT_TRUE(MakeDirs(JoinPath(scratch, "unrelated")).ok());
+  const std::string live = JoinPath(scratch, absl::StrCat("quantd_shard_", ::getppid(), "_ghijkl"));
+  ASSERT_TRUE(MakeDirs(live).ok());
+  EXPECT_EQ(RemoveStaleShards(scratch), 3);  // the dead child's, r's and again's
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_FALSE(std::filesystem::exists(r->data_path));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  EXPECT_TRUE(std::filesystem::exists(JoinPath(scratch, "unrelated")));
+}
+
+// rtn without calibration data: a quantize task without a Hessian input stores the bytes it
+// would with any Hessian and reports the relative weight error; other methods refuse.
+TEST_F(SequentialHessianTest, RtnQuantizesWithoutAHessian) {
+  quantd::v1::Task t;
+  t.set_kind(quantd::v1::TASK_KIND_QUANTIZE);
+  t.mutable_spec()->set_method("rtn");
+  t.mutable_spec()->set_bits(4);
+  t.set_layer(1);
+  t.set_linear("down_proj");
+  t.set_tensor_name(model::LinearTensorName(1, model::Linear::kDown));
+  t.set_seed(7);
+  for (const char* n : {"inputs/model/config.json", "inputs/model/model.safetensors"}) {
+    t.add_inputs()->set_name(n);
+  }
+  auto r = Run(t);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const MatrixF& w = model::GetLinear(m_->w, 1, model::Linear::kDown);
+  quant::QuantSpec spec;
+  spec.method = quant::Method::kRtn;
+  spec.bits = 4;
+  spec.seed = 7;
+  auto dev = quant::MakeCpuDevice(1);
+  MatrixD h = MatrixD::Identity(w.cols(), w.cols()) * 3.0;
+  h(0, 1) = h(1, 0) = 0.5;
+  auto ref = quant::QuantizeMatrix(*dev, w, h, spec, t.tensor_name());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  EXPECT_EQ(r->data, ref->packed);
+  auto what = quant::DequantizeMatrix(r->data);
+  ASSERT_TRUE(what.ok());
+  const double err = (what->cast<double>() - w.cast<double>()).squaredNorm() /
+                     w.cast<double>().squaredNorm();
+  EXPECT_NEAR(r->header.proxy_loss(), err, 1e-12);
+  EXPECT_GT(r->header.proxy_loss(), 0);
+  EXPECT_NE(r->header.note().find("no calibration data"), std::string::npos);
+
+  t.mutable_spec()->set_method("gptq");
+  EXPECT_EQ(Run(t).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/file_util.h"
@@ -16,6 +18,7 @@
 #include "grpcpp/create_channel.h"
 #include "common/grpc_status.h"
 #include "engine/device/device_registry.h"
+#include "engine/spec/job_files.h"
 #include "worker/executor.h"
 
 namespace quantd::runner {
@@ -241,6 +244,20 @@ absl::StatusOr<std::string> Worker::FetchBlob(const std::string& job_id, const s
   return absl::UnavailableError(absl::StrCat("could not fetch blob ", name));
 }
 
+void Worker::EvictUnusedHessians(const quantd::v1::Task& task) {
+  std::set<std::string> keep;
+  for (const auto& in : task.inputs()) keep.insert(in.name());
+  const std::string dir = JoinPath(JoinPath(JobsCacheDir(), task.job_id()), jobfiles::kHessiansDir);
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (absl::EndsWith(name, ".part")) name.resize(name.size() - 5);
+    if (keep.count(std::string(jobfiles::kHessiansPrefix) + name) == 0) {
+      RemoveAll(e.path().string()).IgnoreError();
+    }
+  }
+}
+
 absl::Status Worker::RunTask(const quantd::v1::Task& task) {
   cancelled_.store(false);
   {
@@ -260,8 +277,10 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
     }
   } release_lease{this};
   if (InjectedTaskDelay() > absl::ZeroDuration()) absl::SleepFor(InjectedTaskDelay());
+  EvictUnusedHessians(task);
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
-  absl::StatusOr<TaskResult> r = ExecuteTask(task, resolver, *device_, cancelled_);
+  absl::StatusOr<TaskResult> r =
+      ExecuteTask(task, resolver, *device_, cancelled_, ScratchDir());
   // A result file's directory goes when this function returns, sent or not.
   struct RemoveDir {
     std::string dir;
@@ -342,6 +361,10 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
 absl::Status Worker::Run() {
   if (device_ == nullptr) return device_status_;
   QUANTD_RETURN_IF_ERROR(MakeDirs(options_.cache_dir));
+  QUANTD_RETURN_IF_ERROR(MakeDirs(ScratchDir()));
+  if (int n = RemoveStaleShards(ScratchDir()); n > 0) {
+    Log(options_.name, absl::StrCat("removed ", n, " Hessian shard(s) left by a killed worker"));
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(8 << 20);
   QUANTD_ASSIGN_OR_RETURN(

@@ -50,8 +50,15 @@ class Worker {
   void HeartbeatLoop();
   absl::Status RunTask(const quantd::v1::Task& task);
   absl::StatusOr<std::string> FetchBlob(const std::string& job_id, const std::string& name);
-  // Job J's blobs live in JobsCacheDir()/J; nothing else is ever deleted from the cache dir.
+  // Job J's blobs live in JobsCacheDir()/J; besides whole job directories only merged
+  // Hessians (EvictUnusedHessians) and dead workers' scratch shards are ever deleted.
   std::string JobsCacheDir() const { return options_.cache_dir + "/jobs"; }
+  // Where Hessian shards are written before sending; a dead worker's are removed at start.
+  std::string ScratchDir() const { return options_.cache_dir + "/scratch"; }
+  // A job's merged Hessians are used by the few quantize tasks of one layer group: before a
+  // task runs, the cached ones it does not name are deleted, so the cache holds one group's
+  // Hessian rather than the model's (44 GB for a 7B model in full fp64).
+  void EvictUnusedHessians(const quantd::v1::Task& task);
   // Deletes the cache directories of `finished` jobs, except the running task's.
   void EvictFinished(const quantd::v1::HeartbeatResponse& resp);
 

@@ -1,7 +1,9 @@
 // quantd-worker: a worker process. Parses flags and runs quantd::runner::Worker.
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/flags/flag.h"
@@ -27,6 +29,15 @@ ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate chain for mutual TL
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 
 int main(int argc, char** argv) {
+  // OpenMP threads that spin between parallel regions starve each other (and everyone else)
+  // on a shared or oversubscribed machine: the batched forward measured 3.4-8.8x slower with
+  // libgomp's default than with OMP_WAIT_POLICY=passive under load (docs/benchmarks.md).
+  // libgomp reads the variable when it is loaded, before main, so a worker started without
+  // it sets it and runs itself again; an explicit setting is kept.
+  if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
+    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    ::execv("/proc/self/exe", argv);  // returns only on failure: then run with the default
+  }
   absl::SetProgramUsageMessage("quantd-worker: runs quantization tasks for a quantd coordinator");
   absl::ParseCommandLine(argc, argv);
   const std::string device = absl::GetFlag(FLAGS_device);

@@ -242,12 +242,13 @@ class Client:
                calib_seq_len=0, max_calib_seqs=0, eval_context=0, **spec):
         """Submits a job; paths are made absolute (the coordinator reads them on its host).
         `spec` takes further QuantSpec fields (seed, group_size, damp, ...). Returns the Job;
-        the same request_id returns the same job. Without request_id a random one is used."""
+        the same request_id returns the same job. Without request_id a random one is used.
+        calib may be None or "" for rtn only (the job then captures no Hessians)."""
         req = pb.SubmitJobRequest(
             request_id=request_id or "pyclient-" + uuid.uuid4().hex,
             name=name,
             model_dir=os.path.abspath(model_dir),
-            calib_path=os.path.abspath(calib),
+            calib_path=os.path.abspath(calib) if calib else "",
             eval_path=os.path.abspath(eval_path) if eval_path else "",
             spec=pb.QuantSpec(method=method, bits=bits, **spec),
             calib_seq_len=calib_seq_len,

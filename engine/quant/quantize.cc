@@ -376,6 +376,65 @@ absl::Status ValidateSpec(const QuantSpec& s) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The packed header fields every method sets alike (an unpadded m x n matrix).
+PackedContents NewContents(const QuantSpec& spec, int m, int n) {
+  PackedContents c;
+  c.method = static_cast<uint8_t>(spec.method);
+  c.bits = spec.bits;
+  c.m = m;
+  c.n = n;
+  c.n_padded = n;
+  c.seed = spec.seed;
+  return c;
+}
+
+// rtn's grids and codes into `c` (whose method, bits and shape are set); `diag` is H's
+// diagonal for hessian_scale, else null.
+absl::Status FillRtn(const QuantSpec& spec, const MatrixD& wd, const double* diag,
+                     PackedContents* c) {
+  c->group_size = spec.group_size;
+  QUANTD_ASSIGN_OR_RETURN(RtnResult r, QuantizeRtn(wd, RtnParamsFor(spec), diag));
+  c->grids = std::move(r.grids);
+  c->codes.assign(r.codes.begin(), r.codes.end());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<QuantizedMatrix> QuantizeMatrixNoHessian(const MatrixF& w, const QuantSpec& spec,
+                                                        std::string_view layer_name) {
+  QUANTD_RETURN_IF_ERROR(ValidateSpec(spec));
+  if (spec.method != Method::kRtn || spec.hessian_scale) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", std::string(layer_name), ": ", std::string(MethodName(spec.method)),
+        spec.hessian_scale ? " with hessian_scale" : "", " needs a Hessian; only rtn runs without"));
+  }
+  const int m = static_cast<int>(w.rows()), n = static_cast<int>(w.cols());
+  if (m <= 0 || n <= 0 || m > kMaxDim || n > kMaxDim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", std::string(layer_name), ": weight shape [", m, ",", n, "] is out of range"));
+  }
+  if (!w.allFinite()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", std::string(layer_name), ": weight contains NaN or Inf"));
+  }
+  PackedContents c = NewContents(spec, m, n);
+  const MatrixD wd = w.cast<double>();
+  QUANTD_RETURN_IF_ERROR(FillRtn(spec, wd, nullptr, &c));
+  QuantizedMatrix result;
+  QUANTD_ASSIGN_OR_RETURN(result.packed, EncodePacked(c));
+  QUANTD_ASSIGN_OR_RETURN(MatrixF what, DequantizeMatrix(result.packed));
+  const double den = wd.squaredNorm();
+  result.proxy_loss = den == 0 ? 0 : (what.cast<double>() - wd).squaredNorm() / den;
+  result.weight_energy = den;  // tr(W H Wᵀ) with H = I
+  result.rotated_proxy_loss = result.proxy_loss;
+  result.stored_method = Method::kRtn;
+  result.note = "no calibration data: proxy loss with H = I (relative weight error)";
+  return result;
+}
+
 absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, const MatrixD& h,
                                                const QuantSpec& spec,
                                                std::string_view layer_name) {
@@ -398,28 +457,17 @@ absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, co
   }
 
   QuantizedMatrix result;
-  PackedContents c;
-  c.method = static_cast<uint8_t>(spec.method);
-  c.bits = spec.bits;
-  c.m = m;
-  c.n = n;
-  c.n_padded = n;
-  c.seed = spec.seed;
+  PackedContents c = NewContents(spec, m, n);
   MatrixD wd = w.cast<double>();
   MatrixD hd = h;
 
   if (spec.method == Method::kRtn) {
-    c.group_size = spec.group_size;
-    const RtnParams p = RtnParamsFor(spec);
     std::vector<double> diag;
     if (spec.hessian_scale) {
       diag.resize(n);
       for (int j = 0; j < n; ++j) diag[j] = hd(j, j);
     }
-    QUANTD_ASSIGN_OR_RETURN(RtnResult r,
-                            QuantizeRtn(wd, p, spec.hessian_scale ? diag.data() : nullptr));
-    c.grids = std::move(r.grids);
-    c.codes.assign(r.codes.begin(), r.codes.end());
+    QUANTD_RETURN_IF_ERROR(FillRtn(spec, wd, spec.hessian_scale ? diag.data() : nullptr, &c));
   } else {
     const int dead = FixDeadColumns(&hd, &wd);
     if (dead > 0) {

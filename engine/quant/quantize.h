@@ -85,6 +85,12 @@ struct QuantizedMatrix {
 absl::StatusOr<QuantizedMatrix> QuantizeMatrix(Device& dev, const MatrixF& w, const MatrixD& h,
                                                const QuantSpec& spec, std::string_view layer_name);
 
+// rtn without a Hessian (a job without calibration data): the same packed bytes as
+// QuantizeMatrix with any H, proxy_loss = ||Ŵ − W||²_F / ||W||²_F (H = I), noted. INVALID_ARGUMENT
+// for another method, a bad spec or shape, NaN/Inf in w.
+absl::StatusOr<QuantizedMatrix> QuantizeMatrixNoHessian(const MatrixF& w, const QuantSpec& spec,
+                                                        std::string_view layer_name);
+
 // Returns the [m×n] fp32 dequantized weight. DATA_LOSS / INVALID_ARGUMENT for truncated or
 // corrupt input.
 absl::StatusOr<MatrixF> DequantizeMatrix(std::string_view packed);

@@ -1,0 +1,171 @@
+// The job graph's Hessian staging (HessianStageLayers, layer-block stages) and rtn jobs without
+// calibration data (job_builder.cc), against the sizes docs/ARCHITECTURE.md "Hessian data at
+// real size" states.
+#include "server/job_builder.h"
+
+#include <cstdlib>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "gtest/gtest.h"
+
+namespace quantd::server {
+namespace {
+
+std::string Src() {
+  const char* s = std::getenv("QUANTD_SOURCE_DIR");
+  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
+}
+
+model::LlamaConfig Shape(int d, int heads, int kv, int ff, int layers) {
+  model::LlamaConfig c;
+  c.hidden_size = d;
+  c.num_heads = heads;
+  c.num_kv_heads = kv;
+  c.head_dim = d / heads;
+  c.intermediate_size = ff;
+  c.num_layers = layers;
+  c.vocab_size = 32000;
+  return c;
+}
+
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+TEST(HessianStagesTest, PackedLayerBytesAndStagesOfTheDocumentedShapes) {
+  const model::LlamaConfig tiny = Shape(2048, 32, 4, 5632, 22);
+  const model::LlamaConfig l7 = Shape(4096, 32, 32, 11008, 32);
+  const model::LlamaConfig l70 = Shape(8192, 64, 8, 28672, 80);
+  // 8 * sum over (d, q, d, ff) of n(n+1)/2, plus 8 bytes of token count per group.
+  EXPECT_EQ(HessianLayerBytes(l7), 8 * (3 * (4096ull * 4097 / 2) + 11008ull * 11009 / 2) + 32);
+  EXPECT_NEAR(HessianLayerBytes(tiny) / 1e9, 0.177, 0.001);
+  EXPECT_NEAR(HessianLayerBytes(l70) / 1e9, 4.094, 0.001);
+  // The table in docs/ARCHITECTURE.md at the 32 GiB default.
+  EXPECT_EQ(HessianStageLayers(tiny, 2, 32 * kGiB), 22);
+  EXPECT_EQ(HessianStageLayers(tiny, 8, 32 * kGiB), 11);  // 2 stages of 11, not 21 + 1
+  EXPECT_EQ(HessianStageLayers(l7, 2, 32 * kGiB), 16);
+  EXPECT_EQ(HessianStageLayers(l7, 8, 32 * kGiB), 5);
+  EXPECT_EQ(HessianStageLayers(l70, 1, 32 * kGiB), 4);
+  EXPECT_EQ(HessianStageLayers(l70, 2, 32 * kGiB), 2);
+  EXPECT_EQ(HessianStageLayers(l70, 2, 128 * kGiB), 10);
+  // Every stage fits the budget unless one layer alone does not.
+  for (const auto* c : {&tiny, &l7, &l70}) {
+    for (int64_t s : {1, 2, 4, 8}) {
+      for (uint64_t b : {kGiB, 8 * kGiB, 32 * kGiB, 256 * kGiB}) {
+        const int k = HessianStageLayers(*c, s, b);
+        ASSERT_GE(k, 1);
+        ASSERT_LE(k, c->num_layers);
+        if (k > 1) EXPECT_LE((s + 1) * k * HessianLayerBytes(*c), b);
+      }
+    }
+  }
+  EXPECT_EQ(HessianStageLayers(l70, 8, 1), 1);
+  EXPECT_EQ(HessianStageLayers(l7, 8, 1ull << 50), 32);
+}
+
+class BuildJobTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/quantd_jobbuilder_XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    auto roots = InputRoots::Create({Src() + "/examples"}, false);
+    ASSERT_TRUE(roots.ok()) << roots.status();
+    roots_ = *roots;
+  }
+  void TearDown() override { RemoveAll(dir_).IgnoreError(); }
+
+  quantd::v1::SubmitJobRequest Request(const std::string& method, bool calib) {
+    quantd::v1::SubmitJobRequest r;
+    r.set_name("j");
+    r.set_model_dir(Src() + "/examples/stories260K");
+    if (calib) r.set_calib_path(Src() + "/examples/tinystories/calib_stories_0_499.u16");
+    r.set_eval_path(Src() + "/examples/tinystories/eval_stories_500_999.u16");
+    r.set_max_calib_seqs(4);
+    r.mutable_spec()->set_method(method);
+    r.mutable_spec()->set_bits(4);
+    return r;
+  }
+
+  std::string dir_;
+  InputRoots roots_;
+};
+
+TEST_F(BuildJobTest, AJobOverTheStageBudgetIsCapturedInLayerBlocks) {
+  auto req = Request("gptq", true);
+  ASSERT_TRUE(ValidateAndDefault(&req).ok());
+  auto cfg = model::LoadLlamaConfig(Src() + "/examples/stories260K");
+  ASSERT_TRUE(cfg.ok());
+  ASSERT_EQ(cfg->num_layers, 5);
+  // 2 shards: (2 + 1) x 2 layers fit, 3 layers do not -> blocks of 2: [0,2) [2,4) [4,5).
+  const uint64_t budget = 3 * 2 * HessianLayerBytes(*cfg) + 100;
+  auto row = BuildJob(req, roots_, "j-1", dir_ + "/j1", 2, budget);
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(StagesOf(row->tasks), 3);
+  std::map<int, std::set<int>> quantized_layers;  // phase -> layers quantized in it
+  int hessian_tasks = 0;
+  for (const TaskRow& t : row->tasks) {
+    const auto& task = t.task;
+    if (task.kind() == quantd::v1::TASK_KIND_HESSIAN) {
+      ++hessian_tasks;
+      ASSERT_EQ(t.phase % 2, 0);
+      const int stage = t.phase / 2;
+      EXPECT_EQ(task.layer(), 2 * stage);
+      EXPECT_EQ(task.layer_count(), stage < 2 ? 2 : 1);
+    } else if (task.kind() == quantd::v1::TASK_KIND_QUANTIZE) {
+      quantized_layers[t.phase].insert(task.layer());
+      int hessians = 0;  // exactly one, of the matrix's own layer
+      for (const auto& in : task.inputs()) {
+        if (in.name().rfind("hessians/", 0) != 0) continue;
+        ++hessians;
+        EXPECT_EQ(in.name().rfind(absl::StrCat("hessians/L", task.layer(), "."), 0), 0u);
+      }
+      EXPECT_EQ(hessians, 1) << task.tensor_name();
+    }
+  }
+  EXPECT_EQ(hessian_tasks, 3 * 2);
+  EXPECT_EQ(quantized_layers, (std::map<int, std::set<int>>{{1, {0, 1}}, {3, {2, 3}}, {5, {4}}}));
+
+  // Within the default budget the graph is one stage, as before.
+  auto one = BuildJob(req, roots_, "j-2", dir_ + "/j2", 2, 32 * kGiB);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(StagesOf(one->tasks), 1);
+  for (const TaskRow& t : one->tasks) EXPECT_EQ(t.task.layer_count(), 0);
+}
+
+TEST_F(BuildJobTest, RtnWithoutCalibrationDataHasNoHessianTasks) {
+  auto req = Request("rtn", false);
+  ASSERT_TRUE(ValidateAndDefault(&req).ok());
+  auto row = BuildJob(req, roots_, "j-3", dir_ + "/j3", 8, 32 * kGiB);
+  ASSERT_TRUE(row.ok()) << row.status();
+  int quantize = 0, eval = 0;
+  for (const TaskRow& t : row->tasks) {
+    EXPECT_NE(t.task.kind(), quantd::v1::TASK_KIND_HESSIAN);
+    if (t.task.kind() == quantd::v1::TASK_KIND_EVAL) ++eval;
+    if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
+    ++quantize;
+    for (const auto& in : t.task.inputs()) EXPECT_NE(in.name().rfind("hessians/", 0), 0u);
+  }
+  EXPECT_EQ(quantize, 5 * 7);
+  EXPECT_EQ(eval, 2);
+  EXPECT_EQ(row->job.calib_fingerprint(), "");
+  auto fps = FingerprintJobInputs(dir_ + "/j3");
+  ASSERT_TRUE(fps.ok()) << fps.status();
+  EXPECT_EQ(fps->calib, "");
+
+  // So does rtn with a bit budget (its widths are chosen by Hessian-weighted loss).
+  auto budget = Request("rtn", false);
+  budget.mutable_spec()->set_bits(0);
+  budget.mutable_spec()->set_avg_bits(3);
+  EXPECT_EQ(ValidateAndDefault(&budget).code(), absl::StatusCode::kInvalidArgument);
+
+  // Every other method needs it.
+  auto gptq = Request("gptq", false);
+  absl::Status s = ValidateAndDefault(&gptq);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("only rtn runs without calibration data, not gptq"), std::string::npos)
+      << s;
+}
+
+}  // namespace
+}  // namespace quantd::server
