@@ -74,6 +74,8 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   if (a.Has("--calib")) {
     if (a.Get("--calib").empty()) return Usage("submit: --calib must not be empty");
     r.set_calib_path(Absolute(a.Get("--calib")));
+  } else if (a.Get("--method") != "rtn") {
+    return Usage("submit: --calib FILE is required (only --method rtn runs without calibration data)");
   }
   if (a.Has("--eval")) {
     if (a.Get("--eval").empty()) return Usage("submit: --eval must not be empty");

@@ -52,6 +52,11 @@ TEST(CommandLine, SubmitRequiredFlagsAndForms) {
     ASSERT_FALSE(inv.ok()) << drop;
     EXPECT_NE(inv.status().message().find(drop), std::string::npos) << inv.status();
   }
+  // rtn alone may go without calibration data (no Hessian capture).
+  auto rtn_no_calib = ParseCommandLine({"submit", "dir", "--method", "rtn", "--bits", "4", "--name", "m"},
+                                       nullptr);
+  ASSERT_TRUE(rtn_no_calib.ok()) << rtn_no_calib.status();
+  EXPECT_TRUE(rtn_no_calib->submit.calib_path().empty());
   auto no_dir = ParseCommandLine({"submit", "--calib", "c", "--method", "rtn", "--bits", "4",
                                   "--name", "m"},
                                  nullptr);
