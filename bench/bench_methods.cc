@@ -17,7 +17,9 @@
 // its proxy loss ratio.
 //
 // Token files are .u16/.u32/.npy; a .txt file is encoded whole with the model's tokenizer and
-// no BOS (the GPTQ WikiText-2 convention: the text is one stream).
+// no BOS (the GPTQ WikiText-2 convention: the text is one stream). The calibration sequences are
+// cut from it by model::CalibrationWindows (--calib-sampling, --calib-seed, --start-token), and
+// the Hessians weight each sequence's first token --sink-weight times (model::TokenWeighting).
 #include <omp.h>
 
 #include <cctype>
@@ -36,6 +38,7 @@
 #include "engine/quant/grid_target.h"
 #include <filesystem>
 #include <map>
+#include "engine/model/calibration.h"
 #include "engine/model/forward.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/model/perplexity.h"
@@ -74,6 +77,10 @@ int RunMethods(const Flags& flags) {
        group_size = flags.GetInt("group-size", 0), mse_clip = flags.GetInt("mse-clip", 0),
        act_order = flags.GetInt("act-order", 0), sequential = flags.GetInt("sequential", 0);
   auto damp = flags.GetDouble("damp", 0.01);
+  // --sink-weight W: the Hessians weight each calibration sequence's first token W times
+  // (model::TokenWeighting; default the service's, model::kDefaultSinkWeight; 1 = unweighted, the
+  // tables before issue 24). A config's sX overrides it.
+  auto sink_weight = flags.GetDouble("sink-weight", model::kDefaultSinkWeight);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
   // Bit budget rows (METHOD/bX): the objectives to allocate with, and the calibration tokens the
   // "measured" sensitivity is taken on.
@@ -93,14 +100,16 @@ int RunMethods(const Flags& flags) {
   }
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
       !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() ||
-      !act_order.ok() || !sequential.ok() || !damp.ok() || !sens_tokens.ok() || *seqs < 1 ||
-      *seq_len < 2 || *sens_tokens < 2) {
+      !act_order.ok() || !sequential.ok() || !damp.ok() || !sens_tokens.ok() || !sink_weight.ok() ||
+      !(*sink_weight > 0) || *seqs < 1 || *seq_len < 2 || *sens_tokens < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
                  "[--configs rtn/2,gptq/2,quarot/4/g64,gptq/4/g32amd0.1 (a: act order, m: mse clip, dX: "
-                 "damp X),quip-sharp/b2.5 (bit budget: 2.5 bits on average),...|''] "
+                 "damp X, sX: sink weight X; d and s last),quip-sharp/b2.5 (bit budget: 2.5 bits on "
+                 "average),...|''] [--sink-weight 16] "
                  "[--budget-weights abs,rel,measured] [--sens-tokens 1024] "
-                 "[--calib-seqs 16] [--seq-len 512] [--grid q4_0|...] [--save DIR [--gguf 1]] "
+                 "[--calib-seqs 16] [--seq-len 512] [--calib-sampling first|random] [--calib-seed 0] "
+                 "[--start-token none|auto] [--grid q4_0|...] [--save DIR [--gguf 1]] "
                  "[--eval-tokens 8192 (0 = all)] [--trellis-l 16] [--group-size 0] [--mse-clip 0|1] "
                  "[--act-order 0|1] [--sequential 0|1] [--damp 0.01]  (group size and mse-clip "
                  "apply to rtn, gptq and quarot; act-order to gptq and quarot)\n");
@@ -116,16 +125,45 @@ int RunMethods(const Flags& flags) {
     }
   }
   const int len = static_cast<int>(std::min<long long>(*seq_len, cfg.max_position_embeddings));
-  const int nseq = static_cast<int>(std::min<long long>(*seqs, calib->size() / len));
-  if (nseq < 1) {
-    std::fprintf(stderr, "calibration data is shorter than one sequence\n");
+  // --calib-sampling first|random (--calib-seed S): the calibration sequences are the first
+  // windows of the stream or windows at seeded random starts (model/calibration.h). --start-token
+  // auto|none: auto puts the model's start token (where its tokenizer adds one) at the head of
+  // every calibration sequence and evaluation window.
+  auto sampling = model::ParseCalibSampling(flags.Get("calib-sampling", "first"));
+  auto calib_seed = flags.GetInt("calib-seed", 0);
+  const std::string start_mode = flags.Get("start-token", "none");
+  if (!sampling.ok() || !calib_seed.ok() || (start_mode != "auto" && start_mode != "none")) {
+    std::fprintf(stderr, "bad --calib-sampling, --calib-seed or --start-token (auto|none)\n");
+    return 2;
+  }
+  int32_t start_token = -1;
+  if (start_mode == "auto") {
+    auto st = model::ServingStartToken(dir);
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s\n", st.status().ToString().c_str());
+      return 1;
+    }
+    start_token = *st;
+  }
+  model::CalibWindowOptions wopts;
+  wopts.seq_len = len;
+  wopts.max_seqs = *seqs;
+  wopts.sampling = *sampling;
+  wopts.seed = static_cast<uint64_t>(*calib_seed);
+  wopts.start_token = start_token;
+  auto windows = model::CalibrationWindows(*calib, wopts);
+  if (!windows.ok()) {
+    std::fprintf(stderr, "%s\n", windows.status().ToString().c_str());
     return 1;
   }
+  *calib = std::move(*windows);
+  const int nseq = static_cast<int>(calib->size() / len);
   // Hessians of the linears' inputs over the calibration sequences, for one (cfg, weights):
   // every layer's (layer < 0), or only `layer`'s, stopping the forward passes after it.
   auto capture = [&](const model::LlamaConfig& c, const model::LlamaWeights& weights,
+                     model::TokenWeighting tw,
                      int layer = -1) -> absl::StatusOr<model::HessianCapture> {
-    model::HessianCapture cap(c, layer);
+    model::HessianCapture cap(c, layer, tw);
     std::vector<absl::Status> errs(nseq);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int s = 0; s < nseq; ++s) {
@@ -141,6 +179,7 @@ int RunMethods(const Flags& flags) {
   model::PerplexityOptions popts;
   popts.context = std::min(512, cfg.max_position_embeddings);
   popts.max_tokens = *eval_tokens;
+  popts.start_token = start_token;
   auto t0 = std::chrono::steady_clock::now();
   auto fp_ppl = model::Perplexity(cfg, *fp, *eval, popts);
   if (!fp_ppl.ok()) {
@@ -149,6 +188,9 @@ int RunMethods(const Flags& flags) {
   }
   nlohmann::json head = {{"model", dir},
                          {"calib_tokens", nseq * len},
+                         {"calib_sampling", std::string(model::CalibSamplingName(*sampling))},
+                         {"calib_seed", *calib_seed},
+                         {"start_token", start_token},
                          {"eval_targets", fp_ppl->targets},
                          {"eval_seconds", Seconds(t0)},
                          {"fp_ppl", fp_ppl->ppl}};
@@ -170,12 +212,12 @@ int RunMethods(const Flags& flags) {
   // budget row reuses the uniform rows of its method.
   std::map<std::string, Quantized> done;
   std::map<std::string, std::vector<double>> dnll_cache;  // measured sensitivities, by method
-  // Each capture is made once, by the first config that needs it (its row reports the time).
-  std::unique_ptr<model::HessianCapture> fp_cap;
+  // Each capture (fp or rotated model, sink weight) is made once, by the first config that
+  // needs it (its row reports the time).
+  std::map<std::pair<bool, double>, std::unique_ptr<model::HessianCapture>> caps;
   bool rotated = false;
   model::LlamaConfig rot_cfg;
   model::LlamaWeights rot_fp;
-  std::unique_ptr<model::HessianCapture> rot_cap;
   // An empty --configs evaluates the fp model only (e.g. a whole-test-set perplexity).
   for (const std::string& c :
        std::vector<std::string>(absl::StrSplit(configs, ',', absl::SkipEmpty()))) {
@@ -195,6 +237,7 @@ int RunMethods(const Flags& flags) {
       }
       mb[1] = "2";
     }
+    double config_sink = 0;  // 0: --sink-weight
     auto method = mb.size() == 2 || mb.size() == 3 ? quant::ParseMethod(mb[0])
                                                    : absl::InvalidArgumentError("bad");
     bool bad = !method.ok() || !absl::SimpleAtoi(mb[1], &bits);
@@ -215,6 +258,9 @@ int RunMethods(const Flags& flags) {
           config_hscale = true;
         } else if (opt[k] == 'd') {  // dX: damping X for this config (last option)
           bad = !absl::SimpleAtod(opt.substr(k + 1), &config_damp);
+          break;
+        } else if (opt[k] == 's') {  // sX: sink weight X for this config (last option)
+          bad = !absl::SimpleAtod(opt.substr(k + 1), &config_sink) || !(config_sink > 0);
           break;
         } else {
           bad = true;
@@ -267,26 +313,20 @@ int RunMethods(const Flags& flags) {
       }
       rotated = true;
     }
-    if (!*sequential && !rotate && !fp_cap) {
-      auto fc = capture(cfg, *fp);
+    const model::LlamaConfig& mcfg = rotate ? rot_cfg : cfg;
+    const model::LlamaWeights& src = rotate ? rot_fp : *fp;
+    model::TokenWeighting tw;
+    tw.sink_weight = config_sink > 0 ? config_sink : *sink_weight;
+    std::unique_ptr<model::HessianCapture>& cap_slot = caps[{rotate, tw.sink_weight}];
+    if (!*sequential && !cap_slot) {
+      auto fc = capture(mcfg, src, tw);
       if (!fc.ok()) {
         std::fprintf(stderr, "%s\n", fc.status().ToString().c_str());
         return 1;
       }
-      fp_cap = std::make_unique<model::HessianCapture>(std::move(*fc));
+      cap_slot = std::make_unique<model::HessianCapture>(std::move(*fc));
       hessian_secs = Seconds(t0);
     }
-    if (!*sequential && rotate && !rot_cap) {
-      auto rc = capture(rot_cfg, rot_fp);
-      if (!rc.ok()) {
-        std::fprintf(stderr, "%s\n", rc.status().ToString().c_str());
-        return 1;
-      }
-      rot_cap = std::make_unique<model::HessianCapture>(std::move(*rc));
-      hessian_secs = Seconds(t0);
-    }
-    const model::LlamaConfig& mcfg = rotate ? rot_cfg : cfg;
-    const model::LlamaWeights& src = rotate ? rot_fp : *fp;
     model::LlamaWeights w = src;
     std::vector<double> proxy(items.size());
     std::vector<std::string> packed(items.size());
@@ -321,7 +361,7 @@ int RunMethods(const Flags& flags) {
       }
     };
     if (avg_bits > 0) {
-      const model::HessianCapture& cap = rotate ? *rot_cap : *fp_cap;
+      const model::HessianCapture& cap = *cap_slot;
       BudgetRun run{mb[0], avg_bits,      &cap,  &mcfg,         &src,        &items_view,
                     budget_weights, *sens_tokens, &*calib, &*eval, popts, hessian_secs};
       auto quantize_at = [&](int b) -> absl::StatusOr<Quantized> {
@@ -343,7 +383,7 @@ int RunMethods(const Flags& flags) {
     double qsecs = 0;
     if (!*sequential) {
       t0 = std::chrono::steady_clock::now();
-      quantize(0, items.size(), rotate ? *rot_cap : *fp_cap);
+      quantize(0, items.size(), *cap_slot);
       qsecs = Seconds(t0);
     } else {
       // GPTQ's sequential mode: layer l's Hessians are captured through the model whose layers
@@ -351,7 +391,7 @@ int RunMethods(const Flags& flags) {
       const size_t per_layer = items.size() / mcfg.num_layers;
       for (int l = 0; l < mcfg.num_layers; ++l) {
         t0 = std::chrono::steady_clock::now();
-        auto lc = capture(mcfg, w, l);
+        auto lc = capture(mcfg, w, tw, l);
         if (!lc.ok()) {
           std::fprintf(stderr, "%s\n", lc.status().ToString().c_str());
           return 1;
@@ -395,6 +435,7 @@ int RunMethods(const Flags& flags) {
     if (spec.act_order) out["act_order"] = true;
     if (spec.hessian_scale) out["hessian_scale"] = true;
     if (spec.damp != 0.01) out["damp"] = spec.damp;
+    out["sink_weight"] = tw.sink_weight;
     if (!save_dir.empty()) {
       if (rotate) {
         std::fprintf(stderr, "--save: quarot artifacts are not written by the bench\n");

@@ -136,10 +136,35 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
     if (scale < 0) return Usage("--codebook-scale must be >= 0");
     spec->set_codebook_scale(scale);
   }
-  QUANTD_ASSIGN_OR_RETURN(int32_t seq_len, OptionalInt(a, "--calib-seq-len", 1, 0));
+  // --seq-len / --calib-seqs are the short names of --calib-seq-len / --max-calib-seqs.
+  for (const auto& [alias, flag] : {std::pair<const char*, const char*>{"--seq-len", "--calib-seq-len"},
+                                    {"--calib-seqs", "--max-calib-seqs"}}) {
+    if (a.Has(alias) && a.Has(flag) && a.Get(alias) != a.Get(flag)) {
+      return Usage(absl::StrCat("submit: ", alias, " and ", flag, " name the same setting with ",
+                                "different values"));
+    }
+  }
+  QUANTD_ASSIGN_OR_RETURN(
+      int32_t seq_len,
+      OptionalInt(a, a.Has("--seq-len") ? "--seq-len" : "--calib-seq-len", 1, 0));
   r.set_calib_seq_len(seq_len);
-  QUANTD_ASSIGN_OR_RETURN(int32_t max_seqs, OptionalInt(a, "--max-calib-seqs", 0, 0));
+  QUANTD_ASSIGN_OR_RETURN(
+      int32_t max_seqs,
+      OptionalInt(a, a.Has("--calib-seqs") ? "--calib-seqs" : "--max-calib-seqs", 0, 0));
   r.set_max_calib_seqs(max_seqs);
+  // Calibration like serving and sink-weighted Hessians (issue 24): values are checked by the
+  // server, which names what it refuses.
+  r.set_calib_sampling(a.Get("--calib-sampling", ""));
+  if (a.Has("--calib-seed")) {
+    QUANTD_ASSIGN_OR_RETURN(uint64_t cseed, ParseUint64("--calib-seed", a.Get("--calib-seed")));
+    r.set_calib_seed(cseed);
+  }
+  r.set_start_token(a.Get("--start-token", ""));
+  spec->set_token_weighting(a.Get("--token-weighting", ""));
+  if (a.Has("--sink-weight")) {
+    QUANTD_ASSIGN_OR_RETURN(double sw, ParseDouble("--sink-weight", a.Get("--sink-weight")));
+    spec->set_sink_weight(sw);
+  }
   QUANTD_ASSIGN_OR_RETURN(int32_t eval_ctx, OptionalInt(a, "--eval-context", 1, 0));
   r.set_eval_context(eval_ctx);
 
@@ -215,6 +240,13 @@ const std::vector<CommandSpec>& Commands() {
         {"--codebook-scale", true},
         {"--calib-seq-len", true},
         {"--max-calib-seqs", true},
+        {"--seq-len", true},
+        {"--calib-seqs", true},
+        {"--calib-sampling", true},
+        {"--calib-seed", true},
+        {"--start-token", true},
+        {"--token-weighting", true},
+        {"--sink-weight", true},
         {"--eval-context", true},
         {"--wait", false},
         {"--json", false},
@@ -359,7 +391,9 @@ commands:
          [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
          [--greedy-passes N] [--mse-clip] [--act-order] [--sequential] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
-         [--trellis-l L] [--calib-seq-len N] [--max-calib-seqs N] [--eval-context N]
+         [--trellis-l L] [--seq-len N] [--calib-seqs N] [--calib-sampling {first,random}]
+         [--calib-seed N] [--start-token {auto,none}] [--token-weighting {sink,none}]
+         [--sink-weight W] [--eval-context N]
          [--wait [--progress-interval S]] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made
       absolute. Without --request-id a random one is used (the same id returns the same job).
@@ -372,6 +406,14 @@ commands:
       --bits) is a bit budget: every matrix is quantized at 2, 3 and 4 bits and each keeps the
       width that minimizes the summed loss (--budget-weight rel: relative proxy loss, the
       default; abs: output-error energy) at an average of at most X code bits per weight.
+      --seq-len N (alias --calib-seq-len) tokens per calibration sequence (default 512);
+      --calib-seqs N (alias --max-calib-seqs) how many (default all). --calib-sampling random
+      (the default when --calib-seqs is given) draws them at random starts with --calib-seed
+      (default 0); first takes consecutive windows. --start-token auto (default) puts the
+      model's start token (where its tokenizer.json adds one, e.g. Llama's BOS) at the head of
+      every calibration sequence and evaluation window; none does not. --token-weighting sink
+      (the default for every method but rtn) weights each sequence's first token --sink-weight
+      times (default 16) in the Hessians; none weights all tokens alike.
   watch JOB [--json] [--progress-interval S]
       Shows progress until the job ends, then its state, version and perplexities.
       Re-attaches if the connection breaks (up to 120 s). On a terminal: one line redrawn

@@ -39,6 +39,34 @@ TEST(CommandLine, SubmitMakesPathsAbsoluteAndFillsTheRequest) {
   EXPECT_FALSE(inv->wait);
 }
 
+// Issue 24: the short calibration flags, the sampling and start token, the token weighting.
+TEST(CommandLine, SubmitCalibrationAndWeightingFlags) {
+  auto args = SubmitArgs();
+  args.insert(args.end(), {"--seq-len", "128", "--calib-seqs", "16", "--calib-sampling", "random",
+                           "--calib-seed", "9", "--start-token", "none", "--token-weighting",
+                           "sink", "--sink-weight", "32"});
+  auto inv = ParseCommandLine(args, nullptr);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const auto& r = inv->submit;
+  EXPECT_EQ(r.calib_seq_len(), 128);
+  EXPECT_EQ(r.max_calib_seqs(), 16);
+  EXPECT_EQ(r.calib_sampling(), "random");
+  EXPECT_EQ(r.calib_seed(), 9u);
+  EXPECT_EQ(r.start_token(), "none");
+  EXPECT_EQ(r.spec().token_weighting(), "sink");
+  EXPECT_EQ(r.spec().sink_weight(), 32);
+  // An alias and its long name with different values is a usage error naming both.
+  auto clash = SubmitArgs();
+  clash.insert(clash.end(), {"--seq-len", "128", "--calib-seq-len", "256"});
+  auto bad = ParseCommandLine(clash, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--seq-len"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("--calib-seq-len"), std::string::npos) << bad.status();
+  auto same = SubmitArgs();
+  same.insert(same.end(), {"--calib-seqs", "8", "--max-calib-seqs", "8"});
+  ASSERT_TRUE(ParseCommandLine(same, nullptr).ok());
+}
+
 TEST(CommandLine, SubmitRequiredFlagsAndForms) {
   for (const char* drop : {"--calib", "--method", "--bits", "--name"}) {
     auto args = SubmitArgs();

@@ -3,11 +3,14 @@
 #include "server/coordinator.h"
 
 #include <cstdlib>
+#include <functional>
 #include <future>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/file_util.h"
+#include "engine/spec/quant_spec.h"
 #include "gtest/gtest.h"
 
 namespace quantd::server {
@@ -164,10 +167,84 @@ TEST_F(CoordinatorTest, AReusedRequestIdIsTheSameJobOnlyForTheSameRequest) {
   other_sequential.mutable_spec()->set_sequential(true);
   quantd::v1::SubmitJobRequest other_seqs = a;
   other_seqs.set_max_calib_seqs(3);
-  for (const auto& r : {other_seed, other_group, other_sequential, other_seqs}) {
+  // The issue-24 fields are in the request fingerprint too.
+  quantd::v1::SubmitJobRequest other_sink = a;
+  other_sink.mutable_spec()->set_sink_weight(16);
+  quantd::v1::SubmitJobRequest other_calib_seed = a;
+  other_calib_seed.set_calib_seed(5);
+  quantd::v1::SubmitJobRequest other_start = a;
+  other_start.set_start_token("none");
+  for (const auto& r : {other_seed, other_group, other_sequential, other_seqs, other_sink,
+                        other_calib_seed, other_start}) {
     auto s = coord_->Submit(r);
     EXPECT_EQ(s.status().code(), absl::StatusCode::kAlreadyExists) << r.ShortDebugString();
     EXPECT_NE(s.status().message().find("req-same"), absl::string_view::npos) << s.status();
+  }
+}
+
+// Issue 24: the Hessian token weighting and the calibration sampling are filled with their
+// defaults, recorded in the job and its spec fingerprint, and carried to the Hessian tasks;
+// values the server does not know are INVALID_ARGUMENT naming them.
+TEST_F(CoordinatorTest, TokenWeightingAndCalibrationSamplingAreRecordedAndValidated) {
+  auto sub = coord_->Submit(Request("req-sink", "sink-default"));
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  const quantd::v1::Job& job = sub->job();
+  EXPECT_EQ(job.spec().token_weighting(), "sink");
+  EXPECT_EQ(job.spec().sink_weight(), runner::kDefaultSinkWeight);
+  EXPECT_EQ(job.calib_sampling(), "random");  // max_calib_seqs 2 given: GPTQ's random windows
+  EXPECT_EQ(job.calib_seed(), 0u);
+  EXPECT_FALSE(job.has_start_token_id());  // stories260K has no tokenizer.json
+
+  quantd::v1::SubmitJobRequest none = Request("req-sink-none", "sink-none");
+  none.mutable_spec()->set_token_weighting("none");
+  none.set_calib_sampling("first");
+  auto sub_none = coord_->Submit(none);
+  ASSERT_TRUE(sub_none.ok()) << sub_none.status();
+  EXPECT_EQ(sub_none->job().spec().token_weighting(), "none");
+  EXPECT_EQ(sub_none->job().spec().sink_weight(), 0);
+  EXPECT_EQ(sub_none->job().calib_sampling(), "first");
+  EXPECT_NE(sub_none->job().spec_fingerprint(), job.spec_fingerprint());
+  // Different windows, different calibration tokens.
+  EXPECT_NE(sub_none->job().calib_fingerprint(), job.calib_fingerprint());
+
+  // The Hessian tasks carry the spec (the worker weights the rows from it).
+  const std::string w = RegisterWorker("w-sink");
+  quantd::v1::LeaseTaskRequest lr;
+  lr.set_worker_id(w);
+  auto lease = coord_->Lease(lr);
+  ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
+  EXPECT_EQ(lease->task().kind(), quantd::v1::TASK_KIND_HESSIAN);
+  EXPECT_EQ(lease->task().spec().token_weighting(), "sink");
+  EXPECT_EQ(lease->task().spec().sink_weight(), runner::kDefaultSinkWeight);
+
+  struct Bad {
+    std::function<void(quantd::v1::SubmitJobRequest*)> set;
+    std::string named;
+  } bad[] = {
+      {[](auto* r) { r->mutable_spec()->set_token_weighting("massive"); }, "massive"},
+      {[](auto* r) { r->mutable_spec()->set_sink_weight(0.5); }, "0.5"},
+      {[](auto* r) { r->mutable_spec()->set_sink_weight(1e9); }, "1e+09"},
+      {[](auto* r) {
+         r->mutable_spec()->set_token_weighting("none");
+         r->mutable_spec()->set_sink_weight(8);
+       },
+       "sink_weight 8"},
+      {[](auto* r) { r->set_calib_sampling("shuffled"); }, "shuffled"},
+      {[](auto* r) {
+         r->set_calib_sampling("random");
+         r->set_max_calib_seqs(0);
+       },
+       "max_calib_seqs"},
+      {[](auto* r) { r->set_start_token("eos"); }, "eos"},
+  };
+  int i = 0;
+  for (const Bad& b : bad) {
+    quantd::v1::SubmitJobRequest r = Request(absl::StrCat("req-bad-", i), absl::StrCat("bad-", i));
+    ++i;
+    b.set(&r);
+    auto s = coord_->Submit(r);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << r.ShortDebugString();
+    EXPECT_NE(s.status().message().find(b.named), absl::string_view::npos) << s.status();
   }
 }
 

@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "server/registry.h"
 #include "engine/format/checkpoint.h"
+#include "engine/model/calibration.h"
 #include "engine/model/config.h"
 #include "engine/model/quarot.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -135,6 +136,24 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
   if (quant::TraitsOf(spec.method).trellis) {
     req->mutable_spec()->set_trellis_code(std::string(quant::TrellisCodeName(spec.trellis_code)));
     req->mutable_spec()->set_trellis_l(spec.trellis_l);
+  }
+  // Hessian token weighting defaults (engine/spec/quant_spec.h), stored for the manifest and the
+  // spec fingerprint.
+  QUANTD_RETURN_IF_ERROR(runner::FillTokenWeightingDefaults(req->mutable_spec()));
+  if (req->calib_sampling().empty()) {
+    req->set_calib_sampling(req->max_calib_seqs() > 0 ? "random" : "first");
+  }
+  QUANTD_ASSIGN_OR_RETURN(model::CalibSampling sampling,
+                          model::ParseCalibSampling(req->calib_sampling()));
+  if (sampling == model::CalibSampling::kRandom && req->max_calib_seqs() <= 0) {
+    return absl::InvalidArgumentError(
+        "calib_sampling \"random\" needs max_calib_seqs > 0 (how many windows to draw)");
+  }
+  if (req->start_token().empty()) req->set_start_token("auto");
+  if (req->start_token() != "auto" && req->start_token() != "none") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown start_token \"",
+                                                   absl::CHexEscape(req->start_token().substr(0, 64)),
+                                                   "\": expected \"auto\" or \"none\""));
   }
   if (req->calib_seq_len() == 0) req->set_calib_seq_len(512);
   if (req->calib_seq_len() < 8 || req->calib_seq_len() > 1 << 16) {
@@ -299,11 +318,27 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     if (eval.size() < 2) return absl::InvalidArgumentError("evaluation data has fewer than 2 tokens");
   }
   const int seq_len = std::min(req.calib_seq_len(), cfg.max_position_embeddings);
-  int64_t nseq = static_cast<int64_t>(calib.size()) / seq_len;
-  if (req.max_calib_seqs() > 0) nseq = std::min<int64_t>(nseq, req.max_calib_seqs());
-  if (has_calib && nseq < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("calibration data has ", calib.size(),
-                                                   " tokens, fewer than one sequence of ", seq_len));
+  // Calibration like serving (issue 24): the model's start token at the head of every sequence
+  // (and evaluation window) where its tokenizer.json adds one, windows drawn as requested.
+  int32_t start_token = -1;
+  if (req.start_token() == "auto") {
+    QUANTD_ASSIGN_OR_RETURN(start_token, model::ServingStartToken(model_dir));
+    if (start_token >= cfg.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("the tokenizer's start token ", start_token,
+                                                     " is outside the model's vocabulary of ",
+                                                     cfg.vocab_size));
+    }
+  }
+  int64_t nseq = 0;  // rtn without calibration data: no sequences, no Hessian tasks
+  if (has_calib) {
+    model::CalibWindowOptions wopts;
+    wopts.seq_len = seq_len;
+    wopts.max_seqs = req.max_calib_seqs();
+    QUANTD_ASSIGN_OR_RETURN(wopts.sampling, model::ParseCalibSampling(req.calib_sampling()));
+    wopts.seed = req.calib_seed();
+    wopts.start_token = start_token;
+    QUANTD_ASSIGN_OR_RETURN(calib, model::CalibrationWindows(calib, wopts));
+    nseq = static_cast<int64_t>(calib.size()) / seq_len;
   }
   if (req.eval_context() > cfg.max_position_embeddings) {
     return absl::InvalidArgumentError(absl::StrCat("eval_context ", req.eval_context(),
@@ -335,7 +370,6 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     QUANTD_RETURN_IF_ERROR(SnapshotFile(src, JoinPath(in_model, n)));
   }
   if (has_calib) {
-    calib.resize(static_cast<size_t>(nseq * seq_len));
     QUANTD_RETURN_IF_ERROR(
         WriteFileAtomic(JoinPath(job_dir, jobfiles::kCalibTokens), TokensToU32(calib)));
   }
@@ -367,6 +401,9 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());
+  job.set_calib_sampling(req.calib_sampling());
+  job.set_calib_seed(req.calib_seed());
+  if (start_token >= 0) job.set_start_token_id(start_token);
   QUANTD_ASSIGN_OR_RETURN(InputFingerprints fps, FingerprintJobInputs(job_dir));
   job.set_model_fingerprint(fps.model);
   job.set_calib_fingerprint(fps.calib);
@@ -391,9 +428,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     const int first = stage * block, last = std::min(cfg.num_layers, first + block);
     for (int64_t s = 0; s < shards; ++s) {
       TaskRow t = new_task(HessianPhase(stage), quantd::v1::TASK_KIND_HESSIAN);
-      // quarot: the worker rotates the model before capturing (the spec carries the seed);
-      // sequential: it captures layer `stage` through the quantized layers before it.
-      if (runner::MethodOf(req.spec()).transforms_model || sequential) *t.task.mutable_spec() = req.spec();
+      // The spec carries the token weighting; quarot: the worker rotates the model before
+      // capturing (the spec carries the seed); sequential: it captures layer `stage` through the
+      // quantized layers before it.
+      *t.task.mutable_spec() = req.spec();
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(std::string(jobfiles::kCalibTokens));
       // A block stage's task runs the fp layers before `first` without capturing them.
@@ -419,6 +457,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
       t.task.set_eval_target(std::string(jobfiles::kEvalTargetFp));
       t.task.set_eval_context(req.eval_context());
+      if (start_token >= 0) t.task.set_start_token_id(start_token);
       row.tasks.push_back(std::move(t));
     }
     // A bit budget quantizes every matrix at each candidate width (same seed), and the
@@ -456,6 +495,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
     t.task.set_eval_target(std::string(jobfiles::kEvalTargetQuantized));
     t.task.set_eval_context(req.eval_context());
+    if (start_token >= 0) t.task.set_start_token_id(start_token);
     row.tasks.push_back(std::move(t));
   }
   for (TaskRow& t : row.tasks) t.task.set_memory_bytes(TaskMemoryBytes(cfg, t.task));

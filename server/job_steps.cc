@@ -211,6 +211,11 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                {"damp", job.spec().damp()},
                {"baseline_guard", !job.spec().no_baseline_guard()}};
   if (!job.spec().grid().empty()) m["spec"]["grid"] = job.spec().grid();
+  // Hessian token weighting (issue 24); jobs stored before it have neither field.
+  if (!job.spec().token_weighting().empty()) {
+    m["spec"]["token_weighting"] = job.spec().token_weighting();
+    if (job.spec().token_weighting() == "sink") m["spec"]["sink_weight"] = job.spec().sink_weight();
+  }
   {
     // Which engine formats `quantctl fetch --format` can write for this version.
     artifact::ExportSpec es;
@@ -290,9 +295,19 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                       {"fingerprint", job.calib_fingerprint()},
                       {"tokens", calib_tokens},
                       {"seq_len", job.calib_seq_len()}};
+  if (!job.calib_sampling().empty()) {
+    m["calibration"]["sampling"] = job.calib_sampling();
+    if (job.calib_sampling() == "random") m["calibration"]["seed"] = job.calib_seed();
+  }
+  // The start token at the head of every calibration sequence and evaluation window (null:
+  // none).
+  m["calibration"]["start_token"] =
+      job.has_start_token_id() ? json(job.start_token_id()) : json(nullptr);
   if (!job.eval_path().empty()) {
     perplexity["eval_path"] = job.eval_path();
     perplexity["context"] = job.eval_context();
+    perplexity["start_token"] =
+        job.has_start_token_id() ? json(job.start_token_id()) : json(nullptr);
     m["perplexity"] = perplexity;
   }
   m["mean_proxy_loss"] = loss_n ? loss_sum / loss_n : 0.0;

@@ -70,6 +70,12 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
     EXPECT_GT(t["proxy_loss"].get<double>(), 0.0);
     EXPECT_LT(t["proxy_loss"].get<double>(), 0.5) << t["name"];
   }
+  // Issue 24: the Hessian token weighting and the calibration windows, defaults filled in.
+  EXPECT_EQ(m["spec"]["token_weighting"], "sink");
+  EXPECT_EQ(m["spec"]["sink_weight"], 16.0);
+  EXPECT_EQ(m["calibration"]["sampling"], "first");  // no --calib-seqs: every window
+  EXPECT_TRUE(m["calibration"]["start_token"].is_null());  // llama2.c model: no tokenizer.json
+  EXPECT_TRUE(m["perplexity"]["start_token"].is_null());
   const double fp = m["perplexity"]["fp"], q = m["perplexity"]["quantized"];
   EXPECT_NEAR(fp, 5.4540, 5e-3);
   EXPECT_GT(q, fp);

@@ -200,6 +200,10 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   for (int64_t s = begin; s < end; s += len) {
     seqs.emplace_back(tokens.data() + s, static_cast<size_t>(len));
   }
+  // Each sequence's first token (the attention sink) weighted as the spec says (issue 24).
+  QUANTD_ASSIGN_OR_RETURN(model::TokenWeighting weighting, TokenWeightingFromProto(task.spec()));
+  std::vector<double> row_weights =
+      model::RowWeights(std::vector<int64_t>(seqs.size(), len), weighting);
 
   // Named after this process, so a later worker can tell a dead one's leftovers
   // (RemoveStaleShards).
@@ -229,7 +233,8 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
                                                upper.size() * sizeof(double))));
           return writer->Append(key + ".tokens",
                                 std::string_view(reinterpret_cast<const char*>(&n), 8));
-        });
+        },
+        std::move(row_weights));
     QUANTD_RETURN_IF_ERROR(model::ForwardBatch(cfg, *src, seqs, &stream).status());
     return writer->Finish();
   }();
@@ -336,6 +341,13 @@ absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) 
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(eval_path));
   model::PerplexityOptions opts;
   opts.context = task.eval_context() > 0 ? task.eval_context() : 512;
+  if (task.has_start_token_id()) {
+    if (task.start_token_id() < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("eval start token ", task.start_token_id(), " is negative"));
+    }
+    opts.start_token = task.start_token_id();
+  }
   QUANTD_ASSIGN_OR_RETURN(model::PerplexityResult p, model::Perplexity(cfg, *src, tokens, opts));
   TaskResult r;
   r.header.set_ppl(p.ppl);

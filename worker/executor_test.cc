@@ -79,6 +79,9 @@ class SequentialHessianTest : public ::testing::Test {
     t.mutable_spec()->set_method("quip");
     t.mutable_spec()->set_bits(2);
     t.mutable_spec()->set_sequential(true);
+    // Each sequence's first row weighted 64 times (issue 24); the reference below does the same.
+    t.mutable_spec()->set_token_weighting("sink");
+    t.mutable_spec()->set_sink_weight(64);
     t.set_layer(layer);
     t.set_token_begin(0);
     t.set_token_end(2 * kSeqLen);
@@ -133,18 +136,21 @@ TEST_F(SequentialHessianTest, CapturesLayerOneThroughTheQuantizedLayerZero) {
   auto tokens = model::LoadTokenFile(blobs_.at("inputs/calib.u16"));
   ASSERT_TRUE(tokens.ok());
   std::map<model::LinearGroup, MatrixD> batched;
+  model::TokenWeighting tw;
+  tw.sink_weight = 64;
   {
     model::MemoryWeightSource src(m_->cfg, wq);
     model::LayerHessianStream stream(
         m_->cfg, 1, 2, [&](int, model::LinearGroup g, const MatrixD& sum, int64_t) {
           batched[g] = sum;
           return absl::OkStatus();
-        });
+        },
+        model::RowWeights({kSeqLen, kSeqLen}, tw));
     std::vector<absl::Span<const int32_t>> seqs;
     for (int s = 0; s < 2; ++s) seqs.emplace_back(tokens->data() + s * kSeqLen, kSeqLen);
     ASSERT_TRUE(model::ForwardBatch(m_->cfg, src, seqs, &stream).ok());
   }
-  model::HessianCapture ref(m_->cfg), fp(m_->cfg);
+  model::HessianCapture ref(m_->cfg, -1, tw), fp(m_->cfg, -1, tw);
   for (int s = 0; s < 2; ++s) {
     absl::Span<const int32_t> seq(tokens->data() + s * kSeqLen, kSeqLen);
     ASSERT_TRUE(model::Forward(m_->cfg, wq, seq, &ref).ok());
@@ -225,13 +231,17 @@ TEST_F(SequentialHessianTest, LayerBlockTaskCapturesItsLayersWithTheFullCaptures
   ASSERT_TRUE(tokens.ok());
   std::map<std::pair<int, model::LinearGroup>, MatrixD> all;
   {
+    // The task's spec weights each sequence's first row 64 times (TaskFor); so does the reference.
+    model::TokenWeighting tw;
+    tw.sink_weight = 64;
     model::MemoryWeightSource src(m_->cfg, m_->w);
     model::LayerHessianStream stream(
         m_->cfg, 0, m_->cfg.num_layers,
         [&](int l, model::LinearGroup g, const MatrixD& sum, int64_t) {
           all[{l, g}] = sum;
           return absl::OkStatus();
-        });
+        },
+        model::RowWeights({kSeqLen, kSeqLen}, tw));
     std::vector<absl::Span<const int32_t>> seqs;
     for (int s = 0; s < 2; ++s) seqs.emplace_back(tokens->data() + s * kSeqLen, kSeqLen);
     ASSERT_TRUE(model::ForwardBatch(m_->cfg, src, seqs, &stream).ok());

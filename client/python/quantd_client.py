@@ -239,11 +239,15 @@ class Client:
     # -- jobs ---------------------------------------------------------------------------------
 
     def submit(self, model_dir, calib, method, bits, name, eval_path="", request_id="",
-               calib_seq_len=0, max_calib_seqs=0, eval_context=0, **spec):
+               calib_seq_len=0, max_calib_seqs=0, eval_context=0, calib_sampling="",
+               calib_seed=0, start_token="", **spec):
         """Submits a job; paths are made absolute (the coordinator reads them on its host).
-        `spec` takes further QuantSpec fields (seed, group_size, damp, ...). Returns the Job;
-        the same request_id returns the same job. Without request_id a random one is used.
-        calib may be None or "" for rtn only (the job then captures no Hessians)."""
+        `spec` takes further QuantSpec fields (seed, group_size, damp, token_weighting,
+        sink_weight, ...). calib_sampling ("first" | "random"), calib_seed and start_token
+        ("auto" | "none") choose the calibration sequences (docs/cli.md); "" is the server's
+        default. Returns the Job; the same request_id returns the same job. Without request_id
+        a random one is used. calib may be None or "" for rtn only (the job then captures no
+        Hessians)."""
         req = pb.SubmitJobRequest(
             request_id=request_id or "pyclient-" + uuid.uuid4().hex,
             name=name,
@@ -254,6 +258,9 @@ class Client:
             calib_seq_len=calib_seq_len,
             max_calib_seqs=max_calib_seqs,
             eval_context=eval_context,
+            calib_sampling=calib_sampling,
+            calib_seed=calib_seed,
+            start_token=start_token,
         )
         return self.jobs.SubmitJob(req).job
 

@@ -1,14 +1,30 @@
 #include "engine/model/hessian_capture.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "common/status_macros.h"
 
 namespace quantd::model {
 
+std::vector<double> RowWeights(absl::Span<const int64_t> seq_lengths, const TokenWeighting& w) {
+  std::vector<double> out;
+  if (w.IsUniform()) return out;
+  for (int64_t len : seq_lengths) {
+    for (int64_t p = 0; p < len; ++p) out.push_back(w.WeightAt(p));
+  }
+  return out;
+}
+
 HessianCapture::HessianCapture(const LlamaConfig& cfg) : HessianCapture(cfg, -1) {}
 
-HessianCapture::HessianCapture(const LlamaConfig& cfg, int only_layer) : only_layer_(only_layer) {
+HessianCapture::HessianCapture(const LlamaConfig& cfg, int only_layer, TokenWeighting weighting)
+    : only_layer_(only_layer) {
+  if (!weighting.IsUniform()) {
+    // Forward's sequences are at most max_position_embeddings long.
+    const int64_t n = std::max<int64_t>(cfg.max_position_embeddings, 1);
+    row_weights_ = RowWeights({n}, weighting);
+  }
   slots_.reserve(static_cast<size_t>(cfg.num_layers) * kNumGroups);
   for (int l = 0; l < cfg.num_layers; ++l) {
     for (LinearGroup g : kAllGroups) {
@@ -31,7 +47,7 @@ void HessianCapture::OnLinearInput(int layer, LinearGroup group, const MatrixF& 
   Slot& s = At(layer, group);
   // The product is computed outside the lock; only the addition is serialised.
   MatrixD xtx = MatrixD::Zero(x.cols(), x.cols());
-  AddXtX(x, &xtx);
+  AddWeightedXtX(x, row_weights_, &xtx);
   MutexLock lock(&s.mu);
   if (s.sum.cols() != x.cols()) return;
   s.sum += xtx;
@@ -46,12 +62,26 @@ void AddXtX(const MatrixF& x, MatrixD* sum) {
   *sum += xtx;
 }
 
-LayerHessianStream::LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit)
+void AddWeightedXtX(const MatrixF& x, absl::Span<const double> w, MatrixD* sum) {
+  const MatrixD xd = x.cast<double>();
+  sum->selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
+  const Eigen::Index rows = std::min<Eigen::Index>(xd.rows(), static_cast<Eigen::Index>(w.size()));
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    if (w[r] != 1.0) {
+      sum->selfadjointView<Eigen::Lower>().rankUpdate(xd.row(r).transpose(), w[r] - 1.0);
+    }
+  }
+  sum->triangularView<Eigen::StrictlyUpper>() = sum->transpose();
+}
+
+LayerHessianStream::LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit,
+                                       std::vector<double> row_weights)
     : cfg_(cfg),
       first_(first),
       last_(last),
       stop_after_(last < cfg.num_layers ? last - 1 : -1),
-      emit_(std::move(emit)) {}
+      emit_(std::move(emit)),
+      row_weights_(std::move(row_weights)) {}
 
 void LayerHessianStream::OnLinearInput(int layer, LinearGroup group, const MatrixF& x) {
   if (layer < first_ || layer >= last_) return;
@@ -59,10 +89,8 @@ void LayerHessianStream::OnLinearInput(int layer, LinearGroup group, const Matri
   if (x.cols() != GroupInputDim(cfg_, group)) return;
   if (sums_[g].cols() != x.cols()) sums_[g] = MatrixD::Zero(x.cols(), x.cols());
   // Straight into the sum (no n x n temporary: 6.6 GB for a 70B down_proj). Starting from
-  // zero this gives AddXtX's bits.
-  const MatrixD xd = x.cast<double>();
-  sums_[g].selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
-  sums_[g].triangularView<Eigen::StrictlyUpper>() = sums_[g].transpose();
+  // zero this gives AddWeightedXtX's bits.
+  AddWeightedXtX(x, row_weights_, &sums_[g]);
   tokens_[g] += x.rows();
 }
 

@@ -1,6 +1,7 @@
-// An ActivationSink that accumulates, per (layer, linear group), the fp64 sum H = Σ xᵀx over
-// every token row x fed to that group, plus the number of rows. H / Tokens() (times 2 in the
-// GPTQ convention) is the layer-wise proxy Hessian used by GPTQ/LDLQ.
+// An ActivationSink that accumulates, per (layer, linear group), the fp64 sum H = Σ w_t xᵀx over
+// every token row x fed to that group, plus the number of rows. w_t is the token's weight
+// (TokenWeighting: 1 everywhere by default, so H = Σ xᵀx); H / Tokens() (times 2 in the GPTQ
+// convention) is the layer-wise proxy Hessian used by GPTQ/LDLQ.
 // Thread-safety: OnLinearInput is thread-safe (one mutex per slot), so Forward may run on
 // several threads with one capture. Sum()/Tokens() must not race with OnLinearInput.
 #ifndef QUANTD_ENGINE_MODEL_HESSIAN_CAPTURE_H_
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/types/span.h"
 #include "common/matrix.h"
 #include "common/mutex.h"
 #include "engine/model/config.h"
@@ -19,15 +21,44 @@
 
 namespace quantd::model {
 
+// Default weight of each calibration sequence's first token where weighting is on (the service's
+// "sink" default, quantd-bench methods' --sink-weight): on SmolLM2-135M it takes gptq 4-bit from
+// perplexity 60.77 to 44.20 (64: 46.85; docs/benchmarks.md, "Sink-weighted Hessians").
+inline constexpr double kDefaultSinkWeight = 16;
+
+// Per-token weights of the Hessian sums (issue 24). A sequence's first positions are the model's
+// attention sink: every later query attends to them, so an error in their keys/values reaches
+// every output, yet they are a tiny share of the rows of XᵀX. Weighting them up makes the
+// layer-wise proxy see that (docs/ALGORITHMS.md "Sink-weighted Hessians" gives the measurement).
+struct TokenWeighting {
+  // Weight of the rows at positions [0, sink_positions) of every sequence. Default: 1 (none).
+  double sink_weight = 1;
+  // Number of leading positions weighted. Default: 1.
+  int sink_positions = 1;
+
+  // The weight of the row at `position` (0-based within its sequence).
+  double WeightAt(int64_t position) const {
+    return position < sink_positions ? sink_weight : 1.0;
+  }
+  // True when every weight is 1 (the sums are then exactly the unweighted ones).
+  bool IsUniform() const { return sink_weight == 1.0 || sink_positions <= 0; }
+};
+
+// Per-row weights of a batch of sequences laid out one after another (ForwardBatch's rows):
+// row r of sequence s gets w.WeightAt(r - start of s). Empty when w is uniform.
+std::vector<double> RowWeights(absl::Span<const int64_t> seq_lengths, const TokenWeighting& w);
+
 class HessianCapture : public ActivationSink {
  public:
   // Allocates zeroed in x in sums (in = GroupInputDim) for every layer and group.
   explicit HessianCapture(const LlamaConfig& cfg);
   // Captures layer `only_layer` alone (GPTQ's layer-by-layer mode): only its sums are
   // allocated, inputs of other layers are ignored, and Forward stops after that layer.
-  HessianCapture(const LlamaConfig& cfg, int only_layer);
+  // `weighting` weights the rows by position; each OnLinearInput call is one sequence starting
+  // at position 0 (as the reference Forward makes them).
+  HessianCapture(const LlamaConfig& cfg, int only_layer, TokenWeighting weighting = {});
 
-  // Adds xᵀx (fp64) to slot (layer, group). Ignores calls with an out-of-range layer or a
+  // Adds xᵀ diag(w) x (fp64) to slot (layer, group). Ignores calls with an out-of-range layer or a
   // column count that does not match the group (cannot happen with Forward).
   void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
 
@@ -46,21 +77,29 @@ class HessianCapture : public ActivationSink {
   Slot& At(int layer, LinearGroup g) const;
   std::vector<std::unique_ptr<Slot>> slots_;  // layer * kNumGroups + group
   int only_layer_ = -1;                       // -1: every layer
+  std::vector<double> row_weights_;           // by position; empty: uniform
 };
 
 // Adds xᵀx (fp64; x is rows x n fp32) to `sum` (n x n, symmetric, both triangles filled).
 void AddXtX(const MatrixF& x, MatrixD* sum);
 
+// Adds xᵀ diag(w) x to `sum`: row r of x counts w[r] times (r ≥ w.size(): once). Computed as
+// xᵀx plus (w[r] - 1) x_rᵀx_r for the rows whose weight is not 1, so uniform weights (or an
+// empty w) give exactly AddXtX's bits and no n x n temporary is formed.
+void AddWeightedXtX(const MatrixF& x, absl::Span<const double> w, MatrixD* sum);
+
 // The Hessian sums of a layer-streamed forward (ForwardBatch, streamed_forward.h), one layer
 // alive at a time: the four group sums of layer l grow while the forward is in layer l, and
 // when it reports the layer done they go to `emit` (in kAllGroups order) and are freed.
-// Captures layers [first, last); the forward stops after last - 1.
+// Captures layers [first, last); the forward stops after last - 1. `row_weights` (RowWeights
+// of the batch's sequences; empty = all 1) weights the batch's rows: sum = Σ w_r x_rᵀx_r.
 // Thread-safety: single-threaded, like ForwardBatch's calls.
 class LayerHessianStream : public ActivationSink {
  public:
   using Emit = std::function<absl::Status(int layer, LinearGroup g, const MatrixD& sum,
                                           int64_t tokens)>;
-  LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit);
+  LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit,
+                     std::vector<double> row_weights = {});
 
   void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
   absl::Status OnLayerDone(int layer) override;
@@ -70,6 +109,7 @@ class LayerHessianStream : public ActivationSink {
   LlamaConfig cfg_;
   int first_, last_, stop_after_;
   Emit emit_;
+  std::vector<double> row_weights_;
   MatrixD sums_[kNumGroups];
   int64_t tokens_[kNumGroups] = {};
 };

@@ -1,5 +1,6 @@
 #include "engine/model/hessian_capture.h"
 
+#include <map>
 #include <random>
 #include <thread>
 #include <vector>
@@ -7,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include "engine/model/forward.h"
+#include "engine/model/streamed_forward.h"
+#include "engine/model/weight_source.h"
 
 namespace quantd::model {
 namespace {
@@ -96,6 +99,97 @@ TEST(HessianCaptureTest, EqualsNaiveXtXOverTwoSequences) {
           << "layer " << l << " " << GroupName(g);
     }
   }
+}
+
+// Issue 24: H = Σ_t w_t x_tᵀx_t with w = 64 on each sequence's first row, against an explicit
+// fp64 sum over the recorded activations, for both captures: the reference Forward's
+// HessianCapture and the layer-streamed ForwardBatch's LayerHessianStream (rows of all
+// sequences in one batch, weighted through RowWeights).
+TEST(HessianCaptureTest, SinkWeightedSumsEqualNaiveWeightedXtWX) {
+  const LlamaConfig c = SmallConfig();
+  const LlamaWeights w = RandomWeights(c, 11);
+  const std::vector<std::vector<int32_t>> seqs = {{1, 5, 9, 31, 0, 4, 4}, {3, 2, 1}, {7}};
+  TokenWeighting tw;
+  tw.sink_weight = 64;
+  HessianCapture cap(c, -1, tw);
+  Recorder rec;
+  for (const auto& s : seqs) {
+    ASSERT_TRUE(Forward(c, w, s, &cap).ok());
+    ASSERT_TRUE(Forward(c, w, s, &rec).ok());
+  }
+  std::vector<absl::Span<const int32_t>> spans;
+  std::vector<int64_t> lengths;
+  for (const auto& s : seqs) {
+    spans.emplace_back(s);
+    lengths.push_back(static_cast<int64_t>(s.size()));
+  }
+  const std::vector<double> rw = RowWeights(lengths, tw);
+  ASSERT_EQ(rw.size(), 11u);
+  EXPECT_EQ(rw[0], 64);
+  EXPECT_EQ(rw[1], 1);
+  EXPECT_EQ(rw[7], 64);
+  EXPECT_EQ(rw[10], 64);
+  std::map<std::pair<int, int>, MatrixD> streamed;
+  MemoryWeightSource src(c, w);
+  LayerHessianStream stream(
+      c, 0, c.num_layers,
+      [&](int layer, LinearGroup g, const MatrixD& sum, int64_t tokens) -> absl::Status {
+        EXPECT_EQ(tokens, 11);
+        streamed[{layer, static_cast<int>(g)}] = sum;
+        return absl::OkStatus();
+      },
+      rw);
+  ASSERT_TRUE(ForwardBatch(c, src, spans, &stream).ok());
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) {
+      const int in = GroupInputDim(c, g);
+      MatrixD naive = MatrixD::Zero(in, in);
+      for (const auto& call : rec.seen) {
+        if (call.layer != l || call.g != g) continue;
+        for (Eigen::Index t = 0; t < call.x.rows(); ++t) {
+          const double wt = t == 0 ? 64.0 : 1.0;  // position t of this sequence
+          for (int i = 0; i < in; ++i)
+            for (int j = 0; j < in; ++j)
+              naive(i, j) += wt * static_cast<double>(call.x(t, i)) * static_cast<double>(call.x(t, j));
+        }
+      }
+      const double scale = 1 + naive.cwiseAbs().maxCoeff();
+      EXPECT_EQ(cap.Tokens(l, g), 11);
+      EXPECT_LT((cap.Sum(l, g) - naive).cwiseAbs().maxCoeff(), 1e-9 * scale)
+          << "layer " << l << " " << GroupName(g);
+      EXPECT_EQ(cap.Sum(l, g), cap.Sum(l, g).transpose());
+      // The batched forward's activations differ from the reference's by fp32 GEMM blocking.
+      const MatrixD& sh = streamed.at({l, static_cast<int>(g)});
+      EXPECT_LT((sh - naive).cwiseAbs().maxCoeff(), 1e-4 * scale)
+          << "streamed layer " << l << " " << GroupName(g);
+      EXPECT_EQ(sh, sh.transpose());
+    }
+  }
+}
+
+// All tokens equal (sink weight 1): exactly the unweighted sums, bit for bit, in both captures;
+// uniform weights c scale XᵀX by c.
+TEST(HessianCaptureTest, EqualWeightsChangeNothing) {
+  const LlamaConfig c = SmallConfig();
+  const LlamaWeights w = RandomWeights(c, 13);
+  const std::vector<int32_t> seq = {1, 5, 9, 31, 0, 4};
+  TokenWeighting one;
+  one.sink_weight = 1;
+  EXPECT_TRUE(one.IsUniform());
+  EXPECT_TRUE(RowWeights({6}, one).empty());
+  HessianCapture plain(c), weighted(c, -1, one);
+  ASSERT_TRUE(Forward(c, w, seq, &plain).ok());
+  ASSERT_TRUE(Forward(c, w, seq, &weighted).ok());
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) EXPECT_EQ(plain.Sum(l, g), weighted.Sum(l, g));
+  }
+  MatrixF x = MatrixF::Random(5, 3);
+  MatrixD a = MatrixD::Zero(3, 3), b = MatrixD::Zero(3, 3), c3 = MatrixD::Zero(3, 3);
+  AddXtX(x, &a);
+  AddWeightedXtX(x, std::vector<double>(5, 1.0), &b);
+  EXPECT_EQ(a, b);
+  AddWeightedXtX(x, std::vector<double>(5, 3.0), &c3);
+  EXPECT_LT((c3 - 3 * a).cwiseAbs().maxCoeff(), 1e-12 * (1 + a.cwiseAbs().maxCoeff()));
 }
 
 TEST(HessianCaptureTest, SingleLayerCaptureMatchesTheFullOneAndStopsThere) {

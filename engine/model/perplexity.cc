@@ -28,10 +28,20 @@ absl::StatusOr<std::vector<Window>> MakeWindows(const LlamaConfig& cfg,
                                                    " outside [1, max_position_embeddings=",
                                                    cfg.max_position_embeddings, "]"));
   }
-  const int stride = opts.stride == 0 ? opts.context : opts.stride;
-  if (stride < 1 || stride > opts.context) {
+  // Stream tokens per window: one position goes to the start token when there is one.
+  const int span = opts.context - (opts.start_token >= 0 ? 1 : 0);
+  if (span < 1) {
     return absl::InvalidArgumentError(
-        internal::Cat("perplexity: stride ", opts.stride, " outside [0, context=", opts.context, "]"));
+        internal::Cat("perplexity: context ", opts.context, " leaves no room after the start token"));
+  }
+  if (opts.start_token >= cfg.vocab_size) {
+    return absl::InvalidArgumentError(internal::Cat("perplexity: start token ", opts.start_token,
+                                                   " outside the vocabulary of ", cfg.vocab_size));
+  }
+  const int stride = opts.stride == 0 ? span : opts.stride;
+  if (stride < 1 || stride > span) {
+    return absl::InvalidArgumentError(
+        internal::Cat("perplexity: stride ", opts.stride, " outside [0, ", span, "]"));
   }
   if (opts.max_tokens < 0) {
     return absl::InvalidArgumentError(
@@ -49,11 +59,21 @@ absl::StatusOr<std::vector<Window>> MakeWindows(const LlamaConfig& cfg,
   const int64_t E = static_cast<int64_t>(tokens->size()) - 1;
   int64_t prev_end = 0;
   for (int64_t b = 0; prev_end < E; b += stride) {
-    const int64_t e = std::min<int64_t>(b + opts.context, E);
+    const int64_t e = std::min<int64_t>(b + span, E);
     windows.push_back({b, e, std::max(b, prev_end)});
     prev_end = e;
   }
   return windows;
+}
+
+// The forward input of a window: [start] + s[begin : end], or the slice itself.
+std::vector<int32_t> WindowInput(absl::Span<const int32_t> tokens, const Window& win,
+                                 int32_t start_token) {
+  std::vector<int32_t> in;
+  in.reserve(win.end - win.begin + 1);
+  if (start_token >= 0) in.push_back(start_token);
+  in.insert(in.end(), tokens.begin() + win.begin, tokens.begin() + win.end);
+  return in;
 }
 
 PerplexityResult Finish(double total, int64_t targets, int windows) {
@@ -79,14 +99,16 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, const LlamaW
 #pragma omp parallel for schedule(dynamic, 1)
   for (int i = 0; i < n; ++i) {
     const Window& win = windows[i];
-    auto logits = Forward(cfg, w, tokens.subspan(win.begin, win.end - win.begin));
+    const std::vector<int32_t> in = WindowInput(tokens, win, opts.start_token);
+    const int64_t shift = opts.start_token >= 0 ? 1 : 0;  // logits row of stream position p
+    auto logits = Forward(cfg, w, in);
     if (!logits.ok()) {
       status[i] = logits.status();
       continue;
     }
     double sum = 0;
     for (int64_t p = win.score_from; p < win.end; ++p) {
-      const auto row = logits->row(p - win.begin);
+      const auto row = logits->row(p - win.begin + shift);
       const float mx = row.maxCoeff();
       // exp in fp32 (vectorized), accumulation and log in fp64.
       const double z = (row.array() - mx).exp().template cast<double>().sum();
@@ -119,17 +141,20 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, WeightSource
     // One pass: windows [first, last) while their tokens fit batch_tokens.
     int last = first;
     int64_t rows = 0;
-    std::vector<absl::Span<const int32_t>> seqs;
-    while (last < n && (last == first || rows + (windows[last].end - windows[last].begin) <=
+    std::vector<std::vector<int32_t>> inputs;
+    const int64_t extra = opts.start_token >= 0 ? 1 : 0;
+    while (last < n && (last == first || rows + (windows[last].end - windows[last].begin + extra) <=
                                              batch_tokens)) {
       const Window& win = windows[last++];
-      seqs.push_back(tokens.subspan(win.begin, win.end - win.begin));
-      rows += win.end - win.begin;
+      inputs.push_back(WindowInput(tokens, win, opts.start_token));
+      rows += win.end - win.begin + extra;
     }
+    std::vector<absl::Span<const int32_t>> seqs(inputs.begin(), inputs.end());
     std::vector<int32_t> targets;
     targets.reserve(rows);
     for (int i = first; i < last; ++i) {
       const Window& win = windows[i];
+      if (extra) targets.push_back(-1);  // the start token's row
       for (int64_t p = win.begin; p < win.end; ++p) {
         targets.push_back(p >= win.score_from ? tokens[p + 1] : -1);
       }
@@ -140,6 +165,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, WeightSource
     int64_t r = 0;
     for (int i = first; i < last; ++i) {
       double sum = 0;
+      r += extra;  // the start token's row scores nothing
       for (int64_t p = windows[i].begin; p < windows[i].end; ++p, ++r) sum += nll[r];
       total += sum;
     }

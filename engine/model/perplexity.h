@@ -24,6 +24,10 @@ struct PerplexityOptions {
   // stay ≤ this (at least one window per pass); 0 = AutoBatchTokens (streamed_forward.h).
   // Default: 0.
   int64_t batch_tokens = 0;
+  // ≥ 0: every window's input starts with this token (the model's start token, as a served
+  // request does; model/calibration.h StartTokenOf) and holds context - 1 stream tokens. The
+  // targets are the same stream tokens as without it. Default: -1 (none).
+  int32_t start_token = -1;
 };
 
 struct PerplexityResult {
@@ -40,7 +44,9 @@ struct PerplexityResult {
 // target is scored exactly once, by the first window that reaches it. With stride == context
 // the windows do not overlap and every target counts (last partial window included); with
 // stride < context each window after the first scores its last `stride` targets only, with
-// context - stride tokens of history (GPTQ/QuIP#/HF sliding-window style).
+// context - stride tokens of history (GPTQ/QuIP#/HF sliding-window style). With a start token the
+// same holds with context - 1 in place of context (and stride ≤ context - 1), the window's input
+// being [start] + s[b : e]; the row of the start token itself scores nothing.
 // The sum of NLLs is reduced in window order in fp64, so results do not depend on threads.
 // INVALID_ARGUMENT for N < 2, bad options, or tokens outside the vocabulary.
 absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, const LlamaWeights& w,

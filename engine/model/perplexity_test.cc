@@ -1,5 +1,6 @@
 #include "engine/model/perplexity.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -7,6 +8,7 @@
 
 #include "engine/model/forward.h"
 #include "engine/model/test_util.h"
+#include "engine/model/weight_source.h"
 #include "engine/tokenizer/tokens.h"
 
 namespace quantd::model {
@@ -80,6 +82,50 @@ TEST(PerplexityTest, StrideAndMaxTokensFollowTheDocumentedRule) {
   auto r2 = Perplexity(m->cfg, m->w, tokens, o);
   ASSERT_TRUE(r2.ok());
   EXPECT_EQ(r->mean_nll, r2->mean_nll);
+}
+
+// A start token (issue 24): each window is [start] + context - 1 stream tokens and scores the
+// same targets; checked against an explicit sum of per-window forward passes, and the
+// layer-streamed overload agrees.
+TEST(PerplexityTest, StartTokenHeadsEveryWindow) {
+  auto m = LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  auto tokens = Load("tinystories/tinystories_valid_first1000.tok512.u16");
+  tokens.resize(200);
+  PerplexityOptions o;
+  o.context = 64;
+  o.start_token = 1;  // llama2.c BOS
+  auto r = Perplexity(m->cfg, m->w, tokens, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->targets, 199);
+  EXPECT_EQ(r->windows, (199 + 62) / 63);
+  double total = 0;
+  for (int64_t b = 0; b < 199; b += 63) {
+    const int64_t e = std::min<int64_t>(b + 63, 199);
+    std::vector<int32_t> in = {1};
+    in.insert(in.end(), tokens.begin() + b, tokens.begin() + e);
+    auto logits = Forward(m->cfg, m->w, in);
+    ASSERT_TRUE(logits.ok());
+    for (int64_t p = b; p < e; ++p) {
+      const Eigen::VectorXd row = logits->row(p - b + 1).transpose().cast<double>();
+      const double mx = row.maxCoeff();
+      total += std::log((row.array() - mx).exp().sum()) + mx - row[tokens[p + 1]];
+    }
+  }
+  EXPECT_NEAR(r->mean_nll, total / 199, 1e-5);
+  MemoryWeightSource src(m->cfg, m->w);
+  auto rs = Perplexity(m->cfg, src, tokens, o);
+  ASSERT_TRUE(rs.ok()) << rs.status();
+  EXPECT_NEAR(rs->mean_nll, r->mean_nll, 1e-5);
+  EXPECT_EQ(rs->targets, 199);
+  // Without it the windows hold 64 stream tokens and the numbers differ.
+  o.start_token = -1;
+  auto plain = Perplexity(m->cfg, m->w, tokens, o);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_NE(plain->mean_nll, r->mean_nll);
+  o.start_token = m->cfg.vocab_size;  // not a token of the model
+  EXPECT_EQ(Perplexity(m->cfg, m->w, tokens, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(PerplexityTest, RejectsBadOptions) {

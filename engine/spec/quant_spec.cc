@@ -100,4 +100,46 @@ const quant::MethodTraits& MethodOf(const quantd::v1::QuantSpec& p) {
   return t.ok() ? **t : quant::TraitsOf(static_cast<quant::Method>(0));
 }
 
+absl::StatusOr<model::TokenWeighting> TokenWeightingFromProto(const quantd::v1::QuantSpec& p) {
+  // A stored spec names its weighting (FillTokenWeightingDefaults at submit). An empty one is a
+  // job submitted before token weighting existed: it stays unweighted, as it was then, so a
+  // resumed old job gives the bytes it would have given.
+  const std::string mode = p.token_weighting().empty() ? "none" : p.token_weighting();
+  model::TokenWeighting w;
+  if (mode == "none") {
+    if (p.sink_weight() != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sink_weight ", p.sink_weight(), " given with token_weighting \"none\""));
+    }
+    return w;
+  }
+  if (mode != "sink") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown token_weighting \"",
+                                                   p.token_weighting(),
+                                                   "\": expected \"none\" or \"sink\""));
+  }
+  const double sw = p.sink_weight() == 0 ? kDefaultSinkWeight : p.sink_weight();
+  if (!std::isfinite(sw) || sw < 1 || sw > 65536) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sink_weight ", p.sink_weight(), " is outside [1, 65536]"));
+  }
+  w.sink_weight = sw;
+  w.sink_positions = 1;
+  return w;
+}
+
+absl::Status FillTokenWeightingDefaults(quantd::v1::QuantSpec* p) {
+  // Only methods that read Hessians are weighted by default (rtn is not).
+  if (p->token_weighting().empty()) p->set_token_weighting(MethodOf(*p).uses_hessian ? "sink" : "none");
+  QUANTD_ASSIGN_OR_RETURN(model::TokenWeighting w, TokenWeightingFromProto(*p));
+  if (w.IsUniform() && p->token_weighting() != "sink") {
+    p->set_token_weighting("none");
+    p->set_sink_weight(0);
+  } else {
+    p->set_token_weighting("sink");
+    p->set_sink_weight(w.sink_weight);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace quantd::runner

@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
+#include "engine/model/hessian_capture.h"
 #include "engine/quant/quantize.h"
 
 namespace quantd::runner {
@@ -38,6 +39,21 @@ bool HasBitBudget(const quantd::v1::QuantSpec& p);
 // The spec a budgeted job's quantize task runs at one width: `job` with bits = `bits` and the
 // budget fields cleared (a plain uniform spec).
 quantd::v1::QuantSpec BudgetWidthSpec(const quantd::v1::QuantSpec& job, int bits);
+
+// Default weight of each calibration sequence's first token in the Hessians (model/hessian_capture.h).
+inline constexpr double kDefaultSinkWeight = model::kDefaultSinkWeight;
+
+// The Hessian token weighting a stored (or task) spec asks for. token_weighting "" is a spec from
+// before token weighting existed and means "none" (unweighted, as such jobs were captured);
+// sink_weight 0 means kDefaultSinkWeight.
+// INVALID_ARGUMENT naming the value for an unknown token_weighting, a sink_weight outside
+// [1, 65536] (or not finite), or a sink_weight with token_weighting "none".
+absl::StatusOr<model::TokenWeighting> TokenWeightingFromProto(const quantd::v1::QuantSpec& p);
+
+// At submit: writes the weighting's defaults into `p` (token_weighting "" becomes "sink" for every
+// method that reads Hessians and "none" for rtn; sink_weight set for "sink", 0 for "none"), so
+// a stored spec and its fingerprint say what was used. Errors as TokenWeightingFromProto's.
+absl::Status FillTokenWeightingDefaults(quantd::v1::QuantSpec* p);
 
 }  // namespace quantd::runner
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "gtest/gtest.h"
 
@@ -171,6 +172,57 @@ TEST(QuantSpecFromProtoTest, RejectsUnknownMethodAndBadBits) {
   auto s = QuantSpecFromProto(p);
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.status().message().find("7"), absl::string_view::npos) << s.status();
+}
+
+TEST(TokenWeightingFromProtoTest, DefaultsByMethodAndRefusals) {
+  quantd::v1::QuantSpec p;
+  p.set_method("gptq");
+  // A stored spec without a weighting predates it (jobs stored before issue 24): unweighted, so
+  // a resumed old job captures what it captured before.
+  auto legacy = TokenWeightingFromProto(p);
+  ASSERT_TRUE(legacy.ok()) << legacy.status();
+  EXPECT_TRUE(legacy->IsUniform());
+  // At submit the default is filled in: sink-weighted for a method that reads Hessians.
+  ASSERT_TRUE(FillTokenWeightingDefaults(&p).ok());
+  auto w = TokenWeightingFromProto(p);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->sink_weight, kDefaultSinkWeight);
+  EXPECT_EQ(w->sink_positions, 1);
+  quantd::v1::QuantSpec r;
+  r.set_method("rtn");  // reads no Hessian: unweighted unless asked
+  ASSERT_TRUE(FillTokenWeightingDefaults(&r).ok());
+  EXPECT_EQ(r.token_weighting(), "none");
+  EXPECT_TRUE(TokenWeightingFromProto(r)->IsUniform());
+  p.set_method("rtn");
+  p.set_token_weighting("sink");
+  p.set_sink_weight(8);
+  EXPECT_EQ(TokenWeightingFromProto(p)->sink_weight, 8);
+  // Defaults written into the spec name what is used.
+  quantd::v1::QuantSpec q;
+  q.set_method("quip-sharp");
+  ASSERT_TRUE(FillTokenWeightingDefaults(&q).ok());
+  EXPECT_EQ(q.token_weighting(), "sink");
+  EXPECT_EQ(q.sink_weight(), kDefaultSinkWeight);
+  q.set_token_weighting("none");
+  q.set_sink_weight(0);
+  ASSERT_TRUE(FillTokenWeightingDefaults(&q).ok());
+  EXPECT_EQ(q.token_weighting(), "none");
+  EXPECT_EQ(q.sink_weight(), 0);
+  // Refusals name the value.
+  for (auto [mode, weight, named] :
+       {std::tuple<const char*, double, const char*>{"outlier", 0, "outlier"},
+        {"sink", 0.25, "0.25"},
+        {"sink", 1e6, "1e+06"},
+        {"sink", std::nan(""), "nan"},
+        {"none", 4, "sink_weight 4"}}) {
+    quantd::v1::QuantSpec b;
+    b.set_method("gptq");
+    b.set_token_weighting(mode);
+    b.set_sink_weight(weight);
+    auto r = TokenWeightingFromProto(b);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << mode << " " << weight;
+    EXPECT_NE(r.status().message().find(named), std::string::npos) << r.status();
+  }
 }
 
 }  // namespace
