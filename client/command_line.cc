@@ -118,6 +118,7 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   }
   spec->set_mse_clip(a.Has("--mse-clip"));
   spec->set_act_order(a.Has("--act-order"));
+  spec->set_hessian_scale(a.Has("--hessian-scale"));
   spec->set_sequential(a.Has("--sequential"));
   spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
   spec->set_trellis_code(a.Get("--trellis-code", ""));
@@ -231,6 +232,7 @@ const std::vector<CommandSpec>& Commands() {
         {"--greedy-passes", true},
         {"--mse-clip", false},
         {"--act-order", false},
+        {"--hessian-scale", false},
         {"--sequential", false},
         {"--no-baseline-guard", false},
         {"--trellis-code", true},
@@ -389,7 +391,7 @@ commands:
          {--bits {2,3,4,8} | --avg-bits X [--budget-weight {abs,rel}]} --name NAME
          [--request-id ID] [--seed N] [--group-size N]
          [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
-         [--greedy-passes N] [--mse-clip] [--act-order] [--sequential] [--damp X]
+         [--greedy-passes N] [--mse-clip] [--act-order] [--hessian-scale] [--sequential] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
          [--trellis-l L] [--seq-len N] [--calib-seqs N] [--calib-sampling {first,random}]
          [--calib-seed N] [--start-token {auto,none}] [--token-weighting {sink,none}]

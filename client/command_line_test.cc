@@ -55,6 +55,12 @@ TEST(CommandLine, SubmitCalibrationAndWeightingFlags) {
   EXPECT_EQ(r.start_token(), "none");
   EXPECT_EQ(r.spec().token_weighting(), "sink");
   EXPECT_EQ(r.spec().sink_weight(), 32);
+  EXPECT_FALSE(r.spec().hessian_scale());
+  auto hs = SubmitArgs();
+  hs.push_back("--hessian-scale");
+  auto with_hs = ParseCommandLine(hs, nullptr);
+  ASSERT_TRUE(with_hs.ok()) << with_hs.status();
+  EXPECT_TRUE(with_hs->submit.spec().hessian_scale());
   // An alias and its long name with different values is a usage error naming both.
   auto clash = SubmitArgs();
   clash.insert(clash.end(), {"--seq-len", "128", "--calib-seq-len", "256"});

@@ -211,6 +211,7 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                {"damp", job.spec().damp()},
                {"baseline_guard", !job.spec().no_baseline_guard()}};
   if (!job.spec().grid().empty()) m["spec"]["grid"] = job.spec().grid();
+  if (job.spec().hessian_scale()) m["spec"]["hessian_scale"] = true;
   // Hessian token weighting (issue 24); jobs stored before it have neither field.
   if (!job.spec().token_weighting().empty()) {
     m["spec"]["token_weighting"] = job.spec().token_weighting();

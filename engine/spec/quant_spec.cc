@@ -77,6 +77,7 @@ absl::StatusOr<quant::QuantSpec> QuantSpecFromProto(const quantd::v1::QuantSpec&
   spec.group_size = p.group_size() == 0 ? shape.group_size : p.group_size();
   spec.mse_clip = p.mse_clip();
   spec.act_order = p.act_order();
+  spec.hessian_scale = p.hessian_scale();
   spec.greedy_passes = p.has_greedy_passes()                      ? p.greedy_passes()
                        : quant::TraitsOf(spec.method).greedy_passes ? kDefaultGreedyPasses
                                                                   : 0;

@@ -136,6 +136,21 @@ TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
   EXPECT_EQ(QuantSpecFromProto(p)->greedy_passes, 0);
 }
 
+TEST(QuantSpecFromProtoTest, HessianScaleForScalarGridsOnly) {
+  quantd::v1::QuantSpec p;
+  p.set_method("gptq");
+  p.set_bits(4);
+  p.set_hessian_scale(true);
+  auto s = QuantSpecFromProto(p);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->hessian_scale);
+  p.set_method("quip-sharp");
+  p.set_bits(2);
+  auto bad = QuantSpecFromProto(p);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("hessian_scale"), absl::string_view::npos) << bad.status();
+}
+
 TEST(QuantSpecFromProtoTest, QtipOptions) {
   quantd::v1::QuantSpec p;
   p.set_method("qtip");
