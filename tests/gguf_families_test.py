@@ -128,7 +128,8 @@ def main():
             return 1
         venv = os.environ.get("QUANTD_HF_VENV", os.path.join(CACHE, "hf-venv"))
         gguf_py = os.path.join(venv, "bin", "python")
-        if subprocess.run([gguf_py, "-c", "import gguf, numpy"], capture_output=True).returncode != 0:
+        if (not os.path.exists(gguf_py) or
+                subprocess.run([gguf_py, "-c", "import gguf, numpy"], capture_output=True).returncode != 0):
             log(f"note: no gguf-py + numpy in {venv}: the F32 re-encoding check is skipped")
             gguf_py = None
         daemon, addr = start_quantd(bindir, tmp, tmp)

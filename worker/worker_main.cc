@@ -34,9 +34,16 @@ int main(int argc, char** argv) {
   // libgomp's default than with OMP_WAIT_POLICY=passive under load (docs/benchmarks.md).
   // libgomp reads the variable when it is loaded, before main, so a worker started without
   // it sets it and runs itself again; an explicit setting is kept.
+  // The binary is run again by its real path, not /proc/self/exe, so the process keeps its name
+  // ("quantd-worker" in ps, top and /proc/<pid>/stat; "exe" otherwise).
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    ::execv("/proc/self/exe", argv);  // returns only on failure: then run with the default
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+      self[n] = '\0';
+      ::setenv("OMP_WAIT_POLICY", "passive", 1);
+      ::execv(self, argv);  // returns only on failure: then run with the default
+    }
   }
   absl::SetProgramUsageMessage("quantd-worker: runs quantization tasks for a quantd coordinator");
   absl::ParseCommandLine(argc, argv);
