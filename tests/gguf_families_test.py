@@ -150,7 +150,11 @@ def main():
             name = f"gguf-{fam}"
             r = subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib,
                                 "--method", "gptq", "--bits", "4", "--grid", "q4_0", "--name", name,
-                                "--calib-seq-len", "64", "--eval-context", "64", "--wait"],
+                                "--calib-seq-len", "64", "--eval-context", "64",
+                                # The check is the export, not the calibration: keep the
+                                # unweighted, consecutive-window capture the tolerances below
+                                # were measured with (the defaults changed with issue 24).
+                                "--token-weighting", "none", "--calib-sampling", "first", "--wait"],
                                capture_output=True, text=True)
             native, gguf = os.path.join(tmp, "native-" + fam), os.path.join(tmp, "gguf-" + fam)
             for args in (["-o", native], ["-o", gguf, "--format", "gguf"]):
