@@ -452,7 +452,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       row.tasks.push_back(std::move(t));
     }
     if (stage == 0 && !eval.empty()) {
-      TaskRow t = new_task(HessianPhase(0), quantd::v1::TASK_KIND_EVAL);
+      // The fp model's evaluation depends on nothing: it runs beside the first phase that has
+      // other work (the Hessian capture, or for rtn without calibration the quantize tasks), not
+      // alone in a phase of its own while the other workers idle.
+      TaskRow t = new_task(has_calib ? HessianPhase(0) : QuantizePhase(0),
+                           quantd::v1::TASK_KIND_EVAL);
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
       t.task.set_eval_target(std::string(jobfiles::kEvalTargetFp));
