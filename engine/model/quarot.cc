@@ -37,6 +37,24 @@ void AcrossHeads(const quant::Rht& r, int head_dim, M* rows) {
   }
 }
 
+// The biases of a layer whose linears were rotated: v's rows of each kv head by R_head, o's
+// output (the residual stream) by R_res. q/k/up/gate biases live in unrotated output spaces.
+void RotateLayerBiases(const LlamaConfig& cfg, const quant::Rht& res, const quant::Rht& head,
+                       LayerWeights* lw) {
+  if (lw->v_bias.size() != 0) {
+    for (int h = 0; h < cfg.num_kv_heads; ++h) {
+      MatrixD b = lw->v_bias.segment(h * cfg.head_dim, cfg.head_dim).cast<double>();
+      RotateCols(head, &b);
+      lw->v_bias.segment(h * cfg.head_dim, cfg.head_dim) = b.col(0).cast<float>();
+    }
+  }
+  if (lw->o_bias.size() != 0) {
+    MatrixD b = lw->o_bias.cast<double>();
+    RotateCols(res, &b);
+    lw->o_bias = b.col(0).cast<float>();
+  }
+}
+
 }  // namespace
 
 void ApplyAcrossHeads(const quant::Rht& r, int head_dim, MatrixF* rows) {
@@ -134,6 +152,74 @@ absl::Status QuarotSupported(const LlamaConfig& cfg) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<QuarotWeightSource>> QuarotWeightSource::Create(
+    const LlamaConfig& cfg, std::unique_ptr<WeightSource> base, uint64_t seed) {
+  QUANTD_RETURN_IF_ERROR(QuarotSupported(cfg));
+  if (base == nullptr || base->online_down().size != 0 || base->online_o().size != 0) {
+    return absl::InvalidArgumentError("quarot: the model already carries an online rotation");
+  }
+  const QuarotSeeds s = QuarotSeedsFrom(seed);
+  QUANTD_ASSIGN_OR_RETURN(quant::Rht res, quant::MakeRht(cfg.hidden_size, s.residual));
+  QUANTD_ASSIGN_OR_RETURN(quant::Rht head, quant::MakeRht(cfg.head_dim, s.head));
+  return std::unique_ptr<QuarotWeightSource>(new QuarotWeightSource(
+      cfg, std::move(base), seed, std::move(res), std::move(head)));
+}
+
+QuarotWeightSource::QuarotWeightSource(const LlamaConfig& cfg, std::unique_ptr<WeightSource> base,
+                                       uint64_t seed, quant::Rht residual, quant::Rht head)
+    : cfg_(cfg),
+      rotated_cfg_(cfg),
+      base_(std::move(base)),
+      seed_(seed),
+      residual_(std::move(residual)),
+      head_(std::move(head)) {
+  const QuarotSeeds s = QuarotSeedsFrom(seed);
+  rotated_cfg_.tie_word_embeddings = false;
+  online_down_ = {cfg.intermediate_size, s.down};
+  online_o_ = {cfg.num_heads, s.o};
+}
+
+// Each step below is ApplyQuarot's for one layer, in its order and arithmetic.
+absl::StatusOr<const LayerWeights*> QuarotWeightSource::Layer(int layer) {
+  QUANTD_ASSIGN_OR_RETURN(const LayerWeights* base, base_->Layer(layer));
+  layer_ = *base;
+  for (Linear lin : kAllLinears) {
+    const VectorF& norm = GroupOf(lin) == LinearGroup::kGateUp ? base->ffn_norm : base->attn_norm;
+    MatrixF& dst = MutableLinear(layer_, lin);
+    QUANTD_ASSIGN_OR_RETURN(dst, QuarotLinear(cfg_, lin, dst, norm, seed_));
+  }
+  RotateLayerBiases(cfg_, residual_, head_, &layer_);
+  layer_.attn_norm.setOnes();
+  layer_.ffn_norm.setOnes();
+  return &layer_;
+}
+
+absl::Status QuarotWeightSource::Embed(absl::Span<const int32_t> tokens, MatrixF* out) {
+  QUANTD_RETURN_IF_ERROR(base_->Embed(tokens, out));
+  MatrixD rows = out->cast<double>();
+  RotateRows(residual_, &rows);
+  *out = rows.cast<float>();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VectorF> QuarotWeightSource::FinalNorm() {
+  return VectorF(VectorF::Ones(cfg_.hidden_size));
+}
+
+absl::Status QuarotWeightSource::Head(int begin, int count, MatrixF* out) {
+  // The unrotated head (lm_head, or the embedding when tied) with model.norm fused in.
+  QUANTD_RETURN_IF_ERROR(base_->Head(begin, count, out));
+  QUANTD_ASSIGN_OR_RETURN(VectorF norm, base_->FinalNorm());
+  if (norm.size() != cfg_.hidden_size || out->cols() != cfg_.hidden_size) {
+    return absl::InvalidArgumentError("quarot: lm_head does not match the config");
+  }
+  MatrixD rows = out->cast<double>();
+  rows = rows * norm.cast<double>().asDiagonal();
+  RotateRows(residual_, &rows);
+  *out = rows.cast<float>();
+  return absl::OkStatus();
+}
+
 absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
   QUANTD_RETURN_IF_ERROR(QuarotSupported(*cfg));
   if (w->online_down.size != 0 || w->online_o.size != 0) {
@@ -145,6 +231,7 @@ absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
   }
   const QuarotSeeds s = QuarotSeedsFrom(seed);
   QUANTD_ASSIGN_OR_RETURN(quant::Rht res, quant::MakeRht(cfg->hidden_size, s.residual));
+  QUANTD_ASSIGN_OR_RETURN(quant::Rht head_rot, quant::MakeRht(cfg->head_dim, s.head));
   MatrixD head = (cfg->tie_word_embeddings ? w->embed : w->lm_head).cast<double>();
   if (head.cols() != cfg->hidden_size) {
     return absl::InvalidArgumentError("quarot: lm_head does not match the config");
@@ -163,19 +250,7 @@ absl::Status ApplyQuarot(LlamaConfig* cfg, LlamaWeights* w, uint64_t seed) {
     // Biases follow their projection's output rotation: v's outputs are rotated head by head,
     // o_proj's outputs (the residual stream) by the residual rotation. q/k outputs (and so their
     // biases and Qwen3's q/k norms) are not rotated.
-    if (lw.v_bias.size() != 0) {
-      QUANTD_ASSIGN_OR_RETURN(quant::Rht head_rot, quant::MakeRht(cfg->head_dim, s.head));
-      for (int h = 0; h < cfg->num_kv_heads; ++h) {
-        MatrixD b = lw.v_bias.segment(h * cfg->head_dim, cfg->head_dim).cast<double>();
-        RotateCols(head_rot, &b);
-        lw.v_bias.segment(h * cfg->head_dim, cfg->head_dim) = b.col(0).cast<float>();
-      }
-    }
-    if (lw.o_bias.size() != 0) {
-      MatrixD b = lw.o_bias.cast<double>();
-      RotateCols(res, &b);
-      lw.o_bias = b.col(0).cast<float>();
-    }
+    RotateLayerBiases(*cfg, res, head_rot, &lw);
     lw.attn_norm.setOnes();
     lw.ffn_norm.setOnes();
   }

@@ -21,11 +21,13 @@
 #define QUANTD_ENGINE_MODEL_QUAROT_H_
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/matrix.h"
 #include "engine/model/config.h"
+#include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
 #include "engine/quant/rht.h"
 
@@ -70,6 +72,41 @@ absl::StatusOr<MatrixF> QuarotLinear(const LlamaConfig& cfg, Linear l, const Mat
 // INVALID_ARGUMENT for a shape that does not match cfg.
 absl::StatusOr<MatrixF> QuarotStored(const LlamaConfig& cfg, const StoredLinear& s,
                                      const MatrixF& w, const VectorF& norm, uint64_t seed);
+
+// The model ApplyQuarot builds, one layer at a time, without holding the whole model: each
+// tensor it hands out is bit-identical to ApplyQuarot's (every rotation acts on rows
+// independently, so a layer, a batch of embedding rows or a block of head rows rotates to the
+// same bits alone as within the whole model). Used by Hessian tasks and the coordinator's
+// assembly of quarot jobs, so a 7B-70B model is never rotated whole in memory.
+// Thread-safety: like every WeightSource, one forward at a time.
+class QuarotWeightSource : public WeightSource {
+ public:
+  // `cfg` is the unrotated model's config (`base` reads that model, with no online rotation).
+  // INVALID_ARGUMENT when !QuarotSupported(cfg).
+  static absl::StatusOr<std::unique_ptr<QuarotWeightSource>> Create(
+      const LlamaConfig& cfg, std::unique_ptr<WeightSource> base, uint64_t seed);
+
+  // The rotated model's config: tie_word_embeddings false, as ApplyQuarot leaves it.
+  const LlamaConfig& config() const { return rotated_cfg_; }
+
+  absl::StatusOr<const LayerWeights*> Layer(int layer) override;
+  absl::Status Embed(absl::Span<const int32_t> tokens, MatrixF* out) override;
+  absl::StatusOr<VectorF> FinalNorm() override;  // ones
+  absl::Status Head(int begin, int count, MatrixF* out) override;
+  OnlineRotation online_down() const override { return online_down_; }
+  OnlineRotation online_o() const override { return online_o_; }
+
+ private:
+  QuarotWeightSource(const LlamaConfig& cfg, std::unique_ptr<WeightSource> base, uint64_t seed,
+                     quant::Rht residual, quant::Rht head);
+  const LlamaConfig cfg_;
+  LlamaConfig rotated_cfg_;
+  std::unique_ptr<WeightSource> base_;
+  const uint64_t seed_;
+  const quant::Rht residual_, head_;
+  OnlineRotation online_down_, online_o_;
+  LayerWeights layer_;
+};
 
 // Every row x of `rows` (length r.n()·head_dim, laid out [head][head_dim]) ← (R ⊗ I) x: for
 // each offset d < head_dim the vector over heads (x[h·head_dim + d])_h is multiplied by R.

@@ -142,5 +142,71 @@ TEST(QuarotTest, QuarotLinearMatchesTheWholeModelTransform) {
             absl::StatusCode::kInvalidArgument);
 }
 
+
+// The layer-streamed rotation hands out ApplyQuarot's model to the bit: every layer tensor,
+// embedding rows, head rows (tied head with model.norm fused in), the norms and the online
+// rotations; biases included (random q/k/v and o biases on stories260K).
+TEST(QuarotTest, StreamedSourceIsBitIdenticalToTheWholeModelTransform) {
+  auto m = LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  LlamaConfig cfg = m->cfg;
+  LlamaWeights fp = m->w;
+  ASSERT_TRUE(cfg.tie_word_embeddings);  // the head is the embedding: the tied path
+  cfg.qkv_bias = true;
+  cfg.o_bias = true;
+  for (LayerWeights& lw : fp.layers) {
+    lw.q_bias = VectorF::Random(cfg.num_heads * cfg.head_dim);
+    lw.k_bias = VectorF::Random(cfg.num_kv_heads * cfg.head_dim);
+    lw.v_bias = VectorF::Random(cfg.num_kv_heads * cfg.head_dim);
+    lw.o_bias = VectorF::Random(cfg.hidden_size);
+  }
+  fp.final_norm = VectorF::Random(cfg.hidden_size).cwiseAbs();  // not all ones: the fusion shows
+  LlamaConfig whole_cfg = cfg;
+  LlamaWeights whole = fp;
+  ASSERT_TRUE(ApplyQuarot(&whole_cfg, &whole, 23).ok());
+
+  auto src = QuarotWeightSource::Create(cfg, std::make_unique<MemoryWeightSource>(cfg, fp), 23);
+  ASSERT_TRUE(src.ok()) << src.status();
+  QuarotWeightSource& q = **src;
+  EXPECT_FALSE(q.config().tie_word_embeddings);
+  EXPECT_EQ(q.online_down().size, whole.online_down.size);
+  EXPECT_EQ(q.online_down().seed, whole.online_down.seed);
+  EXPECT_EQ(q.online_o().size, whole.online_o.size);
+  EXPECT_EQ(q.online_o().seed, whole.online_o.seed);
+  for (int l = cfg.num_layers - 1; l >= 0; --l) {  // any order: each layer stands alone
+    auto lw = q.Layer(l);
+    ASSERT_TRUE(lw.ok()) << lw.status();
+    const LayerWeights& a = **lw;
+    const LayerWeights& b = whole.layers[l];
+    for (Linear lin : kAllLinears) {
+      EXPECT_EQ(GetLinear(a, lin), GetLinear(b, lin)) << "layer " << l << " " << LinearName(lin);
+    }
+    EXPECT_EQ(a.q_bias, b.q_bias);
+    EXPECT_EQ(a.k_bias, b.k_bias);
+    EXPECT_EQ(a.v_bias, b.v_bias);
+    EXPECT_EQ(a.o_bias, b.o_bias);
+    EXPECT_NE(a.v_bias, fp.layers[l].v_bias);  // rotated, really
+    EXPECT_EQ(a.attn_norm, b.attn_norm);
+    EXPECT_EQ(a.ffn_norm, b.ffn_norm);
+  }
+  const std::vector<int32_t> toks = {5, 0, 511, 17, 17, 300};
+  MatrixF e;
+  ASSERT_TRUE(q.Embed(toks, &e).ok());
+  for (size_t i = 0; i < toks.size(); ++i) EXPECT_EQ(e.row(i), whole.embed.row(toks[i]));
+  MatrixF h;
+  ASSERT_TRUE(q.Head(100, 37, &h).ok());  // a block of head rows rotates as in the whole head
+  EXPECT_EQ(h, whole.lm_head.middleRows(100, 37));
+  auto norm = q.FinalNorm();
+  ASSERT_TRUE(norm.ok());
+  EXPECT_EQ(*norm, whole.final_norm);
+
+  // The rotated model's own online rotation cannot be rotated again.
+  MemoryWeightSource* rotated = new MemoryWeightSource(whole_cfg, whole);
+  EXPECT_EQ(QuarotWeightSource::Create(whole_cfg, std::unique_ptr<WeightSource>(rotated), 23)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace quantd::model
