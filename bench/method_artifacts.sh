@@ -3,6 +3,7 @@
 # 2 local workers) and print the sha256 of each fetched model.safetensors. Run it with the build
 # before and after a change that must not move results; the two lists must be identical.
 #   bash bench/method_artifacts.sh [BUILD_DIR] > before.txt
+# ONLY="quarot4 rtn4" runs just those configurations.
 # Configurations: rtn/gptq 4-bit (per channel, and g32 on the q4_0 grid), quip 2, quip-sharp 2,
 # qtip 2 (L=10, to keep it short), quarot 4, butterfly 2, and gptq 4 --sequential.
 set -euo pipefail
@@ -18,6 +19,7 @@ export QUANTD_ADDR=127.0.0.1:$PORT
 for i in $(seq 1 100); do "$BUILD"/quantctl jobs >/dev/null 2>&1 && break; sleep 0.2; done
 run() {
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
   "$BUILD"/quantctl submit examples/stories260K \
     --calib examples/tinystories/calib_stories_0_499.u16 --name "$name" "$@" --wait >/dev/null
   "$BUILD"/quantctl fetch "$name" -o "$DATA/out/$name" >/dev/null

@@ -149,17 +149,15 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
   const bool quarot = runner::MethodOf(job.spec()).transforms_model;
   if (quarot) {
     // The rotated, norm-fused, untied fp model around the packed (rotated-basis) matrices,
-    // plus the online down_proj rotation (docs/formats/artifact.md). Not streamed yet: the
-    // rotated model is built in memory.
-    std::map<std::string, std::string> packed;
-    for (const auto& [name, path] : packed_files) {
-      QUANTD_ASSIGN_OR_RETURN(packed[name], ReadFile(path));
-    }
+    // plus the online down_proj rotation (docs/formats/artifact.md), rotated one layer at a time
+    // (one layer, one packed matrix and a block of embedding rows in memory).
     QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(src_dir));
-    QUANTD_ASSIGN_OR_RETURN(model::LlamaWeights w, model::LoadLlamaWeights(*ckpt, cfg));
-    QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &w, job.spec().seed()));
-    QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactFromWeights(
-        cfg, w, packed, JoinPath(staging, "model.safetensors")));
+    QUANTD_ASSIGN_OR_RETURN(
+        auto rotated,
+        model::QuarotWeightSource::Create(
+            cfg, std::make_unique<model::CheckpointWeightSource>(cfg, *ckpt), job.spec().seed()));
+    QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactModelFromSource(
+        rotated->config(), *rotated, packed_files, JoinPath(staging, "model.safetensors")));
   } else {
     // Streamed: one packed matrix in memory at a time.
     QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactModelFromFiles(

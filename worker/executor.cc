@@ -159,16 +159,15 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
-  std::unique_ptr<model::WeightSource> fp;
-  model::LlamaWeights rotated;
-  // QuaRot quantizes the rotated model: capture the Hessians of its linears' real inputs. The
-  // rotation is applied to the whole model in memory (not yet streamed).
+  std::unique_ptr<model::WeightSource> fp =
+      std::make_unique<model::CheckpointWeightSource>(cfg, *ckpt);
+  // QuaRot quantizes the rotated model: capture the Hessians of its linears' real inputs. Each
+  // layer is rotated when the forward reaches it (the same bits as rotating the whole model).
   if (runner::MethodOf(task.spec()).transforms_model) {
-    QUANTD_ASSIGN_OR_RETURN(rotated, model::LoadLlamaWeights(*ckpt, cfg));
-    QUANTD_RETURN_IF_ERROR(model::ApplyQuarot(&cfg, &rotated, task.spec().seed()));
-    fp = std::make_unique<model::MemoryWeightSource>(cfg, rotated);
-  } else {
-    fp = std::make_unique<model::CheckpointWeightSource>(cfg, *ckpt);
+    QUANTD_ASSIGN_OR_RETURN(auto rotated, model::QuarotWeightSource::Create(
+                                              cfg, std::move(fp), task.spec().seed()));
+    cfg = rotated->config();
+    fp = std::move(rotated);
   }
   QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, jobfiles::kCalibPrefix));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));

@@ -129,6 +129,128 @@ absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
       out_path);
 }
 
+absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::WeightSource& src,
+                                          const std::map<std::string, std::string>& packed_files,
+                                          const std::string& out_path) {
+  // Every tensor WriteArtifactFromWeights writes, declared with a producer of its bytes; the
+  // writer emits them sorted by name, which visits each layer's tensors contiguously, so one
+  // Layer() call serves all of a layer's tensors.
+  using Bytes = std::function<absl::Status(const std::string& name, model::SafetensorsWriter*)>;
+  std::vector<std::pair<model::TensorDecl, Bytes>> tensors;
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& [name, path] : packed_files) {
+    QUANTD_ASSIGN_OR_RETURN(sizes[name], FileSize(path));
+  }
+  size_t replaced = 0;
+  auto as_bytes = [](const float* v, int64_t n) {
+    return std::string_view(reinterpret_cast<const char*>(v), static_cast<size_t>(n) * 4);
+  };
+  // Rows [0, rows) of an embedding-shaped matrix in blocks of about 64 MiB.
+  const int64_t vocab = cfg.vocab_size, hidden = cfg.hidden_size;
+  const int64_t block = std::max<int64_t>(1, (int64_t{64} << 20) / (4 * std::max<int64_t>(hidden, 1)));
+  auto rows_in_blocks = [&, vocab, block](bool head) -> Bytes {
+    return [&src, vocab, block, head](const std::string& name, model::SafetensorsWriter* w) {
+      MatrixF m;
+      for (int64_t b = 0; b < vocab; b += block) {
+        const int n = static_cast<int>(std::min(block, vocab - b));
+        if (head) {
+          QUANTD_RETURN_IF_ERROR(src.Head(static_cast<int>(b), n, &m));
+        } else {
+          std::vector<int32_t> ids(n);
+          for (int i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(b + i);
+          QUANTD_RETURN_IF_ERROR(src.Embed(ids, &m));
+        }
+        QUANTD_RETURN_IF_ERROR(w->AppendPart(name, std::string_view(
+                                                      reinterpret_cast<const char*>(m.data()),
+                                                      static_cast<size_t>(m.size()) * 4)));
+      }
+      return absl::OkStatus();
+    };
+  };
+  tensors.push_back({{"model.embed_tokens.weight", model::DType::kF32, {vocab, hidden}},
+                     rows_in_blocks(false)});
+  tensors.push_back({{"model.norm.weight", model::DType::kF32, {hidden}},
+                     [&](const std::string& name, model::SafetensorsWriter* w) -> absl::Status {
+                       QUANTD_ASSIGN_OR_RETURN(VectorF v, src.FinalNorm());
+                       return w->Append(name, as_bytes(v.data(), v.size()));
+                     }});
+  if (!cfg.tie_word_embeddings) {
+    tensors.push_back({{"lm_head.weight", model::DType::kF32, {vocab, hidden}}, rows_in_blocks(true)});
+  }
+  int current = -1;
+  const model::LayerWeights* lw = nullptr;
+  auto layer = [&](int l) -> absl::Status {
+    if (l == current) return absl::OkStatus();
+    QUANTD_ASSIGN_OR_RETURN(lw, src.Layer(l));
+    current = l;
+    return absl::OkStatus();
+  };
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    for (const model::LayerVectorSpec& v : model::LayerVectors(cfg)) {
+      tensors.push_back({{p + std::string(v.suffix), model::DType::kF32, {v.size}},
+                         [&, l, member = v.member](const std::string& name,
+                                                   model::SafetensorsWriter* w) -> absl::Status {
+                           QUANTD_RETURN_IF_ERROR(layer(l));
+                           const VectorF& x = lw->*member;
+                           return w->Append(name, as_bytes(x.data(), x.size()));
+                         }});
+    }
+    for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
+      const std::string wname = model::StoredTensorName(l, sl);
+      auto it = sizes.find(wname);
+      if (it != sizes.end()) {
+        ++replaced;
+        const std::string path = packed_files.at(wname);
+        const uint64_t size = it->second;
+        tensors.push_back({{QuantizedTensorName(wname), model::DType::kU8,
+                            {static_cast<int64_t>(size)}},
+                           [path, size](const std::string& name,
+                                        model::SafetensorsWriter* w) -> absl::Status {
+                             QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+                             if (bytes.size() != size) {
+                               return absl::DataLossError(
+                                   absl::StrCat(path, " changed size while assembling"));
+                             }
+                             return w->Append(name, bytes);
+                           }});
+        continue;
+      }
+      const auto [rows, cols] = model::StoredShape(cfg, sl);
+      tensors.push_back({{wname, model::DType::kF32, {rows, cols}},
+                         [&, l, sl](const std::string& name,
+                                    model::SafetensorsWriter* w) -> absl::Status {
+                           QUANTD_RETURN_IF_ERROR(layer(l));
+                           const MatrixF m = model::GatherStored(*lw, sl);
+                           return w->Append(name, as_bytes(m.data(), m.size()));
+                         }});
+    }
+  }
+  if (replaced != packed_files.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        packed_files.size() - replaced, " quantized tensors have no source tensor"));
+  }
+  for (const auto& [tname, r] : {std::pair<const char*, model::OnlineRotation>{
+                                     kOnlineDownTensor, src.online_down()},
+                                 {kOnlineOTensor, src.online_o()}}) {
+    if (r.size == 0) continue;
+    const int64_t v[2] = {r.size, static_cast<int64_t>(r.seed)};
+    const std::string bytes(reinterpret_cast<const char*>(v), sizeof(v));
+    tensors.push_back({{tname, model::DType::kI64, {2}},
+                       [bytes](const std::string& name, model::SafetensorsWriter* w) {
+                         return w->Append(name, bytes);
+                       }});
+  }
+  std::stable_sort(tensors.begin(), tensors.end(),
+                   [](const auto& a, const auto& b) { return a.first.name < b.first.name; });
+  std::vector<model::TensorDecl> decls;
+  for (const auto& t : tensors) decls.push_back(t.first);
+  QUANTD_ASSIGN_OR_RETURN(auto w, model::SafetensorsWriter::Create(out_path, decls,
+                                                                   {{"quantd_format", "1"}}));
+  for (const auto& [decl, bytes] : tensors) QUANTD_RETURN_IF_ERROR(bytes(decl.name, w.get()));
+  return w->Finish();
+}
+
 absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
                                       const std::map<std::string, std::string>& packed,
                                       const std::string& out_path,

@@ -40,6 +40,16 @@ absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
                                          const std::map<std::string, std::string>& packed_files,
                                          const std::string& out_path);
 
+// The artifact of the model `src` hands out (QuaRot's layer-streamed rotation), with the
+// linears named in `packed_files` (weight name -> file of packed bytes) replaced by their
+// .qweight tensors; `cfg` is that model's config (its tensors' shapes). The same bytes as
+// WriteArtifactFromWeights on the whole model, holding one layer, one packed matrix and a block
+// of embedding/head rows at a time. Atomic. INVALID_ARGUMENT if `packed_files` names a tensor
+// the model lacks; DATA_LOSS when a file changes size while being read.
+absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::WeightSource& src,
+                                          const std::map<std::string, std::string>& packed_files,
+                                          const std::string& out_path);
+
 // The tensor recording QuaRot's online down_proj rotation: I64 [2] = {size, seed (bits)}.
 inline constexpr char kOnlineDownTensor[] = "quantd.online_hadamard_down";
 // QuaRot's online rotation across heads before o_proj: I64 [2] = {size = num_heads, seed}.

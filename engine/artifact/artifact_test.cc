@@ -235,6 +235,58 @@ TEST_F(ArtifactTest, QuarotArtifactRoundTripsAndIsNotExportedToHf) {
   }
 }
 
+// The coordinator's quarot assembly streams: the rotated model one layer at a time, packed
+// matrices read from files, the embedding and head in row blocks; the file is byte-identical to
+// the whole-model writer's.
+TEST_F(ArtifactTest, QuarotArtifactStreamedFromTheSourceIsByteIdentical) {
+  auto ckpt = model::Checkpoint::Open(src_);
+  ASSERT_TRUE(ckpt.ok());
+  model::LlamaConfig cfg;
+  auto cfg_or = model::LoadLlamaConfig(src_);
+  ASSERT_TRUE(cfg_or.ok());
+  cfg = *cfg_or;
+  auto fp = model::LoadLlamaWeights(**ckpt, cfg);
+  ASSERT_TRUE(fp.ok());
+  model::LlamaConfig whole_cfg = cfg;
+  model::LlamaWeights whole = *fp;
+  ASSERT_TRUE(model::ApplyQuarot(&whole_cfg, &whole, 9).ok());
+  // Two linears packed (in the rotated basis, as quarot's quantize tasks store them), the rest fp.
+  auto dev = quant::MakeCpuDevice(1);
+  std::map<std::string, std::string> packed, packed_files;
+  for (const auto& [layer, lin] : {std::pair<int, model::Linear>{0, model::Linear::kV},
+                                   {1, model::Linear::kDown}}) {
+    const MatrixF& m = model::GetLinear(whole, layer, lin);
+    quant::QuantSpec spec;
+    spec.method = quant::Method::kRtn;
+    spec.bits = 4;
+    spec.baseline_guard = false;
+    const std::string name = absl::StrCat("model.layers.", layer, ".",
+                                          lin == model::Linear::kV ? "self_attn.v_proj"
+                                                                   : "mlp.down_proj",
+                                          ".weight");
+    auto q = quant::QuantizeMatrix(*dev, m, MatrixD::Identity(m.cols(), m.cols()), spec, name);
+    ASSERT_TRUE(q.ok()) << q.status();
+    packed[name] = q->packed;
+    packed_files[name] = tmp_ + "/" + name;
+    ASSERT_TRUE(WriteFileAtomic(packed_files[name], q->packed).ok());
+  }
+  const std::string a = tmp_ + "/whole.safetensors", b = tmp_ + "/streamed.safetensors";
+  ASSERT_TRUE(WriteArtifactFromWeights(whole_cfg, whole, packed, a).ok());
+  auto src = model::QuarotWeightSource::Create(
+      cfg, std::make_unique<model::CheckpointWeightSource>(cfg, **ckpt), 9);
+  ASSERT_TRUE(src.ok()) << src.status();
+  ASSERT_TRUE(WriteArtifactModelFromSource((*src)->config(), **src, packed_files, b).ok());
+  auto x = ReadFile(a), y = ReadFile(b);
+  ASSERT_TRUE(x.ok() && y.ok());
+  EXPECT_EQ(x->size(), y->size());
+  EXPECT_TRUE(*x == *y) << "streamed quarot artifact differs from the whole-model writer's";
+
+  // A packed file for a tensor the model lacks is refused, naming the count.
+  packed_files["model.layers.99.mlp.up_proj.weight"] = packed_files.begin()->second;
+  EXPECT_EQ(WriteArtifactModelFromSource((*src)->config(), **src, packed_files, b).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 // Relative precision of each export dtype (half an ulp at the value's binade).
 double Tolerance(HfDType d) {
   return d == HfDType::kF16 ? std::ldexp(1.0, -11) : d == HfDType::kBF16 ? std::ldexp(1.0, -8) : 0;

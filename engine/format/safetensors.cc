@@ -391,13 +391,33 @@ absl::Status SafetensorsWriter::Append(std::string_view name, std::string_view b
         path_, ": tensor \"", name, "\" appended out of order, expected \"",
         next_ < decls_.size() ? decls_[next_].name : std::string("<none>"), "\""));
   }
-  if (bytes.size() != sizes_[next_]) {
+  if (bytes.size() != sizes_[next_] || partial_ != 0) {
     return absl::InvalidArgumentError(internal::Cat(path_, ": tensor \"", name, "\" has ",
-                                                   bytes.size(), " bytes, its shape needs ",
-                                                   sizes_[next_]));
+                                                   partial_ + bytes.size(),
+                                                   " bytes, its shape needs ", sizes_[next_]));
   }
   QUANTD_RETURN_IF_ERROR(Write(bytes));
   ++next_;
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsWriter::AppendPart(std::string_view name, std::string_view bytes) {
+  if (next_ >= decls_.size() || decls_[next_].name != name) {
+    return absl::FailedPreconditionError(internal::Cat(
+        path_, ": tensor \"", name, "\" appended out of order, expected \"",
+        next_ < decls_.size() ? decls_[next_].name : std::string("<none>"), "\""));
+  }
+  if (partial_ + bytes.size() > sizes_[next_]) {
+    return absl::InvalidArgumentError(internal::Cat(path_, ": tensor \"", name, "\" has ",
+                                                   partial_ + bytes.size(),
+                                                   " bytes, its shape needs ", sizes_[next_]));
+  }
+  QUANTD_RETURN_IF_ERROR(Write(bytes));
+  partial_ += bytes.size();
+  if (partial_ == sizes_[next_]) {
+    partial_ = 0;
+    ++next_;
+  }
   return absl::OkStatus();
 }
 

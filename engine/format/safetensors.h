@@ -118,6 +118,10 @@ class SafetensorsWriter {
   // The bytes of the next declared tensor. FAILED_PRECONDITION for another name,
   // INVALID_ARGUMENT for a size that does not match its shape.
   absl::Status Append(std::string_view name, std::string_view bytes);
+  // A piece of the next declared tensor's bytes; the tensor is done when its pieces add up to
+  // its size (a writer of a multi-GB embedding holds a block of rows, not the tensor).
+  // FAILED_PRECONDITION for another name, INVALID_ARGUMENT when the pieces would exceed it.
+  absl::Status AppendPart(std::string_view name, std::string_view bytes);
   // FAILED_PRECONDITION when declared tensors are missing.
   absl::Status Finish();
 
@@ -131,6 +135,7 @@ class SafetensorsWriter {
   std::vector<TensorDecl> decls_;
   std::vector<uint64_t> sizes_;
   size_t next_ = 0;
+  uint64_t partial_ = 0;  // bytes of decls_[next_] written by AppendPart so far
 };
 
 }  // namespace quantd::model

@@ -212,6 +212,20 @@ TEST(SafetensorsTest, StreamingWriterRoundTripsInDeclarationOrder) {
   ASSERT_TRUE(WriteSafetensors(p3, {{"b", DType::kU8, {1}, "z"}, {"a", DType::kU8, {2}, "xy"}}).ok());
   EXPECT_EQ(*ReadFile(p2), *ReadFile(p3));
 
+  // In pieces: the same bytes; a piece past the tensor's size, a whole Append after a piece and
+  // a piece of the wrong tensor are refused.
+  const std::string p4 = Tmp("parts.safetensors");
+  auto w4 = SafetensorsWriter::Create(p4, {{"a", DType::kU8, {2}}, {"b", DType::kU8, {1}}});
+  ASSERT_TRUE(w4.ok());
+  ASSERT_TRUE((*w4)->AppendPart("a", "x").ok());
+  EXPECT_EQ((*w4)->AppendPart("a", "yz").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*w4)->Append("a", "y").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*w4)->AppendPart("b", "z").code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w4)->AppendPart("a", "y").ok());
+  ASSERT_TRUE((*w4)->AppendPart("b", "z").ok());
+  ASSERT_TRUE((*w4)->Finish().ok());
+  EXPECT_EQ(*ReadFile(p4), *ReadFile(p3));
+
   // Abandoned: no file, no temp file.
   const std::string dir = Tmp("abandoned");
   RemoveAll(dir).IgnoreError();
