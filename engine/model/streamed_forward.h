@@ -20,6 +20,7 @@
 #include "engine/model/config.h"
 #include "engine/model/forward.h"
 #include "engine/model/weight_source.h"
+#include "engine/quant/device.h"
 
 namespace quantd::model {
 
@@ -29,9 +30,14 @@ namespace quantd::model {
 // stops early (StopAfterLayer) the result is 0 x hidden.
 // INVALID_ARGUMENT for no sequences, an empty or too long sequence, a token outside the
 // vocabulary, or weights that do not match cfg; the source's and sink's errors as they are.
+// `ops`: where the ops run (model/forward_device.h ForwardOpsSession); nullptr: the CPU's.
+// The activations stay in the ops' memory between ops; ops a device declines (UNIMPLEMENTED)
+// and the variants without a device kernel run on host copies (OnHost). With the CPU's ops the
+// results are bit-identical to the code before the Device seam.
 absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
                                      absl::Span<const absl::Span<const int32_t>> sequences,
-                                     ActivationSink* sink = nullptr);
+                                     ActivationSink* sink = nullptr,
+                                     quant::ForwardOps* ops = nullptr);
 
 // Footprint model of ForwardBatch, for memory estimates (server admission) and batch sizing.
 // fp32 bytes kept per token of a batch: residual, normed input, q, k, v, attention output,
@@ -56,12 +62,14 @@ absl::Status ForEachLogitsChunk(
 
 // Per row r of `hidden`: -log softmax(logits_r)[targets[r]] in nats, or 0 where targets[r] < 0.
 // Computed chunk by chunk with a running max and fp64 sum (with one chunk exactly the
-// reference's max-shifted sum). INVALID_ARGUMENT when targets.size() != hidden.rows() or a
-// target is ≥ vocab_size.
+// reference's max-shifted sum). The logits chunks live in `ops`' memory (nullptr: the CPU's);
+// only three numbers per row come back. INVALID_ARGUMENT when targets.size() != hidden.rows(),
+// a target is ≥ vocab_size or hidden is not hidden_size wide.
 absl::StatusOr<std::vector<double>> RowNll(const LlamaConfig& cfg, WeightSource& src,
                                            const MatrixF& hidden,
                                            absl::Span<const int32_t> targets,
-                                           int vocab_chunk = 0);
+                                           int vocab_chunk = 0,
+                                           quant::ForwardOps* ops = nullptr);
 
 // Full logits [total tokens x vocab] of a batch (tests and small models only).
 absl::StatusOr<MatrixF> ForwardBatchLogits(const LlamaConfig& cfg, WeightSource& src,
