@@ -243,6 +243,18 @@ int64_t LayerWeightBytes(const LlamaConfig& cfg) {
   return 4 * (d * (q + 2 * kv) + q * d + 3 * d * ff + 2 * d);
 }
 
+int64_t DeviceForwardBytes(const LlamaConfig& cfg, int64_t rows, bool hessian, int vocab_chunk) {
+  const int64_t d = cfg.hidden_size, ff = cfg.intermediate_size;
+  const int64_t q = static_cast<int64_t>(cfg.num_heads) * cfg.head_dim;
+  int64_t bytes = LayerWeightBytes(cfg) + 4 * std::max(d, q) * std::max({d, q, ff}) +
+                  BatchBytesPerToken(cfg) * rows + 2 * rows * std::max({d, q, ff});
+  if (hessian) {
+    bytes += 8 * (2 * d * d + q * q + ff * ff) + 8 * std::min<int64_t>(rows * ff, int64_t{1} << 25);
+  }
+  if (vocab_chunk > 0) bytes += 4 * rows * vocab_chunk + 6 * int64_t{vocab_chunk} * d + 24 * rows;
+  return bytes;
+}
+
 int64_t AutoBatchTokens(const LlamaConfig& cfg, int context) {
   const int64_t fit = (int64_t{1} << 30) / std::max<int64_t>(BatchBytesPerToken(cfg), 1);
   return std::max<int64_t>(context, std::min<int64_t>(fit, 16384));

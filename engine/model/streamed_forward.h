@@ -45,6 +45,15 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
 int64_t BatchBytesPerToken(const LlamaConfig& cfg);
 // fp32 bytes of one decoder layer's weights (what a WeightSource holds at a time).
 int64_t LayerWeightBytes(const LlamaConfig& cfg);
+// Device memory a GPU's forward ops (engine/device/cuda/cuda_forward.h) need for a batch of
+// `rows` tokens: one layer's weights (bound per half layer; bounded by the fp32 size) plus the
+// fp32 staging of the largest matrix, the activations (BatchBytesPerToken) plus their 16-bit
+// copy for bf16/fp16 GEMMs; with `hessian`, the four fp64 group sums of one layer and the fp64
+// input chunk of the Gram (≤ 2^25 elements); with `vocab_chunk` > 0 (evaluation), a logits
+// chunk and its output-projection rows. Admission (server/job_builder.cc TaskMemoryBytes) takes
+// the larger of this and the host estimate, as a GPU worker advertises its GPU's free memory.
+int64_t DeviceForwardBytes(const LlamaConfig& cfg, int64_t rows, bool hessian, int vocab_chunk);
+
 // Tokens per pass when PerplexityOptions::batch_tokens is 0: as many as keep the batch's
 // activations within 1 GiB, at least `context` (one window), at most 16384.
 int64_t AutoBatchTokens(const LlamaConfig& cfg, int context);
