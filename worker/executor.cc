@@ -119,6 +119,7 @@ class QuantizedPrefixSource : public model::WeightSource {
 
   absl::StatusOr<const model::LayerWeights*> Layer(int l) override {
     QUANTD_ASSIGN_OR_RETURN(const model::LayerWeights* base, base_.Layer(l));
+    quantized_ = l < layer_;
     if (l >= layer_) return base;
     current_ = *base;
     const std::vector<model::StoredLinear> stored = model::StoredLinears(cfg_);
@@ -138,6 +139,11 @@ class QuantizedPrefixSource : public model::WeightSource {
   absl::Status Head(int begin, int count, MatrixF* out) override {
     return base_.Head(begin, count, out);
   }
+  // Dequantized layers are fp32; the others are the base's.
+  quant::WeightDtype LayerDtype() const override {
+    return quantized_ ? quant::WeightDtype::kF32 : base_.LayerDtype();
+  }
+  quant::WeightDtype HeadDtype() const override { return base_.HeadDtype(); }
   model::OnlineRotation online_down() const override { return base_.online_down(); }
   model::OnlineRotation online_o() const override { return base_.online_o(); }
 
@@ -145,6 +151,7 @@ class QuantizedPrefixSource : public model::WeightSource {
   const model::LlamaConfig cfg_;
   model::WeightSource& base_;
   const int layer_;
+  bool quantized_ = false;  // the last Layer() was dequantized
   std::map<std::pair<int, size_t>, std::string> paths_;
   model::LayerWeights current_;
 };
