@@ -22,7 +22,8 @@
 // - RmsNorm: |Δ| ≤ (n + 8)·u·|cpu| + 1e-30 (fp32 sum of squares in another order).
 // - ApplyRope (partial rotary, an offset sequence): |Δ| ≤ 4u·(|a·c| + |b·s|) (FMA contraction).
 // - Scale, Add: exact. SiluMul, Softcap: |Δ| ≤ 8u·|cpu| + 1e-30 (expf/tanhf vs Eigen's).
-// - Attention (GQA, several sequences, sliding window, score soft-capping): |Δ| ≤ 1e-5·max|v|;
+// - Attention (GQA, several sequences, sliding window, score soft-capping): |Δ| ≤ 1e-4·max|v|
+//   (the scores differ by up to γ_hd·Σ|q||k| ≈ 1.5e-5 here, and the softmax carries that);
 //   a sequence over kMaxAttentionKeys is declined (UNIMPLEMENTED).
 // - AccumulateGram with a sink weight, twice: |Δ| ≤ 4γ_{2T+4}(fp64)·(|X|ᵀ diag(w) |X|), exactly
 //   symmetric.
@@ -458,6 +459,8 @@ TEST_F(CudaForwardOpsTest, ElementwiseOpsMatchCpu) {
     EXPECT_EQ(Down(cpu_, *xc), Down(*gpu_, *xg));
     ASSERT_TRUE(cpu_.SiluMul(*yc, xc.get()).ok() && gpu_->SiluMul(*yg, xg.get()).ok());
     check(Down(cpu_, *xc), Down(*gpu_, *xg), 8 * kU32, "SiluMul");
+    // Softcap on identical inputs (the SiluMul results differ in their last bits).
+    ASSERT_TRUE(cpu_.Upload(x, xc.get()).ok() && gpu_->Upload(x, xg.get()).ok());
     ASSERT_TRUE(cpu_.Softcap(2.5f, xc.get()).ok() && gpu_->Softcap(2.5f, xg.get()).ok());
     check(Down(cpu_, *xc), Down(*gpu_, *xg), 8 * kU32, "Softcap");
   }
@@ -504,7 +507,7 @@ TEST_F(CudaForwardOpsTest, AttentionMatchesCpuAndDeclinesLongSequences) {
     absl::Status s = gpu_->Attention(*qg, *kg, *vg, offsets, heads, kv, hd, window, softcap, og.get());
     ASSERT_TRUE(s.ok()) << s;
     const MatrixF a = Down(cpu_, *oc), b = Down(*gpu_, *og);
-    EXPECT_LE((a - b).cwiseAbs().maxCoeff(), 1e-5 * vmax) << "window " << window << " softcap " << softcap;
+    EXPECT_LE((a - b).cwiseAbs().maxCoeff(), 1e-4 * vmax) << "window " << window << " softcap " << softcap;
   }
   // Longer than the kernel takes: declined, so the forward runs the CPU's code.
   const int64_t long_n = kMaxAttentionKeys + 1;
