@@ -371,6 +371,20 @@ TEST(StreamedForwardTest, DeviceOpsAndTheirFallbacksGiveTheCpuBits) {
   }
 }
 
+// The CPU device has no forward ops of its own: a session on it (or on no device) runs the
+// CPU's, whose matrices are host matrices.
+TEST(StreamedForwardTest, SessionsOnTheCpuDeviceRunTheCpuOps) {
+  std::unique_ptr<quant::Device> cpu = quant::MakeCpuDevice(1);
+  for (quant::Device* d : {cpu.get(), static_cast<quant::Device*>(nullptr)}) {
+    auto s = ForwardOpsSession::Open(d);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE(s->on_host());
+    EXPECT_EQ(s->ops().name(), "cpu");
+    auto m = s->ops().NewMatrix();
+    EXPECT_NE(s->ops().HostMatrix(*m), nullptr);
+  }
+}
+
 // Writes stories260K as three shards with an index, like the Hub's sharded checkpoints.
 std::string WriteSharded(const Checkpoint& src, const std::string& dir) {
   EXPECT_TRUE(MakeDirs(dir).ok());
