@@ -5,6 +5,13 @@
 //    chunks; the reference rate is Eigen's multi-threaded fp32 GEMM on the same shapes (every
 //    linear of a layer and the lm_head, [tokens x in]·[in x out], weighted by their FLOPs),
 //    timed before and after the forward and averaged.
+//  --mode hessian: the Hessian phase of a calibration task on --device (cpu | cuda:N): the
+//    layer-streamed ForwardBatch over every window with a LayerHessianStream (sink weight 16 on
+//    each window's first token, as the service's default), all ops on the device's forward ops
+//    (engine/quant/device.h). FLOPs: the linears and attention as below (no lm_head) plus the
+//    Gram sums T·n² per group (n = hidden twice, heads·head_dim, intermediate). Reported
+//    against the device's fp32 and fp64 GEMM peaks (device::MeasureGemmPeakTflops, --peak-n)
+//    measured in the same run.
 //  --mode reference: model::Forward, one sequence per thread (EIGEN_DONT_PARALLELIZE inside),
 //    whole model in memory, against p independent single-threaded GEMMs of the MLP's shape.
 //
@@ -20,7 +27,10 @@
 #include "bench/bench.h"
 #include "nlohmann/json.hpp"
 #include "engine/artifact/artifact.h"
+#include "engine/device/device_registry.h"
 #include "engine/model/forward.h"
+#include "engine/model/forward_device.h"
+#include "engine/model/hessian_capture.h"
 #include "engine/model/streamed_forward.h"
 #include "engine/tokenizer/tokens.h"
 
@@ -130,6 +140,81 @@ int RunForwardBatched(const Flags& flags, const std::string& dir, std::vector<in
   return 0;
 }
 
+int RunForwardHessian(const Flags& flags, const std::string& dir, std::vector<int32_t> ids,
+                      int ctx, int p) {
+  const std::string spec = flags.Get("device", "cpu");
+  absl::StatusOr<std::unique_ptr<quant::Device>> dev = device::MakeDevice(spec, p);
+  model::LlamaConfig cfg;
+  auto src = artifact::OpenArtifactSource(dir, &cfg);
+  if (!dev.ok() || !src.ok()) {
+    std::fprintf(stderr, "%s\n",
+                 (!dev.ok() ? dev.status() : src.status()).ToString().c_str());
+    return 1;
+  }
+  for (int32_t& id : ids) id %= cfg.vocab_size;
+  ctx = std::min(ctx, cfg.max_position_embeddings);
+  std::vector<absl::Span<const int32_t>> seqs;
+  std::vector<int64_t> lengths;
+  double flops = 0;
+  const double q = static_cast<double>(cfg.num_heads) * cfg.head_dim;
+  const double d = cfg.hidden_size, ff = cfg.intermediate_size;
+  for (size_t b = 0; b < ids.size(); b += ctx) {
+    const size_t n = std::min<size_t>(ctx, ids.size() - b);
+    seqs.emplace_back(ids.data() + b, n);
+    lengths.push_back(static_cast<int64_t>(n));
+    const double t = static_cast<double>(n);
+    flops += WindowFlops(cfg, t) - 2 * t * d * cfg.vocab_size +
+             cfg.num_layers * t * (2 * d * d + q * q + ff * ff);
+  }
+  omp_set_num_threads(p);
+  absl::StatusOr<model::ForwardOpsSession> session = model::ForwardOpsSession::Open(dev->get());
+  if (!session.ok()) {
+    std::fprintf(stderr, "%s\n", session.status().ToString().c_str());
+    return 1;
+  }
+  double checksum = 0;
+  model::LayerHessianStream stream(
+      cfg, 0, cfg.num_layers,
+      [&](int, model::LinearGroup, const MatrixD& sum, int64_t) {
+        checksum += sum(0, 0);
+        return absl::OkStatus();
+      },
+      model::RowWeights(lengths, model::TokenWeighting{model::kDefaultSinkWeight, 1}));
+  auto t0 = std::chrono::steady_clock::now();
+  absl::Status s = model::ForwardBatch(cfg, **src, seqs, &stream, &session->ops()).status();
+  const double secs = Seconds(t0);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  const long long peak_n = flags.GetInt("peak-n", spec == "cpu" ? 1024 : 8192).value_or(1024);
+  absl::StatusOr<double> peak32 =
+      device::MeasureGemmPeakTflops(spec, static_cast<int>(peak_n), false, p);
+  absl::StatusOr<double> peak64 =
+      device::MeasureGemmPeakTflops(spec, static_cast<int>(peak_n), true, p);
+  const double tflops = flops / secs / 1e12;
+  nlohmann::json out = {{"mode", "hessian"},
+                        {"device", (*dev)->name()},
+                        {"forward_ops", session->ops().name()},
+                        {"model", dir},
+                        {"params_hidden", cfg.hidden_size},
+                        {"layers", cfg.num_layers},
+                        {"tokens", ids.size()},
+                        {"sequences", seqs.size()},
+                        {"context", ctx},
+                        {"threads", p},
+                        {"seconds", secs},
+                        {"tflops", tflops},
+                        {"checksum", checksum}};
+  if (peak32.ok()) {
+    out["gemm_peak_fp32_tflops"] = *peak32;
+    out["ratio_fp32_peak"] = tflops / *peak32;
+  }
+  if (peak64.ok()) out["gemm_peak_fp64_tflops"] = *peak64;
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
 int RunForward(const Flags& flags) {
   const std::string dir = flags.Get("model", "");
   absl::StatusOr<long long> tokens = flags.GetInt("tokens", 2048);
@@ -138,12 +223,13 @@ int RunForward(const Flags& flags) {
   if (dir.empty() || !tokens.ok() || !context.ok() || !threads.ok() || *tokens < 2 ||
       *context < 2 || *threads < 0) {
     std::fprintf(stderr, "usage: quantd-bench forward --model DIR [--tokens N] [--context T] "
-                         "[--threads P] [--data TOKENS]\n");
+                         "[--threads P] [--data TOKENS] [--mode batched|hessian|reference] "
+                         "[--device cpu|cuda:N] [--peak-n N]\n");
     return 2;
   }
   const std::string mode = flags.Get("mode", "batched");
-  if (mode != "batched" && mode != "reference") {
-    std::fprintf(stderr, "--mode must be batched or reference, got %s\n", mode.c_str());
+  if (mode != "batched" && mode != "reference" && mode != "hessian") {
+    std::fprintf(stderr, "--mode must be batched, hessian or reference, got %s\n", mode.c_str());
     return 2;
   }
   std::vector<int32_t> ids;
@@ -163,6 +249,7 @@ int RunForward(const Flags& flags) {
   }
   const int p = *threads > 0 ? static_cast<int>(*threads) : omp_get_max_threads();
   if (mode == "batched") return RunForwardBatched(flags, dir, std::move(ids), *context, p);
+  if (mode == "hessian") return RunForwardHessian(flags, dir, std::move(ids), *context, p);
   model::LlamaConfig cfg;
   absl::StatusOr<model::LlamaWeights> w = artifact::LoadArtifactWeights(dir, &cfg);
   if (!w.ok()) {

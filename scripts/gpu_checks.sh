@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # GPU checks for the CUDA device (issue 6), for a machine with an NVIDIA GPU (A100/H100/H200) and
 # the CUDA toolkit in /usr/local/cuda. Builds with QUANTD_CUDA=ON into ./build-gpu, then runs:
-#   1. the CPU-vs-GPU consistency test (engine/device/cuda/cuda_device_test; must not skip)
+#   1. the CPU-vs-GPU consistency test (engine/device/cuda/cuda_device_test; must not skip): the
+#      Device ops and the forward's ops (CudaForwardOpsTest: GEMM in fp32/bf16/fp16, weighted
+#      Gram, RMSNorm, RoPE, attention, SiLU·mul, NLL, a whole stories260K forward)
 #   2. quantd-bench hessian --n 4096 --tokens 8192 --device cuda:0 (achieved vs cuBLAS peak)
 #   3. quantd-bench layer --method qtip --bits 2 --m 4096 --n 4096 --device cuda:0
-#   4. an end-to-end 2-bit quip-sharp job of examples/stories260K with one GPU worker and one
-#      with one CPU worker; the fetched models' perplexities must agree within 1%
+#   4. the Hessian phase on the TinyLlama-1.1B shape (synthetic bf16 checkpoint, quantd-bench
+#      synth), 8 × 512 tokens: quantd-bench forward --mode hessian on cuda:0, TFLOP/s against
+#      the cuBLAS fp32/fp64 GEMM peaks measured in the same run (the CPU's on 2048 tokens too)
+#   5. an end-to-end 2-bit quip-sharp job of examples/stories260K with one GPU worker and one
+#      with one CPU worker; the fetched models' perplexities must agree within 1% (the GPU
+#      worker now also runs the Hessian and evaluation tasks on its GPU)
 # and prints one JSON summary on stdout (logs on stderr and in $OUT). Exit 0 when every check
-# passed. About 8 minutes on an H100/H200 (most of it the build); each step has a timeout.
+# passed. About 8 minutes on an H100/H200 (most of it the build) plus the 1.1B synthetic
+# checkpoint's generation (~2.2 GB, once; cached in $REALSIZE_DIR) and the CPU's 1.1B Hessian
+# phase (a few minutes on 16 cores); each step has a timeout.
 # Usage: bash scripts/gpu_checks.sh            (OUT=dir keeps the logs, default a temp dir)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +42,7 @@ log "consistency test"
 timeout 300 $B/engine/device/cuda/cuda_device_test --gtest_output=json:"$OUT/cuda_device_test.json" \
   >"$OUT/cuda_device_test.log" 2>&1
 test_rc=$?
-skipped=$(grep -c '\[  SKIPPED \] CudaDeviceTest' "$OUT/cuda_device_test.log" || true)
+skipped=$(grep -c '\[  SKIPPED \] Cuda' "$OUT/cuda_device_test.log" || true)
 [ "$test_rc" = 0 ] && [ "$skipped" = 0 ] && ok_test=true
 timeout 60 $B/engine/device/device_registry_test >>"$OUT/cuda_device_test.log" 2>&1 || ok_test=false
 
@@ -43,6 +51,12 @@ hessian=$(timeout 120 $B/quantd-bench hessian --n 4096 --tokens 8192 --device cu
 hessian_cpu=$(timeout 120 $B/quantd-bench hessian --n 4096 --tokens 8192 --device cpu 2>>"$OUT/hessian.err" | tail -1)
 log "qtip layer bench"
 layer=$(timeout 240 $B/quantd-bench layer --method qtip --bits 2 --m 4096 --n 4096 --device cuda:0 2>"$OUT/layer.err" | tail -1)
+
+log "1.1B Hessian phase"
+synth_dir=${REALSIZE_DIR:-$HOME/.cache/quantd/realsize}/tinyllama-1.1b
+[ -s "$synth_dir/config.json" ] || timeout 600 $B/quantd-bench synth --shape tinyllama-1.1b --out "$synth_dir" >"$OUT/synth.log" 2>&1
+hessian1b=$(timeout 300 $B/quantd-bench forward --mode hessian --model "$synth_dir" --tokens 4096 --context 512 --device cuda:0 2>"$OUT/hessian1b.err" | tail -1)
+hessian1b_cpu=$(timeout 600 $B/quantd-bench forward --mode hessian --model "$synth_dir" --tokens 2048 --context 512 --device cpu 2>>"$OUT/hessian1b.err" | tail -1)
 
 # End-to-end: the same job once with a GPU worker, once with a CPU worker.
 e2e() {  # $1 = device, $2 = port; prints the fetched model's perplexity
@@ -72,9 +86,9 @@ if [ -n "$ppl_gpu" ] && [ -n "$ppl_cpu" ]; then
 fi
 
 python3 - "$OUT" "$ok_build" "$ok_test" "$ok_e2e" "${ppl_gpu:-}" "${ppl_cpu:-}" \
-  "${hessian:-}" "${hessian_cpu:-}" "${layer:-}" <<'PY'
+  "${hessian:-}" "${hessian_cpu:-}" "${layer:-}" "${hessian1b:-}" "${hessian1b_cpu:-}" <<'PY'
 import json, sys
-out, b, t, e, pg, pc, h, hc, l = sys.argv[1:]
+out, b, t, e, pg, pc, h, hc, l, h1, h1c = sys.argv[1:]
 def js(s):
     try:
         return json.loads(s)
@@ -83,11 +97,12 @@ def js(s):
 gpu = open(out + "/gpu.txt").read().strip() if b == "true" else ""
 summary = {"gpu": gpu, "build": b == "true", "consistency_test": t == "true",
            "hessian_bench": js(h), "hessian_bench_cpu": js(hc), "qtip_layer_bench": js(l),
+           "hessian_phase_1b": js(h1), "hessian_phase_1b_cpu": js(h1c),
            "e2e": {"ppl_gpu_worker": float(pg) if pg else None,
                    "ppl_cpu_worker": float(pc) if pc else None, "within_1pct": e == "true"},
            "out": out}
 summary["ok"] = summary["build"] and summary["consistency_test"] and e == "true" and \
-    js(h) is not None and js(l) is not None
+    js(h) is not None and js(l) is not None and js(h1) is not None
 print(json.dumps(summary))
 sys.exit(0 if summary["ok"] else 1)
 PY

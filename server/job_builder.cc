@@ -549,6 +549,8 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
           8 * (2 * d * d + q * q + ff * ff) + 8 * ff * ff + 4 * ff * ff + 8 * rows * ff;
       const uint64_t weights = runner::MethodOf(task.spec()).transforms_model ? 4 * params : layer;
       bytes = weights + hess + per_token * rows;
+      // A GPU worker (which advertises its GPU's free memory) runs the forward there.
+      bytes = std::max<uint64_t>(bytes, model::DeviceForwardBytes(cfg, rows, true, 0));
       break;
     }
     case quantd::v1::TASK_KIND_EVAL: {
@@ -558,6 +560,8 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       const uint64_t rows = static_cast<uint64_t>(model::AutoBatchTokens(cfg, context));
       const uint64_t chunk = static_cast<uint64_t>(model::DefaultVocabChunk(cfg, rows));
       bytes = layer + per_token * rows + 4 * rows * chunk + 4 * chunk * d + 16 * rows;
+      bytes = std::max<uint64_t>(
+          bytes, model::DeviceForwardBytes(cfg, rows, false, static_cast<int>(chunk)));
       break;
     }
     case quantd::v1::TASK_KIND_QUANTIZE: {

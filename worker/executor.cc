@@ -20,6 +20,7 @@
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
 #include "engine/model/forward.h"
+#include "engine/model/forward_device.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/model/hessian_shard.h"
 #include "engine/model/perplexity.h"
@@ -118,6 +119,7 @@ class QuantizedPrefixSource : public model::WeightSource {
 
   absl::StatusOr<const model::LayerWeights*> Layer(int l) override {
     QUANTD_ASSIGN_OR_RETURN(const model::LayerWeights* base, base_.Layer(l));
+    quantized_ = l < layer_;
     if (l >= layer_) return base;
     current_ = *base;
     const std::vector<model::StoredLinear> stored = model::StoredLinears(cfg_);
@@ -137,6 +139,11 @@ class QuantizedPrefixSource : public model::WeightSource {
   absl::Status Head(int begin, int count, MatrixF* out) override {
     return base_.Head(begin, count, out);
   }
+  // Dequantized layers are fp32; the others are the base's.
+  quant::WeightDtype LayerDtype() const override {
+    return quantized_ ? quant::WeightDtype::kF32 : base_.LayerDtype();
+  }
+  quant::WeightDtype HeadDtype() const override { return base_.HeadDtype(); }
   model::OnlineRotation online_down() const override { return base_.online_down(); }
   model::OnlineRotation online_o() const override { return base_.online_o(); }
 
@@ -144,6 +151,7 @@ class QuantizedPrefixSource : public model::WeightSource {
   const model::LlamaConfig cfg_;
   model::WeightSource& base_;
   const int layer_;
+  bool quantized_ = false;  // the last Layer() was dequantized
   std::map<std::pair<int, size_t>, std::string> paths_;
   model::LayerWeights current_;
 };
@@ -154,7 +162,7 @@ class QuantizedPrefixSource : public model::WeightSource {
 constexpr char kShardDirPrefix[] = "quantd_shard_";
 
 absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blobs,
-                                      const std::atomic<bool>& cancelled,
+                                      quant::Device& device, const std::atomic<bool>& cancelled,
                                       const std::string& scratch_dir) {
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
@@ -219,8 +227,11 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   absl::Status status = [&]() -> absl::Status {
     QUANTD_ASSIGN_OR_RETURN(auto writer, model::SafetensorsWriter::Create(
                                              r.data_path, ShardDecls(cfg, first, last)));
+    // On the worker's device: a GPU's forward ops, or the CPU's (model/forward_device.h).
+    // Declared before the stream, whose sums live in the ops' memory.
+    QUANTD_ASSIGN_OR_RETURN(model::ForwardOpsSession ops, model::ForwardOpsSession::Open(&device));
     // The layer's sums are added in one fixed order (all rows of the batch at once), so a
-    // retried task produces the same bytes on any worker.
+    // retried task produces the same bytes on any worker (of the same device kind).
     model::LayerHessianStream stream(
         cfg, first, last,
         [&](int layer, model::LinearGroup g, const MatrixD& sum, int64_t n) -> absl::Status {
@@ -234,7 +245,7 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
                                 std::string_view(reinterpret_cast<const char*>(&n), 8));
         },
         std::move(row_weights));
-    QUANTD_RETURN_IF_ERROR(model::ForwardBatch(cfg, *src, seqs, &stream).status());
+    QUANTD_RETURN_IF_ERROR(model::ForwardBatch(cfg, *src, seqs, &stream, &ops.ops()).status());
     return writer->Finish();
   }();
   if (!status.ok()) {
@@ -325,7 +336,8 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
 
 // Evaluation: the fp checkpoint or the quantized artifact (dequantized one layer at a time),
 // every window batched into layer-streamed passes.
-absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) {
+absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs,
+                                   quant::Device& device) {
   std::string dir;
   if (task.eval_target() == jobfiles::kEvalTargetFp) {
     QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
@@ -347,6 +359,8 @@ absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs) 
     }
     opts.start_token = task.start_token_id();
   }
+  QUANTD_ASSIGN_OR_RETURN(model::ForwardOpsSession ops, model::ForwardOpsSession::Open(&device));
+  opts.ops = &ops.ops();
   QUANTD_ASSIGN_OR_RETURN(model::PerplexityResult p, model::Perplexity(cfg, *src, tokens, opts));
   TaskResult r;
   r.header.set_ppl(p.ppl);
@@ -380,9 +394,9 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
   const absl::Time start = absl::Now();
   absl::StatusOr<TaskResult> r;
   switch (task.kind()) {
-    case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, cancelled, scratch_dir); break;
+    case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, device, cancelled, scratch_dir); break;
     case quantd::v1::TASK_KIND_QUANTIZE: r = RunQuantize(task, blobs, device); break;
-    case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs); break;
+    case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs, device); break;
     default:
       return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));
   }

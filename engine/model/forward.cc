@@ -48,6 +48,18 @@ absl::Status CheckWeights(const LlamaConfig& cfg, const LlamaWeights& w) {
 
 }  // namespace
 
+absl::Status ActivationSink::OnDeviceInput(quant::ForwardOps& ops, int layer, LinearGroup group,
+                                           const quant::DeviceMatrix& x) {
+  if (const MatrixF* h = ops.HostMatrix(x)) {
+    OnLinearInput(layer, group, *h);
+    return absl::OkStatus();
+  }
+  MatrixF m;
+  QUANTD_RETURN_IF_ERROR(ops.Download(x, &m));
+  OnLinearInput(layer, group, m);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
                                 absl::Span<const int32_t> tokens, ActivationSink* sink) {
   const int T = static_cast<int>(tokens.size());

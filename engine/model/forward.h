@@ -13,6 +13,7 @@
 #include "common/matrix.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
+#include "engine/quant/device.h"
 
 namespace quantd::model {
 
@@ -31,6 +32,11 @@ class ActivationSink {
   // Called by the layer-streamed ForwardBatch (streamed_forward.h) once every row of `layer`
   // has passed (after its down input); the reference Forward does not call it. An error stops
   // the forward and is returned by it. Default: nothing.
+  // The layer-streamed ForwardBatch calls this (not OnLinearInput) with the group's input in
+  // the memory of the ops it runs on. Default: OnLinearInput with the host matrix (no copy on
+  // the host; downloaded from a device). Errors stop the forward.
+  virtual absl::Status OnDeviceInput(quant::ForwardOps& ops, int layer, LinearGroup group,
+                                     const quant::DeviceMatrix& x);
   virtual absl::Status OnLayerDone(int layer) {
     (void)layer;
     return absl::OkStatus();

@@ -121,9 +121,10 @@ void AddResidual(const LlamaConfig& cfg, const VectorF& bias, const VectorF& pos
 
 void SoftcapLogits(const LlamaConfig& cfg, MatrixF* logits) {
   if (cfg.final_softcap <= 0) return;
-  const float cap = static_cast<float>(cfg.final_softcap);
-  logits->array() = (logits->array() / cap).tanh() * cap;
+  Softcap(static_cast<float>(cfg.final_softcap), logits);
 }
+
+void Softcap(float cap, MatrixF* m) { m->array() = (m->array() / cap).tanh() * cap; }
 
 void ApplyRope(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
                Eigen::Ref<MatrixF> m) {

@@ -76,6 +76,8 @@ inline bool PlainResidual(const VectorF& bias, const VectorF& post_norm) {
 
 // The final logits soft-capping cap·tanh(l / cap) in place (Gemma 2); nothing when cap is 0.
 void SoftcapLogits(const LlamaConfig& cfg, MatrixF* logits);
+// m ← cap·tanh(m / cap) (cap > 0).
+void Softcap(float cap, MatrixF* m);
 
 // Rotates each head of rows [0, m.rows()) of `m` (rows x heads*hd) in place, rotate_half
 // convention over the first 2 * cos.cols() dims of each head (the rest pass through: partial

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "common/status_macros.h"
+#include "engine/model/forward_device.h"
 
 namespace quantd::model {
 
@@ -84,26 +85,53 @@ LayerHessianStream::LayerHessianStream(const LlamaConfig& cfg, int first, int la
       row_weights_(std::move(row_weights)) {}
 
 void LayerHessianStream::OnLinearInput(int layer, LinearGroup group, const MatrixF& x) {
-  if (layer < first_ || layer >= last_) return;
+  if (host_ops_ == nullptr) host_ops_ = std::make_unique<CpuForwardOps>();
+  absl::StatusOr<std::unique_ptr<quant::DeviceMatrix>> view =
+      host_ops_->BindWeight(x, quant::WeightDtype::kF32);  // a reference, no copy
+  absl::Status s = view.ok() ? OnDeviceInput(*host_ops_, layer, group, **view) : view.status();
+  if (!s.ok() && error_.ok()) error_ = s;
+}
+
+absl::Status LayerHessianStream::OnDeviceInput(quant::ForwardOps& ops, int layer,
+                                               LinearGroup group, const quant::DeviceMatrix& x) {
+  if (layer < first_ || layer >= last_) return absl::OkStatus();
   const int g = static_cast<int>(group);
-  if (x.cols() != GroupInputDim(cfg_, group)) return;
-  if (sums_[g].cols() != x.cols()) sums_[g] = MatrixD::Zero(x.cols(), x.cols());
-  // Straight into the sum (no n x n temporary: 6.6 GB for a 70B down_proj). Starting from
-  // zero this gives AddWeightedXtX's bits.
-  AddWeightedXtX(x, row_weights_, &sums_[g]);
+  if (x.cols() != GroupInputDim(cfg_, group)) return absl::OkStatus();
+  if (ops_ != &ops) {
+    for (auto& sum : sums_) {
+      if (sum != nullptr) {
+        return absl::InternalError("LayerHessianStream: one layer's inputs came from two ops");
+      }
+    }
+    ops_ = &ops;
+  }
+  if (sums_[g] == nullptr) {
+    QUANTD_ASSIGN_OR_RETURN(sums_[g], ops.NewGram(x.cols()));
+  }
+  // Straight into the sum (no n x n temporary: 6.6 GB for a 70B down_proj). On the CPU,
+  // starting from zero this gives AddWeightedXtX's bits.
+  QUANTD_RETURN_IF_ERROR(ops.AccumulateGram(x, row_weights_, sums_[g].get()));
   tokens_[g] += x.rows();
+  return absl::OkStatus();
 }
 
 absl::Status LayerHessianStream::OnLayerDone(int layer) {
+  QUANTD_RETURN_IF_ERROR(error_);
   if (layer < first_ || layer >= last_) return absl::OkStatus();
   for (LinearGroup group : kAllGroups) {
     const int g = static_cast<int>(group);
-    if (sums_[g].cols() == 0) {
+    MatrixD read;
+    const MatrixD* sum = nullptr;
+    if (sums_[g] == nullptr) {
       const int n = GroupInputDim(cfg_, group);
-      sums_[g] = MatrixD::Zero(n, n);
+      read = MatrixD::Zero(n, n);
+      sum = &read;
+    } else if ((sum = ops_->HostGram(*sums_[g])) == nullptr) {
+      QUANTD_RETURN_IF_ERROR(ops_->ReadGram(*sums_[g], &read));
+      sum = &read;
     }
-    QUANTD_RETURN_IF_ERROR(emit_(layer, group, sums_[g], tokens_[g]));
-    sums_[g] = MatrixD();
+    QUANTD_RETURN_IF_ERROR(emit_(layer, group, *sum, tokens_[g]));
+    sums_[g].reset();
     tokens_[g] = 0;
   }
   return absl::OkStatus();

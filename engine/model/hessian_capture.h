@@ -93,6 +93,8 @@ void AddWeightedXtX(const MatrixF& x, absl::Span<const double> w, MatrixD* sum);
 // when it reports the layer done they go to `emit` (in kAllGroups order) and are freed.
 // Captures layers [first, last); the forward stops after last - 1. `row_weights` (RowWeights
 // of the batch's sequences; empty = all 1) weights the batch's rows: sum = Σ w_r x_rᵀx_r.
+// The sums live in the memory of the ops ForwardBatch runs on (OnDeviceInput): fp64 n×n per
+// group on a GPU, read back once per layer; on the CPU exactly AddWeightedXtX into host sums.
 // Thread-safety: single-threaded, like ForwardBatch's calls.
 class LayerHessianStream : public ActivationSink {
  public:
@@ -101,7 +103,10 @@ class LayerHessianStream : public ActivationSink {
   LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit,
                      std::vector<double> row_weights = {});
 
+  // Host rows (the CPU's ops). Errors are reported by the next OnLayerDone.
   void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
+  absl::Status OnDeviceInput(quant::ForwardOps& ops, int layer, LinearGroup group,
+                             const quant::DeviceMatrix& x) override;
   absl::Status OnLayerDone(int layer) override;
   int StopAfterLayer() const override { return stop_after_; }
 
@@ -110,8 +115,11 @@ class LayerHessianStream : public ActivationSink {
   int first_, last_, stop_after_;
   Emit emit_;
   std::vector<double> row_weights_;
-  MatrixD sums_[kNumGroups];
+  std::unique_ptr<quant::ForwardOps> host_ops_;  // for OnLinearInput
+  quant::ForwardOps* ops_ = nullptr;             // the ops the sums_ belong to
+  std::unique_ptr<quant::DeviceGram> sums_[kNumGroups];
   int64_t tokens_[kNumGroups] = {};
+  absl::Status error_;
 };
 
 }  // namespace quantd::model

@@ -159,8 +159,9 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaConfig& cfg, WeightSource
         targets.push_back(p >= win.score_from ? tokens[p + 1] : -1);
       }
     }
-    QUANTD_ASSIGN_OR_RETURN(MatrixF hidden, ForwardBatch(cfg, src, seqs));
-    QUANTD_ASSIGN_OR_RETURN(std::vector<double> nll, RowNll(cfg, src, hidden, targets));
+    QUANTD_ASSIGN_OR_RETURN(MatrixF hidden, ForwardBatch(cfg, src, seqs, nullptr, opts.ops));
+    QUANTD_ASSIGN_OR_RETURN(std::vector<double> nll,
+                            RowNll(cfg, src, hidden, targets, 0, opts.ops));
     // Window order, then position order: each window's sum first, as the reference does.
     int64_t r = 0;
     for (int i = first; i < last; ++i) {

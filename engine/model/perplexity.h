@@ -28,6 +28,9 @@ struct PerplexityOptions {
   // request does; model/calibration.h StartTokenOf) and holds context - 1 stream tokens. The
   // targets are the same stream tokens as without it. Default: -1 (none).
   int32_t start_token = -1;
+  // Layer-streamed overload only: where the forward's ops run (model/forward_device.h); not
+  // owned. Default: nullptr, the CPU's.
+  quant::ForwardOps* ops = nullptr;
 };
 
 struct PerplexityResult {

@@ -5,13 +5,17 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "common/file_util.h"
+#include "common/status_macros.h"
 #include "engine/format/checkpoint.h"
+#include "engine/model/forward_device.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/model/perplexity.h"
 #include "engine/model/test_util.h"
@@ -196,6 +200,191 @@ TEST(StreamedForwardTest, LayerStreamedHessiansMatchTheReferenceCapture) {
             absl::StatusCode::kResourceExhausted);
 }
 
+// A stand-in for a device's ForwardOps: its matrices are not host matrices (HostMatrix and
+// HostGram give nullptr, so the forward must Upload/Download), it computes with the CPU's ops on
+// its private copies, and it declines (UNIMPLEMENTED) the ops named in `declined`, so the
+// forward's host fallbacks run. Counts the transfers.
+class ForeignOps : public quant::ForwardOps {
+ public:
+  explicit ForeignOps(std::set<std::string> declined) : declined_(std::move(declined)) {}
+  struct M : quant::DeviceMatrix {
+    std::unique_ptr<quant::DeviceMatrix> in;
+    int64_t rows() const override { return in->rows(); }
+    int64_t cols() const override { return in->cols(); }
+  };
+  struct G : quant::DeviceGram {
+    std::unique_ptr<quant::DeviceGram> in;
+    int64_t n() const override { return in->n(); }
+  };
+  static const quant::DeviceMatrix& I(const quant::DeviceMatrix& m) {
+    return *static_cast<const M&>(m).in;
+  }
+  static quant::DeviceMatrix* I(quant::DeviceMatrix* m) { return static_cast<M*>(m)->in.get(); }
+  absl::Status Decline(const std::string& op) {
+    if (!declined_.count(op)) return absl::OkStatus();
+    ++declines;
+    return absl::UnimplementedError(op);
+  }
+
+  std::string name() const override { return "foreign"; }
+  MatrixF* HostMatrix(quant::DeviceMatrix&) override { return nullptr; }
+  const MatrixD* HostGram(const quant::DeviceGram&) override { return nullptr; }
+  std::unique_ptr<quant::DeviceMatrix> NewMatrix() override {
+    auto m = std::make_unique<M>();
+    m->in = cpu_.NewMatrix();
+    return m;
+  }
+  absl::Status Upload(const MatrixF& h, quant::DeviceMatrix* d) override {
+    ++uploads;
+    return cpu_.Upload(h, I(d));
+  }
+  absl::Status Download(const quant::DeviceMatrix& d, MatrixF* h) override {
+    ++downloads;
+    return cpu_.Download(I(d), h);
+  }
+  absl::StatusOr<std::unique_ptr<quant::DeviceMatrix>> BindWeight(
+      const MatrixF& w, quant::WeightDtype dtype) override {
+    dtypes.insert(dtype);
+    auto m = std::make_unique<M>();
+    m->in = cpu_.NewMatrix();
+    QUANTD_RETURN_IF_ERROR(cpu_.Upload(w, m->in.get()));  // a copy, as a device makes
+    return std::unique_ptr<quant::DeviceMatrix>(std::move(m));
+  }
+  absl::Status MatMulT(const quant::DeviceMatrix& x, const quant::DeviceMatrix& w,
+                       quant::DeviceMatrix* out, bool acc) override {
+    return cpu_.MatMulT(I(x), I(w), I(out), acc);
+  }
+  absl::Status RmsNorm(const quant::DeviceMatrix& x, const VectorF& w, float eps, float off,
+                       quant::DeviceMatrix* out) override {
+    return cpu_.RmsNorm(I(x), w, eps, off, I(out));
+  }
+  absl::Status ApplyRope(const quant::DeviceMatrix& c, const quant::DeviceMatrix& s, int heads,
+                         int hd, int64_t r0, int64_t rows, quant::DeviceMatrix* m) override {
+    QUANTD_RETURN_IF_ERROR(Decline("rope"));
+    return cpu_.ApplyRope(I(c), I(s), heads, hd, r0, rows, I(m));
+  }
+  absl::Status Scale(float s, quant::DeviceMatrix* m) override { return cpu_.Scale(s, I(m)); }
+  absl::Status Add(const quant::DeviceMatrix& y, quant::DeviceMatrix* x) override {
+    return cpu_.Add(I(y), I(x));
+  }
+  absl::Status Attention(const quant::DeviceMatrix& q, const quant::DeviceMatrix& k,
+                         const quant::DeviceMatrix& v, absl::Span<const int64_t> off, int nh,
+                         int nkv, int hd, int window, float softcap,
+                         quant::DeviceMatrix* out) override {
+    QUANTD_RETURN_IF_ERROR(Decline("attention"));
+    return cpu_.Attention(I(q), I(k), I(v), off, nh, nkv, hd, window, softcap, I(out));
+  }
+  absl::Status SiluMul(const quant::DeviceMatrix& u, quant::DeviceMatrix* g) override {
+    QUANTD_RETURN_IF_ERROR(Decline("silu"));
+    return cpu_.SiluMul(I(u), I(g));
+  }
+  absl::Status Softcap(float cap, quant::DeviceMatrix* m) override {
+    return cpu_.Softcap(cap, I(m));
+  }
+  absl::StatusOr<std::unique_ptr<quant::DeviceGram>> NewGram(int64_t n) override {
+    auto g = std::make_unique<G>();
+    QUANTD_ASSIGN_OR_RETURN(g->in, cpu_.NewGram(n));
+    return std::unique_ptr<quant::DeviceGram>(std::move(g));
+  }
+  absl::Status AccumulateGram(const quant::DeviceMatrix& x, absl::Span<const double> w,
+                              quant::DeviceGram* g) override {
+    return cpu_.AccumulateGram(I(x), w, static_cast<G*>(g)->in.get());
+  }
+  absl::Status ReadGram(const quant::DeviceGram& g, MatrixD* out) override {
+    ++gram_reads;
+    return cpu_.ReadGram(*static_cast<const G&>(g).in, out);
+  }
+  absl::Status NllChunk(const quant::DeviceMatrix& l, int c0, absl::Span<const int32_t> t,
+                        quant::NllState* st) override {
+    QUANTD_RETURN_IF_ERROR(Decline("nll"));
+    return cpu_.NllChunk(I(l), c0, t, st);
+  }
+
+  int uploads = 0, downloads = 0, gram_reads = 0, declines = 0;
+  std::set<quant::WeightDtype> dtypes;
+
+ private:
+  CpuForwardOps cpu_;
+  std::set<std::string> declined_;
+};
+
+// The forward on a device's ops gives the CPU's bits when the device computes what the CPU
+// does, whether it runs every op itself (activations stay on it: one upload, one download per
+// forward) or declines some (the forward then runs them on host copies).
+TEST(StreamedForwardTest, DeviceOpsAndTheirFallbacksGiveTheCpuBits) {
+  auto m = LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  auto ckpt = Checkpoint::Open(ExamplePath("stories260K"));
+  ASSERT_TRUE(ckpt.ok());
+  const std::vector<int32_t> s = Stream();
+  const auto seqs = Cut(s, {{0, 200}, {300, 77}, {500, 256}});
+  std::vector<int32_t> targets;
+  for (auto q : seqs) {
+    for (size_t i = 0; i < q.size(); ++i) {
+      targets.push_back(i + 1 < q.size() ? q[i + 1] : -1);
+    }
+  }
+  const std::vector<double> weights = RowWeights({200, 77, 256}, TokenWeighting{16, 1});
+  auto run = [&](quant::ForwardOps* ops, std::vector<MatrixD>* sums, MatrixF* hidden,
+                 std::vector<double>* nll) {
+    CheckpointWeightSource src(m->cfg, **ckpt);
+    LayerHessianStream stream(m->cfg, 0, m->cfg.num_layers,
+                              [&](int, LinearGroup, const MatrixD& sum, int64_t) {
+                                sums->push_back(sum);
+                                return absl::OkStatus();
+                              },
+                              weights);
+    auto h = ForwardBatch(m->cfg, src, seqs, &stream, ops);
+    ASSERT_TRUE(h.ok()) << h.status();
+    *hidden = *h;
+    auto n = RowNll(m->cfg, src, *h, targets, 100, ops);  // several vocabulary chunks
+    ASSERT_TRUE(n.ok()) << n.status();
+    *nll = *n;
+  };
+  std::vector<MatrixD> cpu_sums;
+  MatrixF cpu_hidden;
+  std::vector<double> cpu_nll;
+  run(nullptr, &cpu_sums, &cpu_hidden, &cpu_nll);
+  ASSERT_EQ(cpu_sums.size(), static_cast<size_t>(m->cfg.num_layers * kNumGroups));
+
+  for (const std::set<std::string>& declined :
+       {std::set<std::string>{}, std::set<std::string>{"rope", "attention", "silu", "nll"}}) {
+    ForeignOps ops(declined);
+    std::vector<MatrixD> sums;
+    MatrixF hidden;
+    std::vector<double> nll;
+    run(&ops, &sums, &hidden, &nll);
+    EXPECT_EQ(sums, cpu_sums) << declined.size() << " ops declined";
+    EXPECT_EQ(hidden, cpu_hidden);
+    EXPECT_EQ(nll, cpu_nll);
+    EXPECT_EQ(ops.gram_reads, m->cfg.num_layers * kNumGroups);
+    EXPECT_EQ(ops.dtypes, std::set<quant::WeightDtype>{quant::WeightDtype::kF32});
+    if (declined.empty()) {
+      // Nothing but the embedding goes up and the final hidden states come down.
+      EXPECT_EQ(ops.uploads, 1);
+      EXPECT_EQ(ops.downloads, 1);
+      EXPECT_EQ(ops.declines, 0);
+    } else {
+      EXPECT_GT(ops.declines, 0);
+      EXPECT_GT(ops.downloads, 1);
+    }
+  }
+}
+
+// The CPU device has no forward ops of its own: a session on it (or on no device) runs the
+// CPU's, whose matrices are host matrices.
+TEST(StreamedForwardTest, SessionsOnTheCpuDeviceRunTheCpuOps) {
+  std::unique_ptr<quant::Device> cpu = quant::MakeCpuDevice(1);
+  for (quant::Device* d : {cpu.get(), static_cast<quant::Device*>(nullptr)}) {
+    auto s = ForwardOpsSession::Open(d);
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_TRUE(s->on_host());
+    EXPECT_EQ(s->ops().name(), "cpu");
+    auto m = s->ops().NewMatrix();
+    EXPECT_NE(s->ops().HostMatrix(*m), nullptr);
+  }
+}
+
 // Writes stories260K as three shards with an index, like the Hub's sharded checkpoints.
 std::string WriteSharded(const Checkpoint& src, const std::string& dir) {
   EXPECT_TRUE(MakeDirs(dir).ok());
@@ -243,6 +432,13 @@ TEST(StreamedForwardTest, ShardedAndBf16CheckpointsStreamLikeTheirLoadedWeights)
     auto b = ForwardBatchLogits(m->cfg, mem, seqs);
     ASSERT_TRUE(a.ok() && b.ok()) << p;
     EXPECT_EQ(*a, *b) << p;
+    // The source names the stored dtype, in which a device may run the GEMMs.
+    const auto want = p == bf16 ? quant::WeightDtype::kBF16 : quant::WeightDtype::kF32;
+    ASSERT_TRUE(src.Layer(0).ok());
+    EXPECT_EQ(src.LayerDtype(), want) << p;
+    MatrixF head;
+    ASSERT_TRUE(src.Head(0, 4, &head).ok());
+    EXPECT_EQ(src.HeadDtype(), want) << p;
   }
   RemoveAll(tmpl).IgnoreError();
 }

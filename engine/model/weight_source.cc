@@ -93,12 +93,32 @@ CheckpointWeightSource::CheckpointWeightSource(const LlamaConfig& cfg,
                                                std::unique_ptr<Checkpoint> ckpt)
     : cfg_(cfg), owned_(std::move(ckpt)), ckpt_(owned_.get()) {}
 
+namespace {
+quant::WeightDtype StoredWeightDtype(DType d) {
+  switch (d) {
+    case DType::kBF16: return quant::WeightDtype::kBF16;
+    case DType::kF16: return quant::WeightDtype::kF16;
+    default: return quant::WeightDtype::kF32;
+  }
+}
+}  // namespace
+
 absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
   if (i < 0 || i >= cfg_.num_layers) {
     return absl::InvalidArgumentError(
         internal::Cat("layer ", i, " of a ", cfg_.num_layers, "-layer model"));
   }
   const std::string prefix = internal::Cat("model.layers.", i, ".");
+  layer_dtype_ = quant::WeightDtype::kF32;
+  bool first_linear = true;
+  auto note_dtype = [&](quant::WeightDtype d) {
+    if (first_linear) {
+      layer_dtype_ = d;
+    } else if (d != layer_dtype_) {
+      layer_dtype_ = quant::WeightDtype::kF32;
+    }
+    first_linear = false;
+  };
   for (const LayerVectorSpec& s : LayerVectors(cfg_)) {
     QUANTD_RETURN_IF_ERROR(ReadVector(*ckpt_, internal::Cat(prefix, s.suffix),
                                       internal::Cat("layer ", i, " ", s.suffix), s.size,
@@ -121,6 +141,7 @@ absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
                                                        out, ",", in, "] (tensor ", qname, ")"));
       }
       QUANTD_RETURN_IF_ERROR(ApplyPackedScales(*ckpt_, qname, &*m));
+      note_dtype(quant::WeightDtype::kF32);
       QUANTD_RETURN_IF_ERROR(
           ScatterStored(cfg_, sl, std::move(*m), &layer_, internal::Cat(what, " (tensor ", qname, ")")));
       ckpt_->ReleasePages(qname);
@@ -128,6 +149,7 @@ absl::StatusOr<const LayerWeights*> CheckpointWeightSource::Layer(int i) {
     }
     QUANTD_ASSIGN_OR_RETURN(TensorView t, ckpt_->Get(name));
     QUANTD_RETURN_IF_ERROR(CheckShape(t, what, {out, in}));
+    note_dtype(StoredWeightDtype(t.dtype));
     MatrixF dst(out, in);
     QUANTD_RETURN_IF_ERROR(ConvertToF32(t, 0, static_cast<int64_t>(out) * in, dst.data()));
     QUANTD_RETURN_IF_ERROR(ScatterStored(cfg_, sl, std::move(dst), &layer_, what));
@@ -161,6 +183,7 @@ absl::Status CheckpointWeightSource::Head(int begin, int count, MatrixF* out) {
   QUANTD_RETURN_IF_ERROR(CheckShape(t, cfg_.tie_word_embeddings ? "embed_tokens" : "lm_head",
                                     {cfg_.vocab_size, cfg_.hidden_size}));
   QUANTD_RETURN_IF_ERROR(CheckRows(begin, count, cfg_.vocab_size));
+  head_dtype_ = StoredWeightDtype(t.dtype);
   out->resize(count, cfg_.hidden_size);
   const int64_t h = cfg_.hidden_size;
   QUANTD_RETURN_IF_ERROR(ConvertToF32(t, begin * h, count * h, out->data()));

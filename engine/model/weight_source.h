@@ -19,6 +19,7 @@
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
+#include "engine/quant/device.h"
 
 namespace quantd::model {
 
@@ -45,6 +46,11 @@ class WeightSource {
   // Rows [begin, begin + count) of the output projection into `out` [count x hidden]: lm_head,
   // or the embedding when the config ties them.
   virtual absl::Status Head(int begin, int count, MatrixF* out) = 0;
+  // The dtype the linears of the last Layer() (LayerDtype) and the rows of the last Head()
+  // (HeadDtype) are stored in: kBF16 or kF16 when all of them are (their fp32 values are then
+  // exact in it, and a device may run the GEMM in it), else kF32. Default: kF32.
+  virtual quant::WeightDtype LayerDtype() const { return quant::WeightDtype::kF32; }
+  virtual quant::WeightDtype HeadDtype() const { return quant::WeightDtype::kF32; }
   // QuaRot's online rotations (weights.h). Default: none.
   virtual OnlineRotation online_down() const { return {}; }
   virtual OnlineRotation online_o() const { return {}; }
@@ -77,6 +83,8 @@ class CheckpointWeightSource : public WeightSource {
   absl::Status Embed(absl::Span<const int32_t> tokens, MatrixF* out) override;
   absl::StatusOr<VectorF> FinalNorm() override;
   absl::Status Head(int begin, int count, MatrixF* out) override;
+  quant::WeightDtype LayerDtype() const override { return layer_dtype_; }
+  quant::WeightDtype HeadDtype() const override { return head_dtype_; }
   OnlineRotation online_down() const override { return online_down_; }
   OnlineRotation online_o() const override { return online_o_; }
 
@@ -91,6 +99,8 @@ class CheckpointWeightSource : public WeightSource {
   std::unique_ptr<Checkpoint> owned_;
   const Checkpoint* ckpt_;
   LayerWeights layer_;
+  quant::WeightDtype layer_dtype_ = quant::WeightDtype::kF32;
+  quant::WeightDtype head_dtype_ = quant::WeightDtype::kF32;
   OnlineRotation online_down_, online_o_;
 };
 

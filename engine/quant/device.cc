@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -135,6 +136,12 @@ class CpuDevice : public Device {
 };
 
 }  // namespace
+
+void NllState::Reset(int64_t rows) {
+  max.assign(rows, -std::numeric_limits<float>::infinity());
+  sum.assign(rows, 0.0);
+  target_logit.assign(rows, 0.0f);
+}
 
 std::unique_ptr<Device> MakeCpuDevice(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

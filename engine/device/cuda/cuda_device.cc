@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
 #include "common/status_macros.h"
+#include "engine/device/cuda/cuda_forward.h"
 #include "engine/device/cuda/cuda_kernels.h"
 #include "engine/device/cuda/cuda_resources.h"
 #include "engine/device/cuda/cuda_status.h"
@@ -56,6 +57,11 @@ class CudaDevice : public quant::Device {
 
   std::string name() const override { return absl::StrCat("cuda:", ordinal_, "(", gpu_name_, ")"); }
   bool host_memory() const override { return false; }
+
+  // A forward session of its own (stream, cuBLAS handle, buffers) on this GPU.
+  absl::StatusOr<std::unique_ptr<quant::ForwardOps>> NewForwardOps() override {
+    return MakeCudaForwardOps(ordinal_);
+  }
 
   absl::Status AccumulateGram(const MatrixF& x, MatrixD* h) override {
     const int64_t t = x.rows(), n = x.cols();

@@ -15,16 +15,40 @@
 //   feedback legitimately takes another path, so bytes are not required to match.
 // - Butterfly: the learning's surrogate (value and analytic gradient, products on the device)
 //   within 1e-9 relative of the CPU's; a whole butterfly quantization within 2% proxy loss.
+// The forward's ops (CudaForwardOpsTest; cuda_forward.h), each against model::CpuForwardOps on
+// random inputs, with u = 2⁻²⁴ (fp32), element-wise:
+// - MatMulT fp32: |Δ| ≤ 2γ_k·(|x||w|ᵀ). bf16/fp16 weights: against the exact product of the
+//   16-bit-rounded operands, |Δ| ≤ 2γ_k·(|x̂||ŵ|ᵀ) (fp32 accumulation of exact 16-bit products).
+// - RmsNorm: |Δ| ≤ (n + 8)·u·|cpu| + 1e-30 (fp32 sum of squares in another order).
+// - ApplyRope (partial rotary, an offset sequence): |Δ| ≤ 4u·(|a·c| + |b·s|) (FMA contraction).
+// - Scale, Add: exact. SiluMul, Softcap: |Δ| ≤ 8u·|cpu| + 1e-30 (expf/tanhf vs Eigen's).
+// - Attention (GQA, several sequences, sliding window, score soft-capping): |Δ| ≤ 1e-4·max|v|
+//   (the scores differ by up to γ_hd·Σ|q||k| ≈ 1.5e-5 here, and the softmax carries that);
+//   a sequence over kMaxAttentionKeys is declined (UNIMPLEMENTED).
+// - AccumulateGram with a sink weight, twice: |Δ| ≤ 4γ_{2T+4}(fp64)·(|X|ᵀ diag(w) |X|), exactly
+//   symmetric.
+// - NllChunk over three vocabulary chunks: NLL within 1e-6 relative.
+// - A whole stories260K forward (fp32 weights): hidden states within 1e-4 relative, Hessian sums
+//   within 1e-4 relative Frobenius, per-row NLL within 1e-4 absolute.
 // Tests that need a GPU skip when there is none (no /dev/nvidia0 or no CUDA device); the status
 // mapping and resource error paths run everywhere.
 #include "engine/device/cuda/cuda_device.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 
 #include "gtest/gtest.h"
+#include "engine/device/cuda/cuda_forward.h"
 #include "engine/device/cuda/cuda_resources.h"
+#include "engine/device/cuda/forward_kernels.h"
+#include "engine/model/forward_device.h"
+#include "engine/model/hessian_capture.h"
+#include "engine/model/streamed_forward.h"
+#include "engine/model/test_util.h"
+#include "engine/model/weight_source.h"
+#include "engine/tokenizer/tokens.h"
 #include "engine/device/cuda/cuda_status.h"
 #include "engine/quant/butterfly.h"
 #include "engine/quant/quantize.h"
@@ -325,6 +349,266 @@ TEST_F(CudaDeviceTest, ButterflyQuantizationAgrees) {
   ASSERT_TRUE(q_cpu.ok()) << q_cpu.status();
   ASSERT_TRUE(q_gpu.ok()) << q_gpu.status();
   EXPECT_NEAR(q_gpu->proxy_loss, q_cpu->proxy_loss, 0.02 * q_cpu->proxy_loss);
+}
+
+
+// ---- The forward's ops ----
+
+class CudaForwardOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!GpuPresent()) GTEST_SKIP() << "no CUDA GPU (/dev/nvidia0 missing or cudaGetDeviceCount = 0)";
+    CudaForwardOptions small;
+    small.gram_chunk_elements = 5000;  // several chunks even for short inputs
+    auto g = MakeCudaForwardOps(0, small);
+    ASSERT_TRUE(g.ok()) << g.status();
+    gpu_ = std::move(*g);
+  }
+  std::unique_ptr<quant::DeviceMatrix> Up(quant::ForwardOps& ops, const MatrixF& m) {
+    auto d = ops.NewMatrix();
+    EXPECT_TRUE(ops.Upload(m, d.get()).ok());
+    return d;
+  }
+  MatrixF Down(quant::ForwardOps& ops, const quant::DeviceMatrix& d) {
+    MatrixF m;
+    EXPECT_TRUE(ops.Download(d, &m).ok());
+    return m;
+  }
+  model::CpuForwardOps cpu_;
+  std::unique_ptr<quant::ForwardOps> gpu_;
+};
+
+MatrixF RandomF(int64_t r, int64_t c, uint64_t seed, double scale = 1.0) {
+  return (quant::GaussianMatrix(r, c, seed) * scale).cast<float>();
+}
+
+// Round to nearest even in bf16 (8 mantissa bits) or fp16-like precision (11 bits, values in
+// range), as the GPU's conversion does.
+float RoundBits(float v, int mantissa_bits) {
+  if (mantissa_bits == 8) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    b += 0x7fff + ((b >> 16) & 1);
+    b &= 0xffff0000u;
+    float r;
+    std::memcpy(&r, &b, 4);
+    return r;
+  }
+  int e;
+  const double m = std::frexp(static_cast<double>(v), &e);
+  return static_cast<float>(std::ldexp(std::nearbyint(std::ldexp(m, mantissa_bits)), e - mantissa_bits));
+}
+
+TEST_F(CudaForwardOpsTest, MatMulTMatchesCpuInEachWeightDtype) {
+  const int64_t rows = 300, in = 200, cols = 150;
+  const MatrixF x = RandomF(rows, in, 1), w = RandomF(cols, in, 2, 0.1);
+  const double g = 2 * Gamma(in, kU32);
+  // fp32, plain and accumulating.
+  for (bool acc : {false, true}) {
+    MatrixF c_cpu = RandomF(rows, cols, 3), c_gpu_init = c_cpu;
+    auto xc = Up(cpu_, x), oc = Up(cpu_, c_cpu);
+    auto wc = cpu_.BindWeight(w, quant::WeightDtype::kF32);
+    ASSERT_TRUE(cpu_.MatMulT(*xc, **wc, oc.get(), acc).ok());
+    auto xg = Up(*gpu_, x), og = Up(*gpu_, c_gpu_init);
+    auto wg = gpu_->BindWeight(w, quant::WeightDtype::kF32);
+    ASSERT_TRUE(wg.ok()) << wg.status();
+    ASSERT_TRUE(gpu_->MatMulT(*xg, **wg, og.get(), acc).ok());
+    const MatrixF a = Down(cpu_, *oc), b = Down(*gpu_, *og);
+    MatrixF bound = (x.cwiseAbs() * w.cwiseAbs().transpose()).array() * static_cast<float>(g);
+    if (acc) bound.array() += c_gpu_init.cwiseAbs().array() * static_cast<float>(2 * kU32);
+    EXPECT_TRUE(((a - b).cwiseAbs().array() <= bound.array() + 1e-30f).all()) << "acc " << acc;
+  }
+  // bf16 and fp16 weights (values exact in the dtype): the GPU rounds x to it too.
+  for (auto [dtype, bits] : {std::pair{quant::WeightDtype::kBF16, 8},
+                             std::pair{quant::WeightDtype::kF16, 11}}) {
+    MatrixF wr = w, xr = x;
+    for (int64_t i = 0; i < wr.size(); ++i) wr.data()[i] = RoundBits(wr.data()[i], bits);
+    for (int64_t i = 0; i < xr.size(); ++i) xr.data()[i] = RoundBits(xr.data()[i], bits);
+    auto xg = Up(*gpu_, x), og = gpu_->NewMatrix();
+    auto wg = gpu_->BindWeight(wr, dtype);
+    ASSERT_TRUE(wg.ok()) << wg.status();
+    ASSERT_TRUE(gpu_->MatMulT(*xg, **wg, og.get(), false).ok());
+    const MatrixF b = Down(*gpu_, *og);
+    const MatrixD exact = xr.cast<double>() * wr.cast<double>().transpose();
+    const MatrixD bound = (xr.cwiseAbs() * wr.cwiseAbs().transpose()).cast<double>() * g;
+    EXPECT_TRUE(((exact - b.cast<double>()).cwiseAbs().array() <= bound.array() + 1e-30).all())
+        << "mantissa bits " << bits;
+  }
+}
+
+TEST_F(CudaForwardOpsTest, ElementwiseOpsMatchCpu) {
+  const int64_t rows = 70, n = 512;
+  const MatrixF x = RandomF(rows, n, 4, 3.0), y = RandomF(rows, n, 5);
+  const VectorF w = RandomF(n, 1, 6).col(0);
+  auto check = [&](const MatrixF& a, const MatrixF& b, double rel, const char* what) {
+    EXPECT_TRUE(((a - b).cwiseAbs().array() <= a.cwiseAbs().array() * rel + 1e-30f).all())
+        << what << " max diff " << (a - b).cwiseAbs().maxCoeff();
+  };
+  for (float offset : {0.0f, 1.0f}) {
+    auto xc = Up(cpu_, x), oc = cpu_.NewMatrix();
+    auto xg = Up(*gpu_, x), og = gpu_->NewMatrix();
+    ASSERT_TRUE(cpu_.RmsNorm(*xc, w, 1e-5f, offset, oc.get()).ok());
+    ASSERT_TRUE(gpu_->RmsNorm(*xg, w, 1e-5f, offset, og.get()).ok());
+    check(Down(cpu_, *oc), Down(*gpu_, *og), (n + 8) * kU32, "RmsNorm");
+  }
+  {
+    auto xc = Up(cpu_, x), yc = Up(cpu_, y), xg = Up(*gpu_, x), yg = Up(*gpu_, y);
+    ASSERT_TRUE(cpu_.Scale(0.125f, xc.get()).ok() && gpu_->Scale(0.125f, xg.get()).ok());
+    EXPECT_EQ(Down(cpu_, *xc), Down(*gpu_, *xg));
+    ASSERT_TRUE(cpu_.Add(*yc, xc.get()).ok() && gpu_->Add(*yg, xg.get()).ok());
+    EXPECT_EQ(Down(cpu_, *xc), Down(*gpu_, *xg));
+    ASSERT_TRUE(cpu_.SiluMul(*yc, xc.get()).ok() && gpu_->SiluMul(*yg, xg.get()).ok());
+    check(Down(cpu_, *xc), Down(*gpu_, *xg), 8 * kU32, "SiluMul");
+    // Softcap on identical inputs (the SiluMul results differ in their last bits).
+    ASSERT_TRUE(cpu_.Upload(x, xc.get()).ok() && gpu_->Upload(x, xg.get()).ok());
+    ASSERT_TRUE(cpu_.Softcap(2.5f, xc.get()).ok() && gpu_->Softcap(2.5f, xg.get()).ok());
+    check(Down(cpu_, *xc), Down(*gpu_, *xg), 8 * kU32, "Softcap");
+  }
+}
+
+TEST_F(CudaForwardOpsTest, RopeMatchesCpuWithPartialRotaryAndAnOffset) {
+  const int heads = 3, hd = 16, half = 6;  // partial rotary: 12 of 16 dims
+  const int64_t rows = 40, row0 = 9, len = 25;
+  const MatrixF m = RandomF(rows, heads * hd, 7), cos = RandomF(len, half, 8),
+                sin = RandomF(len, half, 9);
+  auto mc = Up(cpu_, m), mg = Up(*gpu_, m);
+  auto cc = cpu_.BindWeight(cos, quant::WeightDtype::kF32), sc = cpu_.BindWeight(sin, quant::WeightDtype::kF32);
+  auto cg = gpu_->BindWeight(cos, quant::WeightDtype::kF32), sg = gpu_->BindWeight(sin, quant::WeightDtype::kF32);
+  ASSERT_TRUE(cpu_.ApplyRope(**cc, **sc, heads, hd, row0, len, mc.get()).ok());
+  ASSERT_TRUE(gpu_->ApplyRope(**cg, **sg, heads, hd, row0, len, mg.get()).ok());
+  const MatrixF a = Down(cpu_, *mc), b = Down(*gpu_, *mg);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < hd; ++i) {
+        double bound = 0;
+        if (t >= row0 && t < row0 + len && i < 2 * half) {
+          const int j = i % half;
+          const double c = cos(t - row0, j), s = sin(t - row0, j);
+          const double p = m(t, h * hd + j), q = m(t, h * hd + j + half);
+          bound = 4 * kU32 * (std::abs(p * c) + std::abs(q * s) + std::abs(q * c) + std::abs(p * s));
+        }
+        EXPECT_LE(std::abs(a(t, h * hd + i) - b(t, h * hd + i)), bound) << t << " " << h << " " << i;
+      }
+    }
+  }
+}
+
+TEST_F(CudaForwardOpsTest, AttentionMatchesCpuAndDeclinesLongSequences) {
+  const int heads = 4, kv = 2, hd = 32;
+  const std::vector<int64_t> offsets = {0, 50, 53, 180};
+  const int64_t n = offsets.back();
+  const MatrixF q = RandomF(n, heads * hd, 10, 0.3), k = RandomF(n, kv * hd, 11),
+                v = RandomF(n, kv * hd, 12);
+  const double vmax = v.cwiseAbs().maxCoeff();
+  for (auto [window, softcap] : {std::pair{0, 0.0f}, std::pair{7, 0.0f}, std::pair{0, 5.0f}}) {
+    auto qc = Up(cpu_, q), kc = Up(cpu_, k), vc = Up(cpu_, v), oc = cpu_.NewMatrix();
+    auto qg = Up(*gpu_, q), kg = Up(*gpu_, k), vg = Up(*gpu_, v), og = gpu_->NewMatrix();
+    ASSERT_TRUE(cpu_.Attention(*qc, *kc, *vc, offsets, heads, kv, hd, window, softcap, oc.get()).ok());
+    absl::Status s = gpu_->Attention(*qg, *kg, *vg, offsets, heads, kv, hd, window, softcap, og.get());
+    ASSERT_TRUE(s.ok()) << s;
+    const MatrixF a = Down(cpu_, *oc), b = Down(*gpu_, *og);
+    EXPECT_LE((a - b).cwiseAbs().maxCoeff(), 1e-4 * vmax) << "window " << window << " softcap " << softcap;
+  }
+  // Longer than the kernel takes: declined, so the forward runs the CPU's code.
+  const int64_t long_n = kMaxAttentionKeys + 1;
+  auto ql = Up(*gpu_, MatrixF::Zero(long_n, 1 * 4)), kl = Up(*gpu_, MatrixF::Zero(long_n, 4));
+  auto ol = gpu_->NewMatrix();
+  const std::vector<int64_t> one = {0, long_n};
+  EXPECT_EQ(gpu_->Attention(*ql, *kl, *kl, one, 1, 1, 4, 0, 0, ol.get()).code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+TEST_F(CudaForwardOpsTest, WeightedGramMatchesCpuAndIsSymmetric) {
+  const int64_t t = 600, n = 96;
+  const MatrixF x = RandomF(t, n, 13);
+  std::vector<double> w(t, 1.0);
+  for (int64_t r : {0, 100, 257, 599}) w[r] = 16;
+  w[300] = 0.5;
+  auto xc = Up(cpu_, x), xg = Up(*gpu_, x);
+  auto gc = cpu_.NewGram(n), gg = gpu_->NewGram(n);
+  ASSERT_TRUE(gc.ok() && gg.ok());
+  for (int rep = 0; rep < 2; ++rep) {  // accumulates
+    ASSERT_TRUE(cpu_.AccumulateGram(*xc, w, gc->get()).ok());
+    ASSERT_TRUE(gpu_->AccumulateGram(*xg, w, gg->get()).ok());
+  }
+  MatrixD a, b;
+  ASSERT_TRUE(cpu_.ReadGram(**gc, &a).ok() && gpu_->ReadGram(**gg, &b).ok());
+  MatrixD ax = x.cast<double>().cwiseAbs();
+  MatrixD wax = ax;
+  for (int64_t r = 0; r < t; ++r) wax.row(r) *= w[r];
+  // Each side: ≤ γ_{2T+4}·2·|X|ᵀW|X| (two calls); their difference twice that.
+  const MatrixD bound = 4 * Gamma(2 * t + 4, kU64) * (ax.transpose() * wax);
+  EXPECT_TRUE(((a - b).cwiseAbs().array() <= bound.array()).all());
+  EXPECT_EQ(b, b.transpose());
+}
+
+TEST_F(CudaForwardOpsTest, NllChunksMatchCpu) {
+  const int64_t rows = 50, vocab = 1000;
+  const MatrixF logits = RandomF(rows, vocab, 14, 4.0);
+  std::vector<int32_t> targets(rows);
+  for (int64_t r = 0; r < rows; ++r) targets[r] = r % 7 == 3 ? -1 : static_cast<int32_t>((r * 37) % vocab);
+  quant::NllState sc, sg;
+  sc.Reset(rows);
+  sg.Reset(rows);
+  for (int c0 : {0, 400, 800}) {
+    const int cols = std::min<int>(400, vocab - c0);
+    const MatrixF chunk = logits.middleCols(c0, cols);
+    auto lc = Up(cpu_, chunk), lg = Up(*gpu_, chunk);
+    ASSERT_TRUE(cpu_.NllChunk(*lc, c0, targets, &sc).ok());
+    ASSERT_TRUE(gpu_->NllChunk(*lg, c0, targets, &sg).ok());
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (targets[r] < 0) continue;
+    const double a = std::log(sc.sum[r]) + sc.max[r] - sc.target_logit[r];
+    const double b = std::log(sg.sum[r]) + sg.max[r] - sg.target_logit[r];
+    EXPECT_NEAR(a, b, 1e-6 * std::abs(a)) << r;
+  }
+}
+
+TEST_F(CudaForwardOpsTest, WholeStreamedForwardMatchesCpu) {
+  auto m = model::testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  auto ckpt = model::Checkpoint::Open(model::testing::ExamplePath("stories260K"));
+  ASSERT_TRUE(ckpt.ok());
+  auto toks = model::LoadTokenFile(
+      model::testing::ExamplePath("tinystories/tinystories_valid_first1000.tok512.u16"));
+  ASSERT_TRUE(toks.ok());
+  std::vector<absl::Span<const int32_t>> seqs = {{toks->data(), 256}, {toks->data() + 256, 100}};
+  std::vector<int32_t> targets;
+  for (auto s : seqs) {
+    for (size_t i = 0; i < s.size(); ++i) targets.push_back(i + 1 < s.size() ? s[i + 1] : -1);
+  }
+  const std::vector<double> weights = model::RowWeights({256, 100}, model::TokenWeighting{16, 1});
+  auto run = [&](quant::ForwardOps* ops, std::vector<MatrixD>* sums, MatrixF* hidden,
+                 std::vector<double>* nll) {
+    model::CheckpointWeightSource src(m->cfg, **ckpt);
+    model::LayerHessianStream stream(m->cfg, 0, m->cfg.num_layers,
+                                     [&](int, model::LinearGroup, const MatrixD& s, int64_t) {
+                                       sums->push_back(s);
+                                       return absl::OkStatus();
+                                     },
+                                     weights);
+    auto h = model::ForwardBatch(m->cfg, src, seqs, &stream, ops);
+    ASSERT_TRUE(h.ok()) << h.status();
+    *hidden = *h;
+    auto n = model::RowNll(m->cfg, src, *h, targets, 200, ops);
+    ASSERT_TRUE(n.ok()) << n.status();
+    *nll = *n;
+  };
+  std::vector<MatrixD> sc, sg;
+  MatrixF hc, hg;
+  std::vector<double> nc, ng;
+  run(nullptr, &sc, &hc, &nc);
+  run(gpu_.get(), &sg, &hg, &ng);
+  ASSERT_EQ(sc.size(), sg.size());
+  EXPECT_LE(((hc - hg).array().abs() / hc.array().abs().max(1.0f)).maxCoeff(), 1e-4);
+  double worst = 0;
+  for (size_t i = 0; i < sc.size(); ++i) {
+    worst = std::max(worst, (sc[i] - sg[i]).norm() / std::max(sc[i].norm(), 1e-300));
+  }
+  EXPECT_LE(worst, 1e-4);
+  for (size_t r = 0; r < nc.size(); ++r) EXPECT_NEAR(nc[r], ng[r], 1e-4) << r;
+  std::printf("stories260K on the GPU: Hessian rel Frobenius diff %.3g\n", worst);
 }
 
 }  // namespace
