@@ -32,6 +32,7 @@
 #include "engine/quant/quantize.h"
 #include "engine/spec/job_files.h"
 #include "engine/spec/quant_spec.h"
+#include "worker/finetune_task.h"
 
 namespace quantd::runner {
 namespace {
@@ -384,6 +385,9 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
     case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, cancelled, scratch_dir); break;
     case quantd::v1::TASK_KIND_QUANTIZE: r = RunQuantize(task, blobs, device); break;
     case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs); break;
+    case quantd::v1::TASK_KIND_FINETUNE:
+      r = RunFinetuneTask(task, blobs, cancelled, scratch_dir);
+      break;
     default:
       return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));
   }
