@@ -403,6 +403,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   const int stages = (cfg.num_layers + block - 1) / block;
   QUANTD_RETURN_IF_ERROR(CheckFinetuneModel(req, cfg, nseq));
   SetJobPhase(HessianPhase(0), stages, &job, HasFinetune(req.spec()) ? cfg.num_layers : 0);
+  if (HasFinetune(req.spec())) job.set_finetune_blocks(cfg.num_layers);
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());

@@ -50,7 +50,7 @@ absl::Status CheckFinetuneModel(const quantd::v1::SubmitJobRequest& req,
   for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
     if (sl.parts.size() != 1) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "finetune is not supported for this model: it stores ", sl.name,
+          "finetune is not supported for this model: it stores ", std::string(sl.name),
           " fused, and one packed matrix cannot carry its parts' separate input scales"));
     }
   }

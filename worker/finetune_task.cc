@@ -31,7 +31,7 @@ using quantd::v1::Task;
 
 absl::Status Bad(const Task& task, std::string_view what) {
   return absl::InvalidArgumentError(
-      absl::StrCat("fine-tuning task for block ", task.finetune().block(), ": ", what));
+      absl::StrCat("fine-tuning task for block ", task.finetune().block(), ": ", std::string(what)));
 }
 
 }  // namespace
