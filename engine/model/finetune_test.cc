@@ -29,6 +29,15 @@ MatrixF Ternary(const MatrixF& m) {
   return out;
 }
 
+// `w` with every linear made Ternary (norms and embeddings kept).
+LlamaWeights TernaryModel(const LlamaConfig& cfg, const LlamaWeights& w) {
+  LlamaWeights q = w;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = Ternary(GetLinear(w, l, lin));
+  }
+  return q;
+}
+
 std::vector<int32_t> StoryTokens(size_t begin, size_t count) {
   auto all = LoadTokenFile(
       testing::ExamplePath("tinystories/tinystories_valid_first1000.tok512.u16"));
@@ -42,10 +51,7 @@ TEST(Finetune, LowersHeldOutLossAndPerplexity) {
   const std::vector<int32_t> calib = StoryTokens(0, 12 * 128);
   const std::vector<int32_t> eval = StoryTokens(200000, 8192);
   if (calib.empty() || eval.empty()) FAIL() << "examples/tinystories tokens not found";
-  LlamaWeights q = m->w;
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = Ternary(GetLinear(m->w, l, lin));
-  }
+  LlamaWeights q = TernaryModel(m->cfg, m->w);
   const LlamaWeights untuned = q;
   FinetuneOptions o;
   o.seq_len = 128;
@@ -113,10 +119,7 @@ TEST(Finetune, ReplayedPrefixGivesTheSameBlockBitForBit) {
   ASSERT_NE(m, nullptr);
   const std::vector<int32_t> calib = StoryTokens(0, 6 * 64);
   ASSERT_FALSE(calib.empty());
-  LlamaWeights q = m->w;
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = Ternary(GetLinear(m->w, l, lin));
-  }
+  LlamaWeights q = TernaryModel(m->cfg, m->w);
   const LlamaWeights untuned = q;
   FinetuneOptions o;
   o.seq_len = 64;
