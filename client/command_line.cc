@@ -119,6 +119,30 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   spec->set_mse_clip(a.Has("--mse-clip"));
   spec->set_act_order(a.Has("--act-order"));
   spec->set_hessian_scale(a.Has("--hessian-scale"));
+  // Fine-tuning after rounding (issue 27): the server fills the defaults and checks the ranges;
+  // an --ft-* option without --finetune is refused there too, naming it.
+  for (const char* f : {"--ft-epochs", "--ft-lr", "--ft-batch", "--ft-holdout", "--ft-patience"}) {
+    if (a.Has(f) && !a.Has("--finetune")) {
+      return Usage(absl::StrCat("submit: ", f, " needs --finetune"));
+    }
+  }
+  if (a.Has("--finetune")) {
+    quantd::v1::FinetuneSpec* ft = spec->mutable_finetune();
+    ft->set_enabled(true);
+    QUANTD_ASSIGN_OR_RETURN(int32_t epochs, OptionalInt(a, "--ft-epochs", 1, 0));
+    ft->set_epochs(epochs);
+    if (a.Has("--ft-lr")) {
+      QUANTD_ASSIGN_OR_RETURN(double lr, ParseDouble("--ft-lr", a.Get("--ft-lr")));
+      if (!(lr > 0 && lr <= 1)) return Usage(absl::StrCat("--ft-lr ", a.Get("--ft-lr"), " is not in (0, 1]"));
+      ft->set_learning_rate(lr);
+    }
+    QUANTD_ASSIGN_OR_RETURN(int32_t batch, OptionalInt(a, "--ft-batch", 1, 0));
+    ft->set_batch_sequences(batch);
+    QUANTD_ASSIGN_OR_RETURN(int32_t holdout, OptionalInt(a, "--ft-holdout", 1, 0));
+    ft->set_holdout_sequences(holdout);
+    QUANTD_ASSIGN_OR_RETURN(int32_t patience, OptionalInt(a, "--ft-patience", 1, 0));
+    ft->set_patience(patience);
+  }
   spec->set_sequential(a.Has("--sequential"));
   spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
   spec->set_trellis_code(a.Get("--trellis-code", ""));
@@ -233,6 +257,12 @@ const std::vector<CommandSpec>& Commands() {
         {"--mse-clip", false},
         {"--act-order", false},
         {"--hessian-scale", false},
+        {"--finetune", false},
+        {"--ft-epochs", true},
+        {"--ft-lr", true},
+        {"--ft-batch", true},
+        {"--ft-holdout", true},
+        {"--ft-patience", true},
         {"--sequential", false},
         {"--no-baseline-guard", false},
         {"--trellis-code", true},
@@ -391,7 +421,8 @@ commands:
          {--bits {2,3,4,8} | --avg-bits X [--budget-weight {abs,rel}]} --name NAME
          [--request-id ID] [--seed N] [--group-size N]
          [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
-         [--greedy-passes N] [--mse-clip] [--act-order] [--hessian-scale] [--sequential] [--damp X]
+         [--greedy-passes N] [--mse-clip] [--act-order] [--hessian-scale] [--sequential]
+         [--finetune [--ft-epochs N] [--ft-lr X] [--ft-batch N] [--ft-holdout N] [--ft-patience N]] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
          [--trellis-l L] [--seq-len N] [--calib-seqs N] [--calib-sampling {first,random}]
          [--calib-seed N] [--start-token {auto,none}] [--token-weighting {sink,none}]

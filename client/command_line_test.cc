@@ -39,6 +39,44 @@ TEST(CommandLine, SubmitMakesPathsAbsoluteAndFillsTheRequest) {
   EXPECT_FALSE(inv->wait);
 }
 
+// Issue 27: --finetune and its options; an option without --finetune or out of range is a
+// usage error naming it.
+TEST(CommandLine, SubmitFinetuneFlags) {
+  auto plain = ParseCommandLine(SubmitArgs(), nullptr);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->submit.spec().has_finetune());
+  auto args = SubmitArgs();
+  args.insert(args.end(), {"--finetune", "--ft-epochs", "6", "--ft-lr", "0.002", "--ft-batch", "4",
+                           "--ft-holdout", "3", "--ft-patience", "2"});
+  auto inv = ParseCommandLine(args, nullptr);
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  const auto& ft = inv->submit.spec().finetune();
+  EXPECT_TRUE(ft.enabled());
+  EXPECT_EQ(ft.epochs(), 6);
+  EXPECT_DOUBLE_EQ(ft.learning_rate(), 0.002);
+  EXPECT_EQ(ft.batch_sequences(), 4);
+  EXPECT_EQ(ft.holdout_sequences(), 3);
+  EXPECT_EQ(ft.patience(), 2);
+  auto defaults = SubmitArgs();
+  defaults.push_back("--finetune");
+  auto d = ParseCommandLine(defaults, nullptr);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->submit.spec().finetune().enabled());
+  EXPECT_EQ(d->submit.spec().finetune().epochs(), 0);  // the server fills its default
+  for (std::vector<std::string> extra :
+       {std::vector<std::string>{"--ft-epochs", "3"},
+        std::vector<std::string>{"--finetune", "--ft-lr", "1.5"},
+        std::vector<std::string>{"--finetune", "--ft-epochs", "0"},
+        std::vector<std::string>{"--finetune", "--ft-holdout", "x"}}) {
+    auto a = SubmitArgs();
+    a.insert(a.end(), extra.begin(), extra.end());
+    auto bad = ParseCommandLine(a, nullptr);
+    ASSERT_FALSE(bad.ok()) << extra[extra.size() - 2];
+    EXPECT_NE(bad.status().message().find(extra[extra.size() - 2]), std::string::npos)
+        << bad.status();
+  }
+}
+
 // Issue 24: the short calibration flags, the sampling and start token, the token weighting.
 TEST(CommandLine, SubmitCalibrationAndWeightingFlags) {
   auto args = SubmitArgs();

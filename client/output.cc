@@ -35,6 +35,7 @@ std::string PplOrDash(double v) { return v > 0 ? absl::StrFormat("%.4f", v) : st
 // "quantize", or for a sequential job in a layer stage "quantize, layer 3/30"; "-" when unset.
 std::string PhaseText(const v1::Job& j) {
   if (j.phase().empty()) return "-";
+  if (j.phase() == "finetune" && j.finetune_blocks() > 0) return FinetunePhaseLabel(j);
   if (j.layer_stage() > 0) {
     // A sequential job's stages are its layers; a staged job's are blocks of layers.
     return absl::StrCat(j.phase(), j.spec().sequential() ? ", layer " : ", stage ", j.layer_stage(),
@@ -44,6 +45,18 @@ std::string PhaseText(const v1::Job& j) {
 }
 
 }  // namespace
+
+std::string FinetunePhaseLabel(const v1::Job& j) {
+  std::string s = absl::StrCat(j.phase(), ", block ",
+                               std::min(j.finetune_blocks_done() + 1, j.finetune_blocks()), "/",
+                               j.finetune_blocks());
+  if (j.finetune_losses_size() > 0) {
+    const v1::FinetuneBlockStatus& b = j.finetune_losses(j.finetune_losses_size() - 1);
+    absl::StrAppend(&s, absl::StrFormat(" (block %d held-out %.4g -> %.4g)", b.layer(),
+                                        b.heldout_before(), b.heldout_best()));
+  }
+  return s;
+}
 
 std::string ToJson(const google::protobuf::Message& message) {
   return ToOrderedJson(message).dump(2);
@@ -168,6 +181,16 @@ std::string DescribeJob(const v1::Job& j) {
   if (j.version() > 0) kv("version", absl::StrCat(j.version()));
   if (j.fp_ppl() > 0) kv("fp_ppl", absl::StrFormat("%.4f", j.fp_ppl()));
   if (j.quant_ppl() > 0) kv("quant_ppl", absl::StrFormat("%.4f", j.quant_ppl()));
+  if (j.finetune_blocks() > 0) {
+    kv("finetune", absl::StrFormat("%d/%d blocks tuned (epochs %d, lr %g)", j.finetune_blocks_done(),
+                                   j.finetune_blocks(), j.spec().finetune().epochs(),
+                                   j.spec().finetune().learning_rate()));
+    for (const v1::FinetuneBlockStatus& b : j.finetune_losses()) {
+      kv(absl::StrCat("  block ", b.layer()),
+         absl::StrFormat("held-out %.5f -> %.5f, %d epochs, %.1f s", b.heldout_before(),
+                         b.heldout_best(), b.epochs_run(), b.seconds()));
+    }
+  }
   if (!j.error().empty()) kv("error", j.error());
   kv("model_dir", j.model_dir());
   kv("calib_path", j.calib_path());

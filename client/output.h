@@ -49,6 +49,9 @@ std::string JobsTable(const std::vector<quantd::v1::Job>& jobs);
 std::string ModelsTable(const std::vector<quantd::v1::ModelVersion>& models);
 // Multi-line "key: value" description of one job.
 std::string DescribeJob(const quantd::v1::Job& job);
+// A fine-tuning job's phase: "finetune, block 4/30 (block 2 held-out 0.02912 -> 0.02345)" (the
+// block being tuned, and the last tuned block's held-out loss before and after).
+std::string FinetunePhaseLabel(const quantd::v1::Job& job);
 // One line: "job ID SUCCEEDED: NAME version 3, perplexity fp 5.4540 -> quantized 5.9000".
 std::string FinalJobLine(const quantd::v1::Job& job);
 

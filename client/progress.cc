@@ -29,8 +29,9 @@ std::map<std::string, int> DoneByKind(const v1::Job& job) {
   return done;
 }
 
-// "quantize", "quantize, layer 3/30".
+// "quantize", "quantize, layer 3/30", "finetune, block 4/30 (held-out 0.0291 -> 0.0234)".
 std::string PhaseLabel(const v1::Job& j) {
+  if (j.phase() == "finetune" && j.finetune_blocks() > 0) return FinetunePhaseLabel(j);
   if (j.layer_stage() > 0) {
     // A sequential job's stages are its layers; a staged job's are blocks of layers.
     return absl::StrCat(j.phase(), j.spec().sequential() ? ", layer " : ", stage ", j.layer_stage(),
@@ -213,7 +214,8 @@ std::string ProgressRenderer::OnJob(const v1::Job& job, const std::string& messa
   last_message_ = message;
   if (finished_) return out;
   if (style_.tty) return out + Redraw(now);
-  const std::string key = absl::StrCat(job.state(), "|", job.phase(), "|", job.layer_stage());
+  const std::string key = absl::StrCat(job.state(), "|", job.phase(), "|", job.layer_stage(), "|",
+                                       job.finetune_blocks_done());
   if (key != phase_key_) {
     phase_key_ = key;
     out += PlainLine(now);

@@ -22,6 +22,7 @@
 #include "common/status_macros.h"
 #include "server/job_budget.h"
 #include "server/job_builder.h"
+#include "server/job_finetune.h"
 #include "engine/spec/quant_spec.h"
 #include "engine/quant/quantize.h"
 
@@ -64,6 +65,7 @@ std::string KindName(quantd::v1::TaskKind k) {
     case quantd::v1::TASK_KIND_HESSIAN: return "hessian";
     case quantd::v1::TASK_KIND_QUANTIZE: return "quantize";
     case quantd::v1::TASK_KIND_EVAL: return "eval";
+    case quantd::v1::TASK_KIND_FINETUNE: return "finetune";
     default: return "unknown";
   }
 }
@@ -145,6 +147,7 @@ absl::Status Coordinator::Recover() {
     e.job = std::move(row.job);
     e.phase = row.phase;
     e.stages = StagesOf(row.tasks);
+    e.finetune = FinetunePhasesOf(row.tasks);
     for (TaskRow& t : row.tasks) {
       TaskState ts;
       ts.row = std::move(t);
@@ -213,7 +216,7 @@ void Coordinator::SetProgress(const JobEntry& e, const std::vector<TaskRow>& row
     }
     const bool task_done = row->state == TaskRowState::kDone;
     done += task_done;
-    const std::string phase = PhaseName(row->phase, e.stages);
+    const std::string phase = PhaseName(row->phase, e.stages, e.finetune);
     quantd::v1::PhaseTasks*& p = by_phase[phase];
     if (p == nullptr) {
       p = job->add_phase_tasks();
@@ -224,6 +227,17 @@ void Coordinator::SetProgress(const JobEntry& e, const std::vector<TaskRow>& row
   }
   job->set_tasks_done(done);
   job->set_tasks_total(static_cast<int32_t>(e.tasks.size()));
+  if (e.finetune > 0) {
+    std::vector<const TaskRow*> current;
+    for (const TaskState& t : e.tasks) {
+      const TaskRow* row = &t.row;
+      for (const TaskRow& r : rows) {
+        if (r.task_id == t.row.task_id) row = &r;
+      }
+      current.push_back(row);
+    }
+    SetFinetuneStatus(current, job);
+  }
   if (Terminal(job->state())) job->set_tasks_running(0);
   // The publish step counts as one more unit so a job is at 100% only when it is done.
   job->set_progress(job->state() == quantd::v1::JOB_STATE_SUCCEEDED
@@ -409,6 +423,7 @@ absl::StatusOr<quantd::v1::SubmitJobResponse> Coordinator::BuildAndStore(
   e.job = row->job;
   e.phase = row->phase;
   e.stages = StagesOf(row->tasks);
+  e.finetune = FinetunePhasesOf(row->tasks);
   for (TaskRow& t : row->tasks) {
     TaskState ts;
     ts.row = std::move(t);
@@ -658,6 +673,15 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
     return absl::NotFoundError(
         absl::StrCat("blob '", name, "': job ", job_id, " quantizes no ", tensor));
   }
+  if (absl::StartsWith(name, jobfiles::kFinetunedPrefix)) {
+    MutexLock l(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+    std::vector<const TaskRow*> rows;
+    for (const TaskState& t : it->second.tasks) rows.push_back(&t.row);
+    QUANTD_ASSIGN_OR_RETURN(std::string rel, FinetunedBlobResult(name, rows));
+    return JoinPath(JobDir(job_id), rel);
+  }
   return absl::InvalidArgumentError(absl::StrCat("blob '", name, "' is not readable by workers"));
 }
 
@@ -703,6 +727,8 @@ absl::Status Coordinator::ReportResult(const quantd::v1::TaskReportHeader& h,
       result_path = JoinPath(JobDir(h.job_id()), HessianShardResult(h.task_id()));
     } else if (h.ok() && kind == quantd::v1::TASK_KIND_QUANTIZE) {
       result_path = JoinPath(JobDir(h.job_id()), QuantizedResult(h.task_id()));
+    } else if (h.ok() && kind == quantd::v1::TASK_KIND_FINETUNE) {
+      result_path = JoinPath(JobDir(h.job_id()), jobfiles::FinetuneResult(h.task_id()));
     }
     if (!result_path.empty()) t.storing = true;
   }
@@ -772,6 +798,10 @@ absl::Status Coordinator::ReportResult(const quantd::v1::TaskReportHeader& h,
       metrics_->TaskFinished(KindName(kind), "ok", h.seconds());
       if (!worker_name.empty()) metrics_->WorkerTaskCompleted(worker_name);
       if (kind == quantd::v1::TASK_KIND_HESSIAN) metrics_->HessianTokens(h.tokens());
+      if (kind == quantd::v1::TASK_KIND_FINETUNE) {
+        metrics_->FinetuneBlock(h.job_id(), h.finetune().layer(), h.finetune().heldout_before(),
+                                h.finetune().heldout_best());
+      }
       if (kind == quantd::v1::TASK_KIND_QUANTIZE) {
         metrics_->MatrixProxyLoss(h.proxy_loss());
         if (auto info = quant::InspectPacked(data != nullptr ? *data : std::string());
@@ -846,11 +876,11 @@ std::string Coordinator::ApplyStepResultLocked(JobEntry& e, int phase, const std
   }
   Transition tr = BeginLocked(e);
   tr.phase = phase + 1;
-  SetJobPhase(tr.phase, e.stages, &tr.job);
+  SetJobPhase(tr.phase, e.stages, &tr.job, e.finetune);
   if (tr.job.state() == quantd::v1::JOB_STATE_QUEUED) {
     tr.job.set_state(quantd::v1::JOB_STATE_RUNNING);  // stepped past an empty first phase
   }
-  if (tr.phase == PublishPhase(e.stages)) {
+  if (tr.phase == PublishPhase(e.stages, e.finetune)) {
     tr.job.set_state(quantd::v1::JOB_STATE_SUCCEEDED);
     tr.job.set_version(published_version);
     tr.job.set_phase("done");
@@ -944,6 +974,7 @@ void Coordinator::EngineStep() {
     int phase;
     int stages;
     std::vector<TaskRow> tasks;
+    int finetune = 0;
   };
   std::vector<Pending> ready;
   {
@@ -961,7 +992,7 @@ void Coordinator::EngineStep() {
       // (an rtn job without calibration or evaluation data: its hessian phase is empty).
       if (e.job.state() == quantd::v1::JOB_STATE_QUEUED && any) continue;
       if (!all_done || absl::Now() < e.step_retry_at) continue;
-      Pending p{e.job, e.phase, e.stages, {}};
+      Pending p{e.job, e.phase, e.stages, {}, e.finetune};
       for (const TaskState& t : e.tasks) p.tasks.push_back(t.row);
       ready.push_back(std::move(p));
     }
@@ -969,7 +1000,7 @@ void Coordinator::EngineStep() {
   for (Pending& p : ready) {
     absl::Status s;
     int published_version = 0;
-    const PhaseKind kind = KindOfPhase(p.phase, p.stages);
+    const PhaseKind kind = KindOfPhase(p.phase, p.stages, p.finetune);
     std::string step;
     if (kind == PhaseKind::kHessian) {
       step = "merge";
@@ -978,7 +1009,13 @@ void Coordinator::EngineStep() {
       // The stage's matrices are quantized: its Hessians are no longer needed.
       step = "drop hessians";
       s = DropStageHessians(p.job, p.phase, p.tasks);
-      if (s.ok() && p.phase == QuantizePhase(p.stages - 1)) {
+      if (s.ok() && p.phase == QuantizePhase(p.stages - 1) && p.finetune == 0) {
+        step = "assemble";
+        s = Assemble(p.job, p.tasks);
+      }
+    } else if (kind == PhaseKind::kFinetune) {
+      // Every block is tuned: the artifact with its tuned scales (job_finetune.h).
+      if (p.phase == FinetunePhase(p.stages, p.finetune - 1)) {
         step = "assemble";
         s = Assemble(p.job, p.tasks);
       }

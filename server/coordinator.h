@@ -118,6 +118,7 @@ class Coordinator {
     quantd::v1::Job job;
     int phase = 0;
     int stages = 1;  // StagesOf(tasks): 1, or the layer count of a sequential job
+    int finetune = 0;  // FinetunePhasesOf(tasks): fine-tuning phases (server/job_finetune.h)
     std::vector<TaskState> tasks;
     // Failed attempts of the coordinator's own step for `phase` (merge, assemble, publish) and
     // when it may run again. In memory only: a restart retries from scratch.

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "server/job_finetune.h"
 #include "server/registry.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/calibration.h"
@@ -29,17 +30,19 @@ namespace quantd::server {
 namespace fs = std::filesystem;
 using quantd::v1::SubmitJobRequest;
 
-PhaseKind KindOfPhase(int phase, int stages) {
-  if (phase < 0 || phase > PublishPhase(stages)) return PhaseKind::kDone;
-  if (phase == EvaluatePhase(stages)) return PhaseKind::kEvaluate;
-  if (phase == PublishPhase(stages)) return PhaseKind::kPublish;
+PhaseKind KindOfPhase(int phase, int stages, int finetune) {
+  if (phase < 0 || phase > PublishPhase(stages, finetune)) return PhaseKind::kDone;
+  if (phase == EvaluatePhase(stages, finetune)) return PhaseKind::kEvaluate;
+  if (phase == PublishPhase(stages, finetune)) return PhaseKind::kPublish;
+  if (phase >= FinetunePhase(stages, 0)) return PhaseKind::kFinetune;
   return phase % 2 == 0 ? PhaseKind::kHessian : PhaseKind::kQuantize;
 }
 
-std::string PhaseName(int phase, int stages) {
-  switch (KindOfPhase(phase, stages)) {
+std::string PhaseName(int phase, int stages, int finetune) {
+  switch (KindOfPhase(phase, stages, finetune)) {
     case PhaseKind::kHessian: return "hessian";
     case PhaseKind::kQuantize: return "quantize";
+    case PhaseKind::kFinetune: return "finetune";
     case PhaseKind::kEvaluate: return "evaluate";
     case PhaseKind::kPublish: return "publish";
     case PhaseKind::kDone: break;
@@ -47,9 +50,9 @@ std::string PhaseName(int phase, int stages) {
   return "done";
 }
 
-void SetJobPhase(int phase, int stages, quantd::v1::Job* job) {
-  job->set_phase(PhaseName(phase, stages));
-  const PhaseKind kind = KindOfPhase(phase, stages);
+void SetJobPhase(int phase, int stages, quantd::v1::Job* job, int finetune) {
+  job->set_phase(PhaseName(phase, stages, finetune));
+  const PhaseKind kind = KindOfPhase(phase, stages, finetune);
   job->set_layer_stages(stages > 1 ? stages : 0);
   job->set_layer_stage(stages > 1 && (kind == PhaseKind::kHessian || kind == PhaseKind::kQuantize)
                            ? phase / 2 + 1
@@ -169,6 +172,7 @@ absl::Status ValidateAndDefault(SubmitJobRequest* req) {
         absl::StrCat("eval_context ", req->eval_context(), " is outside [8, 65536]"));
   }
   if (req->model_dir().empty()) return absl::InvalidArgumentError("model_dir is empty");
+  QUANTD_RETURN_IF_ERROR(ValidateFinetuneRequest(req));
   // rtn needs the Hessians only for its proxy loss: without calibration data the job skips
   // the Hessian capture (docs/ARCHITECTURE.md "A job").
   // hessian_scale reads H's diagonal and a bit budget weighs the widths by proxy loss: both
@@ -397,7 +401,9 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   const int block =
       sequential ? 1 : (has_calib ? HessianStageLayers(cfg, shards, stage_bytes) : cfg.num_layers);
   const int stages = (cfg.num_layers + block - 1) / block;
-  SetJobPhase(HessianPhase(0), stages, &job);
+  QUANTD_RETURN_IF_ERROR(CheckFinetuneModel(req, cfg, nseq));
+  SetJobPhase(HessianPhase(0), stages, &job, HasFinetune(req.spec()) ? cfg.num_layers : 0);
+  if (HasFinetune(req.spec())) job.set_finetune_blocks(cfg.num_layers);
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());
@@ -492,8 +498,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       }
     }
   }
+  // Fine-tuning: one task per block after the last quantize phase (server/job_finetune.h).
+  const int finetune = HasFinetune(req.spec()) ? cfg.num_layers : 0;
+  AddFinetuneTasks(req, cfg, stages, seq_len, nseq, new_task, model_inputs, &row.tasks);
   if (!eval.empty()) {
-    TaskRow t = new_task(EvaluatePhase(stages), quantd::v1::TASK_KIND_EVAL);
+    TaskRow t = new_task(EvaluatePhase(stages, finetune), quantd::v1::TASK_KIND_EVAL);
     t.task.add_inputs()->set_name(std::string(jobfiles::kStagedConfig));
     t.task.add_inputs()->set_name(std::string(jobfiles::kStagedModel));
     t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
@@ -551,6 +560,18 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       bytes = weights + hess + per_token * rows;
       // A GPU worker (which advertises its GPU's free memory) runs the forward there.
       bytes = std::max<uint64_t>(bytes, model::DeviceForwardBytes(cfg, rows, true, 0));
+      break;
+    }
+    case quantd::v1::TASK_KIND_FINETUNE: {
+      // Two layers (fp and quantized) at a time, the calibration activations entering the
+      // block through both models, the targets and the next block's inputs (about 6 copies of
+      // tokens x hidden floats), and per sequence in flight its block cache with the
+      // attention probabilities (heads x T^2); up to 16 sequences at once.
+      const uint64_t rows = std::max<int64_t>(task.token_end() - task.token_begin(), 1);
+      const uint64_t t = std::max<int32_t>(task.seq_len(), 1);
+      const uint64_t per_seq = 4 * t * (8 * d + 3 * q + 2 * kv + 4 * ff) +
+                               4 * static_cast<uint64_t>(cfg.num_heads) * t * t;
+      bytes = 2 * layer + 4 * 6 * rows * d + 16 * per_seq;
       break;
     }
     case quantd::v1::TASK_KIND_EVAL: {

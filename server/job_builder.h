@@ -21,20 +21,24 @@ namespace quantd::server {
 // (one per layer for a sequential job, else blocks of HessianStageLayers layers: 1 stage for a
 // model whose Hessians fit the budget): stage s is a Hessian phase 2s (shards, and in stage
 // 0 the fp evaluation) and a quantize phase 2s + 1 (one task per weight matrix of the stage's
-// layers), then come evaluate (2S: the staged artifact) and publish (2S + 1: coordinator only,
-// no tasks). A one-stage job thus has phases 0..3, the numbering jobs stored before sequential
-// jobs existed use.
-enum class PhaseKind { kHessian, kQuantize, kEvaluate, kPublish, kDone };
-PhaseKind KindOfPhase(int phase, int stages);
-std::string PhaseName(int phase, int stages);  // "hessian" | "quantize" | ... | "done"
+// layers). A fine-tuned job (spec.finetune, server/job_finetune.h) then has F = num_layers
+// fine-tuning phases 2S + b, one per block b. Then come evaluate (2S + F: the staged
+// artifact) and publish (2S + F + 1: coordinator only, no tasks). A one-stage job without
+// fine-tuning thus has phases 0..3, the numbering jobs stored before sequential jobs existed
+// use. `finetune` below is F (0 without fine-tuning).
+enum class PhaseKind { kHessian, kQuantize, kFinetune, kEvaluate, kPublish, kDone };
+PhaseKind KindOfPhase(int phase, int stages, int finetune = 0);
+// "hessian" | "quantize" | "finetune" | ... | "done"
+std::string PhaseName(int phase, int stages, int finetune = 0);
 inline int HessianPhase(int stage) { return 2 * stage; }
 inline int QuantizePhase(int stage) { return 2 * stage + 1; }
-inline int EvaluatePhase(int stages) { return 2 * stages; }
-inline int PublishPhase(int stages) { return 2 * stages + 1; }
+inline int FinetunePhase(int stages, int block) { return 2 * stages + block; }
+inline int EvaluatePhase(int stages, int finetune = 0) { return 2 * stages + finetune; }
+inline int PublishPhase(int stages, int finetune = 0) { return 2 * stages + finetune + 1; }
 // The number of stages of a built job, from its tasks (1 + the last quantize task's stage).
 int StagesOf(const std::vector<TaskRow>& tasks);
 // Sets job->phase and, for a sequential job (stages > 1), layer_stage/layer_stages.
-void SetJobPhase(int phase, int stages, quantd::v1::Job* job);
+void SetJobPhase(int phase, int stages, quantd::v1::Job* job, int finetune = 0);
 
 // Checks the request's own fields (name, method, bits, numeric options) without touching files.
 // Fills defaults into `req`. INVALID_ARGUMENT with the reason.

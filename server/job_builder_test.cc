@@ -2,6 +2,7 @@
 // calibration data (job_builder.cc), against the sizes docs/ARCHITECTURE.md "Hessian data at
 // real size" states.
 #include "server/job_builder.h"
+#include "server/job_finetune.h"
 
 #include <cstdlib>
 #include <map>
@@ -171,6 +172,106 @@ TEST_F(BuildJobTest, RtnWithoutCalibrationDataHasNoHessianTasks) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("only rtn runs without calibration data, not gptq"), std::string::npos)
       << s;
+}
+
+// Fine-tuning (issue 27): defaults filled in, one task per block in its own phase after the
+// quantize phase with the inputs the worker replays from, evaluation and publish after them;
+// unsupported requests refused naming why.
+TEST_F(BuildJobTest, FinetuneAddsOnePhasePerBlockBeforeTheEvaluation) {
+  auto req = Request("quip-sharp", true);
+  req.mutable_spec()->mutable_finetune()->set_enabled(true);
+  req.mutable_spec()->mutable_finetune()->set_epochs(2);
+  ASSERT_TRUE(ValidateAndDefault(&req).ok());
+  const auto& ft = req.spec().finetune();
+  EXPECT_EQ(ft.epochs(), 2);
+  EXPECT_DOUBLE_EQ(ft.learning_rate(), 3e-3);
+  EXPECT_EQ(ft.batch_sequences(), 2);
+  EXPECT_EQ(ft.holdout_sequences(), 2);
+  EXPECT_EQ(ft.patience(), 1);
+  // The options are part of the spec fingerprint (resume check).
+  auto other = req;
+  other.mutable_spec()->mutable_finetune()->set_epochs(3);
+  EXPECT_NE(SpecFingerprint(req.spec()), SpecFingerprint(other.spec()));
+  auto plain = Request("quip-sharp", true);
+  ASSERT_TRUE(ValidateAndDefault(&plain).ok());
+  EXPECT_NE(SpecFingerprint(req.spec()), SpecFingerprint(plain.spec()));
+
+  auto row = BuildJob(req, roots_, "j-ft", dir_ + "/jft", 2, 32 * kGiB);
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(StagesOf(row->tasks), 1);
+  int blocks = 0;
+  for (const TaskRow& t : row->tasks) {
+    if (t.task.kind() == quantd::v1::TASK_KIND_EVAL && t.task.eval_target() == "quantized") {
+      EXPECT_EQ(t.phase, EvaluatePhase(1, 5));
+      EXPECT_EQ(t.phase, 7);
+    }
+    if (t.task.kind() != quantd::v1::TASK_KIND_FINETUNE) continue;
+    const int b = t.task.finetune().block();
+    EXPECT_EQ(b, blocks++);
+    EXPECT_EQ(t.phase, FinetunePhase(1, b));
+    int quantized = 0, tuned = 0, calib = 0;
+    for (const auto& in : t.task.inputs()) {
+      quantized += in.name().rfind("quantized/", 0) == 0;
+      tuned += in.name().rfind("finetuned/", 0) == 0;
+      calib += in.name() == "inputs/calib.u32";
+    }
+    EXPECT_EQ(quantized, 7 * (b + 1));
+    EXPECT_EQ(tuned, b);
+    EXPECT_EQ(calib, 1);
+    EXPECT_EQ(t.task.token_end() - t.task.token_begin(), 4 * 512);
+    EXPECT_GT(t.task.memory_bytes(), 0u);
+  }
+  EXPECT_EQ(blocks, 5);
+  EXPECT_EQ(FinetunePhasesOf(row->tasks), 5);
+  for (int p = 2; p < 7; ++p) EXPECT_EQ(PhaseName(p, 1, 5), "finetune") << p;
+  EXPECT_EQ(PhaseName(1, 1, 5), "quantize");
+  EXPECT_EQ(PhaseName(7, 1, 5), "evaluate");
+  EXPECT_EQ(PhaseName(8, 1, 5), "publish");
+  EXPECT_EQ(PhaseName(2, 1), "evaluate");  // without fine-tuning: unchanged
+
+  auto refused = [&](auto edit, const std::string& want) {
+    auto r = Request("quip-sharp", true);
+    r.mutable_spec()->mutable_finetune()->set_enabled(true);
+    edit(&r);
+    absl::Status s = ValidateAndDefault(&r);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << want;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s;
+  };
+  using Req = quantd::v1::SubmitJobRequest;
+  refused([](Req* r) { r->mutable_spec()->set_method("quarot"); },
+          "finetune is not supported with quarot");
+  refused([](Req* r) { r->mutable_spec()->mutable_finetune()->set_epochs(1001); },
+          "finetune epochs 1001 is outside [1, 1000]");
+  refused([](Req* r) { r->mutable_spec()->mutable_finetune()->set_learning_rate(-1); },
+          "finetune learning_rate -1 is not in (0, 1]");
+  refused([](Req* r) { r->mutable_spec()->mutable_finetune()->set_holdout_sequences(-2); },
+          "finetune holdout_sequences -2");
+  refused([](Req* r) { r->mutable_spec()->mutable_finetune()->set_batch_sequences(5000); },
+          "finetune batch_sequences 5000");
+  refused([](Req* r) { r->mutable_spec()->mutable_finetune()->set_patience(-1); },
+          "finetune patience -1");
+  refused(
+      [](Req* r) {
+        r->mutable_spec()->set_bits(0);
+        r->mutable_spec()->set_avg_bits(3);
+      },
+      "finetune is not supported with a bit budget");
+  refused(
+      [](Req* r) {
+        r->mutable_spec()->mutable_finetune()->set_enabled(false);
+        r->mutable_spec()->mutable_finetune()->set_epochs(3);
+      },
+      "finetune options are set but finetune.enabled is false");
+  // Too few calibration sequences to hold 2 out and train on any: refused at build time.
+  auto few = Request("quip-sharp", true);
+  few.mutable_spec()->mutable_finetune()->set_enabled(true);
+  few.set_max_calib_seqs(2);
+  ASSERT_TRUE(ValidateAndDefault(&few).ok());
+  auto bad = BuildJob(few, roots_, "j-ft2", dir_ + "/jft2", 2, 32 * kGiB);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("holdout_sequences 2 leaves none of the 2"),
+            std::string::npos)
+      << bad.status();
 }
 
 }  // namespace

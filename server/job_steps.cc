@@ -17,6 +17,7 @@
 #include "server/coordinator.h"
 #include "server/job_budget.h"
 #include "server/job_builder.h"
+#include "server/job_finetune.h"
 #include "engine/artifact/artifact.h"
 #include "engine/artifact/export_formats.h"
 #include "engine/format/checkpoint.h"
@@ -158,6 +159,10 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
             cfg, std::make_unique<model::CheckpointWeightSource>(cfg, *ckpt), job.spec().seed()));
     QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactModelFromSource(
         rotated->config(), *rotated, packed_files, JoinPath(staging, "model.safetensors")));
+  } else if (HasFinetune(job.spec())) {
+    // The tuned norms and real scales of every block (job_finetune.h).
+    QUANTD_RETURN_IF_ERROR(WriteFinetunedModel(JobDir(job.id()), src_dir, packed_files, tasks,
+                                               JoinPath(staging, "model.safetensors")));
   } else {
     // Streamed: one packed matrix in memory at a time.
     QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactModelFromFiles(
@@ -243,6 +248,12 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
                        {"objective", alloc.objective},
                        {"matrices_at_bits", at_bits}};
     // Mixed widths: the engine formats' exports assume one width for every matrix.
+    m["export_formats"] = json::array();
+  }
+  if (HasFinetune(job.spec())) {
+    // Fine-tuned (quantd_format 2): the options and each block's held-out losses; the engine
+    // formats' exports have no place for the real scales (only --format hf).
+    m["finetune"] = FinetuneManifest(job, tasks);
     m["export_formats"] = json::array();
   }
   if (runner::MethodOf(job.spec()).trellis) {

@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include <algorithm>
+
 #include <exception>
 
 #include "absl/strings/str_cat.h"
@@ -57,6 +59,16 @@ Metrics::Metrics()
                           .Help("Calibration tokens pushed through Hessian accumulation")
                           .Register(*registry_)
                           .Add({})),
+      finetune_blocks_(prometheus::BuildCounter()
+                           .Name("quantd_finetune_blocks_total")
+                           .Help("Decoder blocks fine-tuned after rounding")
+                           .Register(*registry_)
+                           .Add({})),
+      finetune_loss_(prometheus::BuildGauge()
+                         .Name("quantd_finetune_heldout_loss")
+                         .Help("Held-out relative output error of a running job's fine-tuned "
+                               "block, before and after tuning")
+                         .Register(*registry_)),
       weights_quantized_(prometheus::BuildCounter()
                              .Name("quantd_weights_quantized_total")
                              .Help("Weights (matrix entries) quantized")
@@ -109,8 +121,26 @@ void Metrics::SetJobProgress(const std::string& job_id, double ratio) {
   it->second->Set(ratio);
 }
 
+void Metrics::FinetuneBlock(const std::string& job_id, int block, double heldout_before,
+                            double heldout_best) {
+  finetune_blocks_.Increment();
+  MutexLock l(&mu_);
+  const std::string b = std::to_string(block);
+  std::vector<prometheus::Gauge*>& gauges = finetune_by_job_[job_id];
+  for (const auto& [when, v] : {std::pair<const char*, double>{"before", heldout_before},
+                                std::pair<const char*, double>{"best", heldout_best}}) {
+    prometheus::Gauge* g = &finetune_loss_.Add({{"job", job_id}, {"block", b}, {"when", when}});
+    if (std::find(gauges.begin(), gauges.end(), g) == gauges.end()) gauges.push_back(g);
+    g->Set(v);
+  }
+}
+
 void Metrics::RemoveJobProgress(const std::string& job_id) {
   MutexLock l(&mu_);
+  if (auto f = finetune_by_job_.find(job_id); f != finetune_by_job_.end()) {
+    for (prometheus::Gauge* g : f->second) finetune_loss_.Remove(g);
+    finetune_by_job_.erase(f);
+  }
   auto it = progress_by_job_.find(job_id);
   if (it == progress_by_job_.end()) return;
   progress_.Remove(it->second);

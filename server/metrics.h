@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -47,6 +48,10 @@ class Metrics {
   void SetWorkers(int live, int lost);
   void LeaseExpired();
   void HessianTokens(int64_t n);
+  // A fine-tuned block of job `job_id` (issue 27): counts it and sets its held-out relative
+  // loss gauges (before and after tuning; removed with the job's progress).
+  void FinetuneBlock(const std::string& job_id, int block, double heldout_before,
+                     double heldout_best);
   void WeightsQuantized(int64_t n);
   // One quantized matrix's relative proxy loss (tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), unitless).
   void MatrixProxyLoss(double loss);
@@ -66,12 +71,15 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& worker_leases_;
   prometheus::Counter& lease_expirations_;
   prometheus::Counter& hessian_tokens_;
+  prometheus::Counter& finetune_blocks_;
+  prometheus::Family<prometheus::Gauge>& finetune_loss_;
   prometheus::Counter& weights_quantized_;
   prometheus::Histogram& matrix_proxy_loss_;
   prometheus::Counter& bytes_served_;
 
   Mutex mu_;
   std::map<std::string, prometheus::Gauge*> progress_by_job_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<prometheus::Gauge*>> finetune_by_job_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quantd::server

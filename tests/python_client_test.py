@@ -239,6 +239,25 @@ class PythonClientTest(unittest.TestCase):
             c.delete_model("py-rtn4", 1)
         self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
 
+    def test_finetune_keywords(self):
+        # finetune=True and the ft_* keywords reach the spec (defaults filled by the server); the
+        # job has one fine-tuning task per block of stories260K and reports their held-out
+        # losses. An ft_* option without finetune=True is refused before any call.
+        qc, c = self.qc, self.client
+        with self.assertRaises(ValueError):
+            c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", ft_epochs=2)
+        job = c.submit(MODEL, calib=CALIB, method="rtn", bits=3, name="py-ft", max_calib_seqs=6,
+                       calib_seq_len=64, finetune=True, ft_epochs=1, ft_lr=2e-3)
+        self.assertTrue(job.spec.finetune.enabled)
+        self.assertEqual((job.spec.finetune.epochs, job.spec.finetune.holdout_sequences), (1, 2))
+        self.assertAlmostEqual(job.spec.finetune.learning_rate, 2e-3)
+        final = c.watch(job.id)
+        self.assertEqual(final.state, qc.pb.JOB_STATE_SUCCEEDED, final.error + self.quantd_log())
+        self.assertEqual((final.finetune_blocks, final.finetune_blocks_done), (5, 5))
+        self.assertEqual([b.layer for b in final.finetune_losses], [0, 1, 2, 3, 4])
+        for b in final.finetune_losses:
+            self.assertLessEqual(b.heldout_best, b.heldout_before)
+
     def test_gguf_export(self):
         # --grid q4_0 without bits (the grid's own), then a GGUF through `quantctl export`; a
         # per-channel version is refused from its manifest before anything is downloaded.

@@ -33,6 +33,7 @@
 #include "engine/quant/quantize.h"
 #include "engine/spec/job_files.h"
 #include "engine/spec/quant_spec.h"
+#include "worker/finetune_task.h"
 
 namespace quantd::runner {
 namespace {
@@ -397,6 +398,9 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
     case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, device, cancelled, scratch_dir); break;
     case quantd::v1::TASK_KIND_QUANTIZE: r = RunQuantize(task, blobs, device); break;
     case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs, device); break;
+    case quantd::v1::TASK_KIND_FINETUNE:
+      r = RunFinetuneTask(task, blobs, cancelled, scratch_dir);
+      break;
     default:
       return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));
   }

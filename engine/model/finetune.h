@@ -24,6 +24,7 @@
 #include "absl/types/span.h"
 #include "common/matrix.h"
 #include "engine/model/config.h"
+#include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
 
 namespace quantd::model {
@@ -70,6 +71,49 @@ absl::StatusOr<std::vector<BlockTuneReport>> FinetuneBlocks(
     const LlamaConfig& cfg, const LlamaWeights& fp, LlamaWeights* q,
     absl::Span<const int32_t> calib, const FinetuneOptions& opts,
     std::vector<LayerScales>* scales = nullptr, const FinetuneProgress& progress = nullptr);
+
+// The tuned parameters of one block: its two norm scales and its linears' real scales.
+struct TunedBlock {
+  VectorF attn_norm, ffn_norm;
+  LayerScales scales;
+};
+
+// FinetuneBlocks one block at a time, for a caller that holds one layer's weights at a time
+// (the service's fine-tuning tasks, server/job_finetune.h). Start embeds the calibration
+// sequences through both models; then, in layer order, TuneBlock tunes the next block and
+// advances the activations through it, or ReplayBlock advances them through a block tuned
+// earlier (its TunedBlock). FinetuneBlocks is Start plus TuneBlock for every layer, so a caller
+// that replays blocks 0..l-1 from their TunedBlocks and tunes block l gets bit for bit the
+// report and parameters FinetuneBlocks computes for block l.
+// Thread-safety: one call at a time per object (each call runs OpenMP loops).
+class BlockFinetuner {
+ public:
+  // `fp` and `q` give the embeddings (Embed, then the config's embedding scale). INVALID_ARGUMENT
+  // for bad options or tokens, or too few tokens (as FinetuneBlocks).
+  static absl::StatusOr<BlockFinetuner> Start(const LlamaConfig& cfg, WeightSource& fp,
+                                              WeightSource& q, absl::Span<const int32_t> calib,
+                                              const FinetuneOptions& opts);
+  int next_layer() const { return layer_; }
+  // Tunes block next_layer(): `fp` is its fp layer, `q` its quantized layer (dequantized
+  // linears, untuned norms). Fills *tuned; the report's layer is next_layer() before the call.
+  // INVALID_ARGUMENT for mismatched shapes, FAILED_PRECONDITION for a block the backward pass
+  // does not cover; nothing advances on error.
+  absl::StatusOr<BlockTuneReport> TuneBlock(const LayerWeights& fp, const LayerWeights& q,
+                                            TunedBlock* tuned);
+  // Advances through block next_layer() tuned earlier to `tuned` (same errors, and
+  // INVALID_ARGUMENT for parameters of the wrong sizes).
+  absl::Status ReplayBlock(const LayerWeights& fp, const LayerWeights& q, const TunedBlock& tuned);
+
+ private:
+  BlockFinetuner() = default;
+  absl::Status CheckLayer(const LayerWeights& fp, const LayerWeights& q) const;
+
+  LlamaConfig cfg_;
+  FinetuneOptions opts_;
+  int layer_ = 0, ntrain_ = 0;
+  MatrixF cos_, sin_;
+  std::vector<MatrixF> x_fp_, x_q_;  // activations entering block layer_
+};
 
 }  // namespace quantd::model
 

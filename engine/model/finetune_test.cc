@@ -29,6 +29,15 @@ MatrixF Ternary(const MatrixF& m) {
   return out;
 }
 
+// `w` with every linear made Ternary (norms and embeddings kept).
+LlamaWeights TernaryModel(const LlamaConfig& cfg, const LlamaWeights& w) {
+  LlamaWeights q = w;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = Ternary(GetLinear(w, l, lin));
+  }
+  return q;
+}
+
 std::vector<int32_t> StoryTokens(size_t begin, size_t count) {
   auto all = LoadTokenFile(
       testing::ExamplePath("tinystories/tinystories_valid_first1000.tok512.u16"));
@@ -42,10 +51,7 @@ TEST(Finetune, LowersHeldOutLossAndPerplexity) {
   const std::vector<int32_t> calib = StoryTokens(0, 12 * 128);
   const std::vector<int32_t> eval = StoryTokens(200000, 8192);
   if (calib.empty() || eval.empty()) FAIL() << "examples/tinystories tokens not found";
-  LlamaWeights q = m->w;
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = Ternary(GetLinear(m->w, l, lin));
-  }
+  LlamaWeights q = TernaryModel(m->cfg, m->w);
   const LlamaWeights untuned = q;
   FinetuneOptions o;
   o.seq_len = 128;
@@ -103,6 +109,60 @@ TEST(Finetune, RefusesBadOptionsAndShortData) {
   tokens[3] = m->cfg.vocab_size;  // out of range id
   EXPECT_EQ(FinetuneBlocks(m->cfg, m->w, &q, tokens, o).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The block-at-a-time API that the service's fine-tuning tasks use: replaying blocks 0..l-1
+// from their tuned parameters and tuning block l gives bit for bit FinetuneBlocks' block l
+// (what makes a resumed service job's artifact identical to an undisturbed one).
+TEST(Finetune, ReplayedPrefixGivesTheSameBlockBitForBit) {
+  auto m = testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  const std::vector<int32_t> calib = StoryTokens(0, 6 * 64);
+  ASSERT_FALSE(calib.empty());
+  LlamaWeights q = TernaryModel(m->cfg, m->w);
+  const LlamaWeights untuned = q;
+  FinetuneOptions o;
+  o.seq_len = 64;
+  o.epochs = 2;
+  o.learning_rate = 3e-3;
+  std::vector<LayerScales> scales;
+  auto reports = FinetuneBlocks(m->cfg, m->w, &q, calib, o, &scales);
+  ASSERT_TRUE(reports.ok()) << reports.status();
+  std::vector<TunedBlock> tuned(m->cfg.num_layers);
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    tuned[l].attn_norm = q.layers[l].attn_norm;
+    tuned[l].ffn_norm = q.layers[l].ffn_norm;
+    tuned[l].scales = scales[l];
+  }
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    MemoryWeightSource fp_src(m->cfg, m->w), q_src(m->cfg, untuned);
+    auto f = BlockFinetuner::Start(m->cfg, fp_src, q_src, calib, o);
+    ASSERT_TRUE(f.ok()) << f.status();
+    for (int k = 0; k < l; ++k) {
+      ASSERT_TRUE(f->ReplayBlock(m->w.layers[k], untuned.layers[k], tuned[k]).ok());
+    }
+    TunedBlock t;
+    auto rep = f->TuneBlock(m->w.layers[l], untuned.layers[l], &t);
+    ASSERT_TRUE(rep.ok()) << rep.status();
+    EXPECT_EQ(rep->layer, l);
+    EXPECT_EQ(rep->heldout_best, (*reports)[l].heldout_best) << "layer " << l;
+    EXPECT_EQ(rep->heldout_curve, (*reports)[l].heldout_curve) << "layer " << l;
+    EXPECT_TRUE(t.attn_norm == tuned[l].attn_norm) << "layer " << l;
+    EXPECT_TRUE(t.ffn_norm == tuned[l].ffn_norm) << "layer " << l;
+    for (int i = 0; i < 7; ++i) {
+      EXPECT_TRUE(t.scales.out[i] == tuned[l].scales.out[i]) << "layer " << l << " linear " << i;
+      EXPECT_TRUE(t.scales.in[i] == tuned[l].scales.in[i]) << "layer " << l << " linear " << i;
+    }
+  }
+  // A wrongly sized parameter is refused, naming it.
+  MemoryWeightSource fp_src(m->cfg, m->w), q_src(m->cfg, untuned);
+  auto f = BlockFinetuner::Start(m->cfg, fp_src, q_src, calib, o);
+  ASSERT_TRUE(f.ok());
+  TunedBlock bad = tuned[0];
+  bad.scales.in[2].resize(3);
+  auto st = f->ReplayBlock(m->w.layers[0], untuned.layers[0], bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("input scale of v_proj"), std::string::npos) << st;
 }
 
 }  // namespace

@@ -11,10 +11,12 @@
 //   inputs/eval.u32            evaluation tokens (when the job evaluates)
 //   results/hessian_<id>.safetensors   a Hessian task's shard
 //   results/quant_<id>.qpm     a quantize task's packed matrix
+//   results/finetune_<id>.safetensors  a fine-tuning task's tuned block (model/tuned_block_file.h)
 //   hessians/L<l>.<g>.safetensors      merged Hessian of layer l, linear group g
 //   staging/<file>             the artifact being assembled (lives in the registry's staging dir)
 // and two names that are not files:
 //   quantized/<tensor>         a sequential job's reference to the finished matrix <tensor>
+//   finetuned/<block>          a fine-tuning task's reference to the tuned block <block>
 //   eval targets "fp" and "quantized" (Task.eval_target)
 
 #ifndef QUANTD_ENGINE_SPEC_JOB_FILES_H_
@@ -37,6 +39,7 @@ inline constexpr char kHessiansPrefix[] = "hessians/";
 inline constexpr char kResultsPrefix[] = "results/";
 inline constexpr char kStagingPrefix[] = "staging/";
 inline constexpr char kQuantizedPrefix[] = "quantized/";
+inline constexpr char kFinetunedPrefix[] = "finetuned/";
 // A worker accepts token files of any kind the loader reads (.u16/.u32/.npy) under these; the
 // coordinator always writes the .u32 names below.
 inline constexpr char kCalibPrefix[] = "inputs/calib.";
@@ -74,6 +77,13 @@ inline std::string QuantizedResult(int64_t task_id) {
 inline std::string QuantizedInput(std::string_view tensor) {
   return absl::StrCat(kQuantizedPrefix, std::string(tensor));
 }
+
+inline std::string FinetuneResult(int64_t task_id) {
+  return absl::StrCat(kResultsPrefix, "finetune_", task_id, ".safetensors");
+}
+// What a fine-tuning task names the tuned parameters of block `block` by; the coordinator
+// resolves it to that block's FinetuneResult.
+inline std::string FinetunedInput(int block) { return absl::StrCat(kFinetunedPrefix, block); }
 
 }  // namespace quantd::jobfiles
 

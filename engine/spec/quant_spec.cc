@@ -143,4 +143,56 @@ absl::Status FillTokenWeightingDefaults(quantd::v1::QuantSpec* p) {
   return absl::OkStatus();
 }
 
+namespace {
+
+absl::Status CheckFinetuneSpec(const quantd::v1::FinetuneSpec& p) {
+  auto range = [](const char* field, int64_t v, int64_t lo, int64_t hi) {
+    if (v >= lo && v <= hi) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("finetune ", field, " ", v, " is outside [", lo, ", ", hi, "]"));
+  };
+  QUANTD_RETURN_IF_ERROR(range("epochs", p.epochs(), 1, 1000));
+  if (!(std::isfinite(p.learning_rate()) && p.learning_rate() > 0 && p.learning_rate() <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("finetune learning_rate ", p.learning_rate(), " is not in (0, 1]"));
+  }
+  QUANTD_RETURN_IF_ERROR(range("batch_sequences", p.batch_sequences(), 1, 4096));
+  QUANTD_RETURN_IF_ERROR(range("holdout_sequences", p.holdout_sequences(), 1, 4096));
+  return range("patience", p.patience(), 1, 1000);
+}
+
+}  // namespace
+
+absl::Status FillFinetuneDefaults(quantd::v1::FinetuneSpec* p) {
+  if (!p->enabled()) {
+    if (p->epochs() != 0 || p->learning_rate() != 0 || p->batch_sequences() != 0 ||
+        p->holdout_sequences() != 0 || p->patience() != 0) {
+      return absl::InvalidArgumentError(
+          "finetune options are set but finetune.enabled is false (pass --finetune)");
+    }
+    return absl::OkStatus();
+  }
+  if (p->epochs() == 0) p->set_epochs(kDefaultFinetuneEpochs);
+  if (p->learning_rate() == 0) p->set_learning_rate(kDefaultFinetuneLearningRate);
+  if (p->batch_sequences() == 0) p->set_batch_sequences(kDefaultFinetuneBatch);
+  if (p->holdout_sequences() == 0) p->set_holdout_sequences(kDefaultFinetuneHoldout);
+  if (p->patience() == 0) p->set_patience(kDefaultFinetunePatience);
+  return CheckFinetuneSpec(*p);
+}
+
+absl::StatusOr<model::FinetuneOptions> FinetuneOptionsFromProto(const quantd::v1::FinetuneSpec& p,
+                                                                int seq_len) {
+  if (!p.enabled()) return absl::InvalidArgumentError("finetune is not enabled in the spec");
+  QUANTD_RETURN_IF_ERROR(CheckFinetuneSpec(p));
+  model::FinetuneOptions o;
+  o.seq_len = seq_len;
+  o.epochs = p.epochs();
+  o.learning_rate = p.learning_rate();
+  o.batch_sequences = p.batch_sequences();
+  o.holdout_sequences = p.holdout_sequences();
+  o.patience = p.patience();
+  QUANTD_RETURN_IF_ERROR(model::ValidateFinetuneOptions(o));
+  return o;
+}
+
 }  // namespace quantd::runner

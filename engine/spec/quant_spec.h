@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
+#include "engine/model/finetune.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/quant/quantize.h"
 
@@ -54,6 +55,25 @@ absl::StatusOr<model::TokenWeighting> TokenWeightingFromProto(const quantd::v1::
 // method that reads Hessians and "none" for rtn; sink_weight set for "sink", 0 for "none"), so
 // a stored spec and its fingerprint say what was used. Errors as TokenWeightingFromProto's.
 absl::Status FillTokenWeightingDefaults(quantd::v1::QuantSpec* p);
+
+// Fine-tuning defaults (issue 27): the settings measured on SmolLM2-135M quip-sharp 2-bit
+// (docs/benchmarks.md "Fine-tuning after rounding").
+inline constexpr int kDefaultFinetuneEpochs = 4;
+inline constexpr double kDefaultFinetuneLearningRate = 3e-3;
+inline constexpr int kDefaultFinetuneBatch = 2;
+inline constexpr int kDefaultFinetuneHoldout = 2;
+inline constexpr int kDefaultFinetunePatience = 1;
+
+// At submit: fills the defaults of a FinetuneSpec with enabled set (0 = default) and checks
+// every value: INVALID_ARGUMENT naming the field for epochs outside 1..1000, a learning rate
+// not in (0, 1] (or not finite), batch_sequences or holdout_sequences outside 1..4096, patience
+// outside 1..1000, or any value set while enabled is false.
+absl::Status FillFinetuneDefaults(quantd::v1::FinetuneSpec* p);
+
+// The engine's options for a stored (filled-in) FinetuneSpec on calibration sequences of
+// `seq_len` tokens. INVALID_ARGUMENT as FillFinetuneDefaults (a spec that is not filled in).
+absl::StatusOr<model::FinetuneOptions> FinetuneOptionsFromProto(const quantd::v1::FinetuneSpec& p,
+                                                                int seq_len);
 
 }  // namespace quantd::runner
 
