@@ -22,7 +22,6 @@ $QUANTD_GGUF_VENV, ~/.cache/quantd/hf-venv and ~/.cache/quantd/llama/venv, else 
 (CTest: skipped) with the command that creates one. The compressed-tensors part is skipped with a
 message when its venv is absent.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -30,48 +29,24 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local_quantd import LocalQuantd  # noqa: E402
-
-SKIP = 77
-
-
-def log(*a):
-    print(*a, flush=True)
+from local_quantd import (CACHE, NP_SAFETENSORS, LocalQuantd, dirs, hf_venv, log,  # noqa: E402
+                          skip, venv_python)
 
 
-def venv_python():
-    cands = [os.environ.get("QUANTD_GGUF_VENV", ""), os.path.expanduser("~/.cache/quantd/hf-venv"),
-             os.path.expanduser("~/.cache/quantd/llama/venv")]
-    for v in cands:
-        py = os.path.join(v, "bin", "python") if v else ""
-        if py and os.path.exists(py) and subprocess.run(
-                [py, "-c", "import gguf, numpy"], capture_output=True).returncode == 0:
-            return py
-    log("SKIP: no venv with gguf-py + numpy (looked in $QUANTD_GGUF_VENV, ~/.cache/quantd/hf-venv, "
+def gguf_python():
+    venvs = [os.environ.get("QUANTD_GGUF_VENV", ""), hf_venv(), os.path.join(CACHE, "llama/venv")]
+    return venv_python(venvs, "gguf, numpy") or skip(
+        "no venv with gguf-py + numpy (looked in $QUANTD_GGUF_VENV, ~/.cache/quantd/hf-venv, "
         "~/.cache/quantd/llama/venv); create one with: python3 -m venv ~/.cache/quantd/llama/venv && "
         "~/.cache/quantd/llama/venv/bin/pip install numpy gguf")
-    sys.exit(SKIP)
 
 
 # Runs inside the venv: gguf-py's dequantization of model.gguf against our f32 HF export.
-COMPARE = r"""
-import json, struct, sys
+COMPARE = NP_SAFETENSORS + r"""
+import json, sys
 import numpy as np
 import gguf
 gguf_file, hf_dir, exact = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-
-def safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__": continue
-        assert v["dtype"] == "F32", (k, v["dtype"])
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
-    return out
 
 ours = safetensors(hf_dir + "/model.safetensors")
 cfg = json.load(open(hf_dir + "/config.json"))
@@ -129,20 +104,16 @@ sys.exit(0 if len(prefixes) + len(dense) == 35 and worst <= 2 ** -10 + 1e-6 else
 
 
 def ct_python():
-    v = os.environ.get("QUANTD_CT_VENV", os.path.expanduser("~/.cache/quantd/ct-venv"))
-    py = os.path.join(v, "bin", "python")
-    if os.path.exists(py) and subprocess.run(
-            [py, "-c", "import compressed_tensors, torch, safetensors"],
-            capture_output=True).returncode == 0:
-        return py
-    log(f"SKIP (compressed-tensors part): no venv with compressed-tensors + torch at {v}")
-    return None
+    v = os.environ.get("QUANTD_CT_VENV", os.path.join(CACHE, "ct-venv"))
+    py = venv_python([v], "compressed_tensors, torch, safetensors")
+    if py is None:
+        log(f"SKIP (compressed-tensors part): no venv with compressed-tensors + torch at {v}")
+    return py
 
 
 def main():
-    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
-    py = venv_python()
+    src, bindir = dirs()
+    py = gguf_python()
     tmp = tempfile.mkdtemp(prefix="quantd-exports-")
     try:
         with LocalQuantd(bindir, tmp, input_root=os.path.join(src, "examples")) as q:
@@ -154,16 +125,10 @@ def main():
 def run_checks(q, src, py, tmp):
     ex = os.path.join(src, "examples")
 
-    def run(*args, expect=0):
-        r = q.quantctl(*args)
-        if r.returncode != expect:
-            raise RuntimeError(f"quantctl {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
-        return r
+    run = q.run
 
     def submit(name, method, *flags):
-        run("submit", os.path.join(ex, "stories260K"), "--calib",
-            os.path.join(ex, "tinystories/calib_stories_0_499.u16"), "--method", method,
-            "--name", name, "--max-calib-seqs", "16", *flags, "--wait")
+        q.submit_stories260k(ex, name, method, *flags)
 
     failures = 0
     for grid, method in (("q4_0", "gptq"), ("q4_1", "gptq"), ("q5_0", "rtn"), ("q5_1", "gptq"),

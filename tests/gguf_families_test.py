@@ -33,9 +33,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_transformers_test import SKIP, log, start_quantd, stop_quantd  # noqa: E402
+from local_quantd import (CACHE, SKIP, LocalQuantd, dirs, hf_venv, log, quantctl_eval,  # noqa: E402
+                          venv_python, verdict, write_calib)
 
-CACHE = os.environ.get("QUANTD_CACHE", os.path.expanduser("~/.cache/quantd"))
 LLAMA_SRC = os.environ.get("LLAMA_SRC", os.path.join(CACHE, "llama/llama_cpp_python-0.3.36/vendor/llama.cpp"))
 LLAMA_BUILD = os.environ.get("LLAMA_BUILD", os.path.join(CACHE, "llama/build"))
 REL_TOL = 5e-2
@@ -111,14 +111,12 @@ def tokenizer_json():
 
 
 def main():
-    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
+    src, bindir = dirs()
     if not os.path.exists(os.path.join(LLAMA_SRC, "include/llama.h")) or not os.path.isdir(LLAMA_BUILD):
         log(f"SKIP: no llama.cpp source at {LLAMA_SRC} or build at {LLAMA_BUILD}")
         return SKIP
-    quantctl = os.path.join(bindir, "quantctl")
     tmp = tempfile.mkdtemp(prefix="quantd-gguf-families-")
-    daemon = None
+    daemon = LocalQuantd(bindir, tmp, tmp)
     failures = []
     try:
         tool = os.path.join(tmp, "llama_logits")
@@ -126,19 +124,14 @@ def main():
         if r.returncode != 0:
             failures.append(f"building llama_logits: {r.stderr[-2000:]}")
             return 1
-        venv = os.environ.get("QUANTD_HF_VENV", os.path.join(CACHE, "hf-venv"))
-        gguf_py = os.path.join(venv, "bin", "python")
-        if (not os.path.exists(gguf_py) or
-                subprocess.run([gguf_py, "-c", "import gguf, numpy"], capture_output=True).returncode != 0):
-            log(f"note: no gguf-py + numpy in {venv}: the F32 re-encoding check is skipped")
-            gguf_py = None
-        daemon, addr = start_quantd(bindir, tmp, tmp)
-        if addr is None:
+        gguf_py = venv_python([hf_venv()], "gguf, numpy")
+        if gguf_py is None:
+            log(f"note: no gguf-py + numpy in {hf_venv()}: the F32 re-encoding check is skipped")
+        if not daemon.start():
             failures.append("quantd did not start")
             return 1
         calib = os.path.join(tmp, "calib.u16")
-        with open(calib, "wb") as f:  # ids < vocab 96, uint16 LE: 16 sequences of 64
-            f.write(b"".join(((i * 37 + i // 7) % 96).to_bytes(2, "little") for i in range(1024)))
+        write_calib(calib, 96, 1024)  # 16 sequences of 64
         for fam, edits in FAMILIES.items():
             model = os.path.join(tmp, "models", fam)
             shutil.copytree(os.path.join(src, "engine/model/testdata/families", fam), model)
@@ -148,25 +141,22 @@ def main():
             json.dump(tokenizer_json(), open(os.path.join(model, "tokenizer.json"), "w"))
             tokens_file = os.path.join(model, "tokens.u16")
             name = f"gguf-{fam}"
-            r = subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib,
-                                "--method", "gptq", "--bits", "4", "--grid", "q4_0", "--name", name,
-                                "--calib-seq-len", "64", "--eval-context", "64",
+            r = daemon.quantctl("submit", model, "--calib", calib, "--method", "gptq", "--bits", "4",
+                                "--grid", "q4_0", "--name", name, "--calib-seq-len", "64",
+                                "--eval-context", "64",
                                 # The check is the export, not the calibration: keep the
                                 # unweighted, consecutive-window capture the tolerances below
                                 # were measured with (the defaults changed with issue 24).
-                                "--token-weighting", "none", "--calib-sampling", "first", "--wait"],
-                               capture_output=True, text=True)
+                                "--token-weighting", "none", "--calib-sampling", "first", "--wait")
             native, gguf = os.path.join(tmp, "native-" + fam), os.path.join(tmp, "gguf-" + fam)
             for args in (["-o", native], ["-o", gguf, "--format", "gguf"]):
                 if r.returncode == 0:
-                    r = subprocess.run([quantctl, "--addr", addr, "fetch", name] + args,
-                                       capture_output=True, text=True)
+                    r = daemon.quantctl("fetch", name, *args)
             if r.returncode != 0:
                 failures.append(f"{fam}: submit/fetch: {r.stdout}{r.stderr}")
                 continue
             ours, theirs = os.path.join(tmp, fam + "-ours.f32"), os.path.join(tmp, fam + "-llama.f32")
-            r = subprocess.run([quantctl, "eval", native, "--data", tokens_file, "--context", "20",
-                                "--logits-out", ours], capture_output=True, text=True)
+            r = quantctl_eval(bindir, native, tokens_file, 20, ours)
             if r.returncode != 0:
                 failures.append(f"{fam}: quantctl eval: {r.stderr.strip()}")
                 continue
@@ -206,11 +196,9 @@ def main():
             if rel32 > REL_TOL_F32[fam]:
                 failures.append(f"{fam}: F32 GGUF rel {rel32:.3g} (tol {REL_TOL_F32[fam]})")
     finally:
-        stop_quantd(daemon)
+        daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-        for f in failures:
-            log("FAIL:", f)
-        log("PASS" if not failures else "FAIL")
+        verdict(failures)  # here, so that an early return's failures are reported too
     return 0 if not failures else 1
 
 

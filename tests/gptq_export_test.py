@@ -25,7 +25,6 @@ The venv comes from PyPI (gptqmodel builds no CUDA extension with BUILD_CUDA_EXT
 $QUANTD_GPTQ_VENV (default ~/.cache/quantd/gptq-venv) and exits 77 (CTest: skipped) with the
 command that creates it when it is absent.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -33,48 +32,26 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local_quantd import LocalQuantd  # noqa: E402
-
-SKIP = 77
-
-
-def log(*a):
-    print(*a, flush=True)
+from local_quantd import (CACHE, NP_SAFETENSORS, LocalQuantd, dirs, log,  # noqa: E402
+                          quantctl_eval, skip, venv_python)
 
 
-def venv_python():
-    venv = os.environ.get("QUANTD_GPTQ_VENV", os.path.expanduser("~/.cache/quantd/gptq-venv"))
-    py = os.path.join(venv, "bin", "python")
-    if os.path.exists(py) and subprocess.run(
-            [py, "-c", "import torch, transformers, optimum, gptqmodel, numpy"],
-            capture_output=True).returncode == 0:
-        return py
-    log(f"SKIP: no venv with torch + transformers + optimum + gptqmodel at {venv}; create one "
+def gptq_python():
+    venv = os.environ.get("QUANTD_GPTQ_VENV", os.path.join(CACHE, "gptq-venv"))
+    return venv_python([venv], "torch, transformers, optimum, gptqmodel, numpy") or skip(
+        f"no venv with torch + transformers + optimum + gptqmodel at {venv}; create one "
         f"with: python3 -m venv {venv} && BUILD_CUDA_EXT=0 {venv}/bin/pip install torch "
         "transformers optimum gptqmodel numpy")
-    sys.exit(SKIP)
 
 
-# Runs inside the venv.
-COMPARE = r"""
-import json, struct, sys, logging
+# Runs inside the venv (our f32 export is read by NP_SAFETENSORS).
+COMPARE = NP_SAFETENSORS + r"""
+import json, sys, logging
 import numpy as np, torch, transformers
 from gptqmodel.nn_modules.qlinear import BaseQuantLinear
 logging.disable(logging.WARNING)
 tokens_file, t = sys.argv[1], int(sys.argv[2])
 tokens = np.fromfile(tokens_file, dtype="<u2")[:t].astype(np.int64)
-
-def safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        head = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in head.items():
-        if k == "__metadata__": continue
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
-    return out
 
 failed = 0
 for case in sys.argv[3:]:
@@ -130,9 +107,8 @@ sys.exit(1 if failed else 0)
 
 
 def main():
-    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
-    py = venv_python()
+    src, bindir = dirs()
+    py = gptq_python()
     tmp = tempfile.mkdtemp(prefix="quantd-gptq-")
     try:
         with LocalQuantd(bindir, tmp, input_root=os.path.join(src, "examples")) as q:
@@ -146,12 +122,7 @@ def run_checks(q, src, bindir, py, tmp):
     tokens = os.path.join(ex, "tinystories/eval_stories_500_999.u16")
     t = 64
 
-    def run(*args, expect=0):
-        r = q.quantctl(*args)
-        if r.returncode != expect:
-            raise RuntimeError(f"quantctl {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
-        return r
-
+    run = q.run
     cases = (
         ("plain-4-g128", ("--bits", "4", "--group-size", "128")),
         ("sym-4-g32", ("--grid", "gptq-sym", "--bits", "4", "--group-size", "32")),
@@ -163,17 +134,14 @@ def run_checks(q, src, bindir, py, tmp):
     failures = 0
     compare = []
     for name, flags in cases:
-        run("submit", os.path.join(ex, "stories260K"), "--calib",
-            os.path.join(ex, "tinystories/calib_stories_0_499.u16"), "--method", "gptq",
-            "--name", name, "--max-calib-seqs", "16", *flags, "--wait")
+        q.submit_stories260k(ex, name, "gptq", *flags)
         out, f32, native = (os.path.join(tmp, name + s) for s in ("", "-f32", "-native"))
         log(f"{name}: " + run("fetch", name, "-o", out, "--format", "gptq").stdout.strip()
             .splitlines()[-1])
         run("fetch", name, "-o", f32, "--format", "hf", "--dtype", "f32")
         run("fetch", name, "-o", native)
         ours = os.path.join(tmp, name + ".logits")
-        r = subprocess.run([os.path.join(bindir, "quantctl"), "eval", native, "--data", tokens,
-                            "--context", str(t), "--logits-out", ours], capture_output=True, text=True)
+        r = quantctl_eval(bindir, native, tokens, t, ours)
         if r.returncode != 0:
             log(r.stderr); failures += 1; continue
         compare.append(",".join((name, out, f32, ours)))
@@ -181,9 +149,7 @@ def run_checks(q, src, bindir, py, tmp):
     r = subprocess.run([py, "-c", COMPARE, tokens, str(t), *compare])
     failures += r.returncode != 0
     # A version whose grid GPTQ cannot hold is refused before anything is downloaded.
-    run("submit", os.path.join(ex, "stories260K"), "--calib",
-        os.path.join(ex, "tinystories/calib_stories_0_499.u16"), "--method", "gptq", "--name",
-        "q41", "--max-calib-seqs", "16", "--grid", "q4_1", "--wait")
+    q.submit_stories260k(ex, "q41", "gptq", "--grid", "q4_1")
     r = run("fetch", "q41", "-o", os.path.join(tmp, "q41"), "--format", "gptq", expect=1)
     ok = "FAILED_PRECONDITION" in r.stderr and "fractional zero" in r.stderr
     log(f"refusal q4_1 -> gptq: {'ok' if ok else 'FAIL'}: {r.stderr.strip()}")

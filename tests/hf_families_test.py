@@ -22,7 +22,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_transformers_test import SKIP, log, start_quantd, stop_quantd, venv_python  # noqa: E402
+from local_quantd import (LocalQuantd, dirs, hf_venv_python, log, quantctl_eval,  # noqa: E402
+                          require_transformers5, verdict, write_calib)
 
 FAMILIES = ("gemma2", "gemma3", "llama3", "mistral", "phi3", "qwen2", "qwen3")
 TOL = 1e-4
@@ -45,24 +46,16 @@ sys.exit(0 if rel <= tol else 1)
 
 
 def main():
-    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
-    py = venv_python()
-    ver = subprocess.run([py, "-c", "import transformers; print(transformers.__version__)"],
-                         capture_output=True, text=True).stdout.strip()
-    if int(ver.split(".")[0]) < 5:
-        log(f"SKIP: the venv has transformers {ver}; the fixtures need transformers >= 5")
-        return SKIP
-    log(f"transformers {ver}")
-    quantctl = os.path.join(bindir, "quantctl")
+    src, bindir = dirs()
+    py = hf_venv_python()
+    require_transformers5(py, "; the fixtures need transformers >= 5")
     tmp = tempfile.mkdtemp(prefix="quantd-families-")
-    daemon = None
+    daemon = LocalQuantd(bindir, tmp, tmp)
     failures = []
 
     def check(what, d, tokens, want_class):
         out = os.path.join(tmp, what.replace(" ", "_").replace(",", "") + ".f32")
-        r = subprocess.run([quantctl, "eval", d, "--data", tokens, "--context", "20",
-                            "--logits-out", out], capture_output=True, text=True)
+        r = quantctl_eval(bindir, d, tokens, 20, out)
         if r.returncode != 0:
             failures.append(f"{what}: quantctl eval failed: {r.stderr.strip()}")
             return
@@ -79,19 +72,16 @@ def main():
         if r.returncode != 0:
             failures.append(f"make_family_fixtures: {r.stderr[-2000:]}")
             return 1
-        daemon, addr = start_quantd(bindir, tmp, tmp)
-        if addr is None:
+        if not daemon.start():
             failures.append("quantd did not start")
             return 1
         calib = os.path.join(tmp, "calib.u16")
-        with open(calib, "wb") as f:  # ids < vocab 96, uint16 LE: 16 sequences of 64
-            f.write(b"".join(((i * 37 + i // 7) % 96).to_bytes(2, "little") for i in range(1024)))
+        write_calib(calib, 96, 1024)  # 16 sequences of 64
 
         def submit(model, name, method, bits):
-            return subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib,
-                                   "--method", method, "--bits", str(bits), "--name", name,
-                                   "--calib-seq-len", "64", "--eval-context", "64", "--wait"],
-                                  capture_output=True, text=True)
+            return daemon.quantctl("submit", model, "--calib", calib, "--method", method, "--bits",
+                                   str(bits), "--name", name, "--calib-seq-len", "64",
+                                   "--eval-context", "64", "--wait")
 
         for fam in FAMILIES:
             model = os.path.join(tmp, "models", fam)
@@ -107,19 +97,15 @@ def main():
             r = submit(model, f"fam-{fam}", "gptq", 4)
             hf = os.path.join(tmp, "export-" + fam)
             if r.returncode == 0:
-                r = subprocess.run([quantctl, "--addr", addr, "fetch", f"fam-{fam}", "-o", hf,
-                                    "--format", "hf"], capture_output=True, text=True)
+                r = daemon.quantctl("fetch", f"fam-{fam}", "-o", hf, "--format", "hf")
             if r.returncode != 0:
                 failures.append(f"{fam} gptq 4-bit submit/fetch: {r.stdout}{r.stderr}")
                 continue
             check(f"{fam} gptq 4-bit via the service, HF export", hf, tokens, arch)
     finally:
-        stop_quantd(daemon)
+        daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    for f in failures:
-        log("FAIL:", f)
-    log("PASS" if not failures else "FAIL")
-    return 0 if not failures else 1
+    return verdict(failures)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_transformers_test import SKIP, log, start_quantd, stop_quantd, venv_python  # noqa: E402
+from local_quantd import (LocalQuantd, dirs, hf_venv_python, log, quantctl_eval,  # noqa: E402
+                          require_transformers5, verdict, write_calib)
 
 T = 64
 TOL = 1e-4
@@ -56,25 +57,16 @@ def to_old_layout(src, dst):
 
 
 def main():
-    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
-    py = venv_python()
-    ver = subprocess.run([py, "-c", "import transformers; print(transformers.__version__)"],
-                         capture_output=True, text=True).stdout.strip()
-    if int(ver.split(".")[0]) < 5:
-        log(f"SKIP: the venv has transformers {ver}, which writes the old config layout; "
-            "need transformers >= 5 (pip install 'transformers>=5' into it)")
-        return SKIP
-    log(f"transformers {ver}")
-    quantctl = os.path.join(bindir, "quantctl")
+    src, bindir = dirs()
+    py = hf_venv_python()
+    require_transformers5(py, ", which writes the old config layout; need transformers >= 5 "
+                          "(pip install 'transformers>=5' into it)")
     tmp = tempfile.mkdtemp(prefix="quantd-rope-")
-    daemon = None
+    daemon = LocalQuantd(bindir, tmp, tmp)  # the model and calib live under tmp
     failures = []
 
     def eval_logits(d, out):
-        r = subprocess.run([quantctl, "eval", d, "--data", os.path.join(d, "tokens.u16"),
-                            "--context", str(T), "--logits-out", out], capture_output=True, text=True)
-        return r
+        return quantctl_eval(bindir, d, os.path.join(d, "tokens.u16"), T, out)
 
     def check(what, d):
         out = os.path.join(tmp, what.replace(" ", "_") + ".f32")
@@ -113,22 +105,18 @@ def main():
             failures.append(f"proportional config not refused by name: exit {r.returncode} {r.stderr}")
 
         # 3. Through the service, and the export keeps the user's layout.
-        daemon, addr = start_quantd(bindir, tmp, tmp)  # the model and calib live under tmp
-        if addr is None:
+        if not daemon.start():
             failures.append("quantd did not start")
             return 1
         model = os.path.join(tmp, "llama3")
         calib = os.path.join(tmp, "calib.u16")
-        with open(calib, "wb") as f:  # ids < vocab 128, uint16 LE: 16 sequences of 256
-            f.write(b"".join(((i * 37 + i // 7) % 128).to_bytes(2, "little") for i in range(4096)))
-        r = subprocess.run([quantctl, "--addr", addr, "submit", model, "--calib", calib, "--method",
-                            "rtn", "--bits", "8", "--name", "rope-llama3", "--calib-seq-len", "128",
-                            "--eval-context", "128", "--wait"],
-                           capture_output=True, text=True)
+        write_calib(calib, 128, 4096)  # 16 sequences of 256
+        r = daemon.quantctl("submit", model, "--calib", calib, "--method", "rtn", "--bits", "8",
+                            "--name", "rope-llama3", "--calib-seq-len", "128", "--eval-context",
+                            "128", "--wait")
         hf = os.path.join(tmp, "export")
         if r.returncode == 0:
-            r = subprocess.run([quantctl, "--addr", addr, "fetch", "rope-llama3", "-o", hf,
-                                "--format", "hf"], capture_output=True, text=True)
+            r = daemon.quantctl("fetch", "rope-llama3", "-o", hf, "--format", "hf")
         if r.returncode != 0:
             failures.append(f"submit/fetch: {r.stdout}{r.stderr}")
         else:
@@ -141,12 +129,9 @@ def main():
                 failures.append(f"export config.json changed: {json.dumps(out_cfg)} != {json.dumps(want)}")
             check("llama3 via the service, rtn 8-bit, fp16 HF export", hf)
     finally:
-        stop_quantd(daemon)
+        daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    for f in failures:
-        log("FAIL:", f)
-    log("PASS" if not failures else "FAIL")
-    return 0 if not failures else 1
+    return verdict(failures)
 
 
 if __name__ == "__main__":

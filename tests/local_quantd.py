@@ -1,15 +1,136 @@
-"""A throw-away quantd with local workers for the Python end-to-end tests (stdlib only).
+"""What the optional tier's Python tests share (stdlib only): the directories, the venv look-up,
+the skip convention, a throw-away quantd with local workers, and the PASS/FAIL verdict.
 
+    src, bindir = dirs()
+    py = hf_venv_python()             # or venv_python([...], "gguf, numpy") or skip("...")
     with LocalQuantd(bindir, tmp, input_root=examples_dir, workers=1) as q:
         q.quantctl("models")          # CompletedProcess; q.addr is "127.0.0.1:PORT"
+        q.run("models", name)         # the same, RuntimeError unless it exits 0 (expect=N)
+    return verdict(failures)
 
 The daemon listens on a free port (written to TMP/port), keeps its data in TMP/var, reads job
-inputs only under `input_root` (quantd --input_root) and logs to TMP/quantd.log; it is stopped with SIGTERM (SIGKILL after 20 s) on exit.
+inputs only under `input_root` (quantd --input_root) and logs to TMP/quantd.log; it is stopped
+with SIGTERM (SIGKILL after 20 s) on exit. A test that wants its earlier failures reported when
+the daemon does not start calls start() (False then) and stop() itself instead of `with`.
 """
 import os
 import signal
 import subprocess
+import sys
 import time
+
+# CTest's SKIP_RETURN_CODE for these tests (tests/CMakeLists.txt, quantd_py_e2e_test): a missing
+# venv or engine is a visible skip, never a pass.
+SKIP = 77
+
+# Where the venvs and engines of the optional tier live (as in bench/gguf_llama_cpp.sh).
+CACHE = os.environ.get("QUANTD_CACHE", os.path.expanduser("~/.cache/quantd"))
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def skip(why):
+    """Prints SKIP: `why` and exits with SKIP (CTest reports the test as skipped)."""
+    log("SKIP: " + why)
+    sys.exit(SKIP)
+
+
+def dirs():
+    """(source dir, build dir): $QUANTD_SOURCE_DIR and $QUANTD_BINARY_DIR as CTest sets them, else
+    this checkout and its build/."""
+    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return src, os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
+
+
+def venv_python(venvs, imports):
+    """The python of the first venv in `venvs` (empty entries are passed over) that imports every
+    module of `imports` ("a, b"), else None."""
+    for v in venvs:
+        py = os.path.join(v, "bin", "python") if v else ""
+        if py and os.path.exists(py) and subprocess.run(
+                [py, "-c", "import " + imports], capture_output=True).returncode == 0:
+            return py
+    return None
+
+
+def hf_venv():
+    """The torch + transformers venv the HF tests share: $QUANTD_HF_VENV, default CACHE/hf-venv."""
+    return os.environ.get("QUANTD_HF_VENV", os.path.join(CACHE, "hf-venv"))
+
+
+def hf_venv_python():
+    """The python of hf_venv() with torch + transformers + numpy. Without one: skips, unless
+    QUANTD_TEST_TRANSFORMERS=1, which creates it first (pip, about 5 GB with torch's CUDA wheels)."""
+    venv = hf_venv()
+    imports = "torch, transformers, numpy"
+    py = venv_python([venv], imports)
+    if py:
+        return py
+    if os.environ.get("QUANTD_TEST_TRANSFORMERS") != "1":
+        skip(f"no venv with torch+transformers at {venv}; set QUANTD_TEST_TRANSFORMERS=1 to "
+             "create it (pip, about 5 GB)")
+    py = os.path.join(venv, "bin", "python")
+    r = subprocess.run(["/usr/bin/python3", "-m", "venv", venv])
+    if r.returncode == 0:
+        r = subprocess.run([py, "-m", "pip", "install", "-q", "torch", "transformers", "safetensors",
+                            "numpy"])
+    if r.returncode != 0 or subprocess.run([py, "-c", "import " + imports]).returncode != 0:
+        skip("could not install torch+transformers from PyPI")
+    return py
+
+
+def require_transformers5(py, why):
+    """Skips (printing the version and `why`) when the venv's transformers is older than 5."""
+    ver = subprocess.run([py, "-c", "import transformers; print(transformers.__version__)"],
+                         capture_output=True, text=True).stdout.strip()
+    if int(ver.split(".")[0]) < 5:
+        skip(f"the venv has transformers {ver}{why}")
+    log(f"transformers {ver}")
+
+
+def quantctl_eval(bindir, model_dir, tokens, context, logits_out):
+    """`quantctl eval MODEL --data TOKENS --context C --logits-out OUT` (no daemon needed)."""
+    return subprocess.run([os.path.join(bindir, "quantctl"), "eval", model_dir, "--data", tokens,
+                           "--context", str(context), "--logits-out", logits_out],
+                          capture_output=True, text=True)
+
+
+def write_calib(path, vocab, count):
+    """`count` uint16 little-endian token ids below `vocab` in a fixed pattern: calibration text
+    for the tiny random fixtures."""
+    with open(path, "wb") as f:
+        f.write(b"".join(((i * 37 + i // 7) % vocab).to_bytes(2, "little") for i in range(count)))
+
+
+def verdict(failures):
+    """Logs each failure and PASS or FAIL; the exit status (0 when there are none)."""
+    for f in failures:
+        log("FAIL:", f)
+    log("PASS" if not failures else "FAIL")
+    return 0 if not failures else 1
+
+
+# Runs inside a venv with numpy (prepended to the scripts that need it): reads an F32
+# safetensors file (a `quantctl fetch --format hf --dtype f32` export) into numpy arrays.
+NP_SAFETENSORS = r"""
+import json, struct
+import numpy as np
+
+def safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__": continue
+        assert v["dtype"] == "F32", (k, v["dtype"])
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
+    return out
+"""
 
 
 class LocalQuantd:
@@ -18,7 +139,8 @@ class LocalQuantd:
         self.input_root = input_root
         self.daemon, self.addr = None, None
 
-    def __enter__(self):
+    def start(self):
+        """Starts the daemon; True when it listens (self.addr set), False when it did not start."""
         port_file = os.path.join(self.tmp, "port")
         self.daemon = subprocess.Popen(
             [os.path.join(self.bindir, "quantd"), "--listen=127.0.0.1:0", "--metrics_listen=",
@@ -30,20 +152,42 @@ class LocalQuantd:
                 break
             time.sleep(0.1)
         if not os.path.exists(port_file):
-            self.__exit__(None, None, None)
-            raise RuntimeError("quantd did not start; see " + os.path.join(self.tmp, "quantd.log"))
+            return False
         self.addr = "127.0.0.1:" + open(port_file).read().strip()
-        return self
+        return True
 
-    def quantctl(self, *args):
-        return subprocess.run([os.path.join(self.bindir, "quantctl"), "--addr", self.addr, *args],
-                              capture_output=True, text=True)
-
-    def __exit__(self, *exc):
+    def stop(self):
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
                 self.daemon.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
+
+    def __enter__(self):
+        if not self.start():
+            self.stop()
+            raise RuntimeError("quantd did not start; see " + os.path.join(self.tmp, "quantd.log"))
+        return self
+
+    def quantctl(self, *args):
+        return subprocess.run([os.path.join(self.bindir, "quantctl"), "--addr", self.addr, *args],
+                              capture_output=True, text=True)
+
+    def run(self, *args, expect=0):
+        """quantctl ARGS, which must exit with `expect` (else RuntimeError with its output)."""
+        r = self.quantctl(*args)
+        if r.returncode != expect:
+            raise RuntimeError(f"quantctl {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        return r
+
+    def submit_stories260k(self, examples, name, method, *flags, calib_seqs=16):
+        """Submits EXAMPLES/stories260K with `method` and `flags`, calibrated on the first
+        `calib_seqs` sequences of the bundled TinyStories tokens, and waits for it."""
+        return self.run("submit", os.path.join(examples, "stories260K"), "--calib",
+                        os.path.join(examples, "tinystories/calib_stories_0_499.u16"), "--method",
+                        method, "--name", name, "--max-calib-seqs", str(calib_seqs), *flags, "--wait")
+
+    def __exit__(self, *exc):
+        self.stop()
         return False
