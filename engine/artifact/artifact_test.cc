@@ -15,27 +15,24 @@
 
 #include "common/file_util.h"
 #include "gtest/gtest.h"
+#include "engine/artifact/artifact_test_util.h"
 #include "engine/artifact/export_compressed.h"
 #include "engine/artifact/export_gguf.h"
 #include "engine/artifact/export_gptq.h"
 #include "engine/format/safetensors.h"
 #include "engine/model/forward.h"
 #include "engine/model/quarot.h"
+#include "engine/model/test_util.h"
 #include "engine/quant/grid_target.h"
 #include "engine/quant/quantize.h"
 
 namespace quantd::artifact {
 namespace {
 
-std::string SourceDir() {
-  const char* s = std::getenv("QUANTD_SOURCE_DIR");
-  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
-}
-
 class ArtifactTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    src_ = SourceDir() + "/examples/stories260K";
+    src_ = model::testing::ExamplePath("stories260K");
     tmp_ = ::testing::TempDir() + "/artifact_test_" + std::to_string(getpid());
     ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
     auto ckpt = model::Checkpoint::Open(src_);
@@ -59,13 +56,9 @@ class ArtifactTest : public ::testing::Test {
       ASSERT_TRUE(q.ok()) << q.status();
       packed[name] = q->packed;
     }
-    ASSERT_TRUE(WriteArtifactModel(**ckpt, packed, tmp_ + "/native/model.safetensors").ok());
-    for (const char* f : {"config.json", "tok512.bin"}) {
-      auto bytes = ReadFile(src_ + "/" + f);
-      ASSERT_TRUE(bytes.ok());
-      ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/" + f, *bytes).ok());
-    }
-    ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/manifest.json", "{\"format_version\": 1}\n").ok());
+    const absl::Status s = testing::WriteNativeArtifact(src_, packed, "{\"format_version\": 1}\n",
+                                                        tmp_ + "/native");
+    ASSERT_TRUE(s.ok()) << s;
     auto w = LoadArtifactWeights(tmp_ + "/native", &cfg_);
     ASSERT_TRUE(w.ok()) << w.status();
     native_ = std::move(*w);

@@ -15,9 +15,11 @@
 
 #include "common/file_util.h"
 #include "engine/artifact/artifact.h"
+#include "engine/artifact/artifact_test_util.h"
 #include "engine/artifact/export_formats.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/gguf_convert.h"
+#include "engine/model/test_util.h"
 #include "engine/model/weights.h"
 #include "engine/quant/quantize.h"
 #include "engine/tokenizer/gguf_tokenizer.h"
@@ -26,11 +28,6 @@
 
 namespace quantd::artifact {
 namespace {
-
-std::string SourceDir() {
-  const char* s = std::getenv("QUANTD_SOURCE_DIR");
-  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
-}
 
 struct Case {
   quant::GridTarget grid;
@@ -41,7 +38,7 @@ struct Case {
 class ExportGgufTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    src_ = SourceDir() + "/examples/stories260K";
+    src_ = model::testing::ExamplePath("stories260K");
     tmp_ = ::testing::TempDir() + "/export_gguf_test_" + std::to_string(getpid());
     ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
   }
@@ -51,26 +48,14 @@ class ExportGgufTest : public ::testing::TestWithParam<Case> {
   void WriteNative(const quant::QuantSpec& spec, const std::string& manifest_spec) {
     auto ckpt = model::Checkpoint::Open(src_);
     ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    auto dev = quant::MakeCpuDevice(1);
-    for (int l = 0; l < 5; ++l) {
-      for (model::Linear lin : model::kAllLinears) {
-        const std::string name = model::LinearTensorName(l, lin);
-        auto w = (*ckpt)->ReadMatrix(name);
-        ASSERT_TRUE(w.ok()) << w.status();
-        auto q = quant::QuantizeMatrix(*dev, *w, MatrixD::Identity(w->cols(), w->cols()), spec, name);
-        ASSERT_TRUE(q.ok()) << q.status();
-        packed_[name] = q->packed;
-      }
-    }
-    ASSERT_TRUE(WriteArtifactModel(**ckpt, packed_, tmp_ + "/native/model.safetensors").ok());
-    for (const char* f : {"config.json", "tok512.bin"}) {
-      auto bytes = ReadFile(src_ + "/" + f);
-      ASSERT_TRUE(bytes.ok());
-      ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/" + f, *bytes).ok());
-    }
-    ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/manifest.json",
-                                "{\"name\": \"s\", \"version\": 3, \"spec\": " + manifest_spec + "}")
-                    .ok());
+    auto packed = testing::QuantizeAllLinears(
+        **ckpt, 5, spec, [](int cols) { return MatrixD::Identity(cols, cols); });
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    packed_ = std::move(*packed);
+    const absl::Status s = testing::WriteNativeArtifact(
+        src_, packed_, "{\"name\": \"s\", \"version\": 3, \"spec\": " + manifest_spec + "}",
+        tmp_ + "/native");
+    ASSERT_TRUE(s.ok()) << s;
   }
 
   std::string src_, tmp_;
@@ -192,7 +177,7 @@ TEST(ExportFormatsTest, RefusalsNameTheReasonAndTheSupportedFormats) {
 void WriteFamilyNative(const std::string& family, const std::string& dir,
                        const std::function<void(nlohmann::json*)>& edit,
                        std::map<std::string, std::string>* packed) {
-  const std::string src = SourceDir() + "/engine/model/testdata/families/" + family;
+  const std::string src = model::testing::SourcePath("engine/model/testdata/families/" + family);
   ASSERT_TRUE(MakeDirs(dir).ok());
   nlohmann::json config = nlohmann::json::parse(*ReadFile(src + "/config.json"));
   edit(&config);
@@ -377,7 +362,8 @@ TEST(ExportGgufFamiliesTest, SettingsLlamaCppCannotComputeAreRefused) {
   for (const auto& [family, why] : cases) {
     const std::string dir = tmp + "/" + family;
     ASSERT_TRUE(MakeDirs(dir).ok());
-    auto config = ReadFile(SourceDir() + "/engine/model/testdata/families/" + family + "/config.json");
+    auto config = ReadFile(model::testing::SourcePath("engine/model/testdata/families/") + family +
+                           "/config.json");
     ASSERT_TRUE(config.ok()) << config.status();
     ASSERT_TRUE(WriteFileAtomic(dir + "/config.json", *config).ok());
     ASSERT_TRUE(WriteFileAtomic(dir + "/manifest.json", manifest).ok());

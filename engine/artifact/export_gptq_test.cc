@@ -19,8 +19,10 @@
 
 #include "common/file_util.h"
 #include "engine/artifact/artifact.h"
+#include "engine/artifact/artifact_test_util.h"
 #include "engine/format/checkpoint.h"
 #include "engine/format/float16.h"
+#include "engine/model/test_util.h"
 #include "engine/model/weights.h"
 #include "engine/quant/packed_matrix.h"
 #include "engine/quant/quantize.h"
@@ -29,11 +31,6 @@
 
 namespace quantd::artifact {
 namespace {
-
-std::string SourceDir() {
-  const char* s = std::getenv("QUANTD_SOURCE_DIR");
-  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
-}
 
 // ---- the independent reader --------------------------------------------------------------
 
@@ -85,7 +82,7 @@ struct Case {
 class ExportGptqTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    src_ = SourceDir() + "/examples/stories260K";
+    src_ = model::testing::ExamplePath("stories260K");
     tmp_ = ::testing::TempDir() + "/export_gptq_test_" + std::to_string(getpid());
     ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
   }
@@ -97,39 +94,30 @@ class ExportGptqTest : public ::testing::TestWithParam<Case> {
   void WriteNative(const quant::QuantSpec& spec, bool positive = false) {
     auto ckpt = model::Checkpoint::Open(src_);
     ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-    auto dev = quant::MakeCpuDevice(1);
-    for (int l = 0; l < 5; ++l) {
-      for (model::Linear lin : model::kAllLinears) {
-        const std::string name = model::LinearTensorName(l, lin);
-        auto w = (*ckpt)->ReadMatrix(name);
-        ASSERT_TRUE(w.ok()) << w.status();
-        if (positive && l == 0 && lin == model::kAllLinears[0]) {
-          const int len = spec.group_size > 0 ? spec.group_size : static_cast<int>(w->cols());
-          for (int r = 0; r < w->rows(); ++r) {
-            for (int c = 0; c < len; ++c) (*w)(r, c) = std::fabs((*w)(r, c));
-          }
-        }
-        MatrixD h = MatrixD::Zero(w->cols(), w->cols());
-        for (int j = 0; j < w->cols(); ++j) h(j, j) = 1.0 + (j * 7) % 11;
-        auto q = quant::QuantizeMatrix(*dev, *w, h, spec, name);
-        ASSERT_TRUE(q.ok()) << q.status();
-        packed_[name] = q->packed;
+    auto diagonal = [](int cols) {
+      MatrixD h = MatrixD::Zero(cols, cols);
+      for (int j = 0; j < cols; ++j) h(j, j) = 1.0 + (j * 7) % 11;
+      return h;
+    };
+    auto make_positive = [&](int l, model::Linear lin, MatrixF* w) {
+      if (!positive || l != 0 || lin != model::kAllLinears[0]) return;
+      const int len = spec.group_size > 0 ? spec.group_size : static_cast<int>(w->cols());
+      for (int r = 0; r < w->rows(); ++r) {
+        for (int c = 0; c < len; ++c) (*w)(r, c) = std::fabs((*w)(r, c));
       }
-    }
-    ASSERT_TRUE(WriteArtifactModel(**ckpt, packed_, tmp_ + "/native/model.safetensors").ok());
-    for (const char* f : {"config.json", "tok512.bin"}) {
-      auto bytes = ReadFile(src_ + "/" + f);
-      ASSERT_TRUE(bytes.ok());
-      ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/" + f, *bytes).ok());
-    }
+    };
+    auto packed = testing::QuantizeAllLinears(**ckpt, 5, spec, diagonal, make_positive);
+    ASSERT_TRUE(packed.ok()) << packed.status();
+    packed_ = std::move(*packed);
     nlohmann::json s = {{"method", std::string(quant::MethodName(spec.method))},
                         {"bits", spec.bits},
                         {"group_size", spec.group_size},
                         {"act_order", spec.act_order},
                         {"grid", std::string(quant::GridTargetName(spec.grid))}};
-    ASSERT_TRUE(WriteFileAtomic(tmp_ + "/native/manifest.json",
-                                nlohmann::json{{"name", "s"}, {"version", 2}, {"spec", s}}.dump())
-                    .ok());
+    const absl::Status st = testing::WriteNativeArtifact(
+        src_, packed_, nlohmann::json{{"name", "s"}, {"version", 2}, {"spec", s}}.dump(),
+        tmp_ + "/native");
+    ASSERT_TRUE(st.ok()) << st;
   }
 
   // Reads the export back and compares every linear with the artifact.

@@ -18,6 +18,7 @@
 #include "engine/model/forward.h"
 #include "engine/model/quarot.h"
 #include "engine/model/streamed_forward.h"
+#include "engine/model/test_util.h"
 #include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
 #include "engine/tokenizer/tokens.h"
@@ -26,9 +27,7 @@ namespace quantd::model {
 namespace {
 
 std::string FixtureDir(const std::string& family) {
-  const char* src = std::getenv("QUANTD_SOURCE_DIR");
-  return std::string(src != nullptr ? src : QUANTD_TEST_SOURCE_DIR) +
-         "/engine/model/testdata/families/" + family;
+  return testing::SourcePath("engine/model/testdata/families/" + family);
 }
 
 struct Fixture {

@@ -13,6 +13,7 @@
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
 #include "engine/model/forward.h"
+#include "engine/model/test_util.h"
 #include "engine/model/weights.h"
 #include "engine/tokenizer/tokens.h"
 #include "nlohmann/json.hpp"
@@ -25,9 +26,7 @@ using json = nlohmann::json;
 // The fixture written by tests/fixtures/make_rope_fixture.py with transformers 5.25: a tiny
 // random LlamaForCausalLM, rope_parameters {llama3, rope_theta 500000}, and transformers' logits.
 std::string FixtureDir() {
-  const char* src = std::getenv("QUANTD_SOURCE_DIR");
-  return std::string(src != nullptr ? src : QUANTD_TEST_SOURCE_DIR) +
-         "/engine/model/testdata/rope_llama3";
+  return testing::SourcePath("engine/model/testdata/rope_llama3");
 }
 
 RopeParams Llama3() {

@@ -14,12 +14,15 @@
 
 namespace quantd::model::testing {
 
-// $QUANTD_SOURCE_DIR/examples/<rel>, falling back to the compile-time source tree.
-inline std::string ExamplePath(const std::string& rel) {
+// $QUANTD_SOURCE_DIR/<rel>, falling back to the compile-time source tree.
+inline std::string SourcePath(const std::string& rel) {
   const char* src = std::getenv("QUANTD_SOURCE_DIR");
   std::string root = src != nullptr ? src : QUANTD_TEST_SOURCE_DIR;
-  return root + "/examples/" + rel;
+  return root + "/" + rel;
 }
+
+// $QUANTD_SOURCE_DIR/examples/<rel>.
+inline std::string ExamplePath(const std::string& rel) { return SourcePath("examples/" + rel); }
 
 // The SmolLM2-135M directory scripts/fetch_smollm2.sh writes:
 // ${QUANTD_CACHE:-$HOME/.cache/quantd}/smollm2-135m/hf (absent in CI: tests skip).
