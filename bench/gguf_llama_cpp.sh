@@ -70,7 +70,8 @@ q llama-iq4_nl-imat IQ4_NL --imatrix "$OUT/imatrix.gguf"
 
 # 3. Perplexity with quantd's protocol through llama.cpp, and llama-perplexity's own.
 PPL="$OUT/llama_ppl"
-if [ ! -x "$PPL" ] || [ "$(dirname "$0")/llama_cpp/llama_ppl.cc" -nt "$PPL" ]; then
+if [ ! -x "$PPL" ] || [ "$(dirname "$0")/llama_cpp/llama_ppl.cc" -nt "$PPL" ] ||
+   [ "$(dirname "$0")/llama_cpp/llama_util.h" -nt "$PPL" ]; then
   libs=$(find "$LLAMA_BUILD" -name 'libllama.a' -o -name 'libggml*.a' | sort -r | tr '\n' ' ')
   g++ -O2 -std=c++17 -I"$LLAMA_SRC/include" -I"$LLAMA_SRC/ggml/include" \
     "$(dirname "$0")/llama_cpp/llama_ppl.cc" -Wl,--start-group $libs -Wl,--end-group \

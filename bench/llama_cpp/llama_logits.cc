@@ -3,7 +3,7 @@
 // as uint16 little-endian (quantd's token files), decoded in one batch at positions 0..T-1
 // without BOS, and the logits of every position written as [T][n_vocab] little-endian fp32
 // (K/V cache in fp32, no flash attention).
-// Built against the llama.cpp library that llama-cpp-python vendors (like llama_ppl.cc); not
+// Built against the llama.cpp library that llama-cpp-python vendors (like llama_ppl.cc, with llama_util.h); not
 // part of the quantd build.
 //   usage: llama_logits MODEL.gguf TOKENS.u16 OUT.f32
 #include <cstdint>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "llama_util.h"
 
 int main(int argc, char** argv) {
   if (argc != 4) {
@@ -29,13 +30,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "no tokens in %s\n", argv[2]);
     return 1;
   }
-  llama_backend_init();
-  llama_model_params mp = llama_model_default_params();
-  llama_model* model = llama_model_load_from_file(argv[1], mp);
-  if (model == nullptr) {
-    std::fprintf(stderr, "cannot load %s\n", argv[1]);
-    return 1;
-  }
+  llama_model* model = llama_util::LoadModel(argv[1]);
+  if (model == nullptr) return 1;
   const int n = static_cast<int>(toks.size());
   llama_context_params cp = llama_context_default_params();
   cp.n_ctx = n < 64 ? 64 : n;
@@ -54,14 +50,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   llama_batch batch = llama_batch_init(n, 0, 1);
-  batch.n_tokens = n;
-  for (int i = 0; i < n; ++i) {
-    batch.token[i] = toks[i];
-    batch.pos[i] = i;
-    batch.n_seq_id[i] = 1;
-    batch.seq_id[i][0] = 0;
-    batch.logits[i] = 1;
-  }
+  llama_util::FillBatch(&batch, toks.data(), n);
   if (llama_decode(ctx, batch) != 0) {
     std::fprintf(stderr, "llama_decode failed\n");
     return 1;
@@ -73,9 +62,6 @@ int main(int argc, char** argv) {
               static_cast<std::streamsize>(n_vocab) * sizeof(float));
   }
   std::printf("{\"tokens\": %d, \"n_vocab\": %d}\n", n, n_vocab);
-  llama_batch_free(batch);
-  llama_free(ctx);
-  llama_model_free(model);
-  llama_backend_free();
+  llama_util::Free(batch, ctx, model);
   return out.good() ? 0 : 1;
 }

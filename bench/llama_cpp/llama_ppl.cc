@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "llama_util.h"
 
 int main(int argc, char** argv) {
   if (argc < 3) {
@@ -27,13 +28,8 @@ int main(int argc, char** argv) {
   ss << in.rdbuf();
   const std::string text = ss.str();
 
-  llama_backend_init();
-  llama_model_params mp = llama_model_default_params();
-  llama_model* model = llama_model_load_from_file(argv[1], mp);
-  if (model == nullptr) {
-    std::fprintf(stderr, "cannot load %s\n", argv[1]);
-    return 1;
-  }
+  llama_model* model = llama_util::LoadModel(argv[1]);
+  if (model == nullptr) return 1;
   const llama_vocab* vocab = llama_model_get_vocab(model);
   std::vector<llama_token> toks(text.size() + 16);
   const int n = llama_tokenize(vocab, text.data(), static_cast<int32_t>(text.size()), toks.data(),
@@ -60,14 +56,7 @@ int main(int argc, char** argv) {
   for (size_t start = 0; start + 1 < toks.size(); start += ctx_len) {
     const int len = static_cast<int>(std::min<size_t>(ctx_len, toks.size() - start));
     llama_memory_clear(llama_get_memory(ctx), true);
-    batch.n_tokens = len;
-    for (int i = 0; i < len; ++i) {
-      batch.token[i] = toks[start + i];
-      batch.pos[i] = i;
-      batch.n_seq_id[i] = 1;
-      batch.seq_id[i][0] = 0;
-      batch.logits[i] = 1;
-    }
+    llama_util::FillBatch(&batch, toks.data() + start, len);
     if (llama_decode(ctx, batch) != 0) {
       std::fprintf(stderr, "llama_decode failed\n");
       return 1;
@@ -86,9 +75,6 @@ int main(int argc, char** argv) {
   }
   std::printf("{\"model\": \"%s\", \"tokens\": %zu, \"targets\": %ld, \"mean_nll\": %.6f, \"ppl\": %.4f}\n",
               argv[1], toks.size(), targets, nll / targets, std::exp(nll / targets));
-  llama_batch_free(batch);
-  llama_free(ctx);
-  llama_model_free(model);
-  llama_backend_free();
+  llama_util::Free(batch, ctx, model);
   return 0;
 }
