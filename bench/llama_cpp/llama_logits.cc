@@ -33,10 +33,7 @@ int main(int argc, char** argv) {
   llama_model* model = llama_util::LoadModel(argv[1]);
   if (model == nullptr) return 1;
   const int n = static_cast<int>(toks.size());
-  llama_context_params cp = llama_context_default_params();
-  cp.n_ctx = n < 64 ? 64 : n;
-  cp.n_batch = cp.n_ctx;
-  cp.n_ubatch = cp.n_ctx;
+  llama_context_params cp = llama_util::OneBatchParams(n < 64 ? 64 : n);
   cp.n_threads = 1;
   cp.n_threads_batch = 1;
   // fp32 K/V cache and no flash attention (whose CPU path works in fp16): with F32 weights the
@@ -44,11 +41,8 @@ int main(int argc, char** argv) {
   cp.type_k = GGML_TYPE_F32;
   cp.type_v = GGML_TYPE_F32;
   cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-  llama_context* ctx = llama_init_from_model(model, cp);
-  if (ctx == nullptr) {
-    std::fprintf(stderr, "cannot create a context\n");
-    return 1;
-  }
+  llama_context* ctx = llama_util::NewContext(model, cp);
+  if (ctx == nullptr) return 1;
   llama_batch batch = llama_batch_init(n, 0, 1);
   llama_util::FillBatch(&batch, toks.data(), n);
   if (llama_decode(ctx, batch) != 0) {

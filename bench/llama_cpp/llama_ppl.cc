@@ -40,15 +40,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   toks.resize(std::min(n, n_tokens));
-  llama_context_params cp = llama_context_default_params();
-  cp.n_ctx = ctx_len;
-  cp.n_batch = ctx_len;
-  cp.n_ubatch = ctx_len;
-  llama_context* ctx = llama_init_from_model(model, cp);
-  if (ctx == nullptr) {
-    std::fprintf(stderr, "cannot create a context\n");
-    return 1;
-  }
+  llama_context* ctx = llama_util::NewContext(model, llama_util::OneBatchParams(ctx_len));
+  if (ctx == nullptr) return 1;
   const int n_vocab = llama_vocab_n_tokens(vocab);
   double nll = 0;
   long targets = 0;

@@ -19,6 +19,23 @@ inline llama_model* LoadModel(const char* path) {
   return model;
 }
 
+// Context parameters for windows of up to `n` tokens decoded in one batch (n_ctx = n_batch =
+// n_ubatch = n); the rest are llama.cpp's defaults.
+inline llama_context_params OneBatchParams(int n) {
+  llama_context_params cp = llama_context_default_params();
+  cp.n_ctx = n;
+  cp.n_batch = n;
+  cp.n_ubatch = n;
+  return cp;
+}
+
+// llama_init_from_model, with a message on stderr when it fails (nullptr).
+inline llama_context* NewContext(llama_model* model, const llama_context_params& cp) {
+  llama_context* ctx = llama_init_from_model(model, cp);
+  if (ctx == nullptr) std::fprintf(stderr, "cannot create a context\n");
+  return ctx;
+}
+
 // `batch` (from llama_batch_init(>= n, 0, 1)) holds toks[0..n) of sequence 0 at positions
 // 0..n-1, with the logits of every position requested.
 inline void FillBatch(llama_batch* batch, const llama_token* toks, int n) {
