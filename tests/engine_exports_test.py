@@ -23,14 +23,12 @@ $QUANTD_GGUF_VENV, ~/.cache/quantd/hf-venv and ~/.cache/quantd/llama/venv, else 
 message when its venv is absent.
 """
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from local_quantd import (CACHE, NP_SAFETENSORS, LocalQuantd, dirs, hf_venv, log,  # noqa: E402
-                          skip, venv_python)
+                          skip, venv_python, verdict)
 
 
 def gguf_python():
@@ -114,37 +112,33 @@ def ct_python():
 def main():
     src, bindir = dirs()
     py = gguf_python()
-    tmp = tempfile.mkdtemp(prefix="quantd-exports-")
-    try:
-        with LocalQuantd(bindir, tmp, input_root=os.path.join(src, "examples")) as q:
-            return run_checks(q, src, py, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with LocalQuantd(bindir, input_root=os.path.join(src, "examples"), prefix="quantd-exports-") as q:
+        return run_checks(q, src, py, q.tmp)
 
 
 def run_checks(q, src, py, tmp):
     ex = os.path.join(src, "examples")
-
     run = q.run
 
-    def submit(name, method, *flags):
+    def submit(name, method, *flags):  # stories260K, 16 calibration sequences
         q.submit_stories260k(ex, name, method, *flags)
 
-    failures = 0
+    failures = []
     for grid, method in (("q4_0", "gptq"), ("q4_1", "gptq"), ("q5_0", "rtn"), ("q5_1", "gptq"),
                          ("q8_0", "gptq")):
         name = f"g-{grid}"
         submit(name, method, "--grid", grid)
         models = run("models", name).stdout
         if f"gguf-{grid}" not in models:
-            log(f"FAIL: `quantctl models` does not list gguf-{grid}:\n{models}"); failures += 1
+            failures.append(f"`quantctl models` does not list gguf-{grid}:\n{models}")
         out, hf = os.path.join(tmp, name), os.path.join(tmp, name + "-hf")
         log(run("fetch", name, "-o", out, "--format", "gguf").stdout.strip().splitlines()[-1])
         run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
         exact = "0" if grid.endswith("_1") else "1"
         r = subprocess.run([py, "-c", COMPARE, os.path.join(out, "model.gguf"), hf, exact])
         log(f"{grid} ({method}): {'ok' if r.returncode == 0 else 'FAIL'}")
-        failures += r.returncode != 0
+        if r.returncode != 0:
+            failures.append(f"gguf-py on {grid} ({method})")
     ct = ct_python()
     if ct:
         for name, method, flags in (
@@ -158,20 +152,18 @@ def run_checks(q, src, py, tmp):
             run("fetch", name, "-o", hf, "--format", "hf", "--dtype", "f32")
             r = subprocess.run([ct, "-c", CT_COMPARE, out, hf])
             log(f"compressed-tensors {name}: {'ok' if r.returncode == 0 else 'FAIL'}")
-            failures += r.returncode != 0
+            if r.returncode != 0:
+                failures.append(f"compressed-tensors {name}")
     # Refusals, before anything is downloaded.
     submit("plain-gptq", "gptq", "--bits", "4")
     submit("qs2", "quip-sharp", "--bits", "2")
     for name, why in (("plain-gptq", "one grid per output channel"),
                       ("qs2", "no engine format reads")):
         out = os.path.join(tmp, name)
-        r = run("fetch", name, "-o", out, "--format", "gguf", expect=1)
-        ok = "FAILED_PRECONDITION" in r.stderr and why in r.stderr and not os.path.exists(
-            os.path.join(out, ".quantd-native", "model.safetensors"))
-        log(f"refusal {name}: {'ok' if ok else 'FAIL'}: {r.stderr.strip()}")
-        failures += not ok
-    log("PASS" if failures == 0 else "FAIL")
-    return 0 if failures == 0 else 1
+        if not q.fetch_refused(name, out, "gguf", why) or os.path.exists(os.path.join(out, ".quantd-native", "model.safetensors")):
+            failures.append(f"refusal {name}: not refused as FAILED_PRECONDITION naming {why!r}, "
+                            "or downloaded first")
+    return verdict(failures)
 
 
 if __name__ == "__main__":

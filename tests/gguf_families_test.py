@@ -30,7 +30,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from local_quantd import (CACHE, SKIP, LocalQuantd, dirs, hf_venv, log, quantctl_eval,  # noqa: E402
@@ -115,8 +114,8 @@ def main():
     if not os.path.exists(os.path.join(LLAMA_SRC, "include/llama.h")) or not os.path.isdir(LLAMA_BUILD):
         log(f"SKIP: no llama.cpp source at {LLAMA_SRC} or build at {LLAMA_BUILD}")
         return SKIP
-    tmp = tempfile.mkdtemp(prefix="quantd-gguf-families-")
-    daemon = LocalQuantd(bindir, tmp, tmp)
+    daemon = LocalQuantd(bindir, prefix="quantd-gguf-families-")
+    tmp = daemon.tmp
     failures = []
     try:
         tool = os.path.join(tmp, "llama_logits")
@@ -196,8 +195,7 @@ def main():
             if rel32 > REL_TOL_F32[fam]:
                 failures.append(f"{fam}: F32 GGUF rel {rel32:.3g} (tol {REL_TOL_F32[fam]})")
     finally:
-        daemon.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        daemon.close()
         verdict(failures)  # here, so that an early return's failures are reported too
     return 0 if not failures else 1
 

@@ -26,14 +26,12 @@ $QUANTD_GPTQ_VENV (default ~/.cache/quantd/gptq-venv) and exits 77 (CTest: skipp
 command that creates it when it is absent.
 """
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from local_quantd import (CACHE, NP_SAFETENSORS, LocalQuantd, dirs, log,  # noqa: E402
-                          quantctl_eval, skip, venv_python)
+                          quantctl_eval, skip, venv_python, verdict)
 
 
 def gptq_python():
@@ -109,12 +107,8 @@ sys.exit(1 if failed else 0)
 def main():
     src, bindir = dirs()
     py = gptq_python()
-    tmp = tempfile.mkdtemp(prefix="quantd-gptq-")
-    try:
-        with LocalQuantd(bindir, tmp, input_root=os.path.join(src, "examples")) as q:
-            return run_checks(q, src, bindir, py, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with LocalQuantd(bindir, input_root=os.path.join(src, "examples"), prefix="quantd-gptq-") as q:
+        return run_checks(q, src, bindir, py, q.tmp)
 
 
 def run_checks(q, src, bindir, py, tmp):
@@ -131,7 +125,7 @@ def run_checks(q, src, bindir, py, tmp):
         ("sym-3-ch-ao", ("--grid", "gptq-sym", "--bits", "3", "--act-order")),
         ("asym-2-ch", ("--bits", "2")),
         ("asym-8-g32", ("--bits", "8", "--group-size", "32")))
-    failures = 0
+    failures = []
     compare = []
     for name, flags in cases:
         q.submit_stories260k(ex, name, "gptq", *flags)
@@ -143,19 +137,17 @@ def run_checks(q, src, bindir, py, tmp):
         ours = os.path.join(tmp, name + ".logits")
         r = quantctl_eval(bindir, native, tokens, t, ours)
         if r.returncode != 0:
-            log(r.stderr); failures += 1; continue
+            failures.append(f"{name}: quantctl eval: {r.stderr.strip()}"); continue
         compare.append(",".join((name, out, f32, ours)))
     # One interpreter for every case (importing torch + gptqmodel is the slow part).
     r = subprocess.run([py, "-c", COMPARE, tokens, str(t), *compare])
-    failures += r.returncode != 0
+    if r.returncode != 0:
+        failures.append("transformers + gptqmodel vs ours (see the lines above)")
     # A version whose grid GPTQ cannot hold is refused before anything is downloaded.
     q.submit_stories260k(ex, "q41", "gptq", "--grid", "q4_1")
-    r = run("fetch", "q41", "-o", os.path.join(tmp, "q41"), "--format", "gptq", expect=1)
-    ok = "FAILED_PRECONDITION" in r.stderr and "fractional zero" in r.stderr
-    log(f"refusal q4_1 -> gptq: {'ok' if ok else 'FAIL'}: {r.stderr.strip()}")
-    failures += not ok
-    log("PASS" if failures == 0 else "FAIL")
-    return 0 if failures == 0 else 1
+    if not q.fetch_refused("q41", os.path.join(tmp, "q41"), "gptq", "fractional zero"):
+        failures.append("q4_1 -> gptq not refused as FAILED_PRECONDITION naming the fractional zero")
+    return verdict(failures)
 
 
 if __name__ == "__main__":

@@ -16,41 +16,30 @@ its transformers is older than 5.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local_quantd import (LocalQuantd, dirs, hf_venv_python, log, quantctl_eval,  # noqa: E402
-                          require_transformers5, verdict, write_calib)
+from local_quantd import (LocalQuantd, dirs, hf_venv_python, log,  # noqa: E402
+                          logits_compare_script, quantctl_eval, require_transformers5,
+                          verdict, write_calib)
 
 FAMILIES = ("gemma2", "gemma3", "llama3", "mistral", "phi3", "qwen2", "qwen3")
 TOL = 1e-4
 
-# Runs inside the venv: transformers' logits on HF_DIR vs ours (a [T][vocab] f32 file); prints
-# the class transformers loaded.
-COMPARE = r"""
-import sys, numpy as np, torch, transformers
-hf_dir, tokens_file, ours_file, tol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-tokens = np.fromfile(tokens_file, dtype='<u2').astype(np.int64)
-model = transformers.AutoModelForCausalLM.from_pretrained(
-    hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
-with torch.no_grad():
-    ref = model(torch.from_numpy(tokens)[None, :]).logits[0].numpy()
-ours = np.fromfile(ours_file, dtype='<f4').reshape(ref.shape)
-rel = float(np.abs(ours - ref).max()) / float(np.abs(ref).max())
-print(f"class {type(model).__name__} rel {rel:.3g}")
-sys.exit(0 if rel <= tol else 1)
-"""
+# Runs inside the venv: transformers' logits on HF_DIR vs ours; prints the class it loaded.
+COMPARE = logits_compare_script(
+    'transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, '
+    'attn_implementation="eager")',
+    "class {type(model).__name__} rel {rel:.3g}")
 
 
 def main():
     src, bindir = dirs()
     py = hf_venv_python()
     require_transformers5(py, "; the fixtures need transformers >= 5")
-    tmp = tempfile.mkdtemp(prefix="quantd-families-")
-    daemon = LocalQuantd(bindir, tmp, tmp)
+    daemon = LocalQuantd(bindir, prefix="quantd-families-")
+    tmp = daemon.tmp
     failures = []
 
     def check(what, d, tokens, want_class):
@@ -103,8 +92,7 @@ def main():
                 continue
             check(f"{fam} gptq 4-bit via the service, HF export", hf, tokens, arch)
     finally:
-        daemon.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        daemon.close()
     return verdict(failures)
 
 

@@ -20,28 +20,19 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local_quantd import (LocalQuantd, dirs, hf_venv_python, log, quantctl_eval,  # noqa: E402
-                          require_transformers5, verdict, write_calib)
+from local_quantd import (LocalQuantd, dirs, hf_venv_python, log,  # noqa: E402
+                          logits_compare_script, quantctl_eval, require_transformers5,
+                          verdict, write_calib)
 
 T = 64
 TOL = 1e-4
 
-# Runs inside the venv: transformers' logits on MODEL_DIR vs ours (a [T][vocab] f32 file).
-COMPARE = r"""
-import sys, numpy as np, torch, transformers
-hf_dir, tokens_file, ours_file, tol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-tokens = np.fromfile(tokens_file, dtype='<u2').astype(np.int64)
-model = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-with torch.no_grad():
-    ref = model(torch.from_numpy(tokens)[None, :]).logits[0].numpy()
-ours = np.fromfile(ours_file, dtype='<f4').reshape(ref.shape)
-rel = float(np.abs(ours - ref).max()) / float(np.abs(ref).max())
-print(f"  rope {model.config.rope_parameters}: rel {rel:.3g}")
-sys.exit(0 if rel <= tol else 1)
-"""
+# Runs inside the venv: transformers' logits on MODEL_DIR vs ours; prints the rope it read.
+COMPARE = logits_compare_script(
+    "transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)",
+    "  rope {model.config.rope_parameters}: rel {rel:.3g}")
 
 
 def to_old_layout(src, dst):
@@ -61,8 +52,8 @@ def main():
     py = hf_venv_python()
     require_transformers5(py, ", which writes the old config layout; need transformers >= 5 "
                           "(pip install 'transformers>=5' into it)")
-    tmp = tempfile.mkdtemp(prefix="quantd-rope-")
-    daemon = LocalQuantd(bindir, tmp, tmp)  # the model and calib live under tmp
+    daemon = LocalQuantd(bindir, prefix="quantd-rope-")  # the model and calib live under tmp
+    tmp = daemon.tmp
     failures = []
 
     def eval_logits(d, out):
@@ -129,8 +120,7 @@ def main():
                 failures.append(f"export config.json changed: {json.dumps(out_cfg)} != {json.dumps(want)}")
             check("llama3 via the service, rtn 8-bit, fp16 HF export", hf)
     finally:
-        daemon.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        daemon.close()
     return verdict(failures)
 
 

@@ -10,13 +10,16 @@ the skip convention, a throw-away quantd with local workers, and the PASS/FAIL v
 
 The daemon listens on a free port (written to TMP/port), keeps its data in TMP/var, reads job
 inputs only under `input_root` (quantd --input_root) and logs to TMP/quantd.log; it is stopped
-with SIGTERM (SIGKILL after 20 s) on exit. A test that wants its earlier failures reported when
-the daemon does not start calls start() (False then) and stop() itself instead of `with`.
+with SIGTERM (SIGKILL after 20 s) on exit, and TMP removed when LocalQuantd made it (no `tmp`
+given). A test that wants its earlier failures reported when the daemon does not start calls
+start() (False then) and close() itself instead of `with`.
 """
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 # CTest's SKIP_RETURN_CODE for these tests (tests/CMakeLists.txt, quantd_py_e2e_test): a missing
@@ -133,10 +136,33 @@ def safetensors(path):
 """
 
 
+def logits_compare_script(load, report):
+    """A script for the HF venv, run as `py -c SCRIPT HF_DIR TOKENS OURS TOL`: transformers' logits
+    of the model that the expression `load` makes of `hf_dir`, on the uint16 TOKENS, against
+    ours (OURS, a [T][vocab] f32 file); prints the f-string body `report` (it may use `model` and
+    rel = max|ours - transformers| / max|transformers logit|) and exits 1 when rel > TOL."""
+    return r"""
+import sys, numpy as np, torch, transformers
+hf_dir, tokens_file, ours_file, tol = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+tokens = np.fromfile(tokens_file, dtype='<u2').astype(np.int64)
+model = (%s).eval()
+with torch.no_grad():
+    ref = model(torch.from_numpy(tokens)[None, :]).logits[0].numpy()
+ours = np.fromfile(ours_file, dtype='<f4').reshape(ref.shape)
+rel = float(np.abs(ours - ref).max()) / float(np.abs(ref).max())
+print(f"%s")
+sys.exit(0 if rel <= tol else 1)
+""" % (load, report)
+
+
 class LocalQuantd:
-    def __init__(self, bindir, tmp, input_root, workers=1):
-        self.bindir, self.tmp, self.workers = bindir, tmp, workers
-        self.input_root = input_root
+    def __init__(self, bindir, tmp=None, input_root=None, workers=1, prefix="quantd-"):
+        """Without `tmp`, a fresh temporary directory (`prefix`...) that close() removes; without
+        `input_root`, the daemon reads job inputs only under tmp."""
+        self.owns_tmp = tmp is None
+        self.tmp = tempfile.mkdtemp(prefix=prefix) if tmp is None else tmp
+        self.bindir, self.workers = bindir, workers
+        self.input_root = input_root if input_root is not None else self.tmp
         self.daemon, self.addr = None, None
 
     def start(self):
@@ -164,10 +190,18 @@ class LocalQuantd:
             except subprocess.TimeoutExpired:
                 self.daemon.kill()
 
+    def close(self):
+        """stop(), and removes tmp when this object made it."""
+        self.stop()
+        if self.owns_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
     def __enter__(self):
         if not self.start():
-            self.stop()
-            raise RuntimeError("quantd did not start; see " + os.path.join(self.tmp, "quantd.log"))
+            path = os.path.join(self.tmp, "quantd.log")
+            tail = open(path).read()[-4000:] if os.path.exists(path) else ""
+            self.close()
+            raise RuntimeError("quantd did not start; its log ends:\n" + tail)
         return self
 
     def quantctl(self, *args):
@@ -181,6 +215,14 @@ class LocalQuantd:
             raise RuntimeError(f"quantctl {' '.join(args)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
         return r
 
+    def fetch_refused(self, name, out, fmt, why):
+        """`quantctl fetch NAME -o OUT --format FMT` must exit 1 with FAILED_PRECONDITION and
+        `why` in its message; logs the refusal and returns whether it was refused so."""
+        r = self.run("fetch", name, "-o", out, "--format", fmt, expect=1)
+        ok = "FAILED_PRECONDITION" in r.stderr and why in r.stderr
+        log(f"refusal {name} -> {fmt}: {'ok' if ok else 'FAIL'}: {r.stderr.strip()}")
+        return ok
+
     def submit_stories260k(self, examples, name, method, *flags, calib_seqs=16):
         """Submits EXAMPLES/stories260K with `method` and `flags`, calibrated on the first
         `calib_seqs` sequences of the bundled TinyStories tokens, and waits for it."""
@@ -189,5 +231,5 @@ class LocalQuantd:
                         method, "--name", name, "--max-calib-seqs", str(calib_seqs), *flags, "--wait")
 
     def __exit__(self, *exc):
-        self.stop()
+        self.close()
         return False
