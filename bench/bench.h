@@ -11,8 +11,12 @@
 #include <string>
 #include <vector>
 
+#include <cstdio>
+
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/quant/device.h"
+#include "nlohmann/json.hpp"
 
 namespace quantd::bench {
 
@@ -34,6 +38,18 @@ class Flags {
 // The Device `--device` names (cpu, auto, cuda:N; default cpu); nullptr after printing the
 // reason to stderr.
 std::unique_ptr<quant::Device> DeviceFromFlags(const Flags& flags);
+
+// Prints `s` on stderr; returns 1, the failure exit code.
+inline int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "%s\n", s.ToString().c_str());
+  return 1;
+}
+
+// Prints `line` as one JSON line on stdout, flushed (a long run's lines show as they come).
+inline void PrintLine(const nlohmann::json& line) {
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+}
 
 inline double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

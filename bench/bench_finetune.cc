@@ -97,10 +97,7 @@ int RunFinetune(const Flags& flags) {
   auto q = artifact::LoadArtifactWeights(art, &qcfg);
   auto calib = LoadBenchTokens(calib_path, dir), eval = LoadBenchTokens(eval_path, dir);
   for (const absl::Status& s : {fp.status(), q.status(), calib.status(), eval.status()}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.ToString().c_str());
-      return 1;
-    }
+    if (!s.ok()) return Fail(s);
   }
   const size_t want = static_cast<size_t>(*seqs) * static_cast<size_t>(opts.seq_len);
   if (calib->size() > want) calib->resize(want);
@@ -109,47 +106,32 @@ int RunFinetune(const Flags& flags) {
   popts.max_tokens = *eval_tokens;
   auto t0 = std::chrono::steady_clock::now();
   auto before = model::Perplexity(qcfg, *q, *eval, popts);
-  if (!before.ok()) {
-    std::fprintf(stderr, "%s\n", before.status().ToString().c_str());
-    return 1;
-  }
-  std::printf("%s\n", nlohmann::json({{"artifact", art},
-                                      {"ppl_before", before->ppl},
-                                      {"eval_targets", before->targets},
-                                      {"eval_seconds", Seconds(t0)},
-                                      {"calib_tokens", calib->size()},
-                                      {"epochs", opts.epochs},
-                                      {"lr", opts.learning_rate},
-                                      {"batch", opts.batch_sequences},
-                                      {"holdout", opts.holdout_sequences}})
-                          .dump()
-                          .c_str());
-  std::fflush(stdout);
+  if (!before.ok()) return Fail(before.status());
+  PrintLine({{"artifact", art},
+             {"ppl_before", before->ppl},
+             {"eval_targets", before->targets},
+             {"eval_seconds", Seconds(t0)},
+             {"calib_tokens", calib->size()},
+             {"epochs", opts.epochs},
+             {"lr", opts.learning_rate},
+             {"batch", opts.batch_sequences},
+             {"holdout", opts.holdout_sequences}});
   t0 = std::chrono::steady_clock::now();
   std::vector<model::LayerScales> scales;
   auto reports = model::FinetuneBlocks(
       qcfg, *fp, &*q, *calib, opts, &scales, [](const model::BlockTuneReport& r) {
-        std::printf("%s\n", nlohmann::json({{"layer", r.layer},
-                                            {"heldout_before", r.heldout_before},
-                                            {"heldout_curve", r.heldout_curve},
-                                            {"heldout_best", r.heldout_best},
-                                            {"epochs_run", r.epochs_run},
-                                            {"seconds", r.seconds}})
-                                .dump()
-                                .c_str());
-        std::fflush(stdout);
+        PrintLine({{"layer", r.layer},
+                   {"heldout_before", r.heldout_before},
+                   {"heldout_curve", r.heldout_curve},
+                   {"heldout_best", r.heldout_best},
+                   {"epochs_run", r.epochs_run},
+                   {"seconds", r.seconds}});
       });
-  if (!reports.ok()) {
-    std::fprintf(stderr, "%s\n", reports.status().ToString().c_str());
-    return 1;
-  }
+  if (!reports.ok()) return Fail(reports.status());
   const double ft_secs = Seconds(t0);
   t0 = std::chrono::steady_clock::now();
   auto after = model::Perplexity(qcfg, *q, *eval, popts);
-  if (!after.ok()) {
-    std::fprintf(stderr, "%s\n", after.status().ToString().c_str());
-    return 1;
-  }
+  if (!after.ok()) return Fail(after.status());
   nlohmann::json out = {{"ppl_before", before->ppl},
                         {"ppl_after", after->ppl},
                         {"finetune_seconds", ft_secs},

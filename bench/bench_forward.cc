@@ -46,6 +46,26 @@ double WindowFlops(const model::LlamaConfig& c, double t) {
   return c.num_layers * (linears + attention) + 2 * t * d * c.vocab_size;
 }
 
+// The result line both modes print: the model, the run and the rate against the GEMM reference
+// (the mode adds its own fields; keys print sorted).
+nlohmann::json Report(const char* mode, const std::string& dir, const model::LlamaConfig& cfg,
+                      size_t tokens, int ctx, int p, double secs, double gflops,
+                      double gemm_gflops) {
+  return {{"mode", mode},
+          {"model", dir},
+          {"params_hidden", cfg.hidden_size},
+          {"layers", cfg.num_layers},
+          {"vocab", cfg.vocab_size},
+          {"tokens", tokens},
+          {"context", ctx},
+          {"threads", p},
+          {"seconds", secs},
+          {"tokens_per_s", tokens / secs},
+          {"gflops", gflops},
+          {"gemm_gflops", gemm_gflops},
+          {"ratio", gflops / gemm_gflops}};
+}
+
 }  // namespace
 
 // Eigen's fp32 GEMM rate (GFLOP/s, p threads) over the shapes of ForwardBatch's products for
@@ -84,10 +104,7 @@ int RunForwardBatched(const Flags& flags, const std::string& dir, std::vector<in
                       int ctx, int p) {
   model::LlamaConfig cfg;
   auto src = artifact::OpenArtifactSource(dir, &cfg);
-  if (!src.ok()) {
-    std::fprintf(stderr, "%s\n", src.status().ToString().c_str());
-    return 1;
-  }
+  if (!src.ok()) return Fail(src.status());
   for (int32_t& id : ids) id %= cfg.vocab_size;
   ctx = std::min(ctx, cfg.max_position_embeddings);
   std::vector<absl::Span<const int32_t>> seqs;
@@ -112,30 +129,15 @@ int RunForwardBatched(const Flags& flags, const std::string& dir, std::vector<in
     });
   }
   const double secs = Seconds(t0);
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s\n", s.ToString().c_str());
-    return 1;
-  }
+  if (!s.ok()) return Fail(s);
   const double gemm_after = BatchedGemmRate(cfg, static_cast<int64_t>(ids.size()), p);
   const double gemm_gflops = (gemm_before + gemm_after) / 2;
   const double gflops = flops / secs / 1e9;
-  nlohmann::json out = {{"mode", "batched"},
-                        {"gemm_gflops_before", gemm_before},
-                        {"gemm_gflops_after", gemm_after},
-                        {"model", dir},
-                        {"params_hidden", cfg.hidden_size},
-                        {"layers", cfg.num_layers},
-                        {"vocab", cfg.vocab_size},
-                        {"tokens", ids.size()},
-                        {"sequences", seqs.size()},
-                        {"context", ctx},
-                        {"threads", p},
-                        {"seconds", secs},
-                        {"tokens_per_s", ids.size() / secs},
-                        {"gflops", gflops},
-                        {"gemm_gflops", gemm_gflops},
-                        {"ratio", gflops / gemm_gflops},
-                        {"checksum", sink}};
+  nlohmann::json out = Report("batched", dir, cfg, ids.size(), ctx, p, secs, gflops, gemm_gflops);
+  out["gemm_gflops_before"] = gemm_before;
+  out["gemm_gflops_after"] = gemm_after;
+  out["sequences"] = seqs.size();
+  out["checksum"] = sink;
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
@@ -235,10 +237,7 @@ int RunForward(const Flags& flags) {
   std::vector<int32_t> ids;
   if (flags.Has("data")) {
     auto t = model::LoadTokenFile(flags.Get("data", ""));
-    if (!t.ok()) {
-      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
-      return 1;
-    }
+    if (!t.ok()) return Fail(t.status());
     ids = std::move(*t);
     ids.resize(std::min<size_t>(ids.size(), static_cast<size_t>(*tokens)));
   } else {
@@ -252,10 +251,7 @@ int RunForward(const Flags& flags) {
   if (mode == "hessian") return RunForwardHessian(flags, dir, std::move(ids), *context, p);
   model::LlamaConfig cfg;
   absl::StatusOr<model::LlamaWeights> w = artifact::LoadArtifactWeights(dir, &cfg);
-  if (!w.ok()) {
-    std::fprintf(stderr, "%s\n", w.status().ToString().c_str());
-    return 1;
-  }
+  if (!w.ok()) return Fail(w.status());
   for (int32_t& id : ids) id %= cfg.vocab_size;
   const int ctx = static_cast<int>(std::min<long long>(*context, cfg.max_position_embeddings));
   const int windows = static_cast<int>((ids.size() + ctx - 1) / ctx);
@@ -275,10 +271,7 @@ int RunForward(const Flags& flags) {
   }
   const double secs = Seconds(t0);
   for (const absl::Status& s : errors) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "%s\n", s.ToString().c_str());
-      return 1;
-    }
+    if (!s.ok()) return Fail(s);
   }
 
   // Peak: p independent single-threaded fp32 GEMMs of the MLP's shape [ctx×d]·[d×ff], as many
@@ -300,19 +293,8 @@ int RunForward(const Flags& flags) {
   }
   const double gemm_gflops = 2.0 * ctx * d * ff * rounds * p / gemm_secs / 1e9;
   const double gflops = flops / secs / 1e9;
-  nlohmann::json out = {{"mode", "reference"},
-                        {"model", dir},
-                        {"params_hidden", cfg.hidden_size},
-                        {"layers", cfg.num_layers},
-                        {"vocab", cfg.vocab_size},
-                        {"tokens", ids.size()},
-                        {"context", ctx},
-                        {"threads", p},
-                        {"seconds", secs},
-                        {"tokens_per_s", ids.size() / secs},
-                        {"gflops", gflops},
-                        {"gemm_gflops", gemm_gflops},
-                        {"ratio", gflops / gemm_gflops}};
+  const nlohmann::json out =
+      Report("reference", dir, cfg, ids.size(), ctx, p, secs, gflops, gemm_gflops);
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
