@@ -4,17 +4,22 @@
 #ifndef QUANTD_ENGINE_ARTIFACT_ARTIFACT_TEST_UTIL_H_
 #define QUANTD_ENGINE_ARTIFACT_ARTIFACT_TEST_UTIL_H_
 
+#include <unistd.h>
+
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/file_util.h"
 #include "engine/artifact/artifact.h"
 #include "engine/format/checkpoint.h"
+#include "engine/model/test_util.h"
 #include "engine/model/weights.h"
 #include "engine/quant/quantize.h"
+#include "gtest/gtest.h"
 
 namespace quantd::artifact::testing {
 
@@ -58,6 +63,25 @@ inline absl::Status WriteNativeArtifact(const std::string& src,
   }
   return WriteFileAtomic(dir + "/manifest.json", manifest);
 }
+
+// A fixture (Base: ::testing::Test or ::testing::TestWithParam<...>) with src_ the stories260K
+// directory and tmp_ a fresh TempDir()/NAME_PID holding an empty native/, removed afterwards.
+template <typename Base>
+class NativeArtifactFixture : public Base {
+ protected:
+  explicit NativeArtifactFixture(std::string name) : name_(std::move(name)) {}
+  void SetUp() override {
+    src_ = model::testing::ExamplePath("stories260K");
+    tmp_ = ::testing::TempDir() + "/" + name_ + "_" + std::to_string(getpid());
+    ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
+  }
+  void TearDown() override { ASSERT_TRUE(RemoveAll(tmp_).ok()); }
+
+  std::string src_, tmp_;
+
+ private:
+  std::string name_;
+};
 
 }  // namespace quantd::artifact::testing
 

@@ -35,14 +35,9 @@ struct Case {
   quant::Method method;
 };
 
-class ExportGgufTest : public ::testing::TestWithParam<Case> {
+class ExportGgufTest : public testing::NativeArtifactFixture<::testing::TestWithParam<Case>> {
  protected:
-  void SetUp() override {
-    src_ = model::testing::ExamplePath("stories260K");
-    tmp_ = ::testing::TempDir() + "/export_gguf_test_" + std::to_string(getpid());
-    ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
-  }
-  void TearDown() override { ASSERT_TRUE(RemoveAll(tmp_).ok()); }
+  ExportGgufTest() : NativeArtifactFixture("export_gguf_test") {}
 
   // Writes the native artifact: every linear quantized with `spec` on an identity Hessian.
   void WriteNative(const quant::QuantSpec& spec, const std::string& manifest_spec) {
@@ -58,7 +53,6 @@ class ExportGgufTest : public ::testing::TestWithParam<Case> {
     ASSERT_TRUE(s.ok()) << s;
   }
 
-  std::string src_, tmp_;
   std::map<std::string, std::string> packed_;
 };
 

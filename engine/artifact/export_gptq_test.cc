@@ -79,14 +79,9 @@ struct Case {
   bool act_order;
 };
 
-class ExportGptqTest : public ::testing::TestWithParam<Case> {
+class ExportGptqTest : public testing::NativeArtifactFixture<::testing::TestWithParam<Case>> {
  protected:
-  void SetUp() override {
-    src_ = model::testing::ExamplePath("stories260K");
-    tmp_ = ::testing::TempDir() + "/export_gptq_test_" + std::to_string(getpid());
-    ASSERT_TRUE(MakeDirs(tmp_ + "/native").ok());
-  }
-  void TearDown() override { ASSERT_TRUE(RemoveAll(tmp_).ok()); }
+  ExportGptqTest() : NativeArtifactFixture("export_gptq_test") {}
 
   // The native artifact: every linear quantized with `spec` on a diagonal Hessian with unequal
   // entries (so act order really permutes). `positive` makes the first group of every row of
@@ -227,7 +222,6 @@ class ExportGptqTest : public ::testing::TestWithParam<Case> {
     EXPECT_TRUE(emb.ok() && emb->dtype == model::DType::kF16);
   }
 
-  std::string src_, tmp_;
   std::map<std::string, std::string> packed_;
 };
 

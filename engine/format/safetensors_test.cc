@@ -26,6 +26,14 @@ std::string Build(std::string header, const std::string& data) {
   return out + header + data;
 }
 
+// The header of one tensor "t": {"dtype": DTYPE, "shape": SHAPE, "data_offsets": OFFSETS}, the
+// last two as JSON text.
+std::string OneTensor(const std::string& dtype, const std::string& shape,
+                      const std::string& offsets) {
+  return R"({"t":{"dtype":")" + dtype + R"(","shape":)" + shape + R"(,"data_offsets":)" + offsets +
+         "}}";
+}
+
 absl::Status OpenBytes(const std::string& name, const std::string& bytes) {
   const std::string path = Tmp(name);
   EXPECT_TRUE(WriteFileAtomic(path, bytes).ok());
@@ -119,8 +127,9 @@ TEST(SafetensorsTest, WriterRejectsBadTensors) {
 }
 
 TEST(SafetensorsTest, RejectsMalformedFiles) {
+  const std::string x8(8, 'x');
   const std::string ok_entry = R"("t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
-  ASSERT_TRUE(OpenBytes("good", Build("{" + ok_entry + "}", std::string(8, 'x'))).ok());
+  ASSERT_TRUE(OpenBytes("good", Build("{" + ok_entry + "}", x8)).ok());
 
   ExpectRejected("tiny", "abc", "truncated");
   ExpectRejected("hdr_len", Build("{}", "").replace(0, 8, std::string("\xff\xff\0\0\0\0\0\0", 8)),
@@ -128,36 +137,19 @@ TEST(SafetensorsTest, RejectsMalformedFiles) {
   ExpectRejected("huge_len", std::string(8, '\xff') + "{}", "exceeds the file");
   ExpectRejected("bad_json", Build("{\"t\":", ""), "not valid JSON");
   ExpectRejected("not_obj", Build("[1,2]", ""), "not a JSON object");
-  ExpectRejected("dtype", Build(R"({"t":{"dtype":"F8","shape":[1],"data_offsets":[0,1]}})", "x"),
-                 "F8");
-  ExpectRejected("size", Build(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})",
-                               std::string(8, 'x')),
-                 "needs 12 bytes");
-  ExpectRejected("out_of_file",
-                 Build(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "1234"),
+  ExpectRejected("dtype", Build(OneTensor("F8", "[1]", "[0,1]"), "x"), "F8");
+  ExpectRejected("size", Build(OneTensor("F32", "[3]", "[0,8]"), x8), "needs 12 bytes");
+  ExpectRejected("out_of_file", Build(OneTensor("F32", "[2]", "[0,8]"), "1234"),
                  "outside the data section");
   ExpectRejected("overlap",
-                 Build("{" + ok_entry + R"(,"u":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                       std::string(8, 'x')),
+                 Build("{" + ok_entry + R"(,"u":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", x8),
                  "overlap");
-  ExpectRejected("neg_dim",
-                 Build(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})",
-                       std::string(8, 'x')),
-                 "bad dimension -2");
-  ExpectRejected("float_dim",
-                 Build(R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})",
-                       std::string(8, 'x')),
-                 "bad dimension");
-  ExpectRejected("overflow",
-                 Build(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})",
-                       std::string(8, 'x')),
+  ExpectRejected("neg_dim", Build(OneTensor("F32", "[-2]", "[0,8]"), x8), "bad dimension -2");
+  ExpectRejected("float_dim", Build(OneTensor("F32", "[2.5]", "[0,8]"), x8), "bad dimension");
+  ExpectRejected("overflow", Build(OneTensor("F32", "[4294967296,4294967296]", "[0,8]"), x8),
                  "overflows");
-  ExpectRejected("reversed",
-                 Build(R"({"t":{"dtype":"U8","shape":[0],"data_offsets":[8,4]}})", std::string(8, 'x')),
-                 "data_offsets");
-  ExpectRejected("offsets_type",
-                 Build(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":"0-1"}})", "x"),
-                 "data_offsets");
+  ExpectRejected("reversed", Build(OneTensor("U8", "[0]", "[8,4]"), x8), "data_offsets");
+  ExpectRejected("offsets_type", Build(OneTensor("U8", "[1]", R"("0-1")"), "x"), "data_offsets");
   ExpectRejected("meta", Build(R"({"__metadata__":{"a":1}})", ""), "__metadata__");
   ExpectRejected("extra_key",
                  Build(R"({"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":1}})", "x"),

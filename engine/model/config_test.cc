@@ -81,13 +81,7 @@ TEST(ConfigTest, RejectsOtherArchitecturesNamingSupportedOnes) {
 // Both layouts of the RoPE settings: transformers >= 5 "rope_parameters", older top-level
 // "rope_theta" + "rope_scaling".
 TEST(ConfigTest, RopeBothLayouts) {
-  RopeParams llama3;
-  llama3.type = RopeType::kLlama3;
-  llama3.theta = 500000;
-  llama3.factor = 8;
-  llama3.low_freq_factor = 1;
-  llama3.high_freq_factor = 4;
-  llama3.original_max_position_embeddings = 8192;
+  const RopeParams llama3 = testing::Llama3Rope(8192);
   const std::string scaling =
       R"("factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192)";
   const std::string v5 = With("rope_parameters", R"({"rope_type":"llama3","rope_theta":500000.0,)" + scaling + "}");

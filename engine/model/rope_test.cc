@@ -29,16 +29,7 @@ std::string FixtureDir() {
   return testing::SourcePath("engine/model/testdata/rope_llama3");
 }
 
-RopeParams Llama3() {
-  RopeParams p;
-  p.type = RopeType::kLlama3;
-  p.theta = 500000;
-  p.factor = 8;
-  p.low_freq_factor = 1;
-  p.high_freq_factor = 4;
-  p.original_max_position_embeddings = 64;
-  return p;
-}
+RopeParams Llama3() { return testing::Llama3Rope(64); }
 
 // transformers 5.25's ROPE_INIT_FUNCTIONS[...] for head_dim 16 (printed with %.9g).
 TEST(RopeTest, InverseFrequenciesMatchTransformers) {

@@ -35,6 +35,19 @@ inline std::string Smollm2Dir() {
   return root + "/smollm2-135m/hf";
 }
 
+// Llama 3's RoPE scaling (rope_type llama3, rope_theta 500000, factor 8, low/high frequency
+// factors 1 and 4) for a model trained with `original_max_position_embeddings`.
+inline RopeParams Llama3Rope(int original_max_position_embeddings) {
+  RopeParams p;
+  p.type = RopeType::kLlama3;
+  p.theta = 500000;
+  p.factor = 8;
+  p.low_freq_factor = 1;
+  p.high_freq_factor = 4;
+  p.original_max_position_embeddings = original_max_position_embeddings;
+  return p;
+}
+
 struct Stories260K {
   LlamaConfig cfg;
   LlamaWeights w;
