@@ -314,39 +314,23 @@ TEST(GgufTest, RejectsBadHeaders) {
 
 TEST(GgufTest, RejectsBadMetadata) {
   auto one = [](GgufBuilder b) { return b.Build(); };
-  {
-    GgufBuilder b;
+  // A metadata entry written by hand: the key, the value type tag `type`, then `rest`.
+  auto raw_kv = [](const std::string& key, uint32_t type, const std::string& rest) {
     std::string raw;
-    GgufBuilder::PutStr(&raw, "arr");
-    GgufBuilder::Put<uint32_t>(&raw, 9);
-    GgufBuilder::Put<uint32_t>(&raw, 8);
-    GgufBuilder::Put<uint64_t>(&raw, 1ull << 62);
-    ExpectInvalid(one(b.RawKv(raw)), "metadata \"arr\": array length 4611686018427387904");
-  }
-  {
-    GgufBuilder b;
-    std::string raw;
-    GgufBuilder::PutStr(&raw, "nest");
-    GgufBuilder::Put<uint32_t>(&raw, 9);
-    GgufBuilder::Put<uint32_t>(&raw, 9);
-    ExpectInvalid(one(b.RawKv(raw)), "arrays of arrays");
-  }
-  {
-    GgufBuilder b;
-    std::string raw;
-    GgufBuilder::PutStr(&raw, "weird");
-    GgufBuilder::Put<uint32_t>(&raw, 13);
-    ExpectInvalid(one(b.RawKv(raw)), "metadata \"weird\": unknown value type 13");
-  }
-  {
-    GgufBuilder b;
-    std::string raw;
-    GgufBuilder::PutStr(&raw, "s");
-    GgufBuilder::Put<uint32_t>(&raw, 8);
-    GgufBuilder::Put<uint64_t>(&raw, 1000);
-    raw += "short";
-    ExpectInvalid(one(b.RawKv(raw)), "reading metadata \"s\"");
-  }
+    GgufBuilder::PutStr(&raw, key);
+    GgufBuilder::Put<uint32_t>(&raw, type);
+    return GgufBuilder().RawKv(raw + rest).Build();
+  };
+  auto le = [](auto v) {
+    std::string s;
+    GgufBuilder::Put(&s, v);
+    return s;
+  };
+  ExpectInvalid(raw_kv("arr", 9, le(uint32_t{8}) + le(uint64_t{1} << 62)),
+                "metadata \"arr\": array length 4611686018427387904");
+  ExpectInvalid(raw_kv("nest", 9, le(uint32_t{9})), "arrays of arrays");
+  ExpectInvalid(raw_kv("weird", 13, ""), "metadata \"weird\": unknown value type 13");
+  ExpectInvalid(raw_kv("s", 8, le(uint64_t{1000}) + "short"), "reading metadata \"s\"");
   ExpectInvalid(one(GgufBuilder().Scalar<uint8_t>("b", VT::kBool, 2)), "bool value 2");
   ExpectInvalid(one(GgufBuilder().String("k", "a").String("k", "b")), "\"k\": duplicate key");
   ExpectInvalid(one(GgufBuilder().String("", "a")), "metadata key #0 is empty");
