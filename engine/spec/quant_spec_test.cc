@@ -9,6 +9,13 @@
 namespace quantd::runner {
 namespace {
 
+// QuantSpecFromProto(p) is INVALID_ARGUMENT, its message naming `needle`.
+void ExpectRefused(const quantd::v1::QuantSpec& p, const std::string& needle = "") {
+  auto r = QuantSpecFromProto(p);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << needle;
+  EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status();
+}
+
 TEST(QuantSpecFromProtoTest, GridFillsBitsAndGroupAndIsChecked) {
   quantd::v1::QuantSpec p;
   p.set_method("gptq");
@@ -23,22 +30,22 @@ TEST(QuantSpecFromProtoTest, GridFillsBitsAndGroupAndIsChecked) {
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->bits, 5);
   p.set_bits(3);  // q5_1 holds 5-bit codes
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_bits(0);
   p.set_group_size(64);  // GGUF blocks are 32 wide
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_group_size(0);
   p.set_grid("q9_9");
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_grid("gptq-sym");  // any bits / groups, but rtn and gptq only
   p.set_bits(3);
   EXPECT_TRUE(QuantSpecFromProto(p).ok());
   p.set_method("quip");
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_method("rtn");
   p.set_grid("");
   p.set_bits(5);  // 5 bits only with a q5 grid
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
 }
 
 TEST(QuantSpecFromProtoTest, BitBudgetIsValidatedAtEveryWidth) {
@@ -56,35 +63,30 @@ TEST(QuantSpecFromProtoTest, BitBudgetIsValidatedAtEveryWidth) {
   p.set_budget_weight("rel");
   EXPECT_TRUE(QuantSpecFromProto(p).ok());
   // Each refusal names the value.
-  auto refused = [&](const quantd::v1::QuantSpec& bad, const std::string& needle) {
-    auto r = QuantSpecFromProto(bad);
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << needle;
-    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status();
-  };
   for (double bad : {1.5, 4.25, -3.0, std::nan("")}) {
     quantd::v1::QuantSpec b = p;
     b.set_avg_bits(bad);
-    refused(b, "avg_bits");
+    ExpectRefused(b, "avg_bits");
   }
   quantd::v1::QuantSpec b = p;
   b.set_bits(3);
-  refused(b, "bits 3 and avg_bits 2.5");
+  ExpectRefused(b, "bits 3 and avg_bits 2.5");
   b = p;
   b.set_budget_weight("fisher");
-  refused(b, "fisher");
+  ExpectRefused(b, "fisher");
   b = p;
   b.set_avg_bits(0);
-  refused(b, "budget_weight \"rel\" applies only with avg_bits");
+  ExpectRefused(b, "budget_weight \"rel\" applies only with avg_bits");
   b = p;
   b.set_sequential(true);
-  refused(b, "sequential");
+  ExpectRefused(b, "sequential");
   b = p;
   b.set_method("gptq");
   b.set_grid("q4_0");
-  refused(b, "grid q4_0");
+  ExpectRefused(b, "grid q4_0");
   b = p;
   b.set_group_size(64);  // quip-sharp has no groups: refused at every width, saying so
-  refused(b, "with avg_bits 2.5");
+  ExpectRefused(b, "with avg_bits 2.5");
 }
 
 TEST(QuantSpecFromProtoTest, FillsDefaultsAndEveryField) {
@@ -146,9 +148,7 @@ TEST(QuantSpecFromProtoTest, HessianScaleForScalarGridsOnly) {
   EXPECT_TRUE(s->hessian_scale);
   p.set_method("quip-sharp");
   p.set_bits(2);
-  auto bad = QuantSpecFromProto(p);
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("hessian_scale"), absl::string_view::npos) << bad.status();
+  ExpectRefused(p, "hessian_scale");
 }
 
 TEST(QuantSpecFromProtoTest, QtipOptions) {
@@ -168,25 +168,23 @@ TEST(QuantSpecFromProtoTest, QtipOptions) {
   EXPECT_EQ(s->trellis_code, quant::TrellisCode::kHyb);
   EXPECT_EQ(s->trellis_l, 12);
   p.set_trellis_code("5mad");
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_trellis_code("1mad");
   p.set_trellis_l(31);
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_trellis_l(0);
   p.set_method("gptq");  // trellis options on another method
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
 }
 
 TEST(QuantSpecFromProtoTest, RejectsUnknownMethodAndBadBits) {
   quantd::v1::QuantSpec p;
   p.set_method("awq");
   p.set_bits(4);
-  EXPECT_EQ(QuantSpecFromProto(p).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectRefused(p);
   p.set_method("quip-sharp");
   p.set_bits(7);
-  auto s = QuantSpecFromProto(p);
-  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.status().message().find("7"), absl::string_view::npos) << s.status();
+  ExpectRefused(p, "7");
 }
 
 TEST(TokenWeightingFromProtoTest, DefaultsByMethodAndRefusals) {
