@@ -24,11 +24,6 @@ bool IsRegularFile(const std::string& p) {
   return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-uint16_t Load16(const char* p) {
-  return static_cast<uint16_t>(static_cast<unsigned char>(p[0]) |
-                               (static_cast<unsigned char>(p[1]) << 8));
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
@@ -122,10 +117,10 @@ absl::Status ConvertToF32(const TensorView& t, int64_t first, int64_t count, flo
       }
       break;
     case DType::kF16:
-      for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(Load16(p + 2 * i));
+      HalfsToFloats(p, n, out);
       break;
     case DType::kBF16:
-      for (int64_t i = 0; i < n; ++i) out[i] = BFloat16ToFloat(Load16(p + 2 * i));
+      BFloat16sToFloats(p, n, out);
       break;
     default:
       return absl::InvalidArgumentError(internal::Cat("tensor \"", t.name, "\" has dtype ",

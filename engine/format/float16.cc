@@ -52,4 +52,12 @@ uint16_t FloatToHalf(float f) {
   return sign | static_cast<uint16_t>(h);
 }
 
+void HalfsToFloats(const char* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(LoadLe16(src + 2 * i));
+}
+
+void BFloat16sToFloats(const char* src, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16ToFloat(LoadLe16(src + 2 * i));
+}
+
 }  // namespace quantd::model

@@ -14,6 +14,15 @@ float BFloat16ToFloat(uint16_t h);
 uint16_t FloatToHalf(float f);
 uint16_t FloatToBFloat16(float f);
 
+// The little-endian 16-bit pattern at `p` (any alignment).
+inline uint16_t LoadLe16(const char* p) {
+  return static_cast<uint16_t>(static_cast<unsigned char>(p[0]) |
+                               (static_cast<unsigned char>(p[1]) << 8));
+}
+// `n` little-endian F16 (BF16) values at `src` widened into dst[0, n).
+void HalfsToFloats(const char* src, int64_t n, float* dst);
+void BFloat16sToFloats(const char* src, int64_t n, float* dst);
+
 }  // namespace quantd::model
 
 #endif  // QUANTD_ENGINE_FORMAT_FLOAT16_H_

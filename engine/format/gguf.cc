@@ -81,12 +81,6 @@ bool IsSupported(uint32_t t) {
   return false;
 }
 
-uint16_t Load16(const char* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-
 }  // namespace
 
 std::string_view GgufValueTypeName(GgufValueType t) {
@@ -141,20 +135,20 @@ void DequantizeGgml(GgmlType t, const char* src, int64_t n, float* dst) {
       if (n > 0) std::memcpy(dst, src, static_cast<size_t>(n) * 4);  // dst is null when n == 0
       return;
     case GgmlType::kF16:
-      for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(Load16(src + 2 * i));
+      HalfsToFloats(src, n, dst);
       return;
     case GgmlType::kBF16:
-      for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16ToFloat(Load16(src + 2 * i));
+      BFloat16sToFloats(src, n, dst);
       return;
     case GgmlType::kQ8_0:
       for (int64_t b = 0; b < n / 32; ++b, src += 34, dst += 32) {
-        const float d = HalfToFloat(Load16(src));
+        const float d = HalfToFloat(LoadLe16(src));
         for (int j = 0; j < 32; ++j) dst[j] = d * static_cast<float>(static_cast<int8_t>(src[2 + j]));
       }
       return;
     case GgmlType::kQ4_0:
       for (int64_t b = 0; b < n / 32; ++b, src += 18, dst += 32) {
-        const float d = HalfToFloat(Load16(src));
+        const float d = HalfToFloat(LoadLe16(src));
         for (int j = 0; j < 16; ++j) {
           const auto q = static_cast<unsigned char>(src[2 + j]);
           dst[j] = d * static_cast<float>((q & 0x0f) - 8);
@@ -164,8 +158,8 @@ void DequantizeGgml(GgmlType t, const char* src, int64_t n, float* dst) {
       return;
     case GgmlType::kQ4_1:
       for (int64_t b = 0; b < n / 32; ++b, src += 20, dst += 32) {
-        const float d = HalfToFloat(Load16(src));
-        const float m = HalfToFloat(Load16(src + 2));
+        const float d = HalfToFloat(LoadLe16(src));
+        const float m = HalfToFloat(LoadLe16(src + 2));
         for (int j = 0; j < 16; ++j) {
           const auto q = static_cast<unsigned char>(src[4 + j]);
           dst[j] = d * static_cast<float>(q & 0x0f) + m;
@@ -180,8 +174,8 @@ void DequantizeGgml(GgmlType t, const char* src, int64_t n, float* dst) {
       const bool with_min = t == GgmlType::kQ5_1;
       const int head = with_min ? 4 : 2, bytes = with_min ? 24 : 22;
       for (int64_t b = 0; b < n / 32; ++b, src += bytes, dst += 32) {
-        const float d = HalfToFloat(Load16(src));
-        const float m = with_min ? HalfToFloat(Load16(src + 2)) : 0.0f;
+        const float d = HalfToFloat(LoadLe16(src));
+        const float m = with_min ? HalfToFloat(LoadLe16(src + 2)) : 0.0f;
         uint32_t qh;
         std::memcpy(&qh, src + head, 4);
         for (int j = 0; j < 16; ++j) {
