@@ -1,5 +1,7 @@
 #include "engine/tokenizer/pretokenize.h"
 
+#include <algorithm>
+
 #include "engine/tokenizer/unicode_props.h"
 
 namespace quantd::model {
@@ -205,37 +207,27 @@ std::vector<std::pair<size_t, size_t>> SplitAt(std::string_view text,
       for (const Entry& e : entries) pieces.push_back({e.begin, e.end, e.is_match});
       break;
     case SplitBehavior::kContiguous:
-      for (const Entry& e : entries) {
-        if (e.is_match == previous_match && !pieces.empty()) {
-          pieces.back().end = e.end;
-        } else {
-          pieces.push_back({e.begin, e.end, false});
-        }
-        previous_match = e.is_match;
-      }
-      break;
     case SplitBehavior::kMergedWithPrevious:
-      for (const Entry& e : entries) {
-        if (e.is_match && !previous_match && !pieces.empty()) {
-          pieces.back().end = e.end;
-        } else {
+    case SplitBehavior::kMergedWithNext: {
+      // Forward (backward for kMergedWithNext): an entry joins the piece before (after) it when
+      // it continues a run (kContiguous) or is a match following a non-match (the merges).
+      const bool backward = behavior == SplitBehavior::kMergedWithNext;
+      for (size_t i = 0; i < entries.size(); ++i) {
+        const Entry& e = entries[backward ? entries.size() - 1 - i : i];
+        const bool join = behavior == SplitBehavior::kContiguous ? e.is_match == previous_match
+                                                                 : e.is_match && !previous_match;
+        if (!join || pieces.empty()) {
           pieces.push_back({e.begin, e.end, false});
-        }
-        previous_match = e.is_match;
-      }
-      break;
-    case SplitBehavior::kMergedWithNext:
-      for (size_t k = entries.size(); k-- > 0;) {
-        const Entry& e = entries[k];
-        if (e.is_match && !previous_match && !pieces.empty()) {
+        } else if (backward) {
           pieces.back().begin = e.begin;
         } else {
-          pieces.push_back({e.begin, e.end, false});
+          pieces.back().end = e.end;
         }
         previous_match = e.is_match;
       }
-      std::vector<Piece>(pieces.rbegin(), pieces.rend()).swap(pieces);
+      if (backward) std::reverse(pieces.begin(), pieces.end());
       break;
+    }
   }
   std::vector<std::pair<size_t, size_t>> out;
   for (const Piece& p : pieces) {
