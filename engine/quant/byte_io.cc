@@ -18,6 +18,21 @@ std::array<uint32_t, 256> MakeCrcTable() {
   return t;
 }
 
+// The value whose bit pattern is `bits` (same size: float/uint32_t, double/uint64_t, both ways).
+template <typename To, typename From>
+To BitCast(From bits) {
+  static_assert(sizeof(To) == sizeof(From));
+  To v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+template <typename To, typename From>
+absl::StatusOr<To> BitCast(absl::StatusOr<From> bits) {
+  if (!bits.ok()) return bits.status();
+  return BitCast<To>(*bits);
+}
+
 }  // namespace
 
 uint32_t Crc32(std::string_view data, uint32_t crc) {
@@ -36,16 +51,8 @@ void ByteWriter::U32(uint32_t v) {
 void ByteWriter::U64(uint64_t v) {
   for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
 }
-void ByteWriter::F32(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  U32(u);
-}
-void ByteWriter::F64(double v) {
-  uint64_t u;
-  std::memcpy(&u, &v, 8);
-  U64(u);
-}
+void ByteWriter::F32(float v) { U32(BitCast<uint32_t>(v)); }
+void ByteWriter::F64(double v) { U64(BitCast<uint64_t>(v)); }
 
 absl::Status ByteReader::Need(size_t n, std::string_view what) const {
   if (in_.size() - pos_ < n) {
@@ -75,21 +82,11 @@ absl::StatusOr<uint64_t> ByteReader::U64(std::string_view what) { QUANTD_READ_LE
 #undef QUANTD_READ_LE_
 
 absl::StatusOr<float> ByteReader::F32(std::string_view what) {
-  absl::StatusOr<uint32_t> u = U32(what);
-  if (!u.ok()) return u.status();
-  float f;
-  uint32_t bits = *u;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return BitCast<float>(U32(what));
 }
 
 absl::StatusOr<double> ByteReader::F64(std::string_view what) {
-  absl::StatusOr<uint64_t> u = U64(what);
-  if (!u.ok()) return u.status();
-  double d;
-  uint64_t bits = *u;
-  std::memcpy(&d, &bits, 8);
-  return d;
+  return BitCast<double>(U64(what));
 }
 
 absl::StatusOr<std::string_view> ByteReader::Bytes(size_t n, std::string_view what) {
