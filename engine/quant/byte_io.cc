@@ -1,5 +1,6 @@
 #include "engine/quant/byte_io.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -40,6 +41,26 @@ uint32_t Crc32(std::string_view data, uint32_t crc) {
   crc = ~crc;
   for (unsigned char ch : data) crc = table[(crc ^ ch) & 0xFFu] ^ (crc >> 8);
   return ~crc;
+}
+
+absl::StatusOr<std::string_view> ChecksummedBody(std::string_view bytes, std::string_view magic,
+                                                 size_t min_size, std::string_view what) {
+  if (bytes.substr(0, magic.size()) != magic) {
+    return absl::InvalidArgumentError(absl::StrCat("not a quantd ", std::string(what), " (bad magic)"));
+  }
+  if (bytes.size() < std::max(min_size, magic.size() + 4)) {
+    return absl::DataLossError(absl::StrCat(std::string(what), " truncated in its header"));
+  }
+  ByteReader tail(bytes.substr(bytes.size() - 4));
+  const absl::StatusOr<uint32_t> stored = tail.U32("checksum");
+  if (!stored.ok()) return stored.status();
+  const uint32_t crc = Crc32(bytes.substr(0, bytes.size() - 4));
+  if (crc != *stored) {
+    return absl::DataLossError(absl::StrCat(std::string(what), " checksum mismatch (", bytes.size(),
+                                            " bytes, stored ", *stored, ", computed ", crc,
+                                            "): truncated or corrupted"));
+  }
+  return bytes.substr(magic.size(), bytes.size() - magic.size() - 4);
 }
 
 void ByteWriter::U16(uint16_t v) {

@@ -16,6 +16,13 @@ namespace quantd::quant {
 // CRC-32 of `data`, continuing from `crc` (0 for a fresh checksum). Same values as zlib.
 uint32_t Crc32(std::string_view data, uint32_t crc = 0);
 
+// The body of one of quantd's checksummed files (a packed matrix, a Hessian file): `magic`, the
+// body, then the little-endian CRC-32 of everything before it. INVALID_ARGUMENT "not a quantd
+// WHAT (bad magic)" when `bytes` starts otherwise; DATA_LOSS when it is shorter than `min_size`
+// or its checksum does not match (a truncated or corrupted file).
+absl::StatusOr<std::string_view> ChecksummedBody(std::string_view bytes, std::string_view magic,
+                                                 size_t min_size, std::string_view what);
+
 // Appends little-endian fields to a string it does not own.
 class ByteWriter {
  public:

@@ -57,21 +57,12 @@ std::string HessianAccumulator::Serialize() const {
 }
 
 absl::StatusOr<HessianAccumulator> HessianAccumulator::Parse(std::string_view bytes) {
-  if (bytes.size() < 8 || bytes.substr(0, 8) != std::string_view(kMagic, 8)) {
-    return absl::InvalidArgumentError("not a quantd Hessian file (bad magic)");
-  }
-  if (bytes.size() < 28) return absl::DataLossError("Hessian file truncated in its header");
-  ByteReader crc_reader(bytes.substr(bytes.size() - 4));
-  QUANTD_ASSIGN_OR_RETURN(uint32_t stored_crc, crc_reader.U32("checksum"));
-  const uint32_t crc = Crc32(bytes.substr(0, bytes.size() - 4));
-  ByteReader r(bytes.substr(8, bytes.size() - 12));
+  QUANTD_ASSIGN_OR_RETURN(std::string_view body,
+                          ChecksummedBody(bytes, std::string_view(kMagic, 8), 28, "Hessian file"));
+  ByteReader r(body);
   QUANTD_ASSIGN_OR_RETURN(uint32_t version, r.U32("version"));
   QUANTD_ASSIGN_OR_RETURN(uint32_t n, r.U32("n"));
   QUANTD_ASSIGN_OR_RETURN(uint64_t tokens, r.U64("tokens"));
-  if (crc != stored_crc) {
-    return absl::DataLossError(absl::StrCat("Hessian checksum mismatch (stored ", stored_crc,
-                                            ", computed ", crc, "): truncated or corrupted"));
-  }
   if (version != kVersion) {
     return absl::InvalidArgumentError(absl::StrCat("unsupported Hessian format version ", version));
   }

@@ -132,18 +132,9 @@ absl::StatusOr<std::string> EncodePacked(const PackedContents& c) {
 }
 
 absl::StatusOr<PackedContents> DecodePacked(std::string_view bytes) {
-  if (bytes.size() < 4 || bytes.substr(0, 4) != std::string_view(kMagic, 4)) {
-    return absl::InvalidArgumentError("not a quantd packed matrix (bad magic)");
-  }
-  if (bytes.size() < 10) return absl::DataLossError("packed matrix truncated in its header");
-  ByteReader tail(bytes.substr(bytes.size() - 4));
-  QUANTD_ASSIGN_OR_RETURN(uint32_t stored_crc, tail.U32("checksum"));
-  const uint32_t crc = Crc32(bytes.substr(0, bytes.size() - 4));
-  if (crc != stored_crc) {
-    return absl::DataLossError(absl::StrCat("packed matrix checksum mismatch (", bytes.size(),
-                                            " bytes): truncated or corrupted"));
-  }
-  ByteReader r(bytes.substr(4, bytes.size() - 8));
+  QUANTD_ASSIGN_OR_RETURN(std::string_view body,
+                          ChecksummedBody(bytes, std::string_view(kMagic, 4), 10, "packed matrix"));
+  ByteReader r(body);
   QUANTD_ASSIGN_OR_RETURN(uint16_t version, r.U16("version"));
   if (version != kPackedVersion) {
     return absl::InvalidArgumentError(absl::StrCat("unsupported packed matrix version ", version));
