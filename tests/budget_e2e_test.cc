@@ -86,15 +86,8 @@ TEST(BudgetE2E, BudgetedJobMeetsItsBudgetAndBeatsUniformTwoBits) {
   }
   EXPECT_GE(at_bits.size(), 2u);  // mixed widths
   // The fetched artifact evaluates to the job's perplexity, and 2.5 bits beat uniform 2 bits.
-  model::LlamaConfig cfg;
-  auto w = artifact::LoadArtifactWeights(out, &cfg);
-  ASSERT_TRUE(w.ok()) << w.status();
-  auto tokens = model::LoadTokenFile(ExampleEval());
-  ASSERT_TRUE(tokens.ok());
-  auto ppl = model::Perplexity(cfg, *w, *tokens, {});
-  ASSERT_TRUE(ppl.ok());
   const double q = m["perplexity"]["quantized"];
-  EXPECT_NEAR(ppl->ppl, q, 1e-6 * q);
+  EXPECT_NEAR(ArtifactPpl(out), q, 1e-6 * q);
   auto utext = ReadFile(daemon.data_dir() + "/registry/e2e-uniform2/1/manifest.json");
   ASSERT_TRUE(utext.ok());
   const double uniform2 = json::parse(*utext)["perplexity"]["quantized"];

@@ -5,11 +5,15 @@
 #define QUANTD_TESTS_E2E_UTIL_H_
 
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "engine/artifact/artifact.h"
+#include "engine/model/perplexity.h"
+#include "engine/tokenizer/tokens.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/process_util.h"
@@ -69,6 +73,45 @@ inline nlohmann::json WaitFor(const Daemon& d, const std::string& id,
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return j;
+}
+
+// A suite whose tests share one quantd with two local workers (daemon_), started before its
+// first test and stopped after its last.
+class SharedDaemonSuite : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { daemon_ = new Daemon(2); }
+  static void TearDownTestSuite() {
+    delete daemon_;
+    daemon_ = nullptr;
+  }
+  static inline Daemon* daemon_ = nullptr;
+};
+
+// The perplexity on ExampleEval() (default evaluation options) of the artifact directory `dir`,
+// computed here; NAN, with a test failure, when it cannot be evaluated. `cfg` and `w`, when
+// given, receive the loaded config and weights.
+inline double ArtifactPpl(const std::string& dir, model::LlamaConfig* cfg = nullptr,
+                          model::LlamaWeights* w = nullptr) {
+  model::LlamaConfig c;
+  auto weights = artifact::LoadArtifactWeights(dir, &c);
+  EXPECT_TRUE(weights.ok()) << weights.status();
+  auto tokens = model::LoadTokenFile(ExampleEval());
+  EXPECT_TRUE(tokens.ok()) << tokens.status();
+  if (!weights.ok() || !tokens.ok()) return NAN;
+  auto ppl = model::Perplexity(c, *weights, *tokens, {});
+  EXPECT_TRUE(ppl.ok()) << ppl.status();
+  if (cfg != nullptr) *cfg = c;
+  if (w != nullptr) *w = std::move(*weights);
+  return ppl.ok() ? ppl->ppl : NAN;
+}
+
+// `quantctl fetch NAME -o DIR` (checksums verified) into a fresh directory, then ArtifactPpl.
+inline double FetchedPpl(const Daemon& d, const std::string& name,
+                         model::LlamaConfig* cfg = nullptr, model::LlamaWeights* w = nullptr) {
+  const std::string out = MakeTempDir("fetch") + "/model";
+  CommandResult f = d.Quantctl({"fetch", name, "-o", out});
+  EXPECT_EQ(f.exit_code, 0) << f.out << f.err;
+  return ArtifactPpl(out, cfg, w);
 }
 
 }  // namespace quantd::testing

@@ -17,13 +17,8 @@ namespace {
 using json = nlohmann::json;
 
 
-class RotationE2E : public ::testing::Test {
+class RotationE2E : public SharedDaemonSuite {
  protected:
-  static void SetUpTestSuite() { daemon_ = new Daemon(2); }
-  static void TearDownTestSuite() {
-    delete daemon_;
-    daemon_ = nullptr;
-  }
   // Submits, waits, checks success; returns the published manifest.
   static json Run(const std::string& method, const std::string& bits, const std::string& name) {
     CommandResult r = daemon_->Quantctl({"submit", ExampleModel(), "--calib", ExampleCalib(), "--eval", ExampleEval(),
@@ -34,23 +29,7 @@ class RotationE2E : public ::testing::Test {
     EXPECT_TRUE(text.ok()) << r.out << r.err;
     return text.ok() ? json::parse(*text, nullptr, false) : json();
   }
-  // Fetches `name` and re-evaluates it; returns the perplexity.
-  static double FetchedPpl(const std::string& name, model::LlamaConfig* cfg,
-                           model::LlamaWeights* w) {
-    const std::string out = MakeTempDir("fetch") + "/model";
-    CommandResult f = daemon_->Quantctl({"fetch", name, "-o", out});
-    EXPECT_EQ(f.exit_code, 0) << f.out << f.err;
-    auto weights = artifact::LoadArtifactWeights(out, cfg);
-    EXPECT_TRUE(weights.ok()) << weights.status();
-    if (!weights.ok()) return NAN;
-    *w = std::move(*weights);
-    auto tokens = model::LoadTokenFile(ExampleEval());
-    auto ppl = model::Perplexity(*cfg, *w, *tokens, {});
-    return ppl.ok() ? ppl->ppl : NAN;
-  }
-  static Daemon* daemon_;
 };
-Daemon* RotationE2E::daemon_ = nullptr;
 
 TEST_F(RotationE2E, Quarot4Bit) {
   ASSERT_TRUE(daemon_->ok()) << daemon_->Log();
@@ -63,7 +42,7 @@ TEST_F(RotationE2E, Quarot4Bit) {
   EXPECT_LT(q, 1.25 * fp);  // the gptq 4-bit floor of quality_floors_test
   model::LlamaConfig cfg;
   model::LlamaWeights w;
-  EXPECT_NEAR(FetchedPpl("e2e-quarot", &cfg, &w), q, 1e-6 * q);
+  EXPECT_NEAR(FetchedPpl(*daemon_, "e2e-quarot", &cfg, &w), q, 1e-6 * q);
   // The artifact carries the rotation: untied head, unit norms, the online Hadamards before
   // down_proj and (across heads) before o_proj.
   EXPECT_FALSE(cfg.tie_word_embeddings);
@@ -90,7 +69,7 @@ TEST_F(RotationE2E, Butterfly2Bit) {
   EXPECT_TRUE(std::isfinite(q));
   model::LlamaConfig cfg;
   model::LlamaWeights w;
-  EXPECT_NEAR(FetchedPpl("e2e-butterfly", &cfg, &w), q, 1e-6 * q);
+  EXPECT_NEAR(FetchedPpl(*daemon_, "e2e-butterfly", &cfg, &w), q, 1e-6 * q);
 }
 
 }  // namespace

@@ -40,20 +40,6 @@ std::map<std::string, double> ProxyLosses(const json& manifest) {
   return out;
 }
 
-// The fetched artifact's perplexity on the evaluation stories, computed here.
-double FetchedPpl(const Daemon& d, const std::string& name) {
-  const std::string out = MakeTempDir("fetch") + "/model";
-  CommandResult f = d.Quantctl({"fetch", name, "-o", out});
-  EXPECT_EQ(f.exit_code, 0) << f.out << f.err;
-  model::LlamaConfig cfg;
-  auto w = artifact::LoadArtifactWeights(out, &cfg);
-  EXPECT_TRUE(w.ok()) << w.status();
-  auto tokens = model::LoadTokenFile(ExampleEval());
-  if (!w.ok() || !tokens.ok()) return NAN;
-  auto ppl = model::Perplexity(cfg, *w, *tokens, {});
-  return ppl.ok() ? ppl->ppl : NAN;
-}
-
 // A sequential quip 2-bit job, with the coordinator killed (SIGKILL, workers too) in its third
 // layer stage and restarted: it resumes, finishes, and beats the one-stage job on the same data.
 TEST(SequentialE2E, Quip2BitResumesAcrossACrashAndBeatsOneStage) {

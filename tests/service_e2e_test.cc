@@ -30,16 +30,7 @@ json Status(const Daemon& d, const std::string& id) {
   return j;
 }
 
-class ServiceE2E : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { daemon_ = new Daemon(2); }
-  static void TearDownTestSuite() {
-    delete daemon_;
-    daemon_ = nullptr;
-  }
-  static Daemon* daemon_;
-};
-Daemon* ServiceE2E::daemon_ = nullptr;
+class ServiceE2E : public SharedDaemonSuite {};
 
 TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   const Daemon& d = *daemon_;
@@ -83,17 +74,8 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
 
   // quantctl fetch verifies checksums; a fresh evaluation of the fetched model equals the
   // perplexity in the manifest.
-  const std::string out = MakeTempDir("fetch") + "/model";
-  CommandResult f = d.Quantctl({"fetch", "e2e-qs2", "-o", out});
-  ASSERT_EQ(f.exit_code, 0) << f.out << f.err;
   model::LlamaConfig cfg;
-  auto weights = artifact::LoadArtifactWeights(out, &cfg);
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  auto tokens = model::LoadTokenFile(ExampleEval());
-  ASSERT_TRUE(tokens.ok());
-  auto ppl = model::Perplexity(cfg, *weights, *tokens, {});
-  ASSERT_TRUE(ppl.ok());
-  EXPECT_NEAR(ppl->ppl, q, 1e-6 * q);
+  EXPECT_NEAR(FetchedPpl(d, "e2e-qs2", &cfg), q, 1e-6 * q);
 
   // --format hf: a plain Hugging Face checkpoint (fp16, dequantized) whose perplexity follows
   // the native model's within fp16 rounding, with the tokenizer beside it.
@@ -105,6 +87,8 @@ TEST_F(ServiceE2E, QuipSharp2BitEndToEnd) {
   EXPECT_FALSE(std::filesystem::exists(hf + "/.quantd-native"));
   auto hf_weights = artifact::LoadArtifactWeights(hf, nullptr);
   ASSERT_TRUE(hf_weights.ok()) << hf_weights.status();
+  auto tokens = model::LoadTokenFile(ExampleEval());
+  ASSERT_TRUE(tokens.ok());
   auto hf_ppl = model::Perplexity(cfg, *hf_weights, *tokens, {});
   ASSERT_TRUE(hf_ppl.ok());
   EXPECT_NEAR(hf_ppl->ppl, q, 2e-3 * q);
