@@ -158,6 +158,13 @@ std::string FileSha(const json& manifest, const std::string& path) {
   return "";
 }
 
+// A small job (rtn 4-bit, 8 calibration sequences) for the fault tests, where the method does
+// not matter.
+std::vector<std::string> RtnJob(const std::string& name) {
+  return {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
+          name, "--max-calib-seqs", "8"};
+}
+
 std::vector<std::string> QuipSharpJob(const std::string& name, bool eval) {
   std::vector<std::string> a = {ExampleModel(), "--calib", ExampleCalib(), "--method", "quip-sharp",
                                 "--bits", "2", "--name", name, "--max-calib-seqs", "64"};
@@ -315,8 +322,7 @@ TEST(Reliability, TransientDiskFullWhilePublishingIsRetried) {
   // The 1st and 2nd writes into the registry fail (half-written temp files, like ENOSPC).
   Daemon d(2, {}, "", {"QUANTD_FAULT_WRITE=/registry/:1-2"});
   ASSERT_TRUE(d.ok()) << d.Log();
-  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
-                      "flaky-disk", "--max-calib-seqs", "8"});
+  json j = Submit(d, RtnJob("flaky-disk"));
   json done = WaitTerminal(d, j["id"]);
   ASSERT_EQ(done["state"], "JOB_STATE_SUCCEEDED") << done.dump() << d.Log();
   EXPECT_NE(d.Log().find("step failed (attempt 1 of"), std::string::npos) << d.Log();
@@ -329,8 +335,7 @@ TEST(Reliability, TransientDiskFullWhilePublishingIsRetried) {
 TEST(Reliability, PersistentDiskFullLeavesNoVersionAndNoPartialFiles) {
   Daemon d(2, {}, "", {"QUANTD_FAULT_WRITE=/registry/:1-1000000"});
   ASSERT_TRUE(d.ok()) << d.Log();
-  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
-                      "full-disk", "--max-calib-seqs", "8"});
+  json j = Submit(d, RtnJob("full-disk"));
   json done = WaitTerminal(d, j["id"]);
   ASSERT_EQ(done["state"], "JOB_STATE_FAILED") << done.dump();
   EXPECT_NE(done.value("error", "").find("RESOURCE_EXHAUSTED"), std::string::npos) << done.dump();
@@ -361,8 +366,7 @@ TEST(Reliability, RealFullFilesystemUnderTheRegistry) {
   {
     Daemon d(1, {}, data);
     ASSERT_TRUE(d.ok()) << d.Log();
-    json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
-                        "too-big", "--max-calib-seqs", "8"});
+    json j = Submit(d, RtnJob("too-big"));
     json done = WaitTerminal(d, j["id"]);
     EXPECT_EQ(done["state"], "JOB_STATE_FAILED") << done.dump();
     EXPECT_NE(done.value("error", "").find("RESOURCE_EXHAUSTED"), std::string::npos) << done.dump();
@@ -375,8 +379,7 @@ TEST(Reliability, RealFullFilesystemUnderTheRegistry) {
 TEST(Reliability, FetchOfAFileChangedOnDiskIsDataLoss) {
   Daemon d(2);
   ASSERT_TRUE(d.ok());
-  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
-                      "bitrot", "--max-calib-seqs", "8"});
+  json j = Submit(d, RtnJob("bitrot"));
   ASSERT_EQ(WaitTerminal(d, j["id"])["state"], "JOB_STATE_SUCCEEDED");
   const std::string file = d.data_dir() + "/registry/bitrot/1/model.safetensors";
   {
@@ -402,8 +405,7 @@ TEST(Reliability, WorkersOnlyTakeTasksThatFitTheirMemory) {
   pid_t small = SpawnLogged({worker, "--coordinator=" + d.addr(), "--name=small",
                              "--cache_dir=" + MakeTempDir("small"), "--memory_mb=16", "--threads=1"},
                             d.data_dir() + "/small.log");
-  json j = Submit(d, {ExampleModel(), "--calib", ExampleCalib(), "--method", "rtn", "--bits", "4", "--name",
-                      "admission", "--max-calib-seqs", "8"});
+  json j = Submit(d, RtnJob("admission"));
   std::this_thread::sleep_for(std::chrono::seconds(3));
   json s = Status(d, j["id"]);
   EXPECT_EQ(s.value("tasks_done", -1), 0) << s.dump();
