@@ -1,7 +1,15 @@
-// Coordinator: the job engine of quantd. It validates and records jobs, turns each into tasks
-// (Hessian shards, one quantize task per weight matrix, evaluations), leases tasks to workers
-// with heartbeats, re-queues expired leases, merges Hessian shards in shard order, assembles the
-// artifact in the registry's staging directory and publishes it.
+// Coordinator: the job engine of quantd, as the RPC services see it. It validates and records
+// jobs, turns each into tasks (Hessian shards, one quantize task per weight matrix,
+// evaluations), leases tasks to workers with heartbeats, re-queues expired leases, merges
+// Hessian shards in shard order, assembles the artifact in the registry's staging directory and
+// publishes it. It is a facade over three parts:
+//   JobTable    (job_table.h)    jobs and tasks in memory, changed only by save-then-apply
+//                                transitions through the JobStore;
+//   Scheduler   (scheduler.h)    worker registry, leases, heartbeats, expiry, memory admission;
+//   PhaseRunner (phase_runner.h) the coordinator's steps between phases (merge, assemble,
+//                                publish), their retries, and the recovered jobs' checks;
+// and owns what is the service's own: submission (job_builder.h), watchers, blob names workers
+// may read, and the engine thread that runs expiry and the steps.
 //
 // Durability: every job and task state change is written to the JobStore before the call that
 // caused it returns; a restarted coordinator resumes each unfinished job from its finished tasks.
@@ -12,7 +20,6 @@
 #include <atomic>
 #include <functional>
 #include <map>
-#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,8 +32,11 @@
 #include "proto/quantd.pb.h"
 #include "server/input_roots.h"
 #include "server/job_store.h"
+#include "server/job_table.h"
 #include "server/metrics.h"
+#include "server/phase_runner.h"
 #include "server/registry.h"
+#include "server/scheduler.h"
 
 namespace quantd::server {
 
@@ -90,7 +100,7 @@ class Coordinator {
   absl::StatusOr<std::string> SpoolPath();
 
   Registry& registry() { return registry_; }
-  JobStore& store_for_testing() { return *store_; }
+  JobStore& store_for_testing() { return table_->store(); }
   // Test seam: called by Submit while it builds a job, outside every lock (a test blocks it to
   // show that other submissions proceed meanwhile). Default: none. Set before any Submit.
   void SetBuildHookForTesting(std::function<void(const quantd::v1::SubmitJobRequest&)> hook) {
@@ -99,131 +109,34 @@ class Coordinator {
   Metrics& metrics() { return *metrics_; }
 
  private:
-  // Report / ReportSpooled: the result bytes are *data, or the file `spool` when data is null.
-  absl::Status ReportResult(const quantd::v1::TaskReportHeader& header, const std::string* data,
-                            const std::string& spool);
-  struct TaskState {
-    TaskRow row;
-    bool leased = false;
-    std::string lease_id;
-    std::string worker_id;
-    std::string worker_name;  // the lease holder's name, for quantd_worker_leases
-    absl::Time lease_expiry;
-    // The task's report is being checked and stored (a multi-GB shard's sha256 takes minutes):
-    // its lease does not expire meanwhile.
-    bool storing = false;
-    bool admission_logged = false;  // "does not fit" logged once per task
-  };
-  struct JobEntry {
-    quantd::v1::Job job;
-    int phase = 0;
-    int stages = 1;  // StagesOf(tasks): 1, or the layer count of a sequential job
-    int finetune = 0;  // FinetunePhasesOf(tasks): fine-tuning phases (server/job_finetune.h)
-    std::vector<TaskState> tasks;
-    // Failed attempts of the coordinator's own step for `phase` (merge, assemble, publish) and
-    // when it may run again. In memory only: a restart retries from scratch.
-    int step_failures = 0;
-    absl::Time step_retry_at = absl::InfinitePast();
-    // Set for an unfinished job reloaded after a restart until the engine thread has checked
-    // that its input snapshot and spec still match their fingerprints (ResumeRefusal): until
-    // then none of its tasks is leased and no step runs. Hashing a large model takes a while,
-    // so it happens there, after the coordinator already serves, not in Recover.
-    bool inputs_unverified = false;
-  };
-  struct WorkerEntry {
-    quantd::v1::RegisterRequest info;
-    absl::Time last_seen;
-    bool lost = false;
-  };
   struct Watcher {
     std::string job_id;
     JobListener listener;
   };
 
   Coordinator(const CoordinatorOptions& options, Metrics* metrics);
-  absl::Status Recover();
-  // Submit's work once `req`'s request id is reserved in building_: validate, snapshot and
-  // tokenize the inputs, store the job, then publish it and release the reservation.
+  // Submit's work once `req`'s request id is reserved in the JobTable: validate, snapshot and
+  // tokenize the inputs, store the job.
   absl::StatusOr<quantd::v1::SubmitJobResponse> BuildAndStore(quantd::v1::SubmitJobRequest req,
                                                               const std::string& fingerprint);
-  std::string ResumeRefusal(const quantd::v1::Job& job) const;
+  // Report / ReportSpooled: the result bytes are *data, or the file `spool` when data is null.
+  absl::Status ReportResult(const quantd::v1::TaskReportHeader& header, const std::string* data,
+                            const std::string& spool);
+  // The engine thread: every 250 ms or when kicked, one EngineStep.
   void EngineLoop();
+  // Recovered jobs' verification, lease expiry and the phase steps, then the watchers.
   void EngineStep();
-  // Applies the outcome `s` of the coordinator's own step of `phase` (merge, assemble, publish)
-  // to `e`: the next phase on success, a retry with back-off on a transient failure. Returns the
-  // job's error when the step failed for good (the caller removes the staging directory, then
-  // fails the job), else "". Appends changed jobs to `changed`.
-  std::string ApplyStepResultLocked(JobEntry& e, int phase, const std::string& step,
-                                    const absl::Status& s, int published_version,
-                                    std::vector<quantd::v1::Job>* changed)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Checks the reloaded jobs marked inputs_unverified (outside mu_), failing those whose inputs
-  // changed; returns the jobs it changed.
-  std::vector<quantd::v1::Job> VerifyRecoveredJobs();
-  // Phase work, run on the engine thread without mu_ held.
-  // Merges the Hessian shards of phase `phase` (all of a one-stage job's, one layer's in a
-  // sequential job).
-  absl::Status MergeHessians(const quantd::v1::Job& job, int phase,
-                             const std::vector<TaskRow>& tasks);
-  // Deletes the Hessian shards of the stage whose quantize phase `phase` has finished and the
-  // merged Hessians its quantize tasks read, so the coordinator's disk holds one stage's
-  // Hessian data at a time (docs/ARCHITECTURE.md). Idempotent.
-  absl::Status DropStageHessians(const quantd::v1::Job& job, int phase,
-                                 const std::vector<TaskRow>& tasks);
-  absl::Status Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
-  absl::StatusOr<int> Publish(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks);
-
-  // One save-then-apply change of a job (leveldb's LogAndApply): the job's next proto and phase
-  // and the task rows that change with it. CommitLocked writes it to the JobStore first and
-  // changes memory only when the write succeeded, so a failed write leaves the job exactly as
-  // it was (and the caller's RPC fails with the store's error).
-  struct Transition {
-    quantd::v1::Job job;
-    int phase = 0;
-    std::vector<TaskRow> rows;  // replacements, by row.task_id
-  };
-  static Transition BeginLocked(const JobEntry& e) { return Transition{e.job, e.phase, {}}; }
-  absl::Status CommitLocked(JobEntry& e, Transition tr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sets `job`'s tasks_done/total/progress from `e`'s tasks as replaced by `rows`.
-  static void SetProgress(const JobEntry& e, const std::vector<TaskRow>& rows,
-                          quantd::v1::Job* job);
-  // Publishes e's progress (or its removal once terminal) to the metrics.
-  void UpdateProgressLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Ends `t`'s lease, if any (reported, expired or dropped), and counts it off its worker's
-  // quantd_worker_leases.
-  void ReleaseLeaseLocked(TaskState& t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sets e.job.tasks_running to the leases its tasks hold (0 once it ended): in memory only,
-  // after every lease, report, expiry and end.
-  void CountRunningLocked(JobEntry& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // `tr` (with the rows already in it) plus the job's end: terminal state, pending tasks
-  // cancelled; committed, then the job's leases are dropped. On a failed write nothing changes.
-  absl::Status FailJobLocked(JobEntry& e, const std::string& error, Transition tr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status FailJobLocked(JobEntry& e, const std::string& error)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return FailJobLocked(e, error, BeginLocked(e));
-  }
-  absl::Status EndJobLocked(JobEntry& e, quantd::v1::JobState state, Transition tr)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Kick();
   void Notify(const quantd::v1::Job& job);
-  void PublishJobCounts() ABSL_LOCKS_EXCLUDED(mu_);
-  void PublishJobCountsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::string JobDir(const std::string& job_id) const;
 
   CoordinatorOptions options_;
   Metrics* metrics_;
   Registry registry_;
   InputRoots input_roots_;  // set once in Create
-  std::unique_ptr<JobStore> store_;
-
-  Mutex mu_;
-  std::map<std::string, JobEntry> jobs_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);  // creation order
-  std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);
-  // Request ids whose job Submit is building outside mu_ (a second submission of one waits).
-  std::set<std::string> building_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<JobTable> table_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<PhaseRunner> runner_;
   std::function<void(const quantd::v1::SubmitJobRequest&)> build_hook_;
-  std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
 
   Mutex watch_mu_;
   std::map<int64_t, Watcher> watchers_ ABSL_GUARDED_BY(watch_mu_);

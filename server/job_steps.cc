@@ -1,6 +1,6 @@
-// The coordinator's own steps between task phases: merging Hessian shards, assembling the
-// artifact in staging, writing the manifest and publishing. Each step is idempotent: after a
-// crash the engine runs it again from the stored task results.
+// PhaseRunner's steps between task phases (server/phase_runner.h): merging Hessian shards,
+// assembling the artifact in staging, writing the manifest and publishing. Each step is
+// idempotent: after a crash the engine runs it again from the stored task results.
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,7 +14,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "server/coordinator.h"
+#include "server/phase_runner.h"
 #include "server/job_budget.h"
 #include "server/job_builder.h"
 #include "server/job_finetune.h"
@@ -32,7 +32,7 @@ namespace quantd::server {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
+absl::Status PhaseRunner::MergeHessians(const quantd::v1::Job& job, int phase,
                                         const std::vector<TaskRow>& tasks) {
   // Sum shard results in task-id order (fixed order: the merged bytes do not depend on which
   // worker finished first), one Hessian at a time: the shards stay memory-mapped and only the
@@ -41,7 +41,7 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
   std::vector<std::pair<int64_t, std::unique_ptr<model::SafetensorsFile>>> shards;
   for (const TaskRow& t : tasks) {
     if (t.task.kind() != quantd::v1::TASK_KIND_HESSIAN || t.phase != phase) continue;
-    const std::string path = JoinPath(JobDir(job.id()), HessianShardResult(t.task_id));
+    const std::string path = JoinPath(table_->JobDir(job.id()), HessianShardResult(t.task_id));
     QUANTD_ASSIGN_OR_RETURN(auto file, model::SafetensorsFile::Open(path));
     shards.emplace_back(t.task_id, std::move(file));
   }
@@ -95,7 +95,7 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
     // Written from the sum itself (no copy): the same bytes as WriteSafetensors'.
     QUANTD_ASSIGN_OR_RETURN(
         auto w, model::SafetensorsWriter::Create(
-                    JoinPath(JobDir(job.id()), MergedHessianBlob(layer, key.substr(dot + 1))),
+                    JoinPath(table_->JobDir(job.id()), MergedHessianBlob(layer, key.substr(dot + 1))),
                     {{"upper", model::DType::kF64, shape}, {"tokens", model::DType::kI64, {1}}}));
     QUANTD_RETURN_IF_ERROR(w->Append(
         "upper", std::string_view(reinterpret_cast<const char*>(sum.data()), sum.size() * 8)));
@@ -106,7 +106,7 @@ absl::Status Coordinator::MergeHessians(const quantd::v1::Job& job, int phase,
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::DropStageHessians(const quantd::v1::Job& job, int phase,
+absl::Status PhaseRunner::DropStageHessians(const quantd::v1::Job& job, int phase,
                                              const std::vector<TaskRow>& tasks) {
   std::set<std::string> files;
   for (const TaskRow& t : tasks) {
@@ -119,7 +119,7 @@ absl::Status Coordinator::DropStageHessians(const quantd::v1::Job& job, int phas
     }
   }
   for (const std::string& f : files) {
-    const std::string path = JoinPath(JobDir(job.id()), f);
+    const std::string path = JoinPath(table_->JobDir(job.id()), f);
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
       return absl::InternalError(absl::StrCat("delete ", path, ": ", std::strerror(errno)));
     }
@@ -127,11 +127,11 @@ absl::Status Coordinator::DropStageHessians(const quantd::v1::Job& job, int phas
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks) {
-  const std::string staging = registry_.StagingDir(job.id());
+absl::Status PhaseRunner::Assemble(const quantd::v1::Job& job, const std::vector<TaskRow>& tasks) {
+  const std::string staging = registry_->StagingDir(job.id());
   RemoveAll(staging).IgnoreError();
   QUANTD_RETURN_IF_ERROR(MakeDirs(staging));
-  const std::string src_dir = JoinPath(JobDir(job.id()), jobfiles::kModelDir);
+  const std::string src_dir = JoinPath(table_->JobDir(job.id()), jobfiles::kModelDir);
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(src_dir));
   // Weight name -> the quantize task's packed result file (with a bit budget: the task of the
   // width chosen for it).
@@ -139,12 +139,12 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
   if (runner::HasBitBudget(job.spec())) {
     QUANTD_ASSIGN_OR_RETURN(JobAllocation a, AllocateJobBits(job, tasks));
     for (const auto& [name, choice] : a.by_tensor) {
-      packed_files[name] = JoinPath(JobDir(job.id()), QuantizedResult(choice.task_id));
+      packed_files[name] = JoinPath(table_->JobDir(job.id()), QuantizedResult(choice.task_id));
     }
   } else {
     for (const TaskRow& t : tasks) {
       if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
-      packed_files[t.task.tensor_name()] = JoinPath(JobDir(job.id()), QuantizedResult(t.task_id));
+      packed_files[t.task.tensor_name()] = JoinPath(table_->JobDir(job.id()), QuantizedResult(t.task_id));
     }
   }
   const bool quarot = runner::MethodOf(job.spec()).transforms_model;
@@ -161,8 +161,8 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
         rotated->config(), *rotated, packed_files, JoinPath(staging, "model.safetensors")));
   } else if (HasFinetune(job.spec())) {
     // The tuned norms and real scales of every block (job_finetune.h).
-    QUANTD_RETURN_IF_ERROR(WriteFinetunedModel(JobDir(job.id()), src_dir, packed_files, tasks,
-                                               JoinPath(staging, "model.safetensors")));
+    QUANTD_RETURN_IF_ERROR(WriteFinetunedModel(table_->JobDir(job.id()), src_dir, packed_files,
+                                               tasks, JoinPath(staging, "model.safetensors")));
   } else {
     // Streamed: one packed matrix in memory at a time.
     QUANTD_RETURN_IF_ERROR(artifact::WriteArtifactModelFromFiles(
@@ -183,17 +183,17 @@ absl::Status Coordinator::Assemble(const quantd::v1::Job& job, const std::vector
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
+absl::StatusOr<int> PhaseRunner::Publish(const quantd::v1::Job& job,
                                          const std::vector<TaskRow>& tasks) {
   // A crash between the rename and the job update leaves a published version that names this
   // job: adopt it instead of publishing twice.
-  if (auto versions = registry_.List(job.name()); versions.ok()) {
+  if (auto versions = registry_->List(job.name()); versions.ok()) {
     for (const auto& mv : *versions) {
       json m = json::parse(mv.manifest_json(), nullptr, false);
       if (!m.is_discarded() && m.value("job_id", "") == job.id()) return mv.version();
     }
   }
-  const std::string staging = registry_.StagingDir(job.id());
+  const std::string staging = registry_->StagingDir(job.id());
   json m;
   m["format_version"] = 1;
   m["name"] = job.name();
@@ -340,7 +340,7 @@ absl::StatusOr<int> Coordinator::Publish(const quantd::v1::Job& job,
   }
   m["files"] = files;
   QUANTD_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(staging, "manifest.json"), m.dump(2) + "\n"));
-  return registry_.Publish(job.name(), staging);
+  return registry_->Publish(job.name(), staging);
 }
 
 }  // namespace quantd::server
