@@ -38,6 +38,16 @@ quantd::v1::SubmitJobRequest Request(const std::string& request_id, const std::s
   return r;
 }
 
+// The value of the one-series family `family` (counter or gauge; 0 when absent).
+double Value(Metrics& m, const std::string& family) {
+  for (const auto& f : m.registry().Collect()) {
+    if (f.name != family || f.metric.empty()) continue;
+    return f.type == prometheus::MetricType::Counter ? f.metric[0].counter.value
+                                                     : f.metric[0].gauge.value;
+  }
+  return 0;
+}
+
 // quantd_worker_leases{worker=name} from the metrics registry (0 when absent).
 double WorkerLeases(Metrics& m, const std::string& name) {
   for (const auto& family : m.registry().Collect()) {
@@ -53,14 +63,25 @@ double WorkerLeases(Metrics& m, const std::string& name) {
 
 class CoordinatorTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Start(absl::Seconds(600)); }  // no expiry during a test
+  void Start(absl::Duration lease_timeout) {
+    coord_.reset();
     CoordinatorOptions o;
     o.data_dir = TempDir();
-    o.lease_timeout = absl::Seconds(600);  // no expiry during a test
+    o.lease_timeout = lease_timeout;
+    o.heartbeat_interval = absl::Milliseconds(100);
     o.input_roots = {Src() + "/examples"};  // job inputs are read only under a root
     auto c = Coordinator::Create(o, &metrics_);
     ASSERT_TRUE(c.ok()) << c.status();
     coord_ = std::move(*c);
+  }
+  // Polls `cond` every 50 ms for up to 20 s.
+  static bool Eventually(const std::function<bool()>& cond) {
+    for (int i = 0; i < 400; ++i) {
+      if (cond()) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return cond();
   }
   std::string RegisterWorker(const std::string& name) {
     quantd::v1::RegisterRequest r;
@@ -146,6 +167,53 @@ TEST_F(CoordinatorTest, AFailedStoreWriteChangesNothingInMemory) {
   auto cancelled = coord_->Cancel(job);
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
   EXPECT_EQ(cancelled->state(), quantd::v1::JOB_STATE_CANCELLED);
+}
+
+// The engine's own write paths: a lease expiry (Scheduler) and a phase step's end (PhaseRunner)
+// whose store write fails change nothing in memory and are retried once the store is back.
+TEST_F(CoordinatorTest, AFailedStoreWriteDuringExpiryOrAStepIsRetriedWithMemoryUnchanged) {
+  Start(absl::Milliseconds(300));
+  auto sub = coord_->Submit(Request("req-expiry", "expiry-faults"));
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  const std::string job = sub->job().id();
+  const std::string w = RegisterWorker("w-exp");
+  quantd::v1::LeaseTaskRequest lr;
+  lr.set_worker_id(w);
+  auto lease = coord_->Lease(lr);
+  ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
+  EXPECT_EQ(coord_->GetJob(job)->tasks_running(), 1);
+
+  // The lease runs out (no heartbeat) while the store fails: the expiry is not applied.
+  FailWrites(true);
+  absl::SleepFor(absl::Seconds(1));  // several engine passes past the expiry
+  EXPECT_EQ(WorkerLeases(metrics_, "w-exp"), 1);
+  EXPECT_EQ(Value(metrics_, "quantd_lease_expirations_total"), 0);
+  EXPECT_EQ(coord_->GetJob(job)->tasks_running(), 1);
+  EXPECT_EQ(coord_->GetJob(job)->state(), quantd::v1::JOB_STATE_RUNNING);
+  // Back: the next pass stores the failed attempt and ends the lease.
+  FailWrites(false);
+  EXPECT_TRUE(Eventually([&] { return WorkerLeases(metrics_, "w-exp") == 0; }));
+  EXPECT_EQ(Value(metrics_, "quantd_lease_expirations_total"), 1);
+  EXPECT_EQ(coord_->GetJob(job)->tasks_running(), 0);
+
+  // A step's end: an rtn job without calibration steps past its empty hessian phase only once
+  // that change is stored.
+  quantd::v1::SubmitJobRequest rtn = Request("req-step", "step-faults");
+  rtn.clear_calib_path();
+  rtn.mutable_spec()->set_method("rtn");
+  FailWrites(true);
+  EXPECT_EQ(coord_->Submit(rtn).status().code(), absl::StatusCode::kUnavailable);  // not stored
+  FailWrites(false);
+  auto rsub = coord_->Submit(rtn);  // the failed submission left no reservation behind
+  ASSERT_TRUE(rsub.ok()) << rsub.status();
+  EXPECT_TRUE(rsub->created());
+  FailWrites(true);
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(coord_->GetJob(rsub->job().id())->phase(), "hessian");
+  EXPECT_EQ(coord_->GetJob(rsub->job().id())->state(), quantd::v1::JOB_STATE_QUEUED);
+  FailWrites(false);
+  EXPECT_TRUE(Eventually([&] { return coord_->GetJob(rsub->job().id())->phase() == "quantize"; }));
+  EXPECT_EQ(coord_->GetJob(rsub->job().id())->state(), quantd::v1::JOB_STATE_RUNNING);
 }
 
 TEST_F(CoordinatorTest, AReusedRequestIdIsTheSameJobOnlyForTheSameRequest) {
