@@ -197,9 +197,10 @@ void Coordinator::Unwatch(int64_t sub) {
 absl::StatusOr<quantd::v1::RegisterResponse> Coordinator::Register(
     const quantd::v1::RegisterRequest& req) {
   if (req.api_version() != kWorkerApiVersion) {
-    return absl::FailedPreconditionError(absl::StrCat("worker speaks API version ",
-                                                      req.api_version(), ", coordinator ",
-                                                      kWorkerApiVersion));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker ", req.worker_name(), " speaks worker API version ", req.api_version(),
+        ", this coordinator ", kWorkerApiVersion, ": run the quantd-worker of the coordinator's ",
+        "release (", QUANTD_VERSION, ")"));
   }
   return scheduler_->Register(req);
 }
@@ -238,7 +239,9 @@ absl::StatusOr<std::string> Coordinator::BlobPath(const std::string& job_id,
     if (e == nullptr) return absl::NotFoundError(absl::StrCat("no job ", job_id));
     for (const TaskState& t : e->tasks) {
       const quantd::v1::Task& task = t.row.task;
-      if (task.kind() != quantd::v1::TASK_KIND_QUANTIZE || task.tensor_name() != tensor) continue;
+      if (task.kind() != quantd::v1::TASK_KIND_QUANTIZE || task.quantize().tensor_name() != tensor) {
+        continue;
+      }
       if (t.row.state != TaskRowState::kDone) {
         return absl::FailedPreconditionError(
             absl::StrCat("blob '", name, "': ", tensor, " is not quantized yet"));

@@ -40,7 +40,9 @@
 
 namespace quantd::server {
 
-inline constexpr int kWorkerApiVersion = 1;
+// The worker RPCs' version: 2 since Task carries its per-kind fields in `oneof work` (1 sent them
+// flat). A worker of another version is refused at Register.
+inline constexpr int kWorkerApiVersion = 2;
 
 struct CoordinatorOptions {
   std::string data_dir = "./var";                     // Default: ./var (job store + registry)

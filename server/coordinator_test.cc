@@ -216,6 +216,22 @@ TEST_F(CoordinatorTest, AFailedStoreWriteDuringExpiryOrAStepIsRetriedWithMemoryU
   EXPECT_EQ(coord_->GetJob(rsub->job().id())->state(), quantd::v1::JOB_STATE_RUNNING);
 }
 
+// Version 2 of the worker API sends each task kind's fields in its own message; a worker of
+// version 1 would read none of them, so it is refused at Register, naming both versions.
+TEST_F(CoordinatorTest, AWorkerOfAnotherApiVersionIsRefusedAtRegister) {
+  quantd::v1::RegisterRequest r;
+  r.set_api_version(1);
+  r.set_worker_name("old-worker");
+  auto resp = coord_->Register(r);
+  EXPECT_EQ(resp.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(resp.status().message().find("old-worker speaks worker API version 1, this "
+                                         "coordinator 2"),
+            absl::string_view::npos)
+      << resp.status();
+  r.set_api_version(kWorkerApiVersion);
+  EXPECT_TRUE(coord_->Register(r).ok());
+}
+
 TEST_F(CoordinatorTest, AReusedRequestIdIsTheSameJobOnlyForTheSameRequest) {
   quantd::v1::SubmitJobRequest a = Request("req-same", "idem");
   a.mutable_spec()->set_seed(1);
@@ -282,6 +298,8 @@ TEST_F(CoordinatorTest, TokenWeightingAndCalibrationSamplingAreRecordedAndValida
   auto lease = coord_->Lease(lr);
   ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
   EXPECT_EQ(lease->task().kind(), quantd::v1::TASK_KIND_HESSIAN);
+  ASSERT_TRUE(lease->task().has_hessian());  // the kind's own message
+  EXPECT_GT(lease->task().hessian().token_end(), lease->task().hessian().token_begin());
   EXPECT_EQ(lease->task().spec().token_weighting(), "sink");
   EXPECT_EQ(lease->task().spec().sink_weight(), runner::kDefaultSinkWeight);
 
@@ -368,6 +386,8 @@ TEST_F(CoordinatorTest, AJobWhoseFirstPhaseIsEmptyStartsWithoutALease) {
   auto lease = coord_->Lease(lr);
   ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
   EXPECT_EQ(lease->task().kind(), quantd::v1::TASK_KIND_QUANTIZE);
+  ASSERT_TRUE(lease->task().has_quantize());
+  EXPECT_FALSE(lease->task().quantize().tensor_name().empty());
   for (const auto& in : lease->task().inputs()) EXPECT_NE(in.name().rfind("hessians/", 0), 0u);
 }
 

@@ -19,8 +19,8 @@ absl::StatusOr<JobAllocation> AllocateJobBits(const quantd::v1::Job& job,
   std::map<std::string, std::map<int, const TaskRow*>> rows;
   for (const TaskRow& t : tasks) {
     if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
-    auto [it, fresh] = rows.try_emplace(t.task.tensor_name());
-    if (fresh) names.push_back(t.task.tensor_name());
+    auto [it, fresh] = rows.try_emplace(t.task.quantize().tensor_name());
+    if (fresh) names.push_back(t.task.quantize().tensor_name());
     it->second[t.task.spec().bits()] = &t;
   }
   const bool absolute = spec.budget_weight() == "abs";

@@ -20,7 +20,7 @@ std::vector<TaskRow> Rows(const std::vector<std::string>& names,
       t.task_id = static_cast<int64_t>(rows.size());
       t.state = TaskRowState::kDone;
       t.task.set_kind(quantd::v1::TASK_KIND_QUANTIZE);
-      t.task.set_tensor_name(names[i]);
+      t.task.mutable_quantize()->set_tensor_name(names[i]);
       t.task.mutable_spec()->set_bits(2 + k);
       t.result.set_proxy_loss(rel[i][k]);
       t.result.set_weight_energy(energy[i]);

@@ -441,9 +441,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(std::string(jobfiles::kCalibTokens));
       // A block stage's task runs the fp layers before `first` without capturing them.
+      quantd::v1::HessianTask* h = t.task.mutable_hessian();
       if (stages > 1) {
-        t.task.set_layer(first);
-        t.task.set_layer_count(last - first);
+        h->set_layer(first);
+        h->set_layer_count(last - first);
       }
       if (sequential) {
         for (int l = 0; l < stage; ++l) {
@@ -452,9 +453,9 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
           }
         }
       }
-      t.task.set_token_begin(nseq * s / shards * seq_len);
-      t.task.set_token_end(nseq * (s + 1) / shards * seq_len);
-      t.task.set_seq_len(seq_len);
+      h->set_token_begin(nseq * s / shards * seq_len);
+      h->set_token_end(nseq * (s + 1) / shards * seq_len);
+      h->set_seq_len(seq_len);
       row.tasks.push_back(std::move(t));
     }
     if (stage == 0 && !eval.empty()) {
@@ -465,9 +466,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
                            quantd::v1::TASK_KIND_EVAL);
       model_inputs(&t.task);
       t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
-      t.task.set_eval_target(std::string(jobfiles::kEvalTargetFp));
-      t.task.set_eval_context(req.eval_context());
-      if (start_token >= 0) t.task.set_start_token_id(start_token);
+      quantd::v1::EvalTask* e = t.task.mutable_eval();
+      e->set_target(std::string(jobfiles::kEvalTargetFp));
+      e->set_context(req.eval_context());
+      if (start_token >= 0) e->set_start_token_id(start_token);
       row.tasks.push_back(std::move(t));
     }
     // A bit budget quantizes every matrix at each candidate width (same seed), and the
@@ -489,10 +491,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
             t.task.add_inputs()->set_name(
                 MergedHessianBlob(l, std::string(model::GroupName(sl.group))));
           }
-          t.task.set_layer(l);
-          t.task.set_linear(std::string(sl.name));
-          t.task.set_tensor_name(model::StoredTensorName(l, sl));
-          t.task.set_seed(req.spec().seed() ^ Fnv1a(t.task.tensor_name()));
+          quantd::v1::QuantizeTask* q = t.task.mutable_quantize();
+          q->set_layer(l);
+          q->set_linear(std::string(sl.name));
+          q->set_tensor_name(model::StoredTensorName(l, sl));
+          q->set_seed(req.spec().seed() ^ Fnv1a(q->tensor_name()));
           row.tasks.push_back(std::move(t));
         }
       }
@@ -506,9 +509,10 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     t.task.add_inputs()->set_name(std::string(jobfiles::kStagedConfig));
     t.task.add_inputs()->set_name(std::string(jobfiles::kStagedModel));
     t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
-    t.task.set_eval_target(std::string(jobfiles::kEvalTargetQuantized));
-    t.task.set_eval_context(req.eval_context());
-    if (start_token >= 0) t.task.set_start_token_id(start_token);
+    quantd::v1::EvalTask* e = t.task.mutable_eval();
+    e->set_target(std::string(jobfiles::kEvalTargetQuantized));
+    e->set_context(req.eval_context());
+    if (start_token >= 0) e->set_start_token_id(start_token);
     row.tasks.push_back(std::move(t));
   }
   for (TaskRow& t : row.tasks) t.task.set_memory_bytes(TaskMemoryBytes(cfg, t.task));
@@ -552,7 +556,8 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       // Every sequence of the task in one batch; one layer's fp64 accumulators (qkv and gate_up
       // see d inputs, o sees q, down ff) plus one group's xᵀx and fp64 input copy at a time.
       // QuaRot rotates the whole model in memory first.
-      const uint64_t rows = std::max<int64_t>(task.token_end() - task.token_begin(), 1);
+      const uint64_t rows =
+          std::max<int64_t>(task.hessian().token_end() - task.hessian().token_begin(), 1);
       // Writing a group packs its upper triangle (half an n x n fp64 matrix) first.
       const uint64_t hess =
           8 * (2 * d * d + q * q + ff * ff) + 8 * ff * ff + 4 * ff * ff + 8 * rows * ff;
@@ -567,8 +572,9 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       // block through both models, the targets and the next block's inputs (about 6 copies of
       // tokens x hidden floats), and per sequence in flight its block cache with the
       // attention probabilities (heads x T^2); up to 16 sequences at once.
-      const uint64_t rows = std::max<int64_t>(task.token_end() - task.token_begin(), 1);
-      const uint64_t t = std::max<int32_t>(task.seq_len(), 1);
+      const quantd::v1::FinetuneTask& ft = task.finetune();
+      const uint64_t rows = std::max<int64_t>(ft.token_end() - ft.token_begin(), 1);
+      const uint64_t t = std::max<int32_t>(ft.seq_len(), 1);
       const uint64_t per_seq = 4 * t * (8 * d + 3 * q + 2 * kv + 4 * ff) +
                                4 * static_cast<uint64_t>(cfg.num_heads) * t * t;
       bytes = 2 * layer + 4 * 6 * rows * d + 16 * per_seq;
@@ -577,7 +583,7 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
     case quantd::v1::TASK_KIND_EVAL: {
       // Windows batched up to AutoBatchTokens; the vocabulary in chunks of ≤ 64 MiB of logits
       // plus the chunk's lm_head rows.
-      const int context = std::max<int32_t>(task.eval_context(), 1);
+      const int context = std::max<int32_t>(task.eval().context(), 1);
       const uint64_t rows = static_cast<uint64_t>(model::AutoBatchTokens(cfg, context));
       const uint64_t chunk = static_cast<uint64_t>(model::DefaultVocabChunk(cfg, rows));
       bytes = layer + per_token * rows + 4 * rows * chunk + 4 * chunk * d + 16 * rows;
@@ -586,12 +592,13 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       break;
     }
     case quantd::v1::TASK_KIND_QUANTIZE: {
-      const uint64_t n = task.linear() == "down_proj" ? ff : task.linear() == "o_proj" ? q : d;
-      const uint64_t m = task.linear() == "down_proj" ? d
-                         : task.linear() == "k_proj" || task.linear() == "v_proj" ? kv
-                         : task.linear() == "q_proj" ? q
-                         : task.linear() == "qkv_proj" ? q + 2 * kv  // Phi-3's fused matrices
-                         : task.linear() == "gate_up_proj" ? 2 * ff : ff;
+      const std::string& linear = task.quantize().linear();
+      const uint64_t n = linear == "down_proj" ? ff : linear == "o_proj" ? q : d;
+      const uint64_t m = linear == "down_proj" ? d
+                         : linear == "k_proj" || linear == "v_proj" ? kv
+                         : linear == "q_proj" ? q
+                         : linear == "qkv_proj" ? q + 2 * kv  // Phi-3's fused matrices
+                         : linear == "gate_up_proj" ? 2 * ff : ff;
       // H, its damped copy, the LDL factors and an inverse (fp64, n padded to 256 for the
       // Hadamard), plus weight copies in fp32/fp64. Without a Hessian (rtn without calibration
       // data) only the weight copies.

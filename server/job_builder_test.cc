@@ -111,17 +111,17 @@ TEST_F(BuildJobTest, AJobOverTheStageBudgetIsCapturedInLayerBlocks) {
       ++hessian_tasks;
       ASSERT_EQ(t.phase % 2, 0);
       const int stage = t.phase / 2;
-      EXPECT_EQ(task.layer(), 2 * stage);
-      EXPECT_EQ(task.layer_count(), stage < 2 ? 2 : 1);
+      EXPECT_EQ(task.hessian().layer(), 2 * stage);
+      EXPECT_EQ(task.hessian().layer_count(), stage < 2 ? 2 : 1);
     } else if (task.kind() == quantd::v1::TASK_KIND_QUANTIZE) {
-      quantized_layers[t.phase].insert(task.layer());
+      quantized_layers[t.phase].insert(task.quantize().layer());
       int hessians = 0;  // exactly one, of the matrix's own layer
       for (const auto& in : task.inputs()) {
         if (in.name().rfind("hessians/", 0) != 0) continue;
         ++hessians;
-        EXPECT_EQ(in.name().rfind(absl::StrCat("hessians/L", task.layer(), "."), 0), 0u);
+        EXPECT_EQ(in.name().rfind(absl::StrCat("hessians/L", task.quantize().layer(), "."), 0), 0u);
       }
-      EXPECT_EQ(hessians, 1) << task.tensor_name();
+      EXPECT_EQ(hessians, 1) << task.quantize().tensor_name();
     }
   }
   EXPECT_EQ(hessian_tasks, 3 * 2);
@@ -131,7 +131,7 @@ TEST_F(BuildJobTest, AJobOverTheStageBudgetIsCapturedInLayerBlocks) {
   auto one = BuildJob(req, roots_, "j-2", dir_ + "/j2", 2, 32 * kGiB);
   ASSERT_TRUE(one.ok()) << one.status();
   EXPECT_EQ(StagesOf(one->tasks), 1);
-  for (const TaskRow& t : one->tasks) EXPECT_EQ(t.task.layer_count(), 0);
+  for (const TaskRow& t : one->tasks) EXPECT_EQ(t.task.hessian().layer_count(), 0);
 }
 
 TEST_F(BuildJobTest, RtnWithoutCalibrationDataHasNoHessianTasks) {
@@ -146,7 +146,7 @@ TEST_F(BuildJobTest, RtnWithoutCalibrationDataHasNoHessianTasks) {
       ++eval;
       // With no Hessian capture to run beside, the fp evaluation shares the quantize phase
       // (phase 1) instead of holding up every quantize task alone in phase 0.
-      if (t.task.eval_target() == "fp") EXPECT_EQ(t.phase, QuantizePhase(0));
+      if (t.task.eval().target() == "fp") EXPECT_EQ(t.phase, QuantizePhase(0));
     }
     if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
     EXPECT_EQ(t.phase, QuantizePhase(0));
@@ -201,7 +201,7 @@ TEST_F(BuildJobTest, FinetuneAddsOnePhasePerBlockBeforeTheEvaluation) {
   EXPECT_EQ(StagesOf(row->tasks), 1);
   int blocks = 0;
   for (const TaskRow& t : row->tasks) {
-    if (t.task.kind() == quantd::v1::TASK_KIND_EVAL && t.task.eval_target() == "quantized") {
+    if (t.task.kind() == quantd::v1::TASK_KIND_EVAL && t.task.eval().target() == "quantized") {
       EXPECT_EQ(t.phase, EvaluatePhase(1, 5));
       EXPECT_EQ(t.phase, 7);
     }
@@ -218,7 +218,7 @@ TEST_F(BuildJobTest, FinetuneAddsOnePhasePerBlockBeforeTheEvaluation) {
     EXPECT_EQ(quantized, 7 * (b + 1));
     EXPECT_EQ(tuned, b);
     EXPECT_EQ(calib, 1);
-    EXPECT_EQ(t.task.token_end() - t.task.token_begin(), 4 * 512);
+    EXPECT_EQ(t.task.finetune().token_end() - t.task.finetune().token_begin(), 4 * 512);
     EXPECT_GT(t.task.memory_bytes(), 0u);
   }
   EXPECT_EQ(blocks, 5);

@@ -88,11 +88,11 @@ void AddFinetuneTasks(const quantd::v1::SubmitJobRequest& req, const model::Llam
       }
     }
     for (int l = 0; l < b; ++l) t.task.add_inputs()->set_name(jobfiles::FinetunedInput(l));
-    t.task.set_layer(b);
-    t.task.set_seq_len(seq_len);
-    t.task.set_token_begin(0);  // every calibration sequence (TaskMemoryBytes reads the range)
-    t.task.set_token_end(nseq * seq_len);
-    t.task.mutable_finetune()->set_block(b);
+    quantd::v1::FinetuneTask* ft = t.task.mutable_finetune();
+    ft->set_block(b);
+    ft->set_seq_len(seq_len);
+    ft->set_token_begin(0);  // every calibration sequence (TaskMemoryBytes reads the range)
+    ft->set_token_end(nseq * seq_len);
     tasks->push_back(std::move(t));
   }
 }

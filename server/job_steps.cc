@@ -144,7 +144,7 @@ absl::Status PhaseRunner::Assemble(const quantd::v1::Job& job, const std::vector
   } else {
     for (const TaskRow& t : tasks) {
       if (t.task.kind() != quantd::v1::TASK_KIND_QUANTIZE) continue;
-      packed_files[t.task.tensor_name()] = JoinPath(table_->JobDir(job.id()), QuantizedResult(t.task_id));
+      packed_files[t.task.quantize().tensor_name()] = JoinPath(table_->JobDir(job.id()), QuantizedResult(t.task_id));
     }
   }
   const bool quarot = runner::MethodOf(job.spec()).transforms_model;
@@ -274,11 +274,11 @@ absl::StatusOr<int> PhaseRunner::Publish(const quantd::v1::Job& job,
         break;
       case quantd::v1::TASK_KIND_QUANTIZE: {
         if (budget) {
-          auto it = alloc.by_tensor.find(t.task.tensor_name());
+          auto it = alloc.by_tensor.find(t.task.quantize().tensor_name());
           if (it == alloc.by_tensor.end() || it->second.task_id != t.task_id) break;  // not kept
         }
-        json e = {{"name", t.task.tensor_name()},
-                  {"stored_as", artifact::QuantizedTensorName(t.task.tensor_name())},
+        json e = {{"name", t.task.quantize().tensor_name()},
+                  {"stored_as", artifact::QuantizedTensorName(t.task.quantize().tensor_name())},
                   {"proxy_loss", r.proxy_loss()},
                   {"packed_bytes", r.result_size()},
                   {"seconds", r.seconds()}};
@@ -294,7 +294,7 @@ absl::StatusOr<int> PhaseRunner::Publish(const quantd::v1::Job& job,
         break;
       }
       case quantd::v1::TASK_KIND_EVAL:
-        perplexity[t.task.eval_target()] = r.ppl();
+        perplexity[t.task.eval().target()] = r.ppl();
         perplexity["targets"] = r.targets();
         break;
       default:

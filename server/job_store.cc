@@ -36,6 +36,52 @@ class Stmt {
   int rc_;
 };
 
+// A task stored before worker API version 2 has its per-kind fields at the top level of Task
+// (TaskStoredV1), where the current Task only keeps them as unknown fields: moves them into the
+// kind's `work` message. Tasks stored since (no unknown fields) are returned unchanged.
+void UpgradeStoredTask(const std::string& bytes, quantd::v1::Task* task) {
+  if (task->GetReflection()->GetUnknownFields(*task).empty()) return;
+  quantd::v1::TaskStoredV1 v1;
+  if (!v1.ParseFromString(bytes)) return;
+  switch (task->kind()) {
+    case quantd::v1::TASK_KIND_HESSIAN: {
+      quantd::v1::HessianTask* h = task->mutable_hessian();
+      h->set_token_begin(v1.token_begin());
+      h->set_token_end(v1.token_end());
+      h->set_seq_len(v1.seq_len());
+      h->set_layer(v1.layer());
+      h->set_layer_count(v1.layer_count());
+      break;
+    }
+    case quantd::v1::TASK_KIND_QUANTIZE: {
+      quantd::v1::QuantizeTask* q = task->mutable_quantize();
+      q->set_layer(v1.layer());
+      q->set_linear(v1.linear());
+      q->set_tensor_name(v1.tensor_name());
+      q->set_seed(v1.seed());
+      break;
+    }
+    case quantd::v1::TASK_KIND_EVAL: {
+      quantd::v1::EvalTask* e = task->mutable_eval();
+      e->set_target(v1.eval_target());
+      e->set_context(v1.eval_context());
+      if (v1.has_start_token_id()) e->set_start_token_id(v1.start_token_id());
+      break;
+    }
+    case quantd::v1::TASK_KIND_FINETUNE: {
+      // The block (field 41) parsed into `work` already; its sequences were flat.
+      quantd::v1::FinetuneTask* f = task->mutable_finetune();
+      f->set_seq_len(v1.seq_len());
+      f->set_token_begin(v1.token_begin());
+      f->set_token_end(v1.token_end());
+      break;
+    }
+    default:
+      return;
+  }
+  task->DiscardUnknownFields();
+}
+
 absl::Status SqlError(sqlite3* db, const std::string& what) {
   return absl::InternalError(absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db)));
 }
@@ -220,10 +266,12 @@ absl::StatusOr<std::vector<JobRow>> JobStore::LoadAll() {
       t.phase = sqlite3_column_int(st.get(), 1);
       t.state = static_cast<TaskRowState>(sqlite3_column_int(st.get(), 2));
       t.attempts = sqlite3_column_int(st.get(), 3);
-      if (!t.task.ParseFromString(st.ColBlob(4)) || !t.result.ParseFromString(st.ColBlob(5))) {
+      const std::string task_bytes = st.ColBlob(4);
+      if (!t.task.ParseFromString(task_bytes) || !t.result.ParseFromString(st.ColBlob(5))) {
         return absl::DataLossError(
             absl::StrCat("job store: task ", t.task_id, " of job ", row.job.id(), " does not parse"));
       }
+      UpgradeStoredTask(task_bytes, &t.task);
       row.tasks.push_back(std::move(t));
     }
     if (rc != SQLITE_DONE) return SqlError(db_, "load tasks");

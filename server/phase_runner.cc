@@ -127,15 +127,16 @@ std::string PhaseRunner::ApplyStepResultLocked(JobEntry& e, int phase, const std
     const auto& r = t.row.result;
     if (t.row.task.kind() == quantd::v1::TASK_KIND_QUANTIZE && t.row.state == TaskRowState::kDone) {
       if (alloc) {
-        auto it = alloc->by_tensor.find(t.row.task.tensor_name());
+        auto it = alloc->by_tensor.find(t.row.task.quantize().tensor_name());
         if (it == alloc->by_tensor.end() || it->second.task_id != t.row.task_id) continue;
       }
       sum += r.proxy_loss();
       ++n;
     }
     if (t.row.task.kind() == quantd::v1::TASK_KIND_EVAL && t.row.state == TaskRowState::kDone) {
-      if (t.row.task.eval_target() == jobfiles::kEvalTargetFp) tr.job.set_fp_ppl(r.ppl());
-      if (t.row.task.eval_target() == jobfiles::kEvalTargetQuantized) tr.job.set_quant_ppl(r.ppl());
+      const std::string& target = t.row.task.eval().target();
+      if (target == jobfiles::kEvalTargetFp) tr.job.set_fp_ppl(r.ppl());
+      if (target == jobfiles::kEvalTargetQuantized) tr.job.set_quant_ppl(r.ppl());
     }
   }
   if (n > 0) tr.job.set_mean_proxy_loss(sum / n);

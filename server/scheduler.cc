@@ -30,12 +30,6 @@ bool Deterministic(absl::StatusCode c) {
          c == absl::StatusCode::kOutOfRange || c == absl::StatusCode::kUnimplemented;
 }
 
-absl::Status LeaseGone(const quantd::v1::TaskReportHeader& h) {
-  return absl::FailedPreconditionError(
-      absl::StrCat("lease ", h.lease_id(), " is no longer valid (job ", h.job_id(), " task ",
-                   h.task_id(), "): result dropped"));
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
@@ -161,16 +155,26 @@ absl::StatusOr<Scheduler::LeaseOutcome> Scheduler::Lease(const quantd::v1::Lease
 // ------------------------------------------------------------------------------------------
 // Reports
 
-absl::StatusOr<Scheduler::ReportTarget> Scheduler::BeginReport(
-    const quantd::v1::TaskReportHeader& h) {
-  MutexLock l(table_->mu());
+absl::StatusOr<JobEntry*> Scheduler::ReportedJobLocked(const quantd::v1::TaskReportHeader& h,
+                                                        const char* gone) {
   JobEntry* e = table_->FindLocked(h.job_id());
   if (e == nullptr) return absl::NotFoundError(absl::StrCat("no job ", h.job_id()));
   if (h.task_id() < 0 || h.task_id() >= static_cast<int64_t>(e->tasks.size())) {
     return absl::InvalidArgumentError(absl::StrCat("job ", h.job_id(), " has no task ", h.task_id()));
   }
+  const TaskState& t = e->tasks[h.task_id()];
+  if (Terminal(e->job.state()) || !t.leased || t.lease_id != h.lease_id()) {
+    return absl::FailedPreconditionError(absl::StrCat("lease ", h.lease_id(), " of job ",
+                                                      h.job_id(), " task ", h.task_id(), gone));
+  }
+  return e;
+}
+
+absl::StatusOr<Scheduler::ReportTarget> Scheduler::BeginReport(
+    const quantd::v1::TaskReportHeader& h) {
+  MutexLock l(table_->mu());
+  QUANTD_ASSIGN_OR_RETURN(JobEntry * e, ReportedJobLocked(h, " is no longer valid: result dropped"));
   TaskState& t = e->tasks[h.task_id()];
-  if (Terminal(e->job.state()) || !t.leased || t.lease_id != h.lease_id()) return LeaseGone(h);
   ReportTarget target;
   target.kind = t.row.task.kind();
   if (h.ok() && target.kind == quantd::v1::TASK_KIND_HESSIAN) {
@@ -203,15 +207,9 @@ absl::StatusOr<Job> Scheduler::FinishReport(const quantd::v1::TaskReportHeader& 
     if (w != workers_.end()) worker_name = w->second.info.worker_name();
   }
   MutexLock l(table_->mu());
-  JobEntry* e = table_->FindLocked(h.job_id());
-  if (e == nullptr) return absl::NotFoundError(absl::StrCat("no job ", h.job_id()));
-  if (h.task_id() < 0 || h.task_id() >= static_cast<int64_t>(e->tasks.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("job ", h.job_id(), " has no task ", h.task_id()));
-  }
+  QUANTD_ASSIGN_OR_RETURN(JobEntry * e,
+                          ReportedJobLocked(h, " was cancelled while the result was stored"));
   TaskState& t = e->tasks[h.task_id()];
-  if (Terminal(e->job.state()) || !t.leased || t.lease_id != h.lease_id()) {
-    return absl::FailedPreconditionError("lease was cancelled while the result was stored");
-  }
   const quantd::v1::TaskKind kind = t.row.task.kind();
   // The task's next row is stored first; the lease ends only once that write succeeded (a
   // failed write leaves the lease held: the worker's report fails and the lease can expire).
@@ -240,7 +238,7 @@ absl::StatusOr<Job> Scheduler::FinishReport(const quantd::v1::TaskReportHeader& 
     return e->job;
   }
   const auto code = static_cast<absl::StatusCode>(h.error_code());
-  const std::string& tensor = t.row.task.tensor_name();
+  const std::string& tensor = t.row.task.quantize().tensor_name();
   const std::string what =
       absl::StrCat(KindName(kind), " task ", h.task_id(), tensor.empty() ? "" : " (", tensor,
                    tensor.empty() ? "" : ")", ": ", h.error());

@@ -92,6 +92,11 @@ class Scheduler {
   // Marks `worker_id` as heard from now and returns its registration; NOT_FOUND when unknown.
   absl::StatusOr<quantd::v1::RegisterRequest> Seen(const std::string& worker_id, bool revive)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The job of report `h` when h's lease is still held; NOT_FOUND (job), INVALID_ARGUMENT (task),
+  // FAILED_PRECONDITION "lease <id> of job <j> task <t>" + `gone` otherwise.
+  absl::StatusOr<JobEntry*> ReportedJobLocked(const quantd::v1::TaskReportHeader& h,
+                                              const char* gone)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(table_->mu());
   // quantd_workers{state=live|lost}.
   void PublishWorkerCountsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

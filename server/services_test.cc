@@ -128,7 +128,7 @@ TEST_F(ServicesTest, SubmissionsBuildOnTheSubmitQueueWhileTheServerKeepsAnswerin
     grpc::ClientContext ctx2;
     ctx2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     quantd::v1::RegisterRequest reg;
-    reg.set_api_version(1);
+    reg.set_api_version(kWorkerApiVersion);
     reg.set_worker_name("w" + std::to_string(i));
     reg.set_memory_bytes(uint64_t{1} << 30);
     quantd::v1::RegisterResponse rr;

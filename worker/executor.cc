@@ -180,7 +180,8 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   }
   QUANTD_ASSIGN_OR_RETURN(std::string calib_path, InputPath(task, blobs, jobfiles::kCalibPrefix));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));
-  const int64_t begin = task.token_begin(), end = task.token_end(), len = task.seq_len();
+  const quantd::v1::HessianTask& work = task.hessian();
+  const int64_t begin = work.token_begin(), end = work.token_end(), len = work.seq_len();
   if (begin < 0 || end > static_cast<int64_t>(tokens.size()) || begin >= end || len <= 0 ||
       (end - begin) % len != 0) {
     return absl::InvalidArgumentError(absl::StrCat("bad token range [", begin, ", ", end,
@@ -190,9 +191,9 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   // blocks captures layers [layer, layer + layer_count) of the fp (or rotated fp) model;
   // otherwise every layer.
   const bool sequential = task.spec().sequential();
-  const int count = task.layer_count() > 0 ? task.layer_count() : sequential ? 1 : 0;
-  const int first = count > 0 ? task.layer() : 0;
-  const int last = count > 0 ? task.layer() + count : cfg.num_layers;
+  const int count = work.layer_count() > 0 ? work.layer_count() : sequential ? 1 : 0;
+  const int first = count > 0 ? work.layer() : 0;
+  const int last = count > 0 ? work.layer() + count : cfg.num_layers;
   if (first < 0 || first >= cfg.num_layers || last > cfg.num_layers || count < 0) {
     return absl::InvalidArgumentError(absl::StrCat("Hessian task for layers [", first, ", ", last,
                                                    ") of a ", cfg.num_layers, "-layer model"));
@@ -272,21 +273,22 @@ TaskResult QuantizeResult(quant::QuantizedMatrix q, int64_t weights) {
 
 absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blobs,
                                        quant::Device& device) {
+  const quantd::v1::QuantizeTask& work = task.quantize();
   QUANTD_ASSIGN_OR_RETURN(std::string dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(dir));
-  QUANTD_ASSIGN_OR_RETURN(MatrixF w, ckpt->ReadMatrix(task.tensor_name()));
+  QUANTD_ASSIGN_OR_RETURN(MatrixF w, ckpt->ReadMatrix(work.tensor_name()));
   if (runner::MethodOf(task.spec()).transforms_model) {
     // The same transform the Hessian tasks and the assembly apply, for this one matrix.
     QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(dir));
     absl::StatusOr<model::StoredLinear> sl =
-        model::FindStoredLinear(cfg, task.layer(), task.tensor_name());
+        model::FindStoredLinear(cfg, work.layer(), work.tensor_name());
     if (!sl.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("quarot: ", sl.status().message()));
     }
     VectorF norm;
     if (sl->group == model::LinearGroup::kQkv || sl->group == model::LinearGroup::kGateUp) {
       const std::string norm_name =
-          absl::StrCat("model.layers.", task.layer(), ".",
+          absl::StrCat("model.layers.", work.layer(), ".",
                        sl->group == model::LinearGroup::kGateUp ? "post_attention_layernorm.weight"
                                                                 : "input_layernorm.weight");
       QUANTD_ASSIGN_OR_RETURN(MatrixF nm, ckpt->ReadMatrix(norm_name));
@@ -295,18 +297,18 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
     QUANTD_ASSIGN_OR_RETURN(w, model::QuarotStored(cfg, *sl, w, norm, task.spec().seed()));
   }
   QUANTD_ASSIGN_OR_RETURN(quant::QuantSpec spec, QuantSpecFromProto(task.spec()));
-  spec.seed = task.seed();  // this matrix's seed, derived by the coordinator from the job's
+  spec.seed = work.seed();  // this matrix's seed, derived by the coordinator from the job's
   bool has_hessian = false;
   for (const auto& in : task.inputs()) has_hessian |= in.name().rfind(jobfiles::kHessiansPrefix, 0) == 0;
   if (!has_hessian) {
     // An rtn job without calibration data: nothing but the proxy loss needs a Hessian, which
     // is then taken as the identity (the relative Frobenius error of the weight).
     if (spec.method != quant::Method::kRtn) {
-      return absl::InvalidArgumentError(absl::StrCat("quantize task for ", task.tensor_name(),
+      return absl::InvalidArgumentError(absl::StrCat("quantize task for ", work.tensor_name(),
                                                      " has no Hessian input; only rtn runs without"));
     }
     QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
-                            quant::QuantizeMatrixNoHessian(w, spec, task.tensor_name()));
+                            quant::QuantizeMatrixNoHessian(w, spec, work.tensor_name()));
     return QuantizeResult(std::move(q), static_cast<int64_t>(w.rows()) * w.cols());
   }
   QUANTD_ASSIGN_OR_RETURN(std::string hpath, InputPath(task, blobs, jobfiles::kHessiansPrefix));
@@ -317,7 +319,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
   if (sum.dtype != model::DType::kF64 || sum.shape.size() != 1 ||
       sum.shape[0] != model::PackedUpperSize(n) || tok.dtype != model::DType::kI64 ||
       tok.data.size() != 8) {
-    return absl::InvalidArgumentError(absl::StrCat("Hessian for ", task.tensor_name(),
+    return absl::InvalidArgumentError(absl::StrCat("Hessian for ", work.tensor_name(),
                                                    " does not match the weight's ", w.cols(),
                                                    " input features"));
   }
@@ -331,7 +333,7 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
                                     n));
   h /= static_cast<double>(ntok);
   QUANTD_ASSIGN_OR_RETURN(quant::QuantizedMatrix q,
-                          quant::QuantizeMatrix(device, w, h, spec, task.tensor_name()));
+                          quant::QuantizeMatrix(device, w, h, spec, work.tensor_name()));
   return QuantizeResult(std::move(q), static_cast<int64_t>(w.rows()) * w.cols());
 }
 
@@ -339,26 +341,27 @@ absl::StatusOr<TaskResult> RunQuantize(const Task& task, const BlobResolver& blo
 // every window batched into layer-streamed passes.
 absl::StatusOr<TaskResult> RunEval(const Task& task, const BlobResolver& blobs,
                                    quant::Device& device) {
+  const quantd::v1::EvalTask& work = task.eval();
   std::string dir;
-  if (task.eval_target() == jobfiles::kEvalTargetFp) {
+  if (work.target() == jobfiles::kEvalTargetFp) {
     QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, jobfiles::kModelPrefix));
-  } else if (task.eval_target() == jobfiles::kEvalTargetQuantized) {
+  } else if (work.target() == jobfiles::kEvalTargetQuantized) {
     QUANTD_ASSIGN_OR_RETURN(dir, ModelDir(task, blobs, jobfiles::kStagingPrefix));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown eval target '", task.eval_target(), "'"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown eval target '", work.target(), "'"));
   }
   model::LlamaConfig cfg;
   QUANTD_ASSIGN_OR_RETURN(auto src, artifact::OpenArtifactSource(dir, &cfg));
   QUANTD_ASSIGN_OR_RETURN(std::string eval_path, InputPath(task, blobs, jobfiles::kEvalPrefix));
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(eval_path));
   model::PerplexityOptions opts;
-  opts.context = task.eval_context() > 0 ? task.eval_context() : 512;
-  if (task.has_start_token_id()) {
-    if (task.start_token_id() < 0) {
+  opts.context = work.context() > 0 ? work.context() : 512;
+  if (work.has_start_token_id()) {
+    if (work.start_token_id() < 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("eval start token ", task.start_token_id(), " is negative"));
+          absl::StrCat("eval start token ", work.start_token_id(), " is negative"));
     }
-    opts.start_token = task.start_token_id();
+    opts.start_token = work.start_token_id();
   }
   QUANTD_ASSIGN_OR_RETURN(model::ForwardOpsSession ops, model::ForwardOpsSession::Open(&device));
   opts.ops = &ops.ops();
@@ -394,11 +397,28 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
                                        const std::string& scratch_dir) {
   const absl::Time start = absl::Now();
   absl::StatusOr<TaskResult> r;
+  // The kind's own message must be the one the task carries: a task without it would run on
+  // default values.
+  auto missing = [&task](const char* field) {
+    return absl::InvalidArgumentError(absl::StrCat("task ", task.task_id(), " of kind ",
+                                                   quantd::v1::TaskKind_Name(task.kind()),
+                                                   " carries no '", field, "' message"));
+  };
   switch (task.kind()) {
-    case quantd::v1::TASK_KIND_HESSIAN: r = RunHessian(task, blobs, device, cancelled, scratch_dir); break;
-    case quantd::v1::TASK_KIND_QUANTIZE: r = RunQuantize(task, blobs, device); break;
-    case quantd::v1::TASK_KIND_EVAL: r = RunEval(task, blobs, device); break;
+    case quantd::v1::TASK_KIND_HESSIAN:
+      if (!task.has_hessian()) return missing("hessian");
+      r = RunHessian(task, blobs, device, cancelled, scratch_dir);
+      break;
+    case quantd::v1::TASK_KIND_QUANTIZE:
+      if (!task.has_quantize()) return missing("quantize");
+      r = RunQuantize(task, blobs, device);
+      break;
+    case quantd::v1::TASK_KIND_EVAL:
+      if (!task.has_eval()) return missing("eval");
+      r = RunEval(task, blobs, device);
+      break;
     case quantd::v1::TASK_KIND_FINETUNE:
+      if (!task.has_finetune()) return missing("finetune");
       r = RunFinetuneTask(task, blobs, cancelled, scratch_dir);
       break;
     default:

@@ -82,10 +82,10 @@ class SequentialHessianTest : public ::testing::Test {
     // Each sequence's first row weighted 64 times (issue 24); the reference below does the same.
     t.mutable_spec()->set_token_weighting("sink");
     t.mutable_spec()->set_sink_weight(64);
-    t.set_layer(layer);
-    t.set_token_begin(0);
-    t.set_token_end(2 * kSeqLen);
-    t.set_seq_len(kSeqLen);
+    t.mutable_hessian()->set_layer(layer);
+    t.mutable_hessian()->set_token_begin(0);
+    t.mutable_hessian()->set_token_end(2 * kSeqLen);
+    t.mutable_hessian()->set_seq_len(kSeqLen);
     for (const char* n : {"inputs/model/config.json", "inputs/model/model.safetensors",
                           "inputs/calib.u16"}) {
       t.add_inputs()->set_name(n);
@@ -213,7 +213,7 @@ TEST_F(SequentialHessianTest, LayerBlockTaskCapturesItsLayersWithTheFullCaptures
   quantd::v1::Task t = TaskFor(1, {});
   t.mutable_spec()->set_sequential(false);
   t.mutable_spec()->set_method("gptq");
-  t.set_layer_count(2);
+  t.mutable_hessian()->set_layer_count(2);
   const std::string scratch = JoinPath(dir_, "scratch");
   ASSERT_TRUE(MakeDirs(scratch).ok());
   auto r = Run(t, scratch);
@@ -269,7 +269,7 @@ TEST_F(SequentialHessianTest, LayerBlockTaskCapturesItsLayersWithTheFullCaptures
   EXPECT_EQ(*ReadFile(again->data_path), *ReadFile(r->data_path));
 
   // Out-of-range blocks are refused.
-  t.set_layer(m_->cfg.num_layers - 1);
+  t.mutable_hessian()->set_layer(m_->cfg.num_layers - 1);
   EXPECT_EQ(Run(t, scratch).status().code(), absl::StatusCode::kInvalidArgument);
 
   // Shard directories of a live process stay; a dead process's are removed, and so are ones
@@ -298,10 +298,10 @@ TEST_F(SequentialHessianTest, RtnQuantizesWithoutAHessian) {
   t.set_kind(quantd::v1::TASK_KIND_QUANTIZE);
   t.mutable_spec()->set_method("rtn");
   t.mutable_spec()->set_bits(4);
-  t.set_layer(1);
-  t.set_linear("down_proj");
-  t.set_tensor_name(model::LinearTensorName(1, model::Linear::kDown));
-  t.set_seed(7);
+  t.mutable_quantize()->set_layer(1);
+  t.mutable_quantize()->set_linear("down_proj");
+  t.mutable_quantize()->set_tensor_name(model::LinearTensorName(1, model::Linear::kDown));
+  t.mutable_quantize()->set_seed(7);
   for (const char* n : {"inputs/model/config.json", "inputs/model/model.safetensors"}) {
     t.add_inputs()->set_name(n);
   }
@@ -315,7 +315,7 @@ TEST_F(SequentialHessianTest, RtnQuantizesWithoutAHessian) {
   auto dev = quant::MakeCpuDevice(1);
   MatrixD h = MatrixD::Identity(w.cols(), w.cols()) * 3.0;
   h(0, 1) = h(1, 0) = 0.5;
-  auto ref = quant::QuantizeMatrix(*dev, w, h, spec, t.tensor_name());
+  auto ref = quant::QuantizeMatrix(*dev, w, h, spec, t.quantize().tensor_name());
   ASSERT_TRUE(ref.ok()) << ref.status();
   EXPECT_EQ(r->data, ref->packed);
   auto what = quant::DequantizeMatrix(r->data);
@@ -328,6 +328,14 @@ TEST_F(SequentialHessianTest, RtnQuantizesWithoutAHessian) {
 
   t.mutable_spec()->set_method("gptq");
   EXPECT_EQ(Run(t).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // A task must carry its kind's own message (Task.work), not another kind's.
+  t.mutable_spec()->set_method("rtn");
+  t.mutable_hessian()->set_seq_len(8);  // replaces the quantize message
+  auto wrong = Run(t);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong.status().message().find("carries no 'quantize' message"), std::string::npos)
+      << wrong.status();
 }
 
 }  // namespace

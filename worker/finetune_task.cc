@@ -71,7 +71,7 @@ absl::StatusOr<TaskResult> RunFinetuneTask(const Task& task, const BlobResolver&
     return Bad(task, absl::StrCat("the model has ", cfg.num_layers, " blocks"));
   }
   QUANTD_ASSIGN_OR_RETURN(model::FinetuneOptions opts,
-                          FinetuneOptionsFromProto(task.spec().finetune(), task.seq_len()));
+                          FinetuneOptionsFromProto(task.spec().finetune(), task.finetune().seq_len()));
   QUANTD_ASSIGN_OR_RETURN(auto ckpt, model::Checkpoint::Open(model_dir));
   model::CheckpointWeightSource fp(cfg, *ckpt);
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));

@@ -24,7 +24,8 @@
 namespace quantd::runner {
 namespace {
 
-constexpr int kApiVersion = 1;
+// The worker RPCs' version; must equal the coordinator's (server/coordinator.h kWorkerApiVersion).
+constexpr int kApiVersion = 2;
 constexpr size_t kChunkBytes = 2 << 20;
 
 std::string DefaultName() {
