@@ -17,7 +17,7 @@
 // and two names that are not files:
 //   quantized/<tensor>         a sequential job's reference to the finished matrix <tensor>
 //   finetuned/<block>          a fine-tuning task's reference to the tuned block <block>
-//   eval targets "fp" and "quantized" (Task.eval_target)
+//   eval targets "fp" and "quantized" (Task.eval.target)
 
 #ifndef QUANTD_ENGINE_SPEC_JOB_FILES_H_
 #define QUANTD_ENGINE_SPEC_JOB_FILES_H_
@@ -56,7 +56,7 @@ inline constexpr char kEvalTokens[] = "inputs/eval.u32";
 inline constexpr char kStagedConfig[] = "staging/config.json";
 inline constexpr char kStagedModel[] = "staging/model.safetensors";
 
-// Task.eval_target values.
+// Task.eval.target values.
 inline constexpr char kEvalTargetFp[] = "fp";
 inline constexpr char kEvalTargetQuantized[] = "quantized";
 
