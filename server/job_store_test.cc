@@ -61,7 +61,7 @@ TEST(JobStore, LoadsTasksStoredBeforeTheirPerKindMessages) {
   char tmpl[] = "/tmp/quantd_store_XXXXXX";
   std::string dir = ::mkdtemp(tmpl);
   std::string db = JoinPath(dir, "q.db");
-  std::vector<quantd::v1::TaskStoredV1> v1(3);
+  std::vector<quantd::v1::TaskStoredV1> v1(4);
   v1[0].set_kind(quantd::v1::TASK_KIND_HESSIAN);
   v1[0].set_token_begin(64);
   v1[0].set_token_end(192);
@@ -77,17 +77,24 @@ TEST(JobStore, LoadsTasksStoredBeforeTheirPerKindMessages) {
   v1[2].set_eval_target("quantized");
   v1[2].set_eval_context(256);
   v1[2].set_start_token_id(1);
+  // The fine-tuning kind's block was already a message (field 41, now in `work`); its sequence
+  // range was flat.
+  v1[3].set_kind(quantd::v1::TASK_KIND_FINETUNE);
+  v1[3].set_seq_len(512);
+  v1[3].set_token_begin(0);
+  v1[3].set_token_end(2048);
   {
     auto store = JobStore::Open(db);
     ASSERT_TRUE(store.ok()) << store.status();
     JobRow row;
     row.job.set_id("j-old");
     row.job.set_request_id("r-old");
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 4; ++i) {
       TaskRow t;
       t.task_id = i;
       // The old bytes, as the store holds them (unknown fields survive the round trip).
       ASSERT_TRUE(t.task.ParseFromString(v1[i].SerializeAsString()));
+      if (i == 3) t.task.mutable_finetune()->set_block(3);
       t.task.set_job_id("j-old");
       row.tasks.push_back(t);
     }
@@ -99,7 +106,7 @@ TEST(JobStore, LoadsTasksStoredBeforeTheirPerKindMessages) {
   ASSERT_TRUE(rows.ok()) << rows.status();
   ASSERT_EQ(rows->size(), 1u);
   const std::vector<TaskRow>& t = (*rows)[0].tasks;
-  ASSERT_EQ(t.size(), 3u);
+  ASSERT_EQ(t.size(), 4u);
   ASSERT_TRUE(t[0].task.has_hessian());
   EXPECT_EQ(t[0].task.hessian().token_begin(), 64);
   EXPECT_EQ(t[0].task.hessian().token_end(), 192);
@@ -116,6 +123,11 @@ TEST(JobStore, LoadsTasksStoredBeforeTheirPerKindMessages) {
   EXPECT_EQ(t[2].task.eval().context(), 256);
   ASSERT_TRUE(t[2].task.eval().has_start_token_id());
   EXPECT_EQ(t[2].task.eval().start_token_id(), 1);
+  ASSERT_TRUE(t[3].task.has_finetune());
+  EXPECT_EQ(t[3].task.finetune().block(), 3);
+  EXPECT_EQ(t[3].task.finetune().seq_len(), 512);
+  EXPECT_EQ(t[3].task.finetune().token_begin(), 0);
+  EXPECT_EQ(t[3].task.finetune().token_end(), 2048);
   for (const TaskRow& r : t) {
     EXPECT_EQ(r.task.job_id(), "j-old");
     // Nothing of the old layout is sent on to a worker.
