@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Block-wise fine-tuning gradients checked against torch autograd (issue 27, optional tier).
+
+`quantd-bench block-grad` runs one decoder block of a fixture Llama (engine/model/testdata/
+rope_llama3: hidden 32, 2 query heads sharing 1 KV head, i.e. GQA, fp16 weights) forward and
+backward in fp64 with its norms and every linear's real out/in scales a, b perturbed
+(W_eff = diag(a)·W·diag(b)), on a random input x and a random output gradient dy (loss
+L = Σ y ⊙ dy), and prints x, dy, the parameters, the RoPE tables it used, y and the gradients
+∂L/∂x, ∂L/∂(both norms), ∂L/∂a, ∂L/∂b of all seven linears. The reference is transformers'
+own LlamaDecoderLayer loaded from the same directory in float64, its linears' weights replaced
+by diag(a)·W·diag(b) built from leaf tensors (torch.func.functional_call), its norm weights by
+the perturbed ones, fed the same cos/sin, and differentiated by torch autograd.
+
+Two changes keep the reference in fp64 (the formulas are transformers' own): LlamaRMSNorm casts
+its input to float32 whatever its dtype, so its forward is replaced by the same formula in the
+input's dtype; attention runs through transformers' sdpa path (the eager one takes the softmax
+in float32). Every quantity must agree to 1e-10 relative (max |ours − torch| / max |torch|).
+
+Each of the fixture's two layers is checked, with 24 tokens (two seeds). Needs the venv with
+torch + transformers ($QUANTD_HF_VENV, default ~/.cache/quantd/hf-venv); without one it exits
+77 (CTest: skipped) unless QUANTD_TEST_TRANSFORMERS=1, which creates it (hf_transformers_test.py).
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from local_quantd import hf_venv_python  # noqa: E402  (exit 77 without the venv)
+
+TOL = 1e-10
+
+# Runs inside the venv: argv = model dir, our JSON file, tolerance.
+COMPARE = r"""
+import json, sys
+import torch, transformers
+from torch.func import functional_call
+from transformers.models.llama import modeling_llama as ml
+model_dir, ours_file, tol = sys.argv[1], sys.argv[2], float(sys.argv[3])
+ours = json.load(open(ours_file))
+T = lambda v: torch.tensor(v, dtype=torch.float64)
+model = transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float64,
+                                                      attn_implementation="sdpa")
+layer = model.model.layers[ours["layer"]]
+def rms_fp64(self, h):  # LlamaRMSNorm's formula, without its cast to float32
+    return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+    norm.forward = rms_fp64.__get__(norm)
+names = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+         "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+         "down_proj": "mlp.down_proj"}
+x = T(ours["x"]).requires_grad_()
+attn_norm = T(ours["attn_norm"]).requires_grad_()
+ffn_norm = T(ours["ffn_norm"]).requires_grad_()
+a = [T(v).requires_grad_() for v in ours["a"]]
+b = [T(v).requires_grad_() for v in ours["b"]]
+params = {"input_layernorm.weight": attn_norm, "post_attention_layernorm.weight": ffn_norm}
+for i, lin in enumerate(ours["linears"]):
+    w = dict(layer.named_parameters())[names[lin] + ".weight"].detach()
+    params[names[lin] + ".weight"] = a[i][:, None] * w * b[i][None, :]
+cos, sin = T(ours["cos"]), T(ours["sin"])
+cos, sin = torch.cat([cos, cos], -1)[None], torch.cat([sin, sin], -1)[None]
+y = functional_call(layer, params, (x[None],), {"attention_mask": None,
+                                                "position_embeddings": (cos, sin)})
+y = y[0] if isinstance(y, tuple) else y
+y = y[0]
+(y * T(ours["dy"])).sum().backward()
+worst, failures = 0.0, []
+def check(what, ref, got):
+    global worst
+    ref, got = ref.detach(), T(got)
+    rel = float((got - ref).abs().max() / ref.abs().max())
+    worst = max(worst, rel)
+    if not rel <= tol:
+        failures.append(f"{what}: relative {rel:.3g}")
+check("y", y, ours["y"])
+check("dx", x.grad, ours["grad"]["x"])
+check("d attn_norm", attn_norm.grad, ours["grad"]["attn_norm"])
+check("d ffn_norm", ffn_norm.grad, ours["grad"]["ffn_norm"])
+for i, lin in enumerate(ours["linears"]):
+    check(f"d a[{lin}]", a[i].grad, ours["grad"]["a"][i])
+    check(f"d b[{lin}]", b[i].grad, ours["grad"]["b"][i])
+print(f"layer {ours['layer']}: 18 quantities, worst relative difference {worst:.3g}")
+for f in failures:
+    print("  FAIL", f)
+sys.exit(1 if failures else 0)
+"""
+
+
+def main():
+    src = os.environ.get("QUANTD_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bindir = os.environ.get("QUANTD_BINARY_DIR", os.path.join(src, "build"))
+    py = hf_venv_python()
+    bench = os.path.join(bindir, "quantd-bench")
+    if not os.path.exists(bench):
+        bench = os.path.join(bindir, "bench", "quantd-bench")
+    model = os.path.join(src, "engine/model/testdata/rope_llama3")
+    failed = 0
+    with tempfile.TemporaryDirectory(prefix="quantd-blockgrad-") as tmp:
+        for layer, seed in ((0, 1), (1, 2)):
+            out = os.path.join(tmp, f"ours{layer}.json")
+            with open(out, "w") as f:
+                r = subprocess.run([bench, "block-grad", "--model", model, "--layer", str(layer),
+                                    "--tokens", "24", "--seed", str(seed)], stdout=f, stderr=subprocess.PIPE,
+                                   text=True)
+            if r.returncode != 0:
+                print(f"FAIL: quantd-bench block-grad --layer {layer}: {r.stderr}", flush=True)
+                return 1
+            c = subprocess.run([py, "-c", COMPARE, model, out, str(TOL)])
+            failed |= c.returncode != 0
+    print("FAIL" if failed else "PASS", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
