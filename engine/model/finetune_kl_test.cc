@@ -39,21 +39,10 @@ grad::ModelParams<double> ParamsD(const LlamaConfig& cfg, const LlamaWeights& w)
 void ExpectGradSampled(const std::string& what, double* theta, Eigen::Index n, const double* g,
                        const std::function<double()>& loss, std::mt19937_64* rng,
                        int samples = 6) {
-  const double h = 1e-5;
-  double max_err = 0, max_fd = 0;
-  std::uniform_int_distribution<Eigen::Index> pick(0, n - 1);
-  for (int k = 0; k < std::min<Eigen::Index>(samples, n); ++k) {
-    const Eigen::Index i = n <= samples ? k : pick(*rng);
-    const double keep = theta[i];
-    theta[i] = keep + h;
-    const double up = loss();
-    theta[i] = keep - h;
-    const double down = loss();
-    theta[i] = keep;
-    const double fd = (up - down) / (2 * h);
-    max_err = std::max(max_err, std::abs(fd - g[i]));
-    max_fd = std::max(max_fd, std::abs(fd));
-  }
+  std::vector<long> idx;
+  std::uniform_int_distribution<long> pick(0, static_cast<long>(n) - 1);
+  for (long k = 0; k < std::min<long>(samples, n); ++k) idx.push_back(n <= samples ? k : pick(*rng));
+  const auto [max_err, max_fd] = testing::CentralDifferenceError(theta, g, idx, loss);
   EXPECT_GT(max_fd, 0.0) << what;
   EXPECT_LE(max_err, 1e-4 * max_fd) << what << ": max |analytic − fd| " << max_err
                                     << ", max |fd| " << max_fd;
