@@ -118,6 +118,11 @@ int RunFinetune(const Flags& flags) {
   for (const absl::Status& s : {fp.status(), q.status(), calib.status(), eval.status()}) {
     if (!s.ok()) return Fail(s);
   }
+  if (*e2e != 0 && eopts.tune_head && qcfg.tie_word_embeddings) {
+    std::fprintf(stderr, "--e2e-head 1: %s ties its head to the embedding; only untied heads are "
+                         "tuned\n", art.c_str());
+    return 2;
+  }
   const size_t want = static_cast<size_t>(*seqs) * static_cast<size_t>(opts.seq_len);
   if (calib->size() > want) calib->resize(want);
   model::PerplexityOptions popts;
