@@ -35,65 +35,8 @@ from local_quantd import hf_venv_python  # noqa: E402  (exit 77 without the venv
 
 TOL = 1e-10
 
-# Runs inside the venv: argv = model dir, our JSON file, tolerance.
-COMPARE = r"""
-import json, sys
-import torch, transformers
-from torch.func import functional_call
-from transformers.models.llama import modeling_llama as ml
-model_dir, ours_file, tol = sys.argv[1], sys.argv[2], float(sys.argv[3])
-ours = json.load(open(ours_file))
-T = lambda v: torch.tensor(v, dtype=torch.float64)
-model = transformers.LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float64,
-                                                      attn_implementation="sdpa")
-layer = model.model.layers[ours["layer"]]
-def rms_fp64(self, h):  # LlamaRMSNorm's formula, without its cast to float32
-    return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-    norm.forward = rms_fp64.__get__(norm)
-names = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
-         "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
-         "down_proj": "mlp.down_proj"}
-x = T(ours["x"]).requires_grad_()
-attn_norm = T(ours["attn_norm"]).requires_grad_()
-ffn_norm = T(ours["ffn_norm"]).requires_grad_()
-a = [T(v).requires_grad_() for v in ours["a"]]
-b = [T(v).requires_grad_() for v in ours["b"]]
-params = {"input_layernorm.weight": attn_norm, "post_attention_layernorm.weight": ffn_norm}
-for i, lin in enumerate(ours["linears"]):
-    w = dict(layer.named_parameters())[names[lin] + ".weight"].detach()
-    params[names[lin] + ".weight"] = a[i][:, None] * w * b[i][None, :]
-cos, sin = T(ours["cos"]), T(ours["sin"])
-cos, sin = torch.cat([cos, cos], -1)[None], torch.cat([sin, sin], -1)[None]
-y = functional_call(layer, params, (x[None],), {"attention_mask": None,
-                                                "position_embeddings": (cos, sin)})
-y = y[0] if isinstance(y, tuple) else y
-y = y[0]
-(y * T(ours["dy"])).sum().backward()
-worst, failures = 0.0, []
-def check(what, ref, got):
-    global worst
-    ref, got = ref.detach(), T(got)
-    rel = float((got - ref).abs().max() / ref.abs().max())
-    worst = max(worst, rel)
-    if not rel <= tol:
-        failures.append(f"{what}: relative {rel:.3g}")
-check("y", y, ours["y"])
-check("dx", x.grad, ours["grad"]["x"])
-check("d attn_norm", attn_norm.grad, ours["grad"]["attn_norm"])
-check("d ffn_norm", ffn_norm.grad, ours["grad"]["ffn_norm"])
-for i, lin in enumerate(ours["linears"]):
-    check(f"d a[{lin}]", a[i].grad, ours["grad"]["a"][i])
-    check(f"d b[{lin}]", b[i].grad, ours["grad"]["b"][i])
-print(f"layer {ours['layer']}: 18 quantities, worst relative difference {worst:.3g}")
-for f in failures:
-    print("  FAIL", f)
-sys.exit(1 if failures else 0)
-"""
-
-
-# Runs inside the venv: argv = model dir, our --kl JSON file, tolerance.
-COMPARE_KL = r"""
+# Runs inside the venv, before either check: argv = model dir, our JSON file, tolerance.
+PRELUDE = r"""
 import json, sys
 import torch, transformers
 from torch.func import functional_call
@@ -112,6 +55,49 @@ names = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "
          "down_proj": "mlp.down_proj"}
 cos, sin = T(ours["cos"]), T(ours["sin"])
 pos = (torch.cat([cos, cos], -1)[None], torch.cat([sin, sin], -1)[None])
+worst, failures, count = 0.0, [], 0
+def check(what, ref_t, got):
+    global worst, count
+    ref_t, got = ref_t.detach(), T(got)
+    rel = float((got - ref_t).abs().max() / ref_t.abs().max())
+    worst, count = max(worst, rel), count + 1
+    if not rel <= tol:
+        failures.append(f"{what}: relative {rel:.3g}")
+def scaled(layer, lin, a, b):  # diag(a)·W·diag(b) of one linear of `layer`
+    return a[:, None] * dict(layer.named_parameters())[names[lin] + ".weight"].detach() * b[None, :]
+def finish(what):
+    print(f"{what}: {count} quantities, worst relative difference {worst:.3g}")
+    for f in failures:
+        print("  FAIL", f)
+    sys.exit(1 if failures else 0)
+"""
+
+# The block check (quantd-bench block-grad).
+COMPARE = PRELUDE + r"""
+layer = model.model.layers[ours["layer"]]
+x = T(ours["x"]).requires_grad_()
+attn_norm = T(ours["attn_norm"]).requires_grad_()
+ffn_norm = T(ours["ffn_norm"]).requires_grad_()
+a = [T(v).requires_grad_() for v in ours["a"]]
+b = [T(v).requires_grad_() for v in ours["b"]]
+params = {"input_layernorm.weight": attn_norm, "post_attention_layernorm.weight": ffn_norm}
+for i, lin in enumerate(ours["linears"]):
+    params[names[lin] + ".weight"] = scaled(layer, lin, a[i], b[i])
+y = functional_call(layer, params, (x[None],), {"attention_mask": None, "position_embeddings": pos})
+y = (y[0] if isinstance(y, tuple) else y)[0]
+(y * T(ours["dy"])).sum().backward()
+check("y", y, ours["y"])
+check("dx", x.grad, ours["grad"]["x"])
+check("d attn_norm", attn_norm.grad, ours["grad"]["attn_norm"])
+check("d ffn_norm", ffn_norm.grad, ours["grad"]["ffn_norm"])
+for i, lin in enumerate(ours["linears"]):
+    check(f"d a[{lin}]", a[i].grad, ours["grad"]["a"][i])
+    check(f"d b[{lin}]", b[i].grad, ours["grad"]["b"][i])
+finish(f"layer {ours['layer']}")
+"""
+
+# The end-to-end KL check (quantd-bench block-grad --kl 1).
+COMPARE_KL = PRELUDE + r"""
 tokens = torch.tensor(ours["tokens"])[None]
 head_w = model.lm_head.weight.detach()
 def log_probs(layer_params, final_norm, head):
@@ -125,29 +111,19 @@ with torch.no_grad():
     ref = log_probs([{} for _ in model.model.layers], model.model.norm.weight.detach(), head_w)
 leaves, layer_params = [], []
 for i, lj in enumerate(ours["layers"]):
-    layer = model.model.layers[i]
-    pj = lj["params"]
+    layer, pj = model.model.layers[i], lj["params"]
     d = {"attn_norm": T(pj["attn_norm"]).requires_grad_(), "ffn_norm": T(pj["ffn_norm"]).requires_grad_(),
          "a": [T(v).requires_grad_() for v in pj["a"]], "b": [T(v).requires_grad_() for v in pj["b"]]}
     leaves.append(d)
     params = {"input_layernorm.weight": d["attn_norm"], "post_attention_layernorm.weight": d["ffn_norm"]}
     for k, lin in enumerate(ours["linears"]):
-        w = dict(layer.named_parameters())[names[lin] + ".weight"].detach()
-        params[names[lin] + ".weight"] = d["a"][k][:, None] * w * d["b"][k][None, :]
+        params[names[lin] + ".weight"] = scaled(layer, lin, d["a"][k], d["b"][k])
     layer_params.append(params)
 final_norm = T(ours["final_norm"]).requires_grad_()
 head = T(ours["head"]).requires_grad_()
 logq = log_probs(layer_params, final_norm, head)
 kl = (ref.exp() * (ref - logq)).sum()
 kl.backward()
-worst, failures, count = 0.0, [], 0
-def check(what, ref_t, got):
-    global worst, count
-    ref_t, got = ref_t.detach(), T(got)
-    rel = float((got - ref_t).abs().max() / ref_t.abs().max())
-    worst, count = max(worst, rel), count + 1
-    if not rel <= tol:
-        failures.append(f"{what}: relative {rel:.3g}")
 check("KL", kl, ours["kl"])
 check("d final_norm", final_norm.grad, ours["grad"]["final_norm"])
 check("d head", head.grad, ours["grad"]["head"])
@@ -158,10 +134,7 @@ for i, lj in enumerate(ours["layers"]):
     for k, lin in enumerate(ours["linears"]):
         check(f"layer {i} d a[{lin}]", d["a"][k].grad, gj["a"][k])
         check(f"layer {i} d b[{lin}]", d["b"][k].grad, gj["b"][k])
-print(f"end-to-end KL {float(kl.detach()):.6g}: {count} quantities, worst relative difference {worst:.3g}")
-for f in failures:
-    print("  FAIL", f)
-sys.exit(1 if failures else 0)
+finish(f"end-to-end KL {float(kl.detach()):.6g}")
 """
 
 
