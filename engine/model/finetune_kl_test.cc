@@ -1,7 +1,8 @@
-// End-to-end (KL) fine-tuning: the whole-model gradient (log-softmax/KL, head, final norm and
-// every block chained) against central finite differences in fp64 on stories260K, then the
-// tuning itself on a crudely quantized stories260K (held-out KL and perplexity lower, scales
-// consistent with the written weights, refusals).
+// End-to-end (KL) fine-tuning, engine/model/finetune_e2e.h (the file is named _kl_ because
+// tests/finetune_e2e_test is the service's end-to-end test): the whole-model gradient
+// (log-softmax/KL, head, final norm and every block chained) against central finite differences
+// in fp64 on stories260K, then the tuning itself on a crudely quantized stories260K (held-out KL
+// and perplexity lower, scales consistent with the written weights), the head option, refusals.
 #include "engine/model/finetune_e2e.h"
 
 #include <cmath>
