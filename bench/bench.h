@@ -73,6 +73,9 @@ int RunMethods(const Flags& flags);
 // quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib F --eval F [--epochs 5] ...
 // (bench_finetune.cc)
 int RunFinetune(const Flags& flags);
+// quantd-bench block-grad --model DIR [--layer 0] [--tokens 16] [--seed 1] [--kl 0|1]: one
+// block's (or, --kl 1, the whole model's KL) fp64 gradients as JSON, for the torch autograd cross-check (bench_block_grad.cc)
+int RunBlockGrad(const Flags& flags);
 // quantd-bench tokenize --model DIR --text FILE [--bytes N] (bench_tokenize.cc)
 int RunTokenize(const Flags& flags);
 

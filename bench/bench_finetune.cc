@@ -5,6 +5,9 @@
 // the perplexity after, the fine-tuning time and the process's peak RSS. --save DIR writes the
 // tuned model as a quantd_format 2 artifact (the source's packed matrices, the tuned norms and
 // each linear's real scales; docs/formats/artifact.md) and reports its reloaded perplexity.
+// --e2e 1 adds the end-to-end KL stage (engine/model/finetune_e2e.h) after the block stage
+// (--block 0 skips the block stage): one JSON line per epoch (held-out KL) and the perplexity
+// after each stage; --e2e-epochs, --e2e-lr, --e2e-head 0|1 (tune an untied head) set it up.
 #include <sys/resource.h>
 
 #include <chrono>
@@ -18,6 +21,7 @@
 #include "engine/artifact/artifact.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/finetune.h"
+#include "engine/model/finetune_e2e.h"
 #include "engine/model/perplexity.h"
 #include "nlohmann/json.hpp"
 
@@ -70,15 +74,19 @@ int RunFinetune(const Flags& flags) {
   auto seqs = flags.GetInt("calib-seqs", 16), seq_len = flags.GetInt("seq-len", 512),
        eval_tokens = flags.GetInt("eval-tokens", 8192), epochs = flags.GetInt("epochs", 5),
        batch = flags.GetInt("batch", 2), holdout = flags.GetInt("holdout", 2),
-       patience = flags.GetInt("patience", 1);
-  auto lr = flags.GetDouble("lr", 1e-3);
+       patience = flags.GetInt("patience", 1), block = flags.GetInt("block", 1),
+       e2e = flags.GetInt("e2e", 0), e2e_epochs = flags.GetInt("e2e-epochs", 3),
+       e2e_head = flags.GetInt("e2e-head", 0);
+  auto lr = flags.GetDouble("lr", 1e-3), e2e_lr = flags.GetDouble("e2e-lr", 1e-3);
   if (dir.empty() || art.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() ||
       !seq_len.ok() || !eval_tokens.ok() || !epochs.ok() || !batch.ok() || !holdout.ok() ||
-      !patience.ok() || !lr.ok() || *seqs < 1) {
+      !patience.ok() || !lr.ok() || *seqs < 1 || !block.ok() || !e2e.ok() || !e2e_epochs.ok() ||
+      !e2e_head.ok() || !e2e_lr.ok() || (*block == 0 && *e2e == 0)) {
     std::fprintf(stderr,
                  "usage: quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib TOKENS|TXT "
                  "--eval TOKENS|TXT [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] "
-                 "[--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1] [--save DIR]\n");
+                 "[--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1] [--save DIR] "
+                 "[--block 1] [--e2e 0|1 [--e2e-epochs 3] [--e2e-lr 1e-3] [--e2e-head 0|1]]\n");
     return 2;
   }
   model::FinetuneOptions opts;
@@ -88,9 +96,20 @@ int RunFinetune(const Flags& flags) {
   opts.batch_sequences = static_cast<int>(*batch);
   opts.holdout_sequences = static_cast<int>(*holdout);
   opts.patience = static_cast<int>(*patience);
-  if (absl::Status st = model::ValidateFinetuneOptions(opts); !st.ok()) {
-    std::fprintf(stderr, "%s\n", st.ToString().c_str());
-    return 2;
+  model::E2eOptions eopts;
+  eopts.seq_len = opts.seq_len;
+  eopts.epochs = static_cast<int>(*e2e_epochs);
+  eopts.learning_rate = *e2e_lr;
+  eopts.batch_sequences = opts.batch_sequences;
+  eopts.holdout_sequences = opts.holdout_sequences;
+  eopts.patience = opts.patience;
+  eopts.tune_head = *e2e_head != 0;
+  for (const absl::Status& st :
+       {model::ValidateFinetuneOptions(opts), model::ValidateE2eOptions(eopts)}) {
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s\n", st.ToString().c_str());
+      return 2;
+    }
   }
   model::LlamaConfig cfg, qcfg;
   auto fp = artifact::LoadArtifactWeights(dir, &cfg);
@@ -98,6 +117,11 @@ int RunFinetune(const Flags& flags) {
   auto calib = LoadBenchTokens(calib_path, dir), eval = LoadBenchTokens(eval_path, dir);
   for (const absl::Status& s : {fp.status(), q.status(), calib.status(), eval.status()}) {
     if (!s.ok()) return Fail(s);
+  }
+  if (*e2e != 0 && eopts.tune_head && qcfg.tie_word_embeddings) {
+    std::fprintf(stderr, "--e2e-head 1: %s ties its head to the embedding; only untied heads are "
+                         "tuned\n", art.c_str());
+    return 2;
   }
   const size_t want = static_cast<size_t>(*seqs) * static_cast<size_t>(opts.seq_len);
   if (calib->size() > want) calib->resize(want);
@@ -118,7 +142,9 @@ int RunFinetune(const Flags& flags) {
              {"holdout", opts.holdout_sequences}});
   t0 = std::chrono::steady_clock::now();
   std::vector<model::LayerScales> scales;
-  auto reports = model::FinetuneBlocks(
+  absl::StatusOr<std::vector<model::BlockTuneReport>> reports;
+  if (*block != 0) {
+    reports = model::FinetuneBlocks(
       qcfg, *fp, &*q, *calib, opts, &scales, [](const model::BlockTuneReport& r) {
         PrintLine({{"layer", r.layer},
                    {"heldout_before", r.heldout_before},
@@ -127,7 +153,36 @@ int RunFinetune(const Flags& flags) {
                    {"epochs_run", r.epochs_run},
                    {"seconds", r.seconds}});
       });
-  if (!reports.ok()) return Fail(reports.status());
+    if (!reports.ok()) return Fail(reports.status());
+  }
+  const double block_secs = Seconds(t0);
+  nlohmann::json e2e_out;
+  if (*e2e != 0) {
+    if (*block != 0) {
+      const auto t1 = std::chrono::steady_clock::now();
+      auto mid = model::Perplexity(qcfg, *q, *eval, popts);
+      if (!mid.ok()) return Fail(mid.status());
+      e2e_out["ppl_after_block"] = mid->ppl;
+      PrintLine({{"ppl_after_block", mid->ppl},
+                 {"block_seconds", block_secs},
+                 {"eval_seconds", Seconds(t1)}});
+    }
+    auto rep = model::FinetuneEndToEnd(
+        qcfg, *fp, &*q, *calib, eopts, &scales, [](const model::E2eReport& r) {
+          PrintLine({{"e2e_epoch", r.epochs_run},
+                     {"heldout_kl_before", r.heldout_before},
+                     {"heldout_kl_curve", r.heldout_curve},
+                     {"train_kl_last", r.train_last},
+                     {"seconds", r.seconds}});
+        });
+    if (!rep.ok()) return Fail(rep.status());
+    e2e_out["heldout_kl_before"] = rep->heldout_before;
+    e2e_out["heldout_kl_best"] = rep->heldout_best;
+    e2e_out["epochs_run"] = rep->epochs_run;
+    e2e_out["seconds"] = rep->seconds;
+    e2e_out["lr"] = eopts.learning_rate;
+    e2e_out["head"] = eopts.tune_head;
+  }
   const double ft_secs = Seconds(t0);
   t0 = std::chrono::steady_clock::now();
   auto after = model::Perplexity(qcfg, *q, *eval, popts);
@@ -135,8 +190,10 @@ int RunFinetune(const Flags& flags) {
   nlohmann::json out = {{"ppl_before", before->ppl},
                         {"ppl_after", after->ppl},
                         {"finetune_seconds", ft_secs},
+                        {"block_seconds", block_secs},
                         {"eval_seconds", Seconds(t0)},
                         {"peak_rss_mib", PeakRssMiB()}};
+  if (!e2e_out.is_null()) out["e2e"] = e2e_out;
   const std::string save = flags.Get("save", "");
   if (!save.empty()) {
     absl::Status st = SaveTuned(qcfg, *q, scales, art, save);

@@ -76,7 +76,9 @@ int main(int argc, char** argv) {
       "       quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib F --eval F\n"
       "                             [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
       "                             [--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1]\n"
-      "                             [--save DIR]\n"
+      "                             [--save DIR] [--block 1] [--e2e 0|1 [--e2e-epochs 3]\n"
+      "                             [--e2e-lr 1e-3] [--e2e-head 0|1]]\n"
+      "       quantd-bench block-grad --model DIR [--layer 0] [--tokens 16] [--seed 1] [--kl 0|1]\n"
       "       quantd-bench tokenize --model DIR --text FILE [--bytes N]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
@@ -95,6 +97,7 @@ int main(int argc, char** argv) {
   if (cmd == "synth") return quantd::bench::RunSynth(*flags);
   if (cmd == "methods") return quantd::bench::RunMethods(*flags);
   if (cmd == "finetune") return quantd::bench::RunFinetune(*flags);
+  if (cmd == "block-grad") return quantd::bench::RunBlockGrad(*flags);
   if (cmd == "tokenize") return quantd::bench::RunTokenize(*flags);
   std::fputs(usage, stderr);
   return 2;

@@ -36,19 +36,9 @@ VD RandV(int n, std::mt19937_64* rng, double mean = 0.0, double scale = 1.0) {
 // Checks the analytic gradient `g` of `loss` with respect to the `n` doubles at `theta`.
 void ExpectGrad(const char* what, double* theta, Eigen::Index n, const double* g,
                 const std::function<double()>& loss) {
-  const double h = 1e-5;
-  double max_err = 0, max_fd = 0;
-  for (Eigen::Index i = 0; i < n; ++i) {
-    const double keep = theta[i];
-    theta[i] = keep + h;
-    const double up = loss();
-    theta[i] = keep - h;
-    const double down = loss();
-    theta[i] = keep;
-    const double fd = (up - down) / (2 * h);
-    max_err = std::max(max_err, std::abs(fd - g[i]));
-    max_fd = std::max(max_fd, std::abs(fd));
-  }
+  std::vector<long> all(n);
+  for (Eigen::Index i = 0; i < n; ++i) all[i] = static_cast<long>(i);
+  const auto [max_err, max_fd] = testing::CentralDifferenceError(theta, g, all, loss);
   EXPECT_GT(max_fd, 0.0) << what;
   EXPECT_LE(max_err, 1e-4 * max_fd) << what << ": max |analytic − fd| " << max_err
                                     << ", max |fd| " << max_fd;

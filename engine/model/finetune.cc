@@ -119,6 +119,11 @@ absl::Status CheckSameShapes(const LlamaConfig& cfg, const LlamaWeights& fp,
 
 }  // namespace
 
+absl::Status CheckFinetuneWeights(const LlamaConfig& cfg, const LlamaWeights& fp,
+                                  const LlamaWeights& q) {
+  return CheckSameShapes(cfg, fp, q);
+}
+
 absl::Status ValidateFinetuneOptions(const FinetuneOptions& o) {
   if (o.seq_len < 2) return absl::InvalidArgumentError(internal::Cat("finetune seq_len ", o.seq_len, " < 2"));
   if (o.epochs < 0 || o.epochs > 1000)

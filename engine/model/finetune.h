@@ -48,6 +48,12 @@ struct LayerScales {
   std::array<VectorF, 7> out, in;
 };
 
+// OK when `fp` and `q` match `cfg` (layer count, every linear's shape, the layers' norms and
+// biases) and carry no online rotations; INVALID_ARGUMENT / FAILED_PRECONDITION naming the
+// mismatch otherwise (the check FinetuneBlocks runs first; finetune_e2e.h uses it too).
+absl::Status CheckFinetuneWeights(const LlamaConfig& cfg, const LlamaWeights& fp,
+                                  const LlamaWeights& q);
+
 struct BlockTuneReport {
   int layer = 0;
   double heldout_before = 0;          // relative held-out loss with the untuned block

@@ -4,9 +4,14 @@
 #ifndef QUANTD_ENGINE_MODEL_TEST_UTIL_H_
 #define QUANTD_ENGINE_MODEL_TEST_UTIL_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/format/checkpoint.h"
 #include "engine/model/config.h"
@@ -66,6 +71,28 @@ inline std::unique_ptr<Stories260K> LoadStories260K() {
   out->cfg = *cfg;
   out->w = std::move(*w);
   return out;
+}
+
+// Gradient check by central differences: for each coordinate i in `idx`,
+// fd = (loss(θ + h·e_i) − loss(θ − h·e_i)) / 2h against the analytic g[i]. Returns
+// {max |g[i] − fd|, max |fd|} (θ is restored).
+inline std::pair<double, double> CentralDifferenceError(double* theta, const double* g,
+                                                        const std::vector<long>& idx,
+                                                        const std::function<double()>& loss,
+                                                        double h = 1e-5) {
+  double max_err = 0, max_fd = 0;
+  for (long i : idx) {
+    const double keep = theta[i];
+    theta[i] = keep + h;
+    const double up = loss();
+    theta[i] = keep - h;
+    const double down = loss();
+    theta[i] = keep;
+    const double fd = (up - down) / (2 * h);
+    max_err = std::max(max_err, std::abs(fd - g[i]));
+    max_fd = std::max(max_fd, std::abs(fd));
+  }
+  return {max_err, max_fd};
 }
 
 }  // namespace quantd::model::testing

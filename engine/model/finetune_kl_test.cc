@@ -1,0 +1,243 @@
+// End-to-end (KL) fine-tuning, engine/model/finetune_e2e.h (the file is named _kl_ because
+// tests/finetune_e2e_test is the service's end-to-end test): the whole-model gradient
+// (log-softmax/KL, head, final norm and every block chained) against central finite differences
+// in fp64 on stories260K, then the tuning itself on a crudely quantized stories260K (held-out KL
+// and perplexity lower, scales consistent with the written weights), the head option, refusals.
+#include "engine/model/finetune_e2e.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <random>
+
+#include "engine/format/checkpoint.h"
+#include "engine/model/forward_ops.h"
+#include "engine/model/perplexity.h"
+#include "engine/model/test_util.h"
+#include "engine/tokenizer/tokens.h"
+#include "gtest/gtest.h"
+
+namespace quantd::model {
+namespace {
+
+using MD = grad::Mat<double>;
+using VD = grad::Vec<double>;
+
+std::vector<int32_t> StoryTokens(size_t begin, size_t count) {
+  auto all = LoadTokenFile(
+      testing::ExamplePath("tinystories/tinystories_valid_first1000.tok512.u16"));
+  if (!all.ok() || all->size() < begin + count) return {};
+  return std::vector<int32_t>(all->begin() + begin, all->begin() + begin + count);
+}
+
+grad::ModelParams<double> ParamsD(const LlamaConfig& cfg, const LlamaWeights& w) {
+  grad::ModelParams<double> p;
+  for (const LayerWeights& lw : w.layers) p.blocks.push_back(grad::ParamsFromWeights<double>(lw));
+  p.final_norm = w.final_norm.cast<double>();
+  p.head = (cfg.tie_word_embeddings ? w.embed : w.lm_head).cast<double>();
+  return p;
+}
+
+// Checks the analytic gradient g (n doubles) of `loss` at theta on `samples` random coordinates
+// (all of them when n ≤ samples): relative 1e-4 in the max norm over the coordinates checked.
+void ExpectGradSampled(const std::string& what, double* theta, Eigen::Index n, const double* g,
+                       const std::function<double()>& loss, std::mt19937_64* rng,
+                       int samples = 6) {
+  std::vector<long> idx;
+  std::uniform_int_distribution<long> pick(0, static_cast<long>(n) - 1);
+  for (long k = 0; k < std::min<long>(samples, n); ++k) idx.push_back(n <= samples ? k : pick(*rng));
+  const auto [max_err, max_fd] = testing::CentralDifferenceError(theta, g, idx, loss);
+  EXPECT_GT(max_fd, 0.0) << what;
+  EXPECT_LE(max_err, 1e-4 * max_fd) << what << ": max |analytic − fd| " << max_err
+                                    << ", max |fd| " << max_fd;
+}
+
+TEST(FinetuneE2e, KlGradientMatchesFiniteDifferences) {
+  auto m = testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  auto dims = grad::ModelDimsFor(m->cfg);
+  ASSERT_TRUE(dims.ok()) << dims.status();
+  const int t = 8;
+  const std::vector<int32_t> tokens = StoryTokens(1000, t);
+  ASSERT_EQ(static_cast<int>(tokens.size()), t);
+  MatrixF cosf, sinf;
+  ops::RopeTables(m->cfg, t, &cosf, &sinf);
+  const MD cos = cosf.cast<double>(), sin = sinf.cast<double>();
+  MD x0(t, m->cfg.hidden_size);
+  for (int i = 0; i < t; ++i) x0.row(i) = m->w.embed.row(tokens[i]).cast<double>();
+
+  // The reference: the model as loaded; the tuned copy: every tunable perturbed.
+  const grad::ModelParams<double> ref_p = ParamsD(m->cfg, m->w);
+  MD ref;
+  grad::SequenceLogProbs<double>(*dims, ref_p, cos, sin, x0, &ref);
+  grad::ModelParams<double> p = ref_p;
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> n(0.0, 0.3);
+  auto perturb = [&](auto* v) {
+    for (Eigen::Index i = 0; i < v->size(); ++i) v->data()[i] *= 1.0 + n(rng);
+  };
+  for (auto& b : p.blocks) {
+    perturb(&b.attn_norm);
+    perturb(&b.ffn_norm);
+    for (auto& l : b.lin) {
+      perturb(&l.a);
+      perturb(&l.b);
+    }
+  }
+  perturb(&p.final_norm);
+  perturb(&p.head);
+
+  grad::ModelGrads<double> g;
+  g.Zero(p, true);
+  const double kl = grad::SequenceKl<double>(*dims, p, cos, sin, x0, ref, 1.0, &g);
+  EXPECT_GT(kl, 0.01);
+  auto loss = [&] { return grad::SequenceKl<double>(*dims, p, cos, sin, x0, ref, 1.0, nullptr); };
+  EXPECT_NEAR(loss(), kl, 1e-12 * kl);
+  // At the reference itself the KL and its gradient vanish.
+  grad::ModelGrads<double> g0;
+  g0.Zero(ref_p, true);
+  EXPECT_NEAR(grad::SequenceKl<double>(*dims, ref_p, cos, sin, x0, ref, 1.0, &g0), 0.0, 1e-12);
+  EXPECT_LE(g0.head.cwiseAbs().maxCoeff(), 1e-12);
+
+  ExpectGradSampled("head", p.head.data(), p.head.size(), g.head.data(), loss, &rng, 12);
+  ExpectGradSampled("final_norm", p.final_norm.data(), p.final_norm.size(), g.final_norm.data(),
+                    loss, &rng);
+  for (size_t l = 0; l < p.blocks.size(); ++l) {
+    const std::string at = "layer " + std::to_string(l) + " ";
+    auto& b = p.blocks[l];
+    const auto& gb = g.blocks[l];
+    ExpectGradSampled(at + "attn_norm", b.attn_norm.data(), b.attn_norm.size(),
+                      gb.attn_norm.data(), loss, &rng);
+    ExpectGradSampled(at + "ffn_norm", b.ffn_norm.data(), b.ffn_norm.size(), gb.ffn_norm.data(),
+                      loss, &rng);
+    for (Linear lin : kAllLinears) {
+      const int i = static_cast<int>(lin);
+      const std::string name = at + std::string(LinearName(lin));
+      ExpectGradSampled(name + " a", b.lin[i].a.data(), b.lin[i].a.size(), gb.a[i].data(), loss,
+                        &rng, 3);
+      ExpectGradSampled(name + " b", b.lin[i].b.data(), b.lin[i].b.size(), gb.b[i].data(), loss,
+                        &rng, 3);
+    }
+  }
+}
+
+// Rounds every row of m to the 4 levels {±0.5s, ±1.5s}, s = 0.8 × the row's mean |w|: a crude
+// 2-bit grid, far enough from fp that tuning has something to recover.
+MatrixF TwoBit(const MatrixF& m) {
+  MatrixF out(m.rows(), m.cols());
+  for (Eigen::Index r = 0; r < m.rows(); ++r) {
+    const float s = 0.8f * m.row(r).cwiseAbs().mean();
+    for (Eigen::Index c = 0; c < m.cols(); ++c) {
+      const float v = std::clamp(std::floor(m(r, c) / s) + 0.5f, -1.5f, 1.5f);
+      out(r, c) = v * s;
+    }
+  }
+  return out;
+}
+
+TEST(FinetuneE2e, LowersHeldOutKlAndPerplexity) {
+  auto m = testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  const std::vector<int32_t> calib = StoryTokens(0, 12 * 128);
+  const std::vector<int32_t> eval = StoryTokens(200000, 8192);
+  if (calib.empty() || eval.empty()) FAIL() << "examples/tinystories tokens not found";
+  LlamaWeights q = m->w;
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(m->w, l, lin));
+  }
+  const LlamaWeights untuned = q;
+  E2eOptions o;
+  o.seq_len = 128;
+  o.epochs = 3;
+  o.learning_rate = 3e-3;
+  std::vector<LayerScales> scales;
+  int calls = 0;
+  auto rep = FinetuneEndToEnd(m->cfg, m->w, &q, calib, o, &scales,
+                              [&](const E2eReport&) { ++calls; });
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_EQ(calls, rep->epochs_run);
+  EXPECT_EQ(static_cast<int>(rep->heldout_curve.size()), rep->epochs_run);
+  EXPECT_LT(rep->heldout_best, 0.9 * rep->heldout_before);
+  ASSERT_EQ(static_cast<int>(scales.size()), m->cfg.num_layers);
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) {
+      const int i = static_cast<int>(lin);
+      const MatrixF want = scales[l].out[i].asDiagonal() * GetLinear(untuned, l, lin) *
+                           scales[l].in[i].asDiagonal();
+      EXPECT_LE((want - GetLinear(q, l, lin)).cwiseAbs().maxCoeff(), 1e-5f);
+    }
+  }
+  PerplexityOptions popts;
+  popts.context = 256;
+  auto before = Perplexity(m->cfg, untuned, eval, popts);
+  auto after = Perplexity(m->cfg, q, eval, popts);
+  ASSERT_TRUE(before.ok() && after.ok());
+  EXPECT_LT(after->ppl, before->ppl);
+  std::printf("2-bit grid stories260K: held-out KL %.4f -> %.4f, ppl %.3f -> %.3f after "
+              "end-to-end fine-tuning\n",
+              rep->heldout_before, rep->heldout_best, before->ppl, after->ppl);
+}
+
+// The head option on an untied model: the transformers fixture engine/model/testdata/rope_llama3
+// (2 layers, GQA, untied head), its linears and head on the crude grid, random tokens.
+TEST(FinetuneE2e, TunesAnUntiedHead) {
+  const char* src = std::getenv("QUANTD_SOURCE_DIR");
+  const std::string dir = std::string(src != nullptr ? src : QUANTD_TEST_SOURCE_DIR) +
+                          "/engine/model/testdata/rope_llama3";
+  auto cfg = LoadLlamaConfig(dir);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ASSERT_FALSE(cfg->tie_word_embeddings);
+  auto ckpt = Checkpoint::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  auto fp = LoadLlamaWeights(**ckpt, *cfg);
+  ASSERT_TRUE(fp.ok()) << fp.status();
+  LlamaWeights q = *fp;
+  for (int l = 0; l < cfg->num_layers; ++l) {
+    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(*fp, l, lin));
+  }
+  q.lm_head = TwoBit(fp->lm_head);
+  std::mt19937_64 rng(3);
+  std::uniform_int_distribution<int32_t> tok(0, cfg->vocab_size - 1);
+  std::vector<int32_t> tokens(10 * 64);
+  for (int32_t& t : tokens) t = tok(rng);
+  E2eOptions o;
+  o.seq_len = 64;
+  o.epochs = 8;
+  o.learning_rate = 3e-3;
+  o.patience = 2;
+  o.tune_head = true;
+  const MatrixF head_before = q.lm_head;
+  auto rep = FinetuneEndToEnd(*cfg, *fp, &q, tokens, o);
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_LT(rep->heldout_best, 0.9 * rep->heldout_before);
+  EXPECT_GT((q.lm_head - head_before).cwiseAbs().maxCoeff(), 1e-3f);
+  std::printf("rope_llama3 fixture, 2-bit grid, head tuned: held-out KL %.4f -> %.4f\n",
+              rep->heldout_before, rep->heldout_best);
+}
+
+TEST(FinetuneE2e, RefusesBadInput) {
+  auto m = testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  LlamaWeights q = m->w;
+  std::vector<int32_t> tokens(1024, 1);
+  E2eOptions o;
+  o.seq_len = 128;
+  o.tune_head = true;  // stories260K ties its head to the embedding
+  auto st = FinetuneEndToEnd(m->cfg, m->w, &q, tokens, o).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  o.tune_head = false;
+  o.learning_rate = 2;
+  EXPECT_EQ(FinetuneEndToEnd(m->cfg, m->w, &q, tokens, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o.learning_rate = 1e-3;
+  o.holdout_sequences = 8;  // 1024 tokens = 8 sequences of 128
+  st = FinetuneEndToEnd(m->cfg, m->w, &q, tokens, o).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("1024 tokens"), std::string::npos) << st;
+  o.holdout_sequences = 2;
+  std::vector<LayerScales> wrong(1);
+  EXPECT_EQ(FinetuneEndToEnd(m->cfg, m->w, &q, tokens, o, &wrong).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quantd::model
