@@ -105,7 +105,7 @@ service() {  # service CASE SHAPE METHOD [nocalib]
         [ "${shard[$f]:-0}" -lt "$sz" ] && shard[$f]=$sz
       done < <(stat -c '%n %s' "$dd"/var/jobs/*/results/hessian_* 2>/dev/null || true)
       [ "$now" -gt "$shards_now" ] && shards_now=$now
-      m=$(du -sb "$dd"/var/jobs/*/hessians 2>/dev/null | awk '{s += $1} END {printf "%d", s}' || true)
+      m=$(du -sb "$dd"/var/jobs/*/hessians 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}' || true)
       [ "${m:-0}" -gt "$merged" ] && merged=$m
       total=0; for f in "${!shard[@]}"; do total=$((total + shard[$f])); done
       { for p in "${!hwm[@]}"; do echo "$p ${hwm[$p]}"; done; echo "disk $disk"; echo "wdisk $wdisk"

@@ -265,8 +265,7 @@ absl::Status CheckShapes(const model::Checkpoint& ckpt, const model::LlamaConfig
     }
     return absl::OkStatus();
   };
-  const int64_t h = c.hidden_size, q = int64_t{c.num_heads} * c.head_dim,
-                kv = int64_t{c.num_kv_heads} * c.head_dim, f = c.intermediate_size;
+  const int64_t h = c.hidden_size;
   QUANTD_RETURN_IF_ERROR(check("model.embed_tokens.weight", {c.vocab_size, h}));
   for (int l = 0; l < c.num_layers; ++l) {
     for (const model::StoredLinear& sl : model::StoredLinears(c)) {
