@@ -32,9 +32,13 @@ std::string Ppl(const std::optional<double>& v) {
 
 std::string PplOrDash(double v) { return v > 0 ? absl::StrFormat("%.4f", v) : std::string("-"); }
 
-// "quantize", or for a sequential job in a layer stage "quantize, layer 3/30"; "-" when unset.
-std::string PhaseText(const v1::Job& j) {
-  if (j.phase().empty()) return "-";
+// PhaseLabel, or "-" when unset.
+std::string PhaseText(const v1::Job& j) { return j.phase().empty() ? "-" : PhaseLabel(j); }
+
+}  // namespace
+
+std::string PhaseLabel(const v1::Job& j) {
+  if (j.phase().empty()) return "";
   if (j.phase() == "finetune" && j.finetune_blocks() > 0) return FinetunePhaseLabel(j);
   if (j.layer_stage() > 0) {
     // A sequential job's stages are its layers; a staged job's are blocks of layers.
@@ -43,8 +47,6 @@ std::string PhaseText(const v1::Job& j) {
   }
   return j.phase();
 }
-
-}  // namespace
 
 std::string FinetunePhaseLabel(const v1::Job& j) {
   std::string s = absl::StrCat(j.phase(), ", block ",

@@ -52,6 +52,10 @@ std::string DescribeJob(const quantd::v1::Job& job);
 // A fine-tuning job's phase: "finetune, block 4/30 (block 2 held-out 0.02912 -> 0.02345)" (the
 // block being tuned, and the last tuned block's held-out loss before and after).
 std::string FinetunePhaseLabel(const quantd::v1::Job& job);
+// The job's phase with its position: "quantize", "quantize, layer 3/30" (a sequential job's
+// layer stage), "hessian, stage 2/4" (a staged job), or FinetunePhaseLabel's text; "" when the
+// job has no phase yet.
+std::string PhaseLabel(const quantd::v1::Job& job);
 // One line: "job ID SUCCEEDED: NAME version 3, perplexity fp 5.4540 -> quantized 5.9000".
 std::string FinalJobLine(const quantd::v1::Job& job);
 

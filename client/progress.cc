@@ -29,17 +29,6 @@ std::map<std::string, int> DoneByKind(const v1::Job& job) {
   return done;
 }
 
-// "quantize", "quantize, layer 3/30", "finetune, block 4/30 (held-out 0.0291 -> 0.0234)".
-std::string PhaseLabel(const v1::Job& j) {
-  if (j.phase() == "finetune" && j.finetune_blocks() > 0) return FinetunePhaseLabel(j);
-  if (j.layer_stage() > 0) {
-    // A sequential job's stages are its layers; a staged job's are blocks of layers.
-    return absl::StrCat(j.phase(), j.spec().sequential() ? ", layer " : ", stage ", j.layer_stage(),
-                        "/", j.layer_stages());
-  }
-  return j.phase();
-}
-
 }  // namespace
 
 std::string FormatClock(absl::Duration d) {
