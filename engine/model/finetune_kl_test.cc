@@ -11,6 +11,7 @@
 
 #include "engine/format/checkpoint.h"
 #include "engine/model/forward_ops.h"
+#include "engine/model/finetune_test_util.h"
 #include "engine/model/perplexity.h"
 #include "engine/model/test_util.h"
 #include "engine/tokenizer/tokens.h"
@@ -157,24 +158,11 @@ TEST(FinetuneE2e, LowersHeldOutKlAndPerplexity) {
   EXPECT_EQ(calls, rep->epochs_run);
   EXPECT_EQ(static_cast<int>(rep->heldout_curve.size()), rep->epochs_run);
   EXPECT_LT(rep->heldout_best, 0.9 * rep->heldout_before);
-  ASSERT_EQ(static_cast<int>(scales.size()), m->cfg.num_layers);
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) {
-      const int i = static_cast<int>(lin);
-      const MatrixF want = scales[l].out[i].asDiagonal() * GetLinear(untuned, l, lin) *
-                           scales[l].in[i].asDiagonal();
-      EXPECT_LE((want - GetLinear(q, l, lin)).cwiseAbs().maxCoeff(), 1e-5f);
-    }
-  }
-  PerplexityOptions popts;
-  popts.context = 256;
-  auto before = Perplexity(m->cfg, untuned, eval, popts);
-  auto after = Perplexity(m->cfg, q, eval, popts);
-  ASSERT_TRUE(before.ok() && after.ok());
-  EXPECT_LT(after->ppl, before->ppl);
+  testing::ExpectScaledWeights(m->cfg, scales, untuned, q);
+  const auto [before, after] = testing::ExpectPerplexityDrops(m->cfg, untuned, q, eval);
   std::printf("2-bit grid stories260K: held-out KL %.4f -> %.4f, ppl %.3f -> %.3f after "
               "end-to-end fine-tuning\n",
-              rep->heldout_before, rep->heldout_best, before->ppl, after->ppl);
+              rep->heldout_before, rep->heldout_best, before, after);
 }
 
 // The head option on an untied model: the transformers fixture engine/model/testdata/rope_llama3

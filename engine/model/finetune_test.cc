@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "engine/model/finetune_test_util.h"
 #include "engine/model/perplexity.h"
 #include "engine/model/test_util.h"
 #include "engine/tokenizer/tokens.h"
@@ -72,22 +73,9 @@ TEST(Finetune, LowersHeldOutLossAndPerplexity) {
   }
   EXPECT_LT(reports->front().heldout_best, 0.95 * reports->front().heldout_before);
   // The written weights are diag(out)·W_q·diag(in).
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) {
-      const int i = static_cast<int>(lin);
-      const MatrixF want = scales[l].out[i].asDiagonal() * GetLinear(untuned, l, lin) *
-                           scales[l].in[i].asDiagonal();
-      EXPECT_LE((want - GetLinear(q, l, lin)).cwiseAbs().maxCoeff(), 1e-5f);
-    }
-  }
-  PerplexityOptions popts;
-  popts.context = 256;
-  auto before = Perplexity(m->cfg, untuned, eval, popts);
-  auto after = Perplexity(m->cfg, q, eval, popts);
-  ASSERT_TRUE(before.ok() && after.ok());
-  EXPECT_LT(after->ppl, before->ppl);
-  std::printf("ternary stories260K: ppl %.3f -> %.3f after block fine-tuning\n", before->ppl,
-              after->ppl);
+  testing::ExpectScaledWeights(m->cfg, scales, untuned, q);
+  const auto [before, after] = testing::ExpectPerplexityDrops(m->cfg, untuned, q, eval);
+  std::printf("ternary stories260K: ppl %.3f -> %.3f after block fine-tuning\n", before, after);
 }
 
 TEST(Finetune, RefusesBadOptionsAndShortData) {
