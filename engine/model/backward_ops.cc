@@ -95,6 +95,23 @@ void AttentionBackward(const Eigen::Ref<const Mat<T>>& q, const Eigen::Ref<const
 }
 
 template <typename T>
+void AttentionBackwardHeads(const Mat<T>& q, const Mat<T>& k, const Mat<T>& v, const Mat<T>* p,
+                            const Mat<T>& dout, int heads, int kv_heads, int hd, Mat<T>* dq,
+                            Mat<T>* dk, Mat<T>* dv) {
+  const int group = heads / kv_heads;
+  ZeroLike(q.rows(), q.cols(), dq);
+  ZeroLike(k.rows(), k.cols(), dk);
+  ZeroLike(v.rows(), v.cols(), dv);
+  for (int h = 0; h < heads; ++h) {
+    const int kvh = h / group;
+    AttentionBackward<T>(q.middleCols(h * hd, hd), k.middleCols(kvh * hd, hd),
+                         v.middleCols(kvh * hd, hd), p[h], dout.middleCols(h * hd, hd),
+                         dq->middleCols(h * hd, hd), dk->middleCols(kvh * hd, hd),
+                         dv->middleCols(kvh * hd, hd));
+  }
+}
+
+template <typename T>
 void SiluMulForward(const Mat<T>& g, const Mat<T>& u, Mat<T>* out) {
   *out = (g.array() / (T(1) + (-g.array()).exp()) * u.array()).matrix();
 }
@@ -148,6 +165,9 @@ void ScaledLinearBackward(const Mat<T>& x, const Mat<T>& c, const Vec<T>& a, con
       const Eigen::Ref<const Mat<T>>&, const Eigen::Ref<const Mat<T>>&,                         \
       const Eigen::Ref<const Mat<T>>&, const Mat<T>&, const Eigen::Ref<const Mat<T>>&,          \
       Eigen::Ref<Mat<T>>, Eigen::Ref<Mat<T>>, Eigen::Ref<Mat<T>>);                              \
+  template void AttentionBackwardHeads<T>(const Mat<T>&, const Mat<T>&, const Mat<T>&,          \
+                                          const Mat<T>*, const Mat<T>&, int, int, int, Mat<T>*, \
+                                          Mat<T>*, Mat<T>*);                                    \
   template void SiluMulForward<T>(const Mat<T>&, const Mat<T>&, Mat<T>*);                       \
   template void SiluMulBackward<T>(const Mat<T>&, const Mat<T>&, const Mat<T>&, Mat<T>*,        \
                                    Mat<T>*);                                                    \

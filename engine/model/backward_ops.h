@@ -53,6 +53,14 @@ void AttentionBackward(const Eigen::Ref<const Mat<T>>& q, const Eigen::Ref<const
                        const Eigen::Ref<const Mat<T>>& dout, Eigen::Ref<Mat<T>> dq,
                        Eigen::Ref<Mat<T>> dk, Eigen::Ref<Mat<T>> dv);
 
+// AttentionBackward of every head of one sequence: q [T x heads*hd], k, v [T x kv_heads*hd],
+// p[h] head h's probabilities, dout [T x heads*hd]; dq, dk, dv ← + their gradients (each resized
+// and zeroed when its shape differs). Head h reads KV head h / (heads / kv_heads).
+template <typename T>
+void AttentionBackwardHeads(const Mat<T>& q, const Mat<T>& k, const Mat<T>& v,
+                            const Mat<T>* p, const Mat<T>& dout, int heads, int kv_heads, int hd,
+                            Mat<T>* dq, Mat<T>* dk, Mat<T>* dv);
+
 // ---- SwiGLU: out = silu(g) ⊙ u. ----
 template <typename T>
 void SiluMulForward(const Mat<T>& g, const Mat<T>& u, Mat<T>* out);

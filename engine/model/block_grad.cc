@@ -1,6 +1,8 @@
 #include "engine/model/block_grad.h"
 
+#include "common/status_macros.h"
 #include "common/str_util.h"
+#include "engine/model/backward_device.h"
 
 namespace quantd::model::grad {
 namespace {
@@ -113,44 +115,47 @@ void BlockForward(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& cos
 }
 
 template <typename T>
-void BlockBackward(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& cos,
-                   const Mat<T>& sin, const BlockCache<T>& c, const Mat<T>& dy,
-                   BlockGrads<T>* g, Mat<T>* dx) {
-  const int hd = d.head_dim, group = d.heads / d.kv_heads;
-  const Eigen::Index n = dy.rows();
+absl::Status BlockBackwardOn(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& cos,
+                             const Mat<T>& sin, const BlockCache<T>& c, const Mat<T>& dy,
+                             BlockGrads<T>* g, Mat<T>* dx, quant::BackwardOps* dev) {
+  OpsOn<T> ops(dev);
+  const int hd = d.head_dim;
   auto lin = [&](int i, const Mat<T>& in, const Mat<T>& dout, Mat<T>* din) {
-    ScaledLinearBackward<T>(in, p.lin[i].c, p.lin[i].a, p.lin[i].b, c.z[i], dout, din, &g->a[i],
-                            &g->b[i]);
+    return ops.Linear(in, p.lin[i].c, p.lin[i].a, p.lin[i].b, c.z[i], dout, din, &g->a[i],
+                      &g->b[i]);
   };
   // MLP: y = x2 + down(silu(gate(h2)) ⊙ up(h2)), h2 = norm(x2).
   Mat<T> dact, dg, du, dh2, dx2 = dy;
-  lin(kDown, c.act, dy, &dact);
-  SiluMulBackward<T>(c.g, c.u, dact, &dg, &du);
-  lin(kGate, c.h2, dg, &dh2);
-  lin(kUp, c.h2, du, &dh2);
-  RmsNormBackward<T>(c.x2, p.ffn_norm, c.r2, dh2, &dx2, &g->ffn_norm);
+  QUANTD_RETURN_IF_ERROR(lin(kDown, c.act, dy, &dact));
+  QUANTD_RETURN_IF_ERROR(ops.SiluMul(c.g, c.u, dact, &dg, &du));
+  QUANTD_RETURN_IF_ERROR(lin(kGate, c.h2, dg, &dh2));
+  QUANTD_RETURN_IF_ERROR(lin(kUp, c.h2, du, &dh2));
+  QUANTD_RETURN_IF_ERROR(ops.RmsNorm(c.x2, p.ffn_norm, c.r2, dh2, &dx2, &g->ffn_norm));
   // Attention: x2 = x + o(attn(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm(x).
   Mat<T> dattn;
-  lin(kO, c.attn, dx2, &dattn);
-  Mat<T> dq = Mat<T>::Zero(n, d.heads * hd), dk = Mat<T>::Zero(n, d.kv_heads * hd),
-         dv = Mat<T>::Zero(n, d.kv_heads * hd);
-  for (int h = 0; h < d.heads; ++h) {
-    const int kvh = h / group;
-    AttentionBackward<T>(c.q.middleCols(h * hd, hd), c.k.middleCols(kvh * hd, hd),
-                         c.v.middleCols(kvh * hd, hd), c.p[h], dattn.middleCols(h * hd, hd),
-                         dq.middleCols(h * hd, hd), dk.middleCols(kvh * hd, hd),
-                         dv.middleCols(kvh * hd, hd));
-  }
+  QUANTD_RETURN_IF_ERROR(lin(kO, c.attn, dx2, &dattn));
+  Mat<T> dq, dk, dv;
+  QUANTD_RETURN_IF_ERROR(
+      ops.Attention(c.q, c.k, c.v, c.p, dattn, d.heads, d.kv_heads, hd, &dq, &dk, &dv));
   dq *= static_cast<T>(d.attn_scale);
-  Rope<T>(cos, sin, d.heads, hd, true, &dq);
-  Rope<T>(cos, sin, d.kv_heads, hd, true, &dk);
+  QUANTD_RETURN_IF_ERROR(ops.Rope(cos, sin, d.heads, hd, &dq));
+  QUANTD_RETURN_IF_ERROR(ops.Rope(cos, sin, d.kv_heads, hd, &dk));
   Mat<T> dh1;
-  lin(kQ, c.h1, dq, &dh1);
-  lin(kK, c.h1, dk, &dh1);
-  lin(kV, c.h1, dv, &dh1);
+  QUANTD_RETURN_IF_ERROR(lin(kQ, c.h1, dq, &dh1));
+  QUANTD_RETURN_IF_ERROR(lin(kK, c.h1, dk, &dh1));
+  QUANTD_RETURN_IF_ERROR(lin(kV, c.h1, dv, &dh1));
   Mat<T> dxn = dx2;
-  RmsNormBackward<T>(c.x, p.attn_norm, c.r1, dh1, &dxn, &g->attn_norm);
+  QUANTD_RETURN_IF_ERROR(ops.RmsNorm(c.x, p.attn_norm, c.r1, dh1, &dxn, &g->attn_norm));
   if (dx != nullptr) *dx = std::move(dxn);
+  return absl::OkStatus();
+}
+
+template <typename T>
+void BlockBackward(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& cos,
+                   const Mat<T>& sin, const BlockCache<T>& c, const Mat<T>& dy,
+                   BlockGrads<T>* g, Mat<T>* dx) {
+  // backward_ops.h's code directly: cannot fail.
+  BlockBackwardOn<T>(d, p, cos, sin, c, dy, g, dx, nullptr).IgnoreError();
 }
 
 #define QUANTD_BLOCK_INSTANTIATE(T)                                                             \
@@ -161,7 +166,11 @@ void BlockBackward(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& co
                                 const Mat<T>&, const Mat<T>&, BlockCache<T>*, Mat<T>*);         \
   template void BlockBackward<T>(const BlockDims&, const BlockParams<T>&, const Mat<T>&,        \
                                  const Mat<T>&, const BlockCache<T>&, const Mat<T>&,            \
-                                 BlockGrads<T>*, Mat<T>*);
+                                 BlockGrads<T>*, Mat<T>*);                                     \
+  template absl::Status BlockBackwardOn<T>(const BlockDims&, const BlockParams<T>&,             \
+                                           const Mat<T>&, const Mat<T>&, const BlockCache<T>&,  \
+                                           const Mat<T>&, BlockGrads<T>*, Mat<T>*,              \
+                                           quant::BackwardOps*);
 
 QUANTD_BLOCK_INSTANTIATE(float)
 QUANTD_BLOCK_INSTANTIATE(double)

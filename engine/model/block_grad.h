@@ -13,6 +13,7 @@
 #include "engine/model/backward_ops.h"
 #include "engine/model/config.h"
 #include "engine/model/weights.h"
+#include "engine/quant/device.h"
 
 namespace quantd::model::grad {
 
@@ -78,6 +79,13 @@ template <typename T>
 void BlockBackward(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& cos,
                    const Mat<T>& sin, const BlockCache<T>& cache, const Mat<T>& dy,
                    BlockGrads<T>* g, Mat<T>* dx);
+// The same with every backward op on `ops` when T is float and ops is non-null (the worker's
+// device's, through a model::BackwardOpsSession; a CpuBackwardOps gives the bits of the above),
+// else backward_ops.h's code. Errors are the ops' (a device out of memory, say).
+template <typename T>
+absl::Status BlockBackwardOn(const BlockDims& d, const BlockParams<T>& p, const Mat<T>& cos,
+                             const Mat<T>& sin, const BlockCache<T>& cache, const Mat<T>& dy,
+                             BlockGrads<T>* g, Mat<T>* dx, quant::BackwardOps* ops);
 
 }  // namespace quantd::model::grad
 

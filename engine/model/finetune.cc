@@ -9,6 +9,7 @@
 
 #include "common/status_macros.h"
 #include "common/str_util.h"
+#include "engine/model/backward_device.h"
 #include "engine/model/block_grad.h"
 #include "engine/model/forward_ops.h"
 #include "engine/model/weight_source.h"
@@ -144,7 +145,8 @@ absl::Status ValidateFinetuneOptions(const FinetuneOptions& o) {
 absl::StatusOr<BlockFinetuner> BlockFinetuner::Start(const LlamaConfig& cfg, WeightSource& fp,
                                                      WeightSource& q,
                                                      absl::Span<const int32_t> calib,
-                                                     const FinetuneOptions& opts) {
+                                                     const FinetuneOptions& opts,
+                                                     quant::Device* device) {
   QUANTD_RETURN_IF_ERROR(ValidateFinetuneOptions(opts));
   if (fp.online_down().size != 0 || fp.online_o().size != 0 || q.online_down().size != 0 ||
       q.online_o().size != 0) {
@@ -155,6 +157,7 @@ absl::StatusOr<BlockFinetuner> BlockFinetuner::Start(const LlamaConfig& cfg, Wei
   BlockFinetuner f;
   f.cfg_ = cfg;
   f.opts_ = opts;
+  f.device_ = device;
   const int len = std::min(opts.seq_len, cfg.max_position_embeddings);
   const int nseq = static_cast<int>(calib.size() / len);
   f.ntrain_ = nseq - opts.holdout_sequences;
@@ -225,6 +228,7 @@ absl::StatusOr<BlockTuneReport> BlockFinetuner::TuneBlock(const LayerWeights& fp
     return RelativeLoss(y, ts, 0, static_cast<int>(ts.size()));
   };
   rep.heldout_before = rep.heldout_best = heldout();
+  QUANTD_ASSIGN_OR_RETURN(BackwardOpsSession bw, BackwardOpsSession::Open(device_));
   Adam adam(tun, opts_.learning_rate);
   std::vector<int> order(ntrain);
   for (int s = 0; s < ntrain; ++s) order[s] = s;
@@ -249,12 +253,16 @@ absl::StatusOr<BlockTuneReport> BlockFinetuner::TuneBlock(const LayerWeights& fp
       double total = 0;
       for (double e : energy) total += e;
       const float k = total > 0 ? static_cast<float>(2.0 / total) : 0.0f;
-#pragma omp parallel for schedule(dynamic, 1)
+      std::vector<absl::Status> st(nb);
+      // A device's ops take one thread at a time; the CPU's run the sequences in parallel.
+#pragma omp parallel for schedule(dynamic, 1) if (bw.on_host())
       for (int i = 0; i < nb; ++i) {
         g[i].Zero(p);
         dy[i] *= k;  // ∂(Σ(y − Y)² / ΣY²)/∂y
-        grad::BlockBackward<float>(d, p, cos, sin, cache[i], dy[i], &g[i], nullptr);
+        st[i] = grad::BlockBackwardOn<float>(d, p, cos, sin, cache[i], dy[i], &g[i], nullptr,
+                                             &bw.ops());
       }
+      for (const absl::Status& s : st) QUANTD_RETURN_IF_ERROR(s);
       for (int i = 1; i < nb; ++i) g[0].Add(g[i]);
       adam.Step(GradVectors(g[0]));
     }
@@ -324,14 +332,15 @@ absl::Status BlockFinetuner::ReplayBlock(const LayerWeights& fp, const LayerWeig
 absl::StatusOr<std::vector<BlockTuneReport>> FinetuneBlocks(
     const LlamaConfig& cfg, const LlamaWeights& fp, LlamaWeights* q,
     absl::Span<const int32_t> calib, const FinetuneOptions& opts,
-    std::vector<LayerScales>* scales, const FinetuneProgress& progress) {
+    std::vector<LayerScales>* scales, const FinetuneProgress& progress, quant::Device* device) {
   QUANTD_RETURN_IF_ERROR(ValidateFinetuneOptions(opts));
   QUANTD_RETURN_IF_ERROR(CheckSameShapes(cfg, fp, *q));
   for (int l = 0; l < cfg.num_layers; ++l) {
     QUANTD_RETURN_IF_ERROR(grad::BlockDimsFor(cfg, l).status());
   }
   MemoryWeightSource fp_src(cfg, fp), q_src(cfg, *q);
-  QUANTD_ASSIGN_OR_RETURN(BlockFinetuner f, BlockFinetuner::Start(cfg, fp_src, q_src, calib, opts));
+  QUANTD_ASSIGN_OR_RETURN(BlockFinetuner f, BlockFinetuner::Start(cfg, fp_src, q_src, calib, opts,
+                                                                   device));
   if (scales != nullptr) scales->assign(cfg.num_layers, LayerScales());
   std::vector<BlockTuneReport> reports;
   for (int l = 0; l < cfg.num_layers; ++l) {

@@ -26,6 +26,7 @@
 #include "engine/model/config.h"
 #include "engine/model/weight_source.h"
 #include "engine/model/weights.h"
+#include "engine/quant/device.h"
 
 namespace quantd::model {
 
@@ -70,13 +71,16 @@ using FinetuneProgress = std::function<void(const BlockTuneReport&)>;
 // calibration tokens `calib`, cut into sequences of opts.seq_len (the last
 // opts.holdout_sequences are held out). Writes the tuned norms and linears (diag(a)·W·diag(b))
 // into q and, when `scales` is non-null, the scales per layer. Returns one report per layer.
+// The backward's ops run on `device` (model/backward_device.h; null or the CPU device: the CPU's,
+// the sequences of a mini-batch in parallel; a device's: one sequence at a time).
 // INVALID_ARGUMENT for bad options, mismatched weights or too few tokens (fewer than
 // holdout_sequences + 1 sequences); FAILED_PRECONDITION for a block the backward pass does not
 // cover (block_grad.h).
 absl::StatusOr<std::vector<BlockTuneReport>> FinetuneBlocks(
     const LlamaConfig& cfg, const LlamaWeights& fp, LlamaWeights* q,
     absl::Span<const int32_t> calib, const FinetuneOptions& opts,
-    std::vector<LayerScales>* scales = nullptr, const FinetuneProgress& progress = nullptr);
+    std::vector<LayerScales>* scales = nullptr, const FinetuneProgress& progress = nullptr,
+    quant::Device* device = nullptr);
 
 // The tuned parameters of one block: its two norm scales and its linears' real scales.
 struct TunedBlock {
@@ -95,15 +99,17 @@ struct TunedBlock {
 class BlockFinetuner {
  public:
   // `fp` and `q` give the embeddings (Embed, then the config's embedding scale). INVALID_ARGUMENT
-  // for bad options or tokens, or too few tokens (as FinetuneBlocks).
+  // for bad options or tokens, or too few tokens (as FinetuneBlocks). TuneBlock runs the
+  // backward's ops on `device` (as FinetuneBlocks; it must outlive the tuner).
   static absl::StatusOr<BlockFinetuner> Start(const LlamaConfig& cfg, WeightSource& fp,
                                               WeightSource& q, absl::Span<const int32_t> calib,
-                                              const FinetuneOptions& opts);
+                                              const FinetuneOptions& opts,
+                                              quant::Device* device = nullptr);
   int next_layer() const { return layer_; }
   // Tunes block next_layer(): `fp` is its fp layer, `q` its quantized layer (dequantized
   // linears, untuned norms). Fills *tuned; the report's layer is next_layer() before the call.
   // INVALID_ARGUMENT for mismatched shapes, FAILED_PRECONDITION for a block the backward pass
-  // does not cover; nothing advances on error.
+  // does not cover, the device's errors (RESOURCE_EXHAUSTED, ...); nothing advances on error.
   absl::StatusOr<BlockTuneReport> TuneBlock(const LayerWeights& fp, const LayerWeights& q,
                                             TunedBlock* tuned);
   // Advances through block next_layer() tuned earlier to `tuned` (same errors, and
@@ -116,6 +122,7 @@ class BlockFinetuner {
 
   LlamaConfig cfg_;
   FinetuneOptions opts_;
+  quant::Device* device_ = nullptr;
   int layer_ = 0, ntrain_ = 0;
   MatrixF cos_, sin_;
   std::vector<MatrixF> x_fp_, x_q_;  // activations entering block layer_

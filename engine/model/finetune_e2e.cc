@@ -9,6 +9,7 @@
 
 #include "common/status_macros.h"
 #include "common/str_util.h"
+#include "engine/model/backward_device.h"
 #include "engine/model/forward_ops.h"
 #include "engine/tokenizer/tokens.h"
 
@@ -92,8 +93,9 @@ void SequenceLogProbs(const ModelDims& d, const ModelParams<T>& p, const Mat<T>&
 // p = exp(ref): ∂KL_t/∂logits_v = q_v·Σp − p_v. Then back through the head (∂hn = dz·head,
 // ∂head = dzᵀ·hn), the final norm and every block in reverse order.
 template <typename T>
-double SequenceKl(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos, const Mat<T>& sin,
-                  const Mat<T>& x0, const Mat<T>& ref_logp, T scale, ModelGrads<T>* g) {
+absl::StatusOr<double> SequenceKlOn(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos,
+                                    const Mat<T>& sin, const Mat<T>& x0, const Mat<T>& ref_logp,
+                                    T scale, ModelGrads<T>* g, quant::BackwardOps* ops) {
   std::vector<BlockCache<T>> caches;
   Mat<T> x = x0, hn;
   Blocks<T>(d, p, cos, sin, &x, g != nullptr ? &caches : nullptr);
@@ -114,15 +116,22 @@ double SequenceKl(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos
   const Mat<T> dhn = dz * p.head;
   dz.resize(0, 0);
   Mat<T> dx;
-  RmsNormBackward<T>(x, p.final_norm, r, dhn, &dx, &g->final_norm);
+  QUANTD_RETURN_IF_ERROR(OpsOn<T>(ops).RmsNorm(x, p.final_norm, r, dhn, &dx, &g->final_norm));
   for (int l = static_cast<int>(d.blocks.size()) - 1; l >= 0; --l) {
     Mat<T> dprev;
-    BlockBackward<T>(d.blocks[l], p.blocks[l], cos, sin, caches[l], dx, &g->blocks[l],
-                     l > 0 ? &dprev : nullptr);
+    QUANTD_RETURN_IF_ERROR(BlockBackwardOn<T>(d.blocks[l], p.blocks[l], cos, sin, caches[l], dx,
+                                              &g->blocks[l], l > 0 ? &dprev : nullptr, ops));
     caches[l] = BlockCache<T>();  // free as we go
     dx.swap(dprev);
   }
   return kl;
+}
+
+template <typename T>
+double SequenceKl(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos, const Mat<T>& sin,
+                  const Mat<T>& x0, const Mat<T>& ref_logp, T scale, ModelGrads<T>* g) {
+  // backward_ops.h's code directly: cannot fail.
+  return *SequenceKlOn<T>(d, p, cos, sin, x0, ref_logp, scale, g, nullptr);
 }
 
 #define QUANTD_E2E_INSTANTIATE(T)                                                               \
@@ -130,7 +139,11 @@ double SequenceKl(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos
   template double SequenceKl<T>(const ModelDims&, const ModelParams<T>&, const Mat<T>&,         \
                                 const Mat<T>&, const Mat<T>&, const Mat<T>&, T, ModelGrads<T>*); \
   template void SequenceLogProbs<T>(const ModelDims&, const ModelParams<T>&, const Mat<T>&,     \
-                                    const Mat<T>&, const Mat<T>&, Mat<T>*);
+                                    const Mat<T>&, const Mat<T>&, Mat<T>*);                     \
+  template absl::StatusOr<double> SequenceKlOn<T>(const ModelDims&, const ModelParams<T>&,      \
+                                                  const Mat<T>&, const Mat<T>&, const Mat<T>&,  \
+                                                  const Mat<T>&, T, ModelGrads<T>*,             \
+                                                  quant::BackwardOps*);
 
 QUANTD_E2E_INSTANTIATE(float)
 QUANTD_E2E_INSTANTIATE(double)
@@ -244,7 +257,8 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
                                            LlamaWeights* q, absl::Span<const int32_t> calib,
                                            const E2eOptions& opts,
                                            std::vector<LayerScales>* scales,
-                                           const E2eProgress& progress) {
+                                           const E2eProgress& progress,
+                                           quant::Device* device) {
   const auto t0 = std::chrono::steady_clock::now();
   QUANTD_RETURN_IF_ERROR(ValidateE2eOptions(opts));
   QUANTD_RETURN_IF_ERROR(CheckFinetuneWeights(cfg, fp, *q));
@@ -319,6 +333,7 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
 
   E2eReport rep;
   rep.heldout_before = rep.heldout_best = mean_kl(ntrain, nseq);
+  QUANTD_ASSIGN_OR_RETURN(BackwardOpsSession bw, BackwardOpsSession::Open(device));
   Adam adam(slots, opts.learning_rate);
   std::vector<int> order(ntrain);
   for (int s = 0; s < ntrain; ++s) order[s] = s;
@@ -331,15 +346,20 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
       const int nb = std::min(opts.batch_sequences, ntrain - b0);
       const float scale = 1.0f / (static_cast<float>(nb) * static_cast<float>(len));
       std::vector<Grads> g(nb);
-      std::vector<double> kl(nb);
-#pragma omp parallel for schedule(dynamic, 1)
+      std::vector<absl::StatusOr<double>> kl(nb);
+      // A device's ops take one thread at a time; the CPU's run the sequences in parallel.
+#pragma omp parallel for schedule(dynamic, 1) if (bw.on_host())
       for (int i = 0; i < nb; ++i) {
         g[i].Zero(p, opts.tune_head);
         const int s = order[b0 + i];
-        kl[i] = grad::SequenceKl<float>(dims, p, cos, sin, x[s], ref[s], scale, &g[i]);
+        kl[i] = grad::SequenceKlOn<float>(dims, p, cos, sin, x[s], ref[s], scale, &g[i],
+                                          &bw.ops());
       }
       for (int i = 1; i < nb; ++i) g[0].Add(g[i]);
-      for (double k : kl) train += k;
+      for (const absl::StatusOr<double>& k : kl) {
+        QUANTD_RETURN_IF_ERROR(k.status());
+        train += *k;
+      }
       adam.Step(GradData(g[0], opts.tune_head));
     }
     train /= static_cast<double>(ntrain) * len;

@@ -57,12 +57,14 @@ using E2eProgress = std::function<void(const E2eReport&)>;
 // multiplied by the tuned ones, so that the linears stay diag(out)·W_q·diag(in) of the original
 // quantized matrices. INVALID_ARGUMENT for bad options, mismatched weights or too few tokens;
 // FAILED_PRECONDITION for a block the backward pass does not cover (block_grad.h), final
-// logit soft-capping, online rotations, or tune_head on a model with tied embeddings.
+// logit soft-capping, online rotations, or tune_head on a model with tied embeddings. The
+// backward's ops run on `device` as in FinetuneBlocks (finetune.h); its errors are returned.
 absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWeights& fp,
                                            LlamaWeights* q, absl::Span<const int32_t> calib,
                                            const E2eOptions& opts,
                                            std::vector<LayerScales>* scales = nullptr,
-                                           const E2eProgress& progress = nullptr);
+                                           const E2eProgress& progress = nullptr,
+                                           quant::Device* device = nullptr);
 
 namespace grad {
 
@@ -100,6 +102,13 @@ absl::StatusOr<ModelDims> ModelDimsFor(const LlamaConfig& cfg);
 template <typename T>
 double SequenceKl(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos, const Mat<T>& sin,
                   const Mat<T>& x0, const Mat<T>& ref_logp, T scale, ModelGrads<T>* g);
+
+// The same with the backward's ops on `ops` when T is float and ops is non-null
+// (block_grad.h's BlockBackwardOn; the head's product stays on the host). Errors are the ops'.
+template <typename T>
+absl::StatusOr<double> SequenceKlOn(const ModelDims& d, const ModelParams<T>& p, const Mat<T>& cos,
+                                    const Mat<T>& sin, const Mat<T>& x0, const Mat<T>& ref_logp,
+                                    T scale, ModelGrads<T>* g, quant::BackwardOps* ops);
 
 // The model's log-probabilities [T x vocab] for one sequence (no gradient).
 template <typename T>

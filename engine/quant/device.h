@@ -130,6 +130,56 @@ class ForwardOps {
                                 absl::Span<const int32_t> targets, NllState* st) = 0;
 };
 
+// ---- The fine-tuning backward's ops (issue 27) ----
+// The manual backward of the decoder block (model/block_grad.h) and of the end-to-end KL loss
+// (model/finetune_e2e.h) runs its ops through a BackwardOps: the CPU's (model/backward_device.h,
+// exactly model/backward_ops.cc's float code) or a device's (Device::NewBackwardOps). The
+// arguments are host matrices (fp32 row-major, one token per row): a device uploads what an op
+// reads and downloads what it writes. Forward quantities (z, inv_rms, p) are the ones the
+// forward kept (grad::BlockCache).
+// Accumulating outputs ("+="): an output whose shape differs from the one the op produces is
+// first resized and zeroed; otherwise the op adds into it.
+// Declining: an op a device cannot do for these arguments returns UNIMPLEMENTED before writing
+// any output, and the caller runs the CPU's op instead (model::BackwardOpsSession does it). No
+// other error is a fallback.
+class BackwardOps {
+ public:
+  virtual ~BackwardOps() = default;
+  virtual std::string name() const = 0;
+  // Whether the ops compute in host RAM and may be called from several threads at once (the
+  // CPU's); a device's session is used by one thread at a time.
+  virtual bool host() const { return false; }
+
+  // Linear with real scales y = z ⊙ a, z = (x ⊙ b)·Cᵀ: x [N × n], c [m × n], a [m], b [n],
+  // z, dy [N × m]. With e = (dy ⊙ a)·C [N × n]: da += Σ_t dy ⊙ z, db += Σ_t x ⊙ e and, when dx
+  // is non-null, dx += e ⊙ b.
+  virtual absl::Status ScaledLinearBackward(const MatrixF& x, const MatrixF& c, const VectorF& a,
+                                            const VectorF& b, const MatrixF& z,
+                                            const MatrixF& dy, MatrixF* dx, VectorF* da,
+                                            VectorF* db) = 0;
+  // RMSNorm y = x·r ⊙ w row-wise, r = inv_rms [rows] (1/sqrt(mean(x²) + eps) from the forward):
+  // with x̂ = x·r and g = dy ⊙ w, dx += r·(g − x̂·mean(g ⊙ x̂)), dw += Σ_t dy ⊙ x̂.
+  virtual absl::Status RmsNormBackward(const MatrixF& x, const VectorF& w,
+                                       const VectorF& inv_rms, const MatrixF& dy, MatrixF* dx,
+                                       VectorF* dw) = 0;
+  // m ← Rᵀ·m: the transpose of the rotate_half RoPE of `heads` heads of size hd, row t of m
+  // [rows × heads·hd] using row (t mod cos.rows()) of cos/sin [period × hd/2].
+  virtual absl::Status RopeBackward(const MatrixF& cos, const MatrixF& sin, int heads, int hd,
+                                    MatrixF* m) = 0;
+  // Causal GQA attention of one sequence O_h = P_h·V_g (head h reads KV head g = h / (heads /
+  // kv_heads)): q [T × heads·hd] (pre-scaled), k, v [T × kv_heads·hd], p[h] [T × T] head h's
+  // probabilities (zero above the diagonal), dout [T × heads·hd]. With dS = P ⊙ (dP −
+  // rowsum(dP ⊙ P)), dP = dO·Vᵀ: dq += dS·K, dk += dSᵀ·Q, dv += Pᵀ·dO (a KV head sums over its
+  // query heads).
+  virtual absl::Status AttentionBackward(const MatrixF& q, const MatrixF& k, const MatrixF& v,
+                                         absl::Span<const MatrixF> p, const MatrixF& dout,
+                                         int heads, int kv_heads, int hd, MatrixF* dq,
+                                         MatrixF* dk, MatrixF* dv) = 0;
+  // out = silu(g) ⊙ u: dg = dout ⊙ u ⊙ silu'(g), du = dout ⊙ silu(g) (both overwritten).
+  virtual absl::Status SiluMulBackward(const MatrixF& g, const MatrixF& u, const MatrixF& dout,
+                                       MatrixF* dg, MatrixF* du) = 0;
+};
+
 class Device {
  public:
   virtual ~Device() = default;
@@ -169,6 +219,12 @@ class Device {
   // runs the CPU's (model::CpuForwardOps) — the CPU device's case.
   virtual absl::StatusOr<std::unique_ptr<ForwardOps>> NewForwardOps() {
     return std::unique_ptr<ForwardOps>();
+  }
+
+  // The fine-tuning backward's ops on this device (one session per thread). nullptr (OK): the
+  // device has none and the backward runs the CPU's (model::CpuBackwardOps) — the CPU's case.
+  virtual absl::StatusOr<std::unique_ptr<BackwardOps>> NewBackwardOps() {
+    return std::unique_ptr<BackwardOps>();
   }
 };
 
