@@ -11,11 +11,15 @@
 // the final norm and the head perturbed, seeded random tokens, L = Σ_t KL(p_fp,t ‖ p_t) with
 // p_fp the unperturbed model's distribution; prints the tokens, the parameters, L and every
 // gradient (per layer), so the reference computes p_fp itself.
+// --device cpu|cuda:N (block check only) also runs the block in fp32 with its backward's ops on
+// that device (model/backward_device.h) and adds "device_check": the device's name and, per
+// gradient, max |fp32 − fp64| / max |fp64| (the fp64 figures printed are the CPU's either way).
 #include <cstdio>
 #include <random>
 
 #include "bench/bench.h"
 #include "engine/artifact/artifact.h"
+#include "engine/model/backward_device.h"
 #include "engine/model/block_grad.h"
 #include "engine/model/finetune_e2e.h"
 #include "engine/model/forward_ops.h"
@@ -122,6 +126,53 @@ int ModelKl(const model::LlamaConfig& cfg, const model::LlamaWeights& w, int t, 
   return 0;
 }
 
+// Runs the block in fp32 with the backward's ops on `dev` and compares its gradients with the
+// fp64 ones (see the file comment).
+absl::StatusOr<nlohmann::json> DeviceCheck(quant::Device& dev, const model::grad::BlockDims& d,
+                                           const model::grad::BlockParams<double>& p,
+                                           const MD& cos, const MD& sin, const MD& x,
+                                           const MD& dy, const model::grad::BlockGrads<double>& g,
+                                           const MD& dx) {
+  using MF = model::grad::Mat<float>;
+  model::grad::BlockParams<float> pf;
+  pf.attn_norm = p.attn_norm.cast<float>();
+  pf.ffn_norm = p.ffn_norm.cast<float>();
+  for (int i = 0; i < model::grad::kBlockLinears; ++i) {
+    pf.lin[i] = {p.lin[i].c.cast<float>(), p.lin[i].a.cast<float>(), p.lin[i].b.cast<float>()};
+  }
+  auto session = model::BackwardOpsSession::Open(&dev);
+  if (!session.ok()) return session.status();
+  const MF cosf = cos.cast<float>(), sinf = sin.cast<float>();
+  model::grad::BlockCache<float> cache;
+  MF y, dxf;
+  model::grad::BlockForward<float>(d, pf, cosf, sinf, x.cast<float>(), &cache, &y);
+  model::grad::BlockGrads<float> gf;
+  gf.Zero(pf);
+  absl::Status st = model::grad::BlockBackwardOn<float>(d, pf, cosf, sinf, cache,
+                                                        dy.cast<float>(), &gf, &dxf,
+                                                        &session->ops());
+  if (!st.ok()) return st;
+  nlohmann::json err;
+  double worst = 0;
+  auto rel = [&](const std::string& what, const auto& got, const auto& want) {
+    const double scale = want.cwiseAbs().maxCoeff();
+    const double e = (got.template cast<double>() - want).cwiseAbs().maxCoeff() /
+                     (scale > 0 ? scale : 1.0);
+    err[what] = e;
+    worst = std::max(worst, e);
+  };
+  rel("x", dxf, dx);
+  rel("attn_norm", gf.attn_norm, g.attn_norm);
+  rel("ffn_norm", gf.ffn_norm, g.ffn_norm);
+  for (model::Linear lin : model::kAllLinears) {
+    const int i = static_cast<int>(lin);
+    rel(std::string(model::LinearName(lin)) + ".a", gf.a[i], g.a[i]);
+    rel(std::string(model::LinearName(lin)) + ".b", gf.b[i], g.b[i]);
+  }
+  return nlohmann::json{
+      {"device", session->ops().name()}, {"max_rel_err", err}, {"worst_rel_err", worst}};
+}
+
 }  // namespace
 
 int RunBlockGrad(const Flags& flags) {
@@ -131,8 +182,17 @@ int RunBlockGrad(const Flags& flags) {
   if (dir.empty() || !layer.ok() || !tokens.ok() || !seed.ok() || !kl.ok() || *tokens < 1) {
     std::fprintf(stderr,
                  "usage: quantd-bench block-grad --model DIR [--layer 0] [--tokens 16] [--seed 1] "
-                 "[--kl 0|1]\n");
+                 "[--kl 0|1] [--device cpu|cuda:N]\n");
     return 2;
+  }
+  std::unique_ptr<quant::Device> dev;
+  if (!flags.Get("device", "").empty()) {
+    if (*kl != 0) {
+      std::fprintf(stderr, "--device applies to the block check (--kl 0)\n");
+      return 2;
+    }
+    dev = DeviceFromFlags(flags);
+    if (dev == nullptr) return 1;
   }
   model::LlamaConfig cfg;
   auto w = artifact::LoadArtifactWeights(dir, &cfg);
@@ -198,6 +258,11 @@ int RunBlockGrad(const Flags& flags) {
                           {"ffn_norm", ToJson(g.ffn_norm)},
                           {"a", ga},
                           {"b", gb}}}};
+  if (dev != nullptr) {
+    auto check = DeviceCheck(*dev, *dims, p, cos, sin, x, dy, g, dx);
+    if (!check.ok()) return Fail(check.status());
+    out["device_check"] = *check;
+  }
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

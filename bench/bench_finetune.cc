@@ -8,6 +8,8 @@
 // --e2e 1 adds the end-to-end KL stage (engine/model/finetune_e2e.h) after the block stage
 // (--block 0 skips the block stage): one JSON line per epoch (held-out KL) and the perplexity
 // after each stage; --e2e-epochs, --e2e-lr, --e2e-head 0|1 (tune an untied head) set it up.
+// --device cpu|cuda:N (default cpu) runs both stages' backward ops on that device
+// (model/backward_device.h); the forwards and the perplexities stay on the CPU.
 #include <sys/resource.h>
 
 #include <chrono>
@@ -86,9 +88,12 @@ int RunFinetune(const Flags& flags) {
                  "usage: quantd-bench finetune --model FP_DIR --artifact ART_DIR --calib TOKENS|TXT "
                  "--eval TOKENS|TXT [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192] "
                  "[--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1] [--save DIR] "
-                 "[--block 1] [--e2e 0|1 [--e2e-epochs 3] [--e2e-lr 1e-3] [--e2e-head 0|1]]\n");
+                 "[--block 1] [--e2e 0|1 [--e2e-epochs 3] [--e2e-lr 1e-3] [--e2e-head 0|1]] "
+                 "[--device cpu|cuda:N]\n");
     return 2;
   }
+  std::unique_ptr<quant::Device> dev = DeviceFromFlags(flags);
+  if (dev == nullptr) return 1;
   model::FinetuneOptions opts;
   opts.seq_len = static_cast<int>(*seq_len);
   opts.epochs = static_cast<int>(*epochs);
@@ -132,6 +137,7 @@ int RunFinetune(const Flags& flags) {
   auto before = model::Perplexity(qcfg, *q, *eval, popts);
   if (!before.ok()) return Fail(before.status());
   PrintLine({{"artifact", art},
+             {"device", dev->name()},
              {"ppl_before", before->ppl},
              {"eval_targets", before->targets},
              {"eval_seconds", Seconds(t0)},
@@ -152,7 +158,7 @@ int RunFinetune(const Flags& flags) {
                    {"heldout_best", r.heldout_best},
                    {"epochs_run", r.epochs_run},
                    {"seconds", r.seconds}});
-      });
+      }, dev.get());
     if (!reports.ok()) return Fail(reports.status());
   }
   const double block_secs = Seconds(t0);
@@ -174,7 +180,7 @@ int RunFinetune(const Flags& flags) {
                      {"heldout_kl_curve", r.heldout_curve},
                      {"train_kl_last", r.train_last},
                      {"seconds", r.seconds}});
-        });
+        }, dev.get());
     if (!rep.ok()) return Fail(rep.status());
     e2e_out["heldout_kl_before"] = rep->heldout_before;
     e2e_out["heldout_kl_best"] = rep->heldout_best;

@@ -77,8 +77,9 @@ int main(int argc, char** argv) {
       "                             [--calib-seqs 16] [--seq-len 512] [--eval-tokens 8192]\n"
       "                             [--epochs 5] [--lr 1e-3] [--batch 2] [--holdout 2] [--patience 1]\n"
       "                             [--save DIR] [--block 1] [--e2e 0|1 [--e2e-epochs 3]\n"
-      "                             [--e2e-lr 1e-3] [--e2e-head 0|1]]\n"
+      "                             [--e2e-lr 1e-3] [--e2e-head 0|1]] [--device cpu|cuda:N]\n"
       "       quantd-bench block-grad --model DIR [--layer 0] [--tokens 16] [--seed 1] [--kl 0|1]\n"
+      "                               [--device cpu|cuda:N]\n"
       "       quantd-bench tokenize --model DIR --text FILE [--bytes N]\n";
   if (argc < 2) {
     std::fputs(usage, stderr);

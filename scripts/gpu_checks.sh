@@ -3,7 +3,12 @@
 # the CUDA toolkit in /usr/local/cuda. Builds with QUANTD_CUDA=ON into ./build-gpu, then runs:
 #   1. the CPU-vs-GPU consistency test (engine/device/cuda/cuda_device_test; must not skip): the
 #      Device ops and the forward's ops (CudaForwardOpsTest: GEMM in fp32/bf16/fp16, weighted
-#      Gram, RMSNorm, RoPE, attention, SiLU·mul, NLL, a whole stories260K forward)
+#      Gram, RMSNorm, RoPE, attention, SiLU·mul, NLL, a whole stories260K forward) and the fine-tuning
+#      backward's ops (CudaBackwardOpsTest: scaled linear, RMSNorm, RoPE, GQA attention,
+#      SiLU·mul, a whole stories260K block backward), all of whose cases must run, not skip;
+#      then quantd-bench block-grad --device cuda:0 on the GQA fixture (the device's fp32 block
+#      gradients against the CPU's fp64 ones, worst relative error ≤ 1e-4; the CPU's own fp32
+#      gradients are within 2e-6)
 #   2. quantd-bench hessian --n 4096 --tokens 8192 --device cuda:0 (achieved vs cuBLAS peak)
 #   3. quantd-bench layer --method qtip --bits 2 --m 4096 --n 4096 --device cuda:0
 #   4. the Hessian phase on the TinyLlama-1.1B shape (synthetic bf16 checkpoint, quantd-bench
@@ -43,8 +48,16 @@ timeout 300 $B/engine/device/cuda/cuda_device_test --gtest_output=json:"$OUT/cud
   >"$OUT/cuda_device_test.log" 2>&1
 test_rc=$?
 skipped=$(grep -c '\[  SKIPPED \] Cuda' "$OUT/cuda_device_test.log" || true)
-[ "$test_rc" = 0 ] && [ "$skipped" = 0 ] && ok_test=true
+# The backward's cases must have run (6 of them), not merely not failed.
+backward_ran=$(grep -c '\[       OK \] CudaBackwardOpsTest' "$OUT/cuda_device_test.log" || true)
+[ "$test_rc" = 0 ] && [ "$skipped" = 0 ] && [ "$backward_ran" -ge 6 ] && ok_test=true
 timeout 60 $B/engine/device/device_registry_test >>"$OUT/cuda_device_test.log" 2>&1 || ok_test=false
+log "block-grad on cuda:0 (fp32 device backward vs fp64 CPU)"
+block_grad=$(timeout 120 $B/quantd-bench block-grad --model engine/model/testdata/rope_llama3 \
+  --tokens 24 --device cuda:0 2>"$OUT/block_grad.err" |
+  python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['device_check']))" 2>>"$OUT/block_grad.err")
+python3 -c "import json,sys; sys.exit(0 if json.loads(sys.argv[1])['worst_rel_err'] <= 1e-4 else 1)" \
+  "${block_grad:-null}" 2>/dev/null || ok_test=false
 
 log "hessian bench"
 hessian=$(timeout 120 $B/quantd-bench hessian --n 4096 --tokens 8192 --device cuda:0 2>"$OUT/hessian.err" | tail -1)
@@ -86,9 +99,10 @@ if [ -n "$ppl_gpu" ] && [ -n "$ppl_cpu" ]; then
 fi
 
 python3 - "$OUT" "$ok_build" "$ok_test" "$ok_e2e" "${ppl_gpu:-}" "${ppl_cpu:-}" \
-  "${hessian:-}" "${hessian_cpu:-}" "${layer:-}" "${hessian1b:-}" "${hessian1b_cpu:-}" <<'PY'
+  "${hessian:-}" "${hessian_cpu:-}" "${layer:-}" "${hessian1b:-}" "${hessian1b_cpu:-}" \
+  "${block_grad:-}" "${backward_ran:-0}" <<'PY'
 import json, sys
-out, b, t, e, pg, pc, h, hc, l, h1, h1c = sys.argv[1:]
+out, b, t, e, pg, pc, h, hc, l, h1, h1c, bg, bw = sys.argv[1:]
 def js(s):
     try:
         return json.loads(s)
@@ -98,6 +112,7 @@ gpu = open(out + "/gpu.txt").read().strip() if b == "true" else ""
 summary = {"gpu": gpu, "build": b == "true", "consistency_test": t == "true",
            "hessian_bench": js(h), "hessian_bench_cpu": js(hc), "qtip_layer_bench": js(l),
            "hessian_phase_1b": js(h1), "hessian_phase_1b_cpu": js(h1c),
+           "backward_cases_run": int(bw or 0), "block_grad_device": js(bg),
            "e2e": {"ppl_gpu_worker": float(pg) if pg else None,
                    "ppl_cpu_worker": float(pc) if pc else None, "within_1pct": e == "true"},
            "out": out}

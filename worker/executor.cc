@@ -419,7 +419,7 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
       break;
     case quantd::v1::TASK_KIND_FINETUNE:
       if (!task.has_finetune()) return missing("finetune");
-      r = RunFinetuneTask(task, blobs, cancelled, scratch_dir);
+      r = RunFinetuneTask(task, blobs, device, cancelled, scratch_dir);
       break;
     default:
       return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));

@@ -37,6 +37,7 @@ absl::Status Bad(const Task& task, std::string_view what) {
 }  // namespace
 
 absl::StatusOr<TaskResult> RunFinetuneTask(const Task& task, const BlobResolver& blobs,
+                                           quant::Device& device,
                                            const std::atomic<bool>& cancelled,
                                            const std::string& scratch_dir) {
   // Inputs by kind: the model snapshot, the calibration tokens, the quantized matrices of
@@ -77,7 +78,7 @@ absl::StatusOr<TaskResult> RunFinetuneTask(const Task& task, const BlobResolver&
   QUANTD_ASSIGN_OR_RETURN(std::vector<int32_t> tokens, model::LoadTokenFile(calib_path));
   // The embedding is not quantized: both paths start from the fp one.
   QUANTD_ASSIGN_OR_RETURN(model::BlockFinetuner tuner,
-                          model::BlockFinetuner::Start(cfg, fp, fp, tokens, opts));
+                          model::BlockFinetuner::Start(cfg, fp, fp, tokens, opts, &device));
   const std::vector<model::StoredLinear> stored = model::StoredLinears(cfg);
   TaskResult r;
   for (int l = 0; l <= block; ++l) {

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
 #include "common/status_macros.h"
+#include "engine/device/cuda/cuda_backward.h"
 #include "engine/device/cuda/cuda_forward.h"
 #include "engine/device/cuda/cuda_kernels.h"
 #include "engine/device/cuda/cuda_resources.h"
@@ -61,6 +62,10 @@ class CudaDevice : public quant::Device {
   // A forward session of its own (stream, cuBLAS handle, buffers) on this GPU.
   absl::StatusOr<std::unique_ptr<quant::ForwardOps>> NewForwardOps() override {
     return MakeCudaForwardOps(ordinal_);
+  }
+  // A backward session of its own (stream, cuBLAS handle, buffers) on this GPU.
+  absl::StatusOr<std::unique_ptr<quant::BackwardOps>> NewBackwardOps() override {
+    return MakeCudaBackwardOps(ordinal_);
   }
 
   absl::Status AccumulateGram(const MatrixF& x, MatrixD* h) override {

@@ -30,6 +30,13 @@
 // - NllChunk over three vocabulary chunks: NLL within 1e-6 relative.
 // - A whole stories260K forward (fp32 weights): hidden states within 1e-4 relative, Hessian sums
 //   within 1e-4 relative Frobenius, per-row NLL within 1e-4 absolute.
+// The fine-tuning backward's ops (CudaBackwardOpsTest; cuda_backward.h), each against
+// model::CpuBackwardOps on random inputs, normwise max |Δ| ≤ tol·max |cpu|:
+// - ScaledLinearBackward (fresh and accumulated outputs, no dx), RmsNormBackward, GQA
+//   AttentionBackward: tol 1e-4 (fp32 sums of ≤ 300 terms in another order).
+// - RopeBackward with a table shorter than the rows (period): 4u; partial-rotary tables are
+//   declined (UNIMPLEMENTED). SiluMulBackward: 1e-5 (expf vs Eigen's exp).
+// - A whole stories260K block backward through MakeCudaDevice's session: every gradient 1e-3.
 // Tests that need a GPU skip when there is none (no /dev/nvidia0 or no CUDA device); the status
 // mapping and resource error paths run everywhere.
 #include "engine/device/cuda/cuda_device.h"
@@ -40,10 +47,14 @@
 #include <limits>
 
 #include "gtest/gtest.h"
+#include "engine/device/cuda/cuda_backward.h"
 #include "engine/device/cuda/cuda_forward.h"
 #include "engine/device/cuda/cuda_resources.h"
 #include "engine/device/cuda/forward_kernels.h"
+#include "engine/model/backward_device.h"
+#include "engine/model/block_grad.h"
 #include "engine/model/forward_device.h"
+#include "engine/model/forward_ops.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/model/streamed_forward.h"
 #include "engine/model/test_util.h"
@@ -609,6 +620,157 @@ TEST_F(CudaForwardOpsTest, WholeStreamedForwardMatchesCpu) {
   EXPECT_LE(worst, 1e-4);
   for (size_t r = 0; r < nc.size(); ++r) EXPECT_NEAR(nc[r], ng[r], 1e-4) << r;
   std::printf("stories260K on the GPU: Hessian rel Frobenius diff %.3g\n", worst);
+}
+
+// ---- The fine-tuning backward's ops ----
+
+class CudaBackwardOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!GpuPresent()) GTEST_SKIP() << "no CUDA GPU (/dev/nvidia0 missing or cudaGetDeviceCount = 0)";
+    auto g = MakeCudaBackwardOps(0);
+    ASSERT_TRUE(g.ok()) << g.status();
+    gpu_ = std::move(*g);
+  }
+  model::CpuBackwardOps cpu_;
+  std::unique_ptr<quant::BackwardOps> gpu_;
+};
+
+// max |got − want| ≤ tol · max |want| (normwise: the GPU sums in another order).
+template <typename M>
+void ExpectNear(const M& got, const M& want, double tol, const std::string& what) {
+  ASSERT_EQ(got.rows(), want.rows()) << what;
+  ASSERT_EQ(got.cols(), want.cols()) << what;
+  const double scale = std::max<double>(want.cwiseAbs().maxCoeff(), 1e-30);
+  EXPECT_LE((got - want).cwiseAbs().maxCoeff(), tol * scale) << what;
+}
+
+// Backward tolerance: fp32 sums of at most a few hundred terms in another order than Eigen's,
+// normwise (cancellation makes element-wise bounds meaningless for random inputs).
+constexpr double kBackwardTol = 1e-4;
+
+TEST_F(CudaBackwardOpsTest, ScaledLinearBackwardMatchesCpu) {
+  const int64_t rows = 70, n = 96, m = 80;
+  const MatrixF x = RandomF(rows, n, 11), c = RandomF(m, n, 12, 0.2), dy = RandomF(rows, m, 13);
+  const VectorF a = (RandomF(m, 1, 14, 0.1).array() + 1.0f).matrix().col(0);
+  const VectorF b = (RandomF(n, 1, 15, 0.1).array() + 1.0f).matrix().col(0);
+  const MatrixF z = (x * b.asDiagonal()) * c.transpose();
+  for (bool fresh : {true, false}) {  // outputs resized and zeroed, or added into
+    MatrixF dx_c, dx_g;
+    VectorF da_c, da_g, db_c, db_g;
+    if (!fresh) {
+      dx_c = dx_g = RandomF(rows, n, 16);
+      da_c = da_g = RandomF(m, 1, 17).col(0);
+      db_c = db_g = RandomF(n, 1, 18).col(0);
+    }
+    ASSERT_TRUE(cpu_.ScaledLinearBackward(x, c, a, b, z, dy, &dx_c, &da_c, &db_c).ok());
+    auto st = gpu_->ScaledLinearBackward(x, c, a, b, z, dy, &dx_g, &da_g, &db_g);
+    ASSERT_TRUE(st.ok()) << st;
+    ExpectNear(dx_g, dx_c, kBackwardTol, "dx");
+    ExpectNear(da_g, da_c, kBackwardTol, "da");
+    ExpectNear(db_g, db_c, kBackwardTol, "db");
+  }
+  VectorF da, db;  // no dx (the first layer's input)
+  ASSERT_TRUE(gpu_->ScaledLinearBackward(x, c, a, b, z, dy, nullptr, &da, &db).ok());
+  EXPECT_EQ(gpu_->ScaledLinearBackward(x, c, b, b, z, dy, nullptr, &da, &db).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(CudaBackwardOpsTest, RmsNormBackwardMatchesCpu) {
+  const int64_t rows = 33, n = 300;
+  const MatrixF x = RandomF(rows, n, 21, 2.0), dy = RandomF(rows, n, 22);
+  const VectorF w = RandomF(n, 1, 23).col(0);
+  VectorF r(rows);
+  for (int64_t t = 0; t < rows; ++t) r(t) = 1.0f / std::sqrt(x.row(t).squaredNorm() / n + 1e-5f);
+  MatrixF dx_c = RandomF(rows, n, 24), dx_g = dx_c;
+  VectorF dw_c, dw_g;
+  ASSERT_TRUE(cpu_.RmsNormBackward(x, w, r, dy, &dx_c, &dw_c).ok());
+  auto st = gpu_->RmsNormBackward(x, w, r, dy, &dx_g, &dw_g);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(dx_g, dx_c, kBackwardTol, "dx");
+  ExpectNear(dw_g, dw_c, kBackwardTol, "dw");
+}
+
+TEST_F(CudaBackwardOpsTest, RopeBackwardMatchesCpuAndDeclinesPartialTables) {
+  const int heads = 3, hd = 16;
+  const MatrixF cos = RandomF(8, hd / 2, 31), sin = RandomF(8, hd / 2, 32);  // period 8
+  MatrixF m_c = RandomF(20, heads * hd + 4, 33), m_g = m_c;
+  ASSERT_TRUE(cpu_.RopeBackward(cos, sin, heads, hd, &m_c).ok());
+  auto st = gpu_->RopeBackward(cos, sin, heads, hd, &m_g);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(m_g, m_c, 4 * kU32, "rope");
+  const MatrixF narrow = RandomF(8, hd / 2 - 2, 34);
+  EXPECT_EQ(gpu_->RopeBackward(narrow, narrow, heads, hd, &m_g).code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+TEST_F(CudaBackwardOpsTest, GqaAttentionBackwardMatchesCpu) {
+  const int heads = 4, kv_heads = 2, hd = 16, t = 50;
+  const MatrixF q = RandomF(t, heads * hd, 41, 0.3), k = RandomF(t, kv_heads * hd, 42, 0.3),
+                v = RandomF(t, kv_heads * hd, 43), dout = RandomF(t, heads * hd, 44);
+  std::vector<MatrixF> p(heads);
+  MatrixF out(t, heads * hd);
+  for (int h = 0; h < heads; ++h) {
+    const int g = h / (heads / kv_heads);
+    model::grad::AttentionForward<float>(q.middleCols(h * hd, hd), k.middleCols(g * hd, hd),
+                                         v.middleCols(g * hd, hd), out.middleCols(h * hd, hd),
+                                         &p[h]);
+  }
+  MatrixF dq_c, dk_c, dv_c, dq_g, dk_g, dv_g;
+  ASSERT_TRUE(cpu_.AttentionBackward(q, k, v, p, dout, heads, kv_heads, hd, &dq_c, &dk_c, &dv_c)
+                  .ok());
+  auto st = gpu_->AttentionBackward(q, k, v, p, dout, heads, kv_heads, hd, &dq_g, &dk_g, &dv_g);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(dq_g, dq_c, kBackwardTol, "dq");
+  ExpectNear(dk_g, dk_c, kBackwardTol, "dk");
+  ExpectNear(dv_g, dv_c, kBackwardTol, "dv");
+}
+
+TEST_F(CudaBackwardOpsTest, SiluMulBackwardMatchesCpu) {
+  const MatrixF g = RandomF(40, 130, 51, 3.0), u = RandomF(40, 130, 52), d = RandomF(40, 130, 53);
+  MatrixF dg_c, du_c, dg_g, du_g;
+  ASSERT_TRUE(cpu_.SiluMulBackward(g, u, d, &dg_c, &du_c).ok());
+  auto st = gpu_->SiluMulBackward(g, u, d, &dg_g, &du_g);
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(dg_g, dg_c, 1e-5, "dg");
+  ExpectNear(du_g, du_c, 1e-5, "du");
+}
+
+// A stories260K decoder block's whole backward through the CUDA device's session
+// (model::BackwardOpsSession, as the fine-tuning runs it) against the CPU's.
+TEST_F(CudaBackwardOpsTest, WholeBlockBackwardOnTheDeviceMatchesCpu) {
+  auto m = model::testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  auto d = model::grad::BlockDimsFor(m->cfg, 0);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const int t = 128;
+  const model::grad::BlockParams<float> p = model::grad::ParamsFromWeights<float>(m->w.layers[0]);
+  const MatrixF x = RandomF(t, d->hidden, 61), dy = RandomF(t, d->hidden, 62);
+  MatrixF cos, sin;
+  model::ops::RopeTables(m->cfg, t, &cos, &sin);
+  model::grad::BlockCache<float> cache;
+  MatrixF y;
+  model::grad::BlockForward<float>(*d, p, cos, sin, x, &cache, &y);
+  model::grad::BlockGrads<float> gc, gg;
+  gc.Zero(p);
+  gg.Zero(p);
+  MatrixF dxc, dxg;
+  model::grad::BlockBackward<float>(*d, p, cos, sin, cache, dy, &gc, &dxc);
+  auto dev = MakeCudaDevice(0);
+  ASSERT_TRUE(dev.ok()) << dev.status();
+  auto s = model::BackwardOpsSession::Open(dev->get());
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE(s->on_host());
+  EXPECT_EQ(s->ops().name(), "cuda:0");
+  auto st = model::grad::BlockBackwardOn<float>(*d, p, cos, sin, cache, dy, &gg, &dxg, &s->ops());
+  ASSERT_TRUE(st.ok()) << st;
+  ExpectNear(dxg, dxc, 1e-3, "dx");
+  ExpectNear(gg.attn_norm, gc.attn_norm, 1e-3, "attn_norm");
+  ExpectNear(gg.ffn_norm, gc.ffn_norm, 1e-3, "ffn_norm");
+  for (int i = 0; i < model::grad::kBlockLinears; ++i) {
+    ExpectNear(gg.a[i], gc.a[i], 1e-3, "a " + std::to_string(i));
+    ExpectNear(gg.b[i], gc.b[i], 1e-3, "b " + std::to_string(i));
+  }
 }
 
 }  // namespace

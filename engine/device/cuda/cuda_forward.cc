@@ -21,15 +21,6 @@ using quant::WeightDtype;
 
 std::string Shape(int64_t r, int64_t c) { return absl::StrCat("[", r, ",", c, "]"); }
 
-// Grows `buf` to at least `count` elements (contents not kept).
-template <typename T>
-absl::Status Ensure(DeviceBuffer<T>* buf, size_t count) {
-  if (buf->size() >= count) return absl::OkStatus();
-  *buf = DeviceBuffer<T>();
-  QUANTD_ASSIGN_OR_RETURN(*buf, DeviceBuffer<T>::Allocate(count));
-  return absl::OkStatus();
-}
-
 // A matrix in GPU memory: fp32, or (a bound weight) bf16/fp16 bit patterns.
 class CudaMatrix : public quant::DeviceMatrix {
  public:
@@ -74,13 +65,6 @@ CudaMatrix* C(quant::DeviceMatrix* m) { return static_cast<CudaMatrix*>(m); }
 absl::Status NeedF32(const CudaMatrix& m, const char* op) {
   if (m.dtype() != WeightDtype::kF32) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": operand is a 16-bit weight"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status FitsInt(int64_t v, const char* what) {
-  if (v > std::numeric_limits<int>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " ", v, " exceeds cuBLAS's int range"));
   }
   return absl::OkStatus();
 }
@@ -452,19 +436,9 @@ class CudaForwardOps : public quant::ForwardOps {
 
 absl::StatusOr<std::unique_ptr<quant::ForwardOps>> MakeCudaForwardOps(int ordinal,
                                                                       CudaForwardOptions options) {
-  if (ordinal < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda:", ordinal, ": negative GPU ordinal"));
-  }
-  const int count = CudaDeviceCount();
-  if (ordinal >= count) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cuda:", ordinal, ": no such GPU (this machine has ", count, ")"));
-  }
-  QUANTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(ordinal));
-  QUANTD_ASSIGN_OR_RETURN(Stream stream, Stream::Create());
-  QUANTD_ASSIGN_OR_RETURN(CublasHandle blas, CublasHandle::Create(stream.get()));
+  QUANTD_ASSIGN_OR_RETURN(CudaSession s, CudaSession::Open(ordinal));
   return std::unique_ptr<quant::ForwardOps>(
-      new CudaForwardOps(ordinal, options, std::move(stream), std::move(blas)));
+      new CudaForwardOps(ordinal, options, std::move(s.stream), std::move(s.blas)));
 }
 
 }  // namespace quantd::cuda

@@ -4,16 +4,12 @@
 
 #include <algorithm>
 
+#include "engine/device/cuda/kernel_util.cuh"
+
 namespace quantd::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int64_t kFwhtChunk = 4096;  // doubles in shared memory per block: 32 KiB
-constexpr int64_t kMaxBlocks = 65535 * 16;
-
-int Blocks(int64_t work) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks)));
-}
 
 __global__ void FloatToDoubleKernel(const float* in, double* out, int64_t count) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;

@@ -1,5 +1,7 @@
 #include "engine/device/cuda/cuda_resources.h"
 
+#include "engine/device/cuda/cuda_device.h"
+
 namespace quantd::cuda {
 
 absl::StatusOr<Stream> Stream::Create() {
@@ -63,6 +65,25 @@ CusolverHandle& CusolverHandle::operator=(CusolverHandle&& o) noexcept {
 
 CusolverHandle::~CusolverHandle() {
   if (h_ != nullptr) cusolverDnDestroy(h_);
+}
+
+absl::StatusOr<CudaSession> CudaSession::Open(int ordinal) {
+  if (ordinal < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda:", ordinal, ": negative GPU ordinal"));
+  }
+  const int count = CudaDeviceCount();
+  if (ordinal >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", ordinal, ": no such GPU (this machine has ", count, ")"));
+  }
+  QUANTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(ordinal));
+  QUANTD_ASSIGN_OR_RETURN(Stream stream, Stream::Create());
+  QUANTD_ASSIGN_OR_RETURN(CublasHandle blas, CublasHandle::Create(stream.get()));
+  return CudaSession{ordinal, std::move(stream), std::move(blas)};
+}
+
+absl::Status CudaSession::Select() const {
+  return CudaStatus(cudaSetDevice(ordinal), absl::StrCat("cudaSetDevice(", ordinal, ")"));
 }
 
 }  // namespace quantd::cuda

@@ -2,7 +2,8 @@
 // handle. Each is created by a static factory that returns a status naming the failed call
 // (RESOURCE_EXHAUSTED when memory runs out, FAILED_PRECONDITION without a usable GPU) and is
 // released in its destructor; nothing outside this file calls cudaMalloc/cudaFree or
-// create/destroy functions directly. All are move-only.
+// create/destroy functions directly. All are move-only. Also the small helpers every CUDA op
+// file uses: Ensure (grow a scratch buffer) and FitsInt (cuBLAS's int dimensions).
 // Thread-safety: an object may be used by one thread at a time; the caller selects the GPU
 // (cudaSetDevice) before creating or using one.
 #ifndef QUANTD_ENGINE_DEVICE_CUDA_CUDA_RESOURCES_H_
@@ -14,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -69,6 +71,23 @@ class DeviceBuffer {
   size_t count_ = 0;
 };
 
+// Grows `buf` to at least `count` elements (contents not kept).
+template <typename T>
+absl::Status Ensure(DeviceBuffer<T>* buf, size_t count) {
+  if (buf->size() >= count) return absl::OkStatus();
+  *buf = DeviceBuffer<T>();
+  QUANTD_ASSIGN_OR_RETURN(*buf, DeviceBuffer<T>::Allocate(count));
+  return absl::OkStatus();
+}
+
+// INVALID_ARGUMENT naming `what` when v exceeds the int range of cuBLAS's dimensions.
+inline absl::Status FitsInt(int64_t v, const char* what) {
+  if (v > std::numeric_limits<int>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " ", v, " exceeds cuBLAS's int range"));
+  }
+  return absl::OkStatus();
+}
+
 class Stream {
  public:
   static absl::StatusOr<Stream> Create();
@@ -116,6 +135,20 @@ class CusolverHandle {
  private:
   explicit CusolverHandle(cusolverDnHandle_t h) : h_(h) {}
   cusolverDnHandle_t h_ = nullptr;
+};
+
+// What an op session (the forward's, the backward's) owns: GPU `ordinal` selected, a stream
+// and a cuBLAS handle on it (declared after the stream: destroyed first).
+struct CudaSession {
+  // INVALID_ARGUMENT for a negative ordinal, FAILED_PRECONDITION for a GPU this machine lacks,
+  // else the resources' errors.
+  static absl::StatusOr<CudaSession> Open(int ordinal);
+  // cudaSetDevice(ordinal) as a status (before each op: the caller's thread may have another).
+  absl::Status Select() const;
+
+  int ordinal = 0;
+  Stream stream;
+  CublasHandle blas;
 };
 
 }  // namespace quantd::cuda

@@ -4,56 +4,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
-#include <cmath>
+#include "engine/device/cuda/kernel_util.cuh"
 
 namespace quantd::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 65535 * 16;
-
-int Blocks(int64_t work) {
-  return static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, kMaxBlocks)));
-}
-
-#define QUANTD_GRID_STRIDE(i, count)                                           \
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (count); \
-       i += int64_t{gridDim.x} * blockDim.x)
-
-template <typename T>
-__device__ T WarpSum(T v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Block-wide sum / max (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
-template <typename T>
-__device__ T BlockSum(T v, T* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = WarpSum(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  T total = 0;
-  for (int w = 0; w < warps; ++w) total += scratch[w];
-  return total;
-}
-__device__ float BlockMax(float v, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = WarpMax(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float m = -INFINITY;
-  for (int w = 0; w < warps; ++w) m = fmaxf(m, scratch[w]);
-  return m;
-}
 
 __global__ void ToHalfKernel(const float* in, uint16_t* out, int64_t count, bool bf16) {
   QUANTD_GRID_STRIDE(i, count) {
