@@ -19,13 +19,15 @@
 // Token files are .u16/.u32/.npy; a .txt file is encoded whole with the model's tokenizer and
 // no BOS (the GPTQ WikiText-2 convention: the text is one stream). The calibration sequences are
 // cut from it by model::CalibrationWindows (--calib-sampling, --calib-seed, --start-token), and
-// the Hessians weight each sequence's first token --sink-weight times (model::TokenWeighting).
+// the Hessians weight each sequence's first token --sink-weight times (model::TokenWeighting),
+// and with --massive-ratio R (or a config's MR) each layer's massive-activation tokens too.
 #include <omp.h>
 
 #include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -81,6 +83,10 @@ int RunMethods(const Flags& flags) {
   // (model::TokenWeighting; default the service's, model::kDefaultSinkWeight; 1 = unweighted, the
   // tables before issue 24). A config's sX overrides it.
   auto sink_weight = flags.GetDouble("sink-weight", model::kDefaultSinkWeight);
+  // --massive-ratio R (> 0): "sink+massive", the rows whose max |residual| entering a layer is
+  // ≥ R × their sequence's median of it also get the sink weight (model::MassiveRows); 0 = off.
+  // A config's MX overrides it.
+  auto massive_ratio = flags.GetDouble("massive-ratio", 0);
   const std::string configs = flags.Get("configs", "rtn/2,rtn/3,rtn/4,gptq/2,gptq/3,gptq/4");
   // Bit budget rows (METHOD/bX): the objectives to allocate with, and the calibration tokens the
   // "measured" sensitivity is taken on.
@@ -101,12 +107,12 @@ int RunMethods(const Flags& flags) {
   if (dir.empty() || calib_path.empty() || eval_path.empty() || !seqs.ok() || !seq_len.ok() ||
       !eval_tokens.ok() || !trellis_l.ok() || !group_size.ok() || !mse_clip.ok() ||
       !act_order.ok() || !sequential.ok() || !damp.ok() || !sens_tokens.ok() || !sink_weight.ok() ||
-      !(*sink_weight > 0) || *seqs < 1 || *seq_len < 2 || *sens_tokens < 2) {
+      !(*sink_weight > 0) || !massive_ratio.ok() || !(*massive_ratio >= 0) || *seqs < 1 || *seq_len < 2 || *sens_tokens < 2) {
     std::fprintf(stderr,
                  "usage: quantd-bench methods --model DIR --calib TOKENS|TXT --eval TOKENS|TXT "
                  "[--configs rtn/2,gptq/2,quarot/4/g64,gptq/4/g32amd0.1 (a: act order, m: mse clip, dX: "
-                 "damp X, sX: sink weight X; d and s last),quip-sharp/b2.5 (bit budget: 2.5 bits on "
-                 "average),...|''] [--sink-weight 16] "
+                 "damp X, sX: sink weight X, MX: massive-token ratio X),quip-sharp/b2.5 (bit budget: 2.5 bits on "
+                 "average),...|''] [--sink-weight 16] [--massive-ratio 0] "
                  "[--budget-weights abs,rel,measured] [--sens-tokens 1024] "
                  "[--calib-seqs 16] [--seq-len 512] [--calib-sampling first|random] [--calib-seed 0] "
                  "[--start-token none|auto] [--grid q4_0|...] [--save DIR [--gguf 1]] "
@@ -214,7 +220,7 @@ int RunMethods(const Flags& flags) {
   std::map<std::string, std::vector<double>> dnll_cache;  // measured sensitivities, by method
   // Each capture (fp or rotated model, sink weight) is made once, by the first config that
   // needs it (its row reports the time).
-  std::map<std::pair<bool, double>, std::unique_ptr<model::HessianCapture>> caps;
+  std::map<std::tuple<bool, double, double>, std::unique_ptr<model::HessianCapture>> caps;
   bool rotated = false;
   model::LlamaConfig rot_cfg;
   model::LlamaWeights rot_fp;
@@ -237,7 +243,8 @@ int RunMethods(const Flags& flags) {
       }
       mb[1] = "2";
     }
-    double config_sink = 0;  // 0: --sink-weight
+    double config_sink = 0;     // 0: --sink-weight
+    double config_massive = 0;  // 0: --massive-ratio
     auto method = mb.size() == 2 || mb.size() == 3 ? quant::ParseMethod(mb[0])
                                                    : absl::InvalidArgumentError("bad");
     bool bad = !method.ok() || !absl::SimpleAtoi(mb[1], &bits);
@@ -256,19 +263,21 @@ int RunMethods(const Flags& flags) {
           config_mse = true;
         } else if (opt[k] == 'h') {  // h: Hessian-diagonal-weighted grid choice (hessian_scale)
           config_hscale = true;
-        } else if (opt[k] == 'd') {  // dX: damping X for this config (last option)
-          bad = !absl::SimpleAtod(opt.substr(k + 1), &config_damp);
-          break;
-        } else if (opt[k] == 's') {  // sX: sink weight X for this config (last option)
-          bad = !absl::SimpleAtod(opt.substr(k + 1), &config_sink) || !(config_sink > 0);
-          break;
+        } else if (opt[k] == 'd' || opt[k] == 's' || opt[k] == 'M') {
+          // dX: damping X; sX: sink weight X; MX: massive-token ratio X ("sink+massive").
+          size_t e = k + 1;
+          while (e < opt.size() && (std::isdigit(static_cast<unsigned char>(opt[e])) || opt[e] == '.')) ++e;
+          double v = 0;
+          bad = !absl::SimpleAtod(opt.substr(k + 1, e - k - 1), &v) || !(v > 0);
+          (opt[k] == 'd' ? config_damp : opt[k] == 's' ? config_sink : config_massive) = v;
+          k = e - 1;
         } else {
           bad = true;
         }
       }
     }
     if (bad) {
-      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS[/[gN][a][m][h][dX]]\n", c.c_str());
+      std::fprintf(stderr, "bad config \"%s\": expected METHOD/BITS[/[gN][a][m][h][dX][sX][MX]]\n", c.c_str());
       return 2;
     }
     quant::QuantSpec spec;
@@ -317,7 +326,9 @@ int RunMethods(const Flags& flags) {
     const model::LlamaWeights& src = rotate ? rot_fp : *fp;
     model::TokenWeighting tw;
     tw.sink_weight = config_sink > 0 ? config_sink : *sink_weight;
-    std::unique_ptr<model::HessianCapture>& cap_slot = caps[{rotate, tw.sink_weight}];
+    tw.massive_ratio = config_massive > 0 ? config_massive : *massive_ratio;
+    std::unique_ptr<model::HessianCapture>& cap_slot =
+        caps[{rotate, tw.sink_weight, tw.massive_ratio}];
     if (!*sequential && !cap_slot) {
       auto fc = capture(mcfg, src, tw);
       if (!fc.ok()) {
@@ -436,6 +447,11 @@ int RunMethods(const Flags& flags) {
     if (spec.hessian_scale) out["hessian_scale"] = true;
     if (spec.damp != 0.01) out["damp"] = spec.damp;
     out["sink_weight"] = tw.sink_weight;
+    if (tw.Massive()) {
+      out["massive_ratio"] = tw.massive_ratio;
+      // Rows flagged beyond the position weights, over layers (of the last capture used).
+      if (!*sequential) out["massive_flags"] = cap_slot->MassiveFlags();
+    }
     if (!save_dir.empty()) {
       if (rotate) {
         std::fprintf(stderr, "--save: quarot artifacts are not written by the bench\n");

@@ -190,6 +190,10 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
     QUANTD_ASSIGN_OR_RETURN(double sw, ParseDouble("--sink-weight", a.Get("--sink-weight")));
     spec->set_sink_weight(sw);
   }
+  if (a.Has("--massive-ratio")) {
+    QUANTD_ASSIGN_OR_RETURN(double mr, ParseDouble("--massive-ratio", a.Get("--massive-ratio")));
+    spec->set_massive_ratio(mr);
+  }
   QUANTD_ASSIGN_OR_RETURN(int32_t eval_ctx, OptionalInt(a, "--eval-context", 1, 0));
   r.set_eval_context(eval_ctx);
 
@@ -279,6 +283,7 @@ const std::vector<CommandSpec>& Commands() {
         {"--start-token", true},
         {"--token-weighting", true},
         {"--sink-weight", true},
+        {"--massive-ratio", true},
         {"--eval-context", true},
         {"--wait", false},
         {"--json", false},
@@ -425,8 +430,8 @@ commands:
          [--finetune [--ft-epochs N] [--ft-lr X] [--ft-batch N] [--ft-holdout N] [--ft-patience N]] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
          [--trellis-l L] [--seq-len N] [--calib-seqs N] [--calib-sampling {first,random}]
-         [--calib-seed N] [--start-token {auto,none}] [--token-weighting {sink,none}]
-         [--sink-weight W] [--eval-context N]
+         [--calib-seed N] [--start-token {auto,none}] [--token-weighting {sink,none,sink+massive}]
+         [--sink-weight W] [--massive-ratio R] [--eval-context N]
          [--wait [--progress-interval S]] [--json] [--max-ppl-ratio R]
       Submits a quantization job and prints its id (or, with --json, the job). Paths are made
       absolute. Without --request-id a random one is used (the same id returns the same job).
@@ -446,7 +451,9 @@ commands:
       model's start token (where its tokenizer.json adds one, e.g. Llama's BOS) at the head of
       every calibration sequence and evaluation window; none does not. --token-weighting sink
       (the default for every method but rtn) weights each sequence's first token --sink-weight
-      times (default 16) in the Hessians; none weights all tokens alike.
+      times (default 16) in the Hessians; none weights all tokens alike; sink+massive also
+      gives that weight, layer by layer, to each token whose largest activation entering the
+      layer is at least --massive-ratio times its sequence's median (default 100).
   watch JOB [--json] [--progress-interval S]
       Shows progress until the job ends, then its state, version and perplexities.
       Re-attaches if the connection breaks (up to 120 s). On a terminal: one line redrawn

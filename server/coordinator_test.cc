@@ -290,6 +290,15 @@ TEST_F(CoordinatorTest, TokenWeightingAndCalibrationSamplingAreRecordedAndValida
   EXPECT_NE(sub_none->job().spec_fingerprint(), job.spec_fingerprint());
   // Different windows, different calibration tokens.
   EXPECT_NE(sub_none->job().calib_fingerprint(), job.calib_fingerprint());
+  // "sink+massive" is recorded with its ratio's default, and fingerprinted apart from "sink".
+  quantd::v1::SubmitJobRequest massive = Request("req-sink-massive", "sink-massive");
+  massive.mutable_spec()->set_token_weighting("sink+massive");
+  auto sub_massive = coord_->Submit(massive);
+  ASSERT_TRUE(sub_massive.ok()) << sub_massive.status();
+  EXPECT_EQ(sub_massive->job().spec().token_weighting(), "sink+massive");
+  EXPECT_EQ(sub_massive->job().spec().sink_weight(), runner::kDefaultSinkWeight);
+  EXPECT_EQ(sub_massive->job().spec().massive_ratio(), model::kDefaultMassiveRatio);
+  EXPECT_NE(sub_massive->job().spec_fingerprint(), job.spec_fingerprint());
 
   // The Hessian tasks carry the spec (the worker weights the rows from it).
   const std::string w = RegisterWorker("w-sink");
@@ -310,6 +319,12 @@ TEST_F(CoordinatorTest, TokenWeightingAndCalibrationSamplingAreRecordedAndValida
       {[](auto* r) { r->mutable_spec()->set_token_weighting("massive"); }, "massive"},
       {[](auto* r) { r->mutable_spec()->set_sink_weight(0.5); }, "0.5"},
       {[](auto* r) { r->mutable_spec()->set_sink_weight(1e9); }, "1e+09"},
+      {[](auto* r) { r->mutable_spec()->set_massive_ratio(50); }, "massive_ratio 50"},
+      {[](auto* r) {
+         r->mutable_spec()->set_token_weighting("sink+massive");
+         r->mutable_spec()->set_massive_ratio(1);
+       },
+       "massive_ratio 1"},
       {[](auto* r) {
          r->mutable_spec()->set_token_weighting("none");
          r->mutable_spec()->set_sink_weight(8);

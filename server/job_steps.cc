@@ -218,7 +218,10 @@ absl::StatusOr<int> PhaseRunner::Publish(const quantd::v1::Job& job,
   // Hessian token weighting (issue 24); jobs stored before it have neither field.
   if (!job.spec().token_weighting().empty()) {
     m["spec"]["token_weighting"] = job.spec().token_weighting();
-    if (job.spec().token_weighting() == "sink") m["spec"]["sink_weight"] = job.spec().sink_weight();
+    if (job.spec().token_weighting() != "none") m["spec"]["sink_weight"] = job.spec().sink_weight();
+    if (job.spec().token_weighting() == "sink+massive") {
+      m["spec"]["massive_ratio"] = job.spec().massive_ratio();
+    }
   }
   {
     // Which engine formats `quantctl fetch --format` can write for this version.

@@ -209,10 +209,11 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
   for (int64_t s = begin; s < end; s += len) {
     seqs.emplace_back(tokens.data() + s, static_cast<size_t>(len));
   }
-  // Each sequence's first token (the attention sink) weighted as the spec says (issue 24).
+  // Each sequence's first token (the attention sink), and with "sink+massive" each layer's
+  // massive-activation tokens, weighted as the spec says (issue 24).
   QUANTD_ASSIGN_OR_RETURN(model::TokenWeighting weighting, TokenWeightingFromProto(task.spec()));
-  std::vector<double> row_weights =
-      model::RowWeights(std::vector<int64_t>(seqs.size(), len), weighting);
+  const std::vector<int64_t> seq_lengths(seqs.size(), len);
+  std::vector<double> row_weights = model::RowWeights(seq_lengths, weighting);
 
   // Named after this process, so a later worker can tell a dead one's leftovers
   // (RemoveStaleShards).
@@ -247,6 +248,8 @@ absl::StatusOr<TaskResult> RunHessian(const Task& task, const BlobResolver& blob
                                 std::string_view(reinterpret_cast<const char*>(&n), 8));
         },
         std::move(row_weights));
+    // "sink+massive": each layer's massive-activation rows weighted too, from its residual.
+    stream.WeightMassiveRows(seq_lengths, weighting);
     QUANTD_RETURN_IF_ERROR(model::ForwardBatch(cfg, *src, seqs, &stream, &ops.ops()).status());
     return writer->Finish();
   }();

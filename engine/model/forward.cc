@@ -48,6 +48,12 @@ absl::Status CheckWeights(const LlamaConfig& cfg, const LlamaWeights& w) {
 
 }  // namespace
 
+absl::Status ActivationSink::OnDeviceResidual(quant::ForwardOps& ops, int layer,
+                                              const quant::DeviceMatrix& x) {
+  if (const MatrixF* h = ops.HostMatrix(x)) OnResidual(layer, *h);
+  return absl::OkStatus();
+}
+
 absl::Status ActivationSink::OnDeviceInput(quant::ForwardOps& ops, int layer, LinearGroup group,
                                            const quant::DeviceMatrix& x) {
   if (const MatrixF* h = ops.HostMatrix(x)) {
@@ -89,6 +95,7 @@ absl::StatusOr<MatrixF> Forward(const LlamaConfig& cfg, const LlamaWeights& w,
   MatrixF h, q, k, v, attn(T, nh * hd), scores, g, u;
   for (int layer = 0; layer < cfg.num_layers; ++layer) {
     const LayerWeights& lw = w.layers[layer];
+    if (sink) sink->OnResidual(layer, x);
     ops::Norm(cfg, x, lw.attn_norm, &h);
     if (sink) sink->OnLinearInput(layer, LinearGroup::kQkv, h);
     q.noalias() = h * lw.q.transpose();

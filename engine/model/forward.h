@@ -26,6 +26,12 @@ class ActivationSink {
  public:
   virtual ~ActivationSink() = default;
   virtual void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) = 0;
+  // The residual stream entering `layer` (before its attention norm), for every row: called
+  // before the layer's OnLinearInput calls. Default: nothing.
+  virtual void OnResidual(int layer, const MatrixF& x) {
+    (void)layer;
+    (void)x;
+  }
   // When ≥ 0, Forward stops after this layer (a sink that only needs the first layers, e.g. a
   // layer-by-layer GPTQ capture) and returns a 0 × vocab matrix. Default: −1, the whole model.
   virtual int StopAfterLayer() const { return -1; }
@@ -37,6 +43,11 @@ class ActivationSink {
   // the host; downloaded from a device). Errors stop the forward.
   virtual absl::Status OnDeviceInput(quant::ForwardOps& ops, int layer, LinearGroup group,
                                      const quant::DeviceMatrix& x);
+  // The layer-streamed ForwardBatch calls this (not OnResidual) with the residual in the ops'
+  // memory. Default: OnResidual with the host matrix where the ops keep it on the host, nothing
+  // on a device (a sink that needs it there overrides this and downloads it).
+  virtual absl::Status OnDeviceResidual(quant::ForwardOps& ops, int layer,
+                                        const quant::DeviceMatrix& x);
   virtual absl::Status OnLayerDone(int layer) {
     (void)layer;
     return absl::OkStatus();

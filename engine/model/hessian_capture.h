@@ -9,7 +9,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -26,27 +28,55 @@ namespace quantd::model {
 // perplexity 60.77 to 44.20 (64: 46.85; docs/benchmarks.md, "Sink-weighted Hessians").
 inline constexpr double kDefaultSinkWeight = 16;
 
+// Default threshold of the "sink+massive" weighting (TokenWeighting::massive_ratio): a token is
+// massive at a layer when its largest |activation| in the residual stream entering the layer is
+// at least this many times the median over its sequence's tokens of their largest |activation|.
+// On SmolLM2-135M's calibration windows the typical token sits within 1.5x of that median, the
+// largest ordinary outliers (" the" in layers 3-9) reach 25x and the sink ~300x from layer 12 on
+// (docs/algorithms.md "Massive-activation tokens"): 100 lies in that gap.
+inline constexpr double kDefaultMassiveRatio = 100;
+
 // Per-token weights of the Hessian sums (issue 24). A sequence's first positions are the model's
 // attention sink: every later query attends to them, so an error in their keys/values reaches
 // every output, yet they are a tiny share of the rows of XᵀX. Weighting them up makes the
 // layer-wise proxy see that (docs/ALGORITHMS.md "Sink-weighted Hessians" gives the measurement).
+// With massive_ratio > 0 the tokens with massive activations (Sun et al. 2024: the tokens that
+// act as attention sinks besides the first) get the sink weight too, chosen per layer from the
+// residual stream entering it (MassiveRows).
 struct TokenWeighting {
   // Weight of the rows at positions [0, sink_positions) of every sequence. Default: 1 (none).
   double sink_weight = 1;
   // Number of leading positions weighted. Default: 1.
   int sink_positions = 1;
+  // > 0: also weight sink_weight the rows MassiveRows flags at this ratio. Default: 0 (off).
+  double massive_ratio = 0;
 
-  // The weight of the row at `position` (0-based within its sequence).
+  // The weight of the row at `position` (0-based within its sequence), by position alone.
   double WeightAt(int64_t position) const {
     return position < sink_positions ? sink_weight : 1.0;
   }
   // True when every weight is 1 (the sums are then exactly the unweighted ones).
-  bool IsUniform() const { return sink_weight == 1.0 || sink_positions <= 0; }
+  bool IsUniform() const {
+    return sink_weight == 1.0 || (sink_positions <= 0 && massive_ratio <= 0);
+  }
+  bool Massive() const { return massive_ratio > 0 && sink_weight != 1.0; }
 };
 
 // Per-row weights of a batch of sequences laid out one after another (ForwardBatch's rows):
 // row r of sequence s gets w.WeightAt(r - start of s). Empty when w is uniform.
 std::vector<double> RowWeights(absl::Span<const int64_t> seq_lengths, const TokenWeighting& w);
+
+// The rows of `residual` (the residual stream of sequences laid out one after another, lengths
+// `seq_lengths`, summing to its rows) whose max |x| is at least `ratio` times the median over
+// the rows of their own sequence of max |x| (the upper median for an even count). A sequence of
+// equal rows flags none (ratio > 1); a zero median flags the rows with any non-zero entry.
+std::vector<int64_t> MassiveRows(const MatrixF& residual, absl::Span<const int64_t> seq_lengths,
+                                 double ratio);
+
+// `base` (RowWeights of the batch; empty = all 1) with w.sink_weight on MassiveRows(residual,
+// seq_lengths, w.massive_ratio); `base` itself when w is not Massive().
+std::vector<double> LayerRowWeights(const MatrixF& residual, absl::Span<const int64_t> seq_lengths,
+                                    const TokenWeighting& w, const std::vector<double>& base);
 
 class HessianCapture : public ActivationSink {
  public:
@@ -62,7 +92,14 @@ class HessianCapture : public ActivationSink {
   // column count that does not match the group (cannot happen with Forward).
   void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
 
+  // With w.Massive(): flags this sequence's massive rows for the layer's next inputs (the
+  // reference Forward calls it on the sequence's thread before the layer's inputs).
+  void OnResidual(int layer, const MatrixF& x) override;
+
   int StopAfterLayer() const override { return only_layer_; }
+
+  // Rows flagged massive so far, summed over layers and sequences (a row counts once per layer).
+  int64_t MassiveFlags() const;
 
   // [in x in], symmetric; 0 x 0 for a layer that a single-layer capture does not hold.
   const MatrixD& Sum(int layer, LinearGroup g) const;
@@ -77,7 +114,16 @@ class HessianCapture : public ActivationSink {
   Slot& At(int layer, LinearGroup g) const;
   std::vector<std::unique_ptr<Slot>> slots_;  // layer * kNumGroups + group
   int only_layer_ = -1;                       // -1: every layer
+  TokenWeighting weighting_;
   std::vector<double> row_weights_;           // by position; empty: uniform
+  // With weighting_.Massive(): the current layer's row weights of the sequence each thread is
+  // running (Forward runs one sequence per thread, OnResidual before the layer's inputs).
+  struct MassiveState {
+    Mutex mu;
+    std::map<std::thread::id, std::vector<double>> thread_weights ABSL_GUARDED_BY(mu);
+    int64_t flags ABSL_GUARDED_BY(mu) = 0;
+  };
+  std::unique_ptr<MassiveState> massive_ = std::make_unique<MassiveState>();  // movable
 };
 
 // Adds xᵀx (fp64; x is rows x n fp32) to `sum` (n x n, symmetric, both triangles filled).
@@ -102,12 +148,19 @@ class LayerHessianStream : public ActivationSink {
                                           int64_t tokens)>;
   LayerHessianStream(const LlamaConfig& cfg, int first, int last, Emit emit,
                      std::vector<double> row_weights = {});
+  // With w.Massive(): each captured layer's rows are weighted by LayerRowWeights of the residual
+  // entering it (the batch's sequences have lengths `seq_lengths`), the constructor's
+  // row_weights as the base. On a GPU the residual is downloaded once per layer for this.
+  void WeightMassiveRows(std::vector<int64_t> seq_lengths, TokenWeighting w);
+  int64_t MassiveFlags() const { return massive_flags_; }
 
   // Host rows (the CPU's ops). Errors are reported by the next OnLayerDone.
   void OnLinearInput(int layer, LinearGroup group, const MatrixF& x) override;
   absl::Status OnDeviceInput(quant::ForwardOps& ops, int layer, LinearGroup group,
                              const quant::DeviceMatrix& x) override;
   absl::Status OnLayerDone(int layer) override;
+  absl::Status OnDeviceResidual(quant::ForwardOps& ops, int layer,
+                                const quant::DeviceMatrix& x) override;
   int StopAfterLayer() const override { return stop_after_; }
 
  private:
@@ -115,6 +168,11 @@ class LayerHessianStream : public ActivationSink {
   int first_, last_, stop_after_;
   Emit emit_;
   std::vector<double> row_weights_;
+  std::vector<int64_t> seq_lengths_;       // WeightMassiveRows
+  TokenWeighting massive_;                 // WeightMassiveRows; default: off
+  std::vector<double> layer_weights_;      // the current layer's, with massive rows
+  bool layer_weighted_ = false;            // layer_weights_ holds the current layer's
+  int64_t massive_flags_ = 0;
   std::unique_ptr<quant::ForwardOps> host_ops_;  // for OnLinearInput
   quant::ForwardOps* ops_ = nullptr;             // the ops the sums_ belong to
   std::unique_ptr<quant::DeviceGram> sums_[kNumGroups];

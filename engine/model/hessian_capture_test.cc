@@ -235,5 +235,129 @@ TEST(HessianCaptureTest, ConcurrentForwardsAccumulateEverything) {
     }
 }
 
+// Issue 24, "sink+massive": the rule flags exactly the planted rows (one entry hundreds of times
+// the typical row's largest), per sequence of a batch, and nothing when every row is alike.
+TEST(HessianCaptureTest, MassiveRowsPickThePlantedTokens) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  MatrixF r(11, 8);  // sequences of 6 and 5 rows
+  for (Eigen::Index i = 0; i < r.size(); ++i) r.data()[i] = n(rng);
+  r(3, 2) = 500.0f;   // sequence 0, position 3
+  r(8, 5) = -800.0f;  // sequence 1, position 2
+  EXPECT_EQ(MassiveRows(r, {6, 5}, 100), (std::vector<int64_t>{3, 8}));
+  EXPECT_TRUE(MassiveRows(r, {6, 5}, 1e5).empty());
+  MatrixF same = MatrixF::Constant(6, 8, 0.5f);
+  same.col(3).setConstant(900.0f);  // a massive channel in every row: no row stands out
+  EXPECT_TRUE(MassiveRows(same, {6}, 2).empty());
+  TokenWeighting tw;
+  tw.sink_weight = 16;
+  tw.massive_ratio = 100;
+  EXPECT_TRUE(tw.Massive());
+  const std::vector<double> w = LayerRowWeights(r, {6, 5}, tw, RowWeights({6, 5}, tw));
+  const std::vector<double> want = {16, 1, 1, 16, 1, 1, 16, 1, 16, 1, 1};
+  EXPECT_EQ(w, want);
+  TokenWeighting sink_only = tw;
+  sink_only.massive_ratio = 0;
+  EXPECT_EQ(LayerRowWeights(r, {6, 5}, sink_only, RowWeights({6, 5}, sink_only)),
+            RowWeights({6, 5}, sink_only));
+}
+
+// Records the residual entering each layer and every linear input, per sequence.
+class ResidualRecorder : public Recorder {
+ public:
+  void OnResidual(int layer, const MatrixF& x) override { residuals.push_back({layer, x}); }
+  std::vector<std::pair<int, MatrixF>> residuals;
+};
+
+// A token whose embedding holds one massive entry is flagged in every layer its residual keeps
+// it, and both captures (reference Forward, layer-streamed ForwardBatch) equal the naive
+// Σ w_t x_tᵀx_t with w = 16 on the first and on the flagged rows. With every token the same
+// the weighting flags nothing: the sums are bit for bit the sink-only ones.
+TEST(HessianCaptureTest, MassiveWeightedSumsEqualNaiveAndEqualTokensChangeNothing) {
+  const LlamaConfig c = SmallConfig();
+  LlamaWeights w = RandomWeights(c, 17);
+  w.embed(31, 4) = 3000.0f;  // token 31 carries a massive activation from the embedding on
+  const std::vector<std::vector<int32_t>> seqs = {{1, 5, 9, 31, 0, 4, 4}, {3, 31, 1}};
+  TokenWeighting tw;
+  tw.sink_weight = 16;
+  tw.massive_ratio = 100;
+  HessianCapture cap(c, -1, tw);
+  ResidualRecorder rec;
+  for (const auto& s : seqs) {
+    ASSERT_TRUE(Forward(c, w, s, &cap).ok());
+    ASSERT_TRUE(Forward(c, w, s, &rec).ok());
+  }
+  // The planted token is flagged at layer 0 in both sequences, and nothing else is.
+  ASSERT_EQ(rec.residuals.size(), seqs.size() * c.num_layers);
+  EXPECT_EQ(MassiveRows(rec.residuals[0].second, {7}, 100), (std::vector<int64_t>{3}));
+  EXPECT_EQ(MassiveRows(rec.residuals[c.num_layers].second, {3}, 100),
+            (std::vector<int64_t>{1}));
+  EXPECT_GE(cap.MassiveFlags(), 2);
+  // Naive weights from the recorded residuals, per (sequence, layer).
+  std::vector<std::vector<int64_t>> lengths = {{7}, {3}};
+  std::map<std::pair<int, int>, MatrixD> streamed;
+  MemoryWeightSource src(c, w);
+  LayerHessianStream stream(
+      c, 0, c.num_layers,
+      [&](int layer, LinearGroup g, const MatrixD& sum, int64_t tokens) -> absl::Status {
+        EXPECT_EQ(tokens, 10);
+        streamed[{layer, static_cast<int>(g)}] = sum;
+        return absl::OkStatus();
+      },
+      RowWeights({7, 3}, tw));
+  stream.WeightMassiveRows({7, 3}, tw);
+  std::vector<absl::Span<const int32_t>> spans(seqs.begin(), seqs.end());
+  ASSERT_TRUE(ForwardBatch(c, src, spans, &stream).ok());
+  EXPECT_EQ(stream.MassiveFlags(), cap.MassiveFlags());
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) {
+      const int in = GroupInputDim(c, g);
+      MatrixD naive = MatrixD::Zero(in, in);
+      int seq_index = 0;
+      for (const auto& call : rec.seen) {
+        if (call.layer != l || call.g != g) continue;
+        // Calls come sequence by sequence; this one's residual at layer l.
+        const MatrixF& res = rec.residuals[seq_index * c.num_layers + l].second;
+        const std::vector<double> wt = LayerRowWeights(
+            res, {res.rows()}, tw, RowWeights({res.rows()}, tw));
+        for (Eigen::Index t = 0; t < call.x.rows(); ++t) {
+          for (int i = 0; i < in; ++i)
+            for (int j = 0; j < in; ++j)
+              naive(i, j) += wt[t] * static_cast<double>(call.x(t, i)) * static_cast<double>(call.x(t, j));
+        }
+        ++seq_index;
+      }
+      const double scale = 1 + naive.cwiseAbs().maxCoeff();
+      EXPECT_LT((cap.Sum(l, g) - naive).cwiseAbs().maxCoeff(), 1e-9 * scale)
+          << "layer " << l << " " << GroupName(g);
+      EXPECT_LT((streamed.at({l, static_cast<int>(g)}) - naive).cwiseAbs().maxCoeff(), 1e-4 * scale)
+          << "streamed layer " << l << " " << GroupName(g);
+    }
+  }
+  // Every token the same (even the massive one): every residual row is the same, so no row
+  // stands out and the sums are exactly the sink-only capture's.
+  TokenWeighting sink_only = tw;
+  sink_only.massive_ratio = 0;
+  const std::vector<int32_t> same(6, 31);
+  HessianCapture massive(c, -1, tw), sink(c, -1, sink_only);
+  ASSERT_TRUE(Forward(c, w, same, &massive).ok());
+  ASSERT_TRUE(Forward(c, w, same, &sink).ok());
+  EXPECT_EQ(massive.MassiveFlags(), 0);
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) EXPECT_EQ(massive.Sum(l, g), sink.Sum(l, g));
+  }
+  // Sink weight 1: uniform whatever the ratio, the unweighted sums bit for bit.
+  TokenWeighting one = tw;
+  one.sink_weight = 1;
+  EXPECT_TRUE(one.IsUniform());
+  EXPECT_FALSE(one.Massive());
+  HessianCapture plain(c), unit(c, -1, one);
+  ASSERT_TRUE(Forward(c, w, seqs[0], &plain).ok());
+  ASSERT_TRUE(Forward(c, w, seqs[0], &unit).ok());
+  for (int l = 0; l < c.num_layers; ++l) {
+    for (LinearGroup g : kAllGroups) EXPECT_EQ(plain.Sum(l, g), unit.Sum(l, g));
+  }
+}
+
 }  // namespace
 }  // namespace quantd::model

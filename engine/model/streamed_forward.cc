@@ -108,6 +108,7 @@ absl::StatusOr<MatrixF> ForwardBatch(const LlamaConfig& cfg, WeightSource& src,
     QUANTD_ASSIGN_OR_RETURN(auto wk, ops.BindWeight(lw->k, dtype));
     QUANTD_ASSIGN_OR_RETURN(auto wv, ops.BindWeight(lw->v, dtype));
     QUANTD_ASSIGN_OR_RETURN(auto wo, ops.BindWeight(lw->o, dtype));
+    if (sink) QUANTD_RETURN_IF_ERROR(sink->OnDeviceResidual(ops, layer, *x));
     QUANTD_RETURN_IF_ERROR(ops.RmsNorm(*x, lw->attn_norm, eps, norm_offset, h.get()));
     if (sink) QUANTD_RETURN_IF_ERROR(sink->OnDeviceInput(ops, layer, LinearGroup::kQkv, *h));
     QUANTD_RETURN_IF_ERROR(ops.MatMulT(*h, *wq, q.get(), false));

@@ -107,17 +107,22 @@ absl::StatusOr<model::TokenWeighting> TokenWeightingFromProto(const quantd::v1::
   // resumed old job gives the bytes it would have given.
   const std::string mode = p.token_weighting().empty() ? "none" : p.token_weighting();
   model::TokenWeighting w;
+  if (mode != "none" && mode != "sink" && mode != "sink+massive") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown token_weighting \"", p.token_weighting(),
+                     "\": expected \"none\", \"sink\" or \"sink+massive\""));
+  }
+  if (mode != "sink+massive" && p.massive_ratio() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("massive_ratio ", p.massive_ratio(),
+                                                   " given with token_weighting \"", mode,
+                                                   "\" (only \"sink+massive\" reads it)"));
+  }
   if (mode == "none") {
     if (p.sink_weight() != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "sink_weight ", p.sink_weight(), " given with token_weighting \"none\""));
     }
     return w;
-  }
-  if (mode != "sink") {
-    return absl::InvalidArgumentError(absl::StrCat("unknown token_weighting \"",
-                                                   p.token_weighting(),
-                                                   "\": expected \"none\" or \"sink\""));
   }
   const double sw = p.sink_weight() == 0 ? kDefaultSinkWeight : p.sink_weight();
   if (!std::isfinite(sw) || sw < 1 || sw > 65536) {
@@ -126,6 +131,14 @@ absl::StatusOr<model::TokenWeighting> TokenWeightingFromProto(const quantd::v1::
   }
   w.sink_weight = sw;
   w.sink_positions = 1;
+  if (mode == "sink+massive") {
+    const double r = p.massive_ratio() == 0 ? model::kDefaultMassiveRatio : p.massive_ratio();
+    if (!std::isfinite(r) || r < 2 || r > 1e6) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("massive_ratio ", p.massive_ratio(), " is outside [2, 1e6]"));
+    }
+    w.massive_ratio = r;
+  }
   return w;
 }
 
@@ -133,12 +146,11 @@ absl::Status FillTokenWeightingDefaults(quantd::v1::QuantSpec* p) {
   // Only methods that read Hessians are weighted by default (rtn is not).
   if (p->token_weighting().empty()) p->set_token_weighting(MethodOf(*p).uses_hessian ? "sink" : "none");
   QUANTD_ASSIGN_OR_RETURN(model::TokenWeighting w, TokenWeightingFromProto(*p));
-  if (w.IsUniform() && p->token_weighting() != "sink") {
-    p->set_token_weighting("none");
+  if (w.IsUniform() && p->token_weighting() == "none") {
     p->set_sink_weight(0);
   } else {
-    p->set_token_weighting("sink");
     p->set_sink_weight(w.sink_weight);
+    if (p->token_weighting() == "sink+massive") p->set_massive_ratio(w.massive_ratio);
   }
   return absl::OkStatus();
 }

@@ -46,13 +46,16 @@ inline constexpr double kDefaultSinkWeight = model::kDefaultSinkWeight;
 
 // The Hessian token weighting a stored (or task) spec asks for. token_weighting "" is a spec from
 // before token weighting existed and means "none" (unweighted, as such jobs were captured);
-// sink_weight 0 means kDefaultSinkWeight.
+// sink_weight 0 means kDefaultSinkWeight; "sink+massive" also weights massive-activation tokens,
+// massive_ratio 0 meaning model::kDefaultMassiveRatio.
 // INVALID_ARGUMENT naming the value for an unknown token_weighting, a sink_weight outside
-// [1, 65536] (or not finite), or a sink_weight with token_weighting "none".
+// [1, 65536] (or not finite), a massive_ratio outside [2, 1e6] (or not finite), a sink_weight
+// with token_weighting "none", or a massive_ratio with a mode other than "sink+massive".
 absl::StatusOr<model::TokenWeighting> TokenWeightingFromProto(const quantd::v1::QuantSpec& p);
 
 // At submit: writes the weighting's defaults into `p` (token_weighting "" becomes "sink" for every
-// method that reads Hessians and "none" for rtn; sink_weight set for "sink", 0 for "none"), so
+// method that reads Hessians and "none" for rtn; sink_weight set for "sink" and "sink+massive",
+// 0 for "none"; massive_ratio set for "sink+massive"), so
 // a stored spec and its fingerprint say what was used. Errors as TokenWeightingFromProto's.
 absl::Status FillTokenWeightingDefaults(quantd::v1::QuantSpec* p);
 

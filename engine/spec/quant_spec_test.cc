@@ -236,6 +236,35 @@ TEST(TokenWeightingFromProtoTest, DefaultsByMethodAndRefusals) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << mode << " " << weight;
     EXPECT_NE(r.status().message().find(named), std::string::npos) << r.status();
   }
+  // "sink+massive": the ratio's default is written into the spec; out-of-range ratios, and a
+  // ratio with another mode, are refused naming the value.
+  quantd::v1::QuantSpec m;
+  m.set_method("gptq");
+  m.set_token_weighting("sink+massive");
+  ASSERT_TRUE(FillTokenWeightingDefaults(&m).ok());
+  EXPECT_EQ(m.token_weighting(), "sink+massive");
+  EXPECT_EQ(m.sink_weight(), kDefaultSinkWeight);
+  EXPECT_EQ(m.massive_ratio(), model::kDefaultMassiveRatio);
+  auto mw = TokenWeightingFromProto(m);
+  ASSERT_TRUE(mw.ok()) << mw.status();
+  EXPECT_TRUE(mw->Massive());
+  EXPECT_EQ(mw->massive_ratio, model::kDefaultMassiveRatio);
+  m.set_massive_ratio(300);
+  EXPECT_EQ(TokenWeightingFromProto(m)->massive_ratio, 300);
+  for (auto [mode, ratio, named] :
+       {std::tuple<const char*, double, const char*>{"sink+massive", 1.5, "massive_ratio 1.5"},
+        {"sink+massive", 1e7, "massive_ratio 1e+07"},
+        {"sink+massive", std::nan(""), "massive_ratio nan"},
+        {"sink", 50, "massive_ratio 50"},
+        {"none", 50, "massive_ratio 50"}}) {
+    quantd::v1::QuantSpec b;
+    b.set_method("gptq");
+    b.set_token_weighting(mode);
+    b.set_massive_ratio(ratio);
+    auto r = TokenWeightingFromProto(b);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << mode << " " << ratio;
+    EXPECT_NE(r.status().message().find(named), std::string::npos) << r.status();
+  }
 }
 
 }  // namespace
