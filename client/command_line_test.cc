@@ -94,6 +94,17 @@ TEST(CommandLine, SubmitCalibrationAndWeightingFlags) {
   EXPECT_EQ(r.spec().token_weighting(), "sink");
   EXPECT_EQ(r.spec().sink_weight(), 32);
   EXPECT_FALSE(r.spec().hessian_scale());
+  auto mr = SubmitArgs();
+  mr.insert(mr.end(), {"--token-weighting", "sink+massive", "--massive-ratio", "250"});
+  auto with_mr = ParseCommandLine(mr, nullptr);
+  ASSERT_TRUE(with_mr.ok()) << with_mr.status();
+  EXPECT_EQ(with_mr->submit.spec().token_weighting(), "sink+massive");
+  EXPECT_EQ(with_mr->submit.spec().massive_ratio(), 250);
+  auto bad_mr = SubmitArgs();
+  bad_mr.insert(bad_mr.end(), {"--massive-ratio", "lots"});
+  auto bad = ParseCommandLine(bad_mr, nullptr);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("--massive-ratio"), std::string::npos) << bad.status();
   auto hs = SubmitArgs();
   hs.push_back("--hessian-scale");
   auto with_hs = ParseCommandLine(hs, nullptr);
