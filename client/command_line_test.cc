@@ -102,9 +102,10 @@ TEST(CommandLine, SubmitCalibrationAndWeightingFlags) {
   EXPECT_EQ(with_mr->submit.spec().massive_ratio(), 250);
   auto bad_mr = SubmitArgs();
   bad_mr.insert(bad_mr.end(), {"--massive-ratio", "lots"});
-  auto bad = ParseCommandLine(bad_mr, nullptr);
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("--massive-ratio"), std::string::npos) << bad.status();
+  auto bad_ratio = ParseCommandLine(bad_mr, nullptr);
+  EXPECT_EQ(bad_ratio.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_ratio.status().message().find("--massive-ratio"), std::string::npos)
+      << bad_ratio.status();
   auto hs = SubmitArgs();
   hs.push_back("--hessian-scale");
   auto with_hs = ParseCommandLine(hs, nullptr);
