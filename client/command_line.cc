@@ -121,7 +121,8 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
   spec->set_hessian_scale(a.Has("--hessian-scale"));
   // Fine-tuning after rounding (issue 27): the server fills the defaults and checks the ranges;
   // an --ft-* option without --finetune is refused there too, naming it.
-  for (const char* f : {"--ft-epochs", "--ft-lr", "--ft-batch", "--ft-holdout", "--ft-patience"}) {
+  for (const char* f : {"--ft-epochs", "--ft-lr", "--ft-batch", "--ft-holdout", "--ft-patience",
+                        "--ft-e2e", "--ft-e2e-epochs", "--ft-e2e-lr", "--ft-e2e-head"}) {
     if (a.Has(f) && !a.Has("--finetune")) {
       return Usage(absl::StrCat("submit: ", f, " needs --finetune"));
     }
@@ -142,6 +143,27 @@ absl::Status ParseSubmit(const ParsedArgs& a, Invocation* inv) {
     ft->set_holdout_sequences(holdout);
     QUANTD_ASSIGN_OR_RETURN(int32_t patience, OptionalInt(a, "--ft-patience", 1, 0));
     ft->set_patience(patience);
+    // The end-to-end KL stage: on unless --ft-e2e off (the server fills its defaults).
+    const std::string e2e = a.Get("--ft-e2e", "");
+    if (!e2e.empty() && e2e != "on" && e2e != "off") {
+      return Usage(absl::StrCat("--ft-e2e '", e2e, "' is not one of: on, off"));
+    }
+    if (e2e == "off") {
+      for (const char* f : {"--ft-e2e-epochs", "--ft-e2e-lr", "--ft-e2e-head"}) {
+        if (a.Has(f)) return Usage(absl::StrCat("submit: ", f, " needs --ft-e2e on"));
+      }
+    }
+    ft->set_e2e(e2e);
+    QUANTD_ASSIGN_OR_RETURN(int32_t e2e_epochs, OptionalInt(a, "--ft-e2e-epochs", 1, 0));
+    ft->set_e2e_epochs(e2e_epochs);
+    if (a.Has("--ft-e2e-lr")) {
+      QUANTD_ASSIGN_OR_RETURN(double lr, ParseDouble("--ft-e2e-lr", a.Get("--ft-e2e-lr")));
+      if (!(lr > 0 && lr <= 1)) {
+        return Usage(absl::StrCat("--ft-e2e-lr ", a.Get("--ft-e2e-lr"), " is not in (0, 1]"));
+      }
+      ft->set_e2e_learning_rate(lr);
+    }
+    ft->set_e2e_head(a.Has("--ft-e2e-head"));
   }
   spec->set_sequential(a.Has("--sequential"));
   spec->set_no_baseline_guard(a.Has("--no-baseline-guard"));
@@ -267,6 +289,10 @@ const std::vector<CommandSpec>& Commands() {
         {"--ft-batch", true},
         {"--ft-holdout", true},
         {"--ft-patience", true},
+        {"--ft-e2e", true},
+        {"--ft-e2e-epochs", true},
+        {"--ft-e2e-lr", true},
+        {"--ft-e2e-head", false},
         {"--sequential", false},
         {"--no-baseline-guard", false},
         {"--trellis-code", true},
@@ -427,7 +453,8 @@ commands:
          [--request-id ID] [--seed N] [--group-size N]
          [--grid {q4_0,q4_1,q5_0,q5_1,q8_0,gptq-sym,gptq-asym}]
          [--greedy-passes N] [--mse-clip] [--act-order] [--hessian-scale] [--sequential]
-         [--finetune [--ft-epochs N] [--ft-lr X] [--ft-batch N] [--ft-holdout N] [--ft-patience N]] [--damp X]
+         [--finetune [--ft-epochs N] [--ft-lr X] [--ft-batch N] [--ft-holdout N] [--ft-patience N]
+                     [--ft-e2e {on,off}] [--ft-e2e-epochs N] [--ft-e2e-lr X] [--ft-e2e-head]] [--damp X]
          [--codebook-scale X] [--no-baseline-guard] [--trellis-code {1mad,3inst,hyb}]
          [--trellis-l L] [--seq-len N] [--calib-seqs N] [--calib-sampling {first,random}]
          [--calib-seed N] [--start-token {auto,none}] [--token-weighting {sink,none,sink+massive}]

@@ -63,8 +63,29 @@ TEST(CommandLine, SubmitFinetuneFlags) {
   ASSERT_TRUE(d.ok()) << d.status();
   EXPECT_TRUE(d->submit.spec().finetune().enabled());
   EXPECT_EQ(d->submit.spec().finetune().epochs(), 0);  // the server fills its default
+  EXPECT_EQ(d->submit.spec().finetune().e2e(), "");     // on, filled in by the server
+  // The KL stage's options.
+  auto e2e = SubmitArgs();
+  e2e.insert(e2e.end(), {"--finetune", "--ft-e2e", "on", "--ft-e2e-epochs", "5", "--ft-e2e-lr",
+                         "0.0005", "--ft-e2e-head"});
+  auto e = ParseCommandLine(e2e, nullptr);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->submit.spec().finetune().e2e(), "on");
+  EXPECT_EQ(e->submit.spec().finetune().e2e_epochs(), 5);
+  EXPECT_DOUBLE_EQ(e->submit.spec().finetune().e2e_learning_rate(), 0.0005);
+  EXPECT_TRUE(e->submit.spec().finetune().e2e_head());
+  auto off = SubmitArgs();
+  off.insert(off.end(), {"--finetune", "--ft-e2e", "off"});
+  auto o = ParseCommandLine(off, nullptr);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->submit.spec().finetune().e2e(), "off");
   for (std::vector<std::string> extra :
        {std::vector<std::string>{"--ft-epochs", "3"},
+        std::vector<std::string>{"--ft-e2e", "off"},
+        std::vector<std::string>{"--finetune", "--ft-e2e", "maybe"},
+        std::vector<std::string>{"--finetune", "--ft-e2e-epochs", "0"},
+        std::vector<std::string>{"--finetune", "--ft-e2e-lr", "2"},
+        std::vector<std::string>{"--finetune", "--ft-e2e", "off", "--ft-e2e-epochs", "3"},
         std::vector<std::string>{"--finetune", "--ft-lr", "1.5"},
         std::vector<std::string>{"--finetune", "--ft-epochs", "0"},
         std::vector<std::string>{"--finetune", "--ft-holdout", "x"}}) {

@@ -49,6 +49,21 @@ std::string PhaseLabel(const v1::Job& j) {
 }
 
 std::string FinetunePhaseLabel(const v1::Job& j) {
+  if (j.has_finetune_e2e() && j.finetune_blocks_done() >= j.finetune_blocks()) {
+    // Every block is tuned: the KL stage runs.
+    const v1::FinetuneE2eStatus& e = j.finetune_e2e();
+    std::string s = absl::StrCat(j.phase(), " e2e");
+    if (e.done() || e.heldout_curve_size() > 0) {
+      absl::StrAppend(&s, absl::StrFormat(" (held-out KL %.4g -> %.4g, epoch %d/%d)",
+                                          e.heldout_before(),
+                                          e.done() ? e.heldout_best()
+                                                   : e.heldout_curve(e.heldout_curve_size() - 1),
+                                          e.epochs_run(), j.spec().finetune().e2e_epochs()));
+    } else if (e.heldout_before() > 0) {
+      absl::StrAppend(&s, absl::StrFormat(" (held-out KL %.4g)", e.heldout_before()));
+    }
+    return s;
+  }
   std::string s = absl::StrCat(j.phase(), ", block ",
                                std::min(j.finetune_blocks_done() + 1, j.finetune_blocks()), "/",
                                j.finetune_blocks());
@@ -192,6 +207,25 @@ std::string DescribeJob(const v1::Job& j) {
          absl::StrFormat("held-out %.5f -> %.5f, %d epochs, %.1f s", b.heldout_before(),
                          b.heldout_best(), b.epochs_run(), b.seconds()));
     }
+  }
+  if (j.has_finetune_e2e()) {
+    const v1::FinetuneE2eStatus& e = j.finetune_e2e();
+    std::string v = absl::StrFormat("KL stage (epochs %d, lr %g%s): ", j.spec().finetune().e2e_epochs(),
+                                    j.spec().finetune().e2e_learning_rate(),
+                                    j.spec().finetune().e2e_head() ? ", head" : "");
+    if (e.done()) {
+      absl::StrAppend(&v, absl::StrFormat("held-out KL %.5f -> %.5f, %d epochs, %.1f s",
+                                          e.heldout_before(), e.heldout_best(), e.epochs_run(),
+                                          e.seconds()));
+    } else if (e.heldout_curve_size() > 0) {
+      absl::StrAppend(&v, absl::StrFormat("running, held-out KL %.5f -> %.5f after %d epochs",
+                                          e.heldout_before(),
+                                          e.heldout_curve(e.heldout_curve_size() - 1),
+                                          e.epochs_run()));
+    } else {
+      absl::StrAppend(&v, "pending");
+    }
+    kv("finetune e2e", v);
   }
   if (!j.error().empty()) kv("error", j.error());
   kv("model_dir", j.model_dir());

@@ -50,7 +50,9 @@ std::string ModelsTable(const std::vector<quantd::v1::ModelVersion>& models);
 // Multi-line "key: value" description of one job.
 std::string DescribeJob(const quantd::v1::Job& job);
 // A fine-tuning job's phase: "finetune, block 4/30 (block 2 held-out 0.02912 -> 0.02345)" (the
-// block being tuned, and the last tuned block's held-out loss before and after).
+// block being tuned, and the last tuned block's held-out loss before and after); once every
+// block is tuned and the job has the KL stage, "finetune e2e (held-out KL 0.3508 -> 0.3229,
+// epoch 1/2)" (before the stage -> after its last epoch; "finetune e2e" until the first epoch).
 std::string FinetunePhaseLabel(const quantd::v1::Job& job);
 // The job's phase with its position: "quantize", "quantize, layer 3/30" (a sequential job's
 // layer stage), "hessian, stage 2/4" (a staged job), or FinetunePhaseLabel's text; "" when the

@@ -204,7 +204,9 @@ std::string ProgressRenderer::OnJob(const v1::Job& job, const std::string& messa
   if (finished_) return out;
   if (style_.tty) return out + Redraw(now);
   const std::string key = absl::StrCat(job.state(), "|", job.phase(), "|", job.layer_stage(), "|",
-                                       job.finetune_blocks_done());
+                                       job.finetune_blocks_done(), "|",
+                                       job.finetune_e2e().epochs_run(), "|",
+                                       job.finetune_e2e().done());
   if (key != phase_key_) {
     phase_key_ = key;
     out += PlainLine(now);

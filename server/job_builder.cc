@@ -401,8 +401,9 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       sequential ? 1 : (has_calib ? HessianStageLayers(cfg, shards, stage_bytes) : cfg.num_layers);
   const int stages = (cfg.num_layers + block - 1) / block;
   QUANTD_RETURN_IF_ERROR(CheckFinetuneModel(req, cfg, nseq));
-  SetJobPhase(HessianPhase(0), stages, &job, HasFinetune(req.spec()) ? cfg.num_layers : 0);
+  SetJobPhase(HessianPhase(0), stages, &job, FinetunePhases(req.spec(), cfg));
   if (HasFinetune(req.spec())) job.set_finetune_blocks(cfg.num_layers);
+  if (FinetunePhases(req.spec(), cfg) > cfg.num_layers) job.mutable_finetune_e2e();
   job.set_calib_seq_len(seq_len);
   job.set_max_calib_seqs(req.max_calib_seqs());
   job.set_eval_context(req.eval_context());
@@ -501,7 +502,7 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     }
   }
   // Fine-tuning: one task per block after the last quantize phase (server/job_finetune.h).
-  const int finetune = HasFinetune(req.spec()) ? cfg.num_layers : 0;
+  const int finetune = FinetunePhases(req.spec(), cfg);
   AddFinetuneTasks(req, cfg, stages, seq_len, nseq, new_task, model_inputs, &row.tasks);
   if (!eval.empty()) {
     TaskRow t = new_task(EvaluatePhase(stages, finetune), quantd::v1::TASK_KIND_EVAL);
@@ -577,6 +578,26 @@ uint64_t TaskMemoryBytes(const model::LlamaConfig& cfg, const quantd::v1::Task& 
       const uint64_t per_seq = 4 * t * (8 * d + 3 * q + 2 * kv + 4 * ff) +
                                4 * static_cast<uint64_t>(cfg.num_heads) * t * t;
       bytes = 2 * layer + 4 * 6 * rows * d + 16 * per_seq;
+      break;
+    }
+    case quantd::v1::TASK_KIND_FINETUNE_E2E: {
+      // FinetuneEndToEnd (finetune_e2e.h) holds the whole model three times in fp32 (the fp
+      // and the quantized weights, and the tuned copy; while the targets are computed the fp
+      // copy instead), the fp model's log-probabilities of every sequence (tokens x vocab
+      // floats), the embedded sequences, and per sequence in flight (up to the batch, at most
+      // 16) every block's cache plus three tokens x vocab arrays (log-probs, their gradient,
+      // the target's probabilities); with the head tuned, per sequence its gradient and the
+      // optimizer's two moments plus the best copy (4 x vocab x hidden floats).
+      const quantd::v1::FinetuneE2eTask& ft = task.finetune_e2e();
+      const quantd::v1::FinetuneSpec& f = task.spec().finetune();
+      const uint64_t rows = std::max<int64_t>(ft.token_end() - ft.token_begin(), 1);
+      const uint64_t t = std::max<int32_t>(ft.seq_len(), 1);
+      const uint64_t inflight = std::clamp<uint64_t>(f.batch_sequences(), 1, 16);
+      const uint64_t block_cache = 4 * t * (8 * d + 3 * q + 2 * kv + 4 * ff) +
+                                   4 * static_cast<uint64_t>(cfg.num_heads) * t * t;
+      const uint64_t per_seq = cfg.num_layers * block_cache + 3 * 4 * t * v;
+      const uint64_t head = f.e2e_head() ? 4 * v * d * (inflight + 3) : 0;
+      bytes = 3 * 4 * params + 4 * rows * v + 4 * 2 * rows * d + inflight * per_seq + head;
       break;
     }
     case quantd::v1::TASK_KIND_EVAL: {

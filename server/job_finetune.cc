@@ -10,6 +10,7 @@
 #include "engine/artifact/artifact.h"
 #include "engine/format/checkpoint.h"
 #include "engine/model/block_grad.h"
+#include "engine/model/finetune_e2e.h"
 #include "engine/model/tuned_block_file.h"
 #include "engine/model/weights.h"
 #include "engine/spec/job_files.h"
@@ -44,6 +45,11 @@ absl::Status ValidateFinetuneRequest(quantd::v1::SubmitJobRequest* req) {
   return absl::OkStatus();
 }
 
+int FinetunePhases(const quantd::v1::QuantSpec& spec, const model::LlamaConfig& cfg) {
+  if (!HasFinetune(spec)) return 0;
+  return cfg.num_layers + (runner::FinetuneE2eOn(spec.finetune()) ? 1 : 0);
+}
+
 absl::Status CheckFinetuneModel(const quantd::v1::SubmitJobRequest& req,
                                 const model::LlamaConfig& cfg, int64_t nseq) {
   if (!HasFinetune(req.spec())) return absl::OkStatus();
@@ -61,7 +67,20 @@ absl::Status CheckFinetuneModel(const quantd::v1::SubmitJobRequest& req,
           absl::StrCat("finetune is not supported for this model: ", d.status().message()));
     }
   }
-  const int64_t holdout = req.spec().finetune().holdout_sequences();
+  const quantd::v1::FinetuneSpec& f = req.spec().finetune();
+  if (runner::FinetuneE2eOn(f)) {
+    if (absl::StatusOr<model::grad::ModelDims> d = model::grad::ModelDimsFor(cfg); !d.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "finetune e2e is not supported for this model: ", d.status().message(),
+          " (submit with --ft-e2e off)"));
+    }
+    if (f.e2e_head() && cfg.tie_word_embeddings) {
+      return absl::InvalidArgumentError(
+          "finetune e2e_head: this model ties its head to the embedding "
+          "(tie_word_embeddings), and only an untied head can be tuned");
+    }
+  }
+  const int64_t holdout = f.holdout_sequences();
   if (nseq <= holdout) {
     return absl::InvalidArgumentError(absl::StrCat(
         "finetune holdout_sequences ", holdout, " leaves none of the ", nseq,
@@ -95,11 +114,30 @@ void AddFinetuneTasks(const quantd::v1::SubmitJobRequest& req, const model::Llam
     ft->set_token_end(nseq * seq_len);
     tasks->push_back(std::move(t));
   }
+  if (!runner::FinetuneE2eOn(req.spec().finetune())) return;
+  TaskRow t = new_task(FinetunePhase(stages, cfg.num_layers), quantd::v1::TASK_KIND_FINETUNE_E2E);
+  *t.task.mutable_spec() = req.spec();
+  model_inputs(&t.task);
+  t.task.add_inputs()->set_name(std::string(jobfiles::kCalibTokens));
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (const model::StoredLinear& sl : stored) {
+      t.task.add_inputs()->set_name(jobfiles::QuantizedInput(model::StoredTensorName(l, sl)));
+    }
+  }
+  for (int l = 0; l < cfg.num_layers; ++l) t.task.add_inputs()->set_name(jobfiles::FinetunedInput(l));
+  quantd::v1::FinetuneE2eTask* e = t.task.mutable_finetune_e2e();
+  e->set_seq_len(seq_len);
+  e->set_token_begin(0);
+  e->set_token_end(nseq * seq_len);
+  tasks->push_back(std::move(t));
 }
 
 int FinetunePhasesOf(const std::vector<TaskRow>& tasks) {
   int n = 0;
-  for (const TaskRow& t : tasks) n += t.task.kind() == quantd::v1::TASK_KIND_FINETUNE;
+  for (const TaskRow& t : tasks) {
+    n += t.task.kind() == quantd::v1::TASK_KIND_FINETUNE ||
+         t.task.kind() == quantd::v1::TASK_KIND_FINETUNE_E2E;
+  }
   return n;
 }
 
@@ -128,8 +166,17 @@ void SetFinetuneStatus(const std::vector<const TaskRow*>& tasks, quantd::v1::Job
   job->clear_finetune_losses();
   job->set_finetune_blocks(0);
   job->set_finetune_blocks_done(0);
+  job->clear_finetune_e2e();
   std::vector<const TaskRow*> done;
   for (const TaskRow* t : tasks) {
+    if (t->task.kind() == quantd::v1::TASK_KIND_FINETUNE_E2E) {
+      quantd::v1::FinetuneE2eStatus* e = job->mutable_finetune_e2e();
+      if (t->state == TaskRowState::kDone) {
+        *e = t->result.finetune_e2e();
+        e->set_done(true);
+      }
+      continue;
+    }
     if (t->task.kind() != quantd::v1::TASK_KIND_FINETUNE) continue;
     job->set_finetune_blocks(job->finetune_blocks() + 1);
     if (t->state == TaskRowState::kDone) done.push_back(t);
@@ -174,6 +221,29 @@ absl::Status WriteFinetunedModel(const std::string& job_dir, const std::string& 
   if (std::find(seen.begin(), seen.end(), false) != seen.end()) {
     return absl::DataLossError("fine-tuned job lacks a block's tuned parameters");
   }
+  // The KL stage's result replaces the blocks' (its scales already include theirs).
+  for (const TaskRow& t : tasks) {
+    if (t.task.kind() != quantd::v1::TASK_KIND_FINETUNE_E2E) continue;
+    QUANTD_ASSIGN_OR_RETURN(
+        model::TunedModel tm,
+        model::ReadTunedModel(JoinPath(job_dir, jobfiles::FinetuneResult(t.task_id)), cfg));
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      w.layers[l].attn_norm = tm.blocks[l].attn_norm;
+      w.layers[l].ffn_norm = tm.blocks[l].ffn_norm;
+      for (model::Linear lin : model::kAllLinears) {
+        const int i = static_cast<int>(lin);
+        scales[model::LinearTensorName(l, lin)] = {tm.blocks[l].scales.out[i],
+                                                   tm.blocks[l].scales.in[i]};
+      }
+    }
+    w.final_norm = tm.final_norm;
+    if (tm.head.size() != 0) {
+      if (cfg.tie_word_embeddings) {
+        return absl::DataLossError("the KL stage's result tunes the head of a tied model");
+      }
+      w.lm_head = std::move(tm.head);
+    }
+  }
   return artifact::WriteArtifactFromWeights(cfg, w, packed, out_path, scales);
 }
 
@@ -193,7 +263,23 @@ json FinetuneManifest(const quantd::v1::Job& job, const std::vector<TaskRow>& ta
                       {"epochs_run", b.epochs_run()},
                       {"seconds", b.seconds()}});
   }
+  json e2e = nullptr;  // no KL stage
+  if (status.has_finetune_e2e()) {
+    const quantd::v1::FinetuneE2eStatus& e = status.finetune_e2e();
+    e2e = {{"epochs", f.e2e_epochs()},
+           {"learning_rate", f.e2e_learning_rate()},
+           {"head", f.e2e_head()},
+           {"heldout_kl_before", e.heldout_before()},
+           {"heldout_kl_curve",
+            std::vector<double>(e.heldout_curve().begin(), e.heldout_curve().end())},
+           {"heldout_kl_best", e.heldout_best()},
+           {"train_kl_first", e.train_first()},
+           {"train_kl_last", e.train_last()},
+           {"epochs_run", e.epochs_run()},
+           {"seconds", e.seconds()}};
+  }
   return {{"kind", "block"},
+          {"e2e", e2e},
           {"epochs", f.epochs()},
           {"learning_rate", f.learning_rate()},
           {"batch_sequences", f.batch_sequences()},

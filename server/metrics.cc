@@ -69,6 +69,16 @@ Metrics::Metrics()
                          .Help("Held-out relative output error of a running job's fine-tuned "
                                "block, before and after tuning")
                          .Register(*registry_)),
+      finetune_e2e_(prometheus::BuildCounter()
+                        .Name("quantd_finetune_e2e_total")
+                        .Help("End-to-end KL fine-tuning stages finished")
+                        .Register(*registry_)
+                        .Add({})),
+      finetune_e2e_kl_(prometheus::BuildGauge()
+                           .Name("quantd_finetune_e2e_heldout_kl")
+                           .Help("Held-out KL(p_fp || p_q) per token (nats) of a running job's "
+                                 "end-to-end fine-tuning stage, before and after it")
+                           .Register(*registry_)),
       weights_quantized_(prometheus::BuildCounter()
                              .Name("quantd_weights_quantized_total")
                              .Help("Weights (matrix entries) quantized")
@@ -135,11 +145,27 @@ void Metrics::FinetuneBlock(const std::string& job_id, int block, double heldout
   }
 }
 
+void Metrics::FinetuneE2e(const std::string& job_id, double heldout_before, double heldout_best) {
+  finetune_e2e_.Increment();
+  MutexLock l(&mu_);
+  std::vector<prometheus::Gauge*>& gauges = finetune_e2e_by_job_[job_id];
+  for (const auto& [when, v] : {std::pair<const char*, double>{"before", heldout_before},
+                                std::pair<const char*, double>{"best", heldout_best}}) {
+    prometheus::Gauge* g = &finetune_e2e_kl_.Add({{"job", job_id}, {"when", when}});
+    if (std::find(gauges.begin(), gauges.end(), g) == gauges.end()) gauges.push_back(g);
+    g->Set(v);
+  }
+}
+
 void Metrics::RemoveJobProgress(const std::string& job_id) {
   MutexLock l(&mu_);
   if (auto f = finetune_by_job_.find(job_id); f != finetune_by_job_.end()) {
     for (prometheus::Gauge* g : f->second) finetune_loss_.Remove(g);
     finetune_by_job_.erase(f);
+  }
+  if (auto f = finetune_e2e_by_job_.find(job_id); f != finetune_e2e_by_job_.end()) {
+    for (prometheus::Gauge* g : f->second) finetune_e2e_kl_.Remove(g);
+    finetune_e2e_by_job_.erase(f);
   }
   auto it = progress_by_job_.find(job_id);
   if (it == progress_by_job_.end()) return;

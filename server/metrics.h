@@ -52,6 +52,10 @@ class Metrics {
   // loss gauges (before and after tuning; removed with the job's progress).
   void FinetuneBlock(const std::string& job_id, int block, double heldout_before,
                      double heldout_best);
+  // A job's finished end-to-end KL stage: counts it and sets quantd_finetune_e2e_heldout_kl
+  // {job, when="before"|"best"} (mean held-out KL per token in nats; removed with the job's
+  // progress).
+  void FinetuneE2e(const std::string& job_id, double heldout_before, double heldout_best);
   void WeightsQuantized(int64_t n);
   // One quantized matrix's relative proxy loss (tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), unitless).
   void MatrixProxyLoss(double loss);
@@ -73,6 +77,8 @@ class Metrics {
   prometheus::Counter& hessian_tokens_;
   prometheus::Counter& finetune_blocks_;
   prometheus::Family<prometheus::Gauge>& finetune_loss_;
+  prometheus::Counter& finetune_e2e_;
+  prometheus::Family<prometheus::Gauge>& finetune_e2e_kl_;
   prometheus::Counter& weights_quantized_;
   prometheus::Histogram& matrix_proxy_loss_;
   prometheus::Counter& bytes_served_;
@@ -80,6 +86,7 @@ class Metrics {
   Mutex mu_;
   std::map<std::string, prometheus::Gauge*> progress_by_job_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::vector<prometheus::Gauge*>> finetune_by_job_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::vector<prometheus::Gauge*>> finetune_e2e_by_job_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quantd::server

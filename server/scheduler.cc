@@ -20,6 +20,7 @@ std::string KindName(quantd::v1::TaskKind k) {
     case quantd::v1::TASK_KIND_QUANTIZE: return "quantize";
     case quantd::v1::TASK_KIND_EVAL: return "eval";
     case quantd::v1::TASK_KIND_FINETUNE: return "finetune";
+    case quantd::v1::TASK_KIND_FINETUNE_E2E: return "finetune_e2e";
     default: return "unknown";
   }
 }
@@ -181,7 +182,8 @@ absl::StatusOr<Scheduler::ReportTarget> Scheduler::BeginReport(
     target.result_path = JoinPath(table_->JobDir(h.job_id()), HessianShardResult(h.task_id()));
   } else if (h.ok() && target.kind == quantd::v1::TASK_KIND_QUANTIZE) {
     target.result_path = JoinPath(table_->JobDir(h.job_id()), QuantizedResult(h.task_id()));
-  } else if (h.ok() && target.kind == quantd::v1::TASK_KIND_FINETUNE) {
+  } else if (h.ok() && (target.kind == quantd::v1::TASK_KIND_FINETUNE ||
+                        target.kind == quantd::v1::TASK_KIND_FINETUNE_E2E)) {
     target.result_path =
         JoinPath(table_->JobDir(h.job_id()), jobfiles::FinetuneResult(h.task_id()));
   }
@@ -228,6 +230,10 @@ absl::StatusOr<Job> Scheduler::FinishReport(const quantd::v1::TaskReportHeader& 
     if (kind == quantd::v1::TASK_KIND_FINETUNE) {
       metrics_->FinetuneBlock(h.job_id(), h.finetune().layer(), h.finetune().heldout_before(),
                               h.finetune().heldout_best());
+    }
+    if (kind == quantd::v1::TASK_KIND_FINETUNE_E2E) {
+      metrics_->FinetuneE2e(h.job_id(), h.finetune_e2e().heldout_before(),
+                            h.finetune_e2e().heldout_best());
     }
     if (kind == quantd::v1::TASK_KIND_QUANTIZE) {
       metrics_->MatrixProxyLoss(h.proxy_loss());

@@ -246,17 +246,36 @@ class PythonClientTest(unittest.TestCase):
         qc, c = self.qc, self.client
         with self.assertRaises(ValueError):
             c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", ft_epochs=2)
+        with self.assertRaises(ValueError):
+            c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", finetune=True,
+                     ft_e2e="maybe")
+        with self.assertRaises(ValueError):
+            c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", finetune=True,
+                     ft_e2e="off", ft_e2e_epochs=3)
+        # The server names a bad value too (here one the client does not check).
+        with self.assertRaises(grpc.RpcError) as e:
+            c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", finetune=True,
+                     ft_e2e_epochs=5000)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("e2e_epochs 5000", e.exception.details())
         job = c.submit(MODEL, calib=CALIB, method="rtn", bits=3, name="py-ft", max_calib_seqs=6,
-                       calib_seq_len=64, finetune=True, ft_epochs=1, ft_lr=2e-3)
+                       calib_seq_len=64, finetune=True, ft_epochs=1, ft_lr=2e-3,
+                       ft_e2e_epochs=1, ft_e2e_lr=2e-3)
         self.assertTrue(job.spec.finetune.enabled)
         self.assertEqual((job.spec.finetune.epochs, job.spec.finetune.holdout_sequences), (1, 2))
         self.assertAlmostEqual(job.spec.finetune.learning_rate, 2e-3)
+        self.assertEqual((job.spec.finetune.e2e, job.spec.finetune.e2e_epochs), ("on", 1))
+        self.assertAlmostEqual(job.spec.finetune.e2e_learning_rate, 2e-3)
         final = c.watch(job.id)
         self.assertEqual(final.state, qc.pb.JOB_STATE_SUCCEEDED, final.error + self.quantd_log())
         self.assertEqual((final.finetune_blocks, final.finetune_blocks_done), (5, 5))
         self.assertEqual([b.layer for b in final.finetune_losses], [0, 1, 2, 3, 4])
         for b in final.finetune_losses:
             self.assertLessEqual(b.heldout_best, b.heldout_before)
+        # The KL stage ran after the blocks (on by default) and kept a held-out KL no worse.
+        self.assertTrue(final.finetune_e2e.done)
+        self.assertEqual(final.finetune_e2e.epochs_run, 1)
+        self.assertLessEqual(final.finetune_e2e.heldout_best, final.finetune_e2e.heldout_before)
 
     def test_gguf_export(self):
         # --grid q4_0 without bits (the grid's own), then a GGUF through `quantctl export`; a

@@ -424,6 +424,10 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
       if (!task.has_finetune()) return missing("finetune");
       r = RunFinetuneTask(task, blobs, device, cancelled, scratch_dir);
       break;
+    case quantd::v1::TASK_KIND_FINETUNE_E2E:
+      if (!task.has_finetune_e2e()) return missing("finetune_e2e");
+      r = RunFinetuneE2eTask(task, blobs, cancelled, scratch_dir);
+      break;
     default:
       return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));
   }

@@ -28,6 +28,15 @@ absl::StatusOr<TaskResult> RunFinetuneTask(const quantd::v1::Task& task, const B
                                            const std::atomic<bool>& cancelled,
                                            const std::string& scratch_dir);
 
+// The KL stage (TASK_KIND_FINETUNE_E2E): rebuilds the block-tuned quantized model from the
+// quantized matrices and every block's tuned parameters, then FinetuneEndToEnd against the fp
+// model; the result is a model::TunedModel file (tuned_block_file.h). Holds both models in
+// memory (TaskMemoryBytes). Errors as RunFinetuneTask.
+absl::StatusOr<TaskResult> RunFinetuneE2eTask(const quantd::v1::Task& task,
+                                              const BlobResolver& blobs,
+                                              const std::atomic<bool>& cancelled,
+                                              const std::string& scratch_dir);
+
 }  // namespace quantd::runner
 
 #endif  // QUANTD_WORKER_FINETUNE_TASK_H_

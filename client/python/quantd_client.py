@@ -241,19 +241,32 @@ class Client:
     def submit(self, model_dir, calib, method, bits, name, eval_path="", request_id="",
                calib_seq_len=0, max_calib_seqs=0, eval_context=0, calib_sampling="",
                calib_seed=0, start_token="", finetune=False, ft_epochs=0, ft_lr=0.0,
-               ft_batch=0, ft_holdout=0, ft_patience=0, **spec):
+               ft_batch=0, ft_holdout=0, ft_patience=0, ft_e2e="", ft_e2e_epochs=0,
+               ft_e2e_lr=0.0, ft_e2e_head=False, **spec):
         """Submits a job; paths are made absolute (the coordinator reads them on its host).
         `spec` takes further QuantSpec fields (seed, group_size, damp, token_weighting,
         sink_weight, ...). finetune=True adds fine-tuning after rounding (issue 27); ft_epochs,
         ft_lr, ft_batch, ft_holdout and ft_patience are its options as quantctl's --ft-* flags
         (0 = the server's default: 4 epochs, lr 3e-3, batch 2, 2 held out, patience 1); an ft_*
-        value without finetune=True raises ValueError. calib_sampling ("first" | "random"), calib_seed and start_token
+        value without finetune=True raises ValueError. ft_e2e ("on" | "off"; "" = the server's
+        default, on), ft_e2e_epochs, ft_e2e_lr and ft_e2e_head are the end-to-end KL stage's, as
+        --ft-e2e* (0 = default: 2 epochs, lr 1e-3); an e2e option with ft_e2e="off" raises
+        ValueError. calib_sampling ("first" | "random"), calib_seed and start_token
         ("auto" | "none") choose the calibration sequences (docs/cli.md); "" is the server's
         default. Returns the Job; the same request_id returns the same job. Without request_id
         a random one is used. calib may be None or "" for rtn only (the job then captures no
         Hessians)."""
         ft = dict(epochs=ft_epochs, learning_rate=ft_lr, batch_sequences=ft_batch,
-                  holdout_sequences=ft_holdout, patience=ft_patience)
+                  holdout_sequences=ft_holdout, patience=ft_patience, e2e=ft_e2e,
+                  e2e_epochs=ft_e2e_epochs, e2e_learning_rate=ft_e2e_lr, e2e_head=ft_e2e_head)
+        if ft_e2e not in ("", "on", "off"):
+            raise ValueError("ft_e2e %r is not one of: on, off" % (ft_e2e,))
+        if ft_e2e == "off" and (ft_e2e_epochs or ft_e2e_lr or ft_e2e_head):
+            raise ValueError("ft_e2e_* options need ft_e2e on")
+        if ft_e2e_epochs < 0:
+            raise ValueError("ft_e2e_epochs %d is negative" % ft_e2e_epochs)
+        if ft_e2e_lr and not 0 < ft_e2e_lr <= 1:
+            raise ValueError("ft_e2e_lr %g is not in (0, 1]" % ft_e2e_lr)
         if finetune:
             spec["finetune"] = pb.FinetuneSpec(enabled=True, **ft)
         elif any(ft.values()):
@@ -440,12 +453,28 @@ def _job_dict(job):
         "finetune_losses": [{"layer": b.layer, "heldout_before": b.heldout_before,
                              "heldout_best": b.heldout_best, "epochs_run": b.epochs_run}
                             for b in job.finetune_losses],
+        "finetune_e2e": ({"heldout_kl_before": job.finetune_e2e.heldout_before,
+                          "heldout_kl_curve": list(job.finetune_e2e.heldout_curve),
+                          "heldout_kl_best": job.finetune_e2e.heldout_best,
+                          "epochs_run": job.finetune_e2e.epochs_run,
+                          "done": job.finetune_e2e.done}
+                         if job.HasField("finetune_e2e") else None),
     }
 
 
 def _phase_text(job):
-    """The phase, with the layer stage of a sequential job ("hessian, layer 3/30") or the block
-    being fine-tuned ("finetune, block 3/30 (block 1 held-out 0.0291 -> 0.0234)")."""
+    """The phase, with the layer stage of a sequential job ("hessian, layer 3/30"), the block
+    being fine-tuned ("finetune, block 3/30 (block 1 held-out 0.0291 -> 0.0234)") or the KL
+    stage ("finetune e2e (held-out KL 0.3508 -> 0.3229, epoch 1/2)")."""
+    if (job.phase == "finetune" and job.HasField("finetune_e2e") and
+            job.finetune_blocks_done >= job.finetune_blocks):
+        e = job.finetune_e2e
+        s = job.phase + " e2e"
+        if e.done or e.heldout_curve:
+            s += " (held-out KL %.4g -> %.4g, epoch %d/%d)" % (
+                e.heldout_before, e.heldout_best if e.done else e.heldout_curve[-1], e.epochs_run,
+                job.spec.finetune.e2e_epochs)
+        return s
     if job.phase == "finetune" and job.finetune_blocks > 0:
         s = "%s, block %d/%d" % (job.phase, min(job.finetune_blocks_done + 1, job.finetune_blocks),
                                  job.finetune_blocks)
@@ -553,6 +582,12 @@ def main(argv=None):
     s.add_argument("--ft-batch", type=int, default=0)
     s.add_argument("--ft-holdout", type=int, default=0)
     s.add_argument("--ft-patience", type=int, default=0)
+    s.add_argument("--ft-e2e", default="", choices=("", "on", "off"),
+                   help="the end-to-end KL stage after the blocks (default on)")
+    s.add_argument("--ft-e2e-epochs", type=int, default=0)
+    s.add_argument("--ft-e2e-lr", type=float, default=0.0)
+    s.add_argument("--ft-e2e-head", action="store_true",
+                   help="also tune the head in the KL stage (untied heads only)")
     s.add_argument("--sequential", action="store_true",
                    help="one Hessian + quantize stage per layer (GPTQ's layer-by-layer order)")
     s.add_argument("--wait", action="store_true")
@@ -606,7 +641,9 @@ def main(argv=None):
                                 budget_weight=args.budget_weight, finetune=args.finetune,
                                 ft_epochs=args.ft_epochs, ft_lr=args.ft_lr,
                                 ft_batch=args.ft_batch, ft_holdout=args.ft_holdout,
-                                ft_patience=args.ft_patience)
+                                ft_patience=args.ft_patience, ft_e2e=args.ft_e2e,
+                                ft_e2e_epochs=args.ft_e2e_epochs, ft_e2e_lr=args.ft_e2e_lr,
+                                ft_e2e_head=args.ft_e2e_head)
             if not args.wait:
                 print(json.dumps(_job_dict(job)) if args.json else job.id)
                 return 0

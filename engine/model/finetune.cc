@@ -9,6 +9,7 @@
 
 #include "common/status_macros.h"
 #include "common/str_util.h"
+#include "engine/model/adam.h"
 #include "engine/model/backward_device.h"
 #include "engine/model/block_grad.h"
 #include "engine/model/forward_ops.h"
@@ -29,42 +30,17 @@ std::vector<VectorF*> Tunables(Params* p) {
   for (auto& l : p->lin) v.push_back(&l.b);
   return v;
 }
-std::vector<const VectorF*> GradVectors(const Grads& g) {
-  std::vector<const VectorF*> v = {&g.attn_norm, &g.ffn_norm};
-  for (const VectorF& a : g.a) v.push_back(&a);
-  for (const VectorF& b : g.b) v.push_back(&b);
+std::vector<AdamSlot> Slots(const std::vector<VectorF*>& v) {
+  std::vector<AdamSlot> s;
+  for (VectorF* p : v) s.push_back({p->data(), p->size()});
+  return s;
+}
+std::vector<const float*> GradData(const Grads& g) {
+  std::vector<const float*> v = {g.attn_norm.data(), g.ffn_norm.data()};
+  for (const VectorF& a : g.a) v.push_back(a.data());
+  for (const VectorF& b : g.b) v.push_back(b.data());
   return v;
 }
-
-// Adam (Kingma & Ba) with bias correction, β1 0.9, β2 0.999, ε 1e-8, on float vectors.
-class Adam {
- public:
-  Adam(std::vector<VectorF*> params, double lr) : params_(std::move(params)), lr_(lr) {
-    for (VectorF* p : params_) {
-      m_.push_back(VectorD::Zero(p->size()));
-      v_.push_back(VectorD::Zero(p->size()));
-    }
-  }
-  void Step(const std::vector<const VectorF*>& grads) {
-    ++t_;
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    const double c1 = 1.0 - std::pow(b1, t_), c2 = 1.0 - std::pow(b2, t_);
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const VectorD g = grads[i]->cast<double>();
-      m_[i] = b1 * m_[i] + (1 - b1) * g;
-      v_[i] = b2 * v_[i] + (1 - b2) * g.cwiseProduct(g);
-      const VectorD step =
-          lr_ * (m_[i] / c1).array() / ((v_[i] / c2).array().sqrt() + eps);
-      *params_[i] -= step.cast<float>();
-    }
-  }
-
- private:
-  std::vector<VectorF*> params_;
-  double lr_;
-  int t_ = 0;
-  std::vector<VectorD> m_, v_;
-};
 
 // y[s] = block(x[s]) for every sequence s (in parallel).
 void ForwardAll(const grad::BlockDims& d, const Params& p, const MF& cos, const MF& sin,
@@ -229,7 +205,7 @@ absl::StatusOr<BlockTuneReport> BlockFinetuner::TuneBlock(const LayerWeights& fp
   };
   rep.heldout_before = rep.heldout_best = heldout();
   QUANTD_ASSIGN_OR_RETURN(BackwardOpsSession bw, BackwardOpsSession::Open(device_));
-  Adam adam(tun, opts_.learning_rate);
+  Adam<double> adam(Slots(tun), opts_.learning_rate);  // moments in double
   std::vector<int> order(ntrain);
   for (int s = 0; s < ntrain; ++s) order[s] = s;
   std::mt19937_64 rng(0x9E3779B97F4A7C15ULL ^ static_cast<uint64_t>(l));
@@ -264,7 +240,7 @@ absl::StatusOr<BlockTuneReport> BlockFinetuner::TuneBlock(const LayerWeights& fp
       }
       for (const absl::Status& s : st) QUANTD_RETURN_IF_ERROR(s);
       for (int i = 1; i < nb; ++i) g[0].Add(g[i]);
-      adam.Step(GradVectors(g[0]));
+      adam.Step(GradData(g[0]));
     }
     const double h = heldout();
     rep.heldout_curve.push_back(h);
@@ -329,6 +305,26 @@ absl::Status BlockFinetuner::ReplayBlock(const LayerWeights& fp, const LayerWeig
   return absl::OkStatus();
 }
 
+absl::Status ApplyTunedBlock(const TunedBlock& t, LayerWeights* lw) {
+  grad::BlockParams<float> p = grad::ParamsFromWeights<float>(*lw);
+  bool ok = t.attn_norm.size() == p.attn_norm.size() && t.ffn_norm.size() == p.ffn_norm.size();
+  for (int i = 0; ok && i < grad::kBlockLinears; ++i) {
+    ok = t.scales.out[i].size() == p.lin[i].a.size() && t.scales.in[i].size() == p.lin[i].b.size();
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(
+        "fine-tuning: a tuned block's norms or scales do not match the layer's shapes");
+  }
+  p.attn_norm = t.attn_norm;
+  p.ffn_norm = t.ffn_norm;
+  for (int i = 0; i < grad::kBlockLinears; ++i) {
+    p.lin[i].a = t.scales.out[i];
+    p.lin[i].b = t.scales.in[i];
+  }
+  grad::WriteParams<float>(p, lw);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<BlockTuneReport>> FinetuneBlocks(
     const LlamaConfig& cfg, const LlamaWeights& fp, LlamaWeights* q,
     absl::Span<const int32_t> calib, const FinetuneOptions& opts,
@@ -346,14 +342,7 @@ absl::StatusOr<std::vector<BlockTuneReport>> FinetuneBlocks(
   for (int l = 0; l < cfg.num_layers; ++l) {
     TunedBlock t;
     QUANTD_ASSIGN_OR_RETURN(BlockTuneReport rep, f.TuneBlock(fp.layers[l], q->layers[l], &t));
-    grad::BlockParams<float> p = grad::ParamsFromWeights<float>(q->layers[l]);
-    p.attn_norm = t.attn_norm;
-    p.ffn_norm = t.ffn_norm;
-    for (int i = 0; i < grad::kBlockLinears; ++i) {
-      p.lin[i].a = t.scales.out[i];
-      p.lin[i].b = t.scales.in[i];
-    }
-    grad::WriteParams<float>(p, &q->layers[l]);
+    QUANTD_RETURN_IF_ERROR(ApplyTunedBlock(t, &q->layers[l]));
     if (scales != nullptr) (*scales)[l] = std::move(t.scales);
     if (progress) progress(rep);
     reports.push_back(std::move(rep));

@@ -88,6 +88,10 @@ struct TunedBlock {
   LayerScales scales;
 };
 
+// Writes `t` into `lw`: its norms, and each linear as diag(out)·W·diag(in) of lw's linear (what
+// FinetuneBlocks does with a tuned block). INVALID_ARGUMENT for vectors of the wrong sizes.
+absl::Status ApplyTunedBlock(const TunedBlock& t, LayerWeights* lw);
+
 // FinetuneBlocks one block at a time, for a caller that holds one layer's weights at a time
 // (the service's fine-tuning tasks, server/job_finetune.h). Start embeds the calibration
 // sequences through both models; then, in layer order, TuneBlock tunes the next block and

@@ -9,6 +9,7 @@
 
 #include "common/status_macros.h"
 #include "common/str_util.h"
+#include "engine/model/adam.h"
 #include "engine/model/backward_device.h"
 #include "engine/model/forward_ops.h"
 #include "engine/tokenizer/tokens.h"
@@ -157,14 +158,9 @@ using MF = grad::Mat<float>;
 using Params = grad::ModelParams<float>;
 using Grads = grad::ModelGrads<float>;
 
-// A tunable array: a parameter and its gradient, by position in Params / Grads.
-struct Slot {
-  float* param;
-  Eigen::Index size;
-};
-
-std::vector<Slot> Slots(Params* p, bool head) {
-  std::vector<Slot> s;
+// The tunable arrays, by position in Params (GradData's order).
+std::vector<AdamSlot> Slots(Params* p, bool head) {
+  std::vector<AdamSlot> s;
   auto add = [&](auto& m) { s.push_back({m.data(), m.size()}); };
   for (auto& b : p->blocks) {
     add(b.attn_norm);
@@ -188,37 +184,6 @@ std::vector<const float*> GradData(const Grads& g, bool head) {
   if (head) s.push_back(g.head.data());
   return s;
 }
-
-// Adam (Kingma & Ba) with bias correction, β1 0.9, β2 0.999, ε 1e-8; moments in float (the
-// head has vocab × hidden of them).
-class Adam {
- public:
-  Adam(std::vector<Slot> slots, double lr) : slots_(std::move(slots)), lr_(lr) {
-    for (const Slot& s : slots_) {
-      m_.push_back(Eigen::ArrayXf::Zero(s.size));
-      v_.push_back(Eigen::ArrayXf::Zero(s.size));
-    }
-  }
-  void Step(const std::vector<const float*>& grads) {
-    ++t_;
-    const float b1 = 0.9f, b2 = 0.999f;
-    const float c1 = static_cast<float>(1.0 - std::pow(0.9, t_)),
-                c2 = static_cast<float>(1.0 - std::pow(0.999, t_)), lr = static_cast<float>(lr_);
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      Eigen::Map<const Eigen::ArrayXf> g(grads[i], slots_[i].size);
-      Eigen::Map<Eigen::ArrayXf> p(slots_[i].param, slots_[i].size);
-      m_[i] = b1 * m_[i] + (1 - b1) * g;
-      v_[i] = b2 * v_[i] + (1 - b2) * g.square();
-      p -= lr * (m_[i] / c1) / ((v_[i] / c2).sqrt() + 1e-8f);
-    }
-  }
-
- private:
-  std::vector<Slot> slots_;
-  double lr_;
-  int t_ = 0;
-  std::vector<Eigen::ArrayXf> m_, v_;
-};
 
 Params ParamsOf(const LlamaConfig& cfg, const LlamaWeights& w) {
   Params p;
@@ -258,7 +223,8 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
                                            const E2eOptions& opts,
                                            std::vector<LayerScales>* scales,
                                            const E2eProgress& progress,
-                                           quant::Device* device) {
+                                           quant::Device* device,
+                                           const std::atomic<bool>* cancelled) {
   const auto t0 = std::chrono::steady_clock::now();
   QUANTD_RETURN_IF_ERROR(ValidateE2eOptions(opts));
   QUANTD_RETURN_IF_ERROR(CheckFinetuneWeights(cfg, fp, *q));
@@ -315,9 +281,9 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
   }
   const std::vector<MF> x = Embedded(cfg, q->embed, calib, nseq, len);
   Params p = ParamsOf(cfg, *q);
-  const std::vector<Slot> slots = Slots(&p, opts.tune_head);
+  const std::vector<AdamSlot> slots = Slots(&p, opts.tune_head);
   std::vector<Eigen::ArrayXf> best;
-  for (const Slot& s : slots) best.push_back(Eigen::Map<Eigen::ArrayXf>(s.param, s.size));
+  for (const AdamSlot& s : slots) best.push_back(Eigen::Map<Eigen::ArrayXf>(s.data, s.size));
 
   // Mean KL per token over sequences [begin, end).
   auto mean_kl = [&](int begin, int end) {
@@ -334,7 +300,7 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
   E2eReport rep;
   rep.heldout_before = rep.heldout_best = mean_kl(ntrain, nseq);
   QUANTD_ASSIGN_OR_RETURN(BackwardOpsSession bw, BackwardOpsSession::Open(device));
-  Adam adam(slots, opts.learning_rate);
+  Adam<float> adam(slots, opts.learning_rate);  // moments in float (the head has v × d)
   std::vector<int> order(ntrain);
   for (int s = 0; s < ntrain; ++s) order[s] = s;
   std::mt19937_64 rng(0x5DEECE66DULL);
@@ -343,6 +309,9 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
     std::shuffle(order.begin(), order.end(), rng);
     double train = 0;
     for (int b0 = 0; b0 < ntrain; b0 += opts.batch_sequences) {
+      if (cancelled != nullptr && cancelled->load()) {
+        return absl::CancelledError("end-to-end fine-tuning cancelled");
+      }
       const int nb = std::min(opts.batch_sequences, ntrain - b0);
       const float scale = 1.0f / (static_cast<float>(nb) * static_cast<float>(len));
       std::vector<Grads> g(nb);
@@ -372,7 +341,7 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
     if (h < rep.heldout_best) {
       rep.heldout_best = h;
       for (size_t i = 0; i < slots.size(); ++i) {
-        best[i] = Eigen::Map<Eigen::ArrayXf>(slots[i].param, slots[i].size);
+        best[i] = Eigen::Map<Eigen::ArrayXf>(slots[i].data, slots[i].size);
       }
       since_best = 0;
     } else {
@@ -383,7 +352,7 @@ absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWe
     if (stop) break;
   }
   for (size_t i = 0; i < slots.size(); ++i) {
-    Eigen::Map<Eigen::ArrayXf>(slots[i].param, slots[i].size) = best[i];
+    Eigen::Map<Eigen::ArrayXf>(slots[i].data, slots[i].size) = best[i];
   }
   if (scales != nullptr && scales->empty()) {
     scales->assign(cfg.num_layers, LayerScales());

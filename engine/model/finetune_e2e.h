@@ -12,6 +12,7 @@
 #ifndef QUANTD_ENGINE_MODEL_FINETUNE_E2E_H_
 #define QUANTD_ENGINE_MODEL_FINETUNE_E2E_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -59,12 +60,14 @@ using E2eProgress = std::function<void(const E2eReport&)>;
 // FAILED_PRECONDITION for a block the backward pass does not cover (block_grad.h), final
 // logit soft-capping, online rotations, or tune_head on a model with tied embeddings. The
 // backward's ops run on `device` as in FinetuneBlocks (finetune.h); its errors are returned.
+// CANCELLED (q untouched) when `cancelled` (nullable) turns true, checked between steps.
 absl::StatusOr<E2eReport> FinetuneEndToEnd(const LlamaConfig& cfg, const LlamaWeights& fp,
                                            LlamaWeights* q, absl::Span<const int32_t> calib,
                                            const E2eOptions& opts,
                                            std::vector<LayerScales>* scales = nullptr,
                                            const E2eProgress& progress = nullptr,
-                                           quant::Device* device = nullptr);
+                                           quant::Device* device = nullptr,
+                                           const std::atomic<bool>* cancelled = nullptr);
 
 namespace grad {
 

@@ -9,6 +9,7 @@
 #define QUANTD_ENGINE_MODEL_TUNED_BLOCK_FILE_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/model/config.h"
@@ -23,6 +24,20 @@ absl::Status WriteTunedBlock(const std::string& path, const TunedBlock& t);
 // one is missing, not F32, of the wrong length or not finite.
 absl::StatusOr<TunedBlock> ReadTunedBlock(const std::string& path, const LlamaConfig& cfg,
                                           int layer);
+
+// The KL stage's result (FINETUNE_E2E task, finetune_e2e.h): every block's tuned parameters,
+// the final norm and, when the head was tuned, the head.
+struct TunedModel {
+  std::vector<TunedBlock> blocks;
+  VectorF final_norm;
+  MatrixF head;  // [vocab x hidden]; empty: not tuned
+};
+
+// Its file: the tensors of WriteTunedBlock per block under "layers.<l>.", "final_norm" and
+// (optional) "lm_head" [vocab, hidden], all F32. INVALID_ARGUMENT when a vector is empty.
+absl::Status WriteTunedModel(const std::string& path, const TunedModel& t);
+// DATA_LOSS as ReadTunedBlock, and for a block count or head shape that does not match `cfg`.
+absl::StatusOr<TunedModel> ReadTunedModel(const std::string& path, const LlamaConfig& cfg);
 
 }  // namespace quantd::model
 

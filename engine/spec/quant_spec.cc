@@ -170,7 +170,26 @@ absl::Status CheckFinetuneSpec(const quantd::v1::FinetuneSpec& p) {
   }
   QUANTD_RETURN_IF_ERROR(range("batch_sequences", p.batch_sequences(), 1, 4096));
   QUANTD_RETURN_IF_ERROR(range("holdout_sequences", p.holdout_sequences(), 1, 4096));
-  return range("patience", p.patience(), 1, 1000);
+  QUANTD_RETURN_IF_ERROR(range("patience", p.patience(), 1, 1000));
+  if (p.e2e() != "on" && p.e2e() != "off" && !p.e2e().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("finetune e2e '", p.e2e(), "' is not one of: on, off"));
+  }
+  // "" only in specs stored before the KL stage existed (submit fills it in): off.
+  if (p.e2e() != "on") {
+    if (p.e2e_epochs() != 0 || p.e2e_learning_rate() != 0 || p.e2e_head()) {
+      return absl::InvalidArgumentError(
+          "finetune e2e options (epochs, learning rate, head) are set but e2e is off");
+    }
+    return absl::OkStatus();
+  }
+  QUANTD_RETURN_IF_ERROR(range("e2e_epochs", p.e2e_epochs(), 1, 1000));
+  if (!(std::isfinite(p.e2e_learning_rate()) && p.e2e_learning_rate() > 0 &&
+        p.e2e_learning_rate() <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("finetune e2e_learning_rate ",
+                                                   p.e2e_learning_rate(), " is not in (0, 1]"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -178,7 +197,8 @@ absl::Status CheckFinetuneSpec(const quantd::v1::FinetuneSpec& p) {
 absl::Status FillFinetuneDefaults(quantd::v1::FinetuneSpec* p) {
   if (!p->enabled()) {
     if (p->epochs() != 0 || p->learning_rate() != 0 || p->batch_sequences() != 0 ||
-        p->holdout_sequences() != 0 || p->patience() != 0) {
+        p->holdout_sequences() != 0 || p->patience() != 0 || !p->e2e().empty() ||
+        p->e2e_epochs() != 0 || p->e2e_learning_rate() != 0 || p->e2e_head()) {
       return absl::InvalidArgumentError(
           "finetune options are set but finetune.enabled is false (pass --finetune)");
     }
@@ -189,6 +209,11 @@ absl::Status FillFinetuneDefaults(quantd::v1::FinetuneSpec* p) {
   if (p->batch_sequences() == 0) p->set_batch_sequences(kDefaultFinetuneBatch);
   if (p->holdout_sequences() == 0) p->set_holdout_sequences(kDefaultFinetuneHoldout);
   if (p->patience() == 0) p->set_patience(kDefaultFinetunePatience);
+  if (p->e2e().empty()) p->set_e2e("on");
+  if (p->e2e() == "on") {
+    if (p->e2e_epochs() == 0) p->set_e2e_epochs(kDefaultFinetuneE2eEpochs);
+    if (p->e2e_learning_rate() == 0) p->set_e2e_learning_rate(kDefaultFinetuneE2eLearningRate);
+  }
   return CheckFinetuneSpec(*p);
 }
 
@@ -204,6 +229,22 @@ absl::StatusOr<model::FinetuneOptions> FinetuneOptionsFromProto(const quantd::v1
   o.holdout_sequences = p.holdout_sequences();
   o.patience = p.patience();
   QUANTD_RETURN_IF_ERROR(model::ValidateFinetuneOptions(o));
+  return o;
+}
+
+absl::StatusOr<model::E2eOptions> E2eOptionsFromProto(const quantd::v1::FinetuneSpec& p,
+                                                      int seq_len) {
+  QUANTD_ASSIGN_OR_RETURN(model::FinetuneOptions f, FinetuneOptionsFromProto(p, seq_len));
+  if (!FinetuneE2eOn(p)) return absl::InvalidArgumentError("finetune e2e is not on in the spec");
+  model::E2eOptions o;
+  o.seq_len = f.seq_len;
+  o.epochs = p.e2e_epochs();
+  o.learning_rate = p.e2e_learning_rate();
+  o.batch_sequences = f.batch_sequences;
+  o.holdout_sequences = f.holdout_sequences;
+  o.patience = f.patience;
+  o.tune_head = p.e2e_head();
+  QUANTD_RETURN_IF_ERROR(model::ValidateE2eOptions(o));
   return o;
 }
 

@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "proto/quantd.pb.h"
 #include "engine/model/finetune.h"
+#include "engine/model/finetune_e2e.h"
 #include "engine/model/hessian_capture.h"
 #include "engine/quant/quantize.h"
 
@@ -66,17 +67,33 @@ inline constexpr double kDefaultFinetuneLearningRate = 3e-3;
 inline constexpr int kDefaultFinetuneBatch = 2;
 inline constexpr int kDefaultFinetuneHoldout = 2;
 inline constexpr int kDefaultFinetunePatience = 1;
+// The KL stage (finetune.e2e, on by default): SmolLM2-135M qtip and quip-sharp 2-bit kept their
+// second KL epoch at lr 1e-3 and a third raised the held-out KL (docs/benchmarks.md "End-to-end
+// KL stage"); stories260K at 3e-3 reached a lower KL and a worse perplexity than at 1e-3.
+inline constexpr int kDefaultFinetuneE2eEpochs = 2;
+inline constexpr double kDefaultFinetuneE2eLearningRate = 1e-3;
 
 // At submit: fills the defaults of a FinetuneSpec with enabled set (0 = default) and checks
 // every value: INVALID_ARGUMENT naming the field for epochs outside 1..1000, a learning rate
 // not in (0, 1] (or not finite), batch_sequences or holdout_sequences outside 1..4096, patience
-// outside 1..1000, or any value set while enabled is false.
+// outside 1..1000, or any value set while enabled is false; the KL stage's: e2e "" becomes
+// "on"; INVALID_ARGUMENT for e2e other than on/off, e2e_epochs outside 1..1000, an e2e learning
+// rate not in (0, 1], or e2e options set with e2e "off".
 absl::Status FillFinetuneDefaults(quantd::v1::FinetuneSpec* p);
+
+// Whether a stored (filled-in) spec runs the KL stage: enabled and e2e "on".
+inline bool FinetuneE2eOn(const quantd::v1::FinetuneSpec& p) {
+  return p.enabled() && p.e2e() == "on";
+}
 
 // The engine's options for a stored (filled-in) FinetuneSpec on calibration sequences of
 // `seq_len` tokens. INVALID_ARGUMENT as FillFinetuneDefaults (a spec that is not filled in).
 absl::StatusOr<model::FinetuneOptions> FinetuneOptionsFromProto(const quantd::v1::FinetuneSpec& p,
                                                                 int seq_len);
+// The KL stage's options for a stored spec with FinetuneE2eOn (batch, held-out sequences and
+// patience are the block stage's). INVALID_ARGUMENT as FillFinetuneDefaults.
+absl::StatusOr<model::E2eOptions> E2eOptionsFromProto(const quantd::v1::FinetuneSpec& p,
+                                                      int seq_len);
 
 }  // namespace quantd::runner
 
