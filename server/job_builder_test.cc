@@ -181,6 +181,7 @@ TEST_F(BuildJobTest, FinetuneAddsOnePhasePerBlockBeforeTheEvaluation) {
   auto req = Request("quip-sharp", true);
   req.mutable_spec()->mutable_finetune()->set_enabled(true);
   req.mutable_spec()->mutable_finetune()->set_epochs(2);
+  req.mutable_spec()->mutable_finetune()->set_e2e("off");  // the block stage only (see below)
   ASSERT_TRUE(ValidateAndDefault(&req).ok());
   const auto& ft = req.spec().finetune();
   EXPECT_EQ(ft.epochs(), 2);
@@ -271,6 +272,88 @@ TEST_F(BuildJobTest, FinetuneAddsOnePhasePerBlockBeforeTheEvaluation) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad.status().message().find("holdout_sequences 2 leaves none of the 2"),
             std::string::npos)
+      << bad.status();
+}
+
+// The end-to-end KL stage (on by default with fine-tuning): its defaults, one FINETUNE_E2E task
+// in one more phase after the blocks' with every quantized matrix and tuned block as inputs, a
+// memory estimate covering the fp log-probabilities, its options in the fingerprint; bad
+// values refused naming them.
+TEST_F(BuildJobTest, FinetuneE2eAddsOnePhaseAfterTheBlocks) {
+  auto req = Request("quip-sharp", true);
+  req.mutable_spec()->mutable_finetune()->set_enabled(true);
+  ASSERT_TRUE(ValidateAndDefault(&req).ok());
+  const auto& ft = req.spec().finetune();
+  EXPECT_EQ(ft.e2e(), "on");
+  EXPECT_EQ(ft.e2e_epochs(), 2);
+  EXPECT_DOUBLE_EQ(ft.e2e_learning_rate(), 1e-3);
+  EXPECT_FALSE(ft.e2e_head());
+  auto off = Request("quip-sharp", true);
+  off.mutable_spec()->mutable_finetune()->set_enabled(true);
+  off.mutable_spec()->mutable_finetune()->set_e2e("off");
+  ASSERT_TRUE(ValidateAndDefault(&off).ok());
+  EXPECT_EQ(off.spec().finetune().e2e_epochs(), 0);  // nothing filled for a stage that is off
+  EXPECT_NE(SpecFingerprint(req.spec()), SpecFingerprint(off.spec()));
+  auto lr = req;
+  lr.mutable_spec()->mutable_finetune()->set_e2e_learning_rate(2e-3);
+  EXPECT_NE(SpecFingerprint(req.spec()), SpecFingerprint(lr.spec()));
+
+  auto row = BuildJob(req, roots_, "j-fte", dir_ + "/jfte", 2, 32 * kGiB);
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_TRUE(row->job.has_finetune_e2e());
+  EXPECT_FALSE(row->job.finetune_e2e().done());
+  EXPECT_EQ(FinetunePhasesOf(row->tasks), 6);
+  int e2e = 0;
+  for (const TaskRow& t : row->tasks) {
+    if (t.task.kind() == quantd::v1::TASK_KIND_EVAL && t.task.eval().target() == "quantized") {
+      EXPECT_EQ(t.phase, EvaluatePhase(1, 6));
+    }
+    if (t.task.kind() != quantd::v1::TASK_KIND_FINETUNE_E2E) continue;
+    ++e2e;
+    EXPECT_EQ(t.phase, FinetunePhase(1, 5));
+    ASSERT_TRUE(t.task.has_finetune_e2e());
+    EXPECT_EQ(t.task.finetune_e2e().seq_len(), 512);
+    EXPECT_EQ(t.task.finetune_e2e().token_end() - t.task.finetune_e2e().token_begin(), 4 * 512);
+    int quantized = 0, tuned = 0;
+    for (const auto& in : t.task.inputs()) {
+      quantized += in.name().rfind("quantized/", 0) == 0;
+      tuned += in.name().rfind("finetuned/", 0) == 0;
+    }
+    EXPECT_EQ(quantized, 7 * 5);
+    EXPECT_EQ(tuned, 5);
+    // At least the fp log-probabilities (tokens x vocab floats) and three fp32 model copies.
+    EXPECT_GE(t.task.memory_bytes(), 4u * 4 * 512 * 512 + 3u * 4 * 5 * 64 * 64);
+  }
+  EXPECT_EQ(e2e, 1);
+  for (int p = 2; p < 8; ++p) EXPECT_EQ(PhaseName(p, 1, 6), "finetune") << p;
+  EXPECT_EQ(PhaseName(8, 1, 6), "evaluate");
+
+  auto refused = [&](auto edit, const std::string& want) {
+    auto r = Request("quip-sharp", true);
+    r.mutable_spec()->mutable_finetune()->set_enabled(true);
+    edit(r.mutable_spec()->mutable_finetune());
+    absl::Status s = ValidateAndDefault(&r);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << want;
+    EXPECT_NE(s.message().find(want), std::string::npos) << s;
+  };
+  using Ft = quantd::v1::FinetuneSpec;
+  refused([](Ft* f) { f->set_e2e("maybe"); }, "finetune e2e 'maybe' is not one of: on, off");
+  refused([](Ft* f) { f->set_e2e_epochs(1001); }, "finetune e2e_epochs 1001 is outside [1, 1000]");
+  refused([](Ft* f) { f->set_e2e_learning_rate(3); }, "finetune e2e_learning_rate 3 is not in (0, 1]");
+  refused(
+      [](Ft* f) {
+        f->set_e2e("off");
+        f->set_e2e_epochs(3);
+      },
+      "finetune e2e options (epochs, learning rate, head) are set but e2e is off");
+  // The head of a model that ties it to the embedding: refused at build time.
+  auto head = Request("quip-sharp", true);
+  head.mutable_spec()->mutable_finetune()->set_enabled(true);
+  head.mutable_spec()->mutable_finetune()->set_e2e_head(true);
+  ASSERT_TRUE(ValidateAndDefault(&head).ok());
+  auto bad = BuildJob(head, roots_, "j-fte2", dir_ + "/jfte2", 2, 32 * kGiB);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(bad.status().message().find("ties its head to the embedding"), std::string::npos)
       << bad.status();
 }
 

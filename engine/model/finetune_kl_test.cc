@@ -5,12 +5,17 @@
 // and perplexity lower, scales consistent with the written weights), the head option, refusals.
 #include "engine/model/finetune_e2e.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <random>
 
 #include "engine/format/checkpoint.h"
 #include "engine/model/forward_ops.h"
+#include "engine/model/tuned_block_file.h"
+#include "common/file_util.h"
 #include "engine/model/finetune_test_util.h"
 #include "engine/model/perplexity.h"
 #include "engine/model/test_util.h"
@@ -163,6 +168,90 @@ TEST(FinetuneE2e, LowersHeldOutKlAndPerplexity) {
   std::printf("2-bit grid stories260K: held-out KL %.4f -> %.4f, ppl %.3f -> %.3f after "
               "end-to-end fine-tuning\n",
               rep->heldout_before, rep->heldout_best, before, after);
+}
+
+// The service's KL task (worker/finetune_task.cc) rebuilds the block-tuned model from the
+// untuned quantized layers and the blocks' tuned parameters read back from their files
+// (ApplyTunedBlock), starts from the blocks' scales and stores a TunedModel file: bit for bit
+// the bench's in-process FinetuneBlocks + FinetuneEndToEnd. A set cancel flag stops it with
+// CANCELLED.
+TEST(FinetuneE2e, RebuiltFromTunedBlockFilesGivesTheInProcessResultBitForBit) {
+  auto m = testing::LoadStories260K();
+  ASSERT_NE(m, nullptr);
+  const std::vector<int32_t> calib = StoryTokens(0, 8 * 64);
+  ASSERT_FALSE(calib.empty());
+  LlamaWeights q = m->w;
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(m->w, l, lin));
+  }
+  const LlamaWeights untuned = q;
+  FinetuneOptions bo;
+  bo.seq_len = 64;
+  bo.epochs = 2;
+  bo.learning_rate = 3e-3;
+  E2eOptions eo;
+  eo.seq_len = 64;
+  eo.epochs = 2;
+  // In process, as quantd-bench finetune --e2e 1.
+  std::vector<LayerScales> scales;
+  ASSERT_TRUE(FinetuneBlocks(m->cfg, m->w, &q, calib, bo, &scales).ok());
+  std::vector<TunedBlock> blocks(m->cfg.num_layers);
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    blocks[l] = {q.layers[l].attn_norm, q.layers[l].ffn_norm, scales[l]};
+  }
+  auto rep = FinetuneEndToEnd(m->cfg, m->w, &q, calib, eo, &scales);
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  // As the service: each block through its file, applied to the untuned layer.
+  const std::string dir =
+      ::testing::TempDir() + "/finetune_kl_test_" + std::to_string(::getpid());
+  ASSERT_TRUE(MakeDirs(dir).ok());
+  LlamaWeights r = untuned;
+  std::vector<LayerScales> rscales(m->cfg.num_layers);
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    const std::string path = dir + "/block" + std::to_string(l) + ".safetensors";
+    ASSERT_TRUE(WriteTunedBlock(path, blocks[l]).ok());
+    auto t = ReadTunedBlock(path, m->cfg, l);
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE(ApplyTunedBlock(*t, &r.layers[l]).ok());
+    rscales[l] = t->scales;
+  }
+  std::atomic<bool> cancelled{true};
+  LlamaWeights c = r;
+  std::vector<LayerScales> cscales = rscales;
+  EXPECT_EQ(FinetuneEndToEnd(m->cfg, m->w, &c, calib, eo, &cscales, nullptr, &cancelled)
+                .status()
+                .code(),
+            absl::StatusCode::kCancelled);
+  cancelled = false;
+  auto rrep = FinetuneEndToEnd(m->cfg, m->w, &r, calib, eo, &rscales, nullptr, &cancelled);
+  ASSERT_TRUE(rrep.ok()) << rrep.status();
+  EXPECT_EQ(rrep->heldout_curve, rep->heldout_curve);
+  EXPECT_EQ(rrep->heldout_best, rep->heldout_best);
+  TunedModel tm;
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    tm.blocks.push_back({r.layers[l].attn_norm, r.layers[l].ffn_norm, rscales[l]});
+  }
+  tm.final_norm = r.final_norm;
+  ASSERT_TRUE(WriteTunedModel(dir + "/model.safetensors", tm).ok());
+  auto back = ReadTunedModel(dir + "/model.safetensors", m->cfg);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->head.size(), 0);
+  EXPECT_TRUE(back->final_norm == q.final_norm);
+  for (int l = 0; l < m->cfg.num_layers; ++l) {
+    EXPECT_TRUE(back->blocks[l].attn_norm == q.layers[l].attn_norm) << l;
+    EXPECT_TRUE(back->blocks[l].ffn_norm == q.layers[l].ffn_norm) << l;
+    for (int i = 0; i < 7; ++i) {
+      EXPECT_TRUE(back->blocks[l].scales.out[i] == scales[l].out[i]) << l << " " << i;
+      EXPECT_TRUE(back->blocks[l].scales.in[i] == scales[l].in[i]) << l << " " << i;
+      EXPECT_TRUE(GetLinear(r, l, kAllLinears[i]) == GetLinear(q, l, kAllLinears[i])) << l;
+    }
+  }
+  // A file for another model is refused, naming what does not fit.
+  LlamaConfig more = m->cfg;
+  more.num_layers = m->cfg.num_layers - 1;
+  auto wrong = ReadTunedModel(dir + "/model.safetensors", more);
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kDataLoss) << wrong.status();
+  RemoveAll(dir).IgnoreError();
 }
 
 // The head option on an untied model: the transformers fixture engine/model/testdata/rope_llama3
