@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "client/output.h"
 #include "gtest/gtest.h"
 
 namespace quantd::client {
@@ -318,6 +319,37 @@ TEST(ProgressRenderer, NoteOnTerminalKeepsTheBarBelow) {
                        "re-attaching\n\r", 0), 0u) << note;
   EXPECT_EQ(r.Finish(t0), "\n");
   EXPECT_EQ(r.Finish(t0), "");
+}
+
+}  // namespace
+}  // namespace quantd::client
+
+namespace quantd::client {
+namespace {
+
+// Issue 27: once every block is tuned, a job with the KL stage shows "finetune e2e", with the
+// held-out KL before -> after the latest epoch (heartbeat progress) or -> kept once it is done.
+TEST(PhaseLabel, FinetuneE2eShowsTheHeldOutKl) {
+  quantd::v1::Job j;
+  j.set_phase("finetune");
+  j.set_finetune_blocks(30);
+  j.set_finetune_blocks_done(12);
+  j.mutable_spec()->mutable_finetune()->set_e2e_epochs(2);
+  j.mutable_finetune_e2e();
+  EXPECT_EQ(PhaseLabel(j), "finetune, block 13/30");
+  j.set_finetune_blocks_done(30);
+  EXPECT_EQ(PhaseLabel(j), "finetune e2e");
+  j.mutable_finetune_e2e()->set_heldout_before(0.3508);
+  j.mutable_finetune_e2e()->add_heldout_curve(0.3229);
+  j.mutable_finetune_e2e()->set_epochs_run(1);
+  EXPECT_EQ(PhaseLabel(j), "finetune e2e (held-out KL 0.3508 -> 0.3229, epoch 1/2)");
+  j.mutable_finetune_e2e()->add_heldout_curve(0.3086);
+  j.mutable_finetune_e2e()->set_heldout_best(0.3086);
+  j.mutable_finetune_e2e()->set_epochs_run(2);
+  j.mutable_finetune_e2e()->set_done(true);
+  EXPECT_EQ(PhaseLabel(j), "finetune e2e (held-out KL 0.3508 -> 0.3086, epoch 2/2)");
+  EXPECT_NE(DescribeJob(j).find("held-out KL 0.35080 -> 0.30860, 2 epochs"), std::string::npos)
+      << DescribeJob(j);
 }
 
 }  // namespace

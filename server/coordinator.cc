@@ -207,7 +207,10 @@ absl::StatusOr<quantd::v1::RegisterResponse> Coordinator::Register(
 
 absl::StatusOr<quantd::v1::HeartbeatResponse> Coordinator::Heartbeat(
     const quantd::v1::HeartbeatRequest& req) {
-  return scheduler_->Heartbeat(req);
+  std::vector<Job> changed;
+  auto r = scheduler_->Heartbeat(req, &changed);
+  for (const Job& j : changed) Notify(j);
+  return r;
 }
 
 absl::StatusOr<quantd::v1::LeaseTaskResponse> Coordinator::Lease(

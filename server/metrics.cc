@@ -77,7 +77,7 @@ Metrics::Metrics()
       finetune_e2e_kl_(prometheus::BuildGauge()
                            .Name("quantd_finetune_e2e_heldout_kl")
                            .Help("Held-out KL(p_fp || p_q) per token (nats) of a running job's "
-                                 "end-to-end fine-tuning stage, before and after it")
+                                 "end-to-end fine-tuning stage: before it, after its latest epoch (current), kept (best)")
                            .Register(*registry_)),
       weights_quantized_(prometheus::BuildCounter()
                              .Name("quantd_weights_quantized_total")
@@ -147,10 +147,19 @@ void Metrics::FinetuneBlock(const std::string& job_id, int block, double heldout
 
 void Metrics::FinetuneE2e(const std::string& job_id, double heldout_before, double heldout_best) {
   finetune_e2e_.Increment();
+  SetE2eGauges(job_id, {{"before", heldout_before}, {"best", heldout_best}});
+}
+
+void Metrics::FinetuneE2eProgress(const std::string& job_id, double heldout_before,
+                                  double current) {
+  SetE2eGauges(job_id, {{"before", heldout_before}, {"current", current}});
+}
+
+void Metrics::SetE2eGauges(const std::string& job_id,
+                           const std::vector<std::pair<const char*, double>>& values) {
   MutexLock l(&mu_);
   std::vector<prometheus::Gauge*>& gauges = finetune_e2e_by_job_[job_id];
-  for (const auto& [when, v] : {std::pair<const char*, double>{"before", heldout_before},
-                                std::pair<const char*, double>{"best", heldout_best}}) {
+  for (const auto& [when, v] : values) {
     prometheus::Gauge* g = &finetune_e2e_kl_.Add({{"job", job_id}, {"when", when}});
     if (std::find(gauges.begin(), gauges.end(), g) == gauges.end()) gauges.push_back(g);
     g->Set(v);

@@ -56,6 +56,8 @@ class Metrics {
   // {job, when="before"|"best"} (mean held-out KL per token in nats; removed with the job's
   // progress).
   void FinetuneE2e(const std::string& job_id, double heldout_before, double heldout_best);
+  // A running KL stage's held-out KL after its latest epoch: {when="before"|"current"}.
+  void FinetuneE2eProgress(const std::string& job_id, double heldout_before, double current);
   void WeightsQuantized(int64_t n);
   // One quantized matrix's relative proxy loss (tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), unitless).
   void MatrixProxyLoss(double loss);
@@ -64,6 +66,9 @@ class Metrics {
   prometheus::Registry& registry() { return *registry_; }
 
  private:
+  void SetE2eGauges(const std::string& job_id,
+                    const std::vector<std::pair<const char*, double>>& values);
+
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Gauge>& jobs_;

@@ -82,7 +82,7 @@ void Scheduler::PublishWorkerCountsLocked() {
 }
 
 absl::StatusOr<quantd::v1::HeartbeatResponse> Scheduler::Heartbeat(
-    const quantd::v1::HeartbeatRequest& req) {
+    const quantd::v1::HeartbeatRequest& req, std::vector<quantd::v1::Job>* changed) {
   QUANTD_RETURN_IF_ERROR(Seen(req.worker_id(), /*revive=*/true).status());
   quantd::v1::HeartbeatResponse resp;
   MutexLock l(table_->mu());
@@ -95,6 +95,21 @@ absl::StatusOr<quantd::v1::HeartbeatResponse> Scheduler::Heartbeat(
         if (t.leased && t.lease_id == lease && t.worker_id == req.worker_id()) {
           t.lease_expiry = absl::Now() + options_.lease_timeout;
           alive = true;
+          // A running KL stage's held-out KL so far: into the job status (in memory; the
+          // task's report replaces it) and the metrics.
+          if (req.has_finetune_e2e() &&
+              t.row.task.kind() == quantd::v1::TASK_KIND_FINETUNE_E2E &&
+              t.row.state != TaskRowState::kDone) {
+            quantd::v1::FinetuneE2eStatus* st = e.job.mutable_finetune_e2e();
+            *st = req.finetune_e2e();
+            st->set_done(false);
+            e.job.set_updated_unix_ms(absl::ToUnixMillis(absl::Now()));
+            if (st->heldout_curve_size() > 0) {
+              metrics_->FinetuneE2eProgress(e.job.id(), st->heldout_before(),
+                                            st->heldout_curve(st->heldout_curve_size() - 1));
+            }
+            if (changed != nullptr) changed->push_back(e.job);
+          }
         }
       }
     }

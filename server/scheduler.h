@@ -45,8 +45,11 @@ class Scheduler {
   absl::StatusOr<quantd::v1::RegisterResponse> Register(const quantd::v1::RegisterRequest& req)
       ABSL_LOCKS_EXCLUDED(mu_);
   // Renews the worker and those of its leases that are still held; the others are listed as
-  // cancelled, with the cached jobs that have ended. NOT_FOUND for an unknown worker.
-  absl::StatusOr<quantd::v1::HeartbeatResponse> Heartbeat(const quantd::v1::HeartbeatRequest& req)
+  // cancelled, with the cached jobs that have ended. A running KL stage's progress
+  // (req.finetune_e2e) goes into its job's status; `changed` (nullable) gets the jobs it
+  // changed, for the watchers. NOT_FOUND for an unknown worker.
+  absl::StatusOr<quantd::v1::HeartbeatResponse> Heartbeat(
+      const quantd::v1::HeartbeatRequest& req, std::vector<quantd::v1::Job>* changed = nullptr)
       ABSL_LOCKS_EXCLUDED(mu_);
 
   struct LeaseOutcome {

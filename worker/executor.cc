@@ -397,7 +397,7 @@ int RemoveStaleShards(const std::string& scratch_dir) {
 
 absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blobs,
                                        quant::Device& device, const std::atomic<bool>& cancelled,
-                                       const std::string& scratch_dir) {
+                                       const std::string& scratch_dir, const TaskProgress& progress) {
   const absl::Time start = absl::Now();
   absl::StatusOr<TaskResult> r;
   // The kind's own message must be the one the task carries: a task without it would run on
@@ -426,7 +426,7 @@ absl::StatusOr<TaskResult> ExecuteTask(const Task& task, const BlobResolver& blo
       break;
     case quantd::v1::TASK_KIND_FINETUNE_E2E:
       if (!task.has_finetune_e2e()) return missing("finetune_e2e");
-      r = RunFinetuneE2eTask(task, blobs, cancelled, scratch_dir);
+      r = RunFinetuneE2eTask(task, blobs, cancelled, scratch_dir, progress);
       break;
     default:
       return absl::UnimplementedError(absl::StrCat("task kind ", task.kind(), " is not supported"));

@@ -33,9 +33,13 @@ using BlobResolver = std::function<absl::StatusOr<std::string>(const std::string
 // final for the job, others are retried elsewhere).
 // A Hessian shard is written under `scratch_dir` (a worker passes its cache dir), in a directory
 // named quantd_shard_<pid>_XXXXXX.
+// `progress` (nullable) is called on the calling thread as a long task advances: for a
+// FINETUNE_E2E task with the held-out KL so far after each epoch.
+using TaskProgress = std::function<void(const quantd::v1::FinetuneE2eStatus&)>;
 absl::StatusOr<TaskResult> ExecuteTask(const quantd::v1::Task& task, const BlobResolver& blobs,
                                        quant::Device& device, const std::atomic<bool>& cancelled,
-                                       const std::string& scratch_dir = "/tmp");
+                                       const std::string& scratch_dir = "/tmp",
+                                       const TaskProgress& progress = nullptr);
 
 // Removes the shard directories under `scratch_dir` left by processes that no longer run (a
 // worker killed while writing or sending a shard). Returns how many it removed.

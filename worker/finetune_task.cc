@@ -179,9 +179,28 @@ absl::StatusOr<TaskResult> RunFinetuneTask(const Task& task, const BlobResolver&
   return r;
 }
 
+namespace {
+
+// The report's held-out KL fields (done: the task's result; else progress so far).
+quantd::v1::FinetuneE2eStatus E2eStatus(const model::E2eReport& rep, bool done) {
+  quantd::v1::FinetuneE2eStatus st;
+  st.set_heldout_before(rep.heldout_before);
+  for (double h : rep.heldout_curve) st.add_heldout_curve(h);
+  st.set_heldout_best(rep.heldout_best);
+  st.set_epochs_run(rep.epochs_run);
+  st.set_seconds(rep.seconds);
+  st.set_train_first(rep.train_first);
+  st.set_train_last(rep.train_last);
+  st.set_done(done);
+  return st;
+}
+
+}  // namespace
+
 absl::StatusOr<TaskResult> RunFinetuneE2eTask(const Task& task, const BlobResolver& blobs,
                                               const std::atomic<bool>& cancelled,
-                                              const std::string& scratch_dir) {
+                                              const std::string& scratch_dir,
+                                              const TaskProgress& progress) {
   QUANTD_ASSIGN_OR_RETURN(Inputs in, ResolveInputs(task, blobs));
   QUANTD_ASSIGN_OR_RETURN(model::LlamaConfig cfg, model::LoadLlamaConfig(in.model_dir));
   QUANTD_ASSIGN_OR_RETURN(
@@ -213,7 +232,11 @@ absl::StatusOr<TaskResult> RunFinetuneE2eTask(const Task& task, const BlobResolv
   }
   QUANTD_ASSIGN_OR_RETURN(
       model::E2eReport rep,
-      model::FinetuneEndToEnd(cfg, fp, &q, tokens, opts, &scales, nullptr, &cancelled));
+      model::FinetuneEndToEnd(cfg, fp, &q, tokens, opts, &scales,
+                              [&](const model::E2eReport& r) {
+                                if (progress) progress(E2eStatus(r, false));
+                              },
+                              &cancelled));
   model::TunedModel tm;
   for (int l = 0; l < cfg.num_layers; ++l) {
     tm.blocks.push_back({q.layers[l].attn_norm, q.layers[l].ffn_norm, std::move(scales[l])});
@@ -221,15 +244,7 @@ absl::StatusOr<TaskResult> RunFinetuneE2eTask(const Task& task, const BlobResolv
   tm.final_norm = q.final_norm;
   if (opts.tune_head) tm.head = std::move(q.lm_head);
   TaskResult r;
-  auto* st = r.header.mutable_finetune_e2e();
-  st->set_heldout_before(rep.heldout_before);
-  for (double h : rep.heldout_curve) st->add_heldout_curve(h);
-  st->set_heldout_best(rep.heldout_best);
-  st->set_epochs_run(rep.epochs_run);
-  st->set_seconds(rep.seconds);
-  st->set_train_first(rep.train_first);
-  st->set_train_last(rep.train_last);
-  st->set_done(true);
+  *r.header.mutable_finetune_e2e() = E2eStatus(rep, true);
   QUANTD_RETURN_IF_ERROR(ResultBytes(
       scratch_dir, [&](const std::string& path) { return model::WriteTunedModel(path, tm); }, &r));
   return r;

@@ -32,10 +32,12 @@ absl::StatusOr<TaskResult> RunFinetuneTask(const quantd::v1::Task& task, const B
 // quantized matrices and every block's tuned parameters, then FinetuneEndToEnd against the fp
 // model; the result is a model::TunedModel file (tuned_block_file.h). Holds both models in
 // memory (TaskMemoryBytes). Errors as RunFinetuneTask.
+// `progress` (nullable) gets the held-out KL after each epoch.
 absl::StatusOr<TaskResult> RunFinetuneE2eTask(const quantd::v1::Task& task,
                                               const BlobResolver& blobs,
                                               const std::atomic<bool>& cancelled,
-                                              const std::string& scratch_dir);
+                                              const std::string& scratch_dir,
+                                              const TaskProgress& progress = nullptr);
 
 }  // namespace quantd::runner
 

@@ -150,6 +150,7 @@ void Worker::HeartbeatLoop() {
       if (worker_id_.empty()) continue;
       req.set_worker_id(worker_id_);
       if (!current_lease_.empty()) req.add_lease_ids(current_lease_);
+      if (!current_lease_.empty() && progress_) *req.mutable_finetune_e2e() = *progress_;
     }
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(JobsCacheDir(), ec)) {
@@ -275,13 +276,18 @@ absl::Status Worker::RunTask(const quantd::v1::Task& task) {
       MutexLock l(&w->mu_);
       w->current_lease_.clear();
       w->current_job_.clear();
+      w->progress_.reset();
     }
   } release_lease{this};
   if (InjectedTaskDelay() > absl::ZeroDuration()) absl::SleepFor(InjectedTaskDelay());
   EvictUnusedHessians(task);
   BlobResolver resolver = [&](const std::string& name) { return FetchBlob(task.job_id(), name); };
   absl::StatusOr<TaskResult> r =
-      ExecuteTask(task, resolver, *device_, cancelled_, ScratchDir());
+      ExecuteTask(task, resolver, *device_, cancelled_, ScratchDir(),
+                  [this](const quantd::v1::FinetuneE2eStatus& p) {
+                    MutexLock l(&mu_);
+                    progress_ = p;
+                  });
   // A result file's directory goes when this function returns, sent or not.
   struct RemoveDir {
     std::string dir;

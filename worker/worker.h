@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -72,6 +73,8 @@ class Worker {
   std::string worker_id_ ABSL_GUARDED_BY(mu_);
   std::string current_lease_ ABSL_GUARDED_BY(mu_);
   std::string current_job_ ABSL_GUARDED_BY(mu_);  // job of current_lease_; its cache stays
+  // The current lease's progress (a FINETUNE_E2E task's epochs so far), sent with heartbeats.
+  std::optional<quantd::v1::FinetuneE2eStatus> progress_ ABSL_GUARDED_BY(mu_);
   int heartbeat_ms_ ABSL_GUARDED_BY(mu_) = 2000;  // set by RegisterLoop, read by HeartbeatLoop
 };
 

@@ -140,16 +140,22 @@ MatrixF TwoBit(const MatrixF& m) {
   return out;
 }
 
+// Every decoder linear of `w` on TwoBit's grid.
+LlamaWeights TwoBitModel(const LlamaConfig& cfg, const LlamaWeights& w) {
+  LlamaWeights q = w;
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(w, l, lin));
+  }
+  return q;
+}
+
 TEST(FinetuneE2e, LowersHeldOutKlAndPerplexity) {
   auto m = testing::LoadStories260K();
   ASSERT_NE(m, nullptr);
   const std::vector<int32_t> calib = StoryTokens(0, 12 * 128);
   const std::vector<int32_t> eval = StoryTokens(200000, 8192);
   if (calib.empty() || eval.empty()) FAIL() << "examples/tinystories tokens not found";
-  LlamaWeights q = m->w;
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(m->w, l, lin));
-  }
+  LlamaWeights q = TwoBitModel(m->cfg, m->w);
   const LlamaWeights untuned = q;
   E2eOptions o;
   o.seq_len = 128;
@@ -180,10 +186,7 @@ TEST(FinetuneE2e, RebuiltFromTunedBlockFilesGivesTheInProcessResultBitForBit) {
   ASSERT_NE(m, nullptr);
   const std::vector<int32_t> calib = StoryTokens(0, 8 * 64);
   ASSERT_FALSE(calib.empty());
-  LlamaWeights q = m->w;
-  for (int l = 0; l < m->cfg.num_layers; ++l) {
-    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(m->w, l, lin));
-  }
+  LlamaWeights q = TwoBitModel(m->cfg, m->w);
   const LlamaWeights untuned = q;
   FinetuneOptions bo;
   bo.seq_len = 64;
@@ -267,10 +270,7 @@ TEST(FinetuneE2e, TunesAnUntiedHead) {
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
   auto fp = LoadLlamaWeights(**ckpt, *cfg);
   ASSERT_TRUE(fp.ok()) << fp.status();
-  LlamaWeights q = *fp;
-  for (int l = 0; l < cfg->num_layers; ++l) {
-    for (Linear lin : kAllLinears) MutableLinear(q, l, lin) = TwoBit(GetLinear(*fp, l, lin));
-  }
+  LlamaWeights q = TwoBitModel(*cfg, *fp);
   q.lm_head = TwoBit(fp->lm_head);
   std::mt19937_64 rng(3);
   std::uniform_int_distribution<int32_t> tok(0, cfg->vocab_size - 1);
