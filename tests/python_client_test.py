@@ -253,6 +253,7 @@ class PythonClientTest(unittest.TestCase):
             c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", finetune=True,
                      ft_e2e="off", ft_e2e_epochs=3)
         # The server names a bad value too (here one the client does not check).
+        import grpc
         with self.assertRaises(grpc.RpcError) as e:
             c.submit(MODEL, calib=CALIB, method="rtn", bits=4, name="py-ft-bad", finetune=True,
                      ft_e2e_epochs=5000)

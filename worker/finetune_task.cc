@@ -198,6 +198,7 @@ quantd::v1::FinetuneE2eStatus E2eStatus(const model::E2eReport& rep, bool done) 
 }  // namespace
 
 absl::StatusOr<TaskResult> RunFinetuneE2eTask(const Task& task, const BlobResolver& blobs,
+                                              quant::Device& device,
                                               const std::atomic<bool>& cancelled,
                                               const std::string& scratch_dir,
                                               const TaskProgress& progress) {
@@ -236,7 +237,7 @@ absl::StatusOr<TaskResult> RunFinetuneE2eTask(const Task& task, const BlobResolv
                               [&](const model::E2eReport& r) {
                                 if (progress) progress(E2eStatus(r, false));
                               },
-                              &cancelled));
+                              &device, &cancelled));
   model::TunedModel tm;
   for (int l = 0; l < cfg.num_layers; ++l) {
     tm.blocks.push_back({q.layers[l].attn_norm, q.layers[l].ffn_norm, std::move(scales[l])});

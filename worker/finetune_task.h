@@ -34,7 +34,7 @@ absl::StatusOr<TaskResult> RunFinetuneTask(const quantd::v1::Task& task, const B
 // memory (TaskMemoryBytes). Errors as RunFinetuneTask.
 // `progress` (nullable) gets the held-out KL after each epoch.
 absl::StatusOr<TaskResult> RunFinetuneE2eTask(const quantd::v1::Task& task,
-                                              const BlobResolver& blobs,
+                                              const BlobResolver& blobs, quant::Device& device,
                                               const std::atomic<bool>& cancelled,
                                               const std::string& scratch_dir,
                                               const TaskProgress& progress = nullptr);

@@ -221,12 +221,12 @@ TEST(FinetuneE2e, RebuiltFromTunedBlockFilesGivesTheInProcessResultBitForBit) {
   std::atomic<bool> cancelled{true};
   LlamaWeights c = r;
   std::vector<LayerScales> cscales = rscales;
-  EXPECT_EQ(FinetuneEndToEnd(m->cfg, m->w, &c, calib, eo, &cscales, nullptr, &cancelled)
+  EXPECT_EQ(FinetuneEndToEnd(m->cfg, m->w, &c, calib, eo, &cscales, nullptr, nullptr, &cancelled)
                 .status()
                 .code(),
             absl::StatusCode::kCancelled);
   cancelled = false;
-  auto rrep = FinetuneEndToEnd(m->cfg, m->w, &r, calib, eo, &rscales, nullptr, &cancelled);
+  auto rrep = FinetuneEndToEnd(m->cfg, m->w, &r, calib, eo, &rscales, nullptr, nullptr, &cancelled);
   ASSERT_TRUE(rrep.ok()) << rrep.status();
   EXPECT_EQ(rrep->heldout_curve, rep->heldout_curve);
   EXPECT_EQ(rrep->heldout_best, rep->heldout_best);
