@@ -2,7 +2,8 @@
 // 27): one FINETUNE task per decoder block after the quantize phase, then the end-to-end KL
 // stage (one FINETUNE_E2E task, on by default), then the artifact with the tuned scales
 // (quantd_format 2). Runs quantd with two workers on the bundled stories260K (5
-// blocks) with a small calibration set, so the whole test takes about a minute on 2 cores.
+// blocks) with a small calibration set: four jobs and two restarts, about 200 s on the loaded
+// 2-core box, the 500 ms hold on every task that lets a kill land on a lease included.
 #include <csignal>
 #include <regex>
 #include <sstream>
