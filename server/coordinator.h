@@ -41,8 +41,9 @@
 namespace quantd::server {
 
 // The worker RPCs' version: 2 since Task carries its per-kind fields in `oneof work` (1 sent them
-// flat). A worker of another version is refused at Register.
-inline constexpr int kWorkerApiVersion = 2;
+// flat); 3 since a job may hold TASK_KIND_FINETUNE_E2E tasks (a version-2 worker cannot run them,
+// and leasing it one would fail the job). A worker of another version is refused at Register.
+inline constexpr int kWorkerApiVersion = 3;
 
 struct CoordinatorOptions {
   std::string data_dir = "./var";                     // Default: ./var (job store + registry)

@@ -216,18 +216,21 @@ TEST_F(CoordinatorTest, AFailedStoreWriteDuringExpiryOrAStepIsRetriedWithMemoryU
   EXPECT_EQ(coord_->GetJob(rsub->job().id())->state(), quantd::v1::JOB_STATE_RUNNING);
 }
 
-// Version 2 of the worker API sends each task kind's fields in its own message; a worker of
-// version 1 would read none of them, so it is refused at Register, naming both versions.
+// Version 2 of the worker API sends each task kind's fields in its own message (a worker of
+// version 1 would read none of them); version 3 adds the KL fine-tuning task, which a version-2
+// worker cannot run. Either is refused at Register, naming both versions.
 TEST_F(CoordinatorTest, AWorkerOfAnotherApiVersionIsRefusedAtRegister) {
   quantd::v1::RegisterRequest r;
-  r.set_api_version(1);
   r.set_worker_name("old-worker");
-  auto resp = coord_->Register(r);
-  EXPECT_EQ(resp.status().code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_NE(resp.status().message().find("old-worker speaks worker API version 1, this "
-                                         "coordinator 2"),
-            absl::string_view::npos)
-      << resp.status();
+  for (int old : {1, 2}) {
+    r.set_api_version(old);
+    auto resp = coord_->Register(r);
+    EXPECT_EQ(resp.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_NE(resp.status().message().find(absl::StrCat(
+                  "old-worker speaks worker API version ", old, ", this coordinator 3")),
+              absl::string_view::npos)
+        << resp.status();
+  }
   r.set_api_version(kWorkerApiVersion);
   EXPECT_TRUE(coord_->Register(r).ok());
 }

@@ -25,7 +25,7 @@ namespace quantd::runner {
 namespace {
 
 // The worker RPCs' version; must equal the coordinator's (server/coordinator.h kWorkerApiVersion).
-constexpr int kApiVersion = 2;
+constexpr int kApiVersion = 3;
 constexpr size_t kChunkBytes = 2 << 20;
 
 std::string DefaultName() {
