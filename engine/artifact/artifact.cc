@@ -33,39 +33,58 @@ std::string QuantizedTensorName(std::string_view weight_name) {
 
 namespace {
 
-// The U8 `.qweight` tensor holding the packed matrix that replaces `weight_name`.
-model::TensorToWrite PackedTensor(const std::string& weight_name, const std::string& bytes) {
-  model::TensorToWrite t;
-  t.name = QuantizedTensorName(weight_name);
-  t.dtype = model::DType::kU8;
-  t.shape = {static_cast<int64_t>(bytes.size())};
-  t.data = bytes;
-  return t;
+// Where the .qweight bytes come from: the byte size of each packed weight (by weight name) and
+// a reader of its bytes, so that a writer holds one packed matrix at a time.
+struct PackedBytes {
+  std::map<std::string, uint64_t> sizes;
+  std::function<absl::StatusOr<std::string>(const std::string& weight_name)> read;
+};
+
+// Packed matrices already in memory (weight name -> bytes); `packed` must outlive the result.
+PackedBytes PackedInMemory(const std::map<std::string, std::string>& packed) {
+  PackedBytes p;
+  for (const auto& [name, bytes] : packed) p.sizes[name] = bytes.size();
+  p.read = [&packed](const std::string& name) -> absl::StatusOr<std::string> {
+    return packed.at(name);
+  };
+  return p;
 }
 
-absl::Status AllPackedUsed(size_t replaced, const std::map<std::string, std::string>& packed) {
-  if (replaced == packed.size()) return absl::OkStatus();
+// Packed matrices in files (weight name -> path), read when written; DATA_LOSS when a file
+// changes size in between. `packed_files` must outlive the result.
+absl::StatusOr<PackedBytes> PackedInFiles(const std::map<std::string, std::string>& packed_files) {
+  PackedBytes p;
+  for (const auto& [name, path] : packed_files) {
+    QUANTD_ASSIGN_OR_RETURN(p.sizes[name], FileSize(path));
+  }
+  p.read = [&packed_files, sizes = p.sizes](const std::string& name) -> absl::StatusOr<std::string> {
+    const std::string& path = packed_files.at(name);
+    QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+    if (bytes.size() != sizes.at(name)) {
+      return absl::DataLossError(absl::StrCat(path, " changed size while assembling"));
+    }
+    return bytes;
+  };
+  return p;
+}
+
+absl::Status AllPackedUsed(size_t replaced, const PackedBytes& packed) {
+  if (replaced == packed.sizes.size()) return absl::OkStatus();
   return absl::InvalidArgumentError(
-      absl::StrCat(packed.size() - replaced, " quantized tensors have no source tensor"));
+      absl::StrCat(packed.sizes.size() - replaced, " quantized tensors have no source tensor"));
 }
 
-}  // namespace
-
-namespace {
-
-// Every tensor of `src` in name order, those in `packed_sizes` replaced by their .qweight
-// (bytes from read_packed), streamed: one packed matrix in memory at a time, the source's bytes
-// copied from the mapping. The bytes equal WriteSafetensors' of the same tensors.
-absl::Status WriteArtifactStreamed(
-    const model::Checkpoint& src, const std::map<std::string, uint64_t>& packed_sizes,
-    const std::function<absl::StatusOr<std::string>(const std::string&)>& read_packed,
-    const std::string& out_path) {
+// Every tensor of `src` in name order, those in `packed` replaced by their .qweight, streamed:
+// one packed matrix in memory at a time, the source's bytes copied from the mapping. The bytes
+// equal WriteSafetensors' of the same tensors.
+absl::Status WriteArtifactStreamed(const model::Checkpoint& src, const PackedBytes& packed,
+                                   const std::string& out_path) {
   std::vector<model::TensorDecl> decls;
   std::map<std::string, std::string> source_of;  // output name -> source weight name
   size_t replaced = 0;
   for (const std::string& name : src.Names()) {
-    auto it = packed_sizes.find(name);
-    if (it != packed_sizes.end()) {
+    auto it = packed.sizes.find(name);
+    if (it != packed.sizes.end()) {
       const std::string q = QuantizedTensorName(name);
       decls.push_back({q, model::DType::kU8, {static_cast<int64_t>(it->second)}});
       source_of[q] = name;
@@ -76,10 +95,7 @@ absl::Status WriteArtifactStreamed(
       source_of[name] = name;
     }
   }
-  if (replaced != packed_sizes.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        packed_sizes.size() - replaced, " quantized tensors have no source tensor"));
-  }
+  QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
   std::sort(decls.begin(), decls.end(),
             [](const model::TensorDecl& a, const model::TensorDecl& b) { return a.name < b.name; });
   QUANTD_ASSIGN_OR_RETURN(auto w, model::SafetensorsWriter::Create(out_path, decls,
@@ -87,7 +103,7 @@ absl::Status WriteArtifactStreamed(
   for (const model::TensorDecl& d : decls) {
     const std::string& name = source_of[d.name];
     if (d.name != name) {
-      QUANTD_ASSIGN_OR_RETURN(std::string bytes, read_packed(name));
+      QUANTD_ASSIGN_OR_RETURN(std::string bytes, packed.read(name));
       QUANTD_RETURN_IF_ERROR(w->Append(d.name, bytes));
     } else {
       QUANTD_ASSIGN_OR_RETURN(model::TensorView v, src.Get(name));
@@ -98,49 +114,18 @@ absl::Status WriteArtifactStreamed(
   return w->Finish();
 }
 
-}  // namespace
-
-absl::Status WriteArtifactModel(const model::Checkpoint& src,
-                                const std::map<std::string, std::string>& packed,
-                                const std::string& out_path) {
-  std::map<std::string, uint64_t> sizes;
-  for (const auto& [name, bytes] : packed) sizes[name] = bytes.size();
-  return WriteArtifactStreamed(
-      src, sizes, [&](const std::string& name) { return packed.at(name); }, out_path);
-}
-
-absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
-                                         const std::map<std::string, std::string>& packed_files,
-                                         const std::string& out_path) {
-  std::map<std::string, uint64_t> sizes;
-  for (const auto& [name, path] : packed_files) {
-    QUANTD_ASSIGN_OR_RETURN(sizes[name], FileSize(path));
-  }
-  return WriteArtifactStreamed(
-      src, sizes,
-      [&](const std::string& name) -> absl::StatusOr<std::string> {
-        const std::string& path = packed_files.at(name);
-        QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
-        if (bytes.size() != sizes.at(name)) {
-          return absl::DataLossError(absl::StrCat(path, " changed size while assembling"));
-        }
-        return bytes;
-      },
-      out_path);
-}
-
-absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::WeightSource& src,
-                                          const std::map<std::string, std::string>& packed_files,
-                                          const std::string& out_path) {
-  // Every tensor WriteArtifactFromWeights writes, declared with a producer of its bytes; the
-  // writer emits them sorted by name, which visits each layer's tensors contiguously, so one
-  // Layer() call serves all of a layer's tensors.
+// The one enumeration of a model's artifact tensors (WriteArtifactModelFromSource and
+// WriteArtifactFromWeights): every tensor of `src` under its HF name in F32, lm_head.weight
+// when cfg is untied, the linears in `packed` as .qweight, the online rotations `src` has, and
+// each scaled weight's two F32 scale tensors. Each tensor is declared with a producer of its
+// bytes; the writer emits them sorted by name, which visits each layer's tensors contiguously,
+// so one Layer() call serves all of a layer's tensors.
+absl::Status WriteSourceArtifact(const model::LlamaConfig& cfg, model::WeightSource& src,
+                                 const PackedBytes& packed,
+                                 const std::map<std::string, RealScales>& scales,
+                                 const std::string& out_path) {
   using Bytes = std::function<absl::Status(const std::string& name, model::SafetensorsWriter*)>;
   std::vector<std::pair<model::TensorDecl, Bytes>> tensors;
-  std::map<std::string, uint64_t> sizes;
-  for (const auto& [name, path] : packed_files) {
-    QUANTD_ASSIGN_OR_RETURN(sizes[name], FileSize(path));
-  }
   size_t replaced = 0;
   auto as_bytes = [](const float* v, int64_t n) {
     return std::string_view(reinterpret_cast<const char*>(v), static_cast<size_t>(n) * 4);
@@ -198,20 +183,14 @@ absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::
     }
     for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
       const std::string wname = model::StoredTensorName(l, sl);
-      auto it = sizes.find(wname);
-      if (it != sizes.end()) {
+      auto it = packed.sizes.find(wname);
+      if (it != packed.sizes.end()) {
         ++replaced;
-        const std::string path = packed_files.at(wname);
-        const uint64_t size = it->second;
         tensors.push_back({{QuantizedTensorName(wname), model::DType::kU8,
-                            {static_cast<int64_t>(size)}},
-                           [path, size](const std::string& name,
-                                        model::SafetensorsWriter* w) -> absl::Status {
-                             QUANTD_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
-                             if (bytes.size() != size) {
-                               return absl::DataLossError(
-                                   absl::StrCat(path, " changed size while assembling"));
-                             }
+                            {static_cast<int64_t>(it->second)}},
+                           [&packed, wname](const std::string& name,
+                                            model::SafetensorsWriter* w) -> absl::Status {
+                             QUANTD_ASSIGN_OR_RETURN(std::string bytes, packed.read(wname));
                              return w->Append(name, bytes);
                            }});
         continue;
@@ -226,10 +205,6 @@ absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::
                          }});
     }
   }
-  if (replaced != packed_files.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        packed_files.size() - replaced, " quantized tensors have no source tensor"));
-  }
   for (const auto& [tname, r] : {std::pair<const char*, model::OnlineRotation>{
                                      kOnlineDownTensor, src.online_down()},
                                  {kOnlineOTensor, src.online_o()}}) {
@@ -241,75 +216,13 @@ absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::
                          return w->Append(name, bytes);
                        }});
   }
-  std::stable_sort(tensors.begin(), tensors.end(),
-                   [](const auto& a, const auto& b) { return a.first.name < b.first.name; });
-  std::vector<model::TensorDecl> decls;
-  for (const auto& t : tensors) decls.push_back(t.first);
-  QUANTD_ASSIGN_OR_RETURN(auto w, model::SafetensorsWriter::Create(out_path, decls,
-                                                                   {{"quantd_format", "1"}}));
-  for (const auto& [decl, bytes] : tensors) QUANTD_RETURN_IF_ERROR(bytes(decl.name, w.get()));
-  return w->Finish();
-}
-
-absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
-                                      const std::map<std::string, std::string>& packed,
-                                      const std::string& out_path,
-                                      const std::map<std::string, RealScales>& scales) {
-  std::vector<model::TensorToWrite> out;
-  size_t replaced = 0;
-  auto add = [&](const std::string& name, const float* v, std::vector<int64_t> shape) {
-    model::TensorToWrite t;
-    auto it = packed.find(name);
-    if (it != packed.end()) {
-      t = PackedTensor(name, it->second);
-      ++replaced;
-    } else {
-      int64_t n = 1;
-      for (int64_t d : shape) n *= d;
-      t.name = name;
-      t.dtype = model::DType::kF32;
-      t.shape = std::move(shape);
-      t.data.assign(reinterpret_cast<const char*>(v), static_cast<size_t>(n) * sizeof(float));
-    }
-    out.push_back(std::move(t));
-  };
-  auto add_matrix = [&](const std::string& name, const MatrixF& m) {
-    add(name, m.data(), {m.rows(), m.cols()});  // row-major, as safetensors
-  };
-  auto add_vector = [&](const std::string& name, const VectorF& v) {
-    add(name, v.data(), {v.size()});
-  };
-  add_matrix("model.embed_tokens.weight", w.embed);
-  add_vector("model.norm.weight", w.final_norm);
-  if (!cfg.tie_word_embeddings) add_matrix("lm_head.weight", w.lm_head);
-  for (int l = 0; l < static_cast<int>(w.layers.size()); ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    for (const model::LayerVectorSpec& v : model::LayerVectors(cfg)) {
-      add_vector(p + std::string(v.suffix), w.layers[l].*v.member);
-    }
-    for (const model::StoredLinear& sl : model::StoredLinears(cfg)) {
-      add_matrix(model::StoredTensorName(l, sl), model::GatherStored(w.layers[l], sl));
-    }
-  }
-  auto add_online = [&](const char* name, const model::OnlineRotation& r) {
-    if (r.size == 0) return;
-    model::TensorToWrite t;
-    t.name = name;
-    t.dtype = model::DType::kI64;
-    t.shape = {2};
-    const int64_t v[2] = {r.size, static_cast<int64_t>(r.seed)};
-    t.data.assign(reinterpret_cast<const char*>(v), sizeof(v));
-    out.push_back(std::move(t));
-  };
-  add_online(kOnlineDownTensor, w.online_down);
-  add_online(kOnlineOTensor, w.online_o);
   QUANTD_RETURN_IF_ERROR(AllPackedUsed(replaced, packed));
   for (const auto& [name, sc] : scales) {
-    auto it = packed.find(name);
-    if (it == packed.end()) {
+    if (packed.sizes.count(name) == 0) {
       return absl::InvalidArgumentError(absl::StrCat("scales for ", name, ", which is not packed"));
     }
-    QUANTD_ASSIGN_OR_RETURN(quant::PackedInfo info, quant::InspectPacked(it->second));
+    QUANTD_ASSIGN_OR_RETURN(const std::string bytes, packed.read(name));
+    QUANTD_ASSIGN_OR_RETURN(quant::PackedInfo info, quant::InspectPacked(bytes));
     if (sc.out.size() != info.m || sc.in.size() != info.n) {
       return absl::InvalidArgumentError(absl::StrCat("scales for ", name, " have sizes ",
                                                      sc.out.size(), " and ", sc.in.size(),
@@ -319,16 +232,51 @@ absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model
     const std::string q = QuantizedTensorName(name);
     for (const auto& [suffix, v] : {std::pair<const char*, const VectorF*>{model::kOutScaleSuffix, &sc.out},
                                     {model::kInScaleSuffix, &sc.in}}) {
-      model::TensorToWrite t;
-      t.name = q + suffix;
-      t.dtype = model::DType::kF32;
-      t.shape = {v->size()};
-      t.data.assign(reinterpret_cast<const char*>(v->data()), v->size() * sizeof(float));
-      out.push_back(std::move(t));
+      tensors.push_back({{q + suffix, model::DType::kF32, {v->size()}},
+                         [&as_bytes, v](const std::string& name, model::SafetensorsWriter* w) {
+                           return w->Append(name, as_bytes(v->data(), v->size()));
+                         }});
     }
   }
-  return model::WriteSafetensors(out_path, out,
-                                 {{"quantd_format", scales.empty() ? "1" : "2"}});
+  std::stable_sort(tensors.begin(), tensors.end(),
+                   [](const auto& a, const auto& b) { return a.first.name < b.first.name; });
+  std::vector<model::TensorDecl> decls;
+  for (const auto& t : tensors) decls.push_back(t.first);
+  QUANTD_ASSIGN_OR_RETURN(
+      auto w, model::SafetensorsWriter::Create(out_path, decls,
+                                               {{"quantd_format", scales.empty() ? "1" : "2"}}));
+  for (const auto& [decl, bytes] : tensors) QUANTD_RETURN_IF_ERROR(bytes(decl.name, w.get()));
+  return w->Finish();
+}
+
+}  // namespace
+
+absl::Status WriteArtifactModel(const model::Checkpoint& src,
+                                const std::map<std::string, std::string>& packed,
+                                const std::string& out_path) {
+  return WriteArtifactStreamed(src, PackedInMemory(packed), out_path);
+}
+
+absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
+                                         const std::map<std::string, std::string>& packed_files,
+                                         const std::string& out_path) {
+  QUANTD_ASSIGN_OR_RETURN(const PackedBytes packed, PackedInFiles(packed_files));
+  return WriteArtifactStreamed(src, packed, out_path);
+}
+
+absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::WeightSource& src,
+                                          const std::map<std::string, std::string>& packed_files,
+                                          const std::string& out_path) {
+  QUANTD_ASSIGN_OR_RETURN(const PackedBytes packed, PackedInFiles(packed_files));
+  return WriteSourceArtifact(cfg, src, packed, {}, out_path);
+}
+
+absl::Status WriteArtifactFromWeights(const model::LlamaConfig& cfg, const model::LlamaWeights& w,
+                                      const std::map<std::string, std::string>& packed,
+                                      const std::string& out_path,
+                                      const std::map<std::string, RealScales>& scales) {
+  model::MemoryWeightSource src(cfg, w);
+  return WriteSourceArtifact(cfg, src, PackedInMemory(packed), scales, out_path);
 }
 
 absl::StatusOr<std::unique_ptr<model::CheckpointWeightSource>> OpenArtifactSource(

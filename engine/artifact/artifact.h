@@ -42,10 +42,11 @@ absl::Status WriteArtifactModelFromFiles(const model::Checkpoint& src,
 
 // The artifact of the model `src` hands out (QuaRot's layer-streamed rotation), with the
 // linears named in `packed_files` (weight name -> file of packed bytes) replaced by their
-// .qweight tensors; `cfg` is that model's config (its tensors' shapes). The same bytes as
-// WriteArtifactFromWeights on the whole model, holding one layer, one packed matrix and a block
-// of embedding/head rows at a time. Atomic. INVALID_ARGUMENT if `packed_files` names a tensor
-// the model lacks; DATA_LOSS when a file changes size while being read.
+// .qweight tensors; `cfg` is that model's config (its tensors' shapes). The tensors are those
+// WriteArtifactFromWeights lists (it is this writer over a MemoryWeightSource), written holding
+// one layer, one packed matrix and a block of embedding/head rows at a time. Atomic.
+// INVALID_ARGUMENT if `packed_files` names a tensor the model lacks; DATA_LOSS when a file
+// changes size while being read.
 absl::Status WriteArtifactModelFromSource(const model::LlamaConfig& cfg, model::WeightSource& src,
                                           const std::map<std::string, std::string>& packed_files,
                                           const std::string& out_path);
@@ -61,7 +62,8 @@ struct RealScales {
   VectorF out, in;
 };
 
-// Writes `out_path` from in-memory (e.g. QuaRot-rotated) weights: every tensor under its HF name
+// Writes `out_path` from in-memory (e.g. QuaRot-rotated) weights (WriteArtifactModelFromSource's
+// enumeration, over a MemoryWeightSource of `w`): every tensor under its HF name
 // in F32, lm_head.weight when cfg is untied, the linears named in `packed` as .qweight, and
 // kOnlineDownTensor / kOnlineOTensor when w.online_down / w.online_o is set, and for every weight
 // name in `scales` (which must also be in `packed`) its two F32 scale tensors; the file says
