@@ -81,17 +81,10 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   return c;
 }
 
-std::vector<std::string> Checkpoint::Names() const {
-  std::vector<std::string> out;
-  for (const auto& [n, f] : where_) out.push_back(n);
-  return out;
-}
+std::vector<std::string> Checkpoint::Names() const { return IndexNames(where_); }
 
 absl::StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
-  auto it = where_.find(name);
-  if (it == where_.end()) {
-    return absl::NotFoundError(internal::Cat(dir_, ": no tensor \"", name, "\""));
-  }
+  QUANTD_ASSIGN_OR_RETURN(auto it, FindTensor(where_, dir_, name));
   return it->second->Get(name);
 }
 

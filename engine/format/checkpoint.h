@@ -50,7 +50,7 @@ class Checkpoint {
   Checkpoint() = default;
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> shards_;
-  std::map<std::string, const SafetensorsFile*, std::less<>> where_;
+  TensorIndex<const SafetensorsFile*> where_;
 };
 
 }  // namespace quantd::model

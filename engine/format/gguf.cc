@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_join.h"
@@ -310,24 +311,25 @@ absl::Status GgufFile::ParseAll() {
     if (count > c.remaining() / elem_bytes) {
       return bad(internal::Cat(kf, ": array length ", count, " exceeds the file"));
     }
+    // Reads one element of x's type and appends it to `out` (v.ints or v.floats).
+    auto read = [&c](auto x, auto* out) {
+      const bool ok = c.Read(&x);
+      out->push_back(static_cast<typename std::decay_t<decltype(*out)>::value_type>(x));
+      return ok;
+    };
     for (uint64_t k = 0; k < count; ++k) {
       bool ok = true;
       switch (v.type) {
-        case GgufValueType::kU8: { uint8_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kI8: { int8_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kU16: { uint16_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kI16: { int16_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kU32: { uint32_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kI32: { int32_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kU64: {
-          uint64_t x = 0;
-          ok = c.Read(&x);
-          v.ints.push_back(static_cast<int64_t>(x));
-          break;
-        }
-        case GgufValueType::kI64: { int64_t x = 0; ok = c.Read(&x); v.ints.push_back(x); break; }
-        case GgufValueType::kF32: { float x = 0; ok = c.Read(&x); v.floats.push_back(x); break; }
-        case GgufValueType::kF64: { double x = 0; ok = c.Read(&x); v.floats.push_back(x); break; }
+        case GgufValueType::kU8: ok = read(uint8_t{0}, &v.ints); break;
+        case GgufValueType::kI8: ok = read(int8_t{0}, &v.ints); break;
+        case GgufValueType::kU16: ok = read(uint16_t{0}, &v.ints); break;
+        case GgufValueType::kI16: ok = read(int16_t{0}, &v.ints); break;
+        case GgufValueType::kU32: ok = read(uint32_t{0}, &v.ints); break;
+        case GgufValueType::kI32: ok = read(int32_t{0}, &v.ints); break;
+        case GgufValueType::kU64: ok = read(uint64_t{0}, &v.ints); break;
+        case GgufValueType::kI64: ok = read(int64_t{0}, &v.ints); break;
+        case GgufValueType::kF32: ok = read(float{0}, &v.floats); break;
+        case GgufValueType::kF64: ok = read(double{0}, &v.floats); break;
         case GgufValueType::kBool: {
           uint8_t x = 0;
           ok = c.Read(&x);

@@ -245,18 +245,10 @@ absl::Status SafetensorsFile::Validate(const char* base) {
   return absl::OkStatus();
 }
 
-std::vector<std::string> SafetensorsFile::Names() const {
-  std::vector<std::string> out;
-  out.reserve(entries_.size());
-  for (const auto& [name, e] : entries_) out.push_back(name);
-  return out;
-}
+std::vector<std::string> SafetensorsFile::Names() const { return IndexNames(entries_); }
 
 absl::StatusOr<TensorView> SafetensorsFile::Get(std::string_view name) const {
-  auto it = entries_.find(name);
-  if (it == entries_.end()) {
-    return absl::NotFoundError(internal::Cat(path_, ": no tensor \"", name, "\""));
-  }
+  QUANTD_ASSIGN_OR_RETURN(auto it, FindTensor(entries_, path_, name));
   const Entry& e = it->second;
   return TensorView{it->first, e.dtype, e.shape,
                     std::string_view(data_ + e.begin, e.end - e.begin)};
@@ -386,34 +378,26 @@ absl::Status SafetensorsWriter::Write(std::string_view bytes) {
 }
 
 absl::Status SafetensorsWriter::Append(std::string_view name, std::string_view bytes) {
-  if (next_ >= decls_.size() || decls_[next_].name != name) {
-    return absl::FailedPreconditionError(internal::Cat(
-        path_, ": tensor \"", name, "\" appended out of order, expected \"",
-        next_ < decls_.size() ? decls_[next_].name : std::string("<none>"), "\""));
-  }
-  if (bytes.size() != sizes_[next_] || partial_ != 0) {
-    return absl::InvalidArgumentError(internal::Cat(path_, ": tensor \"", name, "\" has ",
-                                                   partial_ + bytes.size(),
-                                                   " bytes, its shape needs ", sizes_[next_]));
-  }
-  QUANTD_RETURN_IF_ERROR(Write(bytes));
-  ++next_;
-  return absl::OkStatus();
+  return Put(name, bytes, /*whole=*/true);
 }
 
 absl::Status SafetensorsWriter::AppendPart(std::string_view name, std::string_view bytes) {
+  return Put(name, bytes, /*whole=*/false);
+}
+
+absl::Status SafetensorsWriter::Put(std::string_view name, std::string_view bytes, bool whole) {
   if (next_ >= decls_.size() || decls_[next_].name != name) {
     return absl::FailedPreconditionError(internal::Cat(
         path_, ": tensor \"", name, "\" appended out of order, expected \"",
         next_ < decls_.size() ? decls_[next_].name : std::string("<none>"), "\""));
   }
-  if (partial_ + bytes.size() > sizes_[next_]) {
-    return absl::InvalidArgumentError(internal::Cat(path_, ": tensor \"", name, "\" has ",
-                                                   partial_ + bytes.size(),
+  const uint64_t have = partial_ + bytes.size();
+  if (whole ? partial_ != 0 || have != sizes_[next_] : have > sizes_[next_]) {
+    return absl::InvalidArgumentError(internal::Cat(path_, ": tensor \"", name, "\" has ", have,
                                                    " bytes, its shape needs ", sizes_[next_]));
   }
   QUANTD_RETURN_IF_ERROR(Write(bytes));
-  partial_ += bytes.size();
+  partial_ = have;
   if (partial_ == sizes_[next_]) {
     partial_ = 0;
     ++next_;

@@ -18,6 +18,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/format/tensor_index.h"
 
 namespace quantd::model {
 
@@ -68,7 +69,7 @@ class SafetensorsFile {
   void* map_ = nullptr;
   size_t map_size_ = 0;
   const char* data_ = nullptr;  // start of the data section
-  std::map<std::string, Entry, std::less<>> entries_;
+  TensorIndex<Entry> entries_;
   std::map<std::string, std::string> metadata_;
 };
 
@@ -128,6 +129,8 @@ class SafetensorsWriter {
  private:
   SafetensorsWriter() = default;
   absl::Status Write(std::string_view bytes);
+  // Append (`whole`: the bytes are all of the tensor) or AppendPart.
+  absl::Status Put(std::string_view name, std::string_view bytes, bool whole);
 
   std::string path_, tmp_;
   int fd_ = -1;
