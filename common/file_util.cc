@@ -29,6 +29,21 @@ absl::Status ErrnoStatus(std::string_view what, const std::string& path, int err
   return absl::InternalError(msg);
 }
 
+// read(2) or write(2) over the `size` bytes at `buf` until all are moved or a call moves none
+// (end of file), retrying interrupted calls. The bytes moved, or -1 with errno set.
+template <typename Io, typename Byte>
+ssize_t MoveAll(Io io, int fd, Byte* buf, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = io(fd, buf + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
 // Hex-encodes an EVP digest.
 std::string Hex(const unsigned char* d, unsigned len) {
   static const char kHex[] = "0123456789abcdef";
@@ -61,20 +76,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, uint64_t max_bytes
         absl::StrCat(path, " is ", st.st_size, " bytes, more than the limit of ", max_bytes));
   }
   std::string data(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t r = ::read(fd, data.data() + done, data.size() - done);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      int err = errno;
-      ::close(fd);
-      return ErrnoStatus("read", path, err);
-    }
-    if (r == 0) break;
-    done += static_cast<size_t>(r);
+  const ssize_t got = MoveAll(::read, fd, data.data(), data.size());
+  if (got < 0) {
+    int err = errno;
+    ::close(fd);
+    return ErrnoStatus("read", path, err);
   }
   ::close(fd);
-  data.resize(done);
+  data.resize(static_cast<size_t>(got));
   return data;
 }
 
@@ -144,17 +153,12 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view data) {
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", rd());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus("create", tmp, errno);
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t w = ::write(fd, data.data() + done, data.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return ErrnoStatus("write", tmp, err);
-    }
-    done += static_cast<size_t>(w);
+  if (const ssize_t put = MoveAll(::write, fd, data.data(), data.size());
+      put != static_cast<ssize_t>(data.size())) {
+    int err = put < 0 ? errno : EIO;  // a write that moves nothing: report, do not spin
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return ErrnoStatus("write", tmp, err);
   }
   if (inject) {
     ::close(fd);

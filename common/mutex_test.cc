@@ -1,6 +1,7 @@
 #include "common/mutex.h"
 
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -26,20 +27,26 @@ TEST(Mutex, LockExcludesOtherThreads) {
   EXPECT_EQ(counter, 4 * 20000);
 }
 
-TEST(Mutex, AwaitTimesOutWhenConditionStaysFalse) {
+// AwaitWithTimeout under the lock on a condition that stays `holds`: its result and how long
+// it took.
+std::pair<bool, absl::Duration> TimedAwait(bool holds, absl::Duration timeout) {
   Mutex mu;
   MutexLock l(&mu);
   const absl::Time start = absl::Now();
-  EXPECT_FALSE(mu.AwaitWithTimeout([] { return false; }, absl::Milliseconds(50)));
-  EXPECT_GE(absl::Now() - start, absl::Milliseconds(45));
+  const bool got = mu.AwaitWithTimeout([holds] { return holds; }, timeout);
+  return {got, absl::Now() - start};
+}
+
+TEST(Mutex, AwaitTimesOutWhenConditionStaysFalse) {
+  const auto [got, took] = TimedAwait(false, absl::Milliseconds(50));
+  EXPECT_FALSE(got);
+  EXPECT_GE(took, absl::Milliseconds(45));
 }
 
 TEST(Mutex, AwaitReturnsAtOnceWhenConditionHolds) {
-  Mutex mu;
-  MutexLock l(&mu);
-  const absl::Time start = absl::Now();
-  EXPECT_TRUE(mu.AwaitWithTimeout([] { return true; }, absl::Seconds(30)));
-  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  const auto [got, took] = TimedAwait(true, absl::Seconds(30));
+  EXPECT_TRUE(got);
+  EXPECT_LT(took, absl::Seconds(10));
 }
 
 // A writer only takes the lock and sets the flag (no explicit signal): the waiter must see it
