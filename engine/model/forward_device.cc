@@ -197,23 +197,19 @@ absl::Status OnHost(quant::ForwardOps& ops, std::vector<const quant::DeviceMatri
   std::vector<MatrixF> copies;
   copies.reserve(inputs.size() + outputs.size());
   bool host = true;
+  // `m`'s own matrix on a host backend, else a downloaded copy.
+  auto host_view = [&](auto& m) -> absl::StatusOr<decltype(ops.HostMatrix(m))> {
+    if (auto* h = ops.HostMatrix(m); h != nullptr) return h;
+    host = false;
+    copies.emplace_back();
+    QUANTD_RETURN_IF_ERROR(ops.Download(m, &copies.back()));
+    return &copies.back();
+  };
   for (size_t i = 0; i < inputs.size(); ++i) {
-    in[i] = ops.HostMatrix(*inputs[i]);
-    if (in[i] == nullptr) {
-      host = false;
-      copies.emplace_back();
-      QUANTD_RETURN_IF_ERROR(ops.Download(*inputs[i], &copies.back()));
-      in[i] = &copies.back();
-    }
+    QUANTD_ASSIGN_OR_RETURN(in[i], host_view(*inputs[i]));
   }
   for (size_t i = 0; i < outputs.size(); ++i) {
-    out[i] = ops.HostMatrix(*outputs[i]);
-    if (out[i] == nullptr) {
-      host = false;
-      copies.emplace_back();
-      QUANTD_RETURN_IF_ERROR(ops.Download(*outputs[i], &copies.back()));
-      out[i] = &copies.back();
-    }
+    QUANTD_ASSIGN_OR_RETURN(out[i], host_view(*outputs[i]));
   }
   QUANTD_RETURN_IF_ERROR(fn(in, out));
   if (host) return absl::OkStatus();

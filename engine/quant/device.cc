@@ -53,19 +53,10 @@ class CpuDevice : public Device {
   }
 
   absl::Status Gemm(const MatrixF& a, const MatrixF& b, MatrixF* c) override {
-    if (a.cols() != b.rows()) return GemmShapeError(a.rows(), a.cols(), b.rows(), b.cols());
-    Enter();
-    c->resize(a.rows(), b.cols());
-    c->noalias() = a * b;
-    return absl::OkStatus();
+    return GemmT(a, b, c);
   }
-
   absl::Status Gemm(const MatrixD& a, const MatrixD& b, MatrixD* c) override {
-    if (a.cols() != b.rows()) return GemmShapeError(a.rows(), a.cols(), b.rows(), b.cols());
-    Enter();
-    c->resize(a.rows(), b.cols());
-    c->noalias() = a * b;
-    return absl::OkStatus();
+    return GemmT(a, b, c);
   }
 
   absl::Status Cholesky(const MatrixD& a, MatrixD* lower) override {
@@ -125,9 +116,17 @@ class CpuDevice : public Device {
   }
 
  private:
-  static absl::Status GemmShapeError(int64_t ar, int64_t ac, int64_t br, int64_t bc) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Gemm: a is ", Shape(ar, ac), ", b is ", Shape(br, bc)));
+  // c = a·b in fp32 or fp64.
+  template <typename M>
+  absl::Status GemmT(const M& a, const M& b, M* c) const {
+    if (a.cols() != b.rows()) {
+      return absl::InvalidArgumentError(absl::StrCat("Gemm: a is ", Shape(a.rows(), a.cols()),
+                                                     ", b is ", Shape(b.rows(), b.cols())));
+    }
+    Enter();
+    c->resize(a.rows(), b.cols());
+    c->noalias() = a * b;
+    return absl::OkStatus();
   }
   // Eigen's thread count is process-global; set it for this device's calls.
   void Enter() const { Eigen::setNbThreads(threads_); }
