@@ -19,6 +19,15 @@ std::chrono::system_clock::time_point DeadlineIn(absl::Duration d) {
   return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d);
 }
 
+// A request naming one model version (GetModel, DeleteModel).
+template <typename Req>
+Req ModelVersionRequest(const std::string& name, int32_t version) {
+  Req req;
+  req.set_name(name);
+  req.set_version(version);
+  return req;
+}
+
 }  // namespace
 
 bool IsTerminal(v1::JobState state) {
@@ -151,18 +160,14 @@ absl::StatusOr<std::vector<v1::ModelVersion>> QuantdClient::ListModels(const std
 
 absl::StatusOr<v1::ModelVersion> QuantdClient::DeleteModel(const std::string& name,
                                                            int32_t version) {
-  v1::DeleteModelRequest req;
-  req.set_name(name);
-  req.set_version(version);
-  return Unary(*registry_, &v1::RegistryService::Stub::DeleteModel, req);
+  return Unary(*registry_, &v1::RegistryService::Stub::DeleteModel,
+               ModelVersionRequest<v1::DeleteModelRequest>(name, version));
 }
 
 absl::StatusOr<v1::ModelVersion> QuantdClient::GetModel(const std::string& name,
                                                         int32_t version) {
-  v1::GetModelRequest req;
-  req.set_name(name);
-  req.set_version(version);
-  return Unary(*registry_, &v1::RegistryService::Stub::GetModel, req);
+  return Unary(*registry_, &v1::RegistryService::Stub::GetModel,
+               ModelVersionRequest<v1::GetModelRequest>(name, version));
 }
 
 absl::StatusOr<v1::ModelVersion> QuantdClient::Fetch(const std::string& name, int32_t version,

@@ -27,6 +27,20 @@ int Fail(const Streams& io, const absl::Status& st) {
   return ExitCodeFor(st);
 }
 
+std::string JsonOf(const google::protobuf::Message& m) { return ToJson(m); }
+template <typename M>
+std::string JsonOf(const std::vector<M>& ms) {
+  return ToJsonArray(ms);
+}
+
+// Prints a call's result as JSON (--json) or as `text` renders it; fails with its status.
+template <typename T, typename Text>
+int Print(const Invocation& inv, const Streams& io, const absl::StatusOr<T>& r, Text text) {
+  if (!r.ok()) return Fail(io, r.status());
+  io.out << (inv.json ? JsonOf(*r) + "\n" : text(*r));
+  return kExitOk;
+}
+
 // 128 random bits as hex: unique enough that two submits never share an idempotency key.
 std::string RandomRequestId() {
   std::random_device rd;
@@ -193,41 +207,23 @@ int Run(QuantdClient& client, const Invocation& inv, const Streams& io) {
       return Submit(client, inv, io);
     case Command::kWatch:
       return WatchToEnd(client, inv, inv.job_id, io);
-    case Command::kJobs: {
-      auto jobs = client.ListJobs();
-      if (!jobs.ok()) return Fail(io, jobs.status());
-      io.out << (inv.json ? ToJsonArray(*jobs) + "\n" : JobsTable(*jobs));
-      return kExitOk;
-    }
-    case Command::kStatus: {
-      auto job = client.GetJob(inv.job_id);
-      if (!job.ok()) return Fail(io, job.status());
-      io.out << (inv.json ? ToJson(*job) + "\n" : DescribeJob(*job));
-      return kExitOk;
-    }
-    case Command::kCancel: {
-      auto job = client.Cancel(inv.job_id);
-      if (!job.ok()) return Fail(io, job.status());
-      io.out << (inv.json ? ToJson(*job)
-                          : absl::StrCat("job ", job->id(), ": ", StateName(job->state())))
-             << "\n";
-      return kExitOk;
-    }
-    case Command::kModels: {
-      auto models = client.ListModels(inv.model_name);
-      if (!models.ok()) return Fail(io, models.status());
-      io.out << (inv.json ? ToJsonArray(*models) + "\n" : ModelsTable(*models));
-      return kExitOk;
-    }
+    case Command::kJobs:
+      return Print(inv, io, client.ListJobs(), JobsTable);
+    case Command::kStatus:
+      return Print(inv, io, client.GetJob(inv.job_id), DescribeJob);
+    case Command::kCancel:
+      return Print(inv, io, client.Cancel(inv.job_id), [](const v1::Job& job) {
+        return absl::StrCat("job ", job.id(), ": ", StateName(job.state()), "\n");
+      });
+    case Command::kModels:
+      return Print(inv, io, client.ListModels(inv.model_name), ModelsTable);
     case Command::kFetch:
       return Fetch(client, inv, io);
-    case Command::kDelete: {
-      auto mv = client.DeleteModel(inv.model_name, inv.model_version);
-      if (!mv.ok()) return Fail(io, mv.status());
-      io.out << (inv.json ? ToJson(*mv) + "\n"
-                          : absl::StrCat("deleted ", mv->name(), "@", mv->version(), "\n"));
-      return kExitOk;
-    }
+    case Command::kDelete:
+      return Print(inv, io, client.DeleteModel(inv.model_name, inv.model_version),
+                   [](const v1::ModelVersion& mv) {
+                     return absl::StrCat("deleted ", mv.name(), "@", mv.version(), "\n");
+                   });
     case Command::kHelp:
       break;
   }
