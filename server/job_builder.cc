@@ -430,6 +430,18 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
     t.task.set_kind(kind);
     return t;
   };
+  // An evaluation task of `target` in `phase` over the eval tokens, after the model inputs that
+  // `add_model` adds.
+  auto add_eval = [&](int phase, std::string_view target, auto add_model) {
+    TaskRow t = new_task(phase, quantd::v1::TASK_KIND_EVAL);
+    add_model(&t.task);
+    t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
+    quantd::v1::EvalTask* e = t.task.mutable_eval();
+    e->set_target(std::string(target));
+    e->set_context(req.eval_context());
+    if (start_token >= 0) e->set_start_token_id(start_token);
+    row.tasks.push_back(std::move(t));
+  };
   for (int stage = 0; stage < stages; ++stage) {
     const int first = stage * block, last = std::min(cfg.num_layers, first + block);
     for (int64_t s = 0; s < shards; ++s) {
@@ -462,15 +474,8 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
       // The fp model's evaluation depends on nothing: it runs beside the first phase that has
       // other work (the Hessian capture, or for rtn without calibration the quantize tasks), not
       // alone in a phase of its own while the other workers idle.
-      TaskRow t = new_task(has_calib ? HessianPhase(0) : QuantizePhase(0),
-                           quantd::v1::TASK_KIND_EVAL);
-      model_inputs(&t.task);
-      t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
-      quantd::v1::EvalTask* e = t.task.mutable_eval();
-      e->set_target(std::string(jobfiles::kEvalTargetFp));
-      e->set_context(req.eval_context());
-      if (start_token >= 0) e->set_start_token_id(start_token);
-      row.tasks.push_back(std::move(t));
+      add_eval(has_calib ? HessianPhase(0) : QuantizePhase(0), jobfiles::kEvalTargetFp,
+               model_inputs);
     }
     // A bit budget quantizes every matrix at each candidate width (same seed), and the
     // coordinator picks one per matrix after the phase (AllocateJobBits).
@@ -505,15 +510,11 @@ absl::StatusOr<JobRow> BuildJob(const SubmitJobRequest& req, const InputRoots& r
   const int finetune = FinetunePhases(req.spec(), cfg);
   AddFinetuneTasks(req, cfg, stages, seq_len, nseq, new_task, model_inputs, &row.tasks);
   if (!eval.empty()) {
-    TaskRow t = new_task(EvaluatePhase(stages, finetune), quantd::v1::TASK_KIND_EVAL);
-    t.task.add_inputs()->set_name(std::string(jobfiles::kStagedConfig));
-    t.task.add_inputs()->set_name(std::string(jobfiles::kStagedModel));
-    t.task.add_inputs()->set_name(std::string(jobfiles::kEvalTokens));
-    quantd::v1::EvalTask* e = t.task.mutable_eval();
-    e->set_target(std::string(jobfiles::kEvalTargetQuantized));
-    e->set_context(req.eval_context());
-    if (start_token >= 0) e->set_start_token_id(start_token);
-    row.tasks.push_back(std::move(t));
+    add_eval(EvaluatePhase(stages, finetune), jobfiles::kEvalTargetQuantized,
+             [](quantd::v1::Task* t) {
+               t->add_inputs()->set_name(std::string(jobfiles::kStagedConfig));
+               t->add_inputs()->set_name(std::string(jobfiles::kStagedModel));
+             });
   }
   for (TaskRow& t : row.tasks) t.task.set_memory_bytes(TaskMemoryBytes(cfg, t.task));
   job.set_tasks_total(static_cast<int32_t>(row.tasks.size()));

@@ -20,85 +20,66 @@ prometheus::Histogram::BucketBoundaries ProxyLossBuckets() {
   return {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1};
 }
 
+// Registers the metric family `name` in `r` from BuildGauge(), BuildCounter() or
+// BuildHistogram(): a prometheus::Family<Gauge|Counter|Histogram>&.
+template <typename Builder>
+auto& Family(prometheus::Registry& r, Builder builder, const char* name, const char* help) {
+  return builder.Name(name).Help(help).Register(r);
+}
+
 }  // namespace
 
 Metrics::Metrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      jobs_(prometheus::BuildGauge().Name("quantd_jobs").Help("Jobs by state").Register(*registry_)),
-      progress_(prometheus::BuildGauge()
-                    .Name("quantd_job_progress_ratio")
-                    .Help("Fraction of a running job's tasks that are done")
-                    .Register(*registry_)),
-      tasks_(prometheus::BuildCounter()
-                 .Name("quantd_tasks_total")
-                 .Help("Tasks finished, by kind and outcome")
-                 .Register(*registry_)),
-      task_seconds_(prometheus::BuildHistogram()
-                        .Name("quantd_task_duration_seconds")
-                        .Help("Task run time reported by workers")
-                        .Register(*registry_)),
-      workers_(prometheus::BuildGauge()
-                   .Name("quantd_workers")
-                   .Help("Registered workers by state")
-                   .Register(*registry_)),
-      worker_tasks_(prometheus::BuildCounter()
-                        .Name("quantd_worker_tasks_completed_total")
-                        .Help("Tasks completed successfully, by worker name")
-                        .Register(*registry_)),
-      worker_leases_(prometheus::BuildGauge()
-                         .Name("quantd_worker_leases")
-                         .Help("Task leases held now, by worker name")
-                         .Register(*registry_)),
-      lease_expirations_(prometheus::BuildCounter()
-                             .Name("quantd_lease_expirations_total")
-                             .Help("Task leases that expired and were re-queued")
-                             .Register(*registry_)
+      jobs_(Family(*registry_, prometheus::BuildGauge(), "quantd_jobs", "Jobs by state")),
+      progress_(Family(*registry_, prometheus::BuildGauge(), "quantd_job_progress_ratio",
+                       "Fraction of a running job's tasks that are done")),
+      tasks_(Family(*registry_, prometheus::BuildCounter(), "quantd_tasks_total",
+                    "Tasks finished, by kind and outcome")),
+      task_seconds_(Family(*registry_, prometheus::BuildHistogram(), "quantd_task_duration_seconds",
+                           "Task run time reported by workers")),
+      workers_(Family(*registry_, prometheus::BuildGauge(), "quantd_workers",
+                      "Registered workers by state")),
+      worker_tasks_(Family(*registry_, prometheus::BuildCounter(),
+                           "quantd_worker_tasks_completed_total",
+                           "Tasks completed successfully, by worker name")),
+      worker_leases_(Family(*registry_, prometheus::BuildGauge(), "quantd_worker_leases",
+                            "Task leases held now, by worker name")),
+      lease_expirations_(Family(*registry_, prometheus::BuildCounter(),
+                                "quantd_lease_expirations_total",
+                                "Task leases that expired and were re-queued")
                              .Add({})),
-      hessian_tokens_(prometheus::BuildCounter()
-                          .Name("quantd_hessian_tokens_total")
-                          .Help("Calibration tokens pushed through Hessian accumulation")
-                          .Register(*registry_)
+      hessian_tokens_(Family(*registry_, prometheus::BuildCounter(), "quantd_hessian_tokens_total",
+                             "Calibration tokens pushed through Hessian accumulation")
                           .Add({})),
-      finetune_blocks_(prometheus::BuildCounter()
-                           .Name("quantd_finetune_blocks_total")
-                           .Help("Decoder blocks fine-tuned after rounding")
-                           .Register(*registry_)
+      finetune_blocks_(Family(*registry_, prometheus::BuildCounter(),
+                              "quantd_finetune_blocks_total",
+                              "Decoder blocks fine-tuned after rounding")
                            .Add({})),
-      finetune_loss_(prometheus::BuildGauge()
-                         .Name("quantd_finetune_heldout_loss")
-                         .Help("Held-out relative output error of a running job's fine-tuned "
-                               "block, before and after tuning")
-                         .Register(*registry_)),
-      finetune_e2e_(prometheus::BuildCounter()
-                        .Name("quantd_finetune_e2e_total")
-                        .Help("End-to-end KL fine-tuning stages finished")
-                        .Register(*registry_)
+      finetune_loss_(Family(*registry_, prometheus::BuildGauge(), "quantd_finetune_heldout_loss",
+                            "Held-out relative output error of a running job's fine-tuned "
+                            "block, before and after tuning")),
+      finetune_e2e_(Family(*registry_, prometheus::BuildCounter(), "quantd_finetune_e2e_total",
+                           "End-to-end KL fine-tuning stages finished")
                         .Add({})),
-      finetune_e2e_kl_(prometheus::BuildGauge()
-                           .Name("quantd_finetune_e2e_heldout_kl")
-                           .Help("Held-out KL(p_fp || p_q) per token (nats) of a running job's "
-                                 "end-to-end fine-tuning stage: before it, after its latest epoch (current), kept (best)")
-                           .Register(*registry_)),
-      weights_quantized_(prometheus::BuildCounter()
-                             .Name("quantd_weights_quantized_total")
-                             .Help("Weights (matrix entries) quantized")
-                             .Register(*registry_)
+      finetune_e2e_kl_(Family(*registry_, prometheus::BuildGauge(), "quantd_finetune_e2e_heldout_kl",
+                              "Held-out KL(p_fp || p_q) per token (nats) of a running job's "
+                              "end-to-end fine-tuning stage: before it, after its latest epoch "
+                              "(current), kept (best)")),
+      weights_quantized_(Family(*registry_, prometheus::BuildCounter(),
+                                "quantd_weights_quantized_total",
+                                "Weights (matrix entries) quantized")
                              .Add({})),
-      matrix_proxy_loss_(prometheus::BuildHistogram()
-                             .Name("quantd_matrix_proxy_loss")
-                             .Help("Relative proxy loss of each quantized matrix, observed when "
-                                   "its quantize task's report is accepted")
-                             .Register(*registry_)
+      matrix_proxy_loss_(Family(*registry_, prometheus::BuildHistogram(),
+                                "quantd_matrix_proxy_loss",
+                                "Relative proxy loss of each quantized matrix, observed when "
+                                "its quantize task's report is accepted")
                              .Add({}, ProxyLossBuckets())),
-      bytes_served_(prometheus::BuildCounter()
-                        .Name("quantd_artifact_bytes_served_total")
-                        .Help("Artifact bytes streamed by FetchArtifact")
-                        .Register(*registry_)
+      bytes_served_(Family(*registry_, prometheus::BuildCounter(),
+                           "quantd_artifact_bytes_served_total",
+                           "Artifact bytes streamed by FetchArtifact")
                         .Add({})) {
-  prometheus::BuildGauge()
-      .Name("quantd_build_info")
-      .Help("Build information")
-      .Register(*registry_)
+  Family(*registry_, prometheus::BuildGauge(), "quantd_build_info", "Build information")
       .Add({{"version", QUANTD_VERSION}})
       .Set(1);
   for (const char* s : {"queued", "running", "succeeded", "failed", "cancelled"}) {
