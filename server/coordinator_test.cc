@@ -12,14 +12,10 @@
 #include "common/file_util.h"
 #include "engine/spec/quant_spec.h"
 #include "gtest/gtest.h"
+#include "server/test_util.h"
 
 namespace quantd::server {
 namespace {
-
-std::string Src() {
-  const char* s = std::getenv("QUANTD_SOURCE_DIR");
-  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
-}
 
 std::string TempDir() {
   char tmpl[] = "/tmp/quantd_coord_XXXXXX";
@@ -27,15 +23,7 @@ std::string TempDir() {
 }
 
 quantd::v1::SubmitJobRequest Request(const std::string& request_id, const std::string& name) {
-  quantd::v1::SubmitJobRequest r;
-  r.set_request_id(request_id);
-  r.set_name(name);
-  r.set_model_dir(Src() + "/examples/stories260K");
-  r.set_calib_path(Src() + "/examples/tinystories/calib_stories_0_499.u16");
-  r.set_max_calib_seqs(2);
-  r.mutable_spec()->set_method("gptq");
-  r.mutable_spec()->set_bits(4);
-  return r;
+  return testing::StoriesRequest(request_id, name, "gptq");
 }
 
 // The value of the one-series family `family` (counter or gauge; 0 when absent).
@@ -70,7 +58,8 @@ class CoordinatorTest : public ::testing::Test {
     o.data_dir = TempDir();
     o.lease_timeout = lease_timeout;
     o.heartbeat_interval = absl::Milliseconds(100);
-    o.input_roots = {Src() + "/examples"};  // job inputs are read only under a root
+    // Job inputs are read only under a root.
+    o.input_roots = {model::testing::SourcePath("examples")};
     auto c = Coordinator::Create(o, &metrics_);
     ASSERT_TRUE(c.ok()) << c.status();
     coord_ = std::move(*c);
@@ -90,6 +79,12 @@ class CoordinatorTest : public ::testing::Test {
     auto resp = coord_->Register(r);
     EXPECT_TRUE(resp.ok()) << resp.status();
     return resp.ok() ? resp->worker_id() : "";
+  }
+  // One LeaseTask call by `worker_id`.
+  absl::StatusOr<quantd::v1::LeaseTaskResponse> LeaseFor(const std::string& worker_id) {
+    quantd::v1::LeaseTaskRequest lr;
+    lr.set_worker_id(worker_id);
+    return coord_->Lease(lr);
   }
   // True when the coordinator still counts `lease` as held by `worker_id`.
   bool LeaseHeld(const std::string& worker_id, const std::string& lease) {
@@ -119,14 +114,12 @@ TEST_F(CoordinatorTest, AFailedStoreWriteChangesNothingInMemory) {
 
   // Lease: the job's first lease makes it RUNNING, which must be stored first.
   FailWrites(true);
-  quantd::v1::LeaseTaskRequest lr;
-  lr.set_worker_id(w);
-  auto lease = coord_->Lease(lr);
+  auto lease = LeaseFor(w);
   EXPECT_EQ(lease.status().code(), absl::StatusCode::kUnavailable) << lease.status();
   EXPECT_EQ(coord_->GetJob(job)->state(), quantd::v1::JOB_STATE_QUEUED);
   EXPECT_EQ(WorkerLeases(metrics_, "w0"), 0);
   FailWrites(false);
-  lease = coord_->Lease(lr);
+  lease = LeaseFor(w);
   ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
   const quantd::v1::Task task = lease->task();
   EXPECT_EQ(task.task_id(), 0);  // the failed call took nothing
@@ -177,9 +170,7 @@ TEST_F(CoordinatorTest, AFailedStoreWriteDuringExpiryOrAStepIsRetriedWithMemoryU
   ASSERT_TRUE(sub.ok()) << sub.status();
   const std::string job = sub->job().id();
   const std::string w = RegisterWorker("w-exp");
-  quantd::v1::LeaseTaskRequest lr;
-  lr.set_worker_id(w);
-  auto lease = coord_->Lease(lr);
+  auto lease = LeaseFor(w);
   ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
   EXPECT_EQ(coord_->GetJob(job)->tasks_running(), 1);
 
@@ -305,9 +296,7 @@ TEST_F(CoordinatorTest, TokenWeightingAndCalibrationSamplingAreRecordedAndValida
 
   // The Hessian tasks carry the spec (the worker weights the rows from it).
   const std::string w = RegisterWorker("w-sink");
-  quantd::v1::LeaseTaskRequest lr;
-  lr.set_worker_id(w);
-  auto lease = coord_->Lease(lr);
+  auto lease = LeaseFor(w);
   ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
   EXPECT_EQ(lease->task().kind(), quantd::v1::TASK_KIND_HESSIAN);
   ASSERT_TRUE(lease->task().has_hessian());  // the kind's own message
@@ -399,9 +388,7 @@ TEST_F(CoordinatorTest, AJobWhoseFirstPhaseIsEmptyStartsWithoutALease) {
   EXPECT_EQ(j->state(), quantd::v1::JOB_STATE_RUNNING);
   // Its first lease is a quantize task without a Hessian input.
   const std::string w = RegisterWorker("w-empty");
-  quantd::v1::LeaseTaskRequest lr;
-  lr.set_worker_id(w);
-  auto lease = coord_->Lease(lr);
+  auto lease = LeaseFor(w);
   ASSERT_TRUE(lease.ok() && lease->found()) << lease.status();
   EXPECT_EQ(lease->task().kind(), quantd::v1::TASK_KIND_QUANTIZE);
   ASSERT_TRUE(lease->task().has_quantize());

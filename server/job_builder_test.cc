@@ -10,15 +10,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "engine/model/test_util.h"
 #include "gtest/gtest.h"
 
 namespace quantd::server {
 namespace {
-
-std::string Src() {
-  const char* s = std::getenv("QUANTD_SOURCE_DIR");
-  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
-}
 
 model::LlamaConfig Shape(int d, int heads, int kv, int ff, int layers) {
   model::LlamaConfig c;
@@ -70,7 +66,7 @@ class BuildJobTest : public ::testing::Test {
   void SetUp() override {
     char tmpl[] = "/tmp/quantd_jobbuilder_XXXXXX";
     dir_ = ::mkdtemp(tmpl);
-    auto roots = InputRoots::Create({Src() + "/examples"}, false);
+    auto roots = InputRoots::Create({model::testing::SourcePath("examples")}, false);
     ASSERT_TRUE(roots.ok()) << roots.status();
     roots_ = *roots;
   }
@@ -79,9 +75,9 @@ class BuildJobTest : public ::testing::Test {
   quantd::v1::SubmitJobRequest Request(const std::string& method, bool calib) {
     quantd::v1::SubmitJobRequest r;
     r.set_name("j");
-    r.set_model_dir(Src() + "/examples/stories260K");
-    if (calib) r.set_calib_path(Src() + "/examples/tinystories/calib_stories_0_499.u16");
-    r.set_eval_path(Src() + "/examples/tinystories/eval_stories_500_999.u16");
+    r.set_model_dir(model::testing::ExamplePath("stories260K"));
+    if (calib) r.set_calib_path(model::testing::ExamplePath("tinystories/calib_stories_0_499.u16"));
+    r.set_eval_path(model::testing::ExamplePath("tinystories/eval_stories_500_999.u16"));
     r.set_max_calib_seqs(4);
     r.mutable_spec()->set_method(method);
     r.mutable_spec()->set_bits(4);
@@ -95,7 +91,7 @@ class BuildJobTest : public ::testing::Test {
 TEST_F(BuildJobTest, AJobOverTheStageBudgetIsCapturedInLayerBlocks) {
   auto req = Request("gptq", true);
   ASSERT_TRUE(ValidateAndDefault(&req).ok());
-  auto cfg = model::LoadLlamaConfig(Src() + "/examples/stories260K");
+  auto cfg = model::LoadLlamaConfig(model::testing::ExamplePath("stories260K"));
   ASSERT_TRUE(cfg.ok());
   ASSERT_EQ(cfg->num_layers, 5);
   // 2 shards: (2 + 1) x 2 layers fit, 3 layers do not -> blocks of 2: [0,2) [2,4) [4,5).

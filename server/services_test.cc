@@ -15,14 +15,10 @@
 #include "common/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "server/test_util.h"
 
 namespace quantd::server {
 namespace {
-
-std::string Src() {
-  const char* s = std::getenv("QUANTD_SOURCE_DIR");
-  return s != nullptr ? s : QUANTD_TEST_SOURCE_DIR;
-}
 
 std::string ThreadName() {
   char name[32] = {};
@@ -31,15 +27,7 @@ std::string ThreadName() {
 }
 
 quantd::v1::SubmitJobRequest Request(const std::string& id) {
-  quantd::v1::SubmitJobRequest r;
-  r.set_request_id(id);
-  r.set_name(id);
-  r.set_model_dir(Src() + "/examples/stories260K");
-  r.set_calib_path(Src() + "/examples/tinystories/calib_stories_0_499.u16");
-  r.set_max_calib_seqs(2);
-  r.mutable_spec()->set_method("rtn");
-  r.mutable_spec()->set_bits(4);
-  return r;
+  return testing::StoriesRequest(id, id, "rtn");
 }
 
 class ServicesTest : public ::testing::Test {
@@ -49,7 +37,7 @@ class ServicesTest : public ::testing::Test {
     CoordinatorOptions o;
     o.data_dir = ::mkdtemp(tmpl);
     o.lease_timeout = absl::Seconds(600);
-    o.input_roots = {Src() + "/examples"};
+    o.input_roots = {model::testing::SourcePath("examples")};
     auto c = Coordinator::Create(o, &metrics_);
     ASSERT_TRUE(c.ok()) << c.status();
     coord_ = std::move(*c);
