@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/mutex.h"
@@ -18,6 +19,22 @@ namespace quantd::cuda {
 namespace {
 
 std::string Shape(int64_t r, int64_t c) { return absl::StrCat("[", r, ",", c, "]"); }
+
+// c = a·b for densely stored column-major operands a [m x k], b [k x n], c [m x n]: one
+// cublasSgemm (fp32, in the handle's math mode) or cublasDgemm, named in the status.
+template <typename T>
+absl::Status GemmNN(cublasHandle_t h, int m, int n, int k, const T* a, const T* b, T* c) {
+  const T one = 1, zero = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    return CublasStatus(
+        cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, m, b, k, &zero, c, m),
+        "cublasSgemm");
+  } else {
+    return CublasStatus(
+        cublasDgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, a, m, b, k, &zero, c, m),
+        "cublasDgemm");
+  }
+}
 
 absl::Status SelectGpu(int ordinal) {
   return CudaStatus(cudaSetDevice(ordinal), absl::StrCat("cudaSetDevice(", ordinal, ")"));
@@ -222,18 +239,8 @@ class CudaDevice : public quant::Device {
     QUANTD_ASSIGN_OR_RETURN(auto ad, Upload(a.data(), m * k, stream_.get()));
     QUANTD_ASSIGN_OR_RETURN(auto bd, Upload(b.data(), k * n, stream_.get()));
     QUANTD_ASSIGN_OR_RETURN(auto cd, DeviceBuffer<T>::Allocate(m * n));
-    const T one = 1, zero = 0;
-    if constexpr (std::is_same_v<T, float>) {
-      QUANTD_CUBLAS_RETURN_IF_ERROR(cublasSgemm(
-          blas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-          static_cast<int>(k), &one, bd.get(), static_cast<int>(n), ad.get(), static_cast<int>(k),
-          &zero, cd.get(), static_cast<int>(n)));
-    } else {
-      QUANTD_CUBLAS_RETURN_IF_ERROR(cublasDgemm(
-          blas_.get(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-          static_cast<int>(k), &one, bd.get(), static_cast<int>(n), ad.get(), static_cast<int>(k),
-          &zero, cd.get(), static_cast<int>(n)));
-    }
+    QUANTD_RETURN_IF_ERROR(GemmNN(blas_.get(), static_cast<int>(n), static_cast<int>(m),
+                                  static_cast<int>(k), bd.get(), ad.get(), cd.get()));
     return Download(cd, c->data(), stream_, "Gemm");
   }
 
@@ -299,19 +306,11 @@ absl::StatusOr<double> MeasureGemmTflops(int ordinal, int n, bool fp64, int reps
   QUANTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(b.get(), 0x3c, b.bytes(), stream.get()));
   auto gemm = [&]() -> absl::Status {
     if (fp64) {
-      const double one = 1, zero = 0;
-      return CublasStatus(cublasDgemm(blas.get(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one,
-                                      reinterpret_cast<double*>(a.get()), n,
-                                      reinterpret_cast<double*>(b.get()), n, &zero,
-                                      reinterpret_cast<double*>(c.get()), n),
-                          "cublasDgemm");
+      return GemmNN(blas.get(), n, n, n, reinterpret_cast<const double*>(a.get()),
+                    reinterpret_cast<const double*>(b.get()), reinterpret_cast<double*>(c.get()));
     }
-    const float one = 1, zero = 0;
-    return CublasStatus(cublasSgemm(blas.get(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one,
-                                    reinterpret_cast<float*>(a.get()), n,
-                                    reinterpret_cast<float*>(b.get()), n, &zero,
-                                    reinterpret_cast<float*>(c.get()), n),
-                        "cublasSgemm");
+    return GemmNN(blas.get(), n, n, n, reinterpret_cast<const float*>(a.get()),
+                  reinterpret_cast<const float*>(b.get()), reinterpret_cast<float*>(c.get()));
   };
   QUANTD_RETURN_IF_ERROR(gemm());
   QUANTD_RETURN_IF_ERROR(stream.Synchronize("warm-up GEMM"));

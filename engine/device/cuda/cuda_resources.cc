@@ -10,20 +10,9 @@ absl::StatusOr<Stream> Stream::Create() {
   return Stream(s);
 }
 
-Stream& Stream::operator=(Stream&& o) noexcept {
-  if (this != &o) {
-    if (s_ != nullptr) cudaStreamDestroy(s_);
-    s_ = std::exchange(o.s_, nullptr);
-  }
-  return *this;
-}
-
-Stream::~Stream() {
-  if (s_ != nullptr) cudaStreamDestroy(s_);
-}
-
 absl::Status Stream::Synchronize(absl::string_view what) const {
-  return CudaStatus(cudaStreamSynchronize(s_), absl::StrCat("cudaStreamSynchronize after ", what));
+  return CudaStatus(cudaStreamSynchronize(get()),
+                    absl::StrCat("cudaStreamSynchronize after ", what));
 }
 
 absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
@@ -35,36 +24,12 @@ absl::StatusOr<CublasHandle> CublasHandle::Create(cudaStream_t stream) {
   return handle;
 }
 
-CublasHandle& CublasHandle::operator=(CublasHandle&& o) noexcept {
-  if (this != &o) {
-    if (h_ != nullptr) cublasDestroy(h_);
-    h_ = std::exchange(o.h_, nullptr);
-  }
-  return *this;
-}
-
-CublasHandle::~CublasHandle() {
-  if (h_ != nullptr) cublasDestroy(h_);
-}
-
 absl::StatusOr<CusolverHandle> CusolverHandle::Create(cudaStream_t stream) {
   cusolverDnHandle_t h = nullptr;
   QUANTD_CUSOLVER_RETURN_IF_ERROR(cusolverDnCreate(&h));
   CusolverHandle handle(h);
   QUANTD_CUSOLVER_RETURN_IF_ERROR(cusolverDnSetStream(h, stream));
   return handle;
-}
-
-CusolverHandle& CusolverHandle::operator=(CusolverHandle&& o) noexcept {
-  if (this != &o) {
-    if (h_ != nullptr) cusolverDnDestroy(h_);
-    h_ = std::exchange(o.h_, nullptr);
-  }
-  return *this;
-}
-
-CusolverHandle::~CusolverHandle() {
-  if (h_ != nullptr) cusolverDnDestroy(h_);
 }
 
 absl::StatusOr<CudaSession> CudaSession::Open(int ordinal) {

@@ -88,53 +88,61 @@ inline absl::Status FitsInt(int64_t v, const char* what) {
   return absl::OkStatus();
 }
 
-class Stream {
+// Owns a handle `H` of the CUDA runtime or a CUDA library, released with `Destroy`
+// (cudaStreamDestroy, cublasDestroy, cusolverDnDestroy). Move-only; a moved-from owner holds
+// nothing. The base of Stream, CublasHandle and CusolverHandle.
+template <typename H, auto Destroy>
+class OwnedHandle {
+ public:
+  OwnedHandle(OwnedHandle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  OwnedHandle& operator=(OwnedHandle&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      h_ = std::exchange(o.h_, nullptr);
+    }
+    return *this;
+  }
+  OwnedHandle(const OwnedHandle&) = delete;
+  OwnedHandle& operator=(const OwnedHandle&) = delete;
+  ~OwnedHandle() { Reset(); }
+  H get() const { return h_; }
+
+ protected:
+  explicit OwnedHandle(H h) : h_(h) {}
+
+ private:
+  void Reset() {
+    if (h_ != nullptr) Destroy(h_);
+  }
+  H h_ = nullptr;
+};
+
+class Stream : public OwnedHandle<cudaStream_t, cudaStreamDestroy> {
  public:
   static absl::StatusOr<Stream> Create();
-  Stream(Stream&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
-  Stream& operator=(Stream&& o) noexcept;
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  ~Stream();
-  cudaStream_t get() const { return s_; }
   // Waits for all work queued on the stream; the status names `what` (the operation waited for).
   absl::Status Synchronize(absl::string_view what) const;
 
  private:
-  explicit Stream(cudaStream_t s) : s_(s) {}
-  cudaStream_t s_ = nullptr;
+  explicit Stream(cudaStream_t s) : OwnedHandle(s) {}
 };
 
-class CublasHandle {
+class CublasHandle : public OwnedHandle<cublasHandle_t, cublasDestroy> {
  public:
   // Bound to `stream` (not owned; must outlive the handle). Math mode CUBLAS_DEFAULT_MATH: fp32
   // GEMMs are computed in fp32, never TF32.
   static absl::StatusOr<CublasHandle> Create(cudaStream_t stream);
-  CublasHandle(CublasHandle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
-  CublasHandle& operator=(CublasHandle&& o) noexcept;
-  CublasHandle(const CublasHandle&) = delete;
-  CublasHandle& operator=(const CublasHandle&) = delete;
-  ~CublasHandle();
-  cublasHandle_t get() const { return h_; }
 
  private:
-  explicit CublasHandle(cublasHandle_t h) : h_(h) {}
-  cublasHandle_t h_ = nullptr;
+  explicit CublasHandle(cublasHandle_t h) : OwnedHandle(h) {}
 };
 
-class CusolverHandle {
+class CusolverHandle : public OwnedHandle<cusolverDnHandle_t, cusolverDnDestroy> {
  public:
   static absl::StatusOr<CusolverHandle> Create(cudaStream_t stream);
-  CusolverHandle(CusolverHandle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
-  CusolverHandle& operator=(CusolverHandle&& o) noexcept;
-  CusolverHandle(const CusolverHandle&) = delete;
-  CusolverHandle& operator=(const CusolverHandle&) = delete;
-  ~CusolverHandle();
-  cusolverDnHandle_t get() const { return h_; }
 
  private:
-  explicit CusolverHandle(cusolverDnHandle_t h) : h_(h) {}
-  cusolverDnHandle_t h_ = nullptr;
+  explicit CusolverHandle(cusolverDnHandle_t h) : OwnedHandle(h) {}
 };
 
 // What an op session (the forward's, the backward's) owns: GPU `ordinal` selected, a stream

@@ -10,6 +10,14 @@ absl::Status Make(absl::StatusCode code, absl::string_view call, absl::string_vi
   return absl::Status(code, absl::StrCat(call, ": ", what, " (", name, ")"));
 }
 
+// The code of a failed cuBLAS or cuSOLVER call: RESOURCE_EXHAUSTED when it could not allocate,
+// FAILED_PRECONDITION when the library is not initialized or the GPU's architecture does not
+// fit, INTERNAL otherwise.
+absl::StatusCode LibraryCode(bool alloc_failed, bool unusable) {
+  if (unusable) return absl::StatusCode::kFailedPrecondition;
+  return alloc_failed ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kInternal;
+}
+
 const char* CusolverName(cusolverStatus_t s) {
   switch (s) {
     case CUSOLVER_STATUS_SUCCESS: return "CUSOLVER_STATUS_SUCCESS";
@@ -51,22 +59,17 @@ absl::Status CudaStatus(cudaError_t e, absl::string_view call) {
 
 absl::Status CublasStatus(cublasStatus_t s, absl::string_view call) {
   if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  absl::StatusCode code = absl::StatusCode::kInternal;
-  if (s == CUBLAS_STATUS_ALLOC_FAILED) code = absl::StatusCode::kResourceExhausted;
-  if (s == CUBLAS_STATUS_NOT_INITIALIZED || s == CUBLAS_STATUS_ARCH_MISMATCH) {
-    code = absl::StatusCode::kFailedPrecondition;
-  }
-  return Make(code, call, cublasGetStatusString(s), cublasGetStatusName(s));
+  return Make(LibraryCode(s == CUBLAS_STATUS_ALLOC_FAILED,
+                          s == CUBLAS_STATUS_NOT_INITIALIZED || s == CUBLAS_STATUS_ARCH_MISMATCH),
+              call, cublasGetStatusString(s), cublasGetStatusName(s));
 }
 
 absl::Status CusolverStatus(cusolverStatus_t s, absl::string_view call) {
   if (s == CUSOLVER_STATUS_SUCCESS) return absl::OkStatus();
-  absl::StatusCode code = absl::StatusCode::kInternal;
-  if (s == CUSOLVER_STATUS_ALLOC_FAILED) code = absl::StatusCode::kResourceExhausted;
-  if (s == CUSOLVER_STATUS_NOT_INITIALIZED || s == CUSOLVER_STATUS_ARCH_MISMATCH) {
-    code = absl::StatusCode::kFailedPrecondition;
-  }
-  return Make(code, call, "cuSOLVER call failed", CusolverName(s));
+  return Make(LibraryCode(s == CUSOLVER_STATUS_ALLOC_FAILED,
+                          s == CUSOLVER_STATUS_NOT_INITIALIZED ||
+                              s == CUSOLVER_STATUS_ARCH_MISMATCH),
+              call, "cuSOLVER call failed", CusolverName(s));
 }
 
 }  // namespace quantd::cuda
