@@ -56,7 +56,6 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
       ++summary.ignored;
       continue;
     }
-    const uint32_t half = 1u << (bits - 1);
     const int words_per_row = (n * bits + 31) / 32;
     std::vector<uint32_t> packed(static_cast<size_t>(m) * words_per_row, 0);
     std::vector<float> scales(static_cast<size_t>(m) * groups);
@@ -67,13 +66,9 @@ absl::StatusOr<CompressedExportSummary> ExportCompressedTensors(const std::strin
       PackBits(line.data(), line.size(), bits, &packed[static_cast<size_t>(r) * words_per_row]);
       for (int g = 0; g < groups; ++g) {
         const quant::ScalarGrid& grid = c->grids[static_cast<size_t>(r) * groups + g];
-        if (grid.zero != std::nearbyint(grid.zero) || grid.zero < 0 || grid.zero > grid.maxq ||
-            (sym && grid.zero != static_cast<float>(half))) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "tensor ", name, " row ", r, " group ", g, " has zero point ", grid.zero,
-              sym ? "; a symmetric export needs " : "; compressed-tensors needs an integer in [0, ",
-              sym ? absl::StrCat(half) : absl::StrCat(grid.maxq, "]")));
-        }
+        QUANTD_RETURN_IF_ERROR(CheckIntegerZero(grid, sym, bits, name, r, g,
+                                                "a symmetric export needs",
+                                                "compressed-tensors needs an integer in"));
         scales[static_cast<size_t>(r) * groups + g] = grid.scale;
         zeros[static_cast<size_t>(r) * groups + g] = static_cast<uint32_t>(grid.zero);
       }

@@ -77,16 +77,11 @@ absl::StatusOr<GptqExportSummary> ExportGptq(const std::string& native_dir,
           ") does not fit this version's GPTQ checkpoint: rtn/gptq with the job's ", spec.bits,
           " bits and group size ", spec.group_size));
     }
-    const uint32_t half = 1u << (c.bits - 1);
     for (size_t i = 0; i < c.grids.size(); ++i) {
       const quant::ScalarGrid& g = c.grids[i];
-      if (g.zero != std::nearbyint(g.zero) || g.zero < 0 || g.zero > g.maxq ||
-          (sym && g.zero != static_cast<float>(half))) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "tensor ", name, " row ", i / groups, " group ", i % groups, " has zero point ", g.zero,
-            sym ? "; a symmetric GPTQ checkpoint needs " : "; GPTQ stores an integer zero in [0, ",
-            sym ? absl::StrCat(half) : absl::StrCat(g.maxq, "]")));
-      }
+      QUANTD_RETURN_IF_ERROR(CheckIntegerZero(g, sym, c.bits, name, i / groups,
+                                              i % groups, "a symmetric GPTQ checkpoint needs",
+                                              "GPTQ stores an integer zero in"));
       zero_zero = zero_zero || g.zero == 0;
     }
     const std::string module = ModuleInBlock(prefix);

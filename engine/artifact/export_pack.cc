@@ -48,6 +48,20 @@ absl::Status WriteHfExportDir(const std::string& native_dir, const std::string& 
   return SyncDir(out_dir);
 }
 
+absl::Status CheckIntegerZero(const quant::ScalarGrid& g, bool sym, int bits,
+                              const std::string& name, int64_t row, int64_t group,
+                              const char* sym_rule, const char* int_rule) {
+  const uint32_t half = 1u << (bits - 1);
+  if (g.zero == std::nearbyint(g.zero) && g.zero >= 0 && g.zero <= g.maxq &&
+      (!sym || g.zero == static_cast<float>(half))) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(
+      absl::StrCat("tensor ", name, " row ", row, " group ", group, " has zero point ", g.zero,
+                   sym ? absl::StrCat("; ", sym_rule, " ", half)
+                       : absl::StrCat("; ", int_rule, " [0, ", g.maxq, "]")));
+}
+
 absl::Status AppendF16Tensor(const model::Checkpoint& ckpt, const std::string& name,
                              std::vector<model::TensorToWrite>* out) {
   QUANTD_ASSIGN_OR_RETURN(model::TensorView v, ckpt.Get(name));

@@ -15,6 +15,7 @@
 #include "engine/artifact/export_formats.h"
 #include "engine/format/checkpoint.h"
 #include "engine/format/safetensors.h"
+#include "engine/quant/rtn.h"
 #include "nlohmann/json.hpp"
 
 namespace quantd::artifact {
@@ -38,6 +39,13 @@ absl::StatusOr<ExportSource> OpenExportSource(const std::string& native_dir, Exp
 absl::Status WriteHfExportDir(const std::string& native_dir, const std::string& out_dir,
                               const std::vector<model::TensorToWrite>& tensors,
                               nlohmann::json config);
+
+// OK when grid `g` of tensor `name` (row `row`, group `group`) has an integer zero point in
+// [0, maxq], and with a symmetric grid (`sym`) exactly 2^(bits−1); else FAILED_PRECONDITION
+// naming them and the format's rule: "; <sym_rule> 2^(bits−1)" or "; <int_rule> [0, maxq]".
+absl::Status CheckIntegerZero(const quant::ScalarGrid& g, bool sym, int bits,
+                              const std::string& name, int64_t row, int64_t group,
+                              const char* sym_rule, const char* int_rule);
 
 // Appends tensor `name` of `ckpt` (not a .qweight) as fp16 under its own name and shape.
 absl::Status AppendF16Tensor(const model::Checkpoint& ckpt, const std::string& name,
