@@ -40,13 +40,8 @@ void ExpectInvalid(const std::string& json, const std::string& needle) {
 TEST(ConfigTest, LoadsStories260K) {
   auto c = LoadLlamaConfig(testing::ExamplePath("stories260K"));
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->hidden_size, 64);
-  EXPECT_EQ(c->intermediate_size, 172);
-  EXPECT_EQ(c->num_layers, 5);
-  EXPECT_EQ(c->num_heads, 8);
-  EXPECT_EQ(c->num_kv_heads, 4);
+  EXPECT_EQ(testing::SizesOf(*c), (testing::ConfigSizes{64, 172, 5, 8, 4, 512}));
   EXPECT_EQ(c->head_dim, 8);
-  EXPECT_EQ(c->vocab_size, 512);
   EXPECT_EQ(c->max_position_embeddings, 512);
   EXPECT_DOUBLE_EQ(c->rms_norm_eps, 1e-5);
   EXPECT_EQ(c->rope, RopeParams{});  // default, rope_theta 10000

@@ -24,12 +24,7 @@ TEST(Smollm2Test, ConvertedModelHasTheExpectedShapeAndSpeaksEnglish) {
   }
   auto cfg = LoadLlamaConfig(dir);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(cfg->hidden_size, 576);
-  EXPECT_EQ(cfg->num_layers, 30);
-  EXPECT_EQ(cfg->num_heads, 9);
-  EXPECT_EQ(cfg->num_kv_heads, 3);
-  EXPECT_EQ(cfg->intermediate_size, 1536);
-  EXPECT_EQ(cfg->vocab_size, 49152);
+  EXPECT_EQ(testing::SizesOf(*cfg), (testing::ConfigSizes{576, 1536, 30, 9, 3, 49152}));
   EXPECT_TRUE(cfg->tie_word_embeddings);
   auto ckpt = Checkpoint::Open(dir);
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();

@@ -9,7 +9,9 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -51,6 +53,22 @@ inline RopeParams Llama3Rope(int original_max_position_embeddings) {
   p.high_freq_factor = 4;
   p.original_max_position_embeddings = original_max_position_embeddings;
   return p;
+}
+
+// A config's sizes, compared in one EXPECT_EQ against a model's published ones.
+struct ConfigSizes {
+  int hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, vocab = 0;
+  auto Tie() const { return std::tie(hidden, intermediate, layers, heads, kv_heads, vocab); }
+  bool operator==(const ConfigSizes& o) const { return Tie() == o.Tie(); }
+};
+inline ConfigSizes SizesOf(const LlamaConfig& c) {
+  return {c.hidden_size, c.intermediate_size, c.num_layers,
+          c.num_heads,   c.num_kv_heads,        c.vocab_size};
+}
+inline std::ostream& operator<<(std::ostream& os, const ConfigSizes& s) {
+  return os << "{hidden " << s.hidden << ", intermediate " << s.intermediate << ", layers "
+            << s.layers << ", heads " << s.heads << ", kv_heads " << s.kv_heads << ", vocab "
+            << s.vocab << "}";
 }
 
 struct Stories260K {
