@@ -10,30 +10,19 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "engine/model/synthetic_checkpoint.h"
 #include "engine/model/test_util.h"
 #include "gtest/gtest.h"
 
 namespace quantd::server {
 namespace {
 
-model::LlamaConfig Shape(int d, int heads, int kv, int ff, int layers) {
-  model::LlamaConfig c;
-  c.hidden_size = d;
-  c.num_heads = heads;
-  c.num_kv_heads = kv;
-  c.head_dim = d / heads;
-  c.intermediate_size = ff;
-  c.num_layers = layers;
-  c.vocab_size = 32000;
-  return c;
-}
-
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 TEST(HessianStagesTest, PackedLayerBytesAndStagesOfTheDocumentedShapes) {
-  const model::LlamaConfig tiny = Shape(2048, 32, 4, 5632, 22);
-  const model::LlamaConfig l7 = Shape(4096, 32, 32, 11008, 32);
-  const model::LlamaConfig l70 = Shape(8192, 64, 8, 28672, 80);
+  const model::LlamaConfig tiny = model::LlamaShape(2048, 5632, 22, 32, 4, 32000, 2048);
+  const model::LlamaConfig l7 = model::LlamaShape(4096, 11008, 32, 32, 32, 32000, 4096);
+  const model::LlamaConfig l70 = model::LlamaShape(8192, 28672, 80, 64, 8, 32000, 4096);
   // 8 * sum over (d, q, d, ff) of n(n+1)/2, plus 8 bytes of token count per group.
   EXPECT_EQ(HessianLayerBytes(l7), 8 * (3 * (4096ull * 4097 / 2) + 11008ull * 11009 / 2) + 32);
   EXPECT_NEAR(HessianLayerBytes(tiny) / 1e9, 0.177, 0.001);

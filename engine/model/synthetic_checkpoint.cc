@@ -19,23 +19,6 @@ namespace {
 
 using json = nlohmann::json;
 
-LlamaConfig Shape(int hidden, int inter, int layers, int heads, int kv, int vocab, int max_pos) {
-  LlamaConfig c;
-  c.hidden_size = hidden;
-  c.intermediate_size = inter;
-  c.num_layers = layers;
-  c.num_heads = heads;
-  c.num_kv_heads = kv;
-  c.head_dim = hidden / heads;
-  c.vocab_size = vocab;
-  c.max_position_embeddings = max_pos;
-  c.rms_norm_eps = 1e-5;
-  c.rope.theta = 10000.0;
-  c.tie_word_embeddings = false;
-  c.bos_token_id = 1;
-  return c;
-}
-
 json ConfigJson(const LlamaConfig& c) {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
@@ -191,12 +174,32 @@ absl::StatusOr<std::string> TokenizerJson(int vocab_size, uint64_t seed) {
 
 }  // namespace
 
+LlamaConfig LlamaShape(int hidden, int inter, int layers, int heads, int kv, int vocab,
+                       int max_pos) {
+  LlamaConfig c;
+  c.hidden_size = hidden;
+  c.intermediate_size = inter;
+  c.num_layers = layers;
+  c.num_heads = heads;
+  c.num_kv_heads = kv;
+  c.head_dim = hidden / heads;
+  c.vocab_size = vocab;
+  c.max_position_embeddings = max_pos;
+  c.rms_norm_eps = 1e-5;
+  c.rope.theta = 10000.0;
+  c.tie_word_embeddings = false;
+  c.bos_token_id = 1;
+  return c;
+}
+
 absl::StatusOr<SyntheticShape> SyntheticShapeByName(std::string_view name) {
-  if (name == "llama2-7b") return SyntheticShape{Shape(4096, 11008, 32, 32, 32, 32000, 4096), "llama2-7b"};
-  if (name == "tinyllama-1.1b") {
-    return SyntheticShape{Shape(2048, 5632, 22, 32, 4, 32000, 2048), "tinyllama-1.1b"};
+  if (name == "llama2-7b") {
+    return SyntheticShape{LlamaShape(4096, 11008, 32, 32, 32, 32000, 4096), "llama2-7b"};
   }
-  if (name == "tiny") return SyntheticShape{Shape(64, 160, 2, 4, 2, 512, 256), "tiny"};
+  if (name == "tinyllama-1.1b") {
+    return SyntheticShape{LlamaShape(2048, 5632, 22, 32, 4, 32000, 2048), "tinyllama-1.1b"};
+  }
+  if (name == "tiny") return SyntheticShape{LlamaShape(64, 160, 2, 4, 2, 512, 256), "tiny"};
   return absl::InvalidArgumentError(internal::Cat(
       "unknown synthetic shape \"", name, "\": known are llama2-7b, tinyllama-1.1b, tiny"));
 }

@@ -17,6 +17,11 @@
 
 namespace quantd::model {
 
+// A Llama config of these sizes: head_dim = hidden / heads, RMSNorm eps 1e-5, RoPE θ 10000,
+// untied head, BOS id 1 (the known shapes below; tests of real-size shapes).
+LlamaConfig LlamaShape(int hidden, int inter, int layers, int heads, int kv, int vocab,
+                       int max_pos);
+
 struct SyntheticShape {
   LlamaConfig cfg;
   std::string name;  // "llama2-7b", ...
