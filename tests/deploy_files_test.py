@@ -71,11 +71,12 @@ WORKER_FLAGS = defined_flags("worker/worker_main.cc")
 
 
 def exported_metrics():
-    """{name: type} from server/metrics.cc's Build{Counter,Gauge,Histogram}().Name(...)."""
+    """{name: type} from server/metrics.cc: Build{Counter,Gauge,Histogram}().Name("...") or its
+    Family(registry, Build...(), "name", ...) helper."""
     with open(os.path.join(SOURCE_DIR, "server", "metrics.cc")) as f:
         text = f.read()
     return {name: kind.lower() for kind, name in
-            re.findall(r"Build(Counter|Gauge|Histogram)\(\)\s*\.Name\(\"(\w+)\"\)", text)}
+            re.findall(r"Build(Counter|Gauge|Histogram)\(\)\s*(?:\.Name\(|,\s*)\"(\w+)\"", text)}
 
 
 def series_names(metrics):
