@@ -62,7 +62,8 @@ Metrics::Metrics()
       finetune_e2e_(Family(*registry_, prometheus::BuildCounter(), "quantd_finetune_e2e_total",
                            "End-to-end KL fine-tuning stages finished")
                         .Add({})),
-      finetune_e2e_kl_(Family(*registry_, prometheus::BuildGauge(), "quantd_finetune_e2e_heldout_kl",
+      finetune_e2e_kl_(Family(*registry_, prometheus::BuildGauge(),
+                              "quantd_finetune_e2e_heldout_kl",
                               "Held-out KL(p_fp || p_q) per token (nats) of a running job's "
                               "end-to-end fine-tuning stage: before it, after its latest epoch "
                               "(current), kept (best)")),
